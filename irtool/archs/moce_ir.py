@@ -1,0 +1,778 @@
+"""MoCE-IR: "Complexity Experts are Task-Discriminative Learners for Any Image Restoration" (Zamfir et al., CVPR 2025).
+
+A Restormer-style U-Net. The encoder, latent and refinement stages are plain transformer blocks (channel attention
++ gated FFN). Every decoder block is a MoCE block: a shared channel attention, a router that picks one (top-k)
+"complexity expert" per image, and a cross-attention that lets the expert output steer the shared features. The
+experts differ in cost: expert e works at rank C/2^(E-1-e) with FFT windows of 4·2^e pixels.
+
+Module attribute names equal those of the official checkpoints (`patch_embed`, `enc`, `latent`, `dec`, `refinement`,
+`output`, and inside blocks `norms`, `mixer`, `ffn`, `shared`, `proj`, `adapter`, `routing`), so official weights load
+with `load_state_dict(strict=True)` and no renaming table.
+
+Deliberate departures from the official code (github.com/eduardzamfir/MoCE-IR, `src/net/moce_ir.py`):
+- Eval routing is deterministic. The official router adds N(0, (1/E)^2) noise to its logits in eval too (MoCE-IR
+  issue #19), so expert choice is random at test time; `run(..., routing_noise=...)` re-enables it on request.
+- Each image of a batch runs only its own top-k experts. The official eval path gives every image the gated sum of
+  the experts chosen by *all* images of the batch, so it is only correct at batch 1.
+- Any H x W works: the input is reflect-padded to a multiple of 2^(levels-1) and the output cropped back.
+- The official `stage_depth`/`depth_type` options repeat the very same expert computation `depth` times and keep the
+  last result; they change neither the weights nor the output, so they are not modelled here.
+
+This module imports torch only: no I/O, no device choice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ARCH = "moce_ir"
+
+RANK_RULES = ("spread", "constant", "lin", "double", "exp", "fact")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(frozen=True)
+class MoCEIRConfig:
+    """Hyperparameters of a MoCE-IR network. The defaults are the released `MoCE_IR` (dim 48)."""
+
+    dim: int = 48
+    #: transformer blocks per encoder level (full resolution first), then the latent stage
+    num_blocks: tuple[int, ...] = (4, 6, 6, 8)
+    #: MoCE blocks per decoder level, listed from full resolution down, as the official `num_dec_blocks`
+    #: (so `dec.0`, the lowest-resolution decoder, has `num_dec_blocks[-1]` blocks)
+    num_dec_blocks: tuple[int, ...] = (2, 4, 4)
+    num_refinement_blocks: int = 4
+    #: attention heads per level (full resolution first); the last one is the latent's
+    heads: tuple[int, ...] = (1, 2, 4, 8)
+    ffn_expansion_factor: float = 2.0
+    num_experts: int = 4
+    top_k: int = 1
+    #: how expert ranks grow with the expert index; "spread" is C/8, C/4, C/2, C for four experts
+    rank_type: str = "spread"
+    #: base rank for the rank rules other than "spread"
+    rank: int = 2
+    #: how the `complexity` buffer is normalised: "max", "min" or "none"
+    complexity_scale: str = "max"
+    #: multiply the importance loss by the expert complexity (the paper's complexity bias); training only
+    with_complexity: bool = False
+    #: bias in the decoder's attention/FFN convs, the skip fusions and the output conv
+    bias: bool = False
+    #: "WithBias" or "BiasFree" LayerNorms in the transformer blocks
+    layernorm_type: str = "WithBias"
+    in_channels: int = 3
+    out_channels: int = 3
+
+    def __post_init__(self) -> None:
+        levels = len(self.num_blocks)
+        if levels < 2 or len(self.heads) != levels or len(self.num_dec_blocks) != levels - 1:
+            raise ValueError(
+                f"MoCE-IR config: num_blocks ({len(self.num_blocks)}), heads ({len(self.heads)}) and "
+                f"num_dec_blocks ({len(self.num_dec_blocks)}) must describe the same number of levels"
+            )
+        if self.rank_type not in RANK_RULES:
+            raise ValueError(f"MoCE-IR config: unknown rank_type {self.rank_type!r}; one of {', '.join(RANK_RULES)}")
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"MoCE-IR config: top_k must be in 1..{self.num_experts}, got {self.top_k}")
+        if self.layernorm_type not in ("WithBias", "BiasFree"):
+            raise ValueError(f"MoCE-IR config: layernorm_type must be 'WithBias' or 'BiasFree'")
+        if self.complexity_scale not in ("max", "min", "none"):
+            raise ValueError(f"MoCE-IR config: complexity_scale must be 'max', 'min' or 'none'")
+
+    @property
+    def levels(self) -> int:
+        return len(self.num_blocks)
+
+    @property
+    def size_multiple(self) -> int:
+        """H and W must be multiples of this (one PixelUnshuffle(2) per encoder level)."""
+        return 2 ** (self.levels - 1)
+
+    @property
+    def freq_dim(self) -> int:
+        return self.dim * 2 ** (self.levels - 1)
+
+    def expert_ranks(self, channels: int) -> list[int]:
+        """Rank of each expert in a MoCE block with `channels` channels (official `rank_type` rules)."""
+        e = range(self.num_experts)
+        if self.rank_type == "spread":
+            return [channels // 2**i for i in e][::-1]
+        if self.rank_type == "constant":
+            return [self.rank for _ in e]
+        if self.rank_type == "lin":
+            return [self.rank + i for i in e]
+        if self.rank_type == "double":
+            return [self.rank + 2 * i for i in e]
+        if self.rank_type == "exp":
+            return [self.rank ** (i + 1) for i in e]
+        return [math.factorial(self.rank + i) for i in e]  # "fact"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MoCEIRConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+
+    @classmethod
+    def from_official_kwargs(cls, kw: Mapping[str, Any]) -> MoCEIRConfig:
+        """Build from the official `MoCEIR(**kwargs)` arguments (as in `src/options.py` or the reference configs)."""
+        renames = {"topk": "top_k", "LayerNorm_type": "layernorm_type", "inp_channels": "in_channels"}
+        ignored = {"levels", "expert_layer", "depth_type", "stage_depth"}  # derived, fixed, or without effect
+        out: dict[str, Any] = {}
+        for key, value in kw.items():
+            if key in ignored:
+                continue
+            out[renames.get(key, key)] = value
+        return cls.from_dict(out)
+
+
+VARIANTS: dict[str, MoCEIRConfig] = {
+    "MoCE_IR": MoCEIRConfig(dim=48),
+    "MoCE_IR_S": MoCEIRConfig(dim=32),
+    # small enough for unit tests; equals the official golden-test config
+    "tiny": MoCEIRConfig(dim=16, num_blocks=(1, 1, 1, 2), num_dec_blocks=(1, 2, 2), num_refinement_blocks=1),
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Routing record
+
+
+@dataclass
+class Routing:
+    """What the routers decided for a batch: per image, per MoCE layer (in forward order), the top-k experts.
+
+    experts: (B, L, k) int64 expert indices, best first.
+    gates:   (B, L, k) float, the softmax probability of each chosen expert (the weight on its output).
+    logits:  (B, L, E) float, the clean router logits (no noise); None when the routing was imposed from outside.
+    """
+
+    experts: Tensor
+    gates: Tensor
+    logits: Tensor | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return self.experts.shape[1]
+
+    def __getitem__(self, index: int | slice | Tensor) -> Routing:
+        """The routing of a subset of the batch (keeps the batch dimension)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return Routing(self.experts[index], self.gates[index], None if self.logits is None else self.logits[index])
+
+    def to(self, device: torch.device | str) -> Routing:
+        return Routing(
+            self.experts.to(device), self.gates.to(device), None if self.logits is None else self.logits.to(device)
+        )
+
+    @staticmethod
+    def cat(parts: list[Routing]) -> Routing:
+        logits = None if any(p.logits is None for p in parts) else torch.cat([p.logits for p in parts])
+        return Routing(torch.cat([p.experts for p in parts]), torch.cat([p.gates for p in parts]), logits)
+
+
+@dataclass
+class MoCEResult:
+    """Output of `MoCEIR.run`: the restored batch, the routing that produced it, and (training) the aux loss."""
+
+    output: Tensor
+    routing: Routing
+    aux_loss: Tensor | None = None
+
+
+@dataclass
+class _Pass:
+    """Per-forward state threaded through the MoCE layers: imposed routing in, decisions and losses out."""
+
+    imposed: Routing | None = None
+    noise: bool | torch.Generator = False
+    dense: bool = False
+    layer: int = 0
+    experts: list[Tensor] = field(default_factory=list)
+    gates: list[Tensor] = field(default_factory=list)
+    logits: list[Tensor] = field(default_factory=list)
+    aux: list[Tensor] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+class _NormParams(nn.Module):
+    """Holds the affine parameters so that their keys read `<norm>.body.weight` as in the official checkpoints."""
+
+    def __init__(self, dim: int, with_bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if with_bias else None
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of a (B, C, H, W) tensor, eps 1e-5, biased variance.
+
+    The official code rearranges to (B, H·W, C) and back for every call; normalising along dim 1 in place gives the
+    same numbers without the two copies. "BiasFree" divides by the standard deviation without subtracting the mean.
+    """
+
+    def __init__(self, dim: int, with_bias: bool = True) -> None:
+        super().__init__()
+        self.body = _NormParams(dim, with_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
+        w = self.body.weight.view(1, -1, 1, 1)
+        if self.body.bias is None:
+            return x * torch.rsqrt(var + 1e-5) * w
+        return (x - mean) * torch.rsqrt(var + 1e-5) * w + self.body.bias.view(1, -1, 1, 1)
+
+
+def _channel_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, temperature: Tensor) -> Tensor:
+    """Transposed ("channel") attention: a (C/h x C/h) map per head from the whole H·W. q, k, v: (B, C, H, W)."""
+    b, c, h, w = q.shape
+    q = F.normalize(q.reshape(b, heads, c // heads, h * w), dim=-1)
+    k = F.normalize(k.reshape(b, heads, c // heads, h * w), dim=-1)
+    attn = torch.softmax((q @ k.transpose(-2, -1)) * temperature, dim=-1)
+    return (attn @ v.reshape(b, heads, c // heads, h * w)).reshape(b, c, h, w)
+
+
+class ChannelAttention(nn.Module):
+    """Restormer's MDTA: 1x1 + depthwise 3x3 projections, channel attention, 1x1 output."""
+
+    def __init__(self, dim: int, heads: int, bias: bool) -> None:
+        super().__init__()
+        self.num_heads = heads
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=bias)
+        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=bias)
+        self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
+        return self.project_out(_channel_attention(q, k, v, self.num_heads, self.temperature))
+
+
+class CrossChannelAttention(nn.Module):
+    """Channel attention with queries from `x` and keys/values from `y` (depthwise 7x7 on the keys/values)."""
+
+    def __init__(self, dim: int, heads: int, bias: bool) -> None:
+        super().__init__()
+        self.num_heads = heads
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.q = nn.Conv2d(dim, dim, 1, bias=bias)
+        self.q_dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=bias)
+        self.kv = nn.Conv2d(dim, dim * 2, 1, bias=bias)
+        self.kv_dwconv = nn.Conv2d(dim * 2, dim * 2, 7, padding=3, groups=dim * 2, bias=bias)
+        self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        q = self.q_dwconv(self.q(x))
+        k, v = self.kv_dwconv(self.kv(y)).chunk(2, dim=1)
+        return self.project_out(_channel_attention(q, k, v, self.num_heads, self.temperature))
+
+
+class GatedFFN(nn.Module):
+    """Restormer's GDFN: 1x1 up to 2 hidden, depthwise 3x3, GELU(x1) * x2, 1x1 down."""
+
+    def __init__(self, dim: int, expansion: float, bias: bool) -> None:
+        super().__init__()
+        hidden = int(dim * expansion)
+        self.project_in = nn.Conv2d(dim, hidden * 2, 1, bias=bias)
+        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2, bias=bias)
+        self.project_out = nn.Conv2d(hidden, dim, 1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
+        return self.project_out(F.gelu(x1) * x2)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block of the encoder, latent and refinement stages (the official `EncoderBlock`)."""
+
+    def __init__(self, dim: int, heads: int, expansion: float, bias: bool, norm_bias: bool) -> None:
+        super().__init__()
+        self.norms = nn.ModuleList([ChannelLayerNorm(dim, norm_bias), ChannelLayerNorm(dim, norm_bias)])
+        self.mixer = ChannelAttention(dim, heads, bias)
+        self.ffn = GatedFFN(dim, expansion, bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.mixer(self.norms[0](x))
+        return x + self.ffn(self.norms[1](x))
+
+
+class TransformerGroup(nn.Module):
+    def __init__(self, dim: int, heads: int, blocks: int, expansion: float, norm_bias: bool) -> None:
+        super().__init__()
+        # The official encoder-style groups always use biased convs, whatever the model's `bias` flag.
+        self.layers = nn.ModuleList(TransformerBlock(dim, heads, expansion, True, norm_bias) for _ in range(blocks))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class FFTAttention(nn.Module):
+    """The experts' token mixer: q and k are multiplied in the Fourier domain inside non-overlapping p x p windows
+    (a circular correlation per window), normalised, and used to gate v."""
+
+    def __init__(self, dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.q = nn.Conv2d(dim, dim, 1, bias=False)
+        self.q_dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.kv = nn.Conv2d(dim, dim * 2, 1, bias=False)
+        self.kv_dwconv = nn.Conv2d(dim * 2, dim * 2, 7, padding=3, groups=dim * 2)
+        self.norm = ChannelLayerNorm(dim, True)
+        self.proj_out = nn.Conv2d(dim, dim, 1)
+
+    def _windows(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, C, H/p, W/p, p, p), zero-padding bottom/right to a multiple of p."""
+        p = self.patch_size
+        b, c, h, w = x.shape
+        x = F.pad(x, (0, -w % p, 0, -h % p))
+        hp, wp = x.shape[-2] // p, x.shape[-1] // p
+        return x.view(b, c, hp, p, wp, p).permute(0, 1, 2, 4, 3, 5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.patch_size
+        b, c, h, w = x.shape
+        q = self._windows(self.q_dwconv(self.q(x)))
+        k, v = self.kv_dwconv(self.kv(x)).chunk(2, dim=1)
+        k = self._windows(k)
+        # FFTs in float32, as the official code does, whatever the working precision
+        out = torch.fft.irfft2(torch.fft.rfft2(q.float()) * torch.fft.rfft2(k.float()), s=(p, p))
+        hp, wp = out.shape[2], out.shape[3]
+        out = out.permute(0, 1, 2, 4, 3, 5).reshape(b, c, hp * p, wp * p)[:, :, :h, :w]
+        out = self.norm(out).to(v.dtype) * v
+        return self.proj_out(out)
+
+
+class ComplexityExpert(nn.Module):
+    """One expert: down-project to its rank, FFT attention gated by SiLU of the shared features, up-project, residual.
+    (The official `ModExpert`.)"""
+
+    def __init__(self, dim: int, rank: int, patch_size: int) -> None:
+        super().__init__()
+        self.proj = nn.ModuleList(
+            [nn.Conv2d(dim, rank, 1, bias=False), nn.Conv2d(dim, rank, 1, bias=False), nn.Conv2d(rank, dim, 1, bias=False)]
+        )
+        self.body = FFTAttention(rank, patch_size)
+
+    def forward(self, x: Tensor, shared: Tensor) -> Tensor:
+        h = self.body(self.proj[0](x)) * F.silu(self.proj[1](shared))
+        return self.proj[2](h) + x
+
+
+class Router(nn.Module):
+    """Image-level router: logits = Linear(avgpool(x)) + Linear(frequency embedding). (The official `RoutingFunction`.)
+
+    The `complexity` buffer holds each expert's parameter count, normalised; it weights the importance loss when the
+    complexity bias is on.
+    """
+
+    def __init__(self, dim: int, freq_dim: int, num_experts: int, complexity: Tensor) -> None:
+        super().__init__()
+        # Sequential indices match the official keys (`gate.2.weight`); index 1 was an einops Rearrange.
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(dim, num_experts, bias=False))
+        self.freq_gate = nn.Linear(freq_dim, num_experts, bias=False)
+        self.register_buffer("complexity", complexity)
+        self.noise_std = 1.0 / num_experts
+
+    def forward(self, x: Tensor, freq_emb: Tensor) -> Tensor:
+        """Clean logits (B, E)."""
+        return self.gate(x) + self.freq_gate(freq_emb)
+
+    def aux_loss(self, logits: Tensor, noisy_logits: Tensor, k: int, complexity_bias: bool) -> Tensor:
+        """0.5 * importance + 0.5 * load balance loss, exactly as the official code computes them.
+
+        Both are squared coefficients of variation over the experts (unbiased std). Importance sums the clean softmax
+        over the batch, times the normalised complexity when the bias is on. Load is the probability, under the
+        routing noise, that each expert's clean logit beats the k-th best noisy logit, averaged over the batch.
+        """
+        importance = logits.softmax(dim=-1).sum(dim=0)
+        if complexity_bias:
+            importance = importance * self.complexity
+        loss_imp = (importance.std() / (importance.mean() + 1e-8)) ** 2
+
+        kth = torch.topk(noisy_logits, k, dim=-1).values[:, -1:]
+        z = (kth - logits) / self.noise_std
+        p = 1.0 - 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
+        load = p.mean(dim=0)
+        loss_load = (load.std() / (load.mean() + 1e-8)) ** 2
+        return 0.5 * loss_imp + 0.5 * loss_load
+
+
+class MoCELayer(nn.Module):
+    """Router plus complexity experts; the gated output of the chosen experts, then a 1x1 projection.
+    (The official `AdapterLayer`.)"""
+
+    def __init__(self, dim: int, cfg: MoCEIRConfig) -> None:
+        super().__init__()
+        self.top_k = cfg.top_k
+        self.complexity_bias = cfg.with_complexity
+        ranks = cfg.expert_ranks(dim)
+        # Each expert sits alone in a container so its keys read `experts.{e}.0.*` as in the official checkpoints.
+        self.experts = nn.ModuleList(
+            nn.ModuleList([ComplexityExpert(dim, r, 2 ** (e + 2))]) for e, r in enumerate(ranks)
+        )
+        self.proj_out = nn.Conv2d(dim, dim, 1, bias=False)
+        complexity = torch.tensor([float(sum(p.numel() for p in ex.parameters())) for ex in self.experts])
+        if cfg.complexity_scale == "max":
+            complexity = complexity / complexity.max()
+        elif cfg.complexity_scale == "min":
+            complexity = complexity / complexity.min()
+        self.routing = Router(dim, cfg.freq_dim, cfg.num_experts, complexity)
+
+    def expert(self, e: int) -> ComplexityExpert:
+        return self.experts[e][0]
+
+    def _decide(self, x: Tensor, freq_emb: Tensor, state: _Pass) -> tuple[Tensor, Tensor]:
+        """Top-k experts (B, k) and their gates (B, k) for this layer; records them in `state`."""
+        if state.imposed is not None:
+            experts = state.imposed.experts[:, state.layer].to(x.device)
+            gates = state.imposed.gates[:, state.layer].to(device=x.device)
+            state.experts.append(experts)
+            state.gates.append(gates)
+            return experts, gates
+        logits = self.routing(x, freq_emb)
+        scores = logits
+        if self.training or state.noise is not False:
+            # Official behaviour: Gaussian noise of std 1/E on the logits (always in training; opt-in at inference).
+            gen = state.noise if isinstance(state.noise, torch.Generator) else None
+            noise = torch.randn(logits.shape, generator=gen, device=logits.device if gen is None else gen.device)
+            scores = logits + noise.to(logits.device, logits.dtype) * self.routing.noise_std
+        gates, experts = torch.topk(scores.softmax(dim=-1), self.top_k, dim=-1)
+        if self.training:
+            state.aux.append(self.routing.aux_loss(logits, scores, self.top_k, self.complexity_bias))
+        state.experts.append(experts)
+        state.gates.append(gates)
+        state.logits.append(logits)
+        return experts, gates
+
+    def forward(self, x: Tensor, freq_emb: Tensor, shared: Tensor, state: _Pass) -> Tensor:
+        experts, gates = self._decide(x, freq_emb, state)
+        gates = gates.to(x.dtype)
+        if state.dense:
+            # Every expert on every image; unchosen experts get gate 0, so the sum equals the sparse result.
+            full = torch.zeros(x.shape[0], len(self.experts), dtype=x.dtype, device=x.device)
+            full.scatter_(1, experts, gates)
+            out = sum(full[:, e].view(-1, 1, 1, 1) * self.expert(e)(x, shared) for e in range(len(self.experts)))
+        elif x.shape[0] == 1 and self.top_k == 1:
+            out = gates.view(1, 1, 1, 1) * self.expert(int(experts[0, 0]))(x, shared)
+        else:
+            # Group the batch by expert: each image runs only its own experts and receives only their outputs.
+            out = torch.zeros_like(x)
+            for e in torch.unique(experts).tolist():
+                rows, slot = (experts == e).nonzero(as_tuple=True)
+                y = self.expert(e)(x[rows], shared[rows]) * gates[rows, slot].view(-1, 1, 1, 1)
+                out = out.index_add(0, rows, y)
+        state.layer += 1
+        return self.proj_out(out)
+
+
+class MoCEBlock(nn.Module):
+    """Decoder block: shared channel attention and a MoCE layer on two projections of the normalised input, merged
+    by cross-attention (queries from the experts), then the gated FFN. (The official `DecoderBlock`.)"""
+
+    def __init__(self, dim: int, heads: int, cfg: MoCEIRConfig) -> None:
+        super().__init__()
+        norm_bias = cfg.layernorm_type == "WithBias"
+        self.norms = nn.ModuleList([ChannelLayerNorm(dim, norm_bias), ChannelLayerNorm(dim, norm_bias)])
+        self.proj = nn.ModuleList([nn.Conv2d(dim, dim, 1), nn.Conv2d(dim, dim, 1)])
+        self.shared = ChannelAttention(dim, heads, cfg.bias)
+        self.mixer = CrossChannelAttention(dim, heads, cfg.bias)
+        self.ffn = GatedFFN(dim, cfg.ffn_expansion_factor, cfg.bias)
+        self.adapter = MoCELayer(dim, cfg)
+
+    def forward(self, x: Tensor, freq_emb: Tensor, state: _Pass) -> Tensor:
+        h = self.norms[0](x)
+        shared = self.shared(self.proj[0](h))
+        routed = self.adapter(self.proj[1](h), freq_emb, shared, state)
+        x = x + self.mixer(routed, shared)
+        return x + self.ffn(self.norms[1](x))
+
+
+class MoCEGroup(nn.Module):
+    def __init__(self, dim: int, heads: int, blocks: int, cfg: MoCEIRConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(MoCEBlock(dim, heads, cfg) for _ in range(blocks))
+
+    def forward(self, x: Tensor, freq_emb: Tensor, state: _Pass) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, freq_emb, state)
+        return x
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, in_channels: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, 3, padding=1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x)
+
+
+class Downsample(nn.Module):
+    """C -> 2C channels at half resolution: 3x3 conv to C/2, then PixelUnshuffle(2)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(dim, dim // 2, 3, padding=1, bias=False), nn.PixelUnshuffle(2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+class Upsample(nn.Module):
+    """C -> C/2 channels at double resolution: 3x3 conv to 2C, then PixelShuffle(2)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(dim, dim * 2, 3, padding=1, bias=False), nn.PixelShuffle(2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+class HighPass(nn.Module):
+    """Depthwise 3x3 conv initialised to a Laplacian. The official `freeze` never took effect, so the trained kernel
+    is whatever the checkpoint holds."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False)
+        laplacian = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, 8.0, -1.0], [-1.0, -1.0, -1.0]])
+        with torch.no_grad():
+            self.conv.weight.copy_(laplacian.expand(dim, 1, 3, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class FrequencyEmbedding(nn.Module):
+    """The global "degradation prompt" every router sees: high-pass of the latent features, GELU, spatial mean, MLP."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.high_conv = nn.Sequential(HighPass(dim), nn.GELU())
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mlp(self.high_conv(x).mean(dim=(-2, -1)))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The network
+
+
+class MoCEIR(nn.Module):
+    """MoCE-IR. `forward(x)` restores a (B, C, H, W) batch in [0, 1] (output not clamped); `run` also returns the
+    routing and, in training mode, the auxiliary routing loss."""
+
+    arch = ARCH
+
+    def __init__(self, config: MoCEIRConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or MoCEIRConfig()
+        self.config = cfg
+        dims = [cfg.dim * 2**i for i in range(cfg.levels)]
+        norm_bias = cfg.layernorm_type == "WithBias"
+        f = cfg.ffn_expansion_factor
+
+        self.patch_embed = PatchEmbed(cfg.in_channels, cfg.dim)
+        self.freq_embed = FrequencyEmbedding(cfg.freq_dim)
+        self.enc = nn.ModuleList(
+            nn.ModuleList([TransformerGroup(dims[i], cfg.heads[i], cfg.num_blocks[i], f, norm_bias), Downsample(dims[i])])
+            for i in range(cfg.levels - 1)
+        )
+        self.latent = TransformerGroup(dims[-1], cfg.heads[-1], cfg.num_blocks[-1], f, norm_bias)
+        # Decoder i runs at the resolution of encoder level (levels-2-i), lowest resolution first.
+        self.dec = nn.ModuleList()
+        for i in range(cfg.levels - 1):
+            level = cfg.levels - 2 - i
+            self.dec.append(
+                nn.ModuleList(
+                    [
+                        Upsample(dims[level + 1]),
+                        nn.Conv2d(dims[level + 1], dims[level], 1, bias=cfg.bias),
+                        MoCEGroup(dims[level], cfg.heads[level], cfg.num_dec_blocks[level], cfg),
+                    ]
+                )
+            )
+        self.refinement = TransformerGroup(cfg.dim, cfg.heads[0], cfg.num_refinement_blocks, f, norm_bias)
+        self.output = nn.Conv2d(cfg.dim, cfg.out_channels, 3, padding=1, bias=cfg.bias)
+
+    # -- introspection used by the engine, reports and tests
+
+    @property
+    def moce_layers(self) -> list[MoCELayer]:
+        """The MoCE layers in forward order (lowest-resolution decoder first)."""
+        return [block.adapter for _, _, group in self.dec for block in group.layers]
+
+    @property
+    def moce_layer_names(self) -> list[str]:
+        return [
+            f"dec.{i}.2.layers.{j}.adapter" for i, (_, _, group) in enumerate(self.dec) for j in range(len(group.layers))
+        ]
+
+    @property
+    def size_multiple(self) -> int:
+        return self.config.size_multiple
+
+    # -- forward
+
+    def run(
+        self,
+        x: Tensor,
+        routing: Routing | None = None,
+        *,
+        dense: bool = False,
+        routing_noise: bool | torch.Generator = False,
+    ) -> MoCEResult:
+        """Restore `x` (B, C, H, W), any H and W.
+
+        routing: impose these experts and gates instead of routing (e.g. the routing of a whole image, for its tiles).
+        dense: run every expert on every image (gates 0 for the unchosen ones); same result, for benchmarks.
+        routing_noise: add the official N(0, (1/E)^2) noise to the router logits at inference too. True draws from
+            torch's global RNG, as the official test does after `torch.manual_seed(0)`; a Generator draws from it.
+            (Training always adds the noise, as the official training does.)
+        """
+        if routing is not None and routing.experts.shape[0] != x.shape[0]:
+            raise ValueError(f"routing is for {routing.experts.shape[0]} images but the batch has {x.shape[0]}")
+        state = _Pass(imposed=routing, noise=routing_noise, dense=dense)
+        h, w = x.shape[-2:]
+        m = self.config.size_multiple
+        pad_h, pad_w = -h % m, -w % m
+        if pad_h or pad_w:
+            # Reflection needs a pad smaller than the side; tiny images fall back to edge replication.
+            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+        feats = self.patch_embed(x)
+        skips = []
+        for group, down in self.enc:
+            feats = group(feats)
+            skips.append(feats)
+            feats = down(feats)
+        feats = self.latent(feats)
+        freq_emb = self.freq_embed(feats)
+        for up, fuse, group in self.dec:
+            feats = fuse(torch.cat([up(feats), skips.pop()], dim=1))
+            feats = group(feats, freq_emb, state)
+        out = self.output(self.refinement(feats)) + x
+        out = out[..., :h, :w]
+
+        decided = Routing(
+            experts=torch.stack(state.experts, dim=1),
+            gates=torch.stack(state.gates, dim=1),
+            logits=torch.stack(state.logits, dim=1) if state.logits else None,
+        )
+        aux = torch.stack(state.aux).mean() if state.aux else None
+        return MoCEResult(out, decided, aux)
+
+    def forward(self, x: Tensor, routing: Routing | None = None, *, dense: bool = False) -> Tensor:
+        return self.run(x, routing, dense=dense).output
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Detection: which state dicts are MoCE-IR, and their config, from keys and shapes alone
+
+_SIGNATURE = (
+    "patch_embed.proj.weight",
+    "freq_embed.mlp.0.weight",
+    "latent.layers.0.mixer.temperature",
+    "dec.0.2.layers.0.adapter.routing.freq_gate.weight",
+)
+
+
+def detect(sd: Mapping[str, Tensor]) -> bool:
+    """True when the (canonical) state dict has MoCE-IR's signature keys."""
+    return all(k in sd for k in _SIGNATURE)
+
+
+def _count(sd: Mapping[str, Any], prefix: str) -> int:
+    """Number of numbered children `prefix.0`, `prefix.1`, ... present among the keys."""
+    n = 0
+    while any(k.startswith(f"{prefix}.{n}.") for k in sd):
+        n += 1
+    return n
+
+
+def infer_config(sd: Mapping[str, Tensor]) -> MoCEIRConfig:
+    """Read the full config off the tensors (raises KeyError/ValueError on a malformed state dict)."""
+    dim, in_channels = sd["patch_embed.proj.weight"].shape[:2]
+    out_channels = sd["output.weight"].shape[0]
+    levels = _count(sd, "enc") + 1
+    enc_blocks = [_count(sd, f"enc.{i}.0.layers") for i in range(levels - 1)]
+    latent_blocks = _count(sd, "latent.layers")
+    heads = [sd[f"enc.{i}.0.layers.0.mixer.temperature"].shape[0] for i in range(levels - 1)]
+    heads.append(sd["latent.layers.0.mixer.temperature"].shape[0])
+    # dec.i is built at level (levels-2-i); num_dec_blocks is listed full resolution first
+    dec_blocks = [_count(sd, f"dec.{levels - 2 - lvl}.2.layers") for lvl in range(levels - 1)]
+    expansion = _infer_expansion(sd, int(dim), levels)
+
+    first = "dec.0.2.layers.0"
+    num_experts = _count(sd, f"{first}.adapter.experts")
+    channels = sd[f"{first}.proj.0.weight"].shape[0]
+    ranks = [sd[f"{first}.adapter.experts.{e}.0.proj.0.weight"].shape[0] for e in range(num_experts)]
+    rank_type, rank = _match_rank_rule(ranks, channels, num_experts)
+
+    # The normalisation shows in the buffer's values (when there are values: not for shape-only meta tensors).
+    complexity = sd[f"{first}.adapter.routing.complexity"]
+    complexity_scale = "max"
+    if complexity.device.type != "meta":
+        if math.isclose(float(complexity.min()), 1.0, rel_tol=1e-6) and float(complexity.max()) > 1.0:
+            complexity_scale = "min"
+        elif not math.isclose(float(complexity.max()), 1.0, rel_tol=1e-6):
+            complexity_scale = "none"
+
+    return MoCEIRConfig(
+        dim=int(dim),
+        num_blocks=(*enc_blocks, latent_blocks),
+        num_dec_blocks=tuple(dec_blocks),
+        num_refinement_blocks=_count(sd, "refinement.layers"),
+        heads=tuple(int(h) for h in heads),
+        ffn_expansion_factor=expansion,
+        num_experts=num_experts,
+        rank_type=rank_type,
+        rank=rank,
+        complexity_scale=complexity_scale,
+        bias=f"{first}.shared.qkv.bias" in sd,
+        layernorm_type="WithBias" if "latent.layers.0.norms.0.body.bias" in sd else "BiasFree",
+        in_channels=int(in_channels),
+        out_channels=int(out_channels),
+    )
+
+
+def _infer_expansion(sd: Mapping[str, Tensor], dim: int, levels: int) -> float:
+    """The FFN factor f with int(C * f) equal to every level's hidden width (2.66 stays 2.66, not 127/48)."""
+    widths = {dim * 2**i: sd[key].shape[0] // 2 for i, key in enumerate(
+        [f"enc.{i}.0.layers.0.ffn.project_in.weight" for i in range(levels - 1)]
+        + ["latent.layers.0.ffn.project_in.weight"]
+    ) if key in sd}
+    # the widest level pins f down most precisely; prefer short decimals (2.0, 2.66) over exact fractions
+    for c, hidden in sorted(widths.items(), reverse=True):
+        for f in (round(hidden / c, 1), round(hidden / c, 2), round(hidden / c, 3), (hidden + 0.5) / c):
+            if all(int(cc * f) == hh for cc, hh in widths.items()):
+                return f
+    raise ValueError(f"FFN widths {sorted(widths.values())} fit no single expansion factor")
+
+
+def _match_rank_rule(ranks: list[int], channels: int, num_experts: int) -> tuple[str, int]:
+    for rule in RANK_RULES:
+        for base in ([2] if rule == "spread" else range(1, max(ranks) + 1)):
+            probe = MoCEIRConfig(num_experts=num_experts, rank_type=rule, rank=base)
+            if probe.expert_ranks(channels) == ranks:
+                return rule, base
+    raise ValueError(f"expert ranks {ranks} follow none of the rank rules ({', '.join(RANK_RULES)})")

@@ -1,0 +1,26 @@
+"""Errors irtool raises for a user's mistake or a bad input file.
+
+Each carries a one-line message that names the thing and the problem (and, where there is one, the fix).
+The library raises them and never prints or exits; the CLI turns them into one line on stderr.
+Imports nothing.
+"""
+
+
+class IrtoolError(Exception):
+    """Base class: a problem with an input, a file or an option, never a bug in irtool."""
+
+
+class CheckpointError(IrtoolError):
+    """A checkpoint cannot be read, is not a supported network, or does not match its network."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint needs arbitrary pickled objects to load; refused unless the caller trusts it."""
+
+
+class WeightsNotFoundError(IrtoolError):
+    """A named checkpoint is not in the manifest or not downloaded yet."""
+
+
+class ImageError(IrtoolError):
+    """An image cannot be read or written."""

@@ -1,0 +1,37 @@
+"""Shared fixtures: seeded RNGs, the golden reference folder, tiny random-weight models."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Golden data made by running the official code (see ../shared/reference/README.md); IRTOOL_REFERENCE overrides.
+REFERENCE = Path(os.environ.get("IRTOOL_REFERENCE", REPO.parent / "shared" / "reference"))
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty weights cache, never the user's."""
+    monkeypatch.setenv("IRTOOL_HOME", str(tmp_path_factory.mktemp("irtool_home")))
+
+
+@pytest.fixture(scope="session")
+def reference() -> Path:
+    if not REFERENCE.is_dir():
+        pytest.skip(f"golden reference data not found at {REFERENCE} (set IRTOOL_REFERENCE to its folder)")
+    return REFERENCE
