@@ -684,6 +684,11 @@ class MoCEIR(nn.Module):
     def forward(self, x: Tensor, routing: Routing | None = None, *, dense: bool = False) -> Tensor:
         return self.run(x, routing, dense=dense).output
 
+    def route(self, x: Tensor) -> Routing:
+        """The routing the network picks for `x` (B, C, H, W). MoCE-IR's routers read decoder features, so this is
+        a full forward pass; route a downscaled copy to decide for a large image cheaply."""
+        return self.run(x).routing
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Detection: which state dicts are MoCE-IR, and their config, from keys and shapes alone
