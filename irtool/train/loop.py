@@ -180,11 +180,17 @@ class Trainer:
         if ctx.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
+            import inspect
+
+            # The only buffers are the constant expert complexities: no need to re-send them every forward.
+            # (torch >= 2.13 renamed the option.)
+            no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
+                DistributedDataParallel).parameters else "broadcast_buffers"
             module = DistributedDataParallel(
                 module,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=False,
-                broadcast_buffers=False,  # the only buffers are the constant expert complexities
+                **{no_sync: False},
             )
         if config.compile:
             module = torch.compile(module)
