@@ -193,7 +193,7 @@ class Trainer:
                 **{no_sync: False},
             )
         if config.compile:
-            module = torch.compile(module)
+            module = torch.compile(module, dynamic=False)
         self.module = module
 
         params = [p for p in self.net.parameters() if p.requires_grad]

@@ -39,22 +39,25 @@ class ConfigError(IrtoolError):
 class TaskSource:
     """One stream of training pairs with one task label.
 
-    Pairs come either from a dataset's training split in the benchmark registry (`dataset`, real LQ/GT pairs, or
-    clean images when `degrade` is set) or from a folder of clean photos (`clean_dir`) degraded on the fly by
-    `irtool.degrade.<degrade>(**params)`. `repeat` lists the source that many times per epoch (the official
+    Pairs come either from training splits in the benchmark registry (`datasets`, real LQ/GT pairs, or clean images
+    when `degrade` is set) or from a folder of clean photos (`clean_dir`), degraded on the fly by
+    `irtool.degrade.degrade(image, degrade, params["level"])`, the level drawn per sample between the named "light"
+    and "heavy" levels when `params` gives none. `repeat` lists the source that many times per epoch (the official
     repeat factors balance small datasets against large ones).
     """
 
     task: str
-    dataset: str | None = None
+    datasets: tuple[str, ...] = ()
     clean_dir: str | None = None
     degrade: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     repeat: int = 1
 
     def __post_init__(self) -> None:
-        if (self.dataset is None) == (self.clean_dir is None):
-            raise ConfigError(f"task {self.task!r}: give exactly one of dataset or clean_dir")
+        if isinstance(self.datasets, (str, list)):
+            object.__setattr__(self, "datasets", (self.datasets,) if isinstance(self.datasets, str) else tuple(self.datasets))
+        if bool(self.datasets) == (self.clean_dir is not None):
+            raise ConfigError(f"task {self.task!r}: give exactly one of datasets or clean_dir")
         if self.clean_dir is not None and self.degrade is None:
             raise ConfigError(f"task {self.task!r}: clean photos need a degradation (one of {', '.join(SYNTHETIC_TASKS)})")
         if self.degrade is not None and self.degrade not in SYNTHETIC_TASKS:
@@ -193,7 +196,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["betas"] = list(self.betas)
-        d["sources"] = [asdict(s) for s in self.sources]
+        d["sources"] = [{**asdict(s), "datasets": list(s.datasets)} for s in self.sources]
         return d
 
     def to_json(self) -> str:
@@ -255,20 +258,21 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def _denoise(sigma: int) -> TaskSource:
-    return TaskSource(task=f"denoise_{sigma}", dataset="denoise-train", degrade="noise", params={"sigma": sigma}, repeat=3)
+    return TaskSource(task=f"denoise_{sigma}", datasets=("wed-train", "bsd400-train"), degrade="noise",
+                      params={"level": sigma}, repeat=3)
 
 
 _AIO3 = (
     _denoise(15),
     _denoise(25),
     _denoise(50),
-    TaskSource(task="derain", dataset="rain100l-train", repeat=120),
-    TaskSource(task="dehaze", dataset="ots-train", repeat=1),
+    TaskSource(task="derain", datasets=("rain100l-train",), repeat=120),
+    TaskSource(task="dehaze", datasets=("ots-train",), repeat=1),
 )
 _AIO5 = (
     *_AIO3,
-    TaskSource(task="deblur", dataset="gopro-train", repeat=5),
-    TaskSource(task="lowlight", dataset="lolv1-train", repeat=20),
+    TaskSource(task="deblur", datasets=("gopro-train",), repeat=5),
+    TaskSource(task="lowlight", datasets=("lol-v1-train",), repeat=20),
 )
 
 _MOCE_OFFICIAL = dict(
