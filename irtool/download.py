@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -309,6 +310,10 @@ def _reason(exc: BaseException) -> str:
     text = str(reason).strip() or type(reason).__name__
     if isinstance(reason, TimeoutError) or "timed out" in text:
         return "no answer in time"
+    if isinstance(reason, socket.gaierror):
+        return "host name not resolved; offline?"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
     return text.splitlines()[0][:160]
 
 
@@ -316,9 +321,9 @@ def _http_error(exc: urllib.error.HTTPError) -> Exception:
     phrase = exc.reason or http.client.responses.get(exc.code, "")
     message = f"{exc.url}: HTTP {exc.code} {phrase}".rstrip()
     if exc.code in _RETRY_CODES:
-        return _Transient(f"{message} (server error)")
+        return _Transient(message)
     hint = _HINTS.get(exc.code)
-    return DownloadError(f"{message} ({hint})" if hint else message)
+    return DownloadError(f"{message}: {hint}" if hint else message)
 
 
 # --------------------------------------------------------------------------------------------------------------------

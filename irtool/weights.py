@@ -424,28 +424,30 @@ def _fetch_file(entry: Entry, spec: Mapping[str, Any], url: str, progress: FileP
     filename = spec["filename"]
     staged = entry.downloads / filename
     report = (lambda done, total: progress(filename, done, total)) if progress else None
-    try:
-        from .download import download
+    from .download import download
 
+    try:
         got = download(url, staged, sha256=spec.get("sha256"), size=spec.get("size"), progress=report,
-                                 timeout=timeout, retries=retries)
+                       timeout=timeout, retries=retries)
+        if spec.get("sha256"):
+            checked = "sha256 matches the manifest"
+        else:
+            try:
+                checked = _check_against_entry(staged, entry, spec)
+            except IrtoolError as exc:
+                staged.unlink(missing_ok=True)
+                raise CheckpointError(f"{entry.name}: the file from {url} is not this checkpoint ({exc}); "
+                                      "nothing was kept") from None
+        entry.folder.mkdir(parents=True, exist_ok=True)
+        dest = entry.folder / filename
+        os.replace(staged, dest)
     except ChecksumError as exc:
         raise ChecksumError(f"{entry.name}: {exc}") from None
     except DownloadError as exc:
         raise DownloadError(f"{entry.name}: {exc}. To do it by hand: {manual_steps(entry, spec)}") from None
-    if spec.get("sha256"):
-        checked = "sha256 matches the manifest"
-    else:
-        try:
-            checked = _check_against_entry(staged, entry, spec)
-        except IrtoolError as exc:
-            staged.unlink(missing_ok=True)
-            raise CheckpointError(f"{entry.name}: the file from {url} is not this checkpoint ({exc}); nothing was kept") from None
-    entry.folder.mkdir(parents=True, exist_ok=True)
-    dest = entry.folder / filename
-    os.replace(staged, dest)
-    _prune(entry.downloads)
-    _prune(entry.downloads.parent)
+    finally:
+        _prune(entry.downloads)  # gone unless a partial download waits there
+        _prune(entry.downloads.parent)
     copy = entry.folder / f"{role}.safetensors"
     if copy.is_file() and copy != dest:
         copy.unlink()  # an imported copy of an older file would shadow the fresh download

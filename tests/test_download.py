@@ -99,7 +99,7 @@ def test_redirects_are_followed(server, tmp_path):
     assert got.url == server.url("/cdn/w.bin") and got.path.read_bytes() == DATA
 
 
-@pytest.mark.parametrize("code,message", [(404, r"HTTP 404 Not Found \(no such file there"), (403, "HTTP 403 Forbidden \\(access denied")])
+@pytest.mark.parametrize("code,message", [(404, "HTTP 404 Not Found: no such file there"), (403, "HTTP 403 Forbidden: access denied")])
 def test_client_errors_are_one_line_and_leave_nothing(server, tmp_path, code, message):
     server.status("/w.bin", code)
     with pytest.raises(DownloadError, match=message) as exc:
@@ -111,7 +111,7 @@ def test_client_errors_are_one_line_and_leave_nothing(server, tmp_path, code, me
 
 def test_server_errors_are_retried_then_reported(server, tmp_path):
     server.status("/w.bin", 500)
-    with pytest.raises(DownloadError, match=r"HTTP 500 Internal Server Error \(server error\) \(tried 2 times\); nothing was kept"):
+    with pytest.raises(DownloadError, match=r"HTTP 500 Internal Server Error \(tried 2 times\); nothing was kept"):
         _get(tmp_path / "w.bin", server.url("/w.bin"), retries=1)
     assert len(server.requests) == 2 and list(tmp_path.iterdir()) == []
 
@@ -120,7 +120,7 @@ def test_offline_is_one_clear_line(tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(DownloadError, match=rf"127\.0\.0\.1:{port}/w\.bin: could not connect \(.*refused.*\).*nothing was kept"):
+    with pytest.raises(DownloadError, match=rf"127\.0\.0\.1:{port}/w\.bin: could not connect \(connection refused\); nothing was kept"):
         _get(tmp_path / "w.bin", f"http://127.0.0.1:{port}/w.bin", retries=0)
 
 

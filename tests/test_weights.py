@@ -250,6 +250,7 @@ def test_fetch_failures_give_the_manual_steps(manifest, server):
     assert "\n" not in message and message.startswith("tiny.aio3: ") and "HTTP 404" in message
     assert f"download {server.url('/gone.ckpt')}" not in message  # the URL came from --url, the manifest has none
     assert message.endswith("then run `irtool weights import last.ckpt --name tiny.aio3`")
+    assert not (weights.cache_dir() / ".downloads").exists()  # no empty folders left behind either
     with pytest.raises(WeightsNotFoundError, match="tiny.aio3: no direct download link is published; get last.ckpt from https://example.org/repo"):
         weights.fetch("tiny.aio3")  # no URL anywhere
 
