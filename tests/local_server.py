@@ -59,6 +59,15 @@ class _Server(ThreadingHTTPServer):
     owner: "LocalServer"
 
 
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+def without_proxies(monkeypatch) -> None:
+    """Unset proxy variables, so that urllib talks to 127.0.0.1 directly and never through another machine."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
 class LocalServer:
     """Routes are set per path (the query string goes to the route); `requests` records (method, path, headers)."""
 

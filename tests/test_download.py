@@ -8,7 +8,7 @@ import os
 import socket
 
 import pytest
-from local_server import LocalServer
+from local_server import LocalServer, without_proxies
 
 from irtool.download import download, sha256_file
 from irtool.errors import ChecksumError, DownloadError
@@ -18,7 +18,8 @@ SHA = hashlib.sha256(DATA).hexdigest()
 
 
 @pytest.fixture
-def server():
+def server(monkeypatch):
+    without_proxies(monkeypatch)
     with LocalServer() as s:
         yield s
 
@@ -116,7 +117,8 @@ def test_server_errors_are_retried_then_reported(server, tmp_path):
     assert len(server.requests) == 2 and list(tmp_path.iterdir()) == []
 
 
-def test_offline_is_one_clear_line(tmp_path):
+def test_offline_is_one_clear_line(tmp_path, monkeypatch):
+    without_proxies(monkeypatch)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

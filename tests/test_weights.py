@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import ODD, random_moce
-from local_server import LocalServer
+from local_server import LocalServer, without_proxies
 from typer.testing import CliRunner
 
 import irtool
@@ -102,7 +102,8 @@ def manifest(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def server():
+def server(monkeypatch):
+    without_proxies(monkeypatch)
     with LocalServer() as s:
         yield s
 
