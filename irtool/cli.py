@@ -191,6 +191,7 @@ def weights_fetch(
     force: Annotated[bool, typer.Option("--force", help="Download again even if the file is cached.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the server before giving up.", min=1)] = 30.0,
     retries: Annotated[int, typer.Option(help="Resume this many times after a lost connection.", min=0)] = 2,
+    trust_checkpoint: Annotated[bool, _TRUST_OPTION] = False,
     as_json: Annotated[bool, _JSON_OPTION] = False,
 ) -> None:
     """Download checkpoints into the cache, verify them and record their sha256.
@@ -218,7 +219,8 @@ def weights_fetch(
 
             try:
                 urls = weights.url_overrides(name, url) if url else None
-                results += weights.fetch(name, urls=urls, force=force, progress=progress, timeout=timeout, retries=retries)
+                results += weights.fetch(name, urls=urls, force=force, progress=progress, timeout=timeout, retries=retries,
+                                         trust=trust_checkpoint)
             except IrtoolError as exc:
                 console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
                 failed += 1

@@ -28,7 +28,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import ChecksumError, CheckpointError, DownloadError, IrtoolError, WeightsNotFoundError
+from .errors import (
+    ChecksumError,
+    CheckpointError,
+    DownloadError,
+    IrtoolError,
+    UnsafeCheckpointError,
+    WeightsNotFoundError,
+)
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 MANIFEST_NAME = "weights_manifest.json"
@@ -391,11 +398,13 @@ def fetch(
     progress: FileProgress | None = None,
     timeout: float = 30.0,
     retries: int = 2,
+    trust: bool = False,
 ) -> list[Fetched]:
     """Download the files of entry `name` into the cache, verify them and record their sha256.
 
     urls: {role: url} to download from instead of the manifest's (e.g. a mirror); see `source_url`.
     force: download again even when the file is cached (an imported copy of that role is then dropped).
+    trust: allow pickled objects beyond plain tensors when checking a file (runs code from it).
     A file with a known sha256 must match it; one without is loaded strictly and must be the entry's architecture
     and variant (this needs torch). What fails a check is deleted; an interrupted download is kept and resumed.
     """
@@ -414,12 +423,12 @@ def fetch(
             continue
         jobs.append((spec, source_url(entry, spec, urls)))  # every URL is known before anything is downloaded
     for spec, url in jobs:
-        done.append(_fetch_file(entry, spec, url, progress, timeout, retries))
+        done.append(_fetch_file(entry, spec, url, progress, timeout, retries, trust))
     return done
 
 
 def _fetch_file(entry: Entry, spec: Mapping[str, Any], url: str, progress: FileProgress | None,
-                timeout: float, retries: int) -> Fetched:
+                timeout: float, retries: int, trust: bool) -> Fetched:
     role = spec.get("role", "weights")
     filename = spec["filename"]
     staged = entry.downloads / filename
@@ -433,7 +442,15 @@ def _fetch_file(entry: Entry, spec: Mapping[str, Any], url: str, progress: FileP
             checked = "sha256 matches the manifest"
         else:
             try:
-                checked = _check_against_entry(staged, entry, spec)
+                checked = _check_against_entry(staged, entry, spec, trust)
+            except UnsafeCheckpointError:
+                # Not necessarily wrong, but it cannot be checked without running its pickled code: keep the download
+                # out of the cache and say how to take it in.
+                raise UnsafeCheckpointError(
+                    f"{entry.name}: the downloaded file needs pickled objects beyond plain tensors to load, so it was "
+                    f"not checked; it is kept at {staged}. If you trust {url}, run `irtool weights import {staged} "
+                    f"--name {entry.name} --trust-checkpoint`"
+                ) from None
             except IrtoolError as exc:
                 staged.unlink(missing_ok=True)
                 raise CheckpointError(f"{entry.name}: the file from {url} is not this checkpoint ({exc}); "

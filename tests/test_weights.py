@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -241,6 +242,21 @@ def test_fetch_of_a_file_that_is_not_the_checkpoint_keeps_nothing(manifest, serv
     with pytest.raises(CheckpointError, match=r"tiny\.aio3: the file from .* is not this checkpoint .*dim=8 instead of 16.*not tiny\); nothing was kept"):
         weights.fetch("tiny.aio3", urls={"weights": server.url("/last.ckpt")})
     assert not any(weights.cache_dir().rglob("*.ckpt*"))
+
+
+def test_fetch_of_an_unsafe_pickle_keeps_it_out_of_the_cache_but_on_disk(manifest, server, tmp_path, tiny_model):
+    unsafe = tmp_path / "unsafe.ckpt"
+    torch.save({**_lightning(tiny_model.state_dict()), "extra": NotAllowed()}, unsafe)
+    server.file("/last.ckpt", unsafe.read_bytes())
+    url = server.url("/last.ckpt")
+    with pytest.raises(UnsafeCheckpointError, match=r"not checked; it is kept at (\S+)\. If you trust .*--trust-checkpoint`$") as exc:
+        weights.fetch("tiny.aio3", urls={"weights": url})
+    kept = Path(re.search(r"kept at (\S+)\. ", str(exc.value)).group(1))
+    assert kept.read_bytes() == unsafe.read_bytes() and weights.find_entry("tiny.aio3").local_files() == {}
+    assert weights.import_checkpoint(kept, name="tiny.aio3", trust=True).variant == "tiny"
+    weights.remove("tiny.aio3")
+    (got,) = weights.fetch("tiny.aio3", urls={"weights": url}, trust=True)
+    assert got.checked == "loads strictly as MoCE-IR tiny"
 
 
 def test_fetch_failures_give_the_manual_steps(manifest, server):
