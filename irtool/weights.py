@@ -635,14 +635,14 @@ def _write_safetensors(sd: Mapping[str, Any], metadata: dict[str, str], out: Pat
     refuses shared storage)."""
     from safetensors.torch import save_file
 
-    seen: set[tuple[int, int]] = set()
+    seen: set[int] = set()
     tensors = {}
     for key, tensor in sd.items():
         tensor = tensor.detach().contiguous()
-        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        if tensor.numel() and where in seen:
+        storage = tensor.untyped_storage().data_ptr()
+        if tensor.numel() and storage in seen:
             tensor = tensor.clone()
-        seen.add(where)
+        seen.add(storage)
         tensors[key] = tensor
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")

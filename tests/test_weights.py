@@ -446,6 +446,15 @@ def test_convert_writes_a_loadable_safetensors_and_leaves_the_cache_alone(tmp_pa
     with pytest.raises(IrtoolError, match="is the input"):
         weights.convert(got.path, got.path, force=True)
 
+    # tied tensors (one tensor under two keys, which safetensors refuses to write) are written apart
+    sd = tiny_model.state_dict()
+    a, b = "dec.0.2.layers.0.ffn.dwconv.weight", "dec.0.2.layers.1.ffn.dwconv.weight"
+    assert sd[a].shape == sd[b].shape
+    torch.save({**sd, b: sd[a]}, tmp_path / "tied.pth")
+    converted = weights.convert(tmp_path / "tied.pth", tmp_path / "tied.safetensors")
+    loaded = irtool.load_model(converted.path).state_dict()
+    assert torch.equal(loaded[a], sd[a]) and torch.equal(loaded[b], sd[a])
+
 
 def test_verify_catches_changed_files(manifest, server, tiny_ckpt):
     data = tiny_ckpt.read_bytes()
