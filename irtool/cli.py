@@ -42,8 +42,8 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def command(*args: Any, **kwargs: Any) -> Callable:
-    """`app.command` for irtool commands: an IrtoolError becomes one line on stderr and exit status 1."""
+def command(*args: Any, typer_app: typer.Typer | None = None, **kwargs: Any) -> Callable:
+    """`app.command` (or a sub-app's) for irtool commands: an IrtoolError becomes one line on stderr, exit status 1."""
 
     def register(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -53,7 +53,7 @@ def command(*args: Any, **kwargs: Any) -> Callable:
             except IrtoolError as exc:
                 fail(str(exc))
 
-        return app.command(*args, **kwargs)(wrapper)
+        return (typer_app or app).command(*args, **kwargs)(wrapper)
 
     return register
 
@@ -125,19 +125,7 @@ app.add_typer(weights_app, name="weights")
 
 
 def _weights_command(*args: Any, **kwargs: Any) -> Callable:
-    """`weights_app.command` with irtool's error handling (an IrtoolError is one line on stderr, exit 1)."""
-
-    def register(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapper(*a: Any, **kw: Any) -> Any:
-            try:
-                return fn(*a, **kw)
-            except IrtoolError as exc:
-                fail(str(exc))
-
-        return weights_app.command(*args, **kwargs)(wrapper)
-
-    return register
+    return command(*args, typer_app=weights_app, **kwargs)
 
 
 _TRUST_OPTION = typer.Option("--trust-checkpoint", help="Allow pickled objects beyond plain tensors (runs code from the file).")
