@@ -6,7 +6,7 @@ unless those are a few known-harmless ones (argparse.Namespace, numpy scalars an
 
 The architecture and its full config are read off the keys and shapes (see each arch's `infer_config`); the network
 is then built and loaded with `strict=True`, so a checkpoint either loads exactly or is refused with one line saying
-why.
+why. LoRA-IR comes as two files (restoration network and CLIP router); `load_model` loads both and joins them.
 """
 
 from __future__ import annotations
