@@ -8,7 +8,9 @@ from irtool.archs.clip_router import CLIPRouter, CLIPRouterConfig
 from irtool.archs.lora_ir import LoRAIR, LoRAIRNet, LoRAIRNetConfig
 
 #: two levels, width 16, prior of 16 channels: runs in milliseconds
-MICRO_NET = LoRAIRNetConfig(width=16, enc_blocks=(1, 2), middle_blocks=1, dec_blocks=(1, 1), rank=2, prior_dim=16, dam_hidden=8)
+MICRO_NET = LoRAIRNetConfig(
+    width=16, enc_blocks=(1, 2), middle_blocks=1, dec_blocks=(1, 1), rank=2, prior_dim=16, dam_hidden=8
+)
 #: one layer, 28-px views (2x2 patches of 14 px), 32-d embeddings -> a 16-d prior, 3 classes; one head, as detection
 #: assumes for a width under 64 (heads do not show in the weights)
 MICRO_ROUTER = CLIPRouterConfig(

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 from helpers import make_images, random_moce
-from helpers_lora import random_lora_ir
+from helpers_lora import MICRO_ROUTER, random_lora_ir
 from typer.testing import CliRunner
 
 import irtool
@@ -92,7 +92,8 @@ def test_manifest_class_names_override_the_defaults(files, monkeypatch):
     assert model.classes == ("desnow", "derain", "deraindrop")
     with torch.no_grad():
         assert model.classify(model.route(make_images(1, 16, 16)))[0][0] in model.classes
-    monkeypatch.setattr(weights, "find_entry", lambda name: weights.Entry(entry.name, {**entry.data, "classes": ["a", "b"]}))
+    two = {**entry.data, "classes": ["a", "b"]}
+    monkeypatch.setattr(weights, "find_entry", lambda name: weights.Entry(entry.name, two))
     with pytest.raises(CheckpointError, match="manifest names 2 classes but the router has 3"):
         irtool.load_model("lora_ir.setting1", device="cpu")
 
@@ -111,7 +112,8 @@ def test_safetensors_files_and_an_old_position_ids_buffer(tmp_path, pair):
 
 def test_a_network_without_its_router_is_one_clear_line(files):
     ir, _ = files
-    with pytest.raises(CheckpointError, match=r"setting1_ir\.pth: a LoRA-IR restoration network needs its CLIP router file too"):
+    message = r"setting1_ir\.pth: a LoRA-IR restoration network needs its CLIP router file too"
+    with pytest.raises(CheckpointError, match=message):
         irtool.load_model(ir, device="cpu")
 
 
@@ -131,14 +133,15 @@ def test_wrong_router_arguments(files, tmp_path):
 
 
 def test_a_router_that_does_not_fit_the_network(files, tmp_path):
+    from dataclasses import replace
+
     from irtool.archs.clip_router import CLIPRouter
 
-    from helpers_lora import MICRO_ROUTER
-
     ir, _ = files
-    other = CLIPRouter(MICRO_ROUTER.__class__(**{**MICRO_ROUTER.__dict__, "classes": ("a", "b")}))
+    other = CLIPRouter(replace(MICRO_ROUTER, classes=("a", "b")))
     torch.save({"params": other.state_dict()}, tmp_path / "two_class_router.pth")
-    with pytest.raises(CheckpointError, match=r"two_class_router\.pth: does not fit .*2 classes but the network 3 experts"):
+    message = r"two_class_router\.pth: does not fit .*2 classes but the network 3 experts"
+    with pytest.raises(CheckpointError, match=message):
         irtool.load_model(ir, device="cpu", router=tmp_path / "two_class_router.pth")
 
 

@@ -26,7 +26,8 @@ def _tsv(path):
         if line.startswith("#") or not line.strip():
             continue
         key, shape, dtype = line.split("\t")
-        rows.append((key, tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), getattr(torch, dtype.split(".")[1])))
+        dims = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
+        rows.append((key, dims, getattr(torch, dtype.split(".")[1])))
     return rows
 
 
@@ -38,7 +39,8 @@ def test_released_key_lists_are_detected_and_load_strictly(reference, name, arch
     rows = _tsv(reference / "lora-ir" / f"state_dict_setting1_{name}.tsv")
     sd = {key: torch.empty(shape, dtype=dtype, device="meta") for key, shape, dtype in rows}
     if arch == "clip_router":  # older transformers saved this buffer; it must be ignored
-        sd["clip_model.vision_tower.vision_model.embeddings.position_ids"] = torch.empty(1, 577, dtype=torch.long, device="meta")
+        key = "clip_model.vision_tower.vision_model.embeddings.position_ids"
+        sd[key] = torch.empty(1, 577, dtype=torch.long, device="meta")
     with torch.device("meta"):
         model = build_model(sd, {}, f"setting1_{name}.pth")  # detect, drop obsolete keys, strict load
     assert model.arch == arch
@@ -82,19 +84,21 @@ def test_network_config_detection_round_trips(config):
 def test_router_config_detection_uses_variants_then_clip_conventions():
     with torch.device("meta"):
         tiny = CLIPRouter(clip_router.VARIANTS["tiny"]).state_dict()
-        odd = CLIPRouter(CLIPRouterConfig(hidden_size=128, num_layers=3, num_heads=8, intermediate_size=256,
-                                          image_size=56, patch_size=14, projection_dim=64, classes=("a", "b"))).state_dict()
+        odd_config = CLIPRouterConfig(hidden_size=128, num_layers=3, num_heads=8, intermediate_size=256,
+                                      image_size=56, patch_size=14, projection_dim=64, classes=("a", "b"))
+        odd = CLIPRouter(odd_config).state_dict()
     assert clip_router.detect(tiny) and not lora_ir.detect(tiny)
     assert clip_router.infer_config(tiny) == clip_router.VARIANTS["tiny"]  # 4 heads: from the variant
     found = clip_router.infer_config(odd)
     # heads do not show in the weights: CLIP's 64 channels per head; classes get generic names
-    assert (found.hidden_size, found.num_layers, found.num_heads, found.image_size, found.projection_dim) == (128, 3, 2, 56, 64)
+    shape = (found.hidden_size, found.num_layers, found.num_heads, found.image_size, found.projection_dim)
+    assert shape == (128, 3, 2, 56, 64)
     assert found.classes == ("class0", "class1")
 
 
 def test_official_kwargs_and_bad_configs():
-    kw = {"img_channel": 3, "width": 64, "enc_blk_nums": [1, 1, 1, 28], "middle_blk_num": 1, "dec_blk_nums": [1, 1, 1, 1],
-          "train_size": [1, 3, 256, 256], "r": 8, "num_experts": 3, "top_k": 1}
+    kw = {"img_channel": 3, "width": 64, "enc_blk_nums": [1, 1, 1, 28], "middle_blk_num": 1,
+          "dec_blk_nums": [1, 1, 1, 1], "train_size": [1, 3, 256, 256], "r": 8, "num_experts": 3, "top_k": 1}
     assert LoRAIRNetConfig.from_official_kwargs(kw) == lora_ir.VARIANTS["setting1"]
     assert lora_ir.VARIANTS["setting1"].tlc_px == 384
     with pytest.raises(ValueError, match="same, non-zero number of levels"):
@@ -152,7 +156,12 @@ def test_each_class_group_runs_one_plain_pass(monkeypatch):
     x, prior = make_images(4, 16, 16), _prior(4)
     passes = []
     original = LoRAIRNet._forward
-    monkeypatch.setattr(LoRAIRNet, "_forward", lambda self, inp, p, state: passes.append((inp.shape[0], state.expert)) or original(self, inp, p, state))
+
+    def counting(self, inp, p, state):
+        passes.append((inp.shape[0], state.expert))
+        return original(self, inp, p, state)
+
+    monkeypatch.setattr(LoRAIRNet, "_forward", counting)
     with torch.no_grad():
         net(x, prior, one_hot_logits([1, 0, 1, 1]))
     assert sorted(passes, key=lambda p: p[1]) == [(1, 0), (3, 1)]
@@ -326,8 +335,8 @@ def test_routing_subsets_moves_concatenates_and_can_be_imposed():
             part = routing[index]
             rows = x[[index] if isinstance(index, int) else index]
             assert len(part) == rows.shape[0] and part.prior.shape[0] == rows.shape[0]
-            torch.testing.assert_close(model.run(rows, part).output, whole[[index] if isinstance(index, int) else index],
-                                       atol=1e-5, rtol=0)
+            expected = whole[[index] if isinstance(index, int) else index]
+            torch.testing.assert_close(model.run(rows, part).output, expected, atol=1e-5, rtol=0)
         joined = LoRARouting.cat([routing[:1], routing[1:]])
         assert torch.equal(joined.logits, routing.logits) and torch.equal(joined.prior, routing.prior)
         moved = routing.to("cpu")

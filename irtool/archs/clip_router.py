@@ -75,11 +75,17 @@ class CLIPRouterConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"CLIP router config: hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+            raise ValueError(
+                f"CLIP router config: hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}"
+            )
         if self.image_size % self.patch_size:
-            raise ValueError(f"CLIP router config: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            raise ValueError(
+                f"CLIP router config: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"CLIP router config: unknown hidden_act {self.hidden_act!r}; one of {', '.join(ACTIVATIONS)}")
+            raise ValueError(
+                f"CLIP router config: unknown hidden_act {self.hidden_act!r}; one of {', '.join(ACTIVATIONS)}"
+            )
         if len(self.classes) < 1 or self.projection_dim % 2:
             raise ValueError("CLIP router config: needs at least one class and an even projection_dim")
         if len(self.image_mean) != self.in_channels or len(self.image_std) != self.in_channels:
@@ -166,7 +172,8 @@ class CLIPEmbeddings(nn.Module):
         super().__init__()
         self.patch_size = cfg.patch_size
         self.class_embedding = nn.Parameter(torch.randn(cfg.hidden_size))
-        self.patch_embedding = nn.Conv2d(cfg.in_channels, cfg.hidden_size, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        p = cfg.patch_size
+        self.patch_embedding = nn.Conv2d(cfg.in_channels, cfg.hidden_size, p, stride=p, bias=False)
         self.position_embedding = nn.Embedding(cfg.num_positions, cfg.hidden_size)
 
     def forward(self, pixels: Tensor) -> Tensor:
@@ -318,7 +325,9 @@ class CLIPRouter(nn.Module):
 
     def forward(self, views: Tensor) -> tuple[Tensor, Tensor]:
         if views.dim() != 5 or views.shape[1] != self.config.num_views:
-            raise ValueError(f"CLIP router: expects (B, {self.config.num_views}, C, S, S) views, got {tuple(views.shape)}")
+            raise ValueError(
+                f"CLIP router: expects (B, {self.config.num_views}, C, S, S) views, got {tuple(views.shape)}"
+            )
         b, v = views.shape[:2]
         emb = self.embed(views.flatten(0, 1)).view(b, v, -1)
         features = torch.cat([emb[:, 0], emb[:, 1:].mean(dim=1)], dim=1)

@@ -82,7 +82,9 @@ class LoRAIRNetConfig:
                 "describe the same, non-zero number of levels"
             )
         if self.width < 16:
-            raise ValueError(f"LoRA-IR config: width must be at least 16 (the DAM gate squeezes to width/16), got {self.width}")
+            raise ValueError(
+                f"LoRA-IR config: width must be at least 16 (the DAM gate squeezes to width/16), got {self.width}"
+            )
         if self.rank < 1 or self.num_experts < 1:
             raise ValueError("LoRA-IR config: rank and num_experts must be at least 1")
         if not 1 <= self.top_k <= self.num_experts:
