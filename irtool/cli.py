@@ -167,10 +167,11 @@ class _TrainView:
                 info=f"loss {info['loss']:.4f} lr {info['lr']:.2e} | {tasks}{weights}",
             )
         elif kind == "val":
-            per = " ".join(f"{t} {v:.2f}" for t, v in info["psnr"].items() if t != "mean")
+            unit = " dB" if info["metric"] == "psnr" else "%"
+            per = " ".join(f"{t} {v:.2f}" for t, v in info["result"].items() if t != "mean")
             self.progress.console.print(
-                f"step {info['step']}: validation PSNR {info['psnr']['mean']:.2f} dB ({per}); "
-                f"best {info['best_psnr']:.2f} dB at step {info['best_step']}"
+                f"step {info['step']}: validation {info['metric']} {info['result']['mean']:.2f}{unit} ({per}); "
+                f"best {info['best']:.2f}{unit} at step {info['best_step']}"
             )
         elif kind == "warning":
             self.progress.console.print(f"[yellow]warning:[/] {info['message']}")
@@ -179,12 +180,14 @@ class _TrainView:
             if self.as_json:
                 typer.echo(json.dumps(info))
                 return
-            best = f", best validation PSNR {info['best_psnr']:.2f} dB at step {info['best_step']}" if info["best"] else ""
+            unit = " dB" if info["metric"] == "psnr" else "%"
+            best = (f", best validation {info['metric']} {info['best']:.2f}{unit} at step {info['best_step']}"
+                    if info["best_weights"] else "")
             self.console.print(
                 f"done: {info['trained_steps']} steps in {info['seconds']:.0f} s (step {info['steps']}, "
                 f"epoch {info['epochs']:.2f}), final loss {info['final_loss']:.4f}{best}"
             )
-            self.console.print(f"weights: {info['weights']}" + (f", {info['best']}" if info["best"] else ""))
+            self.console.print(f"weights: {info['weights']}" + (f", {info['best_weights']}" if info["best_weights"] else ""))
 
     def close(self) -> None:
         self.progress.stop()
@@ -210,7 +213,8 @@ def train(
     val_dir: Annotated[Optional[str], typer.Option("--val-dir", help="Clean photos to validate on (else --val-count images per task are held out).", rich_help_panel="Data")] = None,
     val_count: Annotated[Optional[int], typer.Option("--val-count", help="Images held out per task for validation (4; 0: no validation, no best).", rich_help_panel="Data")] = None,
     val_size: Annotated[Optional[int], typer.Option("--val-size", help="Centre crop of validation images in px (256; 0: whole).", rich_help_panel="Data")] = None,
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="Network config: MoCE_IR, MoCE_IR_S (default), tiny.", rich_help_panel="Network")] = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", help="Network: moce_ir (default) or lora_ir (with --stage).", rich_help_panel="Network")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="Network config: MoCE_IR, MoCE_IR_S (default), tiny; LoRA-IR: setting1, tiny.", rich_help_panel="Network")] = None,
     dim: Annotated[Optional[int], typer.Option("--dim", help="Base width.", rich_help_panel="Network")] = None,
     blocks: Annotated[Optional[str], typer.Option("--blocks", help="Encoder blocks per level then latent, e.g. 4,6,6,8.", rich_help_panel="Network")] = None,
     dec_blocks: Annotated[Optional[str], typer.Option("--dec-blocks", help="Decoder (MoCE) blocks per level, e.g. 2,4,4.", rich_help_panel="Network")] = None,
@@ -219,8 +223,9 @@ def train(
     experts: Annotated[Optional[int], typer.Option("--experts", help="Complexity experts per MoCE layer (4).", rich_help_panel="Network")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", rich_help_panel="Network")] = None,
     complexity: Annotated[Optional[bool], typer.Option("--complexity/--no-complexity", help="MoCE-IR's complexity bias in the balance loss (on by default).", rich_help_panel="Network")] = None,
-    init: Annotated[Optional[str], typer.Option("--init", help="Start from these weights.", rich_help_panel="Network")] = None,
-    loss: Annotated[Optional[str], typer.Option("--loss", help="Pixel loss: l1 or psnr.", rich_help_panel="Losses")] = None,
+    init: Annotated[Optional[str], typer.Option("--init", help="Start from these weights (LoRA-IR experts: the base stage's; router: a router file's CLIP tower).", rich_help_panel="Network")] = None,
+    router: Annotated[Optional[str], typer.Option("--router", help="LoRA-IR base/experts stages: the trained router checkpoint (frozen).", rich_help_panel="Network")] = None,
+    loss: Annotated[Optional[str], typer.Option("--loss", help="Pixel loss: l1, psnr (LoRA-IR), ce (LoRA-IR router).", rich_help_panel="Losses")] = None,
     fft_weight: Annotated[Optional[float], typer.Option("--fft-weight", help="FFT-L1 weight (presets 0.1; 0 off).", rich_help_panel="Losses")] = None,
     balance_weight: Annotated[Optional[float], typer.Option("--balance-weight", help="Routing balance loss weight (0.01).", rich_help_panel="Losses")] = None,
     reweight: Annotated[Optional[str], typer.Option("--reweight", help="none, or art: Art's active task reweighting.", rich_help_panel="Losses")] = None,
@@ -253,7 +258,8 @@ def train(
     fields = {
         "data_root": data_root, "patch_size": patch_size, "batch_size": batch_size, "augment": augment,
         "num_workers": num_workers, "val_dir": val_dir, "val_count": val_count, "val_size": val_size,
-        "variant": config, "with_complexity": complexity, "init": init, "pixel_loss": loss, "fft_weight": fft_weight,
+        "arch": arch, "variant": config, "with_complexity": complexity, "init": init, "router": router,
+        "pixel_loss": loss, "fft_weight": fft_weight,
         "balance_weight": balance_weight, "reweight": reweight, "art_tau": art_tau, "art_ema": art_ema, "lr": lr,
         "weight_decay": weight_decay, "steps": steps, "epochs": epochs, "schedule_unit": schedule_unit,
         "warmup": warmup, "schedule_length": schedule_length, "lr_min": lr_min, "grad_clip": grad_clip,

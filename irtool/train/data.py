@@ -103,12 +103,16 @@ class TrainingSet(torch.utils.data.Dataset):
         augment: str = "dihedral",
         seed: int = 0,
         reader: Reader | None = None,
+        views: tuple[int, int] | None = None,
     ) -> None:
         self.sources = [s for s in sources if s.pairs]
         self.patch_size = patch_size
         self.augment = augment
         self.seed = seed
         self.reader = reader
+        #: (size, tiles): also give each sample LoRA-IR's CLIP views of its degraded patch (uint8, made here so that
+        #: loader workers do the PIL resizing, as the official `AllInOneCLIPDataset` does)
+        self.views = views
         self.offsets = [0]
         for s in self.sources:
             self.offsets.append(self.offsets[-1] + len(s.pairs) * s.repeat)
@@ -144,7 +148,12 @@ class TrainingSet(torch.utils.data.Dataset):
             lq = source.degrade(gt, rng) if source.degrade is not None else gt
         else:
             lq, gt = images
-        return {"lq": to_tensor(lq), "gt": to_tensor(gt), "task": source.task_id}
+        sample = {"lq": to_tensor(lq), "gt": to_tensor(gt), "task": source.task_id}
+        if self.views is not None:
+            from ..archs.clip_router import router_views_uint8
+
+            sample["views"] = router_views_uint8(sample["lq"][None], *self.views)[0]
+        return sample
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -184,11 +193,9 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Tensor]:
-    return {
-        "lq": torch.stack([s["lq"] for s in samples]),
-        "gt": torch.stack([s["gt"] for s in samples]),
-        "task": torch.tensor([s["task"] for s in samples], dtype=torch.long),
-    }
+    batch = {k: torch.stack([s[k] for s in samples]) for k in samples[0] if k != "task"}
+    batch["task"] = torch.tensor([s["task"] for s in samples], dtype=torch.long)
+    return batch
 
 
 def _worker_init(_: int) -> None:

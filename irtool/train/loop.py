@@ -43,7 +43,8 @@ from torch import Tensor, nn
 from ..errors import CheckpointError, IrtoolError
 from . import checkpoint, losses
 from .distributed import Dist, all_reduce_sum, barrier, broadcast_object, gather_objects, setup, teardown
-from .presets import RUNTIME_FIELDS, ConfigError, TrainConfig
+from .models import build_network, forward_module, load_router, restorer, router_views_spec
+from .presets import RUNTIME_FIELDS, TrainConfig
 from .reweight import ArtReweighter
 
 #: callback for progress events: (kind, info) with kind in start, step, val, checkpoint, end
@@ -52,71 +53,6 @@ EventSink = Callable[[str, dict[str, Any]], None]
 
 class TrainError(IrtoolError):
     """A training run cannot start or continue (bad data, a resume that does not fit, ...)."""
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Networks
-
-
-def network_config(config: TrainConfig) -> Any:
-    """The architecture config a run trains: the named variant, explicit field overrides, the complexity bias."""
-    if config.arch != "moce_ir":
-        raise ConfigError(f"training config: arch {config.arch!r} cannot be trained yet (moce_ir)")
-    from ..archs import moce_ir
-
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.items()}
-    known = {f.name for f in dataclasses.fields(moce_ir.MoCEIRConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"training config: unknown MoCE-IR field(s) {', '.join(unknown)}")
-    try:
-        return dataclasses.replace(moce_ir.VARIANTS[config.variant], **overrides, with_complexity=config.with_complexity)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def build_network(config: TrainConfig) -> nn.Module:
-    """A freshly initialised network (seeded by `config.seed`), or `config.init`'s weights when given."""
-    from ..archs import ARCHS
-
-    net_cfg = network_config(config)
-    torch.manual_seed(config.seed)
-    net = ARCHS[config.arch].build(net_cfg)
-    if config.init:
-        from ..loading import read_state_dict
-
-        sd, _ = read_state_dict(config.init)
-        missing, unexpected = net.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{config.init}: does not fit the network being trained "
-                f"({len(missing)} missing, {len(unexpected)} unexpected keys)"
-            )
-    return net
-
-
-class MoCEForward(nn.Module):
-    """One training forward of MoCE-IR, as DDP wraps it: (output, aux loss, chosen experts, zero term).
-
-    `zero_term` is 0 · sum of every expert parameter: it puts every expert into the backward graph (see the module
-    docstring) and is only built when several processes train together.
-    """
-
-    def __init__(self, net: nn.Module, zero_term: bool) -> None:
-        super().__init__()
-        self.net = net
-        self.zero_term = zero_term
-
-    def expert_groups(self) -> list[list[nn.Parameter]]:
-        """Parameters of each (MoCE layer, expert), layer-major: group l·E + e."""
-        return [list(layer.expert(e).parameters()) for layer in self.net.moce_layers for e in range(len(layer.experts))]
-
-    def forward(self, lq: Tensor, noise: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        result = self.net.run(lq, routing_noise=noise if noise is not None else True)
-        zero = None
-        if self.zero_term:
-            zero = torch.stack([p.sum() for group in self.expert_groups() for p in group]).sum() * 0.0
-        return result.output, result.aux_loss, result.routing.experts, zero
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -159,23 +95,27 @@ class StepStats:
 
 
 class Trainer:
-    """Network, optimiser, Art state and noise generator of one process; `step(batch, lr)` trains on one batch."""
+    """Network, optimiser, Art state and noise generator of one process; `step(batch, lr)` trains on one batch.
 
-    def __init__(self, config: TrainConfig, net: nn.Module, ctx: Dist, tasks: Sequence[str]) -> None:
+    router: LoRA-IR's frozen router for the network stages (it rides along on the device, outside the optimiser)."""
+
+    def __init__(self, config: TrainConfig, net: nn.Module, ctx: Dist, tasks: Sequence[str],
+                 router: nn.Module | None = None) -> None:
         self.config = config
         self.ctx = ctx
         self.tasks = list(tasks)
         self.device = ctx.device
         self.net = net.to(self.device).train()
+        self.router = router.to(self.device).eval() if router is not None else None
         self.channels_last = config.channels_last if config.channels_last is not None else self.device.type == "cuda"
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if bf16 else None
 
-        self.forward_module = MoCEForward(self.net, zero_term=ctx.enabled)
-        self.groups = self.forward_module.expert_groups()
-        self.num_experts = len(self.net.moce_layers[0].experts)
+        self.forward_module = forward_module(self.net, self.router, config, distributed=ctx.enabled)
+        self.groups = getattr(self.forward_module, "groups", [])  # MoCE-IR's (layer, expert) parameter groups
+        self.num_experts = getattr(self.forward_module, "num_experts", 0)
         module: nn.Module = self.forward_module
         if ctx.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -221,21 +161,26 @@ class Trainer:
         """Losses and gradients for one batch (this process's share of the global batch); no parameter update."""
         cfg, ctx, K = self.config, self.ctx, len(self.tasks)
         memory = torch.channels_last if self.channels_last else torch.contiguous_format
-        lq = batch["lq"].to(self.device, non_blocking=True).contiguous(memory_format=memory)
-        gt = batch["gt"].to(self.device, non_blocking=True)
-        task = batch["task"].to(self.device, non_blocking=True)
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        batch["lq"] = batch["lq"].contiguous(memory_format=memory)
+        gt, task = batch["gt"], batch["task"]
 
         with self._autocast():
-            out, aux, experts, zero = self.module(lq, self.noise)
-        pixel = losses.PIXEL_LOSSES[cfg.pixel_loss](out, gt)
+            out, aux, experts, zero = self.module(batch, self.noise)
+        if cfg.pixel_loss == "ce":
+            pixel = torch.nn.functional.cross_entropy(out.float(), task, reduction="none")
+        else:
+            pixel = losses.PIXEL_LOSSES[cfg.pixel_loss](out, gt)
         fft = losses.fft_l1(out, gt) if cfg.fft_weight else None
 
         # One all-reduce for everything global: per-task sums and counts, FFT sum, balance loss, expert usage.
         sums, counts = losses.task_sums(pixel, task, K)
         usage = torch.zeros(len(self.groups), dtype=torch.float64, device=self.device)
-        flat = experts.reshape(experts.shape[0], experts.shape[1], -1)
-        layer = torch.arange(flat.shape[1], device=flat.device).view(1, -1, 1)
-        usage.index_add_(0, (layer * self.num_experts + flat).flatten(), torch.ones(flat.numel(), dtype=torch.float64, device=self.device))
+        if experts is not None and self.groups:
+            flat = experts.reshape(experts.shape[0], experts.shape[1], -1)
+            layer = torch.arange(flat.shape[1], device=flat.device).view(1, -1, 1)
+            usage.index_add_(0, (layer * self.num_experts + flat).flatten(),
+                             torch.ones(flat.numel(), dtype=torch.float64, device=self.device))
         extras = torch.stack([
             fft.detach().double().sum() if fft is not None else torch.zeros((), dtype=torch.float64, device=self.device),
             aux.detach().double() if aux is not None else torch.zeros((), dtype=torch.float64, device=self.device),
@@ -321,24 +266,34 @@ class Trainer:
 # Validation
 
 
+def val_metric(config: TrainConfig) -> str:
+    """What validation measures: PSNR of restored images, or the router's accuracy (percent) at naming the task."""
+    return "accuracy" if config.stage == "router" else "psnr"
+
+
 @torch.no_grad()
-def validate(net: nn.Module, pairs: Sequence[Any], tasks: Sequence[str], device: torch.device, autocast_dtype=None) -> dict[str, float]:
-    """Mean PSNR (RGB, data range 1, outputs clamped) per task and over tasks, deterministic routing."""
+def validate(model: nn.Module, pairs: Sequence[Any], tasks: Sequence[str], device: torch.device, autocast_dtype=None,
+             metric: str = "psnr") -> dict[str, float]:
+    """Per task and averaged over tasks: mean PSNR (RGB, data range 1, outputs clamped, as MoCE-IR's test; routing
+    deterministic), or the percentage of images a router classifies as their task."""
     from ..metrics import psnr
 
-    was_training = net.training
-    net.eval()
+    was_training = model.training
+    model.eval()
     per_task: dict[str, list[float]] = {}
     try:
         for pair in pairs:
             lq = pair.lq.unsqueeze(0).to(device)
-            ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-            with ctx:
-                out = net(lq)
-            out = out.float().clamp(0, 1)[0].cpu()
-            per_task.setdefault(tasks[pair.task_id], []).append(float(psnr(out, pair.gt)))
+            with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
+                if metric == "accuracy":
+                    logits, _ = model.route(lq)
+                    value = 100.0 * float(int(logits.argmax(dim=1)[0]) == pair.task_id)
+                else:
+                    out = model(lq).float().clamp(0, 1)[0].cpu()
+                    value = float(psnr(out, pair.gt))
+            per_task.setdefault(tasks[pair.task_id], []).append(value)
     finally:
-        net.train(was_training)
+        model.train(was_training)
     result = {t: sum(v) / len(v) for t, v in per_task.items()}
     result["mean"] = sum(result.values()) / len(result) if result else math.nan
     return result
@@ -352,12 +307,12 @@ class RunLog:
     """`log.csv` / `val.csv` (and TensorBoard when installed) of the main process; resuming drops rows after the
     checkpoint, so a killed run's log does not count steps twice."""
 
-    def __init__(self, out: Path, tasks: Sequence[str], art: bool, resume_step: int | None) -> None:
+    def __init__(self, out: Path, tasks: Sequence[str], art: bool, resume_step: int | None, metric: str = "psnr") -> None:
         self.train_path, self.val_path = out / "log.csv", out / "val.csv"
         self.train_cols = ["step", "epoch", "lr", "loss", "pixel", "fft", "balance"]
         self.train_cols += [f"loss/{t}" for t in tasks] + ([f"weight/{t}" for t in tasks] if art else [])
         self.train_cols += ["grad_norm", "it_per_s", "seconds"]
-        self.val_cols = ["step", "psnr/mean"] + [f"psnr/{t}" for t in tasks]
+        self.val_cols = ["step", f"{metric}/mean"] + [f"{metric}/{t}" for t in tasks]
         for path, cols in ((self.train_path, self.train_cols), (self.val_path, self.val_cols)):
             kept: list[dict[str, str]] = []
             if resume_step is not None and path.is_file():
@@ -465,24 +420,38 @@ def train(
         teardown(ctx)
 
 
-def _run(config, out, resume, ctx: Dist, emit: EventSink, dataset, val_pairs) -> dict[str, Any]:
+def _agree(ctx: Dist, problem: str | None) -> None:
+    """Raise `problem` (found by rank 0) on every process, so that none is left waiting in a collective."""
+    problem = broadcast_object(ctx, problem)
+    if problem:
+        raise TrainError(problem)
+
+
+def _run(config: TrainConfig, out: Path, resume: bool, ctx: Dist, emit: EventSink, dataset, val_pairs) -> dict[str, Any]:
     from .data import EpochBatchSampler, make_loader
 
     main = ctx.is_main
+    net = build_network(config)
+    router = load_router(config)
+    views = router_views_spec(config, net, router)
     if dataset is None:
         from .sources import build_datasets
 
-        dataset, built_val = build_datasets(config)
+        dataset, built_val = build_datasets(config, with_val=main, views=views)
         val_pairs = built_val if val_pairs is None else val_pairs
-    val_pairs = list(val_pairs or [])
+    else:
+        dataset.views = views
+    val_pairs = list(val_pairs or []) if main else []
+    has_val = bool(broadcast_object(ctx, bool(val_pairs)))
     tasks = config.tasks or [f"task{i}" for i in range(1 + max((s.task_id for s in dataset.sources), default=0))]
+    metric = val_metric(config)
 
     state = None
     if resume:
         state = _check_resume(out, config)
-    elif main and (out / checkpoint.STATE).exists():
-        raise TrainError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
-    barrier(ctx)
+    else:
+        _agree(ctx, f"{out}: already holds a run; pass --resume to continue it or choose another --out"
+               if main and (out / checkpoint.STATE).exists() else None)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.write_json(out / "config.json", config.to_dict())
@@ -497,44 +466,46 @@ def _run(config, out, resume, ctx: Dist, emit: EventSink, dataset, val_pairs) ->
     total = config.epochs * spe if config.epochs is not None else config.steps
     loader = make_loader(dataset, sampler, num_workers=config.num_workers, pin_memory=ctx.device.type == "cuda")
 
-    net = build_network(config)
-    trainer = Trainer(config, net, ctx, tasks)
-    step, best_psnr, best_step = 0, -math.inf, None
+    trainer = Trainer(config, net, ctx, tasks, router)
+    model_for_val = restorer(net, trainer.router)
+    step, best, best_step = 0, -math.inf, None
     if state is not None:
         from safetensors.torch import load_file
 
         net.load_state_dict(load_file(str(out / checkpoint.WEIGHTS)), strict=True)
         trainer.load_state_dict(state)
         step, best_step = state["step"], state.get("best_step")
-        best_psnr = state["best_psnr"] if state.get("best_psnr") is not None else -math.inf
+        best = state["best"] if state.get("best") is not None else -math.inf
         rngs = state["rng"]
         if len(rngs) == ctx.world_size:
             checkpoint.restore_rng(rngs[ctx.rank], {"noise": trainer.noise})
         elif main:
             emit("warning", {"message": f"resumed with {ctx.world_size} processes instead of {len(rngs)}: "
                                         "routing noise is reseeded, the run is no longer bit-exact"})
-    log = RunLog(out, tasks, trainer.art is not None, step if state is not None else None) if main else None
+    log = RunLog(out, tasks, trainer.art is not None, step if state is not None else None, metric) if main else None
     val_every = config.val_every or config.ckpt_every
 
     if main:
+        if config.stage == "router" and not config.init:
+            emit("warning", {"message": "router stage without --init: the CLIP tower is random (pass the released "
+                                        "router file or another router checkpoint to start from CLIP's weights)"})
         emit("start", {
             "out": str(out), "total_steps": total, "steps_per_epoch": spe, "start_step": step, "samples": len(dataset),
             "val_pairs": len(val_pairs), "tasks": tasks, "world_size": ctx.world_size, "device": str(ctx.device),
             "parameters": sum(p.numel() for p in net.parameters()),
-            "trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
+            "trainable": sum(p.numel() for p in net.parameters() if p.requires_grad), "metric": metric,
         })
 
-    def save(step: int, epoch: int) -> None:
+    def save(step: int) -> None:
         rngs = gather_objects(ctx, checkpoint.capture_rng({"noise": trainer.noise}))
         if main:
-            info = _train_info(config, step, epoch)
-            checkpoint.save_weights(out / checkpoint.WEIGHTS, net, info)
+            checkpoint.save_weights(out / checkpoint.WEIGHTS, net, _train_info(config, step, step // spe))
             checkpoint.save_state(out / checkpoint.STATE, {
-                "format": 1, "step": step, "epoch": epoch, "total_steps": total, "steps_per_epoch": spe,
-                "world_size": ctx.world_size, "rng": rngs, "best_psnr": None if best_psnr == -math.inf else best_psnr,
-                "best_step": best_step, "schedule": {"unit": config.schedule_unit, "warmup": config.warmup,
-                "length": config.schedule_length, "lr": config.lr, "lr_min": config.lr_min,
-                "last_lr": lr_at(config, max(0, step - 1), spe, total)},
+                "format": 1, "step": step, "epoch": step // spe, "total_steps": total, "steps_per_epoch": spe,
+                "world_size": ctx.world_size, "rng": rngs, "metric": metric,
+                "best": None if best == -math.inf else best, "best_step": best_step,
+                "schedule": {"unit": config.schedule_unit, "warmup": config.warmup, "length": config.schedule_length,
+                             "lr": config.lr, "lr_min": config.lr_min, "last_lr": lr_at(config, max(0, step - 1), spe, total)},
                 **trainer.state_dict(),
             })
             emit("checkpoint", {"step": step, "path": str(out / checkpoint.WEIGHTS)})
@@ -572,21 +543,20 @@ def _run(config, out, resume, ctx: Dist, emit: EventSink, dataset, val_pairs) ->
                 emit("step", {**row, "total_steps": total, "eta_s": (total - step) / max(rate, 1e-9),
                               "tasks": tasks, "task_loss": stats.task_loss, "weights": stats.weights})
                 window_start, window_steps, sums = now, 0, {}
-            if val_pairs and (step % val_every == 0 or step == total):
+            if has_val and (step % val_every == 0 or step == total):
                 result = None
                 if main:
-                    result = validate(net, val_pairs, tasks, ctx.device, trainer.autocast_dtype)
-                    log.val_row({"step": step, "psnr/mean": result["mean"],
-                                 **{f"psnr/{t}": v for t, v in result.items() if t != "mean"}})
-                    if result["mean"] > best_psnr:
-                        best_psnr, best_step = result["mean"], step
+                    result = validate(model_for_val, val_pairs, tasks, ctx.device, trainer.autocast_dtype, metric)
+                    log.val_row({"step": step, **{f"{metric}/{t}": v for t, v in result.items()}})
+                    if result["mean"] > best:
+                        best, best_step = result["mean"], step
                         checkpoint.save_weights(out / checkpoint.BEST, net,
-                                                _train_info(config, step, step // spe, {"val_psnr": best_psnr}))
-                    emit("val", {"step": step, "psnr": result, "best_psnr": best_psnr, "best_step": best_step})
+                                                _train_info(config, step, step // spe, {f"val_{metric}": best}))
+                    emit("val", {"step": step, "metric": metric, "result": result, "best": best, "best_step": best_step})
                 last_val = broadcast_object(ctx, result)
-                best_psnr = broadcast_object(ctx, best_psnr)
+                best = broadcast_object(ctx, best)
             if step % config.ckpt_every == 0 or step == total:
-                save(step, step // spe)
+                save(step)
             if step >= total:
                 break
 
@@ -599,11 +569,12 @@ def _run(config, out, resume, ctx: Dist, emit: EventSink, dataset, val_pairs) ->
         "final_loss": last_stats.loss if last_stats else None,
         "final_task_loss": dict(zip(tasks, last_stats.task_loss)) if last_stats else None,
         "art_weights": dict(zip(tasks, last_stats.weights)) if last_stats and last_stats.weights else None,
-        "val_psnr": last_val,
-        "best_psnr": None if best_psnr == -math.inf else best_psnr,
+        "metric": metric,
+        "val": last_val,
+        "best": None if best == -math.inf else best,
         "best_step": best_step,
         "weights": str(out / checkpoint.WEIGHTS),
-        "best": str(out / checkpoint.BEST) if best_step is not None else None,
+        "best_weights": str(out / checkpoint.BEST) if best_step is not None else None,
     }
     if main:
         log.close()
