@@ -148,3 +148,21 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     train(micro_config(steps=24, ckpt_every=4, log_every=1), tmp_path / "straight", dataset=micro_dataset())
     assert_same_run(tmp_path / "straight", out)
     assert [int(r["step"]) for r in read_log(out / "log.csv")] == list(range(1, 25))
+
+
+def _broken_reader(path):
+    from irtool.errors import ImageError
+
+    raise ImageError(f"{path}: truncated PNG")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_unreadable_training_image_is_one_line(tmp_path, workers):
+    from irtool.errors import ImageError
+    from irtool.train.data import Pair, Source, TrainingSet
+
+    dataset = TrainingSet([Source(0, [Pair(tmp_path / "bad.png")] * 4), Source(1, [Pair(tmp_path / "bad.png")] * 4)],
+                          patch_size=32, reader=_broken_reader)
+    with pytest.raises(ImageError) as caught:
+        train(micro_config(num_workers=workers), tmp_path / "run", dataset=dataset)
+    assert str(caught.value) == f"{tmp_path / 'bad.png'}: truncated PNG"

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import ImageError
+
 #: (clean HxWx3 float32 in [0, 1], rng) -> degraded HxWx3 float32 in [0, 1]
 Degrader = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 #: path -> HxWx3 float32 RGB in [0, 1]
@@ -139,7 +141,8 @@ class TrainingSet(torch.utils.data.Dataset):
         gt = self._load(pair.gt)
         images = [gt] if pair.lq is None else [self._load(pair.lq), gt]
         if pair.lq is not None and images[0].shape[:2] != gt.shape[:2]:
-            raise ValueError(f"{pair.name}: degraded and clean images differ in size")
+            raise ImageError(f"{pair.lq}: {images[0].shape[1]}x{images[0].shape[0]} px but its clean image {pair.gt} is "
+                             f"{gt.shape[1]}x{gt.shape[0]} px")
         images = random_crop(images, self.patch_size, rng)
         mode = augment_mode(rng, self.augment)
         images = [dihedral(im, mode) for im in images]

@@ -420,6 +420,24 @@ def train(
         teardown(ctx)
 
 
+def _batches(loader: Any):
+    """The loader's batches; an irtool error raised in a loader worker comes back as its own one-line message
+    (the DataLoader re-raises it with the worker's traceback as the message)."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except IrtoolError as exc:
+            lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+            last = lines[-1] if lines else type(exc).__name__
+            if str(exc).startswith("Caught ") and ": " in last:
+                last = last.split(": ", 1)[1]  # drop "irtool.errors.ImageError: "
+            raise type(exc)(last) from None
+        yield batch
+
+
 def _agree(ctx: Dist, problem: str | None) -> None:
     """Raise `problem` (found by rank 0) on every process, so that none is left waiting in a collective."""
     problem = broadcast_object(ctx, problem)
@@ -520,7 +538,7 @@ def _run(config: TrainConfig, out: Path, resume: bool, ctx: Dist, emit: EventSin
     while step < total:
         epoch, offset = divmod(step, spe)
         sampler.set_position(epoch, offset)
-        for batch in loader:
+        for batch in _batches(loader):
             lr = lr_at(config, step, spe, total)
             stats = trainer.step(batch, lr)
             if not math.isfinite(stats.loss):
