@@ -28,7 +28,8 @@ def _one_thread():
 
 
 def lora_config(stage: str, **overrides):
-    values = dict(arch="lora_ir", variant="tiny", model={}, stage=stage, reweight="none", fft_weight=0.0,
+    # a 112-px router (8x8 CLIP tokens) keeps the router's five views cheap
+    values = dict(arch="lora_ir", variant="tiny", model={"image_size": 112} if stage == "router" else {}, stage=stage, reweight="none", fft_weight=0.0,
                   balance_weight=0.0, with_complexity=False, pixel_loss="ce" if stage == "router" else "psnr",
                   steps=8, ckpt_every=8, log_every=1, lr=2e-3)
     values.update(overrides)
@@ -44,7 +45,7 @@ def column(path, name):
 def released_router(tmp_path_factory):
     """A tiny random router file standing in for the released one (its CLIP tower is what the router stage keeps)."""
     torch.manual_seed(5)
-    router = CLIPRouter(dataclasses.replace(ROUTER_VARIANTS["tiny"], classes=("snow", "rain")))
+    router = CLIPRouter(dataclasses.replace(ROUTER_VARIANTS["tiny"], classes=("snow", "rain"), image_size=112))
     path = tmp_path_factory.mktemp("released") / "router.safetensors"
     checkpoint.save_weights(path, router, {})
     return path
@@ -55,7 +56,7 @@ def stages(tmp_path_factory, released_router):
     """The three stages run one after the other, as a user would."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("lora_stages")
-    train(lora_config("router", init=str(released_router), steps=12, ckpt_every=12), root / "router",
+    train(lora_config("router", init=str(released_router), steps=16, ckpt_every=16, lr=1e-3), root / "router",
           dataset=micro_dataset())
     router = root / "router" / "last.safetensors"
     train(lora_config("base", router=str(router)), root / "base", dataset=micro_dataset())
@@ -67,7 +68,7 @@ def stages(tmp_path_factory, released_router):
 
 def test_router_stage_learns_the_tasks_with_clip_frozen(stages, released_router):
     losses = column(stages / "router" / "log.csv", "pixel")
-    assert sum(losses[-3:]) < sum(losses[:3]), losses
+    assert sum(losses[-4:]) < 0.5 * sum(losses[:4]), losses
     before, after = load_file(str(released_router)), load_file(str(stages / "router" / "last.safetensors"))
     tower = [k for k in after if k.startswith("clip_model.")]
     assert tower and all(torch.equal(before[k], after[k]) for k in tower)
