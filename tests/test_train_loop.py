@@ -121,11 +121,13 @@ sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
 from train_helpers import micro_config, micro_dataset
 from irtool.train.loop import train
-train(micro_config(steps=24, ckpt_every=4, log_every=1), {out!r}, dataset=micro_dataset())
+train(micro_config(steps=24, ckpt_every=4, log_every=1, num_workers=1), {out!r}, dataset=micro_dataset())
 """
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    """Killed (SIGKILL) with one loader worker, resumed and compared with a straight run without workers: samples
+    depend on (seed, epoch, index) only, so the worker count does not change the run."""
     out = tmp_path / "killed"
     script = KILLED_RUN.format(tests=str(REPO / "tests"), out=str(out))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
