@@ -125,21 +125,35 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 
 
 class _TrainView:
-    """Renders training events on the terminal (rank 0 only): a progress bar with losses, Art weights, lr, it/s and
-    ETA; a line per validation and checkpoint; a final summary."""
+    """Renders training events (rank 0 only). On a terminal: a progress bar with loss, it/s and ETA, and under it a
+    line with the learning rate, per-task losses and Art's weights; elsewhere (logs, pipes) one plain line per logged
+    step. Validations and warnings get a line each; a summary ends the run."""
 
     def __init__(self, as_json: bool) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.as_json = as_json
         self.console = Console(stderr=True, highlight=False)
+        self.live = self.progress = self.detail = self.bar = None
+
+    def _start_bar(self, total: int, done: int) -> None:
+        from rich.console import Group
+        from rich.live import Live
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.text import Text
+
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[eta]}"), TextColumn("{task.fields[info]}"),
-            console=self.console, transient=False,
+            TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[eta]}"), TextColumn("{task.fields[loss]}"),
+            console=self.console,
         )
-        self.bar = None
+        self.bar = self.progress.add_task("train", total=total, completed=done, rate="", eta="", loss="")
+        self.detail = Text("")
+        self.live = Live(Group(self.progress, self.detail), console=self.console, refresh_per_second=4)
+        self.live.start()
+
+    def _print(self, text: str) -> None:
+        (self.live.console if self.live is not None else self.console).print(text, soft_wrap=True)
 
     def __call__(self, kind: str, info: dict) -> None:
         import math
@@ -147,50 +161,54 @@ class _TrainView:
         if kind == "start":
             self.console.print(
                 f"training {info['parameters']:,} parameters ({info['trainable']:,} trainable) on {info['device']}"
-                f" x{info['world_size']}: {info['samples']:,} samples per epoch, tasks {', '.join(info['tasks'])}, "
-                f"{info['val_pairs']} validation pairs -> {info['out']}"
+                f" x{info['world_size']}: {info['samples']:,} samples per epoch, {info['total_steps']:,} steps, tasks "
+                f"{', '.join(info['tasks'])}, {info['val_pairs']} validation images -> {info['out']}", soft_wrap=True,
             )
             if info["start_step"]:
                 self.console.print(f"resuming at step {info['start_step']}")
-            self.progress.start()
-            self.bar = self.progress.add_task("train", total=info["total_steps"], completed=info["start_step"],
-                                              rate="", eta="", info="")
-        elif kind == "step" and self.bar is not None:
+            if self.console.is_terminal:
+                self._start_bar(info["total_steps"], info["start_step"])
+        elif kind == "step":
             tasks = " ".join(f"{t} {v:.4f}" for t, v in zip(info["tasks"], info["task_loss"]) if not math.isnan(v))
             weights = ""
             if info.get("weights"):
-                weights = " | w " + " ".join(f"{t} {w:.2f}" for t, w in zip(info["tasks"], info["weights"]))
+                weights = " | Art " + " ".join(f"{t} {w:.2f}" for t, w in zip(info["tasks"], info["weights"]))
             eta_s = int(info["eta_s"])
-            self.progress.update(
-                self.bar, completed=info["step"], rate=f"{info['it_per_s']:.2f} it/s",
-                eta=f"ETA {eta_s // 3600}:{eta_s // 60 % 60:02d}:{eta_s % 60:02d}",
-                info=f"loss {info['loss']:.4f} lr {info['lr']:.2e} | {tasks}{weights}",
-            )
+            eta = f"ETA {eta_s // 3600}:{eta_s // 60 % 60:02d}:{eta_s % 60:02d}"
+            if self.bar is None:
+                self._print(f"step {info['step']}/{info['total_steps']} loss {info['loss']:.4f} lr {info['lr']:.2e} "
+                            f"{info['it_per_s']:.2f} it/s {eta} | {tasks}{weights}")
+                return
+            self.progress.update(self.bar, completed=info["step"], rate=f"{info['it_per_s']:.2f} it/s", eta=eta,
+                                 loss=f"loss {info['loss']:.4f}")
+            self.detail.plain = f"lr {info['lr']:.2e} | {tasks}{weights}"
         elif kind == "val":
             unit = " dB" if info["metric"] == "psnr" else "%"
             per = " ".join(f"{t} {v:.2f}" for t, v in info["result"].items() if t != "mean")
-            self.progress.console.print(
-                f"step {info['step']}: validation {info['metric']} {info['result']['mean']:.2f}{unit} ({per}); "
-                f"best {info['best']:.2f}{unit} at step {info['best_step']}"
-            )
+            self._print(f"step {info['step']}: validation {info['metric']} {info['result']['mean']:.2f}{unit} ({per}); "
+                        f"best {info['best']:.2f}{unit} at step {info['best_step']}")
         elif kind == "warning":
-            self.progress.console.print(f"[yellow]warning:[/] {info['message']}")
+            self._print(f"[yellow]warning:[/] {info['message']}")
         elif kind == "end":
-            self.progress.stop()
+            self.close()
             if self.as_json:
                 typer.echo(json.dumps(info))
                 return
             unit = " dB" if info["metric"] == "psnr" else "%"
             best = (f", best validation {info['metric']} {info['best']:.2f}{unit} at step {info['best_step']}"
                     if info["best_weights"] else "")
+            final = f", final loss {info['final_loss']:.4f}" if info["final_loss"] is not None else ""
             self.console.print(
                 f"done: {info['trained_steps']} steps in {info['seconds']:.0f} s (step {info['steps']}, "
-                f"epoch {info['epochs']:.2f}), final loss {info['final_loss']:.4f}{best}"
+                f"epoch {info['epochs']:.2f}){final}{best}", soft_wrap=True,
             )
-            self.console.print(f"weights: {info['weights']}" + (f", {info['best_weights']}" if info["best_weights"] else ""))
+            self.console.print(f"weights: {info['weights']}" + (f", {info['best_weights']}" if info["best_weights"] else ""),
+                               soft_wrap=True)
 
     def close(self) -> None:
-        self.progress.stop()
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
 
 
 @command()
