@@ -281,7 +281,7 @@ _AIO3 = (
     _denoise(25),
     _denoise(50),
     TaskSource(task="derain", datasets=("rain100l-train",), repeat=120),
-    TaskSource(task="dehaze", datasets=("ots-train",), repeat=1),
+    TaskSource(task="dehaze", datasets=tuple(f"ots-train-part{i}" for i in range(1, 5)), repeat=1),
 )
 _AIO5 = (
     *_AIO3,
