@@ -668,3 +668,53 @@ def iter_samples(
         for name in located.probe.unpaired_inputs:
             lq_dir = located.probe.lq_dir
             yield Pair(name, Path(), lq_dir / name if lq_dir else None), DatasetError(f"{name}: no ground truth found ({spec.pairing})")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Offline benchmark: clean photos + irtool's seeded degradations (`--dataset synthetic:noise25`)
+
+#: RGB photographs shipped inside scikit-image's wheel (skimage/data/) that are free to use, with their terms as
+#: scikit-image's `skimage.data` docstrings state them. Found on disk without importing scikit-image.
+SKIMAGE_PHOTOS: dict[str, str] = {
+    "astronaut.png": "NASA (Eileen Collins); public domain",
+    "chelsea.png": "Stefan van der Walt; CC0",
+    "coffee.png": "Rachel Michetti; CC0",
+    "hubble_deep_field.jpg": "NASA/HubbleSite; public domain",
+    "rocket.jpg": "SpaceX; public domain",
+}
+
+
+def skimage_photo_dir() -> Path | None:
+    """scikit-image's bundled data folder, located through the import system without importing the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "data"
+    return folder if folder.is_dir() else None
+
+
+def clean_photos(clean_dir: str | Path | None = None) -> tuple[list[Path], str]:
+    """Clean photos for the synthetic benchmark and where they came from ("--clean-dir DIR" or scikit-image)."""
+    if clean_dir:
+        folder = Path(clean_dir).expanduser()
+        if not folder.is_dir():
+            raise DatasetError(f"--clean-dir {folder}: no such folder")
+        photos = list_images(folder)
+        if not photos:
+            raise DatasetError(f"--clean-dir {folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return photos, str(folder)
+    folder = skimage_photo_dir()
+    photos = [folder / name for name in SKIMAGE_PHOTOS if (folder / name).is_file()] if folder else []
+    if not photos:
+        raise DatasetError(
+            "synthetic datasets need clean photos: pass --clean-dir DIR, or install scikit-image, whose wheel ships "
+            "a few public-domain/CC0 photos (pip install scikit-image)"
+        )
+    return sorted(photos, key=lambda p: p.name), f"scikit-image {folder}"
+
+
+def locate_synthetic(name: str, clean_dir: str | Path | None = None) -> Located:
+    """`synthetic:<kind><level>` as a dataset of clean photos whose inputs irtool.degrade makes, seeded per image."""
+    raise DatasetError(f"{name}: synthetic datasets need irtool.degrade, which this build lacks")
