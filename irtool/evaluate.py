@@ -122,6 +122,7 @@ class DatasetReport:
         return min(scored, key=lambda r: r.psnr) if scored else None
 
     def summary(self) -> dict[str, Any]:
+        seconds = [r.seconds for r in self.scored if r.seconds is not None]
         return {
             "n": len(self.scored),
             "failed": self.failed,
@@ -129,9 +130,7 @@ class DatasetReport:
             "ssim": self.ssim,
             "delta_psnr": self.delta_psnr,
             "delta_ssim": self.delta_ssim,
-            "seconds_per_image": (
-                float(np.mean([r.seconds for r in self.scored if r.seconds is not None])) if self.scored else None
-            ),
+            "seconds_per_image": float(np.mean(seconds)) if seconds else None,
         }
 
 
