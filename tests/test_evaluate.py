@@ -25,6 +25,15 @@ from irtool.cli import app
 runner = CliRunner()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions gain nothing from threads, and a busy shared CPU makes torch's thread pool crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     return random_moce(VARIANTS["tiny"], seed=0)
@@ -181,9 +190,8 @@ def test_cli_eval_errors(tmp_path, checkpoint):
     (tmp_path / "deraining/Rain100L/rainy/rain-002.png").write_bytes(b"broken")
     partial = runner.invoke(app, ["eval", "-w", str(checkpoint), "--data-root", str(tmp_path), "-d", "rain100l", "-q", "--json", str(tmp_path / "r.json")])
     assert partial.exit_code == 1 and "rain-002.png: cannot be read as an image" in partial.stderr
-    assert json.loads((tmp_path / "r.json").read_text())["datasets"][0]["summary"] == pytest.approx(
-        {**json.loads((tmp_path / "r.json").read_text())["datasets"][0]["summary"], "n": 2, "failed": 1}
-    )
+    summary = json.loads((tmp_path / "r.json").read_text())["datasets"][0]["summary"]
+    assert summary["n"] == 2 and summary["failed"] == 1
 
 
 def test_cli_datasets_list_and_check(tmp_path):
