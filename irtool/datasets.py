@@ -625,6 +625,24 @@ class NoiseStream:
         noise = self.rng.randn(*clean.shape)
         return np.clip(clean + noise * sigma, 0, 255).astype(np.uint8)
 
+    def skip(self, shape: tuple[int, ...]) -> None:
+        """Advance the stream past one image of this shape without making it."""
+        self.rng.randn(*shape)
+
+
+def _cropped_shape(path: Path, multiple: int | None) -> tuple[int, int, int]:
+    """(H, W, 3) of an image after the centre crop, from its header alone."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot be read as an image ({exc})") from None
+    if multiple:
+        h, w = h - h % multiple, w - w % multiple
+    return h, w, 3
+
 
 @dataclass
 class Sample:
@@ -664,6 +682,11 @@ def iter_samples(
             yield load_sample(spec, pair, crop_multiple=crop_multiple, noise=noise)
         except IrtoolError as exc:
             yield pair, exc
+    if limit and noise is not None and spec.synthesised:
+        # Draw (and drop) the noise of the images left out, so that the next noise level gets the same realisation
+        # as in a full run: --limit then shows a subset of the official noisy inputs, not other ones.
+        for pair in located.pairs[limit:]:
+            noise.skip(_cropped_shape(pair.gt, crop_multiple))
     if not limit:
         for name in located.probe.unpaired_inputs:
             lq_dir = located.probe.lq_dir

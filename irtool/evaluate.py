@@ -380,7 +380,10 @@ def _dataset_report(located: ds.Located, protocol: metrics.Protocol, options: Ev
                 f"with protocol {spec.protocol}, this run uses {protocol.name}"
             )
     if options.limit and options.limit < len(located.pairs):
-        report.departures.append(f"only the first {options.limit} of {len(located.pairs)} images (--limit)")
+        note = f"only the first {options.limit} of {len(located.pairs)} images (--limit)"
+        if spec.synthesised:
+            note += "; the skipped images' noise is still drawn, so these inputs equal the full run's"
+        report.departures.append(note)
     if options.tile:
         report.departures.append(f"tiled inference ({options.tile} px tiles): the papers run whole images")
     if options.precision != "fp32":

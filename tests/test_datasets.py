@@ -140,6 +140,14 @@ def test_noise_equals_the_official_recipe_bit_for_bit(tmp_path):
         assert a.dtype == np.uint8 and np.array_equal(a, b)
     assert stream.history == ["cbsd68-15", "cbsd68-25", "cbsd68-50"]
 
+    # --limit shows a subset of the very same noisy images: skipped images still advance the stream
+    limited = ds.NoiseStream(0)
+    subset = []
+    for name in ds.expand(["cbsd68"]):
+        located = ds.locate(ds.get_spec(name), tmp_path)
+        subset.extend(s.lq for s in ds.iter_samples(located, crop_multiple=16, noise=limited, limit=1))
+    assert all(np.array_equal(a, expected[3 * i]) for i, a in enumerate(subset))
+
     # running sigma 25 alone is another realisation (a fresh stream), as the official 5-task command gets
     alone = ds.NoiseStream(0)
     located = ds.locate(ds.get_spec("cbsd68-25"), tmp_path)
