@@ -588,6 +588,8 @@ def read_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB as the official scripts read it: `np.array(Image.open(path).convert('RGB'))`.
 
     No EXIF rotation and no colour management, on purpose: the benchmarks were scored on the pixels as stored.
+    (BasicSR-based scripts read with cv2 instead; Pillow and OpenCV decode PNG and, with libjpeg-turbo's default
+    IDCT in both, JPEG to the same pixels.)
     """
     from PIL import Image, UnidentifiedImageError
 

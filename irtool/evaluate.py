@@ -1,9 +1,11 @@
 """`irtool eval`: a model on benchmark datasets, scored as the papers scored it, with reports worth reading.
 
-    targets = evaluate.resolve(["rain100l", "cbsd68"], data_root=None)
-    report = evaluate.new_report(model, options, reported=entry_reported)
-    for dataset, image in evaluate.run(model, targets, options, report):
-        ...                                          # progress; `report` fills as it goes
+    targets = evaluate.resolve(datasets.expand(["rain100l", "cbsd68"]))      # finds files; fails listing what is missing
+    options = evaluate.EvalOptions()                                        # protocol, precision, noise stream, ...
+    report = evaluate.new_report(model, options, source="last.ckpt", device="cuda",
+                                 reported_from="moce_ir.aio3", reported=evaluate.reported_figures(entry.data))
+    for dataset_report, image_result in evaluate.run(model, targets, options, report):
+        ...                                                                 # progress; `report` fills as it goes
     evaluate.write_json(report, "eval.json"); evaluate.write_csv(report, "eval.csv")
 
 Each image runs alone (batch 1, full resolution, centre-cropped to 16 for the RGB protocols, as the official test
