@@ -42,8 +42,8 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def command(*args: Any, **kwargs: Any) -> Callable:
-    """`app.command` for irtool commands: an IrtoolError becomes one line on stderr and exit status 1."""
+def command(*args: Any, typer_app: typer.Typer | None = None, **kwargs: Any) -> Callable:
+    """`app.command` (or a sub-app's) for irtool commands: an IrtoolError becomes one line on stderr, exit status 1."""
 
     def register(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -53,7 +53,7 @@ def command(*args: Any, **kwargs: Any) -> Callable:
             except IrtoolError as exc:
                 fail(str(exc))
 
-        return app.command(*args, **kwargs)(wrapper)
+        return (typer_app or app).command(*args, **kwargs)(wrapper)
 
     return register
 
@@ -114,6 +114,261 @@ def inspect(
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# irtool weights ... : the manifest's checkpoints and the user's own (irtool/weights.py does the work)
+
+weights_app = typer.Typer(
+    name="weights",
+    help="Checkpoints: list the official ones, fetch, import your own, verify, convert to safetensors, remove.",
+    no_args_is_help=True,
+)
+app.add_typer(weights_app, name="weights")
+
+
+def _weights_command(*args: Any, **kwargs: Any) -> Callable:
+    return command(*args, typer_app=weights_app, **kwargs)
+
+
+_TRUST_OPTION = typer.Option("--trust-checkpoint", help="Allow pickled objects beyond plain tensors (runs code from the file).")
+_JSON_OPTION = typer.Option("--json", help="Print JSON instead of text.")
+
+
+def _mb(size: Optional[int], approx: bool = False) -> str:
+    if size is None:
+        return "?"
+    return f"{'≈' if approx else ''}{size / 1e6:,.{0 if size >= 1e7 else 1}f} MB"
+
+
+def _stdout():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+@_weights_command("list")
+def weights_list(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
+    """List the known checkpoints: status (cached, imported, partial, missing), setting and size."""
+    from . import weights
+
+    rows = weights.statuses()
+    if as_json:
+        typer.echo(json.dumps({"cache": str(weights.cache_dir()), "models": [r.to_dict() for r in rows]}))
+        return
+    from rich.table import Table
+
+    colours = {"cached": "green", "imported": "green", "partial": "yellow", "missing": "dim"}
+    table = Table(caption=f"cache: {weights.cache_dir()}", caption_justify="left")
+    for column in ("name", "official id", "setting", "status", "size"):
+        table.add_column(column, no_wrap=column != "status")
+    for row in rows:
+        status = f"[{colours[row.status]}]{row.status}[/]"
+        if row.partial_bytes:
+            status += f" ({_mb(row.partial_bytes)} downloaded, fetch resumes)"
+        official = "(local)" if row.local else (row.aliases[0] if row.aliases else "")
+        setting = row.setting or f"own {row.variant or row.arch}"
+        table.add_row(row.name, official, setting, status, _mb(row.size, row.size_is_approx))
+    _stdout().print(table)
+
+
+@_weights_command("fetch")
+def weights_fetch(
+    names: Annotated[list[str], typer.Argument(help="Manifest names or official ids (see `irtool weights list`).")],
+    url: Annotated[
+        Optional[list[str]],
+        typer.Option("--url", help="Download from URL instead of the manifest's; ROLE=URL for an entry with several files."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Download again even if the file is cached.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the server before giving up.", min=1)] = 30.0,
+    retries: Annotated[int, typer.Option(help="Resume this many times after a lost connection.", min=0)] = 2,
+    trust_checkpoint: Annotated[bool, _TRUST_OPTION] = False,
+    as_json: Annotated[bool, _JSON_OPTION] = False,
+) -> None:
+    """Download checkpoints into the cache, verify them and record their sha256.
+
+    An interrupted download resumes where it stopped. Set IRTOOL_WEIGHTS_MIRROR=BASE_URL to download every file from BASE_URL/NAME/FILENAME instead.
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    from . import weights
+
+    if url and len(names) > 1:
+        fail("--url: name one checkpoint to fetch from a URL", code=2)
+    console = _stderr()
+    failed = 0
+    results = []
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bars:
+        for name in names:
+            tasks: dict[str, Any] = {}
+
+            def progress(filename: str, done: int, total: Optional[int], name: str = name, tasks: dict = tasks) -> None:
+                if filename not in tasks:
+                    tasks[filename] = bars.add_task(f"{name} {filename}", total=total)
+                bars.update(tasks[filename], completed=done, total=total)
+
+            try:
+                urls = weights.url_overrides(name, url) if url else None
+                results += weights.fetch(name, urls=urls, force=force, progress=progress, timeout=timeout, retries=retries,
+                                         trust=trust_checkpoint)
+            except IrtoolError as exc:
+                console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+                failed += 1
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in results]))
+    else:
+        out = _stdout()
+        for r in results:
+            if r.already:
+                out.print(f"{r.name} ({r.role}): already in the cache: {r.path}", soft_wrap=True)
+                continue
+            resumed = f", resumed at {_mb(r.resumed_from)}" if r.resumed_from else ""
+            out.print(f"{r.name} ({r.role}): {_mb(r.size)} saved to {r.path}{resumed}; sha256 {r.sha256}; {r.checked}",
+                      soft_wrap=True)
+    raise typer.Exit(1 if failed else 0)
+
+
+@_weights_command("import")
+def weights_import(
+    path: Annotated[Path, typer.Argument(help="Checkpoint file (.ckpt, .pth, .pt, .safetensors) or a folder holding last.ckpt.")],
+    name: Annotated[
+        Optional[str],
+        typer.Option("--name", help="Manifest entry it is (checked), or a name of your own; default: from the file name."),
+    ] = None,
+    role: Annotated[Optional[str], typer.Option("--role", help="Which file of a several-file entry: weights, ir or router.")] = None,
+    trust_checkpoint: Annotated[bool, _TRUST_OPTION] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a different file already stored under this name.")] = False,
+    as_json: Annotated[bool, _JSON_OPTION] = False,
+) -> None:
+    """Check a checkpoint and store it in the cache as safetensors, usable as --model NAME.
+
+    The architecture and config are read off the tensors and the file is loaded strictly; with --name of a manifest
+    entry it must be that entry's network and variant (and its sha256, where the manifest has one).
+    """
+    from . import weights
+
+    with _stderr().status(f"importing {path}"):
+        got = weights.import_checkpoint(path, name=name, role=role, trust=trust_checkpoint, force=force)
+    if as_json:
+        typer.echo(json.dumps(got.to_dict()))
+        return
+    what = f"{got.arch} {got.variant}" if got.variant else got.arch
+    verb = "was already imported as" if got.already else "imported as"
+    _stdout().print(f"{got.source} {verb} {got.name} ({got.role}: {what}, sha256 {got.source_sha256}) -> {got.path}; "
+                    f"use it as --model {got.name}", soft_wrap=True)
+
+
+@_weights_command("verify")
+def weights_verify(
+    name: Annotated[Optional[str], typer.Argument(help="Entry to verify; default: everything in the cache.")] = None,
+    trust_checkpoint: Annotated[bool, _TRUST_OPTION] = False,
+    as_json: Annotated[bool, _JSON_OPTION] = False,
+) -> None:
+    """Re-hash cached files and load each strictly; exit status 1 if any fails.
+
+    Files are compared with the manifest's sha256 where it has one, else with the one recorded when they were stored.
+    """
+    from . import weights
+
+    with _stderr().status("verifying"):
+        results = weights.verify(name, trust=trust_checkpoint)
+    bad = [r for r in results if not r.ok]
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in results]))
+    elif not results:
+        _stdout().print(f"nothing in the cache to verify ({weights.cache_dir()})")
+    else:
+        for r in results:
+            mark = "[green]ok[/]" if r.ok else "[bold red]FAILED[/]"
+            _stdout().print(f"{mark} {r.name} ({r.role}) {r.path}: {r.message}", soft_wrap=True)
+    for r in bad:
+        _stderr().print(f"[bold red]error:[/] {r.name} ({r.role}): {r.message}", soft_wrap=True)
+    raise typer.Exit(1 if bad else 0)
+
+
+@_weights_command("convert")
+def weights_convert(
+    path: Annotated[Path, typer.Argument(help="Checkpoint file (.ckpt, .pth, .pt, .safetensors) or a folder.")],
+    out: Annotated[Path, typer.Argument(help="Output .safetensors file.")],
+    trust_checkpoint: Annotated[bool, _TRUST_OPTION] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+    as_json: Annotated[bool, _JSON_OPTION] = False,
+) -> None:
+    """Write a checkpoint as safetensors, its architecture and config in the metadata (cache untouched)."""
+    from . import weights
+
+    with _stderr().status(f"converting {path}"):
+        got = weights.convert(path, out, trust=trust_checkpoint, force=force)
+    if as_json:
+        typer.echo(json.dumps(got.to_dict()))
+        return
+    what = f"{got.arch} {got.variant}" if got.variant else got.arch
+    _stdout().print(f"{got.path}: {what}, {_mb(got.size)}, sha256 {got.sha256} (from {got.source})", soft_wrap=True)
+
+
+@_weights_command("remove")
+def weights_remove(
+    name: Annotated[str, typer.Argument(help="Entry whose cached files to delete (a local entry is forgotten).")],
+    as_json: Annotated[bool, _JSON_OPTION] = False,
+) -> None:
+    """Delete an entry's fetched, imported and partly downloaded files from the cache."""
+    from . import weights
+
+    got = weights.remove(name)
+    if as_json:
+        typer.echo(json.dumps(got.to_dict()))
+        return
+    _stdout().print(f"{got.name}: removed {', '.join(str(p) for p in got.paths) or 'the local entry'} ({_mb(got.freed)} freed)",
+                    soft_wrap=True)
+
+
+@_weights_command("show")
+def weights_show(
+    name: Annotated[str, typer.Argument(help="Manifest name, official id or local entry.")],
+    as_json: Annotated[bool, _JSON_OPTION] = False,
+) -> None:
+    """Everything about one checkpoint: source, licence, files, the paper's PSNR/SSIM, cache state."""
+    from . import weights
+
+    info = weights.describe(name)
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    from rich.table import Table
+
+    out = _stdout()
+    status = info["status"]
+    network = f"{info['arch']} {info['variant']}" if info.get("variant") else info["arch"]
+    out.print(f"[bold]{info['name']}[/] ({', '.join(info.get('aliases', [])) or 'local'}): {network}, "
+              f"{info.get('setting') or 'own import'}; {status['status']}", soft_wrap=True)
+    if info.get("tasks"):
+        out.print(f"tasks: {', '.join(info['tasks'])}")
+    if info.get("classes"):
+        out.print(f"router classes: {', '.join(info['classes'])}")
+    source = info.get("source") or {}
+    for key in ("paper", "repo", "license", "file"):
+        if source.get(key):
+            out.print(f"{key}: {source[key]}", soft_wrap=True)
+    for spec in info["files"]:
+        if info.get("local"):
+            where = "your import"
+        elif spec.get("url"):
+            where = spec["url"]
+        elif spec.get("drive_folder"):
+            where = f"Google Drive folder {spec['drive_folder']}, file {spec.get('drive_path')}"
+        else:
+            where = "no download link"
+        size = _mb(spec.get("size") or spec.get("approx_size"), not spec.get("size"))
+        here = status["files"].get(spec["role"], "not in the cache")
+        out.print(f"file {spec['role']} ({spec['arch']}): {spec['filename']}, {size}, "
+                  f"sha256 {spec.get('sha256') or 'unpublished'}; from {where}; local: {here}", soft_wrap=True)
+    if info.get("reported"):
+        table = Table(title="reported in the paper")
+        for column in ("benchmark", "PSNR", "SSIM"):
+            table.add_column(column)
+        for bench, score in info["reported"].items():
+            table.add_row(bench, f"{score['psnr']:.2f}", f"{score['ssim']:.3f}")
+        out.print(table)
+    if info.get("notes"):
+        out.print(f"notes: {info['notes']}", soft_wrap=True)
 # eval and datasets (benchmarks with the published protocols)
 
 _PROTOCOL_NAMES = ("moce", "promptir", "y", "lorair")
@@ -347,22 +602,10 @@ datasets_app = typer.Typer(help="Benchmark datasets: where irtool looks for them
 app.add_typer(datasets_app, name="datasets")
 
 
-def _guarded(fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    def wrapper(*a: Any, **kw: Any) -> Any:
-        try:
-            return fn(*a, **kw)
-        except IrtoolError as exc:
-            fail(str(exc))
-
-    return wrapper
-
-
 _DataRoot = Annotated[Optional[Path], typer.Option("--data-root", help="Datasets folder (default: $IRTOOL_DATA, else the user data dir).")]
 
 
-@datasets_app.command("list")
-@_guarded
+@command("list", typer_app=datasets_app)
 def datasets_list(
     data_root: _DataRoot = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of a table.")] = False,
@@ -408,8 +651,7 @@ def datasets_list(
                   + "; cdd11 = its 11 subsets. Offline: synthetic:noise25 (also rain, haze, blur, lowlight, jpeg).[/]")  # fmt: skip
 
 
-@datasets_app.command("check")
-@_guarded
+@command("check", typer_app=datasets_app)
 def datasets_check(
     name: Annotated[str, typer.Argument(help="Dataset or family name (rain100l, cbsd68, cdd11, ...).")],
     data_root: _DataRoot = None,

@@ -24,3 +24,11 @@ class WeightsNotFoundError(IrtoolError):
 
 class ImageError(IrtoolError):
     """An image cannot be read or written."""
+
+
+class DownloadError(IrtoolError):
+    """A download failed: offline, refused by the server, interrupted, or not the file that was asked for."""
+
+
+class ChecksumError(IrtoolError):
+    """A file's sha256 (or size) is not the one the manifest or the cache's record says it must be."""

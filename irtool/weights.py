@@ -1,30 +1,74 @@
-"""The weights manifest and the local weights cache.
+"""The weights manifest and the local weights cache: list, fetch, import, convert, verify, remove.
 
 `weights_manifest.json` names every official checkpoint irtool knows (arch, variant, setting, files, source, the
-paper's figures). This module finds entries by name or alias and finds their files in the cache directory
-(`IRTOOL_HOME`, else the platformdirs user cache dir). Standard library and platformdirs only, never torch, so that
-`irtool weights list` stays instant.
+paper's figures); `<cache>/local_manifest.json` adds the user's own imports, in the same format, marked `"local"`.
+Both are validated by `weights_manifest.schema.json` in the tests.
+
+Cache layout (`cache_dir()`: `$IRTOOL_HOME/weights`, else the platformdirs user cache dir plus `weights/`):
+
+    <cache>/<name>/<filename>                 a fetched file, under its manifest filename (e.g. last.ckpt)
+    <cache>/<name>/<role>.safetensors         an imported copy (role: weights, ir, router); used when present
+    <cache>/<name>/state.json                 per role: sha256, size, where the file came from, when
+    <cache>/.downloads/<name>/<filename>.part an interrupted download, resumed by the next fetch
+    <cache>/local_manifest.json               the user's own imported checkpoints
+
+Importing this module needs the standard library and platformdirs only, never torch, so `irtool weights list` is
+instant. Import, convert and verify read checkpoints through irtool.loading (torch) inside the functions.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
-from .errors import WeightsNotFoundError
+from .errors import (
+    ChecksumError,
+    CheckpointError,
+    DownloadError,
+    IrtoolError,
+    UnsafeCheckpointError,
+    WeightsNotFoundError,
+)
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 MANIFEST_NAME = "weights_manifest.json"
+SCHEMA_NAME = "weights_manifest.schema.json"
+LOCAL_MANIFEST_NAME = "local_manifest.json"
+STATE_NAME = "state.json"
+MIRROR_ENV = "IRTOOL_WEIGHTS_MIRROR"
+ROLES = ("weights", "ir", "router")  # weights: one-file models (MoCE-IR); ir and router: LoRA-IR's two files
+_CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")  # as irtool.loading (which imports torch)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# File stems that say nothing about the model; such a file is named after its folder (MoCE_IR_S_AIO3/last.ckpt).
+_GENERIC_STEMS = {"last", "best", "final", "latest", "model", "model_best", "weights", "checkpoint", "ckpt", "net",
+                  "state_dict", "pytorch_model"}
+
+#: progress(filename, bytes_done, bytes_total or None)
+FileProgress = Callable[[str, int, "int | None"], None]
 
 
 def manifest_path() -> Path:
     """The manifest shipped in the package (a source checkout keeps it at the top level too)."""
     packaged = _PACKAGE_DIR / MANIFEST_NAME
     return packaged if packaged.is_file() else _PACKAGE_DIR.parent / MANIFEST_NAME
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file (see irtool.download, imported here lazily: urllib is slow to import)."""
+    from .download import sha256_file as digest
+
+    return digest(path)
+
+
+def schema_path() -> Path:
+    return _PACKAGE_DIR / SCHEMA_NAME
 
 
 @lru_cache(maxsize=1)
@@ -43,9 +87,31 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("irtool")) / "weights"
 
 
+def local_manifest_path() -> Path:
+    return cache_dir() / LOCAL_MANIFEST_NAME
+
+
+def load_local_manifest() -> dict[str, Any]:
+    """The user's imported entries ({"schema_version": 1, "models": {}} when there are none)."""
+    path = local_manifest_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {"schema_version": 1, "default": None, "models": {}}
+    except (OSError, ValueError) as exc:
+        raise IrtoolError(f"{path}: unreadable ({exc}); delete it and import your checkpoints again") from None
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+        raise IrtoolError(f"{path}: not an irtool manifest; delete it and import your checkpoints again")
+    return data
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Entries
+
+
 @dataclass(frozen=True)
 class Entry:
-    """One manifest entry."""
+    """One manifest entry (official, or the user's own when `local`)."""
 
     name: str
     data: dict[str, Any]
@@ -55,12 +121,40 @@ class Entry:
         return self.data["arch"]
 
     @property
+    def variant(self) -> str | None:
+        return self.data.get("variant")
+
+    @property
+    def setting(self) -> str | None:
+        return self.data.get("setting")
+
+    @property
+    def aliases(self) -> list[str]:
+        return list(self.data.get("aliases", []))
+
+    @property
+    def local(self) -> bool:
+        return bool(self.data.get("local"))
+
+    @property
     def files(self) -> list[dict[str, Any]]:
         return self.data.get("files", [])
 
     @property
+    def roles(self) -> list[str]:
+        return [spec.get("role", "weights") for spec in self.files]
+
+    @property
     def folder(self) -> Path:
         return cache_dir() / self.name
+
+    @property
+    def downloads(self) -> Path:
+        """Where this entry's unfinished downloads wait."""
+        return cache_dir() / ".downloads" / self.name
+
+    def file_spec(self, role: str) -> dict[str, Any] | None:
+        return next((spec for spec in self.files if spec.get("role", "weights") == role), None)
 
     def local_files(self) -> dict[str, Path]:
         """role -> path of each file of this entry present in the cache. An imported safetensors copy
@@ -74,18 +168,39 @@ class Entry:
                     break
         return found
 
+    def state(self) -> dict[str, dict[str, Any]]:
+        """role -> what the cache recorded about that file (see `_record`); {} when nothing was recorded."""
+        try:
+            data = json.loads((self.folder / STATE_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        files = data.get("files") if isinstance(data, dict) else None
+        return files if isinstance(files, dict) else {}
+
 
 def entries() -> list[Entry]:
-    return [Entry(name, data) for name, data in load_manifest()["models"].items()]
+    """Official entries first, then the user's local ones."""
+    official = [Entry(name, data) for name, data in load_manifest()["models"].items()]
+    taken = {e.name.lower() for e in official}
+    local = [Entry(name, data) for name, data in load_local_manifest()["models"].items() if name.lower() not in taken]
+    return official + local
 
 
 def find_entry(name: str) -> Entry | None:
     """The entry called `name` or having it as an alias (case-insensitive)."""
     wanted = name.strip().lower()
     for entry in entries():
-        if entry.name.lower() == wanted or wanted in (a.lower() for a in entry.data.get("aliases", [])):
+        if entry.name.lower() == wanted or wanted in (a.lower() for a in entry.aliases):
             return entry
     return None
+
+
+def _entry(name: str) -> Entry:
+    entry = find_entry(name)
+    if entry is None:
+        known = ", ".join(e.name for e in entries())
+        raise WeightsNotFoundError(f"{name}: not a known model name (known: {known})")
+    return entry
 
 
 def resolve(name: str) -> dict[str, Path]:
@@ -96,6 +211,11 @@ def resolve(name: str) -> dict[str, Path]:
         raise WeightsNotFoundError(f"{name}: neither a file nor a known model name (known: {known})")
     found = entry.local_files()
     missing = [spec["filename"] for spec in entry.files if spec.get("role", "weights") not in found]
+    if missing and entry.local:
+        raise WeightsNotFoundError(
+            f"{entry.name}: {', '.join(missing)} missing from {entry.folder}; import it again with "
+            f"`irtool weights import FILE --name {entry.name}`"
+        )
     if missing:
         raise WeightsNotFoundError(
             f"{entry.name}: not downloaded yet ({', '.join(missing)} missing from {entry.folder}); "
@@ -103,3 +223,686 @@ def resolve(name: str) -> dict[str, Path]:
             f"`irtool weights import FILE --name {entry.name}`"
         )
     return found
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Status (what `irtool weights list` shows)
+
+
+@dataclass(frozen=True)
+class EntryStatus:
+    name: str
+    aliases: list[str]
+    arch: str
+    variant: str | None
+    setting: str | None
+    local: bool
+    #: "cached" (fetched files), "imported" (safetensors copies), "partial" (some roles missing), "missing"
+    status: str
+    #: bytes on disk when present, else the manifest's size (approximate when `size_is_approx`), else None
+    size: int | None
+    size_is_approx: bool
+    files: dict[str, str]  #: role -> path of each present file
+    partial_bytes: int  #: bytes of unfinished downloads waiting to be resumed
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def entry_status(entry: Entry) -> EntryStatus:
+    found = entry.local_files()
+    if not found:
+        status = "missing"
+    elif len(found) < len(entry.files):
+        status = "partial"
+    elif any(path.name == f"{role}.safetensors" for role, path in found.items()):
+        status = "imported"
+    else:
+        status = "cached"
+    approx = False
+    if found and len(found) == len(entry.files):
+        size: int | None = sum(p.stat().st_size for p in found.values())
+    elif all(spec.get("size") for spec in entry.files):
+        size = sum(spec["size"] for spec in entry.files)
+    elif all(spec.get("size") or spec.get("approx_size") for spec in entry.files):
+        size, approx = sum(spec.get("size") or spec["approx_size"] for spec in entry.files), True
+    else:
+        size = None
+    parts = entry.downloads.glob("*.part") if entry.downloads.is_dir() else []
+    return EntryStatus(
+        name=entry.name,
+        aliases=entry.aliases,
+        arch=entry.arch,
+        variant=entry.variant,
+        setting=entry.setting,
+        local=entry.local,
+        status=status,
+        size=size,
+        size_is_approx=approx,
+        files={role: str(path) for role, path in found.items()},
+        partial_bytes=sum(p.stat().st_size for p in parts),
+    )
+
+
+def statuses() -> list[EntryStatus]:
+    return [entry_status(entry) for entry in entries()]
+
+
+def describe(name: str) -> dict[str, Any]:
+    """Everything known about one entry: its manifest data, its status and what the cache recorded."""
+    entry = _entry(name)
+    return {"name": entry.name, **entry.data, "status": entry_status(entry).to_dict(), "state": entry.state()}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Recording what the cache holds
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (a temporary file beside it, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _record(entry: Entry, role: str, record: dict[str, Any] | None) -> None:
+    """Set (or, with None, forget) what state.json says about the file of `role`."""
+    files = entry.state()
+    if record is None:
+        files.pop(role, None)
+    else:
+        files[role] = record
+    _write_json(entry.folder / STATE_NAME, {"schema_version": 1, "files": files})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fetch
+
+
+@dataclass(frozen=True)
+class Fetched:
+    name: str
+    role: str
+    path: Path
+    sha256: str | None
+    size: int
+    url: str | None
+    resumed_from: int = 0
+    already: bool = False  #: the file was in the cache already; nothing was downloaded
+    checked: str = ""  #: how the file was checked (checksum, structure)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "path": str(self.path)}
+
+
+def manual_steps(entry: Entry, spec: Mapping[str, Any]) -> str:
+    """How to get one file by hand, as a sentence ending in the import command."""
+    role = spec.get("role", "weights")
+    role_option = f" --role {role}" if len(entry.files) > 1 else ""
+    command = f"`irtool weights import {spec['filename']} --name {entry.name}{role_option}`"
+    if spec.get("drive_folder"):
+        return (f"download {spec.get('drive_path') or spec['filename']} from the Google Drive folder "
+                f"{spec['drive_folder']} in a browser, then run {command}")
+    if spec.get("url"):
+        return f"download {spec['url']} yourself, then run {command}"
+    repo = (entry.data.get("source") or {}).get("repo")
+    return f"get {spec['filename']}{' from ' + repo if repo else ''}, then run {command}"
+
+
+def source_url(entry: Entry, spec: Mapping[str, Any], urls: Mapping[str, str] | None = None) -> str:
+    """Where to download one file from: an explicit URL for its role, else $IRTOOL_WEIGHTS_MIRROR/<name>/<filename>,
+    else the manifest's url, else its Google Drive id. Raises WeightsNotFoundError with the manual steps."""
+    role = spec.get("role", "weights")
+    if urls and role in urls:
+        return urls[role]
+    mirror = os.environ.get(MIRROR_ENV, "").strip()
+    if mirror:
+        return f"{mirror.rstrip('/')}/{entry.name}/{spec['filename']}"
+    if spec.get("url"):
+        return spec["url"]
+    if spec.get("drive_id"):
+        return f"https://drive.google.com/uc?export=download&id={spec['drive_id']}"
+    raise WeightsNotFoundError(f"{entry.name}: no direct download link is published; {manual_steps(entry, spec)}")
+
+
+def url_overrides(name: str, values: Sequence[str]) -> dict[str, str]:
+    """`--url` values -> {role: url}: `URL` for a one-file entry, `ROLE=URL` for any."""
+    entry = _entry(name)
+    urls: dict[str, str] = {}
+    for value in values:
+        role, sep, rest = value.partition("=")
+        if sep and role in entry.roles:
+            urls[role] = rest
+        elif len(entry.files) == 1:
+            urls[entry.roles[0]] = value
+        else:
+            raise IrtoolError(f"--url {value}: {entry.name} has {len(entry.files)} files; write --url ROLE=URL "
+                              f"with ROLE one of {', '.join(entry.roles)}")
+    for role, url in urls.items():
+        if not url.lower().startswith(("http://", "https://")):
+            raise IrtoolError(f"--url {url}: only http:// and https:// URLs can be fetched; for a file on disk use "
+                              f"`irtool weights import {url} --name {entry.name}`")
+    return urls
+
+
+def fetch(
+    name: str,
+    *,
+    urls: Mapping[str, str] | None = None,
+    force: bool = False,
+    progress: FileProgress | None = None,
+    timeout: float = 30.0,
+    retries: int = 2,
+    trust: bool = False,
+) -> list[Fetched]:
+    """Download the files of entry `name` into the cache, verify them and record their sha256.
+
+    urls: {role: url} to download from instead of the manifest's (e.g. a mirror); see `source_url`.
+    force: download again even when the file is cached (an imported copy of that role is then dropped).
+    trust: allow pickled objects beyond plain tensors when checking a file (runs code from it).
+    A file with a known sha256 must match it; one without is loaded strictly and must be the entry's architecture
+    and variant (this needs torch). What fails a check is deleted; an interrupted download is kept and resumed.
+    """
+    entry = _entry(name)
+    if entry.local:
+        raise WeightsNotFoundError(f"{entry.name}: your own import, not a published checkpoint; nothing to fetch")
+    present = entry.local_files()
+    jobs = []
+    done: list[Fetched] = []
+    for spec in entry.files:
+        role = spec.get("role", "weights")
+        if role in present and not force:
+            path = present[role]
+            done.append(Fetched(entry.name, role, path, (entry.state().get(role) or {}).get("sha256"),
+                                path.stat().st_size, None, already=True))
+            continue
+        jobs.append((spec, source_url(entry, spec, urls)))  # every URL is known before anything is downloaded
+    for spec, url in jobs:
+        done.append(_fetch_file(entry, spec, url, progress, timeout, retries, trust))
+    return done
+
+
+def _fetch_file(entry: Entry, spec: Mapping[str, Any], url: str, progress: FileProgress | None,
+                timeout: float, retries: int, trust: bool) -> Fetched:
+    role = spec.get("role", "weights")
+    filename = spec["filename"]
+    staged = entry.downloads / filename
+    report = (lambda done, total: progress(filename, done, total)) if progress else None
+    from .download import download
+
+    try:
+        got = download(url, staged, sha256=spec.get("sha256"), size=spec.get("size"), progress=report,
+                       timeout=timeout, retries=retries)
+        if spec.get("sha256"):
+            checked = "sha256 matches the manifest"
+        else:
+            try:
+                checked = _check_against_entry(staged, entry, spec, trust)
+            except UnsafeCheckpointError:
+                # Not necessarily wrong, but it cannot be checked without running its pickled code: keep the download
+                # out of the cache and say how to take it in.
+                raise UnsafeCheckpointError(
+                    f"{entry.name}: the downloaded file needs pickled objects beyond plain tensors to load, so it was "
+                    f"not checked; it is kept at {staged}. If you trust {url}, run `irtool weights import {staged} "
+                    f"--name {entry.name} --trust-checkpoint`"
+                ) from None
+            except IrtoolError as exc:
+                staged.unlink(missing_ok=True)
+                raise CheckpointError(f"{entry.name}: the file from {url} is not this checkpoint ({exc}); "
+                                      "nothing was kept") from None
+        entry.folder.mkdir(parents=True, exist_ok=True)
+        dest = entry.folder / filename
+        os.replace(staged, dest)
+    except ChecksumError as exc:
+        raise ChecksumError(f"{entry.name}: {exc}") from None
+    except DownloadError as exc:
+        raise DownloadError(f"{entry.name}: {exc}. To do it by hand: {manual_steps(entry, spec)}") from None
+    finally:
+        _prune(entry.downloads)  # gone unless a partial download waits there
+        _prune(entry.downloads.parent)
+    copy = entry.folder / f"{role}.safetensors"
+    if copy.is_file() and copy != dest:
+        copy.unlink()  # an imported copy of an older file would shadow the fresh download
+    _record(entry, role, {
+        "file": filename, "how": "fetched", "sha256": got.sha256, "size": got.size, "source": url,
+        "source_sha256": got.sha256, "time": _now(), "arch": spec.get("arch", entry.arch), "variant": entry.variant,
+    })
+    return Fetched(entry.name, role, dest, got.sha256, got.size, got.url, got.resumed_from, checked=checked)
+
+
+def _prune(folder: Path) -> None:
+    """Remove `folder` if it is empty."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading checkpoints (torch, through irtool.loading)
+
+
+@dataclass
+class Checked:
+    """A checkpoint read and loaded strictly."""
+
+    path: Path
+    arch: str
+    title: str
+    config: Any  #: the network's config object (has to_dict())
+    variant: str | None  #: the released variant its shapes equal, if any
+    parameters: int
+    state_dict: dict = field(repr=False)
+
+
+def known_archs() -> dict[str, str]:
+    """ARCHS key -> title of the networks this irtool can build (imports torch)."""
+    from .archs import ARCHS
+
+    return {name: spec.title for name, spec in ARCHS.items()}
+
+
+def check_checkpoint(path: str | Path, *, trust: bool = False) -> Checked:
+    """Read a checkpoint safely, detect its architecture and config, and load it strictly (raises CheckpointError)."""
+    from . import loading
+    from .archs import ARCHS
+
+    path = Path(path)
+    sd, metadata = loading.read_state_dict(path, trust=trust)
+    model = loading.build_model(sd, metadata, path)
+    spec = ARCHS[model.arch]
+    shape_config = spec.infer_config(sd)
+    variant = next((name for name, config in spec.variants.items() if config == shape_config), None)
+    return Checked(path, spec.name, spec.title, model.config, variant, sum(p.numel() for p in model.parameters()), sd)
+
+
+def _expect(checked: Checked, arch: str, variant: str | None) -> None:
+    """Raise CheckpointError unless `checked` is architecture `arch` in released config `variant` (when given and
+    known to that architecture)."""
+    from .archs import ARCHS
+
+    if checked.arch != arch:
+        want = ARCHS[arch].title if arch in ARCHS else arch
+        raise CheckpointError(f"{checked.path}: a {checked.title} checkpoint, not {want}")
+    variants = ARCHS[arch].variants
+    if variant is None or variant not in variants or checked.variant == variant:
+        return
+    got = ARCHS[arch].infer_config(checked.state_dict).to_dict()
+    want_config = variants[variant].to_dict()
+    diffs = [f"{k}={got[k]} instead of {v}" for k, v in want_config.items() if got.get(k) != v]
+    what = checked.variant or "not a released config"
+    raise CheckpointError(f"{checked.path}: {checked.title} {what} ({', '.join(diffs[:4])}), not {variant}")
+
+
+def _check_against_entry(path: Path, entry: Entry, spec: Mapping[str, Any], trust: bool = False) -> str:
+    """Load `path` strictly as the file `spec` of `entry`; the sentence saying what was checked. Archs this irtool
+    cannot build yet are not loaded (the sentence says so)."""
+    arch = spec.get("arch", entry.arch)
+    if arch not in known_archs():
+        return f"not loaded: this irtool has no {arch} network"
+    checked = check_checkpoint(path, trust=trust)
+    _expect(checked, arch, entry.variant)
+    return f"loads strictly as {checked.title} {checked.variant or ''}".rstrip()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Import and convert
+
+
+@dataclass(frozen=True)
+class Imported:
+    name: str
+    role: str
+    arch: str
+    variant: str | None
+    config: dict[str, Any]
+    path: Path  #: the safetensors copy in the cache (or the converted file)
+    source: Path
+    source_sha256: str
+    sha256: str
+    size: int
+    local: bool
+    already: bool = False  #: this very file had been imported before; nothing was written
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "path": str(self.path), "source": str(self.source)}
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint file a path names: the file itself, or `last.ckpt` / the only checkpoint in a folder."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if (path / "last.ckpt").is_file():
+            return path / "last.ckpt"
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _CHECKPOINT_SUFFIXES)
+        if len(found) != 1:
+            what = "no checkpoint file" if not found else f"{len(found)} checkpoint files"
+            raise CheckpointError(f"{path}: a folder with {what}; name the file")
+        return found[0]
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    return path
+
+
+def derive_name(path: str | Path) -> str:
+    """A local entry name for a checkpoint file: its stem, or its folder's name for generic stems (`last.ckpt`)."""
+    path = Path(path)
+    stem = path.stem
+    generic = stem.lower() in _GENERIC_STEMS or stem.lower().startswith(("epoch=", "step="))
+    base = path.resolve().parent.name if generic else stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._-")[:100]
+
+
+def check_name(name: str) -> None:
+    """Raise unless `name` can name a local entry (and its cache folder)."""
+    if not _NAME.match(name) or name == LOCAL_MANIFEST_NAME:
+        raise IrtoolError(f"--name {name}: use letters, digits, '.', '_' and '-' (at most 100, starting with a letter or digit)")
+    if Path(name).suffix.lower() in _CHECKPOINT_SUFFIXES:
+        raise IrtoolError(f"--name {name}: a name must not end like a checkpoint file ({Path(name).suffix}), or it would be read as a path")
+
+
+def _role_for(arch: str) -> tuple[str, str]:
+    """(role, entry arch) that the manifest uses for a file of architecture `arch`: ("weights", "moce_ir"),
+    ("ir", "lora_ir"), ("router", "lora_ir"); ("weights", arch) for an architecture no entry has."""
+    for data in load_manifest()["models"].values():
+        for spec in data["files"]:
+            if spec.get("arch", data["arch"]) == arch:
+                return spec.get("role", "weights"), data["arch"]
+    return "weights", arch
+
+
+def _metadata(checked: Checked, config: Any, *, name: str, role: str, source: Path, source_sha256: str) -> dict[str, str]:
+    metadata = {
+        "irtool.arch": checked.arch,
+        "irtool.config": json.dumps(config.to_dict()),
+        "irtool.name": name,
+        "irtool.role": role,
+        "irtool.source_sha256": source_sha256,
+        "irtool.source_file": source.name,
+    }
+    if checked.variant:
+        metadata["irtool.variant"] = checked.variant
+    return metadata
+
+
+def _write_safetensors(sd: Mapping[str, Any], metadata: dict[str, str], out: Path) -> None:
+    """Write tensors and metadata to `out` atomically; tensors sharing memory are copied apart (safetensors
+    refuses shared storage)."""
+    from safetensors.torch import save_file
+
+    seen: set[int] = set()
+    tensors = {}
+    for key, tensor in sd.items():
+        tensor = tensor.detach().contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        if tensor.numel() and storage in seen:
+            tensor = tensor.clone()
+        seen.add(storage)
+        tensors[key] = tensor
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        _sort_metadata(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Put a safetensors header's metadata in key order, so that one checkpoint always converts to the same bytes
+    (safetensors writes it in hash-map order). The header keeps its length: only the order of its keys changes."""
+    with open(path, "r+b") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+        metadata = header.pop("__metadata__", None)
+        if not metadata:
+            return
+        text = json.dumps({"__metadata__": dict(sorted(metadata.items())), **header}, separators=(",", ":"),
+                          ensure_ascii=False).encode()
+        if len(text) <= length:  # always equal in practice; otherwise leave the file as written
+            f.seek(8)
+            f.write(text + b" " * (length - len(text)))
+
+
+def _import_target(entry: Entry | None, checked: Checked, role: str | None, src: Path, source_sha256: str) -> tuple[str, str | None]:
+    """(role, expected variant) of an import into `entry`; raises when the file is not what the entry holds."""
+    from .archs import ARCHS
+
+    if role is not None and role not in ROLES:
+        raise IrtoolError(f"--role {role}: one of {', '.join(ROLES)}")
+    if entry is None or entry.local:
+        return role or _role_for(checked.arch)[0], None
+    specs = [s for s in entry.files if role is None or s.get("role", "weights") == role]
+    if not specs:
+        raise IrtoolError(f"--role {role}: {entry.name} has the roles {', '.join(entry.roles)}")
+    matching = [s for s in specs if s.get("arch", entry.arch) == checked.arch]
+    if not matching:
+        titles = known_archs()
+        wanted = " or ".join(f"{titles.get(s.get('arch', entry.arch), s.get('arch', entry.arch))} ({s.get('role', 'weights')})"
+                             for s in specs)
+        raise CheckpointError(f"{src}: a {checked.title} checkpoint, but {entry.name} expects {wanted}")
+    spec = matching[0]
+    if spec.get("sha256") and source_sha256 != spec["sha256"]:
+        raise ChecksumError(
+            f"{src}: not the released {entry.name} file (sha256 {source_sha256}, the manifest says {spec['sha256']}); "
+            "import it without --name to keep it as your own"
+        )
+    _expect(checked, checked.arch, entry.variant)
+    variant = entry.variant if entry.variant in ARCHS[checked.arch].variants else None
+    return spec.get("role", "weights"), variant
+
+
+def import_checkpoint(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    role: str | None = None,
+    trust: bool = False,
+    force: bool = False,
+) -> Imported:
+    """Import a checkpoint into the cache as a safetensors copy, so that `load_model(name)` (and `--model NAME`)
+    finds it.
+
+    name: a manifest entry (name or alias): the file must be that entry's architecture and variant (and its sha256
+        when the manifest knows it). Any other name makes (or adds to) a local entry. None: a local entry named
+        after the file (`derive_name`).
+    role: which file of a multi-file entry this is (LoRA-IR: ir, router); by default read off the architecture.
+    trust: allow pickled objects beyond plain tensors in the source (runs code from the file).
+    force: replace a different file imported or fetched under the same name and role.
+    """
+    src = checkpoint_file(path)
+    if name is None:
+        name = derive_name(src)
+        if not name:
+            raise IrtoolError(f"{src}: no name can be made from the file's name; pass --name NAME")
+        entry = find_entry(name)
+        if entry is not None and not entry.local:
+            raise IrtoolError(
+                f"{src}: its name {name} is the official entry {entry.name}; pass --name {entry.name} to import it as "
+                f"that checkpoint, or --name OTHER to keep it as your own"
+            )
+    else:
+        entry = find_entry(name)
+    if entry is None:
+        check_name(name)
+    source_sha256 = sha256_file(src)
+    checked = check_checkpoint(src, trust=trust)
+    role, variant = _import_target(entry, checked, role, src, source_sha256)
+    from .archs import ARCHS
+
+    config = ARCHS[checked.arch].variants[variant] if variant else checked.config
+    entry_name = entry.name if entry is not None else name
+    folder = cache_dir() / entry_name
+    copy = folder / f"{role}.safetensors"
+    record = (entry.state().get(role) if entry is not None else None) or {}
+    present = entry.local_files().get(role) if entry is not None else None
+    if present is not None:
+        previous = record.get("source_sha256") or sha256_file(present)
+        if previous == source_sha256 and copy.is_file():
+            return Imported(entry_name, role, checked.arch, variant or checked.variant, config.to_dict(), copy, src,
+                            source_sha256, record.get("sha256") or sha256_file(copy), copy.stat().st_size,
+                            entry.local, already=True)
+        if previous != source_sha256 and not force:
+            origin = record.get("source") or str(present)
+            raise IrtoolError(
+                f"{entry_name}: already holds a different {role} file (from {origin}); pass --force to replace it, "
+                "or --name OTHER to import this one beside it"
+            )
+        if previous != source_sha256 and present != copy:
+            present.unlink()  # the fetched original is another file now; keep the cache consistent
+    metadata = _metadata(checked, config, name=entry_name, role=role, source=src, source_sha256=source_sha256)
+    _write_safetensors(checked.state_dict, metadata, copy)
+    sha256 = sha256_file(copy)
+    size = copy.stat().st_size
+    local = entry is None or entry.local
+    if entry is None:
+        entry = Entry(entry_name, {})
+    _record(entry, role, {
+        "file": copy.name, "how": "imported", "sha256": sha256, "size": size, "source": str(src.resolve()),
+        "source_sha256": source_sha256, "time": _now(), "arch": checked.arch, "variant": variant or checked.variant,
+    })
+    if local:
+        _add_local(entry_name, role, checked, src, sha256, size)
+    return Imported(entry_name, role, checked.arch, variant or checked.variant, config.to_dict(), copy, src,
+                    source_sha256, sha256, size, local)
+
+
+def _add_local(name: str, role: str, checked: Checked, src: Path, sha256: str, size: int) -> None:
+    """Record (or update) a local entry in the user's manifest."""
+    manifest = load_local_manifest()
+    _, entry_arch = _role_for(checked.arch)
+    entry = manifest["models"].get(name) or {
+        "arch": entry_arch, "variant": None, "setting": None, "tasks": [], "classes": None, "files": [],
+        "source": {"paper": None, "repo": None, "license": None}, "reported": {}, "local": True,
+    }
+    entry["files"] = [f for f in entry["files"] if f["role"] != role] + [
+        {"role": role, "arch": checked.arch, "filename": f"{role}.safetensors", "url": None, "sha256": sha256, "size": size}
+    ]
+    if checked.arch == entry_arch:
+        entry["arch"] = entry_arch
+        entry["variant"] = checked.variant
+    entry["source"]["file"] = str(src.resolve())
+    manifest["models"][name] = entry
+    _write_json(local_manifest_path(), manifest)
+
+
+def convert(path: str | Path, out: str | Path, *, trust: bool = False, force: bool = False) -> Imported:
+    """Write a checkpoint as `out` (.safetensors) with its detected architecture and config in the metadata, after
+    loading it strictly; the cache is not touched. The result loads without pickle, and without --trust-checkpoint."""
+    src = checkpoint_file(path)
+    out = Path(out).expanduser()
+    if out.suffix.lower() != ".safetensors":
+        raise IrtoolError(f"{out}: the output must be a .safetensors file")
+    if out.exists() and out.resolve() == src.resolve():
+        raise IrtoolError(f"{out}: is the input; choose another output file")
+    if out.exists() and not force:
+        raise IrtoolError(f"{out}: exists; pass --force to overwrite it")
+    source_sha256 = sha256_file(src)
+    checked = check_checkpoint(src, trust=trust)
+    role, _ = _role_for(checked.arch)
+    name = derive_name(src) or out.stem
+    _write_safetensors(checked.state_dict, _metadata(checked, checked.config, name=name, role=role, source=src,
+                                                     source_sha256=source_sha256), out)
+    return Imported(name, role, checked.arch, checked.variant, checked.config.to_dict(), out, src, source_sha256,
+                    sha256_file(out), out.stat().st_size, local=False)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Verify and remove
+
+
+@dataclass(frozen=True)
+class Verified:
+    name: str
+    role: str
+    path: Path
+    ok: bool
+    sha256: str
+    expected: str | None  #: the sha256 it was checked against (None: nothing to check against)
+    against: str | None  #: "manifest" or "record" (state.json, written when the file was fetched or imported)
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "path": str(self.path)}
+
+
+def verify(name: str | None = None, *, trust: bool = False) -> list[Verified]:
+    """Re-hash every cached file (of `name`, or of all entries) against the manifest's sha256 where it has one,
+    else against the one recorded at fetch/import time, and load it strictly as the entry's architecture."""
+    if name is not None:
+        targets = [_entry(name)]
+        if not targets[0].local_files():
+            raise WeightsNotFoundError(f"{targets[0].name}: nothing in the cache to verify ({targets[0].folder})")
+    else:
+        targets = [e for e in entries() if e.local_files()]
+    results = []
+    for entry in targets:
+        state = entry.state()
+        for role, path in entry.local_files().items():
+            results.append(_verify_file(entry, role, path, state.get(role) or {}, trust))
+    return results
+
+
+def _verify_file(entry: Entry, role: str, path: Path, record: Mapping[str, Any], trust: bool) -> Verified:
+    spec = entry.file_spec(role) or {}
+    actual = sha256_file(path)
+    is_original = path.name == spec.get("filename") and not entry.local
+    if is_original and spec.get("sha256"):
+        expected, against = spec["sha256"], "manifest"
+    elif record.get("file") == path.name and record.get("sha256"):
+        expected, against = record["sha256"], "record"
+    else:
+        expected, against = None, None
+    problems = []
+    if expected and actual != expected:
+        problems.append(f"sha256 {actual} differs from the {against}'s {expected} (changed or damaged since "
+                        f"{record.get('time', 'it was stored')}; fetch or import it again)")
+    official_sha = spec.get("sha256") if not entry.local else None
+    if official_sha and record.get("source_sha256") and record["source_sha256"] != official_sha:
+        problems.append(f"imported from a file that is not the released one (sha256 {record['source_sha256']})")
+    note = ""
+    if not problems:
+        try:
+            note = _check_against_entry(path, entry, spec or {"arch": entry.arch}, trust)
+        except IrtoolError as exc:
+            problems.append(str(exc))
+    if problems:
+        return Verified(entry.name, role, path, False, actual, expected, against, "; ".join(problems))
+    if expected:
+        said = f"sha256 matches the {against}"
+    else:
+        said = "no checksum to compare with (placed by hand?); import it to record one"
+    return Verified(entry.name, role, path, True, actual, expected, against, f"{said}; {note}")
+
+
+@dataclass(frozen=True)
+class Removed:
+    name: str
+    paths: list[Path]
+    freed: int  #: bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "paths": [str(p) for p in self.paths], "freed": self.freed}
+
+
+def remove(name: str) -> Removed:
+    """Delete an entry's files (fetched, imported, partial downloads) from the cache; a local entry is forgotten."""
+    entry = _entry(name)
+    paths = [p for p in (entry.folder, entry.downloads) if p.exists()]
+    if not paths and not entry.local:
+        raise WeightsNotFoundError(f"{entry.name}: nothing in the cache ({entry.folder})")
+    freed = sum(f.stat().st_size for p in paths for f in p.rglob("*") if f.is_file())
+    for path in paths:
+        shutil.rmtree(path)
+    _prune(entry.downloads.parent)
+    if entry.local:
+        manifest = load_local_manifest()
+        manifest["models"].pop(entry.name, None)
+        _write_json(local_manifest_path(), manifest)
+    return Removed(entry.name, paths, freed)

@@ -1,0 +1,549 @@
+"""irtool.weights: the manifest and its schema, fetch into the cache (127.0.0.1 server), import/convert/verify/remove
+with random-weight checkpoints, and the `irtool weights` commands."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ODD, random_moce
+from local_server import LocalServer, without_proxies
+from typer.testing import CliRunner
+
+import irtool
+from irtool import weights
+from irtool.archs.moce_ir import VARIANTS
+from irtool.cli import app
+from irtool.errors import ChecksumError, CheckpointError, DownloadError, IrtoolError, UnsafeCheckpointError, WeightsNotFoundError
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+class NotAllowed:
+    """A pickled object that a weights-only load refuses."""
+
+
+def _lightning(sd: dict) -> dict:
+    return {"state_dict": {f"net.{k}": v for k, v in sd.items()}, "epoch": 3, "global_step": 90}
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return random_moce(VARIANTS["tiny"], seed=3)
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path, tiny_model) -> Path:
+    """The tiny MoCE-IR as an official-style Lightning `last.ckpt`."""
+    folder = tmp_path / "download"
+    folder.mkdir()
+    torch.save(_lightning(tiny_model.state_dict()), folder / "last.ckpt")
+    return folder / "last.ckpt"
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Equal state dicts, tensor for tensor (cheaper than comparing outputs on this shared 2-core machine)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class FakeManifest:
+    """A manifest of test entries in place of the packaged one: `tiny.aio3` (one file, variant tiny) and `pair.test`
+    (two files whose roles are told apart by architecture, like LoRA-IR's ir/router)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data = {"schema_version": 1, "default": None, "models": {
+            "tiny.aio3": {
+                "aliases": ["Tiny_AIO3"], "arch": "moce_ir", "variant": "tiny", "setting": "AIO3",
+                "tasks": ["noise", "rain", "haze"], "classes": None,
+                "files": [{"role": "weights", "arch": "moce_ir", "filename": "last.ckpt", "url": None, "sha256": None, "size": None}],
+                "source": {"paper": "test", "repo": "https://example.org/repo", "license": "CC0"}, "reported": {},
+            },
+            "pair.test": {
+                "arch": "moce_ir", "variant": None, "setting": "AllWeather", "tasks": ["snow", "rain", "raindrop"],
+                "classes": ["snow", "rain", "raindrop"],
+                "files": [
+                    {"role": "ir", "arch": "moce_ir", "filename": "ir.pth", "url": None, "sha256": None, "size": None},
+                    {"role": "router", "arch": "future_router", "filename": "router.pth", "url": None, "sha256": None, "size": None},
+                ],
+                "source": {"paper": "test", "repo": "https://example.org/repo", "license": "CC0"}, "reported": {},
+            },
+        }}
+        self.write()
+
+    def file(self, name: str, **fields) -> None:
+        self.data["models"][name]["files"][0].update(fields)
+        self.write()
+
+    def write(self) -> None:
+        self.path.write_text(json.dumps(self.data))
+        weights.load_manifest.cache_clear()
+
+
+@pytest.fixture
+def manifest(tmp_path, monkeypatch):
+    test = FakeManifest(tmp_path / "manifest.json")
+    monkeypatch.setattr(weights, "manifest_path", lambda: test.path)
+    yield test
+    weights.load_manifest.cache_clear()
+
+
+@pytest.fixture
+def server(monkeypatch):
+    without_proxies(monkeypatch)
+    with LocalServer() as s:
+        yield s
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The manifest and its schema
+
+
+def _validator():
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is a test dependency (pip install -e '.[test]')")
+    schema = json.loads(weights.schema_path().read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_the_manifest_follows_its_schema():
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in _validator().iter_errors(json.loads((REPO / "weights_manifest.json").read_text()))]
+    assert errors == []
+
+
+@pytest.mark.parametrize("break_it,complaint", [
+    (lambda m: m["models"]["moce_ir.aio3"]["files"][0].pop("sha256"), "'sha256' is a required property"),
+    (lambda m: m["models"]["moce_ir.aio3"]["files"][0].update(sha256="abc"), "does not match"),
+    (lambda m: m["models"]["moce_ir.aio3"].update(setting="AIO4"), "is not one of"),
+    (lambda m: m["models"]["moce_ir.aio3"].update(tasks=["noise", "rain"]), "was expected"),
+    (lambda m: m["models"]["moce_ir.aio3"]["reported"]["rain100l"].update(ssim=98.4), "greater than the maximum"),
+    (lambda m: m["models"]["moce_ir.aio3"]["files"][0].update(url="ftp://x/last.ckpt"), "does not match"),
+    (lambda m: m["models"].update({"../evil": m["models"]["moce_ir.aio3"]}), "does not match"),
+    (lambda m: m["models"]["lora_ir.setting1"]["files"][0].update(role="backbone"), "is not one of"),
+], ids=["no-sha256-key", "bad-sha256", "setting", "aio3-tasks", "ssim-range", "url-scheme", "name", "role"])
+def test_the_schema_rejects_broken_entries(break_it, complaint):
+    broken = json.loads((REPO / "weights_manifest.json").read_text())
+    break_it(broken)
+    messages = [e.message for e in _validator().iter_errors(broken)]
+    assert any(complaint in m for m in messages), messages
+
+
+def test_manifest_facts_the_schema_cannot_state():
+    models = json.loads((REPO / "weights_manifest.json").read_text())["models"]
+    names = [n.lower() for n in models] + [a.lower() for e in models.values() for a in e.get("aliases", [])]
+    assert len(names) == len(set(names)), "names and aliases are unique"
+    expected = {f"{v}_{s}" for v in ("MoCE_IR", "MoCE_IR_S") for s in ("AIO3", "AIO5", "CDD11")}
+    moce = {e["aliases"][0]: e for e in models.values() if e["arch"] == "moce_ir"}
+    assert set(moce) == expected
+    for official_id, entry in moce.items():
+        assert entry["variant"] in VARIANTS and official_id.startswith(entry["variant"] + "_")
+        assert entry["setting"] == official_id.rsplit("_", 1)[1]
+        (spec,) = entry["files"]
+        assert spec["drive_path"] == f"{official_id}/last.ckpt" and spec["drive_id"] is None and spec["url"] is None
+    for name, entry in models.items():
+        roles = [f["role"] for f in entry["files"]]
+        assert len(roles) == len(set(roles)), name
+        scores = {k: v for k, v in entry["reported"].items() if k != "average"}
+        if "average" in entry["reported"]:  # the paper's average is the mean of its columns (rounded per column)
+            mean_psnr = sum(s["psnr"] for s in scores.values()) / len(scores)
+            mean_ssim = sum(s["ssim"] for s in scores.values()) / len(scores)
+            assert abs(entry["reported"]["average"]["psnr"] - mean_psnr) < 0.01, name
+            assert abs(entry["reported"]["average"]["ssim"] - mean_ssim) < 0.0015, name
+    lora = models["lora_ir.setting1"]
+    assert {f["role"]: f["arch"] for f in lora["files"]} == {"ir": "lora_ir", "router": "clip_router"}
+    assert all(f["url"].startswith("https://huggingface.co/shallowdream204/LoRA-IR/resolve/main/") for f in lora["files"])
+    assert lora["classes"] == ["snow", "rain", "raindrop"]
+
+
+def test_schema_and_manifest_are_package_data():
+    import tomllib
+
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["irtool"]
+    for name in (weights.SCHEMA_NAME, weights.MANIFEST_NAME):
+        assert (REPO / "irtool" / name).is_file() and any(fnmatch(name, p) for p in patterns), name
+    assert (REPO / "irtool" / weights.MANIFEST_NAME).resolve() == (REPO / weights.MANIFEST_NAME).resolve()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fetch
+
+
+def test_fetch_downloads_checks_and_records(manifest, server, tiny_ckpt):
+    server.file("/last.ckpt", tiny_ckpt.read_bytes())
+    seen = []
+    (got,) = weights.fetch("Tiny_AIO3", urls={"weights": server.url("/last.ckpt")}, progress=lambda *a: seen.append(a))
+    entry = weights.find_entry("tiny.aio3")
+    assert got.path == entry.folder / "last.ckpt" and got.sha256 == _sha(tiny_ckpt) and not got.already
+    assert got.checked == "loads strictly as MoCE-IR tiny"
+    assert seen[-1] == ("last.ckpt", tiny_ckpt.stat().st_size, tiny_ckpt.stat().st_size)
+    state = entry.state()["weights"]
+    assert state["how"] == "fetched" and state["sha256"] == got.sha256 and state["source"] == server.url("/last.ckpt")
+    assert weights.entry_status(entry).status == "cached"
+    assert not (weights.cache_dir() / ".downloads").exists()
+    assert irtool.load_model("tiny.aio3", device="cpu").config == VARIANTS["tiny"]
+    # cached already: nothing is downloaded again, unless forced
+    requests = len(server.requests)
+    assert weights.fetch("tiny.aio3", urls={"weights": server.url("/last.ckpt")})[0].already
+    assert len(server.requests) == requests
+    assert not weights.fetch("tiny.aio3", urls={"weights": server.url("/last.ckpt")}, force=True)[0].already
+
+
+def test_fetch_from_the_manifest_url_and_from_a_mirror(manifest, server, tiny_ckpt, monkeypatch):
+    data = tiny_ckpt.read_bytes()
+    server.file("/files/last.ckpt", data)
+    manifest.file("tiny.aio3", url=server.url("/files/last.ckpt"), sha256=_sha(tiny_ckpt), size=len(data))
+    (got,) = weights.fetch("tiny.aio3")
+    assert got.checked == "sha256 matches the manifest" and got.path.read_bytes() == data
+    weights.remove("tiny.aio3")
+    server.file("/mirror/tiny.aio3/last.ckpt", data)
+    monkeypatch.setenv(weights.MIRROR_ENV, server.url("/mirror/"))
+    (got,) = weights.fetch("tiny.aio3")
+    assert server.requests[-1][1] == "/mirror/tiny.aio3/last.ckpt" and got.path.read_bytes() == data
+
+
+def test_fetch_through_a_drive_confirmation_page(manifest, server, tiny_ckpt):
+    server.file("/blob", tiny_ckpt.read_bytes())
+    blob = server.routes.pop("/blob")
+    server.page("/uc", f'<html><title>Google Drive - Virus scan warning</title><form id="download-form" '
+                       f'action="{server.url("/download")}" method="get"><input type="hidden" name="id" value="XYZ">'
+                       '<input type="hidden" name="confirm" value="t"></form></html>')
+    server.routes["/download"] = lambda h, q: blob(h, q) if q.get("confirm") == "t" else h.reply(403)
+    (got,) = weights.fetch("tiny.aio3", urls={"weights": server.url("/uc?export=download&id=XYZ")})
+    assert got.path.read_bytes() == tiny_ckpt.read_bytes()
+
+
+def test_fetch_checksum_mismatch_keeps_nothing(manifest, server, tiny_ckpt):
+    server.file("/last.ckpt", tiny_ckpt.read_bytes())
+    manifest.file("tiny.aio3", url=server.url("/last.ckpt"), sha256="0" * 64)
+    with pytest.raises(ChecksumError, match=r"^tiny\.aio3: .*not the expected one.*nothing was kept"):
+        weights.fetch("tiny.aio3")
+    assert not weights.cache_dir().exists() or not any(weights.cache_dir().rglob("*.ckpt*"))
+    assert weights.entry_status(weights.find_entry("tiny.aio3")).status == "missing"
+
+
+def test_fetch_of_a_file_that_is_not_the_checkpoint_keeps_nothing(manifest, server, tmp_path):
+    other = tmp_path / "odd.ckpt"  # a MoCE-IR, but not the `tiny` variant the entry promises
+    torch.save(_lightning(random_moce(ODD).state_dict()), other)
+    server.file("/last.ckpt", other.read_bytes())
+    with pytest.raises(CheckpointError, match=r"tiny\.aio3: the file from .* is not this checkpoint .*dim=8 instead of 16.*not tiny\); nothing was kept"):
+        weights.fetch("tiny.aio3", urls={"weights": server.url("/last.ckpt")})
+    assert not any(weights.cache_dir().rglob("*.ckpt*"))
+
+
+def test_fetch_of_an_unsafe_pickle_keeps_it_out_of_the_cache_but_on_disk(manifest, server, tmp_path, tiny_model):
+    unsafe = tmp_path / "unsafe.ckpt"
+    torch.save({**_lightning(tiny_model.state_dict()), "extra": NotAllowed()}, unsafe)
+    server.file("/last.ckpt", unsafe.read_bytes())
+    url = server.url("/last.ckpt")
+    with pytest.raises(UnsafeCheckpointError, match=r"not checked; it is kept at (\S+)\. If you trust .*--trust-checkpoint`$") as exc:
+        weights.fetch("tiny.aio3", urls={"weights": url})
+    kept = Path(re.search(r"kept at (\S+)\. ", str(exc.value)).group(1))
+    assert kept.read_bytes() == unsafe.read_bytes() and weights.find_entry("tiny.aio3").local_files() == {}
+    assert weights.import_checkpoint(kept, name="tiny.aio3", trust=True).variant == "tiny"
+    weights.remove("tiny.aio3")
+    (got,) = weights.fetch("tiny.aio3", urls={"weights": url}, trust=True)
+    assert got.checked == "loads strictly as MoCE-IR tiny"
+
+
+def test_fetch_failures_give_the_manual_steps(manifest, server):
+    server.status("/gone.ckpt", 404)
+    with pytest.raises(DownloadError) as exc:
+        weights.fetch("tiny.aio3", urls={"weights": server.url("/gone.ckpt")})
+    message = str(exc.value)
+    assert "\n" not in message and message.startswith("tiny.aio3: ") and "HTTP 404" in message
+    assert f"download {server.url('/gone.ckpt')}" not in message  # the URL came from --url, the manifest has none
+    assert message.endswith("then run `irtool weights import last.ckpt --name tiny.aio3`")
+    assert not (weights.cache_dir() / ".downloads").exists()  # no empty folders left behind either
+    with pytest.raises(WeightsNotFoundError, match="tiny.aio3: no direct download link is published; get last.ckpt from https://example.org/repo"):
+        weights.fetch("tiny.aio3")  # no URL anywhere
+
+
+def test_an_interrupted_fetch_resumes_and_list_shows_it(manifest, server, tiny_ckpt):
+    data = tiny_ckpt.read_bytes()
+    server.file("/last.ckpt", data, cuts=[1_000_000])
+    with pytest.raises(DownloadError, match=r"connection closed after 1\.0 MB.*kept in .*resume"):
+        weights.fetch("tiny.aio3", urls={"weights": server.url("/last.ckpt")}, retries=0)
+    status = weights.entry_status(weights.find_entry("tiny.aio3"))
+    assert status.status == "missing" and status.partial_bytes == 1_000_000
+    (got,) = weights.fetch("tiny.aio3", urls={"weights": server.url("/last.ckpt")}, retries=0)
+    assert got.resumed_from == 1_000_000 and got.sha256 == _sha(tiny_ckpt)
+    assert weights.entry_status(weights.find_entry("tiny.aio3")).partial_bytes == 0
+
+
+def test_moce_ir_fetch_explains_the_drive_folder():
+    for entry in weights.entries():
+        if entry.arch != "moce_ir":
+            continue
+        with pytest.raises(WeightsNotFoundError) as exc:
+            weights.fetch(entry.name)
+        assert str(exc.value) == (
+            f"{entry.name}: no direct download link is published; download {entry.aliases[0]}/last.ckpt from the "
+            "Google Drive folder https://drive.google.com/drive/folders/1pQBceb8cCPdIzbqbNNGqV5qNXzzqL4uK in a browser, "
+            f"then run `irtool weights import last.ckpt --name {entry.name}`"
+        )
+
+
+def test_source_urls(manifest, monkeypatch):
+    entry = weights.find_entry("tiny.aio3")
+    spec = dict(entry.files[0], drive_id="1AbCdEfGhIjKlMn")
+    assert weights.source_url(entry, spec) == "https://drive.google.com/uc?export=download&id=1AbCdEfGhIjKlMn"
+    assert weights.source_url(entry, dict(spec, url="https://a.org/x")) == "https://a.org/x"
+    monkeypatch.setenv(weights.MIRROR_ENV, "http://mirror.lan/irtool/")
+    assert weights.source_url(entry, spec) == "http://mirror.lan/irtool/tiny.aio3/last.ckpt"
+    assert weights.source_url(entry, spec, {"weights": "http://b.lan/w"}) == "http://b.lan/w"
+    assert weights.url_overrides("pair.test", ["router=http://h/r.pth?a=b", "ir=http://h/i.pth"]) == {
+        "router": "http://h/r.pth?a=b", "ir": "http://h/i.pth"}
+    assert weights.url_overrides("tiny.aio3", ["http://h/x?y=z"]) == {"weights": "http://h/x?y=z"}
+    with pytest.raises(IrtoolError, match="pair.test has 2 files; write --url ROLE=URL with ROLE one of ir, router"):
+        weights.url_overrides("pair.test", ["http://h/x"])
+    with pytest.raises(IrtoolError, match="only http:// and https:// URLs"):
+        weights.url_overrides("tiny.aio3", ["file:///tmp/last.ckpt"])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Import, convert, verify, remove
+
+
+def test_import_under_a_manifest_name_round_trips(manifest, tiny_ckpt, tiny_model):
+    got = weights.import_checkpoint(tiny_ckpt, name="TINY_aio3")
+    entry = weights.find_entry("tiny.aio3")
+    assert got.name == "tiny.aio3" and got.role == "weights" and got.variant == "tiny" and not got.local
+    assert got.path == entry.folder / "weights.safetensors" and got.source_sha256 == _sha(tiny_ckpt)
+    from safetensors import safe_open
+
+    with safe_open(str(got.path), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["irtool.arch"] == "moce_ir" and json.loads(meta["irtool.config"]) == VARIANTS["tiny"].to_dict()
+    assert meta["irtool.name"] == "tiny.aio3" and meta["irtool.source_sha256"] == _sha(tiny_ckpt)
+    assert meta["irtool.source_file"] == "last.ckpt" and meta["irtool.variant"] == "tiny"
+    assert weights.entry_status(entry).status == "imported"
+    assert weights.resolve("tiny.aio3") == {"weights": got.path}
+    loaded = irtool.load_model("tiny.aio3", device="cpu")
+    assert loaded.config == tiny_model.config and _same_weights(loaded, tiny_model)
+    (check,) = weights.verify("tiny.aio3")
+    assert check.ok and check.against == "record" and check.message == "sha256 matches the record; loads strictly as MoCE-IR tiny"
+    # importing the very same file again changes nothing
+    again = weights.import_checkpoint(tiny_ckpt, name="tiny.aio3")
+    assert again.already and again.sha256 == got.sha256
+
+
+def test_import_refuses_what_an_entry_is_not(manifest, tmp_path, tiny_ckpt):
+    odd = tmp_path / "odd.pth"
+    torch.save(random_moce(ODD).state_dict(), odd)
+    with pytest.raises(CheckpointError, match=r"odd\.pth: MoCE-IR not a released config \(dim=8 instead of 16, .*\), not tiny"):
+        weights.import_checkpoint(odd, name="tiny.aio3")
+    foreign = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3)}, foreign)
+    with pytest.raises(CheckpointError, match=r"resnet\.pth: not a MoCE-IR"):
+        weights.import_checkpoint(foreign, name="tiny.aio3")
+    manifest.file("tiny.aio3", sha256="1" * 64)
+    with pytest.raises(ChecksumError, match=r"not the released tiny\.aio3 file \(sha256 [0-9a-f]{64}, the manifest says 1{64}\); import it without --name"):
+        weights.import_checkpoint(tiny_ckpt, name="tiny.aio3")
+    assert not weights.cache_dir().exists() or not any(weights.cache_dir().rglob("*.safetensors"))
+
+
+def test_import_picks_the_role_by_architecture(manifest, tiny_ckpt):
+    got = weights.import_checkpoint(tiny_ckpt, name="pair.test")
+    assert got.role == "ir" and got.path.name == "ir.safetensors"
+    entry = weights.find_entry("pair.test")
+    assert weights.entry_status(entry).status == "partial"
+    with pytest.raises(WeightsNotFoundError, match=r"pair\.test: not downloaded yet \(router\.pth missing"):
+        weights.resolve("pair.test")
+    with pytest.raises(CheckpointError, match=r"a MoCE-IR checkpoint, but pair\.test expects future_router \(router\)"):
+        weights.import_checkpoint(tiny_ckpt, name="pair.test", role="router")
+    with pytest.raises(IrtoolError, match="--role backbone: one of weights, ir, router"):
+        weights.import_checkpoint(tiny_ckpt, name="pair.test", role="backbone")
+
+
+def test_import_as_a_local_entry_works_everywhere(manifest, tmp_path, tiny_ckpt, tiny_model):
+    run = tmp_path / "my_run_7"
+    run.mkdir()
+    shutil.copy(tiny_ckpt, run / "last.ckpt")
+    got = weights.import_checkpoint(run / "last.ckpt")  # a generic stem: named after its folder
+    assert got.name == "my_run_7" and got.local and got.variant == "tiny"
+    local = json.loads(weights.local_manifest_path().read_text())
+    assert local["models"]["my_run_7"]["files"][0]["sha256"] == got.sha256
+    assert [e.message for e in _validator().iter_errors(local)] == []
+    assert irtool.load_model("my_run_7", device="cpu").config == VARIANTS["tiny"]
+    result = runner.invoke(app, ["inspect", "my_run_7", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["config"]["dim"] == 16
+    named = weights.import_checkpoint(tiny_ckpt, name="denoiser-v2")
+    assert named.name == "denoiser-v2" and weights.find_entry("DENOISER-V2").local
+    statuses = {s.name: s for s in weights.statuses()}
+    assert statuses["my_run_7"].status == "imported" and statuses["my_run_7"].local
+
+    # a different file under the same name needs --force
+    other = tmp_path / "other.pth"
+    torch.save(random_moce(VARIANTS["tiny"], seed=9).state_dict(), other)
+    with pytest.raises(IrtoolError, match=r"denoiser-v2: already holds a different weights file .*--force"):
+        weights.import_checkpoint(other, name="denoiser-v2")
+    replaced = weights.import_checkpoint(other, name="denoiser-v2", force=True)
+    assert replaced.source_sha256 == _sha(other)
+    assert not _same_weights(irtool.load_model("denoiser-v2"), tiny_model)
+
+    removed = weights.remove("denoiser-v2")
+    assert removed.freed > 0 and weights.find_entry("denoiser-v2") is None
+    with pytest.raises(WeightsNotFoundError):
+        irtool.load_model("denoiser-v2")
+
+
+def test_import_names(manifest, tmp_path, tiny_ckpt):
+    official = tmp_path / "MoCE_IR_S_AIO3"
+    official.mkdir()
+    shutil.copy(tiny_ckpt, official / "last.ckpt")
+    weights.load_manifest.cache_clear()
+    with pytest.MonkeyPatch.context() as mp:  # the real manifest, where MoCE_IR_S_AIO3 is an official id
+        mp.setattr(weights, "manifest_path", lambda: REPO / "weights_manifest.json")
+        weights.load_manifest.cache_clear()
+        with pytest.raises(IrtoolError, match=r"its name MoCE_IR_S_AIO3 is the official entry moce_ir_s\.aio3; pass --name moce_ir_s\.aio3"):
+            weights.import_checkpoint(official)  # a folder names its last.ckpt
+    weights.load_manifest.cache_clear()
+    for bad in ("a/b", ".hidden", "x" * 101, "net.pth", "local_manifest.json"):
+        with pytest.raises(IrtoolError, match=f"--name {bad}"):
+            weights.import_checkpoint(tiny_ckpt, name=bad)
+    assert weights.derive_name(Path("/x/runs/epoch=99-step=1000.ckpt")) == "runs"
+    assert weights.derive_name(Path("/x/My Net (v2).pth")) == "My_Net_v2"
+
+
+def test_an_unsafe_pickle_is_imported_only_when_trusted(manifest, tmp_path, tiny_model):
+    path = tmp_path / "unsafe.pth"
+    torch.save({"state_dict": tiny_model.state_dict(), "extra": NotAllowed()}, path)
+    with pytest.raises(UnsafeCheckpointError):
+        weights.import_checkpoint(path)
+    got = weights.import_checkpoint(path, trust=True)
+    assert irtool.load_model(got.name).config == VARIANTS["tiny"]  # the copy needs no trust
+
+
+def test_convert_writes_a_loadable_safetensors_and_leaves_the_cache_alone(tmp_path, tiny_model):
+    src = tmp_path / "odd.pth"
+    original = random_moce(ODD, seed=4)
+    torch.save({"params": original.state_dict()}, src)
+    before = _sha(src)
+    got = weights.convert(src, tmp_path / "odd.safetensors")
+    assert got.arch == "moce_ir" and got.variant is None and got.config == {**ODD.to_dict(), "top_k": 1}
+    assert _sha(src) == before and not weights.cache_dir().exists()
+    loaded = irtool.load_model(got.path)
+    assert loaded.config == irtool.load_model(src).config and _same_weights(loaded, original)
+    with pytest.raises(IrtoolError, match="exists; pass --force"):
+        weights.convert(src, tmp_path / "odd.safetensors")
+    assert weights.convert(src, tmp_path / "odd.safetensors", force=True).sha256 == got.sha256
+    with pytest.raises(IrtoolError, match="must be a .safetensors file"):
+        weights.convert(src, tmp_path / "odd.pth")
+    with pytest.raises(IrtoolError, match="is the input"):
+        weights.convert(got.path, got.path, force=True)
+
+    # tied tensors (one tensor under two keys, which safetensors refuses to write) are written apart
+    sd = tiny_model.state_dict()
+    a, b = "dec.0.2.layers.0.ffn.dwconv.weight", "dec.0.2.layers.1.ffn.dwconv.weight"
+    assert sd[a].shape == sd[b].shape
+    torch.save({**sd, b: sd[a]}, tmp_path / "tied.pth")
+    converted = weights.convert(tmp_path / "tied.pth", tmp_path / "tied.safetensors")
+    loaded = irtool.load_model(converted.path).state_dict()
+    assert torch.equal(loaded[a], sd[a]) and torch.equal(loaded[b], sd[a])
+
+
+def test_verify_catches_changed_files(manifest, server, tiny_ckpt):
+    data = tiny_ckpt.read_bytes()
+    server.file("/last.ckpt", data)
+    manifest.file("tiny.aio3", url=server.url("/last.ckpt"), sha256=_sha(tiny_ckpt))
+    (got,) = weights.fetch("tiny.aio3")
+    (check,) = weights.verify()
+    assert check.ok and check.against == "manifest" and check.expected == _sha(tiny_ckpt)
+    damaged = bytearray(data)
+    damaged[len(data) // 2] ^= 0xFF  # inside a tensor: still loads, but is not the file
+    got.path.write_bytes(bytes(damaged))
+    (check,) = weights.verify("tiny.aio3")
+    assert not check.ok and "differs from the manifest's" in check.message
+    # a file placed by hand has no record: checked by loading only
+    got.path.write_bytes(data)
+    (got.path.parent / "state.json").unlink()
+    manifest.file("tiny.aio3", sha256=None)
+    (check,) = weights.verify("tiny.aio3")
+    assert check.ok and check.expected is None and check.message.startswith("no checksum to compare with")
+    got.path.write_bytes(data[: len(data) // 2])
+    (check,) = weights.verify("tiny.aio3")
+    assert not check.ok and "truncated" in check.message
+
+
+def test_remove(manifest, tiny_ckpt):
+    with pytest.raises(WeightsNotFoundError, match=r"tiny\.aio3: nothing in the cache"):
+        weights.remove("tiny.aio3")
+    with pytest.raises(WeightsNotFoundError, match="nope: not a known model name"):
+        weights.remove("nope")
+    weights.import_checkpoint(tiny_ckpt, name="tiny.aio3")
+    partial = weights.find_entry("tiny.aio3").downloads / "last.ckpt.part"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"12345")
+    removed = weights.remove("tiny.aio3")
+    assert set(removed.paths) == {weights.find_entry("tiny.aio3").folder, partial.parent}
+    assert not partial.exists() and weights.entry_status(weights.find_entry("tiny.aio3")).status == "missing"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The commands
+
+
+def test_weights_list_is_instant_and_torch_free():
+    probe = ("import sys; from irtool.cli import app; from typer.testing import CliRunner; "
+             "r = CliRunner().invoke(app, ['weights', 'list', '--json']); assert r.exit_code == 0, r.output; "
+             "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
+
+
+def test_cli_fetch_import_verify_convert_remove(manifest, server, tiny_ckpt, tmp_path):
+    server.file("/last.ckpt", tiny_ckpt.read_bytes())
+    listed = json.loads(runner.invoke(app, ["weights", "list", "--json"]).stdout)
+    assert {m["name"]: m["status"] for m in listed["models"]} == {"tiny.aio3": "missing", "pair.test": "missing"}
+
+    result = runner.invoke(app, ["weights", "fetch", "tiny.aio3", "--url", server.url("/last.ckpt")])
+    assert result.exit_code == 0, result.output
+    assert f"saved to {weights.find_entry('tiny.aio3').folder / 'last.ckpt'}" in result.stdout
+    assert "loads strictly as MoCE-IR tiny" in result.stdout
+    table = runner.invoke(app, ["weights", "list"])
+    assert table.exit_code == 0 and "cached" in table.stdout
+
+    failed = runner.invoke(app, ["weights", "fetch", "pair.test", "tiny.aio3"])
+    assert failed.exit_code == 1
+    assert failed.stderr.count("error:") == 1 and "pair.test: no direct download link" in failed.stderr
+    assert "tiny.aio3 (weights): already in the cache" in failed.stdout
+    assert runner.invoke(app, ["weights", "fetch", "a", "b", "--url", "http://127.0.0.1:1/x"]).exit_code == 2
+
+    result = runner.invoke(app, ["weights", "import", str(tiny_ckpt), "--name", "mine", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["name"] == "mine"
+
+    result = runner.invoke(app, ["weights", "verify", "--json"])
+    assert result.exit_code == 0 and {(r["name"], r["ok"]) for r in json.loads(result.stdout)} == {("tiny.aio3", True), ("mine", True)}
+    mine = weights.find_entry("mine").folder / "weights.safetensors"
+    mine.write_bytes(mine.read_bytes()[:-10] + b"0123456789")
+    result = runner.invoke(app, ["weights", "verify"])
+    assert result.exit_code == 1 and "FAILED mine (weights)" in result.stdout
+    assert result.stderr.strip().startswith("error: mine (weights): sha256")
+
+    out = tmp_path / "c.safetensors"
+    result = runner.invoke(app, ["weights", "convert", str(tiny_ckpt), str(out)])
+    assert result.exit_code == 0 and out.is_file() and "moce_ir tiny" in result.stdout
+    again = runner.invoke(app, ["weights", "convert", str(tiny_ckpt), str(out)])
+    assert again.exit_code == 1 and again.stderr.count("\n") == 1 and "exists; pass --force" in again.stderr
+
+    shown = json.loads(runner.invoke(app, ["weights", "show", "Tiny_AIO3", "--json"]).stdout)
+    assert shown["name"] == "tiny.aio3" and shown["status"]["status"] == "cached" and shown["state"]["weights"]["how"] == "fetched"
+    assert runner.invoke(app, ["weights", "show", "tiny.aio3"]).exit_code == 0
+
+    result = runner.invoke(app, ["weights", "remove", "mine"])
+    assert result.exit_code == 0 and "mine: removed" in result.stdout
+    assert runner.invoke(app, ["weights", "remove", "mine"]).exit_code == 1
