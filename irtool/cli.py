@@ -369,6 +369,9 @@ def weights_show(
         out.print(table)
     if info.get("notes"):
         out.print(f"notes: {info['notes']}", soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # eval and datasets (benchmarks with the published protocols)
 
 _PROTOCOL_NAMES = ("moce", "promptir", "y", "lorair")
