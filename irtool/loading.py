@@ -6,7 +6,7 @@ unless those are a few known-harmless ones (argparse.Namespace, numpy scalars an
 
 The architecture and its full config are read off the keys and shapes (see each arch's `infer_config`); the network
 is then built and loaded with `strict=True`, so a checkpoint either loads exactly or is refused with one line saying
-why.
+why. LoRA-IR comes as two files (restoration network and CLIP router); `load_model` loads both and joins them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import importlib
 import json
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -226,6 +227,8 @@ def _mismatch(model: nn.Module, sd: Mapping[str, Tensor]) -> str | None:
 def build_model(sd: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None, path: str | Path = "checkpoint") -> nn.Module:
     """Build the detected network and load `sd` into it strictly (CPU, fp32, eval mode)."""
     spec, config = detect(sd, path)
+    if spec.obsolete_keys:
+        sd = {k: v for k, v in sd.items() if k not in spec.obsolete_keys}
     # A converted checkpoint records its full config (including what shapes cannot show, such as top_k);
     # use it when it names the same architecture and fits the tensors.
     if metadata and metadata.get("irtool.arch") == spec.name and "irtool.config" in metadata:
@@ -273,28 +276,112 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
+def _checkpoint_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.is_file())
+
+
 def _find_checkpoint_file(folder: Path) -> Path:
     """A checkpoint inside a folder: `last.ckpt` (the official MoCE-IR layout) or the only checkpoint file."""
     if (folder / "last.ckpt").is_file():
         return folder / "last.ckpt"
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.is_file())
+    files = _checkpoint_files(folder)
     if len(files) == 1:
         return files[0]
     what = "no checkpoint file" if not files else f"{len(files)} checkpoint files"
     raise CheckpointError(f"{folder}: a folder with {what}; name the file")
 
 
+def _is_name(source: str | Path, path: Path) -> bool:
+    """Whether `source` reads as a manifest name rather than a path."""
+    return (
+        isinstance(source, str)
+        and not any(sep in source for sep in "/\\")
+        and path.suffix.lower() not in CHECKPOINT_SUFFIXES
+    )
+
+
 def resolve_source(source: str | Path) -> Path:
-    """A path for a file, a folder or a manifest name (a name must be in the cache already)."""
+    """A path for a file, a folder or a manifest name (a name must be in the cache already). For a two-file model
+    (LoRA-IR) this is its restoration network; `resolve_model_files` gives both."""
     path = Path(source).expanduser()
     if path.is_dir():
         return _find_checkpoint_file(path)
     if path.exists():
         return path
-    if isinstance(source, str) and not any(sep in source for sep in "/\\") and not path.suffix.lower() in CHECKPOINT_SUFFIXES:
+    if _is_name(source, path):
         files = weights.resolve(source)
-        return files.get("weights") or next(iter(files.values()))
+        return files.get("weights") or files.get("ir") or next(iter(files.values()))
     raise CheckpointError(f"{path}: no such file")
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The files that make one model: its main checkpoint, a LoRA-IR router, and what the manifest says."""
+
+    main: Path
+    router: Path | None = None
+    #: class names from the manifest entry, when loaded by name
+    classes: tuple[str, ...] | None = None
+
+
+def resolve_model_files(source: str | Path, router: str | Path | None = None) -> ModelFiles:
+    """The files of a model given as a file, a folder or a manifest name, plus an explicit router file.
+
+    A folder holding exactly two checkpoints, one with "router" in its name (the LoRA-IR release, or the weights
+    cache's `ir.safetensors` + `router.safetensors`), gives both.
+    """
+    router_path = None
+    if router is not None:
+        router_path = Path(router).expanduser()
+        if router_path.is_dir():
+            router_path = _find_checkpoint_file(router_path)
+        elif not router_path.is_file():
+            raise CheckpointError(f"{router_path}: no such router file")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = _checkpoint_files(path)
+        routers = [p for p in files if "router" in p.name.lower()]
+        if len(files) == 2 and len(routers) == 1 and not (path / "last.ckpt").is_file():
+            main = next(p for p in files if p not in routers)
+            return ModelFiles(main, router_path or routers[0])
+        return ModelFiles(_find_checkpoint_file(path), router_path)
+    if path.exists():
+        return ModelFiles(path, router_path)
+    if _is_name(source, path):
+        found = weights.resolve(str(source))
+        entry = weights.find_entry(str(source))
+        classes = entry.data.get("classes") if entry is not None else None
+        main = found.get("weights") or found.get("ir") or next(iter(found.values()))
+        return ModelFiles(main, router_path or found.get("router"), tuple(classes) if classes else None)
+    raise CheckpointError(f"{path}: no such file")
+
+
+def _join_lora_ir(ir: nn.Module, files: ModelFiles, *, trust: bool) -> nn.Module:
+    """LoRA-IR's restoration network and its router, as one model."""
+    from dataclasses import replace
+
+    from .archs.lora_ir import LoRAIR
+
+    if files.router is None:
+        raise CheckpointError(
+            f"{files.main}: a LoRA-IR restoration network needs its CLIP router file too: pass it as "
+            "router='setting1_router.pth' (--router FILE), or load both by the manifest name 'lora_ir.setting1'"
+        )
+    sd, metadata = read_state_dict(files.router, trust=trust)
+    router = build_model(sd, metadata, files.router)
+    if router.arch != "clip_router":
+        raise CheckpointError(f"{files.router}: given as the router but it is a {ARCHS[router.arch].title} checkpoint")
+    if files.classes is not None:
+        if len(files.classes) != router.config.num_classes:
+            raise CheckpointError(
+                f"{files.router}: the manifest names {len(files.classes)} classes but the router has "
+                f"{router.config.num_classes}"
+            )
+        router.config = replace(router.config, classes=files.classes)
+    try:
+        return LoRAIR(ir, router)
+    except ValueError as exc:
+        raise CheckpointError(f"{files.router}: does not fit {files.main}: {_first_line(exc)}") from None
 
 
 def load_model(
@@ -302,18 +389,36 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     *,
+    router: str | Path | None = None,
     trust: bool = False,
 ) -> nn.Module:
-    """Load a MoCE-IR checkpoint ready for inference (eval mode, no gradients needed).
+    """Load a MoCE-IR or LoRA-IR model ready for inference (eval mode, no gradients needed).
 
     source: a checkpoint file (`.ckpt` Lightning, `.pth`/`.pt` plain or wrapped state dict, `.safetensors`), a folder
-        holding one, or a name from `weights_manifest.json` that is in the cache.
+        holding one (or LoRA-IR's two), or a name from `weights_manifest.json` that is in the cache.
     device: "auto"/None (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N", "mps".
-    dtype: weights dtype, float32 by default (reduced precision is better done with autocast).
+    dtype: weights dtype of the restoration network, float32 by default (reduced precision is better done with
+        autocast). LoRA-IR's CLIP router runs in bfloat16 on CUDA, as the official code does, and float32 elsewhere.
+    router: LoRA-IR only: the router checkpoint (`setting1_router.pth`) that goes with the network in `source`.
+        Not needed for a manifest name or a folder holding both files.
     trust: allow checkpoints that need arbitrary pickled objects (runs code from the file: only for trusted files).
     """
-    path = resolve_source(source)
-    sd, metadata = read_state_dict(path, trust=trust)
-    model = build_model(sd, metadata, path)
+    files = resolve_model_files(source, router)
+    sd, metadata = read_state_dict(files.main, trust=trust)
+    model = build_model(sd, metadata, files.main)
+    del sd
+    if model.arch == "clip_router":
+        raise CheckpointError(
+            f"{files.main}: a LoRA-IR CLIP router alone restores nothing; load the restoration network "
+            "(setting1_ir.pth) and pass this file as its router"
+        )
+    if model.arch == "lora_ir":
+        model = _join_lora_ir(model, files, trust=trust)
+    elif files.router is not None:
+        raise CheckpointError(f"{files.main}: a {ARCHS[model.arch].title} checkpoint takes no router file")
     model.requires_grad_(False)
-    return model.to(device=resolve_device(device), dtype=dtype or torch.float32)
+    dev = resolve_device(device)
+    model = model.to(device=dev, dtype=dtype or torch.float32)
+    if model.arch == "lora_ir":
+        model.router.to(dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    return model.eval()

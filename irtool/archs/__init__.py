@@ -1,6 +1,7 @@
 """The networks irtool knows, as one literal catalogue: name -> how to detect, configure and build it.
 
-Detection order matters only if two signatures could both match; they cannot today. Imports torch.
+Detection order matters only if two signatures could both match; they cannot today. LoRA-IR is two entries, one per
+released file (restoration network, CLIP router); `irtool.load_model` joins them. Imports torch.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any, Callable, Mapping
 
 from torch import Tensor, nn
 
-from . import moce_ir
+from . import clip_router, lora_ir, moce_ir
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class ArchSpec:
     config_from_dict: Callable[[Mapping[str, Any]], Any]
     build: Callable[[Any], nn.Module]
     variants: Mapping[str, Any]
+    #: keys some checkpoints carry that hold nothing this network needs (dropped before the strict load)
+    obsolete_keys: tuple[str, ...] = ()
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -33,6 +36,26 @@ ARCHS: dict[str, ArchSpec] = {
         config_from_dict=moce_ir.MoCEIRConfig.from_dict,
         build=moce_ir.MoCEIR,
         variants=moce_ir.VARIANTS,
+    ),
+    # LoRA-IR comes as two files: the restoration network and its CLIP router (`irtool.load_model` joins them).
+    "lora_ir": ArchSpec(
+        name="lora_ir",
+        title="LoRA-IR",
+        detect=lora_ir.detect,
+        infer_config=lora_ir.infer_config,
+        config_from_dict=lora_ir.LoRAIRNetConfig.from_dict,
+        build=lora_ir.LoRAIRNet,
+        variants=lora_ir.VARIANTS,
+    ),
+    "clip_router": ArchSpec(
+        name="clip_router",
+        title="LoRA-IR CLIP router",
+        detect=clip_router.detect,
+        infer_config=clip_router.infer_config,
+        config_from_dict=clip_router.CLIPRouterConfig.from_dict,
+        build=clip_router.CLIPRouter,
+        variants=clip_router.VARIANTS,
+        obsolete_keys=clip_router.OBSOLETE_KEYS,
     ),
 }
 
