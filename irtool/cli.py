@@ -389,6 +389,7 @@ def eval_command(
     ] = None,
     model_name: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name from the manifest (in the cache).")] = None,
     weights: Annotated[Optional[str], typer.Option("--weights", "-w", help="Checkpoint file or folder.")] = None,
+    router: Annotated[Optional[Path], typer.Option("--router", help="LoRA-IR: the router checkpoint, when --weights is the restoration network alone.")] = None,
     reported: Annotated[
         Optional[str], typer.Option("--reported", help="Compare with this manifest entry's published figures.")
     ] = None,
@@ -439,7 +440,7 @@ def eval_command(
     if reported and entry is None:
         fail(f"--reported {reported}: not a manifest entry (see weights_manifest.json)")
     source = model_name or weights
-    model = load_model(source, device=device, trust=trust_checkpoint)
+    model = load_model(source, device=device, router=router, trust=trust_checkpoint)
     options = evaluate.EvalOptions(
         protocol=protocol,
         crop_border=crop_border,

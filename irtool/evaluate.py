@@ -293,8 +293,15 @@ class _Usage:
         self.classes: dict[str, int] = {}
 
     def add(self, routing: Any, result: ImageResult) -> None:
+        # Written against the model contract, not one network: a classifier router (LoRA-IR) names a class per image
+        # (its `experts` are per image, not per layer); otherwise `routing.experts` is (B, layers, k).
+        if hasattr(self.model, "classify"):
+            name, _confidence = self.model.classify(routing)[0]
+            result.degradation = name
+            self.classes[name] = self.classes.get(name, 0) + 1
+            return
         experts = getattr(routing, "experts", None)
-        if experts is not None:
+        if experts is not None and experts.dim() == 3:
             chosen = experts[0].detach().cpu().numpy().astype(int)  # (L, k)
             result.experts = chosen.tolist()
             e = self.num_experts or int(chosen.max()) + 1
@@ -307,10 +314,6 @@ class _Usage:
             for layer, picks in enumerate(chosen):
                 for expert in picks:
                     self.counts[layer, expert] += 1
-        elif hasattr(self.model, "classify"):
-            name, _confidence = self.model.classify(routing)[0]
-            result.degradation = name
-            self.classes[name] = self.classes.get(name, 0) + 1
 
     def to_dict(self) -> dict[str, Any] | None:
         if self.counts is not None:

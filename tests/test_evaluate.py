@@ -208,3 +208,27 @@ def test_cli_datasets_list_and_check(tmp_path):
     bad = runner.invoke(app, ["datasets", "check", "gopro", "--data-root", str(tmp_path)])
     assert bad.exit_code == 1 and "gopro: not found under" in bad.stdout and "CC BY 4.0" in bad.stdout
     assert runner.invoke(app, ["datasets", "check", "nope"]).exit_code == 1
+
+
+def test_classifier_routed_lora_ir_on_an_allweather_set(tmp_path):
+    """LoRA-IR's router is a classifier: usage counts classes, the Y protocol scores full-size images."""
+    from benchmark_data import photo, save
+
+    from irtool.archs.lora_ir import build_pair
+
+    for i in range(2):
+        clean = photo(30 + 4 * i, 44, 30 + i)
+        save(tmp_path / f"data/allweather/test/RainDrop/gt/{i}_clean.png", clean)
+        save(tmp_path / f"data/allweather/test/RainDrop/input/{i}_rain.png", np.clip(clean.astype(int) + 25, 0, 255).astype(np.uint8))
+    pair = build_pair("tiny").eval()
+    torch.save({"params": pair.ir.state_dict()}, tmp_path / "ir.pth")
+    torch.save({"params": pair.router.state_dict()}, tmp_path / "router.pth")
+    args = ["eval", "-w", str(tmp_path / "ir.pth"), "--router", str(tmp_path / "router.pth"), "-d", "raindrop-a",
+            "--data-root", str(tmp_path / "data"), "--json", "-"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    d = json.loads(result.stdout)["datasets"][0]
+    assert d["protocol"] == "y" and d["crop_multiple"] is None
+    assert [(r["file"], r["height"], r["width"]) for r in d["images"]] == [("0_rain.png", 30, 44), ("1_rain.png", 34, 44)]
+    assert d["usage"]["kind"] == "classes" and sum(d["usage"]["counts"].values()) == 2
+    assert all(r["degradation"] in pair.classes for r in d["images"])
