@@ -515,13 +515,19 @@ def _fmt(value: Optional[float], digits: int, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def _render_eval(report: Any) -> None:
+def _wide_console() -> Any:
     from rich.console import Console
-    from rich.table import Table
 
     console = Console(highlight=False)
-    if not console.is_terminal:  # piped or redirected: no need to squeeze into 80 columns
+    if not console.is_terminal:  # piped or redirected: no need to squeeze tables into 80 columns
         console = Console(highlight=False, width=140)
+    return console
+
+
+def _render_eval(report: Any) -> None:
+    from rich.table import Table
+
+    console = _wide_console()
     model = report.model
     title = f"{Path(model['source']).name} ({model['arch']}, {model['parameters'] / 1e6:.2f}M params) on {report.device}, {report.precision}"
     table = Table(title=title, title_justify="left")
@@ -636,18 +642,17 @@ def datasets_list(
     if as_json:
         typer.echo(json.dumps({"root": str(root), "datasets": rows, "families": ds.FAMILIES, "settings": ds.SETTINGS}))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"Benchmarks under {root}", title_justify="left")
     for column in ("name", "title", "task", "protocol", "status", "images", "layout"):
-        table.add_column(column, justify="right" if column == "images" else "left")
+        table.add_column(column, justify="right" if column == "images" else "left", no_wrap=True)
     colours = {"found": "green", "found*": "yellow", "incomplete": "red", "missing": "dim"}
     for r in rows:
         count = f"{r['count']}/{r['expected']}" if r["expected"] else str(r["count"])
         table.add_row(r["name"], r["title"], r["task"], r["protocol"], f"[{colours[r['status']]}]{r['status']}[/]",
                       count if r["count"] else "–", r["layout"] or "–")  # fmt: skip
-    console = Console(highlight=False)
+    console = _wide_console()
     console.print(table)
     console.print("[dim]found* = usable, with warnings; incomplete = some files there. `irtool datasets check NAME` "
                   "says exactly what is missing.[/]")  # fmt: skip
