@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from . import io, weights
 from .errors import ImageError, IrtoolError, WeightsNotFoundError
-from .jobs import PRECISIONS, Job, RestoreOptions, expand_inputs, output_path, plan
+from .jobs import PRECISIONS, Job, RestoreOptions, RestoreReport, expand_inputs, output_path, plan, report_unrunnable
 from .tiling import pad_to_multiple, tiled_forward
 
 __all__ = [
@@ -63,59 +63,6 @@ _OOM_ERRORS = tuple({e for e in (getattr(torch, "OutOfMemoryError", None), torch
 
 class OutOfMemory(IrtoolError):
     """The model does not fit even with the smallest tiles."""
-
-
-@dataclass
-class RestoreReport:
-    """What happened to one input. `status` is "ok", "skipped" or "failed" (then `error` says why)."""
-
-    input: str
-    output: str | None = None
-    status: str = "ok"
-    width: int | None = None
-    height: int | None = None
-    degradation: str | None = None  #: the router's reading, e.g. "rain"; "unknown" without a calibration
-    confidence: float | None = None
-    experts: list[list[int]] | None = None  #: per MoCE layer, the chosen experts (top-k)
-    gates: list[list[float]] | None = None  #: their gates
-    routing: str | None = None  #: "whole", "downscaled" (shared by tiles) or "per-tile"
-    tiles: int = 0
-    tile_size: list[int] | None = None
-    precision: str | None = None
-    seconds: float | None = None
-    warnings: list[str] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def failed(self) -> bool:
-        return self.status == "failed"
-
-    @property
-    def megapixels(self) -> float:
-        return (self.width or 0) * (self.height or 0) / 1e6
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "input": self.input,
-            "output": self.output,
-            "status": self.status,
-            "size": [self.width, self.height] if self.width is not None else None,
-            "degradation": self.degradation,
-            "confidence": None if self.confidence is None else round(self.confidence, 4),
-            "experts": self.experts,
-            "gates": None if self.gates is None else [[round(g, 4) for g in layer] for layer in self.gates],
-            "routing": self.routing,
-            "tiles": self.tiles,
-            "tile_size": self.tile_size,
-            "precision": self.precision,
-            "seconds": None if self.seconds is None else round(self.seconds, 3),
-            "warnings": self.warnings,
-            "error": self.error,
-        }
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -530,10 +477,8 @@ def restore_files(jobs: Sequence[Job], restorer: Restorer) -> Iterator[RestoreRe
     slots: list[RestoreReport | Future | None] = [None] * len(jobs)
     runnable: list[int] = []
     for k, job in enumerate(jobs):
-        if job.error:
-            slots[k] = _failed(job, job.error)
-        elif job.skip:
-            slots[k] = RestoreReport(input=str(job.src), output=str(job.dst), status="skipped", warnings=[job.skip])
+        if job.error or job.skip:
+            slots[k] = report_unrunnable(job)
         else:
             runnable.append(k)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from . import io
 from .errors import IrtoolError
@@ -176,3 +176,63 @@ def plan(inputs: Sequence[str | Path], out_dir: str | Path, options: RestoreOpti
             claimed[key] = src
             jobs.append(Job(source, src, dst))
     return jobs
+
+
+@dataclass
+class RestoreReport:
+    """What happened to one input. `status` is "ok", "skipped" or "failed" (then `error` says why)."""
+
+    input: str
+    output: str | None = None
+    status: str = "ok"
+    width: int | None = None
+    height: int | None = None
+    degradation: str | None = None  #: the router's reading, e.g. "rain"; "unknown" without a calibration
+    confidence: float | None = None
+    experts: list[list[int]] | None = None  #: per MoCE layer, the chosen experts (top-k)
+    gates: list[list[float]] | None = None  #: their gates
+    routing: str | None = None  #: "whole", "downscaled" (shared by tiles) or "per-tile"
+    tiles: int = 0
+    tile_size: list[int] | None = None
+    precision: str | None = None
+    seconds: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+    @property
+    def megapixels(self) -> float:
+        return (self.width or 0) * (self.height or 0) / 1e6
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "input": self.input,
+            "output": self.output,
+            "status": self.status,
+            "size": [self.width, self.height] if self.width is not None else None,
+            "degradation": self.degradation,
+            "confidence": None if self.confidence is None else round(self.confidence, 4),
+            "experts": self.experts,
+            "gates": None if self.gates is None else [[round(g, 4) for g in layer] for layer in self.gates],
+            "routing": self.routing,
+            "tiles": self.tiles,
+            "tile_size": self.tile_size,
+            "precision": self.precision,
+            "seconds": None if self.seconds is None else round(self.seconds, 3),
+            "warnings": self.warnings,
+            "error": self.error,
+        }
+
+
+def report_unrunnable(job: Job) -> RestoreReport:
+    """The report of a job that planning refused (`error`) or skipped (`skip`)."""
+    if job.error:
+        return RestoreReport(input=str(job.src or job.source), output=str(job.dst) if job.dst else None, status="failed", error=job.error)
+    return RestoreReport(input=str(job.src), output=str(job.dst), status="skipped", warnings=[job.skip] if job.skip else [])
