@@ -117,6 +117,9 @@ def expand_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) -> 
     stable order, and a failed Job for each input that names nothing. `exclude`: a folder not to descend into."""
     found: list[tuple[str, Path, Path]] = []
     failed: list[Job] = []
+    # One folder: its tree goes straight into the output folder. Several inputs: each folder keeps its own name
+    # (as `cp -r a b dest/` does), so same-named files in different folders do not collide.
+    nest = len(inputs) > 1
     for raw in inputs:
         text = str(raw)
         path = Path(text).expanduser()
@@ -124,7 +127,8 @@ def expand_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) -> 
             files = _walk(path, exclude)
             if not files:
                 failed.append(Job(text, None, None, error=f"{text}: no images (png, jpg, webp, tiff, bmp) in this folder"))
-            found += [(text, f, f.parent.relative_to(path)) for f in files]
+            top = Path(path.resolve().name) if nest else Path(".")
+            found += [(text, f, top / f.parent.relative_to(path)) for f in files]
         elif path.exists():
             found.append((text, path, Path(".")))
         elif _is_glob(text):
@@ -147,8 +151,9 @@ def expand_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) -> 
 def plan(inputs: Sequence[str | Path], out_dir: str | Path, options: RestoreOptions | None = None) -> list[Job]:
     """Expand inputs (files, folders, globs) into jobs, in a stable order, applying the output rules:
 
-    - a file goes to `out_dir/name`; a folder's images to `out_dir/<path below the folder>`; a glob's matches to
-      `out_dir/<path below the glob's fixed part>`; the output folder itself is never walked as input;
+    - a file goes to `out_dir/name`; a folder's images to `out_dir/<path below the folder>` (with several inputs,
+      `out_dir/<folder name>/<path below it>`); a glob's matches to `out_dir/<path below the glob's fixed part>`;
+      the output folder itself is never walked as input;
     - an input is never an output: a job whose output would be its own input is refused;
     - an existing output is skipped with `skip_existing`, replaced with `overwrite`, else the job is refused;
     - two inputs that would write the same output: the second is refused.

@@ -151,6 +151,9 @@ def test_plan_mirrors_trees_names_outputs_and_applies_the_rules(tmp_path):
     globbed = engine.plan([str(src / "**" / "*.jpg"), str(src / "a.png")], out)
     assert [j.dst.relative_to(out).as_posix() for j in globbed] == ["sub/deeper/c.jpg", "a.png"]
 
+    two_folders = engine.plan([str(src / "sub"), str(src / "sub" / "deeper"), str(src / "a.png")], out)
+    assert [j.dst.relative_to(out).as_posix() for j in two_folders] == ["sub/b.png", "sub/deeper/c.jpg", "deeper/c.jpg", "a.png"]
+
     missing = engine.plan([str(tmp_path / "nope.png"), str(src / "*.webp")], out)
     assert [j.error.split(": ")[-1] for j in missing] == ["no such file or folder", "matches no images"]
 
