@@ -340,7 +340,7 @@ class Restorer:
         if len(sizes) != 1:
             raise ValueError(f"a batch must hold images of one size, got {sorted(sizes)}")
         started = time.perf_counter()
-        stacked = torch.from_numpy(np.stack([im.rgb for im in images])).permute(0, 3, 1, 2)
+        stacked = torch.from_numpy(np.stack([im.rgb for im in images])).permute(0, 3, 1, 2).contiguous()
         if self.device.type == "cuda":
             stacked = stacked.pin_memory()
         x = stacked.to(self.device, non_blocking=True)

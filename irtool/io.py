@@ -61,7 +61,8 @@ class Image:
     alpha:  (H, W) alpha channel in `dtype`, exactly as stored (orientation applied), or None.
     gray:   the file had a single colour channel.
     icc:    ICC profile bytes, or None.
-    exif:   EXIF as a bare TIFF structure (no "Exif\\0\\0" header), orientation reset to 1, or None.
+    exif:   EXIF as a bare TIFF structure (no "Exif\\0\\0" header), orientation reset to 1 and the thumbnail
+            unlinked (it would show the unrestored picture), or None.
     format: "png", "jpeg", "webp", "tiff", "bmp", or None for other formats OpenCV could decode.
     """
 
@@ -367,12 +368,11 @@ def decode_image(data: bytes, name: str = "image", *, max_megapixels: float = DE
     orientation = tiff.orientation(exif) if exif else 1
     if fmt == "tiff" and directory is not None:
         orientation = directory.value(tiff.ORIENTATION) or 1
-    if orientation != 1:
-        if not decoder_oriented:
-            color = apply_orientation(color, orientation)
-            alpha = apply_orientation(alpha, orientation) if alpha is not None else None
-        if exif:
-            exif = tiff.reset_orientation(exif)
+    if orientation != 1 and not decoder_oriented:
+        color = apply_orientation(color, orientation)
+        alpha = apply_orientation(alpha, orientation) if alpha is not None else None
+    if exif:
+        exif = tiff.drop_thumbnail(tiff.reset_orientation(exif))
 
     rgb = _to_float(color)
     if rgb.ndim == 2:
@@ -428,14 +428,19 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
 
-def _encode_gray_alpha_png(color: np.ndarray, alpha: np.ndarray, image: Image) -> bytes:
+def icc_colour_space(icc: bytes) -> bytes:
+    """The data colour space an ICC profile describes (header bytes 16-19: b"RGB ", b"GRAY", b"CMYK", ...)."""
+    return icc[16:20] if len(icc) >= 20 else b""
+
+
+def _encode_gray_alpha_png(color: np.ndarray, alpha: np.ndarray, icc: bytes | None, exif: bytes | None) -> bytes:
     from PIL import Image as PILImage
 
     extra = {}
-    if image.icc and image.icc[16:20] == b"GRAY":
-        extra["icc_profile"] = image.icc
-    if image.exif:
-        extra["exif"] = image.exif
+    if icc:
+        extra["icc_profile"] = icc
+    if exif:
+        extra["exif"] = exif
     buf = BytesIO()
     PILImage.fromarray(np.dstack([color, alpha]), mode="LA").save(buf, format="PNG", compress_level=6, **extra)
     return buf.getvalue()
@@ -463,6 +468,12 @@ def encode_image(image: Image, rgb: np.ndarray | None = None, fmt: str | None = 
         alpha = None
     if fmt not in _METADATA and (image.icc or image.exif):
         warnings.append(f"{fmt.upper()} cannot hold ICC/EXIF metadata; dropped")
+    icc = image.icc
+    if icc and fmt in _METADATA and icc_colour_space(icc) != (b"GRAY" if image.gray else b"RGB "):
+        # e.g. a CMYK JPEG's profile: OpenCV decodes to RGB, so that profile no longer describes the pixels
+        space = icc_colour_space(icc).decode("ascii", "replace").strip()
+        warnings.append(f"the {space or 'unknown'} ICC profile does not fit the {'gray' if image.gray else 'RGB'} output; dropped")
+        icc = None
 
     if image.gray:
         color = _quantize(luma(rgb), dtype)
@@ -473,14 +484,16 @@ def encode_image(image: Image, rgb: np.ndarray | None = None, fmt: str | None = 
 
     if fmt == "tiff":
         planes = color if alpha is None else np.dstack([color, alpha])
-        return tiff.write_tiff(planes, alpha=alpha is not None, icc=image.icc, exif=image.exif), warnings
+        return tiff.write_tiff(planes, alpha=alpha is not None, icc=icc, exif=image.exif), warnings
 
     if color.ndim == 2 and alpha is not None:
         # OpenCV cannot encode gray + alpha. Pillow can at 8 bits; otherwise it becomes RGBA with equal channels.
         if fmt == "png" and dtype == np.uint8:
-            return _encode_gray_alpha_png(color, alpha, image), warnings
+            return _encode_gray_alpha_png(color, alpha, icc, image.exif), warnings
         if fmt != "webp":  # WebP has no gray at all
             warnings.append(f"{fmt.upper()} gray + alpha at {dtype.itemsize * 8} bits is written as RGBA")
+        if icc and icc_colour_space(icc) == b"GRAY":
+            icc = None  # a gray profile cannot describe RGB data
         color = np.dstack([color] * 3)
     # OpenCV: BGR(A) order
     if color.ndim == 3:
@@ -498,10 +511,9 @@ def encode_image(image: Image, rgb: np.ndarray | None = None, fmt: str | None = 
         params = [cv2.IMWRITE_PNG_COMPRESSION, 6]
     types, chunks = [], []
     if fmt in _METADATA:
-        # A gray PNG may only carry a gray ICC profile; libpng would drop an RGB one with a warning on stderr.
-        if image.icc and not (fmt == "png" and array.ndim == 2 and image.icc[16:20] != b"GRAY"):
+        if icc and not (fmt == "webp" and image.gray and icc_colour_space(icc) == b"GRAY"):  # WebP stores gray as RGB
             types.append(cv2.IMAGE_METADATA_ICCP)
-            chunks.append(np.frombuffer(image.icc, np.uint8))
+            chunks.append(np.frombuffer(icc, np.uint8))
         if image.exif:
             types.append(cv2.IMAGE_METADATA_EXIF)
             chunks.append(np.frombuffer(image.exif, np.uint8))

@@ -179,6 +179,21 @@ def reset_orientation(exif: bytes) -> bytes:
     return exif[:pos] + struct.pack(f"{order}H", 1) + exif[pos + 2 :]
 
 
+def drop_thumbnail(exif: bytes) -> bytes:
+    """The same EXIF with IFD1 (the embedded thumbnail) unlinked: after restoration it would show the old picture
+    in file browsers. Only the next-IFD pointer changes, so every other byte and offset stays valid."""
+    exif = strip_exif_header(exif)
+    try:
+        order, offset = _header(exif)
+        (count,) = struct.unpack(f"{order}H", exif[offset : offset + 2])
+        pointer = offset + 2 + 12 * count
+        if pointer + 4 > len(exif) or exif[pointer : pointer + 4] == b"\x00\x00\x00\x00":
+            return exif
+    except (struct.error, TiffFormatError):
+        return exif
+    return exif[:pointer] + b"\x00\x00\x00\x00" + exif[pointer + 4 :]
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Writing IFDs
 

@@ -267,3 +267,25 @@ def test_tiff_writer_output_is_read_by_other_readers():
     for pixels in (random_u16(9, 10, 3), random_u8(9, 10), RNG.random((9, 10, 4)).astype(np.float32)):
         encoded = tiff.write_tiff(pixels, alpha=pixels.ndim == 3 and pixels.shape[2] == 4, exif=exif_bytes())
         assert np.array_equal(tifffile.imread(stdio.BytesIO(encoded)), pixels)
+
+
+def test_an_icc_profile_that_no_longer_fits_is_dropped_with_a_warning(tmp_path):
+    cmyk_like = bytearray(srgb_icc())
+    cmyk_like[16:20] = b"CMYK"  # as in a CMYK JPEG, which OpenCV decodes to RGB
+    image = io.from_array(random_u8(8, 8, 3))
+    image.icc = bytes(cmyk_like)
+    warnings = io.write_image(tmp_path / "a.png", image)
+    assert any("CMYK ICC profile does not fit" in w for w in warnings)
+    assert io.read_image(tmp_path / "a.png").icc is None
+
+
+def test_the_exif_thumbnail_is_unlinked_so_it_cannot_show_the_old_picture():
+    # IFD0 (Make="ab") -> IFD1 (JPEGInterchangeFormat), little-endian, built by hand
+    ifd0 = struct.pack("<H", 1) + struct.pack("<HHI", 0x010F, 2, 3) + b"ab\x00\x00" + struct.pack("<I", 26)
+    ifd1 = struct.pack("<H", 1) + struct.pack("<HHII", 0x0201, 4, 1, 0) + struct.pack("<I", 0)
+    blob = b"II*\x00" + struct.pack("<I", 8) + ifd0 + ifd1
+    assert struct.unpack("<I", blob[22:26])[0] == 26
+    dropped = tiff.drop_thumbnail(b"Exif\x00\x00" + blob)
+    assert len(dropped) == len(blob) and struct.unpack("<I", dropped[22:26])[0] == 0
+    assert dropped[:22] == blob[:22] and dropped[26:] == blob[26:]
+    assert tiff.read_directory(dropped).entries[0x010F].data == b"ab\x00"
