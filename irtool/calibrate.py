@@ -454,7 +454,8 @@ def find_calibration(weights: str | Path | None, model: nn.Module, explicit: str
     """The calibration to use with `model` loaded from `weights`, and a warning when one was found but not usable.
 
     explicit: a calibration file the user named; it must match the weights (else CalibrationError).
-    Without it, `<weights>.calibration.json` is used when present and made for these weights.
+    Without it, `<weights>.calibration.json` is used when present and made for these weights, else another
+    calibration in the same folder made for these weights.
     """
     if explicit is not None:
         calibration = Calibration.load(explicit)
@@ -464,12 +465,22 @@ def find_calibration(weights: str | Path | None, model: nn.Module, explicit: str
     if weights is None:
         return None, None
     path = calibration_path(weights)
-    if not path.is_file():
+    # Beside the file first; then any calibration in the same folder made for these weights (a calibration made on
+    # last.ckpt still serves weights.safetensors imported from it).
+    candidates = [path] + sorted(p for p in Path(weights).parent.glob(f"*{SUFFIX}") if p != path)
+    candidates = [p for p in candidates if p.is_file()]
+    if not candidates:
         return None, None
-    try:
-        calibration = Calibration.load(path)
-    except CalibrationError as exc:
-        return None, f"{exc}; degradations are named 'unknown'"
-    if calibration.fingerprint != fingerprint(model):
-        return None, f"{path}: made for other weights, ignored (run `irtool calibrate` again); degradations are named 'unknown'"
-    return calibration, None
+    mine = fingerprint(model)
+    problem = None
+    for candidate in candidates:
+        try:
+            calibration = Calibration.load(candidate)
+        except CalibrationError as exc:
+            problem = problem or f"{exc}; degradations are named 'unknown'"
+            continue
+        if calibration.fingerprint == mine:
+            return calibration, None
+        if candidate == path:
+            problem = f"{path}: made for other weights, ignored (run `irtool calibrate` again); degradations are named 'unknown'"
+    return None, problem

@@ -225,7 +225,13 @@ class Restorer:
             path = resolve_source(options.weights)
             how = str(path)
         elif options.model:
-            path = resolve_source(options.model)
+            entry = None if Path(options.model).expanduser().exists() else weights.find_entry(options.model)
+            if entry is not None:  # a manifest name: all its files (LoRA-IR brings its router along)
+                files = weights.resolve(options.model)
+                path = files.get("weights") or files.get("ir") or next(iter(files.values()))
+                router = router or (str(files["router"]) if "router" in files else None)
+            else:
+                path = resolve_source(options.model)
             how = f"{options.model} ({path})"
         else:
             path, default_router, how = default_source()

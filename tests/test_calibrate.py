@@ -73,6 +73,9 @@ def test_a_stale_calibration_is_ignored_with_a_warning_and_an_explicit_one_refus
     cal.fit(features, labels, groups, fingerprint=cal.fingerprint(model)).save(cal.calibration_path(weights))
     found, warning = cal.find_calibration(weights, model)
     assert found is not None and warning is None
+    # the same weights imported as another file in the same folder still find it
+    found, warning = cal.find_calibration(tmp_path / "weights.safetensors", model)
+    assert found is not None and warning is None
 
 
 def test_calibrating_a_tiny_moce_ir_names_degradations_of_unseen_photos():

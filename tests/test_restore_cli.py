@@ -225,3 +225,19 @@ def test_calibrate_then_restore_names_the_degradation(tmp_path, checkpoint):
     table = invoke("calibrate", "-w", checkpoint, "--clean-dir", clean, "--classes", "haze,lowlight", "--levels", "heavy", "--size", "48", "-o", tmp_path / "c.json")
     assert table.exit_code == 0 and "held-out accuracy" in table.stdout and (tmp_path / "c.json").is_file()
     assert invoke("calibrate", "-w", checkpoint, "--clean-dir", clean, "--classes", "snow").exit_code == 1
+
+
+def test_manifest_names_and_the_default_model_come_from_the_cache(tmp_path):
+    from irtool import weights
+
+    save(tmp_path / "a.png", photo(16, 16))
+    folder = weights.cache_dir() / "moce_ir_s.aio3"
+    folder.mkdir(parents=True)
+    tiny_checkpoint(folder, name="last.ckpt")
+    named = invoke("restore", tmp_path / "a.png", tmp_path / "out1", "-m", "MoCE_IR_S_AIO3", "--json")
+    assert named.exit_code == 0, named.output
+    assert json_lines(named)[0]["status"] == "ok"
+    default = invoke("restore", tmp_path / "a.png", tmp_path / "out2", "-q")
+    assert default.exit_code == 0 and "using moce_ir_s.aio3" in default.stderr
+    absent = invoke("restore", tmp_path / "a.png", tmp_path / "out3", "-m", "moce_ir.aio5")
+    assert absent.exit_code == 1 and "irtool weights fetch moce_ir.aio5" in absent.stderr
