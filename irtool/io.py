@@ -75,6 +75,7 @@ class Image:
     format: str | None = None
     path: Path | None = None
     orientation: int = 1  #: the EXIF orientation that was applied on read
+    lossless: bool = False  #: a lossless WebP: written back losslessly when it stays WebP
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -177,6 +178,18 @@ def _webp_size(data: bytes) -> tuple[int, int]:
         w, h = struct.unpack("<HH", data[26:30])
         return w & 0x3FFF, h & 0x3FFF
     raise ImageError("corrupt WebP (unknown first chunk)")
+
+
+def _webp_is_lossless(data: bytes) -> bool:
+    """True when the WebP's image chunk is VP8L (lossless) rather than VP8 (lossy)."""
+    pos = 12
+    while pos + 8 <= len(data):
+        kind = data[pos : pos + 4]
+        if kind in (b"VP8L", b"VP8 "):
+            return kind == b"VP8L"
+        (length,) = struct.unpack("<I", data[pos + 4 : pos + 8])
+        pos += 8 + length + (length % 2)
+    return False
 
 
 def _bmp_size(data: bytes) -> tuple[int, int]:
@@ -386,6 +399,7 @@ def decode_image(data: bytes, name: str = "image", *, max_megapixels: float = DE
         exif=exif,
         format=fmt,
         orientation=orientation,
+        lossless=fmt == "webp" and _webp_is_lossless(data),
     )
 
 
@@ -506,7 +520,7 @@ def encode_image(image: Image, rgb: np.ndarray | None = None, fmt: str | None = 
         if quality >= 90:  # keep full chroma resolution at high quality
             params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
     elif fmt == "webp":
-        params = [cv2.IMWRITE_WEBP_QUALITY, int(quality)]
+        params = [cv2.IMWRITE_WEBP_QUALITY, 101 if image.lossless else int(quality)]  # above 100: lossless
     elif fmt == "png":
         params = [cv2.IMWRITE_PNG_COMPRESSION, 6]
     types, chunks = [], []

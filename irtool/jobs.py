@@ -167,7 +167,7 @@ def plan(inputs: Sequence[str | Path], out_dir: str | Path, options: RestoreOpti
     for source, src, rel in found:
         dst = output_path(src, rel, out_dir, options)
         key = dst.resolve()
-        if key == src.resolve():
+        if key == src.resolve() or (dst.exists() and os.path.samefile(dst, src)):  # also through links
             jobs.append(Job(source, src, dst, error=f"{src}: the output would overwrite the input; choose another output folder or a --suffix"))
         elif key in claimed:
             jobs.append(Job(source, src, dst, error=f"{src}: its output {dst} is already the output of {claimed[key]}"))

@@ -163,6 +163,10 @@ def test_plan_mirrors_trees_names_outputs_and_applies_the_rules(tmp_path):
     assert all("restored" not in j.src.parts for j in inside)
     same = engine.plan([str(src / "a.png")], src, engine.RestoreOptions(overwrite=True))
     assert same[0].error and "overwrite the input" in same[0].error
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "a.png").hardlink_to(src / "a.png")  # the same file under another name
+    linked = engine.plan([str(src / "a.png")], tmp_path / "linked", engine.RestoreOptions(overwrite=True))
+    assert linked[0].error and "overwrite the input" in linked[0].error
 
     write_png(out / "a.png", photo(8, 8))
     assert "already exists" in engine.plan([str(src / "a.png")], out)[0].error

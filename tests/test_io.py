@@ -289,3 +289,26 @@ def test_the_exif_thumbnail_is_unlinked_so_it_cannot_show_the_old_picture():
     assert len(dropped) == len(blob) and struct.unpack("<I", dropped[22:26])[0] == 0
     assert dropped[:22] == blob[:22] and dropped[26:] == blob[26:]
     assert tiff.read_directory(dropped).entries[0x010F].data == b"ab\x00"
+
+
+def test_bmp_round_trips_8bit_and_says_it_drops_metadata(tmp_path):
+    pixels = random_u8(9, 11, 3)
+    (tmp_path / "a.bmp").write_bytes(cv2.imencode(".bmp", pixels[..., ::-1])[1].tobytes())
+    image = io.read_image(tmp_path / "a.bmp")
+    assert image.format == "bmp" and np.array_equal(io.to_array(image), pixels)
+    image.icc = srgb_icc()
+    warnings = io.write_image(tmp_path / "b.bmp", image)
+    assert np.array_equal(io.to_array(io.read_image(tmp_path / "b.bmp")), pixels)
+    assert any("cannot hold ICC/EXIF" in w for w in warnings)
+
+
+def test_a_lossless_webp_stays_lossless(tmp_path):
+    pixels = random_u8(12, 14, 3)
+    (tmp_path / "a.webp").write_bytes(pil_bytes(pixels, "WEBP", lossless=True))
+    image = io.read_image(tmp_path / "a.webp")
+    assert image.lossless
+    io.write_image(tmp_path / "b.webp", image)
+    back = io.read_image(tmp_path / "b.webp")
+    assert back.lossless and np.array_equal(io.to_array(back), pixels)
+    (tmp_path / "c.webp").write_bytes(pil_bytes(pixels, "WEBP", quality=80))
+    assert not io.read_image(tmp_path / "c.webp").lossless
