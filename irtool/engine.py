@@ -422,7 +422,14 @@ def _read(job: Job, max_megapixels: float) -> _Decoded:
         return _Decoded(job, None, time.perf_counter() - started, str(exc))
     except MemoryError:
         return _Decoded(job, None, time.perf_counter() - started, f"{job.src}: too large to decode in memory")
+    except Exception as exc:  # noqa: BLE001 - a decoder bug on one odd file must not stop the run
+        return _Decoded(job, None, time.perf_counter() - started, f"{job.src}: cannot be decoded ({_first_line(exc)})")
     return _Decoded(job, image, time.perf_counter() - started)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
 def _failed(job: Job, error: str, image: io.Image | None = None) -> RestoreReport:
@@ -462,13 +469,14 @@ def _write(job: Job, image: io.Image, outcome: Outcome, read_seconds: float, opt
         notes = io.write_image(job.dst, image, outcome.rgb, options.format, quality=options.quality, overwrite=options.overwrite)  # type: ignore[arg-type]
     except ImageError as exc:
         return _failed(job, str(exc), image)
+    except Exception as exc:  # noqa: BLE001 - an encoder failure fails this image only
+        return _failed(job, f"{job.dst}: cannot be written ({_first_line(exc)})", image)
     seconds = read_seconds + outcome.seconds + time.perf_counter() - started
     return _report(job, image, outcome, seconds, notes)
 
 
 def _model_error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"model failed ({type(exc).__name__}: {text[0][:160] if text else ''})"
+    return f"model failed ({_first_line(exc)})"
 
 
 def restore_files(jobs: Sequence[Job], restorer: Restorer) -> Iterator[RestoreReport]:

@@ -268,3 +268,19 @@ def test_python_api_returns_arrays_in_the_inputs_own_layout(tmp_path):
     assert (tmp_path / "out" / "p_x.png").is_file()
     with pytest.raises(IrtoolError, match="unknown option"):
         irtool.restore(gray16, model=net, tiles=3)
+
+
+def test_a_model_error_on_one_image_fails_that_image_only(tmp_path):
+    src = tmp_path / "in"
+    for n, size in enumerate((16, 24, 16)):
+        write_png(src / f"{n}.png", photo(size, size, seed=n))
+
+    class Picky(LocalNet):
+        def run(self, x, routing=None, *, dense=False):
+            if x.shape[-1] == 24:
+                raise ValueError("cannot handle 24 px\nsecond line")
+            return super().run(x, routing)
+
+    reports = list(engine.restore_files(engine.plan([str(src)], tmp_path / "out"), engine.Restorer(Picky(), engine.RestoreOptions(batch_size=2))))
+    assert [r.status for r in reports] == ["ok", "failed", "ok"]
+    assert reports[1].error.endswith("model failed (ValueError: cannot handle 24 px)")
