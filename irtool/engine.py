@@ -69,22 +69,32 @@ class OutOfMemory(IrtoolError):
 # Choosing and loading the model
 
 
+#: training settings, best everyday default first: AIO5 covers noise, rain, haze, blur and low light; AIO3 noise, rain
+#: and haze; CDD11 weather (low light, haze, rain, snow and their mixtures) but no noise
+DEFAULT_SETTINGS = ("AIO5", "AIO3", "CDD11")
+
+
 def _variant_is_small(entry: weights.Entry) -> bool:
     return str(entry.data.get("variant", "")).upper().endswith("_S")
 
 
 def rank_entries(entries: Iterable[weights.Entry]) -> list[weights.Entry]:
-    """Official checkpoints, best default first: more degradations covered (AIO5 > AIO3 > CDD11), then the full
-    model before the small one, then manifest order."""
-    listed = list(entries)
-    return sorted(listed, key=lambda e: (-len(e.data.get("tasks") or []), _variant_is_small(e), listed.index(e)))
+    """Official checkpoints, best default first: by setting (`DEFAULT_SETTINGS` order, others after), then the full
+    model before the small one, then manifest order. The user's own (local) entries are left out."""
+    listed = [e for e in entries if not e.data.get("local") and not getattr(e, "local", False)]
+    order = {name: i for i, name in enumerate(DEFAULT_SETTINGS)}
+
+    def key(e: weights.Entry) -> tuple[int, bool, int]:
+        return order.get(str(e.data.get("setting", "")).upper(), len(order)), _variant_is_small(e), listed.index(e)
+
+    return sorted(listed, key=key)
 
 
 def default_source() -> tuple[Path, Path | None, str]:
     """(weights file, router file or None, how it was chosen) when neither --model nor --weights is given.
 
     1. The manifest's `default`: a file shipped inside the irtool package, or a manifest name that is in the cache.
-    2. The best official checkpoint already in the cache (see `rank_entries`).
+    2. The best official checkpoint already in the cache (see `rank_entries`: AIO5, AIO3, CDD11; full before S).
     3. Otherwise WeightsNotFoundError with the exact commands to get weights.
     """
     from .archs import ARCHS

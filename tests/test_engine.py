@@ -214,8 +214,8 @@ def test_interrupting_a_run_leaves_only_complete_files(tmp_path):
 
 def test_default_model_chain(tmp_path, monkeypatch):
     ranked = [e.name for e in engine.rank_entries(weights.entries())]
-    assert ranked[:3] == ["moce_ir.aio5", "moce_ir_s.aio5", "moce_ir.aio3"]  # most tasks first, then full before S
-    assert ranked.index("moce_ir.aio3") < ranked.index("moce_ir_s.aio3") < ranked.index("moce_ir.cdd11")
+    # AIO5 (noise, rain, haze, blur, low light) before AIO3 before CDD11 (weather, no noise); full before S
+    assert ranked[:6] == ["moce_ir.aio5", "moce_ir_s.aio5", "moce_ir.aio3", "moce_ir_s.aio3", "moce_ir.cdd11", "moce_ir_s.cdd11"]
     with pytest.raises(WeightsNotFoundError) as info:
         engine.default_source()
     message = str(info.value)
