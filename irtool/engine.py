@@ -182,6 +182,21 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
 
 
+def _routing_summary(routing: Any) -> tuple[list[list[int]] | None, list[list[float]] | None]:
+    """One image's chosen experts and their gates as (layers, k) lists, whatever the routing's own layout:
+    MoCE-IR has (L, k) experts and gates; a single global gate (LoRA-IR) has (k,) experts and a gate per expert."""
+    if not (hasattr(routing, "experts") and hasattr(routing, "gates")):
+        return None, None
+    experts, gates = routing.experts[0], routing.gates[0].float()
+    if experts.dim() == 1:
+        experts = experts[None]
+    if gates.dim() == 1:
+        gates = gates[None]
+    if gates.shape[-1] != experts.shape[-1]:  # a gate for every expert: keep the chosen ones
+        gates = gates.gather(-1, experts.to(gates.device))
+    return experts.tolist(), gates.tolist()
+
+
 @dataclass
 class _Pass:
     """One forward pass over a batch: output (B, 3, H, W), the routing to report, how it was routed and tiled."""
@@ -382,10 +397,7 @@ class Restorer:
     def _outcome(self, output: Tensor, routing: Any, p: _Pass, dtype: torch.dtype | None, warnings: list[str]) -> Outcome:
         rgb = output[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
         name, confidence = self.name_degradation(routing)
-        experts = gates = None
-        if hasattr(routing, "experts") and hasattr(routing, "gates"):
-            experts = routing.experts[0].tolist()
-            gates = routing.gates[0].float().tolist()
+        experts, gates = _routing_summary(routing)
         return Outcome(
             rgb=rgb,
             degradation=name,

@@ -284,3 +284,36 @@ def test_a_model_error_on_one_image_fails_that_image_only(tmp_path):
     reports = list(engine.restore_files(engine.plan([str(src)], tmp_path / "out"), engine.Restorer(Picky(), engine.RestoreOptions(batch_size=2))))
     assert [r.status for r in reports] == ["ok", "failed", "ok"]
     assert reports[1].error.endswith("model failed (ValueError: cannot handle 24 px)")
+
+
+def test_a_single_global_gate_is_reported_as_one_layer_with_the_chosen_experts_gate():
+    """LoRA-IR's routing: experts (B, k) and a gate per expert (B, E); reports keep the (layers, k) layout."""
+
+    class GlobalGate:
+        def __init__(self, logits):
+            self.logits = logits
+
+        experts = property(lambda self: self.logits.topk(1, dim=-1).indices)
+        gates = property(lambda self: self.logits.softmax(dim=-1))
+
+        def __getitem__(self, index):
+            return GlobalGate(self.logits[index if not isinstance(index, int) else slice(index, index + 1)])
+
+    class OneGate(LocalNet):
+        def route(self, x):
+            return GlobalGate(torch.tensor([[0.0, 2.0, 1.0]]).repeat(x.shape[0], 1))
+
+        def run(self, x, routing=None, *, dense=False):
+            return MoCEResultLike(super().run(x).output, routing or self.route(x))
+
+        def classify(self, routing):
+            return [("rain", 0.8)] * routing.logits.shape[0]
+
+    outcome = engine.Restorer(OneGate(), engine.RestoreOptions()).restore([as_image(photo(16, 16))])[0]
+    assert outcome.experts == [[1]] and outcome.degradation == "rain" and outcome.confidence == 0.8
+    assert len(outcome.gates) == 1 and abs(outcome.gates[0][0] - torch.tensor([0.0, 2.0, 1.0]).softmax(0)[1].item()) < 1e-6
+
+
+class MoCEResultLike:
+    def __init__(self, output, routing):
+        self.output, self.routing = output, routing
