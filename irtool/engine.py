@@ -121,7 +121,10 @@ def default_source() -> tuple[Path, Path | None, str]:
     best = next((e for e in ranked if e.arch in ARCHS), None) or ranked[0]
     first = best.files[0] if best.files else {}
     hint = ""
-    if first.get("drive_path"):
+    manual_steps = getattr(weights, "manual_steps", None)  # the weights module's own wording, where it has one
+    if manual_steps is not None and first:
+        hint = f" (or {manual_steps(best, first)})"
+    elif first.get("drive_path"):
         hint = f" (or download {first['drive_path']} from its Google Drive folder and run `irtool weights import {first['filename']} --name {best.name}`)"
     raise WeightsNotFoundError(
         f"no model given and no weights downloaded: run `irtool weights fetch {best.name}`{hint}, "
