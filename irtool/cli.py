@@ -921,6 +921,9 @@ def _render_eval(report: Any) -> None:
         if d.noise:
             follows = ", ".join(d.noise["follows"]) or "nothing (as if run alone)"
             notes.append(f"{d.dataset}: AWGN σ{d.noise['sigma']}, seed 0 {d.noise['stream']} stream, after {follows}")
+        if d.synthetic:
+            notes.append(f"{d.dataset}: {d.synthetic['photos']} ({d.synthetic['kind']} {d.synthetic['level']:g}, "
+                         "seeded per image); no published figure")  # fmt: skip
         notes.extend(f"{d.dataset}: departs from the protocol: {x}" for x in d.departures)
         notes.extend(f"{d.dataset}: {w}" for w in d.warnings)
     if report.options.get("routing_noise"):
@@ -1019,6 +1022,11 @@ def datasets_check(
     from . import datasets as ds
 
     names = ds.expand([name])
+    if names[0].startswith("synthetic:"):
+        located = ds.locate_synthetic(names[0])
+        typer.echo(f"{located.spec.name}: {len(located.pairs)} clean photos in {located.root}; {located.spec.pairing}")
+        typer.echo(f"   licence: {located.spec.licence}")
+        return
     reports = [ds.check(ds.get_spec(n), data_root) for n in names]
     if as_json:
         typer.echo(json.dumps([{"name": r.spec.name, "ok": r.ok, "summary": r.summary, "details": r.lines()[1:]} for r in reports]))

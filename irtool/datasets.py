@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -66,11 +67,18 @@ class DatasetSpec:
     pairing: str = "same file stem"  #: the pairing rule in words
     expected: int | None = None  #: number of test pairs in the standard release
     crop: bool = True  #: the official test crops this set to the protocol's multiple (CDD-11's does not)
+    degradation: tuple[str, float] | None = None  #: (kind, level) for irtool.degrade-made inputs (synthetic: sets)
     notes: str = ""
 
     @property
     def synthesised(self) -> bool:
+        """Inputs drawn from the official test-noise stream (the clean-only denoising sets)."""
         return self.sigma is not None
+
+    @property
+    def clean_only(self) -> bool:
+        """Only clean images on disk: inputs are made at test time (noise sets and synthetic: sets)."""
+        return self.sigma is not None or self.degradation is not None
 
 
 def _promptir(lq: str | None, gt: str) -> tuple[Layout, ...]:
@@ -557,7 +565,7 @@ def check(spec: DatasetSpec | str, root: str | Path | None = None) -> CheckRepor
     n = len(usable.pairs)
     if spec.expected and n != spec.expected:
         w.append(f"{n} pairs where the standard release has {spec.expected}: results are not comparable with the papers")
-    what = "clean images" if spec.synthesised else "pairs"
+    what = "clean images" if spec.clean_only else "pairs"
     summary = f"{spec.name}: found {n} {what} ({usable.layout.name} layout under {base})"
     if w:
         summary += f", {len(w)} warning{'s' if len(w) > 1 else ''}"
@@ -662,6 +670,11 @@ def load_sample(spec: DatasetSpec, pair: Pair, *, crop_multiple: int | None, noi
         if noise is None:
             raise DatasetError(f"{spec.name}: a noise stream is needed to synthesise its inputs")
         lq = noise.add(gt, spec.sigma)
+    elif spec.degradation is not None:
+        from .degrade import degrade
+
+        kind, level = spec.degradation
+        lq = degrade(gt, kind, level, seed=synthetic_seed(kind, level, pair.name))
     else:
         assert pair.lq is not None
         lq = centre_crop(read_rgb(pair.lq), crop_multiple)
@@ -740,6 +753,53 @@ def clean_photos(clean_dir: str | Path | None = None) -> tuple[list[Path], str]:
     return sorted(photos, key=lambda p: p.name), f"scikit-image {folder}"
 
 
+def parse_synthetic(name: str) -> tuple[str, float]:
+    """("noise", 25.0) for "synthetic:noise25"; the level may be a number or light/medium/heavy, and defaults to
+    medium ("synthetic:rain", "synthetic:haze-heavy", "synthetic:jpeg10")."""
+    from . import degrade
+
+    body = name.strip().lower().split(":", 1)[1] if ":" in name else name.strip().lower()
+    kinds = "|".join(sorted(degrade.KINDS, key=len, reverse=True))  # "lowlight" before any shorter kind
+    match = re.fullmatch(rf"({kinds})[-_]?([0-9.]+|light|medium|heavy)?", body)
+    if not match:
+        raise DatasetError(
+            f"not a synthetic dataset: {name} (synthetic:<kind><level>, kind one of {', '.join(degrade.KINDS)}; "
+            "e.g. synthetic:noise25, synthetic:rain, synthetic:haze-heavy)"
+        )
+    kind = match.group(1)
+    try:
+        return kind, degrade.resolve_level(kind, match.group(2))
+    except ValueError as exc:
+        raise DatasetError(f"{name}: {exc}") from None
+
+
+def synthetic_seed(kind: str, level: float, file_name: str) -> int:
+    """Each photo's own seed, from what it is and what is done to it, so adding photos changes no other input."""
+    return zlib.crc32(f"{kind}:{level:g}:{file_name}".encode())
+
+
 def locate_synthetic(name: str, clean_dir: str | Path | None = None) -> Located:
-    """`synthetic:<kind><level>` as a dataset of clean photos whose inputs irtool.degrade makes, seeded per image."""
-    raise DatasetError(f"{name}: synthetic datasets need irtool.degrade, which this build lacks")
+    """`synthetic:<kind><level>`: clean photos (scikit-image's or --clean-dir) whose inputs `irtool.degrade` makes
+    after the protocol's centre crop, seeded per image (`synthetic_seed`), so they are the same on every machine."""
+    kind, level = parse_synthetic(name)
+    photos, origin = clean_photos(clean_dir)
+    folder = photos[0].parent
+    licence = (
+        "your own photos (--clean-dir)"
+        if clean_dir
+        else "; ".join(f"{n}: {terms}" for n, terms in SKIMAGE_PHOTOS.items() if (folder / n).is_file())
+    )
+    spec = DatasetSpec(
+        name=f"synthetic:{kind}{level:g}",
+        title=f"synthetic {kind} {level:g}",
+        task=kind,
+        layouts=(Layout("clean-dir" if clean_dir else "scikit-image", str(folder)),),
+        protocol="moce",
+        source=f"clean photos from {origin}, degraded by irtool.degrade",
+        licence=licence,
+        degradation=(kind, level),
+        pairing="clean photos only; the input is irtool.degrade(photo, kind, level, seed=crc32(kind:level:file name))",
+        notes="an offline check of the pipeline and of the router, not a benchmark with published figures",
+    )
+    probe = Probe(spec.layouts[0], folder, None, n_gt=len(photos), pairs=[Pair(p.name, p) for p in photos])
+    return Located(spec, folder, probe)

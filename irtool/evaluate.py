@@ -70,6 +70,7 @@ class ImageResult:
     experts: list[list[int]] | None = None  #: (layers, k) experts the router chose
     degradation: str | None = None  #: the classifier's class, for classifier-routed models
     error: str | None = None
+    notes: list[str] = field(default_factory=list)  #: e.g. how the engine tiled it
 
 
 @dataclass
@@ -86,6 +87,7 @@ class DatasetReport:
     expected: int | None
     reported: dict[str, float] | None = None  #: the paper's figures for this checkpoint
     noise: dict[str, Any] | None = None  #: how the test noise was drawn
+    synthetic: dict[str, Any] | None = None  #: how irtool.degrade made the inputs (synthetic: sets)
     departures: list[str] = field(default_factory=list)  #: where this run differs from the official protocol
     warnings: list[str] = field(default_factory=list)
     usage: dict[str, Any] | None = None  #: expert (or class) counts
@@ -296,13 +298,20 @@ class _Usage:
         # Written against the model contract, not one network: a classifier router (LoRA-IR) names a class per image
         # (its `experts` are per image, not per layer); otherwise `routing.experts` is (B, layers, k).
         if hasattr(self.model, "classify"):
-            name, _confidence = self.model.classify(routing)[0]
-            result.degradation = name
-            self.classes[name] = self.classes.get(name, 0) + 1
+            self.record(None, self.model.classify(routing)[0][0], result)
             return
         experts = getattr(routing, "experts", None)
         if experts is not None and experts.dim() == 3:
-            chosen = experts[0].detach().cpu().numpy().astype(int)  # (L, k)
+            self.record(experts[0].detach().cpu().tolist(), None, result)
+
+    def record(self, experts: list[list[int]] | None, degradation: str | None, result: ImageResult) -> None:
+        """Count one image: its (layers, k) experts, or its class."""
+        if degradation is not None:
+            result.degradation = degradation
+            self.classes[degradation] = self.classes.get(degradation, 0) + 1
+            return
+        if experts:
+            chosen = np.asarray(experts, dtype=int)  # (L, k)
             result.experts = chosen.tolist()
             e = self.num_experts or int(chosen.max()) + 1
             if self.counts is None:
@@ -326,38 +335,27 @@ class _Usage:
         return None
 
 
-def _write_png(path: Path, array: np.ndarray, protected: set[Path]) -> None:
-    """Write a uint8 RGB PNG atomically (temp file + rename), never over one of the dataset's own files."""
-    from PIL import Image
+def _folder(dataset: str) -> str:
+    """A dataset's output folder name: "synthetic:noise25" -> "synthetic-noise25" (no ':' in file names)."""
+    return dataset.replace(":", "-")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+
+def _write_png(path: Path, array: np.ndarray, protected: set[Path]) -> None:
+    """Write a uint8 RGB PNG atomically through irtool.io, never over one of the dataset's own files (outputs of an
+    earlier eval run are replaced)."""
+    from . import io as image_io
+
     if path.resolve() in protected:
         raise IrtoolError(f"{path}: refusing to overwrite a dataset file; choose another output folder")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    image_io.write_image(path, image_io.from_array(array), fmt="png", overwrite=True)
 
 
-def _run_model(model: nn.Module, x: torch.Tensor, options: EvalOptions, device: torch.device):
-    kwargs = {"routing_noise": True} if options.routing_noise else {}
-    with _autocast(device, options.precision):
-        if options.tile:
-            return _run_tiled(model, x, options.tile, kwargs)
-        return model.run(x, **kwargs)
+def _tiled_restorer(model: nn.Module, options: EvalOptions, device: torch.device) -> Any:
+    """The restore engine, for --tile: the same tiles, blending and shared routing as `irtool restore`."""
+    from .engine import Restorer
+    from .jobs import RestoreOptions
 
-
-def _run_tiled(model: nn.Module, x: torch.Tensor, tile: int, kwargs: dict[str, Any]):
-    try:
-        from . import tiling
-    except ImportError:
-        raise IrtoolError("--tile: tiled inference needs irtool.tiling, which this build lacks") from None
-    return tiling.run_tiled(model, x, tile=tile, **kwargs)
+    return Restorer(model, RestoreOptions(tile=options.tile, precision=options.precision), device=device)
 
 
 def _dataset_report(located: ds.Located, protocol: metrics.Protocol, options: EvalOptions, reported: dict | None) -> DatasetReport:
@@ -390,7 +388,10 @@ def _dataset_report(located: ds.Located, protocol: metrics.Protocol, options: Ev
             note += "; the skipped images' noise is still drawn, so these inputs equal the full run's"
         report.departures.append(note)
     if options.tile:
-        report.departures.append(f"tiled inference ({options.tile} px tiles): the papers run whole images")
+        report.departures.append(
+            f"tiled inference ({options.tile} px tiles blended by the restore engine, one routing per image decided on "
+            "a downscaled copy): the papers run whole images"
+        )
     if options.precision != "fp32":
         report.departures.append(f"{options.precision} autocast: the papers run fp32")
     if options.crop_border and protocol.space == "rgb":
@@ -411,9 +412,12 @@ def run(
         raise IrtoolError(f"--noise-stream {options.noise_stream}: one of {', '.join(NOISE_STREAMS)}")
     if options.routing_noise and getattr(model, "arch", None) != "moce_ir":
         raise IrtoolError("--routing-noise: only MoCE-IR's router draws noise")
+    if options.routing_noise and options.tile:
+        raise IrtoolError("--routing-noise reproduces the official whole-image test; it cannot be combined with --tile")
     device = next(model.parameters()).device
     _autocast(device, options.precision)  # fail early on an impossible precision
     model.eval()
+    restorer = _tiled_restorer(model, options, device) if options.tile else None
     if options.routing_noise:
         # MoCE-IR src/test.py seeds torch once (manual_seed(0)) and its eval router draws from the global generator
         torch.manual_seed(0)
@@ -436,6 +440,16 @@ def run(
                 "recipe": "np.random.seed(0) once; files in sorted order; after the centre crop, "
                 "clip(clean + randn(*shape) * sigma, 0, 255).astype(uint8)",
             }
+        if spec.degradation is not None:
+            kind, level = spec.degradation
+            dreport.synthetic = {
+                "generator": "irtool.degrade",
+                "kind": kind,
+                "level": level,
+                "seed": "zlib.crc32(f'{kind}:{level:g}:{file name}') per image",
+                "photos": spec.source,
+                "licence": spec.licence,
+            }
         usage = _Usage(model)
         protected = {p.resolve() for pair in located.pairs for p in (pair.gt, pair.lq) if p is not None}
         started = time.perf_counter()
@@ -446,7 +460,7 @@ def run(
                 dreport.images.append(result)
                 yield dreport, result
                 continue
-            result = _evaluate_sample(model, item, protocol, options, device, usage, protected, spec.name)
+            result = _evaluate_sample(model, restorer, item, protocol, options, device, usage, protected, spec.name)
             dreport.images.append(result)
             dreport.usage = usage.to_dict()
             yield dreport, result
@@ -457,6 +471,7 @@ def run(
 
 def _evaluate_sample(
     model: nn.Module,
+    restorer: Any,
     sample: ds.Sample,
     protocol: metrics.Protocol,
     options: EvalOptions,
@@ -470,30 +485,35 @@ def _evaluate_sample(
     stem = Path(sample.name).stem
     try:
         if options.save_inputs:
-            _write_png(Path(options.save_inputs) / dataset / f"{stem}.png", sample.lq, protected)
+            _write_png(Path(options.save_inputs) / _folder(dataset) / f"{stem}.png", sample.lq, protected)
         if sample.lq.shape != sample.gt.shape:
             raise metrics.MetricError(
                 f"input is {sample.lq.shape[1]}x{sample.lq.shape[0]} px but its ground truth {sample.gt_path.name} "
                 f"is {w}x{h} px"
             )
-        x = _to_input(sample.lq, device)
         with torch.inference_mode():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            out = _run_model(model, x, options, device)
-            restored = out.output.float().clamp(0, 1)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            result.seconds = time.perf_counter() - t0
+            if restorer is not None:
+                restored = _restore_tiled(restorer, sample.lq, device, usage, result)
+            else:
+                x = _to_input(sample.lq, device)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                kwargs = {"routing_noise": True} if options.routing_noise else {}
+                with _autocast(device, options.precision):
+                    out = model.run(x, **kwargs)
+                restored = out.output.float().clamp(0, 1)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                result.seconds = time.perf_counter() - t0
+                usage.add(out.routing, result)
             gt = torch.from_numpy(np.ascontiguousarray(sample.gt.transpose(2, 0, 1))).to(device)
             result.psnr, result.ssim = metrics.psnr_ssim(
                 restored, gt, protocol, crop_border=options.crop_border if protocol.space == "y" else 0
             )
-        usage.add(out.routing, result)
         if options.save_images:
             image = (restored[0] * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-            _write_png(Path(options.save_images) / dataset / f"{stem}.png", image, protected)
+            _write_png(Path(options.save_images) / _folder(dataset) / f"{stem}.png", image, protected)
     except IrtoolError as exc:
         result.error = f"{sample.name}: {exc}" if not str(exc).startswith(sample.name) else str(exc)
     except torch.OutOfMemoryError:
@@ -501,6 +521,17 @@ def _evaluate_sample(
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return result
+
+
+def _restore_tiled(restorer: Any, lq: np.ndarray, device: torch.device, usage: _Usage, result: ImageResult) -> torch.Tensor:
+    """(1, 3, H, W) restored by the engine in tiles; records its time, routing summary and warnings."""
+    from . import io as image_io
+
+    outcome = restorer.restore([image_io.from_array(lq)])[0]
+    result.seconds = outcome.seconds
+    usage.record(outcome.experts, outcome.degradation if hasattr(usage.model, "classify") else None, result)
+    result.notes = [f"{outcome.tiles} tiles of {outcome.tile_size} px" if outcome.tile_size else "whole image"] + list(outcome.warnings)
+    return torch.from_numpy(outcome.rgb).permute(2, 0, 1)[None].to(device)
 
 
 # --------------------------------------------------------------------------------------------------------------------

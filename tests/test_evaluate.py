@@ -232,3 +232,50 @@ def test_classifier_routed_lora_ir_on_an_allweather_set(tmp_path):
     assert [(r["file"], r["height"], r["width"]) for r in d["images"]] == [("0_rain.png", 30, 44), ("1_rain.png", 34, 44)]
     assert d["usage"]["kind"] == "classes" and sum(d["usage"]["counts"].values()) == 2
     assert all(r["degradation"] in pair.classes for r in d["images"])
+
+
+def test_synthetic_benchmark_is_offline_reproducible_and_made_by_degrade(tmp_path, tiny_model):
+    from benchmark_data import photo, save
+
+    from irtool.degrade import degrade
+
+    photos = [save(tmp_path / "clean" / f"p{i}.png", photo(37, 50 + 7 * i, 40 + i)) for i in range(2)]
+    options = dict(save_inputs=tmp_path / "inputs")
+    opts = evaluate.EvalOptions(**options)
+    runs = []
+    for _ in range(2):
+        report = evaluate.new_report(tiny_model, opts, source="tiny", device="cpu")
+        list(evaluate.run(tiny_model, evaluate.resolve(["synthetic:noise25"], clean_dir=tmp_path / "clean"), opts, report))
+        runs.append([(r.file, r.psnr, r.ssim) for r in report.datasets[0].images])
+    assert runs[0] == runs[1] and len(runs[0]) == 2
+    d = report.datasets[0]
+    assert d.dataset == "synthetic:noise25" and d.synthetic["generator"] == "irtool.degrade" and d.reported is None
+    for p in photos:
+        clean = ds.centre_crop(np.array(Image.open(p).convert("RGB")), 16)  # crop first, as the official order
+        want = degrade(clean, "noise", 25.0, seed=ds.synthetic_seed("noise", 25.0, p.name))
+        assert np.array_equal(np.array(Image.open(tmp_path / "inputs" / "synthetic-noise25" / p.name)), want)
+
+
+def test_synthetic_names_levels_and_bundled_photos():
+    assert ds.parse_synthetic("synthetic:noise25") == ("noise", 25.0)
+    assert ds.parse_synthetic("synthetic:rain") == ("rain", 5.0)  # medium
+    assert ds.parse_synthetic("synthetic:haze-heavy") == ("haze", 2.5)
+    assert ds.parse_synthetic("synthetic:jpeg10") == ("jpeg", 10.0)
+    with pytest.raises(ds.DatasetError, match="not a synthetic dataset: synthetic:fog"):
+        ds.parse_synthetic("synthetic:fog")
+    with pytest.raises(ds.DatasetError, match="out of range"):
+        ds.parse_synthetic("synthetic:jpeg500")
+    located = ds.locate_synthetic("synthetic:lowlight")
+    assert len(located.pairs) == 5 and located.layout.name == "scikit-image"
+    assert "CC0" in located.spec.licence and "public domain" in located.spec.licence
+
+
+def test_tiled_eval_goes_through_the_engine_and_says_so(tmp_path, tiny_model):
+    make_moce_layout(tmp_path)
+    report, _ = _evaluate(tiny_model, ["rain100l"], tmp_path, tile=32)
+    d = report.datasets[0]
+    assert len(d.scored) == 3 and all("tiles of" in r.notes[0] for r in d.images)
+    assert any("tiled inference (32 px tiles" in x for x in d.departures)
+    assert np.array(d.usage["counts"]).sum(axis=1).tolist() == [3] * len(tiny_model.moce_layers)
+    with pytest.raises(evaluate.IrtoolError, match="cannot be combined with --tile"):
+        _evaluate(tiny_model, ["rain100l"], tmp_path, tile=32, routing_noise=True)
