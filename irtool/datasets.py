@@ -631,9 +631,11 @@ class NoiseStream:
         self.history: list[str] = []
 
     def add(self, clean: np.ndarray, sigma: float) -> np.ndarray:
-        """`clip(clean + randn(*clean.shape) * sigma, 0, 255).astype(uint8)`: truncation, not rounding."""
-        noise = self.rng.randn(*clean.shape)
-        return np.clip(clean + noise * sigma, 0, 255).astype(np.uint8)
+        """`clip(clean + randn(*clean.shape) * sigma, 0, 255).astype(uint8)` (truncation, not rounding), drawn from
+        this stream: irtool.degrade's noise on uint8, which is that recipe (tests check it against the scripts)."""
+        from .degrade import degrade
+
+        return degrade(clean, "noise", sigma, seed=self.rng)
 
     def skip(self, shape: tuple[int, ...]) -> None:
         """Advance the stream past one image of this shape without making it."""
