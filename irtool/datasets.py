@@ -12,8 +12,11 @@ centre-cropped to a multiple of 16, and for the denoising sets `clip(clean + ran
 to uint8 by truncation, drawn from one `np.random.seed(0)` stream over the files in sorted order and over the noise
 levels in the order they run (`NoiseStream`).
 
-Standard library, numpy and Pillow (platformdirs for the default data root); no torch, so `irtool datasets ...` is
-instant.
+`synthetic:<kind><level>` sets (`locate_synthetic`) need no download: clean photos (the CC0/public-domain ones in
+scikit-image's wheel, or `--clean-dir`) degraded by `irtool.degrade`, seeded per image.
+
+Standard library, numpy and Pillow (platformdirs for the default data root; irtool.degrade, with OpenCV, only when
+inputs are made); no torch, so `irtool datasets ...` is instant.
 """
 
 from __future__ import annotations
