@@ -279,3 +279,24 @@ def test_tiled_eval_goes_through_the_engine_and_says_so(tmp_path, tiny_model):
     assert np.array(d.usage["counts"]).sum(axis=1).tolist() == [3] * len(tiny_model.moce_layers)
     with pytest.raises(evaluate.IrtoolError, match="cannot be combined with --tile"):
         _evaluate(tiny_model, ["rain100l"], tmp_path, tile=32, routing_noise=True)
+
+
+def test_ctrl_c_keeps_the_finished_images_in_the_report_files(tmp_path, checkpoint, monkeypatch):
+    make_moce_layout(tmp_path)
+    real = evaluate._evaluate_sample
+    calls = []
+
+    def interrupt_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "_evaluate_sample", interrupt_second)
+    args = ["eval", "-w", str(checkpoint), "--data-root", str(tmp_path), "-d", "rain100l", "-q",
+            "--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv")]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["complete"] is False and [r["file"] for r in data["datasets"][0]["images"]] == ["rain-001.png"]
+    assert len((tmp_path / "r.csv").read_text().splitlines()) == 2
