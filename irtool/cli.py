@@ -720,6 +720,322 @@ def calibrate(
     typer.echo(f"saved {target}")
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# eval and datasets (benchmarks with the published protocols)
+
+_PROTOCOL_NAMES = ("moce", "promptir", "y", "lorair")
+
+
+@command("eval")
+def eval_command(
+    dataset: Annotated[
+        Optional[list[str]],
+        typer.Option("--dataset", "-d", help="Benchmark (repeatable): rain100l, cbsd68-25, cbsd68 (=15,25,50), cdd11, "
+                     "synthetic:noise25, ... See `irtool datasets list`."),
+    ] = None,
+    setting: Annotated[
+        Optional[list[str]], typer.Option("--setting", help="A paper's benchmark set: aio3, aio5, cdd11, allweather.")
+    ] = None,
+    model_name: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name from the manifest (in the cache).")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", "-w", help="Checkpoint file or folder.")] = None,
+    router: Annotated[Optional[Path], typer.Option("--router", help="LoRA-IR: the router checkpoint, when --weights is the restoration network alone.")] = None,
+    reported: Annotated[
+        Optional[str], typer.Option("--reported", help="Compare with this manifest entry's published figures.")
+    ] = None,
+    protocol: Annotated[
+        Optional[str], typer.Option("--protocol", help=f"Metric protocol ({', '.join(_PROTOCOL_NAMES)}); default: each dataset's own.")
+    ] = None,
+    crop_border: Annotated[int, typer.Option("--crop-border", min=0, help="Border (px) dropped before Y-protocol metrics.")] = 0,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Datasets folder (default: $IRTOOL_DATA, else the user data dir).")] = None,
+    clean_dir: Annotated[Optional[Path], typer.Option("--clean-dir", help="Clean photos for synthetic: datasets.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="fp32 (the papers'), bf16 or fp16 autocast.")] = "fp32",
+    tile: Annotated[int, typer.Option("--tile", min=0, help="Tile size in px for large images (departs from the protocol); 0 = whole image.")] = 0,
+    routing_noise: Annotated[
+        bool, typer.Option("--routing-noise", help="MoCE-IR: add the official test's router-logit noise (torch seed 0).")
+    ] = False,
+    noise_stream: Annotated[
+        str, typer.Option("--noise-stream", help="shared: one seed-0 noise stream for all noise sets, in order (the "
+                          "official 15->25->50 run); fresh: reseed for each (as if run alone).")
+    ] = "shared",
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N images of each dataset (quick look).")] = None,
+    save_images: Annotated[Optional[Path], typer.Option("--save-images", help="Write restored images (uint8 PNG) to DIR/<dataset>/.")] = None,
+    save_inputs: Annotated[Optional[Path], typer.Option("--save-inputs", help="Write the inputs as fed (e.g. the noisy images) to DIR/<dataset>/.")] = None,
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Write the full report (per image) as JSON to FILE ('-' = stdout).")] = None,
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write per-image scores as CSV to FILE.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of expert usage per layer (needs matplotlib).")] = None,
+    trust_checkpoint: Annotated[
+        bool, typer.Option("--trust-checkpoint", help="Allow pickled objects beyond plain tensors (runs code from the file).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Score a model on benchmark datasets with the published protocols, next to the paper's figures."""
+    from . import datasets as ds
+
+    if not dataset and not setting:
+        fail("name a benchmark with --dataset NAME or --setting aio3 (see `irtool datasets list`)", 2)
+    if (model_name is None) == (weights is None):
+        fail("pass exactly one of --model NAME and --weights PATH", 2)
+    if protocol is not None and protocol not in _PROTOCOL_NAMES:
+        fail(f"--protocol {protocol}: one of {', '.join(_PROTOCOL_NAMES)}", 2)
+    names = ds.expand(dataset or [], setting or [])
+
+    from . import evaluate, weights as manifest
+    from .loading import load_model
+
+    targets = evaluate.resolve(names, data_root, clean_dir)  # every dataset found before the model loads
+    entry_name = reported or model_name
+    entry = manifest.find_entry(entry_name) if entry_name else None
+    if reported and entry is None:
+        fail(f"--reported {reported}: not a manifest entry (see weights_manifest.json)")
+    source = model_name or weights
+    model = load_model(source, device=device, router=router, trust=trust_checkpoint)
+    options = evaluate.EvalOptions(
+        protocol=protocol,
+        crop_border=crop_border,
+        precision=precision,
+        tile=tile,
+        routing_noise=routing_noise,
+        noise_stream=noise_stream,
+        limit=limit,
+        save_images=save_images,
+        save_inputs=save_inputs,
+    )
+    report = evaluate.new_report(
+        model,
+        options,
+        source=str(source),
+        device=next(model.parameters()).device,
+        reported_from=entry.name if entry else None,
+        reported=evaluate.reported_figures(entry.data if entry else None),
+    )
+    interrupted = False
+    try:
+        _run_eval_with_progress(evaluate, model, targets, options, report, quiet=quiet or json_path == "-")
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        # finished images are never lost: the report files are written even after Ctrl-C (marked incomplete)
+        if json_path and json_path != "-":
+            evaluate.write_json(report, json_path)
+        if csv_path:
+            evaluate.write_csv(report, csv_path)
+    if interrupted:
+        _stderr().print("interrupted; the report holds the images finished so far")
+        raise typer.Exit(130)
+    if plot:
+        evaluate.plot_usage(report, plot)
+    if json_path == "-":
+        typer.echo(evaluate.to_json(report))
+    else:
+        _render_eval(report)
+    failures = [r.error for d in report.datasets for r in d.images if r.error]
+    for message in failures[:20]:
+        _stderr().print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    if len(failures) > 20:
+        _stderr().print(f"... and {len(failures) - 20} more failed images (see --json/--csv)")
+    raise typer.Exit(1 if failures else 0)
+
+
+def _run_eval_with_progress(evaluate: Any, model: Any, targets: list, options: Any, report: Any, *, quiet: bool) -> None:
+    if quiet:
+        for _ in evaluate.run(model, targets, options, report):
+            pass
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[score]}"))
+    with Progress(*columns, console=_stderr(), transient=False) as progress:
+        tasks: dict[str, Any] = {}
+        for located in targets:
+            n = len(located.pairs) + (0 if options.limit else len(located.probe.unpaired_inputs))
+            tasks[located.spec.name] = progress.add_task(located.spec.name, total=min(n, options.limit or n), score="")
+        for dreport, _ in evaluate.run(model, targets, options, report):
+            psnr = dreport.psnr
+            score = f"{psnr:.2f} dB" if psnr is not None else ""
+            progress.update(tasks[dreport.dataset], advance=1, score=score)
+
+
+def _fmt(value: Optional[float], digits: int, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    if value == float("inf"):
+        return "inf"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _wide_console() -> Any:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    if not console.is_terminal:  # piped or redirected: no need to squeeze tables into 80 columns
+        console = Console(highlight=False, width=140)
+    return console
+
+
+def _render_eval(report: Any) -> None:
+    from rich.table import Table
+
+    console = _wide_console()
+    model = report.model
+    title = f"{Path(model['source']).name} ({model['arch']}, {model['parameters'] / 1e6:.2f}M params) on {report.device}, {report.precision}"
+    table = Table(title=title, title_justify="left")
+    for column, justify in (("dataset", "left"), ("protocol", "left"), ("images", "right"), ("PSNR", "right"),
+                            ("SSIM", "right"), ("paper", "right"), ("ΔPSNR", "right"), ("ΔSSIM", "right"),
+                            ("s/img", "right")):  # fmt: skip
+        table.add_column(column, justify=justify, no_wrap=True)
+    table.add_column("worst image", overflow="ellipsis", no_wrap=True)
+    for d in report.datasets:
+        s = d.summary()
+        paper = f"{d.reported['psnr']:.2f}/{d.reported['ssim']:.3f}" if d.reported else "–"
+        worst = d.worst
+        images = f"{s['n']}" + (f" ({s['failed']} failed)" if s["failed"] else "")
+        delta = s["delta_psnr"]
+        delta_text = _fmt(delta, 2, signed=True)
+        if delta is not None:
+            delta_text = f"[{'green' if delta >= -0.005 else 'red'}]{delta_text}[/]"
+        table.add_row(
+            d.dataset, d.protocol, images, _fmt(s["psnr"], 2), _fmt(s["ssim"], 4), paper, delta_text,
+            _fmt(s["delta_ssim"], 4, signed=True), _fmt(s["seconds_per_image"], 3),
+            f"{worst.file} {worst.psnr:.2f}" if worst else "–",
+        )  # fmt: skip
+    avg = report.average
+    if avg:
+        ref = avg.get("reported")
+        table.add_section()
+        table.add_row(
+            "average", "", str(len(avg["datasets"])) + " sets", _fmt(avg["psnr"], 2), _fmt(avg["ssim"], 4),
+            f"{ref['psnr']:.2f}/{ref['ssim']:.3f}" if ref else "–", _fmt(avg.get("delta_psnr"), 2, signed=True),
+            _fmt(avg.get("delta_ssim"), 4, signed=True), "", "",
+        )  # fmt: skip
+    console.print(table)
+    _render_usage(console, report)
+    notes = []
+    if report.reported_from:
+        notes.append(f"paper figures: manifest entry {report.reported_from}")
+    seen_protocols: set[str] = set()
+    for d in report.datasets:
+        if d.protocol not in seen_protocols:
+            seen_protocols.add(d.protocol)
+            notes.append(f"protocol {d.protocol}: {d.reproduces}")
+        if d.noise:
+            follows = ", ".join(d.noise["follows"]) or "nothing (as if run alone)"
+            notes.append(f"{d.dataset}: AWGN σ{d.noise['sigma']}, seed 0 {d.noise['stream']} stream, after {follows}")
+        if d.synthetic:
+            notes.append(f"{d.dataset}: {d.synthetic['photos']} ({d.synthetic['kind']} {d.synthetic['level']:g}, "
+                         "seeded per image); no published figure")  # fmt: skip
+        notes.extend(f"{d.dataset}: departs from the protocol: {x}" for x in d.departures)
+        notes.extend(f"{d.dataset}: {w}" for w in d.warnings)
+    if report.options.get("routing_noise"):
+        notes.append("router-logit noise on (official MoCE-IR test behaviour, torch seed 0)")
+    for note in notes:
+        console.print(f"[dim]·[/] {note}", soft_wrap=True)
+
+
+def _render_usage(console: Any, report: Any) -> None:
+    from rich.table import Table
+
+    expert_sets = [d for d in report.datasets if d.usage and d.usage["kind"] == "experts"]
+    if expert_sets:
+        layers = len(expert_sets[0].usage["counts"])
+        table = Table(title="Router: most chosen expert per MoCE layer (share of images)", title_justify="left")
+        table.add_column("dataset")
+        for i in range(layers):
+            table.add_column(f"L{i}", justify="right")
+        for d in expert_sets:
+            cells = []
+            for row in d.usage["counts"]:
+                total = sum(row) or 1
+                best = max(range(len(row)), key=lambda e: row[e])
+                cells.append(f"e{best} {100 * row[best] / total:.0f}%")
+            table.add_row(d.dataset, *cells)
+        console.print(table)
+    class_sets = [d for d in report.datasets if d.usage and d.usage["kind"] == "classes"]
+    if class_sets:
+        table = Table(title="Router: degradation class per image", title_justify="left")
+        table.add_column("dataset")
+        table.add_column("classes")
+        for d in class_sets:
+            table.add_row(d.dataset, ", ".join(f"{k} {v}" for k, v in d.usage["counts"].items()))
+        console.print(table)
+
+
+datasets_app = typer.Typer(help="Benchmark datasets: where irtool looks for them and what is missing.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+
+_DataRoot = Annotated[Optional[Path], typer.Option("--data-root", help="Datasets folder (default: $IRTOOL_DATA, else the user data dir).")]
+
+
+@command("list", typer_app=datasets_app)
+def datasets_list(
+    data_root: _DataRoot = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of a table.")] = False,
+) -> None:
+    """Every benchmark irtool knows: found or missing under the data root, with counts."""
+    from . import datasets as ds
+
+    root = ds.data_root(data_root)
+    rows = []
+    for spec in ds.DATASETS.values():
+        if spec.split != "test":
+            continue
+        report = ds.check(spec, root)
+        found = report.located
+        if found is None:
+            status = "incomplete" if any(p.present for p in report.probes) else "missing"
+        else:
+            status = "found" if not found.warnings else "found*"
+        rows.append({
+            "name": spec.name, "title": spec.title, "task": spec.task, "protocol": spec.protocol, "status": status,
+            "count": len(found.pairs) if found else 0, "expected": spec.expected,
+            "layout": found.layout.name if found else None, "summary": report.summary,
+        })  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps({"root": str(root), "datasets": rows, "families": ds.FAMILIES, "settings": ds.SETTINGS}))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Benchmarks under {root}", title_justify="left")
+    for column in ("name", "title", "task", "protocol", "status", "images", "layout"):
+        table.add_column(column, justify="right" if column == "images" else "left", no_wrap=True)
+    colours = {"found": "green", "found*": "yellow", "incomplete": "red", "missing": "dim"}
+    for r in rows:
+        count = f"{r['count']}/{r['expected']}" if r["expected"] else str(r["count"])
+        table.add_row(r["name"], r["title"], r["task"], r["protocol"], f"[{colours[r['status']]}]{r['status']}[/]",
+                      count if r["count"] else "–", r["layout"] or "–")  # fmt: skip
+    console = _wide_console()
+    console.print(table)
+    console.print("[dim]found* = usable, with warnings; incomplete = some files there. `irtool datasets check NAME` "
+                  "says exactly what is missing.[/]")  # fmt: skip
+    console.print("[dim]settings: " + "; ".join(f"{k} = {' '.join(v)}" for k, v in ds.SETTINGS.items() if k != "cdd11")
+                  + "; cdd11 = its 11 subsets. Offline: synthetic:noise25 (also rain, haze, blur, lowlight, jpeg).[/]")  # fmt: skip
+
+
+@command("check", typer_app=datasets_app)
+def datasets_check(
+    name: Annotated[str, typer.Argument(help="Dataset or family name (rain100l, cbsd68, cdd11, ...).")],
+    data_root: _DataRoot = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of text.")] = False,
+) -> None:
+    """Explain where a benchmark was looked for, what was found, and exactly what is missing."""
+    from . import datasets as ds
+
+    names = ds.expand([name])
+    if names[0].startswith("synthetic:"):
+        located = ds.locate_synthetic(names[0])
+        typer.echo(f"{located.spec.name}: {len(located.pairs)} clean photos in {located.root}; {located.spec.pairing}")
+        typer.echo(f"   licence: {located.spec.licence}")
+        return
+    reports = [ds.check(ds.get_spec(n), data_root) for n in names]
+    if as_json:
+        typer.echo(json.dumps([{"name": r.spec.name, "ok": r.ok, "summary": r.summary, "details": r.lines()[1:]} for r in reports]))
+    else:
+        for r in reports:
+            typer.echo("\n".join(r.lines()))
+    raise typer.Exit(0 if all(r.ok for r in reports) else 1)
+
+
 def main() -> None:
     """Console entry point: run the app, turning irtool's errors into one line and an exit status."""
     try:
