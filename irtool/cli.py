@@ -35,12 +35,19 @@ app = typer.Typer(
 def _stderr():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, emoji=False)
+
+
+def _error_line(message: str) -> None:
+    """One line on stderr; the message is printed literally (file names may contain [brackets] or :colons:)."""
+    from rich.markup import escape
+
+    _stderr().print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> None:
     """Print one line on stderr and exit."""
-    _stderr().print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    _error_line(message)
     raise typer.Exit(code)
 
 
@@ -1041,7 +1048,7 @@ def main() -> None:
     try:
         app()
     except IrtoolError as exc:
-        _stderr().print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        _error_line(str(exc))
         sys.exit(1)
     except KeyboardInterrupt:
         _stderr().print("interrupted")
