@@ -2,6 +2,7 @@
 
     >>> import irtool
     >>> model = irtool.load_model("MoCE_IR_S_AIO3")        # or a .ckpt / .pth / .safetensors path
+    >>> results = irtool.restore("rainy.jpg", model=model)  # arrays and reports (degradation, experts, ...)
 
 The public API is resolved lazily, so `import irtool` (and `irtool --help`) does not import torch.
 """
@@ -14,11 +15,13 @@ from ._version import __version__
 from .errors import CheckpointError, ImageError, IrtoolError, UnsafeCheckpointError, WeightsNotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .engine import restore
     from .loading import load_model
 
 __all__ = [
     "__version__",
     "load_model",
+    "restore",
     "IrtoolError",
     "CheckpointError",
     "UnsafeCheckpointError",
@@ -26,7 +29,7 @@ __all__ = [
     "ImageError",
 ]
 
-_LAZY = {"load_model": ("irtool.loading", "load_model")}
+_LAZY = {"load_model": ("irtool.loading", "load_model"), "restore": ("irtool.engine", "restore")}
 
 
 def __getattr__(name: str) -> Any:

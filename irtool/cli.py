@@ -9,6 +9,8 @@ Exit status: 0 all done; 1 an input or checkpoint could not be processed (one li
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import functools
 import json
 import sys
@@ -33,12 +35,19 @@ app = typer.Typer(
 def _stderr():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, emoji=False)
+
+
+def _error_line(message: str) -> None:
+    """One line on stderr; the message is printed literally (file names may contain [brackets] or :colons:)."""
+    from rich.markup import escape
+
+    _stderr().print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> None:
     """Print one line on stderr and exit."""
-    _stderr().print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    _error_line(message)
     raise typer.Exit(code)
 
 
@@ -575,12 +584,675 @@ def weights_show(
         out.print(f"notes: {info['notes']}", soft_wrap=True)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# restore, degrade, calibrate (the inference engine and its companions)
+
+
+class Precision(str, enum.Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class OutputFormat(str, enum.Enum):
+    auto = "auto"
+    png = "png"
+    jpg = "jpg"
+    webp = "webp"
+    tiff = "tiff"
+    bmp = "bmp"
+
+
+class DegradationKind(str, enum.Enum):
+    noise = "noise"
+    rain = "rain"
+    haze = "haze"
+    blur = "blur"
+    lowlight = "lowlight"
+    jpeg = "jpeg"
+
+
+_MODEL_HELP = "Manifest name of the checkpoint (see weights_manifest.json), e.g. moce_ir.aio5."
+_WEIGHTS_HELP = "Checkpoint file or folder (.ckpt, .pth, .safetensors). With neither --model nor --weights: the default model."
+_DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
+
+
+def _device(device: str, gpu: Optional[int]) -> str:
+    return f"cuda:{gpu}" if gpu is not None else device
+
+
+def _experts_text(experts: Optional[list]) -> str:
+    """Top-1 expert of each MoCE layer as digits ("3333222211"); top-k as "3+1"."""
+    if not experts:
+        return "-"
+    return " ".join("+".join(str(e) for e in layer) for layer in experts) if any(len(l) > 1 for l in experts) else "".join(str(l[0]) for l in experts)
+
+
+def _degradation_text(report: Any) -> str:
+    if report.degradation is None:
+        return "-"
+    if report.confidence is None:
+        return report.degradation
+    return f"{report.degradation} {report.confidence:.0%}"
+
+
+def _closing_table(reports: list, max_rows: int = 100):
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    table.add_column("file", overflow="fold")  # long paths wrap rather than lose their file name
+    for column, justify in (("degradation", "left"), ("experts", "left"), ("tiles", "right"), ("time", "right")):
+        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    shown = [r for r in reports if r.status != "skipped"][:max_rows]
+    for r in shown:
+        if r.failed:
+            table.add_row(r.input, "[red]failed[/]", "", "", "")
+        else:
+            table.add_row(r.input, _degradation_text(r), _experts_text(r.experts), str(r.tiles), f"{r.seconds:.2f}s")
+    hidden = len([r for r in reports if r.status != "skipped"]) - len(shown)
+    return table, hidden
+
+
+@command(no_args_is_help=True)
+def restore(
+    inputs: Annotated[list[str], typer.Argument(metavar="INPUT...", help="Image files, folders (recursive) or globs ('photos/**/*.jpg').", show_default=False)],
+    out_dir: Annotated[str, typer.Argument(metavar="OUTPUT_DIR", help="Folder for the results; it mirrors the input folders' trees.", show_default=False)],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=_MODEL_HELP)] = None,
+    weights_file: Annotated[Optional[str], typer.Option("--weights", "-w", help=_WEIGHTS_HELP)] = None,
+    router: Annotated[Optional[str], typer.Option("--router", help="LoRA-IR router checkpoint (its second file).")] = None,
+    calibration: Annotated[Optional[str], typer.Option("--calibration", help="Routing calibration file (default: <weights>.calibration.json, if present).")] = None,
+    device: Annotated[str, typer.Option("--device", "-d", help=_DEVICE_HELP)] = "auto",
+    gpu: Annotated[Optional[int], typer.Option("--gpu", "-g", help="Same as --device cuda:N.")] = None,
+    precision: Annotated[Precision, typer.Option("--precision", help="auto: bf16 autocast on CUDA GPUs that have it, else fp32.")] = Precision.auto,
+    tile: Annotated[int, typer.Option("--tile", "-t", help="Tile side in px (0: whole images; tiles are used anyway after running out of GPU memory).")] = 0,
+    tile_overlap: Annotated[int, typer.Option("--tile-overlap", help="Overlap between tiles in px (blended, no seams; at most a quarter of the tile).")] = 32,
+    route_per_tile: Annotated[bool, typer.Option("--route-per-tile", help="Let each tile pick its own experts instead of sharing the whole image's routing.")] = False,
+    route_size: Annotated[int, typer.Option("--route-size", help="Longer side (px) of the downscaled copy a tiled image is routed on; 0: full size.")] = 512,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Same-size images (and tiles) per forward pass.")] = 1,
+    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format (auto: the input's).")] = OutputFormat.auto,
+    suffix: Annotated[str, typer.Option("--suffix", help="Appended to output names: photo.jpg -> photo<SUFFIX>.jpg.")] = "",
+    quality: Annotated[int, typer.Option("--quality", help="JPEG/WebP quality.")] = 95,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output exists.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (never inputs).")] = False,
+    max_megapixels: Annotated[float, typer.Option("--max-megapixels", help="Refuse images larger than this.")] = 300.0,
+    workers: Annotated[int, typer.Option("--workers", help="Threads decoding and encoding around the model.")] = 2,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow pickled objects beyond plain tensors (runs code from the file).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be written, then stop (loads no model).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout instead of the table.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no table.")] = False,
+) -> None:
+    """Restore images: noise, rain, haze, blur, low light (whatever the model was trained on) are removed.
+
+    Reports what the router saw in each image: experts per layer, and a degradation name once the checkpoint is calibrated with `irtool calibrate`. Exit status 1 if any image failed.
+    """
+    from .jobs import RestoreOptions, plan
+
+    options = RestoreOptions(
+        model=model,
+        weights=weights_file,
+        router=router,
+        calibration=calibration,
+        trust=trust_checkpoint,
+        device=_device(device, gpu),
+        precision=precision.value,
+        tile=tile,
+        tile_overlap=tile_overlap,
+        route_per_tile=route_per_tile,
+        route_size=route_size,
+        batch_size=batch_size,
+        format=None if fmt == OutputFormat.auto else fmt.value,
+        suffix=suffix,
+        quality=quality,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        max_megapixels=max_megapixels,
+        workers=workers,
+    )
+    options.check()
+    jobs = plan(inputs, out_dir, options)
+    err = _stderr()
+    if dry_run:
+        for job in jobs:
+            action = "error" if job.error else "skip" if job.skip else "write"
+            if as_json:
+                typer.echo(json.dumps({"input": str(job.src or job.source), "output": str(job.dst) if job.dst else None, "action": action, "reason": job.error or job.skip}))
+            else:
+                typer.echo(f"{action:5}  {job.src or job.source}" + (f" -> {job.dst}" if job.dst and not job.error else "") + (f"  ({job.error or job.skip})" if job.error or job.skip else ""))
+        raise typer.Exit(1 if any(j.error for j in jobs) else 0)
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .jobs import report_unrunnable
+
+    if any(not (job.error or job.skip) for job in jobs):
+        from .engine import Restorer, restore_files
+
+        restorer = Restorer.load(options)
+        for note in restorer.notes:
+            err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+        stream = restore_files(jobs, restorer)
+    else:  # nothing to run: no model to load
+        stream = (report_unrunnable(job) for job in jobs)
+    reports = []
+    started = time.perf_counter()
+    megapixels = 0.0
+    progress = Progress(
+        TextColumn("restoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("images"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=quiet or not err.is_terminal,
+    )
+    # closing(): on Ctrl-C the engine cancels queued work at once; writes already started finish atomically
+    with progress, contextlib.closing(stream):  # type: ignore[arg-type]
+        task = progress.add_task("restore", total=len(jobs), rate="")
+        for report in stream:
+            reports.append(report)
+            if report.failed:
+                progress.console.print(f"[bold red]error:[/] {report.error}", soft_wrap=True, highlight=False)
+            for warning in report.warnings if report.ok else []:
+                progress.console.print(f"[yellow]warning:[/] {report.input}: {warning}", soft_wrap=True, highlight=False)
+            if as_json:
+                typer.echo(json.dumps(report.to_json()))
+            megapixels += report.megapixels
+            elapsed = time.perf_counter() - started
+            progress.update(task, advance=1, rate=f"{megapixels / elapsed:.2f} MP/s" if elapsed > 0 else "")
+    elapsed = time.perf_counter() - started
+    done = sum(r.ok for r in reports)
+    failed = sum(r.failed for r in reports)
+    skipped = sum(r.status == "skipped" for r in reports)
+    if not as_json and not quiet:
+        from rich.console import Console
+
+        table, hidden = _closing_table(reports)
+        if table.row_count:
+            Console(highlight=False).print(table)
+        if hidden:
+            typer.echo(f"... and {hidden} more (use --json for every image)")
+    summary = f"restored {done} of {len(reports)} images in {elapsed:.1f}s ({megapixels / max(elapsed, 1e-9):.2f} MP/s)"
+    extras = [f"{failed} failed" if failed else "", f"{skipped} skipped" if skipped else ""]
+    extras = [e for e in extras if e]
+    if not quiet or failed:
+        err.print(summary + (f"; {', '.join(extras)}" if extras else ""), highlight=False)
+    raise typer.Exit(1 if failed else 0)
+
+
+@command(no_args_is_help=True)
+def degrade(
+    source: Annotated[str, typer.Argument(metavar="IN", help="Clean image file, folder or glob.", show_default=False)],
+    destination: Annotated[str, typer.Argument(metavar="OUT", help="Output file (for one input file) or folder.", show_default=False)],
+    kind: Annotated[DegradationKind, typer.Option("--kind", "-k", help="Which degradation.")] = DegradationKind.noise,
+    level: Annotated[str, typer.Option("--level", "-l", help="light, medium, heavy, or a number (noise: sigma on 0-255; rain: streaks per 1000 px; haze: beta; blur: length px; lowlight: exposure; jpeg: quality).")] = "medium",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+) -> None:
+    """Make test images: add seeded synthetic noise, rain, haze, blur, low light or JPEG artefacts."""
+    from dataclasses import replace
+
+    from . import io
+    from .degrade import degrade as apply, resolve_level
+    from .jobs import expand_inputs
+
+    try:
+        resolve_level(kind.value, level)
+    except ValueError as exc:
+        fail(f"--level {level}: {exc}", code=2)
+    found, failed = expand_inputs([source], Path(destination).resolve())
+    err = _stderr()
+    for job in failed:
+        err.print(f"[bold red]error:[/] {job.error}", soft_wrap=True)
+    single_file = Path(source).is_file() and Path(destination).suffix.lower() in io.IMAGE_SUFFIXES
+    bad = len(failed)
+    for n, (_, src, rel) in enumerate(found):
+        dst = Path(destination) if single_file else Path(destination) / rel / src.name
+        try:
+            image = io.read_image(src)
+            color = io.to_array(replace(image, alpha=None))  # the file's own dtype; alpha stays as it is
+            degraded = io.from_array(apply(color, kind.value, level, seed=seed + n))
+            result = replace(image, rgb=degraded.rgb)
+            io.write_image(dst, result, overwrite=overwrite)
+        except IrtoolError as exc:
+            err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            bad += 1
+            continue
+        typer.echo(f"{dst}")
+    raise typer.Exit(1 if bad else 0)
+
+
+@command()
+def calibrate(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=_MODEL_HELP)] = None,
+    weights_file: Annotated[Optional[str], typer.Option("--weights", "-w", help=_WEIGHTS_HELP)] = None,
+    clean_dir: Annotated[Optional[str], typer.Option("--clean-dir", help="Folder of clean photos (default: scikit-image's CC0 sample photos, if installed).")] = None,
+    classes: Annotated[str, typer.Option("--classes", help="Comma-separated degradations to tell apart ('clean' = none).")] = ",".join(("clean", "noise", "rain", "haze", "blur", "lowlight", "jpeg")),
+    levels: Annotated[str, typer.Option("--levels", help="Comma-separated levels of each degradation.")] = "light,medium,heavy",
+    size: Annotated[int, typer.Option("--size", help="Side of the square crops routed (px).")] = 256,
+    crops: Annotated[int, typer.Option("--crops", help="Crops per photo.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of crops and degradations.")] = 0,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Calibration file (default: <weights>.calibration.json beside the weights).")] = None,
+    device: Annotated[str, typer.Option("--device", "-d", help=_DEVICE_HELP)] = "auto",
+    gpu: Annotated[Optional[int], typer.Option("--gpu", "-g", help="Same as --device cuda:N.")] = None,
+    precision: Annotated[Precision, typer.Option("--precision", help="As for restore.")] = Precision.auto,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Crops per forward pass.")] = 4,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow pickled objects beyond plain tensors (runs code from the file).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the calibration summary as JSON.")] = False,
+) -> None:
+    """Teach irtool to name degradations from a MoCE-IR checkpoint's routing.
+
+    Degrades clean photos with known synthetic degradations, records the routing each gets, and stores a nearest-centroid classifier beside the weights; `irtool restore` then names each image's degradation with a confidence. Accuracy is measured on photos left out of the fit.
+    """
+    import numpy as np
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from . import io
+    from .calibrate import Calibration, calibrate as run_calibration, calibration_path, clean_photos, fingerprint
+    from .degrade import LEVEL_NAMES
+    from .engine import Restorer
+    from .jobs import RestoreOptions
+
+    wanted = [c.strip() for c in classes.split(",") if c.strip()]
+    level_list = [lv.strip() for lv in levels.split(",") if lv.strip()]
+    for lv in level_list:
+        if lv not in LEVEL_NAMES:
+            fail(f"--levels {levels}: use names from {', '.join(LEVEL_NAMES)}", code=2)
+    if size < 16 or crops < 1:
+        fail("--size must be at least 16 and --crops at least 1", code=2)
+    options = RestoreOptions(model=model, weights=weights_file, device=_device(device, gpu), precision=precision.value, trust=trust_checkpoint)
+    photos_paths = clean_photos(clean_dir)
+    restorer = Restorer.load(options)
+    if getattr(restorer.model, "classify", None) is not None:
+        fail("this model names degradations itself (it has a degradation classifier); no calibration needed")
+    err = _stderr()
+    for note in restorer.notes:
+        if "calibration" not in note:
+            err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+    target = Path(output) if output else (calibration_path(restorer.weights_path) if restorer.weights_path else None)
+    if target is None:
+        fail("no weights file to put the calibration beside; pass --output FILE")
+    photos = []
+    for path in photos_paths:
+        try:
+            photos.append(np.rint(io.read_image(path).rgb * 255).astype(np.uint8))  # RGB, gray repeated
+        except IrtoolError as exc:
+            err.print(f"[yellow]warning:[/] {exc}; skipped", soft_wrap=True)
+    progress = Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TextColumn("crops"), TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal)
+    with progress:
+        task = progress.add_task("calibrate", total=None)
+        result: Calibration = run_calibration(
+            restorer.route,
+            photos,
+            fingerprint=fingerprint(restorer.model),
+            classes=wanted,
+            levels=level_list,
+            size=size,
+            crops=crops,
+            seed=seed,
+            batch_size=batch_size,
+            device=restorer.device,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+            info={"weights": str(restorer.weights_path) if restorer.weights_path else None, "clean": [str(p) for p in photos_paths]},
+        )
+    try:
+        result.save(target)
+    except IrtoolError as exc:
+        fail(f"{exc} (pass --output FILE to save the calibration elsewhere)")
+    summary = {
+        "calibration": str(target),
+        "accuracy": result.accuracy,
+        "per_class_accuracy": result.per_class_accuracy,
+        "classes": result.classes,
+        "confusion": result.confusion,
+        "samples": result.info.get("samples"),
+        "photos": result.info.get("photos"),
+        "seconds": result.info.get("seconds"),
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"held-out accuracy {result.accuracy:.0%} over {summary['photos']} photos (leave one photo out)", box=None, header_style="bold")
+    table.add_column("true \\ named")
+    for name in result.classes:
+        table.add_column(name, justify="right")
+    table.add_column("accuracy", justify="right")
+    for name, row in zip(result.classes, result.confusion):
+        table.add_row(name, *[str(v) for v in row], f"{result.per_class_accuracy.get(name, 0):.0%}")
+    Console(highlight=False).print(table)
+    typer.echo(f"saved {target}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# eval and datasets (benchmarks with the published protocols)
+
+_PROTOCOL_NAMES = ("moce", "promptir", "y", "lorair")
+
+
+@command("eval")
+def eval_command(
+    dataset: Annotated[
+        Optional[list[str]],
+        typer.Option("--dataset", "-d", help="Benchmark (repeatable): rain100l, cbsd68-25, cbsd68 (=15,25,50), cdd11, "
+                     "synthetic:noise25, ... See `irtool datasets list`."),
+    ] = None,
+    setting: Annotated[
+        Optional[list[str]], typer.Option("--setting", help="A paper's benchmark set: aio3, aio5, cdd11, allweather.")
+    ] = None,
+    model_name: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name from the manifest (in the cache).")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", "-w", help="Checkpoint file or folder.")] = None,
+    router: Annotated[Optional[Path], typer.Option("--router", help="LoRA-IR: the router checkpoint, when --weights is the restoration network alone.")] = None,
+    reported: Annotated[
+        Optional[str], typer.Option("--reported", help="Compare with this manifest entry's published figures.")
+    ] = None,
+    protocol: Annotated[
+        Optional[str], typer.Option("--protocol", help=f"Metric protocol ({', '.join(_PROTOCOL_NAMES)}); default: each dataset's own.")
+    ] = None,
+    crop_border: Annotated[int, typer.Option("--crop-border", min=0, help="Border (px) dropped before Y-protocol metrics.")] = 0,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Datasets folder (default: $IRTOOL_DATA, else the user data dir).")] = None,
+    clean_dir: Annotated[Optional[Path], typer.Option("--clean-dir", help="Clean photos for synthetic: datasets.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="fp32 (the papers'), bf16 or fp16 autocast.")] = "fp32",
+    tile: Annotated[int, typer.Option("--tile", min=0, help="Tile size in px for large images (departs from the protocol); 0 = whole image.")] = 0,
+    routing_noise: Annotated[
+        bool, typer.Option("--routing-noise", help="MoCE-IR: add the official test's router-logit noise (torch seed 0).")
+    ] = False,
+    noise_stream: Annotated[
+        str, typer.Option("--noise-stream", help="shared: one seed-0 noise stream for all noise sets, in order (the "
+                          "official 15->25->50 run); fresh: reseed for each (as if run alone).")
+    ] = "shared",
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N images of each dataset (quick look).")] = None,
+    save_images: Annotated[Optional[Path], typer.Option("--save-images", help="Write restored images (uint8 PNG) to DIR/<dataset>/.")] = None,
+    save_inputs: Annotated[Optional[Path], typer.Option("--save-inputs", help="Write the inputs as fed (e.g. the noisy images) to DIR/<dataset>/.")] = None,
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Write the full report (per image) as JSON to FILE ('-' = stdout).")] = None,
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write per-image scores as CSV to FILE.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of expert usage per layer (needs matplotlib).")] = None,
+    trust_checkpoint: Annotated[
+        bool, typer.Option("--trust-checkpoint", help="Allow pickled objects beyond plain tensors (runs code from the file).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Score a model on benchmark datasets with the published protocols, next to the paper's figures."""
+    from . import datasets as ds
+
+    if not dataset and not setting:
+        fail("name a benchmark with --dataset NAME or --setting aio3 (see `irtool datasets list`)", 2)
+    if (model_name is None) == (weights is None):
+        fail("pass exactly one of --model NAME and --weights PATH", 2)
+    if protocol is not None and protocol not in _PROTOCOL_NAMES:
+        fail(f"--protocol {protocol}: one of {', '.join(_PROTOCOL_NAMES)}", 2)
+    names = ds.expand(dataset or [], setting or [])
+
+    from . import evaluate, weights as manifest
+    from .loading import load_model
+
+    targets = evaluate.resolve(names, data_root, clean_dir)  # every dataset found before the model loads
+    entry_name = reported or model_name
+    entry = manifest.find_entry(entry_name) if entry_name else None
+    if reported and entry is None:
+        fail(f"--reported {reported}: not a manifest entry (see weights_manifest.json)")
+    source = model_name or weights
+    model = load_model(source, device=device, router=router, trust=trust_checkpoint)
+    options = evaluate.EvalOptions(
+        protocol=protocol,
+        crop_border=crop_border,
+        precision=precision,
+        tile=tile,
+        routing_noise=routing_noise,
+        noise_stream=noise_stream,
+        limit=limit,
+        save_images=save_images,
+        save_inputs=save_inputs,
+    )
+    report = evaluate.new_report(
+        model,
+        options,
+        source=str(source),
+        device=next(model.parameters()).device,
+        reported_from=entry.name if entry else None,
+        reported=evaluate.reported_figures(entry.data if entry else None),
+    )
+    interrupted = False
+    try:
+        _run_eval_with_progress(evaluate, model, targets, options, report, quiet=quiet or json_path == "-")
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        # finished images are never lost: the report files are written even after Ctrl-C (marked incomplete)
+        if json_path and json_path != "-":
+            evaluate.write_json(report, json_path)
+        if csv_path:
+            evaluate.write_csv(report, csv_path)
+    if interrupted:
+        _stderr().print("interrupted; the report holds the images finished so far")
+        raise typer.Exit(130)
+    if plot:
+        evaluate.plot_usage(report, plot)
+    if json_path == "-":
+        typer.echo(evaluate.to_json(report))
+    else:
+        _render_eval(report)
+    failures = [r.error for d in report.datasets for r in d.images if r.error]
+    for message in failures[:20]:
+        _stderr().print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    if len(failures) > 20:
+        _stderr().print(f"... and {len(failures) - 20} more failed images (see --json/--csv)")
+    raise typer.Exit(1 if failures else 0)
+
+
+def _run_eval_with_progress(evaluate: Any, model: Any, targets: list, options: Any, report: Any, *, quiet: bool) -> None:
+    if quiet:
+        for _ in evaluate.run(model, targets, options, report):
+            pass
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[score]}"))
+    with Progress(*columns, console=_stderr(), transient=False) as progress:
+        tasks: dict[str, Any] = {}
+        for located in targets:
+            n = len(located.pairs) + (0 if options.limit else len(located.probe.unpaired_inputs))
+            tasks[located.spec.name] = progress.add_task(located.spec.name, total=min(n, options.limit or n), score="")
+        for dreport, _ in evaluate.run(model, targets, options, report):
+            psnr = dreport.psnr
+            score = f"{psnr:.2f} dB" if psnr is not None else ""
+            progress.update(tasks[dreport.dataset], advance=1, score=score)
+
+
+def _fmt(value: Optional[float], digits: int, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    if value == float("inf"):
+        return "inf"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _wide_console() -> Any:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    if not console.is_terminal:  # piped or redirected: no need to squeeze tables into 80 columns
+        console = Console(highlight=False, width=140)
+    return console
+
+
+def _render_eval(report: Any) -> None:
+    from rich.table import Table
+
+    console = _wide_console()
+    model = report.model
+    title = f"{Path(model['source']).name} ({model['arch']}, {model['parameters'] / 1e6:.2f}M params) on {report.device}, {report.precision}"
+    table = Table(title=title, title_justify="left")
+    for column, justify in (("dataset", "left"), ("protocol", "left"), ("images", "right"), ("PSNR", "right"),
+                            ("SSIM", "right"), ("paper", "right"), ("ΔPSNR", "right"), ("ΔSSIM", "right"),
+                            ("s/img", "right")):  # fmt: skip
+        table.add_column(column, justify=justify, no_wrap=True)
+    table.add_column("worst image", overflow="ellipsis", no_wrap=True)
+    for d in report.datasets:
+        s = d.summary()
+        paper = f"{d.reported['psnr']:.2f}/{d.reported['ssim']:.3f}" if d.reported else "–"
+        worst = d.worst
+        images = f"{s['n']}" + (f" ({s['failed']} failed)" if s["failed"] else "")
+        delta = s["delta_psnr"]
+        delta_text = _fmt(delta, 2, signed=True)
+        if delta is not None:
+            delta_text = f"[{'green' if delta >= -0.005 else 'red'}]{delta_text}[/]"
+        table.add_row(
+            d.dataset, d.protocol, images, _fmt(s["psnr"], 2), _fmt(s["ssim"], 4), paper, delta_text,
+            _fmt(s["delta_ssim"], 4, signed=True), _fmt(s["seconds_per_image"], 3),
+            f"{worst.file} {worst.psnr:.2f}" if worst else "–",
+        )  # fmt: skip
+    avg = report.average
+    if avg:
+        ref = avg.get("reported")
+        table.add_section()
+        table.add_row(
+            "average", "", str(len(avg["datasets"])) + " sets", _fmt(avg["psnr"], 2), _fmt(avg["ssim"], 4),
+            f"{ref['psnr']:.2f}/{ref['ssim']:.3f}" if ref else "–", _fmt(avg.get("delta_psnr"), 2, signed=True),
+            _fmt(avg.get("delta_ssim"), 4, signed=True), "", "",
+        )  # fmt: skip
+    console.print(table)
+    _render_usage(console, report)
+    notes = []
+    if report.reported_from:
+        notes.append(f"paper figures: manifest entry {report.reported_from}")
+    seen_protocols: set[str] = set()
+    for d in report.datasets:
+        if d.protocol not in seen_protocols:
+            seen_protocols.add(d.protocol)
+            notes.append(f"protocol {d.protocol}: {d.reproduces}")
+        if d.noise:
+            follows = ", ".join(d.noise["follows"]) or "nothing (as if run alone)"
+            notes.append(f"{d.dataset}: AWGN σ{d.noise['sigma']}, seed 0 {d.noise['stream']} stream, after {follows}")
+        if d.synthetic:
+            notes.append(f"{d.dataset}: {d.synthetic['photos']} ({d.synthetic['kind']} {d.synthetic['level']:g}, "
+                         "seeded per image); no published figure")  # fmt: skip
+        notes.extend(f"{d.dataset}: departs from the protocol: {x}" for x in d.departures)
+        notes.extend(f"{d.dataset}: {w}" for w in d.warnings)
+    if report.options.get("routing_noise"):
+        notes.append("router-logit noise on (official MoCE-IR test behaviour, torch seed 0)")
+    for note in notes:
+        console.print(f"[dim]·[/] {note}", soft_wrap=True)
+
+
+def _render_usage(console: Any, report: Any) -> None:
+    from rich.table import Table
+
+    expert_sets = [d for d in report.datasets if d.usage and d.usage["kind"] == "experts"]
+    if expert_sets:
+        layers = len(expert_sets[0].usage["counts"])
+        table = Table(title="Router: most chosen expert per MoCE layer (share of images)", title_justify="left")
+        table.add_column("dataset")
+        for i in range(layers):
+            table.add_column(f"L{i}", justify="right")
+        for d in expert_sets:
+            cells = []
+            for row in d.usage["counts"]:
+                total = sum(row) or 1
+                best = max(range(len(row)), key=lambda e: row[e])
+                cells.append(f"e{best} {100 * row[best] / total:.0f}%")
+            table.add_row(d.dataset, *cells)
+        console.print(table)
+    class_sets = [d for d in report.datasets if d.usage and d.usage["kind"] == "classes"]
+    if class_sets:
+        table = Table(title="Router: degradation class per image", title_justify="left")
+        table.add_column("dataset")
+        table.add_column("classes")
+        for d in class_sets:
+            table.add_row(d.dataset, ", ".join(f"{k} {v}" for k, v in d.usage["counts"].items()))
+        console.print(table)
+
+
+datasets_app = typer.Typer(help="Benchmark datasets: where irtool looks for them and what is missing.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+
+_DataRoot = Annotated[Optional[Path], typer.Option("--data-root", help="Datasets folder (default: $IRTOOL_DATA, else the user data dir).")]
+
+
+@command("list", typer_app=datasets_app)
+def datasets_list(
+    data_root: _DataRoot = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of a table.")] = False,
+) -> None:
+    """Every benchmark irtool knows: found or missing under the data root, with counts."""
+    from . import datasets as ds
+
+    root = ds.data_root(data_root)
+    rows = []
+    for spec in ds.DATASETS.values():
+        if spec.split != "test":
+            continue
+        report = ds.check(spec, root)
+        found = report.located
+        if found is None:
+            status = "incomplete" if any(p.present for p in report.probes) else "missing"
+        else:
+            status = "found" if not found.warnings else "found*"
+        rows.append({
+            "name": spec.name, "title": spec.title, "task": spec.task, "protocol": spec.protocol, "status": status,
+            "count": len(found.pairs) if found else 0, "expected": spec.expected,
+            "layout": found.layout.name if found else None, "summary": report.summary,
+        })  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps({"root": str(root), "datasets": rows, "families": ds.FAMILIES, "settings": ds.SETTINGS}))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Benchmarks under {root}", title_justify="left")
+    for column in ("name", "title", "task", "protocol", "status", "images", "layout"):
+        table.add_column(column, justify="right" if column == "images" else "left", no_wrap=True)
+    colours = {"found": "green", "found*": "yellow", "incomplete": "red", "missing": "dim"}
+    for r in rows:
+        count = f"{r['count']}/{r['expected']}" if r["expected"] else str(r["count"])
+        table.add_row(r["name"], r["title"], r["task"], r["protocol"], f"[{colours[r['status']]}]{r['status']}[/]",
+                      count if r["count"] else "–", r["layout"] or "–")  # fmt: skip
+    console = _wide_console()
+    console.print(table)
+    console.print("[dim]found* = usable, with warnings; incomplete = some files there. `irtool datasets check NAME` "
+                  "says exactly what is missing.[/]")  # fmt: skip
+    console.print("[dim]settings: " + "; ".join(f"{k} = {' '.join(v)}" for k, v in ds.SETTINGS.items() if k != "cdd11")
+                  + "; cdd11 = its 11 subsets. Offline: synthetic:noise25 (also rain, haze, blur, lowlight, jpeg).[/]")  # fmt: skip
+
+
+@command("check", typer_app=datasets_app)
+def datasets_check(
+    name: Annotated[str, typer.Argument(help="Dataset or family name (rain100l, cbsd68, cdd11, ...).")],
+    data_root: _DataRoot = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of text.")] = False,
+) -> None:
+    """Explain where a benchmark was looked for, what was found, and exactly what is missing."""
+    from . import datasets as ds
+
+    names = ds.expand([name])
+    if names[0].startswith("synthetic:"):
+        located = ds.locate_synthetic(names[0])
+        typer.echo(f"{located.spec.name}: {len(located.pairs)} clean photos in {located.root}; {located.spec.pairing}")
+        typer.echo(f"   licence: {located.spec.licence}")
+        return
+    reports = [ds.check(ds.get_spec(n), data_root) for n in names]
+    if as_json:
+        typer.echo(json.dumps([{"name": r.spec.name, "ok": r.ok, "summary": r.summary, "details": r.lines()[1:]} for r in reports]))
+    else:
+        for r in reports:
+            typer.echo("\n".join(r.lines()))
+    raise typer.Exit(0 if all(r.ok for r in reports) else 1)
+
+
 def main() -> None:
     """Console entry point: run the app, turning irtool's errors into one line and an exit status."""
     try:
         app()
     except IrtoolError as exc:
-        _stderr().print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        _error_line(str(exc))
         sys.exit(1)
     except KeyboardInterrupt:
         _stderr().print("interrupted")

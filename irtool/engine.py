@@ -1,0 +1,684 @@
+"""The restore engine: plan -> read -> route -> tile -> model -> write.
+
+- `plan(inputs, out_dir, options)` expands files, folders (recursively; the output mirrors the tree) and globs into
+  `Job`s and applies the naming and the skip/overwrite rules. Nothing is loaded or written. (It lives in the
+  torch-free irtool.jobs with `RestoreOptions`, so `--dry-run` starts instantly; both are re-exported here.)
+- `Restorer.load(options)` loads the model once (explicit `--weights`, a manifest `--model`, or the default chain),
+  picks the device and precision, and finds the routing calibration beside the weights.
+- `Restorer.restore(images)` restores a batch of same-size `io.Image`s: routing, optional tiling with a shared
+  routing, reduced precision with an fp32 redo on NaN/Inf, and tiling on out-of-memory, halving until it fits.
+- `restore_files(jobs, restorer)` runs jobs with decoding and encoding in threads around the model, batching
+  same-size neighbours, and yields one `RestoreReport` per job, in job order.
+- `restore(...)` is the Python API (`irtool.restore`), used by the CLI too.
+
+Each fact is decided once and carried forward: the bit depth and metadata found by `io.read_image` go back out
+through `io.write_image`; the routing decided on the whole (downscaled) image is imposed on its tiles.
+
+Imports torch, numpy and irtool's io, jobs, tiling, loading, calibrate and weights modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import io, weights
+from .errors import ImageError, IrtoolError, WeightsNotFoundError
+from .jobs import PRECISIONS, Job, RestoreOptions, RestoreReport, expand_inputs, output_path, plan, report_unrunnable
+from .tiling import pad_to_multiple, tiled_forward
+
+__all__ = [
+    "RestoreOptions",
+    "RestoreReport",
+    "Job",
+    "plan",
+    "expand_inputs",
+    "output_path",
+    "Restorer",
+    "restore_files",
+    "restore",
+    "Restored",
+    "default_source",
+    "rank_entries",
+    "resolve_precision",
+    "PRECISIONS",
+]
+
+_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: the smallest tile the out-of-memory fallback tries before giving up
+MIN_TILE = 64
+_OOM_ERRORS = tuple({e for e in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if e is not None})
+
+
+class OutOfMemory(IrtoolError):
+    """The model does not fit even with the smallest tiles."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Choosing and loading the model
+
+
+#: training settings, best everyday default first: AIO5 covers noise, rain, haze, blur and low light; AIO3 noise, rain
+#: and haze; CDD11 weather (low light, haze, rain, snow and their mixtures) but no noise
+DEFAULT_SETTINGS = ("AIO5", "AIO3", "CDD11")
+
+
+def _variant_is_small(entry: weights.Entry) -> bool:
+    return str(entry.data.get("variant", "")).upper().endswith("_S")
+
+
+def rank_entries(entries: Iterable[weights.Entry]) -> list[weights.Entry]:
+    """Official checkpoints, best default first: by setting (`DEFAULT_SETTINGS` order, others after), then the full
+    model before the small one, then manifest order. The user's own (local) entries are left out."""
+    listed = [e for e in entries if not e.data.get("local") and not getattr(e, "local", False)]
+    order = {name: i for i, name in enumerate(DEFAULT_SETTINGS)}
+
+    def key(e: weights.Entry) -> tuple[int, bool, int]:
+        return order.get(str(e.data.get("setting", "")).upper(), len(order)), _variant_is_small(e), listed.index(e)
+
+    return sorted(listed, key=key)
+
+
+def default_source() -> tuple[Path, Path | None, str]:
+    """(weights file, router file or None, how it was chosen) when neither --model nor --weights is given.
+
+    1. The manifest's `default`: a file shipped inside the irtool package, or a manifest name that is in the cache.
+    2. The best official checkpoint already in the cache (see `rank_entries`: AIO5, AIO3, CDD11; full before S).
+    3. Otherwise WeightsNotFoundError with the exact commands to get weights.
+    """
+    from .archs import ARCHS
+
+    manifest = weights.load_manifest()
+    default = manifest.get("default")
+    if isinstance(default, str) and default:
+        packaged = Path(weights.__file__).resolve().parent / default
+        if packaged.is_file():
+            return packaged, None, f"the built-in default ({default})"
+        entry = weights.find_entry(default)
+        if entry is not None:
+            files = entry.local_files()
+            if all(spec.get("role", "weights") in files for spec in entry.files):
+                return files.get("weights") or files.get("ir") or next(iter(files.values())), files.get("router"), f"the default model {entry.name}"
+    ranked = rank_entries(weights.entries())
+    for entry in ranked:
+        if entry.arch not in ARCHS:
+            continue
+        files = entry.local_files()
+        if files and all(spec.get("role", "weights") in files for spec in entry.files):
+            main = files.get("weights") or files.get("ir") or next(iter(files.values()))
+            return main, files.get("router"), f"{entry.name} (the best downloaded checkpoint)"
+    best = next((e for e in ranked if e.arch in ARCHS), None) or ranked[0]
+    first = best.files[0] if best.files else {}
+    hint = ""
+    manual_steps = getattr(weights, "manual_steps", None)  # the weights module's own wording, where it has one
+    if manual_steps is not None and first:
+        hint = f" (or {manual_steps(best, first)})"
+    elif first.get("drive_path"):
+        hint = f" (or download {first['drive_path']} from its Google Drive folder and run `irtool weights import {first['filename']} --name {best.name}`)"
+    raise WeightsNotFoundError(
+        f"no model given and no weights downloaded: run `irtool weights fetch {best.name}`{hint}, "
+        "or pass --weights FILE or --model NAME"
+    )
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, list[str]]:
+    """The autocast dtype for a `--precision` on a device (None = plain fp32), and warnings about the choice."""
+    notes: list[str] = []
+    if precision == "auto":
+        if device.type == "cuda":
+            return (torch.bfloat16, notes) if torch.cuda.is_bf16_supported() else (None, notes)
+        return None, notes  # fp32 on CPU (bf16/fp16 are slower there) and on MPS
+    if precision == "fp32":
+        return None, notes
+    dtype = _AMP[precision]
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        notes.append("this GPU has no bf16; running in fp32")
+        return None, notes
+    if device.type == "cpu" and dtype == torch.float16:
+        notes.append("fp16 on CPU is very slow (no fp16 kernels); bf16 or fp32 is faster")
+    return dtype, notes
+
+
+def _precision_name(dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, _OOM_ERRORS):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _free_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
+@dataclass
+class Outcome:
+    """The result of restoring one image (before writing)."""
+
+    rgb: np.ndarray | None  #: (H, W, 3) float32 in [0, 1]
+    degradation: str | None = None
+    confidence: float | None = None
+    experts: list[list[int]] | None = None
+    gates: list[list[float]] | None = None
+    routing: str = "whole"
+    tiles: int = 1
+    tile_size: list[int] | None = None
+    precision: str = "fp32"
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _routing_summary(routing: Any) -> tuple[list[list[int]] | None, list[list[float]] | None]:
+    """One image's chosen experts and their gates as (layers, k) lists, whatever the routing's own layout:
+    MoCE-IR has (L, k) experts and gates; a single global gate (LoRA-IR) has (k,) experts and a gate per expert."""
+    if not (hasattr(routing, "experts") and hasattr(routing, "gates")):
+        return None, None
+    experts, gates = routing.experts[0], routing.gates[0].float()
+    if experts.dim() == 1:
+        experts = experts[None]
+    if gates.dim() == 1:
+        gates = gates[None]
+    if gates.shape[-1] != experts.shape[-1]:  # a gate for every expert: keep the chosen ones
+        gates = gates.gather(-1, experts.to(gates.device))
+    return experts.tolist(), gates.tolist()
+
+
+@dataclass
+class _Pass:
+    """One forward pass over a batch: output (B, 3, H, W), the routing to report, how it was routed and tiled."""
+
+    output: Tensor
+    routing: Any
+    mode: str
+    tiles: int
+    tile_size: list[int] | None
+
+
+class Restorer:
+    """A loaded model with its device, precision and calibration: restores batches of same-size images.
+
+    The only state besides the model is the tile size learnt from an out-of-memory error, so that later large
+    images start there instead of failing again.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        options: RestoreOptions | None = None,
+        *,
+        device: torch.device | None = None,
+        calibration: Any = None,
+        source: str | None = None,
+        weights_path: Path | None = None,
+        notes: Sequence[str] = (),
+    ) -> None:
+        self.options = options or RestoreOptions()
+        self.options.check()
+        self.model = model.eval()
+        self.device = device or next(model.parameters()).device
+        self.amp_dtype, precision_notes = resolve_precision(self.options.precision, self.device)
+        self.calibration = calibration
+        self.source = source  #: how the model was chosen, for messages
+        self.weights_path = weights_path  #: the checkpoint file, when loaded from one
+        self.notes = list(notes) + precision_notes  #: things to tell the user once per run
+        self.learned_tile: int | None = None
+
+    @classmethod
+    def load(cls, options: RestoreOptions) -> Restorer:
+        """Load the model named by the options (or the default one) once, with its calibration."""
+        from .calibrate import find_calibration
+        from .loading import load_model, resolve_device, resolve_source
+
+        options.check()
+        notes: list[str] = []
+        router = options.router
+        if options.weights:
+            path = resolve_source(options.weights)
+            how = str(path)
+        elif options.model:
+            entry = None if Path(options.model).expanduser().exists() else weights.find_entry(options.model)
+            if entry is not None:  # a manifest name: all its files (LoRA-IR brings its router along)
+                files = weights.resolve(options.model)
+                path = files.get("weights") or files.get("ir") or next(iter(files.values()))
+                router = router or (str(files["router"]) if "router" in files else None)
+            else:
+                path = resolve_source(options.model)
+            how = f"{options.model} ({path})"
+        else:
+            path, default_router, how = default_source()
+            router = router or (str(default_router) if default_router else None)
+            notes.append(f"using {how}")
+        device = resolve_device(options.device)
+        kwargs: dict[str, Any] = {}
+        if router:
+            if "router" not in inspect.signature(load_model).parameters:
+                raise IrtoolError("--router: this irtool cannot load LoRA-IR routers yet (LoRA-IR support is not installed)")
+            kwargs["router"] = router
+        model = load_model(path, device=device, trust=options.trust, **kwargs)
+        calibration = None
+        if not hasattr(model, "classify"):
+            calibration, warning = find_calibration(path, model, options.calibration)
+            if warning:
+                notes.append(warning)
+        return cls(model, options, device=device, calibration=calibration, source=how, weights_path=Path(path), notes=notes)
+
+    # -- routing and forward passes
+
+    def _autocast(self, dtype: torch.dtype | None):
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def route(self, x: Tensor, dtype: torch.dtype | None | str = "default") -> Any:
+        """The model's routing for x (B, 3, H, W) on this device, at this precision."""
+        dtype = self.amp_dtype if dtype == "default" else dtype
+        with torch.inference_mode(), self._autocast(dtype):  # type: ignore[arg-type]
+            return self.model.route(x)
+
+    def _downscaled(self, x: Tensor) -> Tensor:
+        """x with its longer side shrunk to `route_size` (area averaging), sides kept multiples of the model's."""
+        size = self.options.route_size
+        h, w = x.shape[-2:]
+        if not size or max(h, w) <= size:
+            return x
+        m = int(getattr(self.model, "size_multiple", 1))
+        scale = size / max(h, w)
+        nh = max(m, int(round(h * scale / m)) * m)
+        nw = max(m, int(round(w * scale / m)) * m)
+        return F.interpolate(x, size=(nh, nw), mode="area")
+
+    def _forward(self, x: Tensor, tile: int, dtype: torch.dtype | None) -> _Pass:
+        """One pass over a same-size batch at one precision, whole or tiled (no error handling)."""
+        model, options = self.model, self.options
+        b, _, h, w = x.shape
+        multiple = int(getattr(model, "size_multiple", 1))
+        with torch.inference_mode(), self._autocast(dtype):
+            # Whole or tiled, the network sees the same reflect-padded canvas, so the two agree at the borders.
+            padded = pad_to_multiple(x, multiple)
+            if not tile or max(h, w) <= tile:
+                result = model.run(padded)
+                return _Pass(result.output[..., :h, :w].float(), result.routing, "whole", 1, None)
+            # MoCE-IR's router and channel attention are global: by default the whole image decides once.
+            shared = model.route(self._downscaled(x))
+            outputs, tiles, tile_size = [], 1, None
+            for i in range(b):
+                if options.route_per_tile:
+                    run = lambda t: model.run(t).output  # noqa: E731
+                else:
+                    mine = shared[i]
+                    run = lambda t, r=mine: model.run(t, routing=r[torch.zeros(t.shape[0], dtype=torch.long)]).output  # noqa: E731
+                out, grid = tiled_forward(run, padded[i : i + 1], tile, options.tile_overlap, multiple, options.batch_size)
+                outputs.append(out[..., :h, :w])
+                tiles, tile_size = len(grid), list(grid.tile_size)
+            mode = "per-tile" if options.route_per_tile else "downscaled"
+            return _Pass(torch.cat(outputs), shared, mode, tiles, tile_size)
+
+    def _start_tile(self, h: int, w: int) -> int:
+        tile = self.options.tile
+        if self.learned_tile and max(h, w) > self.learned_tile:
+            tile = min(tile, self.learned_tile) if tile else self.learned_tile
+        return tile
+
+    def _fit(self, x: Tensor, dtype: torch.dtype | None, warnings: list[list[str]]) -> list[_Pass]:
+        """Forward passes for the batch, splitting it and then tiling (halving) on out-of-memory errors.
+        Returns one pass for the whole batch, or one per image after a split."""
+        b, _, h, w = x.shape
+        tile = self._start_tile(h, w)
+        while True:
+            try:
+                return [self._forward(x, tile, dtype)]
+            except RuntimeError as exc:  # CUDA/MPS/CPU allocation failures are RuntimeErrors
+                if not _is_oom(exc):
+                    raise
+            _free_memory(self.device)
+            if b > 1:
+                passes: list[_Pass] = []
+                for i in range(b):
+                    sub: list[list[str]] = [warnings[i]]
+                    passes += self._fit(x[i : i + 1], dtype, sub)
+                return passes
+            side = tile if tile and tile < max(h, w) else max(h, w)
+            multiple = int(getattr(self.model, "size_multiple", 1))
+            smaller = (side // 2) // multiple * multiple
+            if smaller < max(MIN_TILE, multiple):
+                raise OutOfMemory(
+                    f"out of memory even with {side} px tiles; try --device cpu, or free GPU memory"
+                )
+            tile = smaller
+            self.learned_tile = smaller if not self.learned_tile else min(self.learned_tile, smaller)
+            warnings[0].append(f"out of memory: retried with {smaller} px tiles")
+
+    def restore(self, images: Sequence[io.Image]) -> list[Outcome]:
+        """Restore same-size images in one batch (see the module docstring). Raises OutOfMemory or the model's
+        errors for the whole batch; callers isolate failures per image by retrying one by one."""
+        if not images:
+            return []
+        sizes = {(im.height, im.width) for im in images}
+        if len(sizes) != 1:
+            raise ValueError(f"a batch must hold images of one size, got {sorted(sizes)}")
+        started = time.perf_counter()
+        stacked = torch.from_numpy(np.stack([im.rgb for im in images])).permute(0, 3, 1, 2).contiguous()
+        if self.device.type == "cuda":
+            stacked = stacked.pin_memory()
+        x = stacked.to(self.device, non_blocking=True)
+        warnings: list[list[str]] = [[] for _ in images]
+        passes = self._fit(x, self.amp_dtype, warnings)
+        per_image: list[tuple[_Pass, int]] = []
+        for p in passes:
+            per_image += [(p, i) for i in range(p.output.shape[0])]
+        outcomes: list[Outcome] = []
+        for k, (p, i) in enumerate(per_image):
+            output, dtype, routing = p.output[i : i + 1], self.amp_dtype, p.routing[i]
+            if dtype is not None and not bool(torch.isfinite(output).all()):
+                # Reduced precision overflowed: this image again, in fp32.
+                warnings[k].append(f"{_precision_name(dtype)} output had NaN/Inf; redone in fp32")
+                redo = self._fit(x[k : k + 1], None, [warnings[k]])[0]
+                output, dtype, routing, p = redo.output, None, redo.routing[0], redo
+            outcomes.append(self._outcome(output, routing, p, dtype, warnings[k]))
+        seconds = (time.perf_counter() - started) / len(images)
+        for outcome in outcomes:
+            outcome.seconds = seconds
+        return outcomes
+
+    def _outcome(self, output: Tensor, routing: Any, p: _Pass, dtype: torch.dtype | None, warnings: list[str]) -> Outcome:
+        rgb = output[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
+        name, confidence = self.name_degradation(routing)
+        experts, gates = _routing_summary(routing)
+        return Outcome(
+            rgb=rgb,
+            degradation=name,
+            confidence=confidence,
+            experts=experts,
+            gates=gates,
+            routing=p.mode,
+            tiles=p.tiles,
+            tile_size=p.tile_size,
+            precision=_precision_name(dtype),
+            warnings=list(warnings),
+        )
+
+    def name_degradation(self, routing: Any) -> tuple[str, float | None]:
+        """(name, confidence) for one image's routing: the model's own classifier (LoRA-IR), else the routing
+        calibration (MoCE-IR), else ("unknown", None)."""
+        try:
+            if hasattr(self.model, "classify"):
+                return self.model.classify(routing)[0]
+            if self.calibration is not None and getattr(routing, "logits", None) is not None:
+                return self.calibration.classify(routing)[0]
+        except (ValueError, RuntimeError):
+            pass
+        return "unknown", None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Running jobs: decode and encode in threads around the model
+
+
+@dataclass
+class _Decoded:
+    job: Job
+    image: io.Image | None
+    seconds: float
+    error: str | None = None
+
+
+def _read(job: Job, max_megapixels: float) -> _Decoded:
+    started = time.perf_counter()
+    try:
+        image = io.read_image(job.src, max_megapixels=max_megapixels)  # type: ignore[arg-type]
+    except ImageError as exc:
+        return _Decoded(job, None, time.perf_counter() - started, str(exc))
+    except MemoryError:
+        return _Decoded(job, None, time.perf_counter() - started, f"{job.src}: too large to decode in memory")
+    except Exception as exc:  # noqa: BLE001 - a decoder bug on one odd file must not stop the run
+        return _Decoded(job, None, time.perf_counter() - started, f"{job.src}: cannot be decoded ({_first_line(exc)})")
+    return _Decoded(job, image, time.perf_counter() - started)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
+def _failed(job: Job, error: str, image: io.Image | None = None) -> RestoreReport:
+    return RestoreReport(
+        input=str(job.src or job.source),
+        output=str(job.dst) if job.dst else None,
+        status="failed",
+        width=image.width if image else None,
+        height=image.height if image else None,
+        error=error,
+    )
+
+
+def _report(job: Job, image: io.Image, outcome: Outcome, seconds: float, warnings: list[str]) -> RestoreReport:
+    return RestoreReport(
+        input=str(job.src),
+        output=str(job.dst) if job.dst else None,
+        status="ok",
+        width=image.width,
+        height=image.height,
+        degradation=outcome.degradation,
+        confidence=outcome.confidence,
+        experts=outcome.experts,
+        gates=outcome.gates,
+        routing=outcome.routing,
+        tiles=outcome.tiles,
+        tile_size=outcome.tile_size,
+        precision=outcome.precision,
+        seconds=seconds,
+        warnings=image.warnings + outcome.warnings + warnings,
+    )
+
+
+def _write(job: Job, image: io.Image, outcome: Outcome, read_seconds: float, options: RestoreOptions) -> RestoreReport:
+    started = time.perf_counter()
+    try:
+        notes = io.write_image(job.dst, image, outcome.rgb, options.format, quality=options.quality, overwrite=options.overwrite)  # type: ignore[arg-type]
+    except ImageError as exc:
+        return _failed(job, str(exc), image)
+    except Exception as exc:  # noqa: BLE001 - an encoder failure fails this image only
+        return _failed(job, f"{job.dst}: cannot be written ({_first_line(exc)})", image)
+    seconds = read_seconds + outcome.seconds + time.perf_counter() - started
+    return _report(job, image, outcome, seconds, notes)
+
+
+def _model_error(exc: BaseException) -> str:
+    return f"model failed ({_first_line(exc)})"
+
+
+def restore_files(jobs: Sequence[Job], restorer: Restorer) -> Iterator[RestoreReport]:
+    """Run the jobs; yields one report per job, in job order, as soon as it and all before it are done.
+
+    Images are decoded ahead by `options.workers` threads and encoded/written by as many, so the model rarely
+    waits for files. Consecutive runnable images of one size form batches of up to `options.batch_size`.
+    A failure (unreadable file, model error, write error) fails that job only. Interrupting the iteration
+    cancels queued work; writes already started finish atomically, so no partial file is left.
+    """
+    options = restorer.options
+    slots: list[RestoreReport | Future | None] = [None] * len(jobs)
+    runnable: list[int] = []
+    for k, job in enumerate(jobs):
+        if job.error or job.skip:
+            slots[k] = report_unrunnable(job)
+        else:
+            runnable.append(k)
+
+    readers = ThreadPoolExecutor(options.workers, thread_name_prefix="irtool-read")
+    writers = ThreadPoolExecutor(options.workers, thread_name_prefix="irtool-write")
+    prefetch = max(2, options.batch_size + options.workers)
+    reading: deque[tuple[int, Future]] = deque()
+    writing: deque[Future] = deque()
+    queue = iter(runnable)
+    next_out = 0
+
+    def top_up() -> None:
+        while len(reading) < prefetch:
+            k = next(queue, None)
+            if k is None:
+                return
+            reading.append((k, readers.submit(_read, jobs[k], options.max_megapixels)))
+
+    def ready() -> Iterator[RestoreReport]:
+        nonlocal next_out
+        while next_out < len(slots):
+            slot = slots[next_out]
+            if isinstance(slot, Future):
+                if not slot.done():
+                    return
+                slot = slot.result()
+            if slot is None:
+                return
+            slots[next_out] = None
+            next_out += 1
+            yield slot
+
+    def run_batch(batch: list[tuple[int, _Decoded]]) -> None:
+        try:
+            outcomes = restorer.restore([d.image for _, d in batch])  # type: ignore[misc]
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the run
+            if len(batch) > 1:
+                for item in batch:  # isolate the culprit
+                    run_batch([item])
+                return
+            k, decoded = batch[0]
+            error = str(exc) if isinstance(exc, IrtoolError) else _model_error(exc)
+            slots[k] = _failed(decoded.job, f"{decoded.job.src}: {error}" if not error.startswith(str(decoded.job.src)) else error, decoded.image)
+            return
+        for (k, decoded), outcome in zip(batch, outcomes):
+            while len(writing) > 2 * options.workers + options.batch_size:  # bound memory held by pending writes
+                writing.popleft().result()
+            future = writers.submit(_write, decoded.job, decoded.image, outcome, decoded.seconds, options)
+            writing.append(future)
+            slots[k] = future
+
+    try:
+        top_up()
+        batch: list[tuple[int, _Decoded]] = []
+        while reading or batch:
+            decoded = None
+            if reading:
+                k, future = reading.popleft()
+                decoded = future.result()
+                top_up()
+                if decoded.image is None:
+                    slots[k] = _failed(decoded.job, decoded.error or "unreadable")
+                    decoded = None
+            if decoded is not None:
+                shape = (decoded.image.height, decoded.image.width)  # type: ignore[union-attr]
+                if batch and (shape != (batch[0][1].image.height, batch[0][1].image.width) or len(batch) >= options.batch_size):  # type: ignore[union-attr]
+                    run_batch(batch)
+                    batch = []
+                batch.append((k, decoded))
+            if batch and (not reading or len(batch) >= options.batch_size):
+                run_batch(batch)
+                batch = []
+            yield from ready()
+        for future in list(writing):
+            future.result()
+        yield from ready()
+    finally:
+        readers.shutdown(wait=True, cancel_futures=True)
+        writers.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The Python API
+
+
+@dataclass
+class Restored:
+    """One result of `restore`: the restored array (None when it was written to a file instead) and its report."""
+
+    image: np.ndarray | None
+    report: RestoreReport
+
+
+def restore(
+    inputs: Any,
+    output_dir: str | Path | None = None,
+    *,
+    model: str | Path | nn.Module | None = None,
+    weights: str | Path | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    tile: int | None = None,
+    options: RestoreOptions | None = None,
+    **more: Any,
+) -> list[Restored]:
+    """Restore images with an all-in-one model.
+
+    inputs: a path (file, folder, glob), an array, or a list of them. Arrays are (H, W) gray, (H, W, 3) RGB or
+        (H, W, 4) RGBA, uint8/uint16 or float in [0, 1].
+    output_dir: write results there (as `irtool restore` does, same naming rules) and return reports only;
+        without it, results come back as arrays in each input's own layout and dtype, and nothing is written.
+    model: a manifest name, a checkpoint path, or an already loaded model (e.g. from `irtool.load_model`);
+        weights: a checkpoint path. With neither, the default model (see `default_source`).
+    device, precision, tile and any other `RestoreOptions` field (tile_overlap, route_per_tile, batch_size, suffix,
+        format, overwrite, skip_existing, route_size, calibration, ...) override `options`.
+
+    Returns one `Restored` per image, in input order; a failed image is a report with status "failed", not an
+    exception (bad options and a missing model do raise IrtoolError).
+
+        >>> results = irtool.restore("rainy.jpg", model="moce_ir.aio5")
+        >>> results[0].report.degradation, results[0].image.shape
+    """
+    loaded = model if isinstance(model, nn.Module) else None
+    given = {"device": device, "precision": precision, "tile": tile, "weights": None if weights is None else str(weights)}
+    if model is not None and loaded is None:
+        given["model"] = str(model)
+    unknown = set(more) - set(RestoreOptions.__dataclass_fields__)
+    if unknown:
+        raise IrtoolError(f"restore() got unknown option(s): {', '.join(sorted(unknown))}")
+    settings = replace(options or RestoreOptions(), **{k: v for k, v in given.items() if v is not None}, **more)
+    restorer = Restorer(loaded, settings) if loaded is not None else Restorer.load(settings)
+
+    items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    if output_dir is not None:
+        if any(isinstance(x, np.ndarray) for x in items):
+            raise IrtoolError("restore(..., output_dir=...) takes paths; restore arrays without output_dir")
+        return [Restored(None, r) for r in restore_files(plan([str(x) for x in items], output_dir, settings), restorer)]
+
+    results: list[Restored] = []
+    for n, item in enumerate(items):
+        if isinstance(item, np.ndarray):
+            results.append(_restore_in_memory(restorer, f"<array {n}>", io.from_array(item)))
+            continue
+        found, failed = expand_inputs([str(item)])
+        results += [Restored(None, _failed(job, job.error or "no input")) for job in failed]
+        for source, src, _ in found:
+            decoded = _read(Job(source, src, None), settings.max_megapixels)
+            if decoded.image is None:
+                results.append(Restored(None, _failed(decoded.job, decoded.error or "unreadable")))
+            else:
+                results.append(_restore_in_memory(restorer, str(src), decoded.image))
+    return results
+
+
+def _restore_in_memory(restorer: Restorer, name: str, image: io.Image) -> Restored:
+    job = Job(name, Path(name), None)
+    try:
+        outcome = restorer.restore([image])[0]
+    except Exception as exc:  # noqa: BLE001 - a failure is reported, not raised, as for files
+        error = str(exc) if isinstance(exc, IrtoolError) else _model_error(exc)
+        return Restored(None, _failed(job, f"{name}: {error}", image))
+    return Restored(io.to_array(image, outcome.rgb), _report(job, image, outcome, outcome.seconds, []))

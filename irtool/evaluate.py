@@ -1,0 +1,648 @@
+"""`irtool eval`: a model on benchmark datasets, scored as the papers scored it, with reports worth reading.
+
+    targets = evaluate.resolve(datasets.expand(["rain100l", "cbsd68"]))      # finds files; fails listing what is missing
+    options = evaluate.EvalOptions()                                        # protocol, precision, noise stream, ...
+    report = evaluate.new_report(model, options, source="last.ckpt", device="cuda",
+                                 reported_from="moce_ir.aio3", reported=evaluate.reported_figures(entry.data))
+    for dataset_report, image_result in evaluate.run(model, targets, options, report):
+        ...                                                                 # progress; `report` fills as it goes
+    evaluate.write_json(report, "eval.json"); evaluate.write_csv(report, "eval.csv")
+
+Each image runs alone (batch 1, full resolution, centre-cropped to 16 for the RGB protocols, as the official test
+scripts do) through `model.run` in eval mode under `torch.inference_mode()`; the output is clamped to [0, 1] and
+scored by `irtool.metrics` on the model's device. The report keeps, per dataset, the per-image scores, the mean,
+the paper's figure for the checkpoint (from the manifest), the protocol and every departure from it (tiling,
+reduced precision, a subset of images), the realisation of the test noise, and how often the router picked each
+expert in each layer (or each class, for classifier-routed models).
+
+Imports torch, numpy, irtool.metrics and irtool.datasets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import datasets as ds
+from . import metrics
+from ._version import __version__
+from .errors import IrtoolError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+NOISE_STREAMS = ("shared", "fresh")
+
+
+@dataclass
+class EvalOptions:
+    protocol: str | None = None  #: None: each dataset's own protocol
+    crop_border: int = 0  #: border dropped before the metrics (Y protocols)
+    precision: str = "fp32"
+    tile: int = 0  #: tile size in px (0: whole image, as the papers do)
+    routing_noise: bool = False  #: MoCE-IR: the official test's router-logit noise, seeded 0 once per run
+    noise_stream: str = "shared"  #: "shared": one seed-0 stream for all noise sets in the call; "fresh": reseed each
+    limit: int | None = None  #: only the first N images of each dataset
+    save_images: Path | None = None
+    save_inputs: Path | None = None
+
+
+@dataclass
+class ImageResult:
+    file: str
+    psnr: float | None = None
+    ssim: float | None = None
+    seconds: float | None = None  #: the network's time for this image (CUDA synchronised)
+    height: int | None = None
+    width: int | None = None
+    experts: list[list[int]] | None = None  #: (layers, k) experts the router chose
+    degradation: str | None = None  #: the classifier's class, for classifier-routed models
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)  #: e.g. how the engine tiled it
+
+
+@dataclass
+class DatasetReport:
+    dataset: str
+    title: str
+    task: str
+    protocol: str
+    reproduces: str
+    crop_multiple: int | None
+    crop_border: int
+    layout: str | None
+    root: str | None
+    expected: int | None
+    reported: dict[str, float] | None = None  #: the paper's figures for this checkpoint
+    noise: dict[str, Any] | None = None  #: how the test noise was drawn
+    synthetic: dict[str, Any] | None = None  #: how irtool.degrade made the inputs (synthetic: sets)
+    departures: list[str] = field(default_factory=list)  #: where this run differs from the official protocol
+    warnings: list[str] = field(default_factory=list)
+    usage: dict[str, Any] | None = None  #: expert (or class) counts
+    seconds: float = 0.0  #: wall time for the whole dataset
+    images: list[ImageResult] = field(default_factory=list)
+
+    @property
+    def scored(self) -> list[ImageResult]:
+        return [r for r in self.images if r.error is None and r.psnr is not None]
+
+    @property
+    def failed(self) -> int:
+        return sum(r.error is not None for r in self.images)
+
+    @property
+    def psnr(self) -> float | None:
+        scored = self.scored
+        return float(np.mean([r.psnr for r in scored])) if scored else None
+
+    @property
+    def ssim(self) -> float | None:
+        scored = self.scored
+        return float(np.mean([r.ssim for r in scored])) if scored else None
+
+    @property
+    def delta_psnr(self) -> float | None:
+        return _delta(self.psnr, self.reported, "psnr")
+
+    @property
+    def delta_ssim(self) -> float | None:
+        return _delta(self.ssim, self.reported, "ssim")
+
+    @property
+    def worst(self) -> ImageResult | None:
+        scored = self.scored
+        return min(scored, key=lambda r: r.psnr) if scored else None
+
+    def summary(self) -> dict[str, Any]:
+        seconds = [r.seconds for r in self.scored if r.seconds is not None]
+        return {
+            "n": len(self.scored),
+            "failed": self.failed,
+            "psnr": self.psnr,
+            "ssim": self.ssim,
+            "delta_psnr": self.delta_psnr,
+            "delta_ssim": self.delta_ssim,
+            "seconds_per_image": float(np.mean(seconds)) if seconds else None,
+        }
+
+
+def _delta(value: float | None, reported: dict[str, float] | None, key: str) -> float | None:
+    if value is None or not reported or reported.get(key) is None or not math.isfinite(value):
+        return None
+    return value - reported[key]
+
+
+@dataclass
+class EvalReport:
+    model: dict[str, Any]
+    device: str
+    precision: str
+    options: dict[str, Any]
+    reported_from: str | None = None  #: manifest entry the paper's figures come from
+    reported: dict[str, dict[str, float]] = field(default_factory=dict)  #: {dataset: {psnr, ssim}} from that entry
+    datasets: list[DatasetReport] = field(default_factory=list)
+    started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    complete: bool = False
+    irtool: str = __version__
+    torch: str = torch.__version__
+
+    @property
+    def average(self) -> dict[str, Any] | None:
+        """Mean over datasets of the per-dataset means (the papers' "Average" column), and the paper's one when the
+        datasets are exactly those the paper averaged."""
+        done = [d for d in self.datasets if d.psnr is not None]
+        if len(done) < 2:
+            return None
+        psnr = float(np.mean([d.psnr for d in done]))
+        ssim = float(np.mean([d.ssim for d in done]))
+        out: dict[str, Any] = {"datasets": [d.dataset for d in done], "psnr": psnr, "ssim": ssim, "reported": None}
+        ref = self.reported.get("average")
+        averaged = sorted(k for k in self.reported if k != "average")
+        same_protocols = all(d.reported is not None for d in done)
+        if ref and same_protocols and averaged == sorted(out["datasets"]):
+            out["reported"] = {"psnr": ref["psnr"], "ssim": ref["ssim"]}
+            out["delta_psnr"] = psnr - ref["psnr"]
+            out["delta_ssim"] = ssim - ref["ssim"]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        datasets = []
+        for d in self.datasets:
+            item = asdict(d)
+            item["summary"] = d.summary()
+            datasets.append(item)
+        return _finite(
+            {
+                "irtool": self.irtool,
+                "torch": self.torch,
+                "started": self.started,
+                "complete": self.complete,
+                "model": self.model,
+                "device": self.device,
+                "precision": self.precision,
+                "options": self.options,
+                "reported_from": self.reported_from,
+                "reported": self.reported,
+                "average": self.average,
+                "datasets": datasets,
+            }
+        )
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no inf/nan: infinite PSNR (identical images) becomes the string "inf"."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "inf" if obj > 0 else ("-inf" if obj < 0 else None)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Planning
+
+
+def resolve(names: list[str], data_root: str | Path | None = None, clean_dir: str | Path | None = None) -> list[ds.Located]:
+    """Find every dataset before any model is loaded; one error lists all that are missing."""
+    found, missing = [], []
+    for name in names:
+        try:
+            if name.startswith("synthetic:"):
+                found.append(ds.locate_synthetic(name, clean_dir))
+            else:
+                found.append(ds.locate(ds.get_spec(name), data_root))
+        except ds.DatasetError as exc:
+            missing.append(str(exc))
+    if missing:
+        if len(missing) == 1:
+            raise ds.DatasetError(missing[0])
+        raise ds.DatasetError(f"{len(missing)} datasets missing: " + " | ".join(missing))
+    return found
+
+
+def reported_figures(entry_data: dict[str, Any] | None) -> dict[str, dict[str, float]]:
+    """The manifest entry's `reported` block ({dataset: {psnr, ssim}}), or {}."""
+    return dict((entry_data or {}).get("reported") or {})
+
+
+def new_report(
+    model: nn.Module,
+    options: EvalOptions,
+    *,
+    source: str,
+    device: torch.device | str,
+    reported_from: str | None = None,
+    reported: dict[str, dict[str, float]] | None = None,
+) -> EvalReport:
+    config = getattr(model, "config", None)
+    info = {
+        "source": source,
+        "arch": getattr(model, "arch", type(model).__name__),
+        "config": config.to_dict() if hasattr(config, "to_dict") else None,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return EvalReport(
+        model=info,
+        device=str(device),
+        precision=options.precision,
+        options={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
+        reported_from=reported_from,
+        reported=dict(reported or {}),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Running
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise IrtoolError(f"--precision fp16: only on CUDA (this run is on {device.type}); use bf16 or fp32")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _to_input(lq: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(1, 3, H, W) float32 in [0, 1], made as torchvision's ToTensor makes it (uint8 -> float32 / 255, on the CPU)."""
+    return (torch.from_numpy(np.ascontiguousarray(lq.transpose(2, 0, 1))).to(torch.float32).div(255))[None].to(device)
+
+
+class _Usage:
+    """Counts what the router chose: experts per layer (MoCE-IR) or classes (classifier-routed models)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.layers: list[str] | None = getattr(model, "moce_layer_names", None)
+        config = getattr(model, "config", None)
+        self.num_experts: int | None = getattr(config, "num_experts", None)
+        self.counts: np.ndarray | None = None
+        self.classes: dict[str, int] = {}
+
+    def add(self, routing: Any, result: ImageResult) -> None:
+        # Written against the model contract, not one network: a classifier router (LoRA-IR) names a class per image
+        # (its `experts` are per image, not per layer); otherwise `routing.experts` is (B, layers, k).
+        if hasattr(self.model, "classify"):
+            self.record(None, self.model.classify(routing)[0][0], result)
+            return
+        experts = getattr(routing, "experts", None)
+        if experts is not None and experts.dim() == 3:
+            self.record(experts[0].detach().cpu().tolist(), None, result)
+
+    def record(self, experts: list[list[int]] | None, degradation: str | None, result: ImageResult) -> None:
+        """Count one image: its (layers, k) experts, or its class."""
+        if degradation is not None:
+            result.degradation = degradation
+            self.classes[degradation] = self.classes.get(degradation, 0) + 1
+            return
+        if experts:
+            chosen = np.asarray(experts, dtype=int)  # (L, k)
+            result.experts = chosen.tolist()
+            e = self.num_experts or int(chosen.max()) + 1
+            if self.counts is None:
+                self.counts = np.zeros((chosen.shape[0], e), dtype=np.int64)
+            if chosen.max() >= self.counts.shape[1]:
+                grown = np.zeros((self.counts.shape[0], int(chosen.max()) + 1), dtype=np.int64)
+                grown[:, : self.counts.shape[1]] = self.counts
+                self.counts = grown
+            for layer, picks in enumerate(chosen):
+                for expert in picks:
+                    self.counts[layer, expert] += 1
+
+    def to_dict(self) -> dict[str, Any] | None:
+        if self.counts is not None:
+            layers = self.layers if self.layers and len(self.layers) == self.counts.shape[0] else [
+                f"layer{i}" for i in range(self.counts.shape[0])
+            ]
+            return {"kind": "experts", "layers": layers, "num_experts": int(self.counts.shape[1]), "counts": self.counts.tolist()}
+        if self.classes:
+            return {"kind": "classes", "counts": dict(sorted(self.classes.items()))}
+        return None
+
+
+def _folder(dataset: str) -> str:
+    """A dataset's output folder name: "synthetic:noise25" -> "synthetic-noise25" (no ':' in file names)."""
+    return dataset.replace(":", "-")
+
+
+def _write_png(path: Path, array: np.ndarray, protected: set[Path]) -> None:
+    """Write a uint8 RGB PNG atomically through irtool.io, never over one of the dataset's own files (outputs of an
+    earlier eval run are replaced)."""
+    from . import io as image_io
+
+    if path.resolve() in protected:
+        raise IrtoolError(f"{path}: refusing to overwrite a dataset file; choose another output folder")
+    image_io.write_image(path, image_io.from_array(array), fmt="png", overwrite=True)
+
+
+def _tiled_restorer(model: nn.Module, options: EvalOptions, device: torch.device) -> Any:
+    """The restore engine, for --tile: the same tiles, blending and shared routing as `irtool restore`."""
+    from .engine import Restorer
+    from .jobs import RestoreOptions
+
+    return Restorer(model, RestoreOptions(tile=options.tile, precision=options.precision), device=device)
+
+
+def _dataset_report(located: ds.Located, protocol: metrics.Protocol, options: EvalOptions, reported: dict | None) -> DatasetReport:
+    spec = located.spec
+    crop = protocol.crop_multiple if spec.crop else None
+    report = DatasetReport(
+        dataset=spec.name,
+        title=spec.title,
+        task=spec.task,
+        protocol=protocol.name,
+        reproduces=protocol.reproduces,
+        crop_multiple=crop,
+        crop_border=options.crop_border if protocol.space == "y" else 0,
+        layout=located.layout.name,
+        root=str(located.root),
+        expected=spec.expected,
+        warnings=list(located.warnings),
+    )
+    if reported is not None:
+        if protocol.name == spec.protocol:
+            report.reported = dict(reported)
+        else:
+            report.warnings.append(
+                f"the paper's figure ({reported.get('psnr')}/{reported.get('ssim')}) is not shown: it was scored "
+                f"with protocol {spec.protocol}, this run uses {protocol.name}"
+            )
+    if options.limit and options.limit < len(located.pairs):
+        note = f"only the first {options.limit} of {len(located.pairs)} images (--limit)"
+        if spec.synthesised:
+            note += "; the skipped images' noise is still drawn, so these inputs equal the full run's"
+        report.departures.append(note)
+    if options.tile:
+        report.departures.append(
+            f"tiled inference ({options.tile} px tiles blended by the restore engine, one routing per image decided on "
+            "a downscaled copy): the papers run whole images"
+        )
+    if options.precision != "fp32":
+        report.departures.append(f"{options.precision} autocast: the papers run fp32")
+    if options.crop_border and protocol.space == "rgb":
+        report.warnings.append("--crop-border applies to the Y protocols only; ignored")
+    return report
+
+
+def run(
+    model: nn.Module, targets: list[ds.Located], options: EvalOptions, report: EvalReport
+) -> Iterator[tuple[DatasetReport, ImageResult]]:
+    """Evaluate `model` on each located dataset in order, filling `report`; yields after every image.
+
+    The report is usable at any point (e.g. after Ctrl-C): finished images are in it, `complete` turns True at the end.
+    """
+    if options.precision not in PRECISIONS:
+        raise IrtoolError(f"--precision {options.precision}: one of {', '.join(PRECISIONS)}")
+    if options.noise_stream not in NOISE_STREAMS:
+        raise IrtoolError(f"--noise-stream {options.noise_stream}: one of {', '.join(NOISE_STREAMS)}")
+    if options.routing_noise and getattr(model, "arch", None) != "moce_ir":
+        raise IrtoolError("--routing-noise: only MoCE-IR's router draws noise")
+    if options.routing_noise and options.tile:
+        raise IrtoolError("--routing-noise reproduces the official whole-image test; it cannot be combined with --tile")
+    device = next(model.parameters()).device
+    _autocast(device, options.precision)  # fail early on an impossible precision
+    model.eval()
+    restorer = _tiled_restorer(model, options, device) if options.tile else None
+    if options.routing_noise:
+        # MoCE-IR src/test.py seeds torch once (manual_seed(0)) and its eval router draws from the global generator
+        torch.manual_seed(0)
+    stream = ds.NoiseStream(0)
+    for located in targets:
+        spec = located.spec
+        protocol = metrics.get_protocol(options.protocol or spec.protocol)
+        dreport = _dataset_report(located, protocol, options, report.reported.get(spec.name))
+        report.datasets.append(dreport)
+        noise = None
+        if spec.synthesised:
+            if options.noise_stream == "fresh":
+                stream = ds.NoiseStream(0)
+            noise = stream
+            dreport.noise = {
+                "sigma": spec.sigma,
+                "seed": 0,
+                "stream": options.noise_stream,
+                "follows": list(stream.history),
+                "recipe": "np.random.seed(0) once; files in sorted order; after the centre crop, "
+                "clip(clean + randn(*shape) * sigma, 0, 255).astype(uint8)",
+            }
+        if spec.degradation is not None:
+            kind, level = spec.degradation
+            dreport.synthetic = {
+                "generator": "irtool.degrade",
+                "kind": kind,
+                "level": level,
+                "seed": "zlib.crc32(f'{kind}:{level:g}:{file name}') per image",
+                "photos": spec.source,
+                "licence": spec.licence,
+            }
+        usage = _Usage(model)
+        protected = {p.resolve() for pair in located.pairs for p in (pair.gt, pair.lq) if p is not None}
+        started = time.perf_counter()
+        for item in ds.iter_samples(located, crop_multiple=dreport.crop_multiple, noise=noise, limit=options.limit):
+            if isinstance(item, tuple):
+                pair, exc = item
+                result = ImageResult(pair.name, error=str(exc))
+                dreport.images.append(result)
+                yield dreport, result
+                continue
+            result = _evaluate_sample(model, restorer, item, protocol, options, device, usage, protected, spec.name)
+            dreport.images.append(result)
+            dreport.usage = usage.to_dict()
+            yield dreport, result
+        dreport.seconds = time.perf_counter() - started
+        dreport.usage = usage.to_dict()
+    report.complete = True
+
+
+def _evaluate_sample(
+    model: nn.Module,
+    restorer: Any,
+    sample: ds.Sample,
+    protocol: metrics.Protocol,
+    options: EvalOptions,
+    device: torch.device,
+    usage: _Usage,
+    protected: set[Path],
+    dataset: str,
+) -> ImageResult:
+    h, w = sample.gt.shape[:2]
+    result = ImageResult(sample.name, height=h, width=w)
+    stem = Path(sample.name).stem
+    try:
+        if options.save_inputs:
+            _write_png(Path(options.save_inputs) / _folder(dataset) / f"{stem}.png", sample.lq, protected)
+        if sample.lq.shape != sample.gt.shape:
+            raise metrics.MetricError(
+                f"input is {sample.lq.shape[1]}x{sample.lq.shape[0]} px but its ground truth {sample.gt_path.name} "
+                f"is {w}x{h} px"
+            )
+        with torch.inference_mode():
+            if restorer is not None:
+                restored = _restore_tiled(restorer, sample.lq, device, usage, result)
+            else:
+                x = _to_input(sample.lq, device)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                kwargs = {"routing_noise": True} if options.routing_noise else {}
+                with _autocast(device, options.precision):
+                    out = model.run(x, **kwargs)
+                restored = out.output.float().clamp(0, 1)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                result.seconds = time.perf_counter() - t0
+                usage.add(out.routing, result)
+            gt = torch.from_numpy(np.ascontiguousarray(sample.gt.transpose(2, 0, 1))).to(device)
+            result.psnr, result.ssim = metrics.psnr_ssim(
+                restored, gt, protocol, crop_border=options.crop_border if protocol.space == "y" else 0
+            )
+        if options.save_images:
+            image = (restored[0] * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            _write_png(Path(options.save_images) / _folder(dataset) / f"{stem}.png", image, protected)
+    except IrtoolError as exc:
+        result.error = f"{sample.name}: {exc}" if not str(exc).startswith(sample.name) else str(exc)
+    except torch.OutOfMemoryError:
+        result.error = f"{sample.name}: out of memory at {w}x{h} px; try --tile 512 or --precision bf16"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return result
+
+
+def _restore_tiled(restorer: Any, lq: np.ndarray, device: torch.device, usage: _Usage, result: ImageResult) -> torch.Tensor:
+    """(1, 3, H, W) restored by the engine in tiles; records its time, routing summary and warnings."""
+    from . import io as image_io
+
+    outcome = restorer.restore([image_io.from_array(lq)])[0]
+    result.seconds = outcome.seconds
+    usage.record(outcome.experts, outcome.degradation if hasattr(usage.model, "classify") else None, result)
+    result.notes = [f"{outcome.tiles} tiles of {outcome.tile_size} px" if outcome.tile_size else "whole image"] + list(outcome.warnings)
+    return torch.from_numpy(outcome.rgb).permute(2, 0, 1)[None].to(device)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Writers
+
+
+def _atomic_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def to_json(report: EvalReport) -> str:
+    return json.dumps(report.to_dict(), indent=2, allow_nan=False)
+
+
+def write_json(report: EvalReport, path: str | Path) -> None:
+    _atomic_text(path, to_json(report) + "\n")
+
+
+CSV_COLUMNS = ("protocol", "dataset", "file", "psnr", "ssim", "seconds", "height", "width", "experts", "degradation", "error")
+
+
+def _format_experts(experts: list[list[int]] | None) -> str:
+    """Experts per layer, layers separated by ';', top-k choices by '+': "2;0;1+3"."""
+    if not experts:
+        return ""
+    return ";".join("+".join(str(e) for e in layer) for layer in experts)
+
+
+def to_csv(report: EvalReport) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for d in report.datasets:
+        for r in d.images:
+            writer.writerow(
+                [
+                    d.protocol,
+                    d.dataset,
+                    r.file,
+                    "" if r.psnr is None else (f"{r.psnr:.6f}" if math.isfinite(r.psnr) else "inf"),
+                    "" if r.ssim is None else f"{r.ssim:.8f}",
+                    "" if r.seconds is None else f"{r.seconds:.6f}",
+                    r.height or "",
+                    r.width or "",
+                    _format_experts(r.experts),
+                    r.degradation or "",
+                    r.error or "",
+                ]
+            )
+    return buf.getvalue()
+
+
+def write_csv(report: EvalReport, path: str | Path) -> None:
+    _atomic_text(path, to_csv(report))
+
+
+def plot_usage(report: EvalReport, path: str | Path) -> Path:
+    """A PNG of expert usage: per dataset, per MoCE layer, the share of images routed to each expert."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise IrtoolError("--plot needs matplotlib: pip install 'irtool[plot]'") from None
+    panels = [d for d in report.datasets if d.usage]
+    if not panels:
+        raise IrtoolError("--plot: no routing was recorded (no image was evaluated)")
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.2 * len(panels) + 0.6), squeeze=False)
+    for ax, d in zip(axes[:, 0], panels):
+        usage = d.usage
+        if usage["kind"] == "experts":
+            counts = np.asarray(usage["counts"], dtype=float)
+            shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+            bottom = np.zeros(counts.shape[0])
+            for e in range(counts.shape[1]):
+                ax.bar(range(counts.shape[0]), shares[:, e], bottom=bottom, label=f"expert {e}")
+                bottom += shares[:, e]
+            ax.set_xticks(range(counts.shape[0]))
+            ax.set_xticklabels([str(i) for i in range(counts.shape[0])])
+            ax.set_ylabel("share of images")
+        else:
+            names = list(usage["counts"])
+            ax.bar(names, [usage["counts"][n] for n in names])
+            ax.set_ylabel("images")
+        ax.set_title(f"{d.title} ({len(d.images)} images)", fontsize=10)
+    if panels[-1].usage["kind"] == "experts":
+        axes[-1, 0].set_xlabel("MoCE layer (forward order)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper right", ncol=len(labels), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,654 @@
+"""Lossless image reading and writing: what comes in (bit depth, alpha, gray, ICC, EXIF) goes back out.
+
+`read_image(path)` returns an `Image`: RGB float32 pixels in [0, 1] for the model, plus everything needed to write
+the result back faithfully. `write_image(path, image, rgb)` puts restored pixels back into that frame and writes it
+atomically. BGR exists only inside this module.
+
+Decisions, each made here once:
+- Formats: PNG, JPEG, WebP, TIFF, BMP (and whatever else OpenCV decodes, written back as PNG). The format is taken from
+  the file's first bytes, not its name.
+- Bit depth comes from the sample type (uint8, uint16, float32), never from pixel values. 16-bit in gives 16-bit out
+  where the output format can hold it (PNG, TIFF); otherwise the result is rounded to 8 bits and a warning says so.
+- Alpha is carried through untouched (same array, same dtype); it is never fed to the model.
+- One colour channel in (gray, or gray + alpha) gives one colour channel out (BT.601 luma of the restored RGB).
+- EXIF orientation is applied on read, and the orientation tag is reset to 1 in the EXIF written back, so viewers do
+  not rotate twice. ICC profiles and EXIF are written back for PNG, JPEG, WebP and TIFF (BMP can hold neither).
+- Writing is atomic: encode in memory, write a hidden temp file beside the target, fsync, then link/rename it into
+  place. An interrupted run leaves either the complete old state or the complete new file, never a partial one. An
+  existing file is only replaced with `overwrite=True`.
+
+Imports numpy, OpenCV (5.x: `imdecodeWithMetadata` / `imencodeWithMetadata`), Pillow (8-bit TIFF with alpha only)
+and irtool.tiff.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import tiff
+from .errors import ImageError
+
+# OpenCV logs decoder trouble on stderr; irtool reports it as one line of its own instead.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+#: output format name -> file extension irtool writes
+EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tiff", "bmp": ".bmp"}
+#: user-facing aliases of the format names
+FORMAT_ALIASES = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp", "tif": "tiff", "tiff": "tiff", "bmp": "bmp"}
+#: file extensions irtool picks up when it walks a folder
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".webp", ".tif", ".tiff", ".bmp"})
+
+_DEPTHS = {"png": (8, 16), "jpeg": (8,), "webp": (8,), "tiff": (8, 16, 32), "bmp": (8,)}
+_ALPHA = {"png": True, "jpeg": False, "webp": True, "tiff": True, "bmp": True}
+_METADATA = {"png", "jpeg", "webp", "tiff"}
+DEFAULT_MAX_MEGAPIXELS = 300.0
+
+
+@dataclass
+class Image:
+    """A decoded image, ready for the model, with what must come back out.
+
+    rgb:    (H, W, 3) float32 RGB in [0, 1], orientation applied (gray images are repeated over three channels).
+    dtype:  sample type of the file: uint8, uint16 or float32 (bit depth 8, 16 or 32).
+    alpha:  (H, W) alpha channel in `dtype`, exactly as stored (orientation applied), or None.
+    gray:   the file had a single colour channel.
+    icc:    ICC profile bytes, or None.
+    exif:   EXIF as a bare TIFF structure (no "Exif\\0\\0" header), orientation reset to 1 and the thumbnail
+            unlinked (it would show the unrestored picture), or None.
+    format: "png", "jpeg", "webp", "tiff", "bmp", or None for other formats OpenCV could decode.
+    """
+
+    rgb: np.ndarray
+    dtype: np.dtype
+    alpha: np.ndarray | None = None
+    gray: bool = False
+    icc: bytes | None = None
+    exif: bytes | None = None
+    format: str | None = None
+    path: Path | None = None
+    orientation: int = 1  #: the EXIF orientation that was applied on read
+    lossless: bool = False  #: a lossless WebP: written back losslessly when it stays WebP
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def height(self) -> int:
+        return self.rgb.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.rgb.shape[1]
+
+    @property
+    def bit_depth(self) -> int:
+        return np.dtype(self.dtype).itemsize * 8
+
+    @property
+    def megapixels(self) -> float:
+        return self.height * self.width / 1e6
+
+
+def normalize_format(name: str | None) -> str | None:
+    """Canonical format name for a user's spelling ("jpg", "TIF", ...); None or "auto" -> None."""
+    if name is None or name.lower() == "auto":
+        return None
+    try:
+        return FORMAT_ALIASES[name.lower().lstrip(".")]
+    except KeyError:
+        raise ImageError(f"--format {name}: not a format irtool writes (png, jpg, webp, tiff, bmp)") from None
+
+
+def format_from_suffix(suffix: str) -> str | None:
+    return FORMAT_ALIASES.get(suffix.lower().lstrip(".")) if suffix else None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sniffing: the format and the pixel count from the first bytes, before anything is decoded
+
+
+def sniff_format(head: bytes) -> str | None:
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if head[:2] == b"BM":
+        return "bmp"
+    return None
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    if data[12:16] != b"IHDR":
+        raise ImageError("PNG without an IHDR header")
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def _png_check(data: bytes) -> None:
+    """Walk the chunk list: a PNG cut short has no IEND (libpng would only complain on stderr)."""
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        pos += 12 + length
+        if kind == b"IEND":
+            if pos > len(data):
+                break
+            return
+    raise ImageError("truncated PNG (the file ends before its IEND chunk)")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise ImageError("corrupt JPEG (bad marker before the frame header)")
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return width, height
+        pos += 2 + length
+    raise ImageError("truncated JPEG (no frame header)")
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        w = int.from_bytes(data[24:27], "little") + 1
+        h = int.from_bytes(data[27:30], "little") + 1
+        return w, h
+    if chunk == b"VP8L":
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 ":
+        w, h = struct.unpack("<HH", data[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    raise ImageError("corrupt WebP (unknown first chunk)")
+
+
+def _webp_is_lossless(data: bytes) -> bool:
+    """True when the WebP's image chunk is VP8L (lossless) rather than VP8 (lossy)."""
+    pos = 12
+    while pos + 8 <= len(data):
+        kind = data[pos : pos + 4]
+        if kind in (b"VP8L", b"VP8 "):
+            return kind == b"VP8L"
+        (length,) = struct.unpack("<I", data[pos + 4 : pos + 8])
+        pos += 8 + length + (length % 2)
+    return False
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    w, h = struct.unpack("<ii", data[18:26])
+    return abs(w), abs(h)
+
+
+def _size(data: bytes, fmt: str, directory: tiff.Directory | None) -> tuple[int, int] | None:
+    if fmt == "png":
+        return _png_size(data)
+    if fmt == "jpeg":
+        return _jpeg_size(data)
+    if fmt == "webp":
+        return _webp_size(data)
+    if fmt == "bmp":
+        return _bmp_size(data)
+    if fmt == "tiff" and directory is not None:
+        w, h = directory.value(256), directory.value(257)
+        return (w, h) if w and h else None
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Orientation
+
+
+def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels (H, W[, C]) into display orientation for an EXIF orientation value 1-8."""
+    if orientation == 2:
+        return array[:, ::-1]
+    if orientation == 3:
+        return array[::-1, ::-1]
+    if orientation == 4:
+        return array[::-1]
+    if orientation == 5:
+        return np.swapaxes(array, 0, 1)
+    if orientation == 6:
+        return np.rot90(array, k=-1)
+    if orientation == 7:
+        return np.rot90(np.swapaxes(array, 0, 1), k=2)
+    if orientation == 8:
+        return np.rot90(array, k=1)
+    return array
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _to_float(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    return np.clip(np.nan_to_num(array.astype(np.float32), nan=0.0), 0.0, 1.0)
+
+
+def _decode_pillow(data: bytes) -> np.ndarray:
+    """8-bit TIFF with alpha: OpenCV's TIFF reader premultiplies the colours by alpha, Pillow keeps them."""
+    from PIL import Image as PILImage
+
+    with PILImage.open(BytesIO(data)) as pil:
+        array = np.asarray(pil.convert("RGBA" if pil.mode not in ("LA", "RGBA") else pil.mode))
+    if array.shape[-1] == 2:  # gray + alpha -> the BGRA layout OpenCV would give
+        return _gray_alpha_to_bgra(array)
+    return np.ascontiguousarray(array[..., [2, 1, 0, 3]])
+
+
+def _gray_alpha_to_bgra(array: np.ndarray) -> np.ndarray:
+    return np.dstack([array[..., 0]] * 3 + [array[..., 1]])
+
+
+def _decode_tiff(data: bytes, directory: tiff.Directory, name: str) -> tuple[np.ndarray | None, bool]:
+    """Pixels of a TIFF in OpenCV's layout (gray, BGR or BGRA), checked against what the header promises, and
+    whether the decoder already applied the TIFF's orientation tag (OpenCV does; Pillow and tifffile do not).
+
+    OpenCV decodes most TIFFs (all compressions, tiles, planar layouts) but premultiplies 8-bit colour by alpha and
+    mangles gray + alpha; those go through Pillow (8-bit) or tifffile (if installed).
+    """
+    bits = directory.value(258) or 1
+    samples = directory.value(277) or 1
+    has_alpha = 338 in directory.entries
+    expected = {8: np.uint8, 16: np.uint16, 32: np.float32, 64: np.float64}.get(bits)
+    if bits == 8 and has_alpha:
+        try:
+            return _decode_pillow(data), False
+        except Exception:  # noqa: BLE001 - Pillow reports damage with many exception types
+            return None, False
+    if not (samples == 2 or (has_alpha and samples != 4)):
+        try:
+            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            pixels = None
+        if pixels is None:
+            return None, False
+        channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+        if pixels.dtype == expected and channels == samples:
+            return pixels, True
+    try:
+        import tifffile
+    except ImportError:
+        raise ImageError(
+            f"{name}: {bits}-bit TIFF with {samples} samples per pixel is not supported without tifffile "
+            "(pip install tifffile), or save it as PNG"
+        ) from None
+    try:
+        array = np.asarray(tifffile.imread(BytesIO(data)))
+    except Exception:  # noqa: BLE001 - tifffile reports damage with many exception types
+        return None, False
+    if array.ndim == 3 and array.shape[2] == 2:
+        return _gray_alpha_to_bgra(array), False
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        return np.ascontiguousarray(array[..., [2, 1, 0, 3][: array.shape[2]]]), False
+    return array, False
+
+
+def decode_image(data: bytes, name: str = "image", *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Image:
+    """Decode encoded image bytes into an `Image` (see `read_image`)."""
+    if not data:
+        raise ImageError(f"{name}: empty file")
+    fmt = sniff_format(data[:16])
+    directory = None
+    icc = exif = None
+    try:
+        if fmt == "tiff":
+            icc, exif, directory = tiff.read_tiff_metadata(data)
+        size = _size(data, fmt, directory) if fmt else None
+        if fmt == "png":
+            _png_check(data)
+    except ImageError as exc:
+        raise ImageError(f"{name}: {exc}") from None
+    except (tiff.TiffFormatError, struct.error):
+        raise ImageError(f"{name}: corrupt {fmt.upper()} header") from None
+    if size is not None:
+        megapixels = size[0] * size[1] / 1e6
+        if size[0] == 0 or size[1] == 0:
+            raise ImageError(f"{name}: {fmt.upper()} header says {size[0]}x{size[1]} pixels")
+        if megapixels > max_megapixels:
+            raise ImageError(
+                f"{name}: {size[0]}x{size[1]} pixels ({megapixels:.0f} MP) is over the {max_megapixels:.0f} MP limit "
+                "(raise it with --max-megapixels)"
+            )
+
+    decoder_oriented = False
+    if fmt == "tiff" and directory is not None:
+        pixels, decoder_oriented = _decode_tiff(data, directory, name)
+    else:
+        try:
+            pixels, types, chunks = cv2.imdecodeWithMetadata(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            pixels, types, chunks = None, None, None
+        for kind, chunk in zip(() if types is None else types, () if chunks is None else chunks):
+            blob = np.asarray(chunk, dtype=np.uint8).tobytes()
+            if int(kind) == cv2.IMAGE_METADATA_ICCP:
+                icc = blob or None
+            elif int(kind) == cv2.IMAGE_METADATA_EXIF:
+                exif = tiff.strip_exif_header(blob) or None
+    if pixels is None or pixels.size == 0:
+        what = fmt.upper() if fmt else "image"
+        raise ImageError(f"{name}: truncated or corrupt {what} file" if fmt else f"{name}: not an image (unknown format)")
+
+    if pixels.dtype not in (np.uint8, np.uint16, np.float32):
+        if pixels.dtype == np.float64:
+            pixels = pixels.astype(np.float32)
+        else:
+            raise ImageError(f"{name}: {pixels.dtype} samples are not supported (8-bit, 16-bit or float32 only)")
+
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[..., 0]
+    gray = pixels.ndim == 2
+    if fmt == "png" and len(data) > 25 and data[25] == 4:
+        gray = True  # gray + alpha: OpenCV hands it over as BGRA with equal colour channels
+    if directory is not None and directory.value(262) in (0, 1):
+        gray = True
+
+    if pixels.ndim == 2:
+        color, alpha = pixels, None
+    elif pixels.shape[2] == 4:
+        color, alpha = pixels[..., :3], pixels[..., 3]
+    elif pixels.shape[2] == 3:
+        color, alpha = pixels, None
+    else:
+        raise ImageError(f"{name}: {pixels.shape[2]} channels are not supported (gray, RGB, with or without alpha)")
+    if color.ndim == 3:
+        color = color[..., ::-1]  # BGR -> RGB
+        if gray:
+            color = color[..., 0]
+
+    orientation = tiff.orientation(exif) if exif else 1
+    if fmt == "tiff" and directory is not None:
+        orientation = directory.value(tiff.ORIENTATION) or 1
+    if orientation != 1 and not decoder_oriented:
+        color = apply_orientation(color, orientation)
+        alpha = apply_orientation(alpha, orientation) if alpha is not None else None
+    if exif:
+        exif = tiff.drop_thumbnail(tiff.reset_orientation(exif))
+
+    rgb = _to_float(color)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    return Image(
+        rgb=np.ascontiguousarray(rgb),
+        dtype=pixels.dtype,
+        alpha=None if alpha is None else np.ascontiguousarray(alpha),
+        gray=gray,
+        icc=icc,
+        exif=exif,
+        format=fmt,
+        orientation=orientation,
+        lossless=fmt == "webp" and _webp_is_lossless(data),
+    )
+
+
+def read_image(path: str | Path, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Image:
+    """Read an image file losslessly (see the module docstring). Raises ImageError with a one-line reason."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, not an image") from None
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    image = decode_image(data, str(path), max_megapixels=max_megapixels)
+    image.path = path
+    return image
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _quantize(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    rgb = np.nan_to_num(rgb, nan=0.0, posinf=1.0, neginf=0.0)
+    if dtype == np.float32:
+        return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+    top = 255.0 if dtype == np.uint8 else 65535.0
+    return np.rint(np.clip(rgb, 0.0, 1.0) * top).astype(dtype)
+
+
+def _convert_alpha(alpha: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if alpha.dtype == dtype:
+        return alpha
+    return _quantize(_to_float(alpha), dtype)
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 luma of (H, W, 3) RGB, as OpenCV's RGB2GRAY computes it."""
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+def icc_colour_space(icc: bytes) -> bytes:
+    """The data colour space an ICC profile describes (header bytes 16-19: b"RGB ", b"GRAY", b"CMYK", ...)."""
+    return icc[16:20] if len(icc) >= 20 else b""
+
+
+def _encode_gray_alpha_png(color: np.ndarray, alpha: np.ndarray, icc: bytes | None, exif: bytes | None) -> bytes:
+    from PIL import Image as PILImage
+
+    extra = {}
+    if icc:
+        extra["icc_profile"] = icc
+    if exif:
+        extra["exif"] = exif
+    buf = BytesIO()
+    PILImage.fromarray(np.dstack([color, alpha]), mode="LA").save(buf, format="PNG", compress_level=6, **extra)
+    return buf.getvalue()
+
+
+def encode_image(image: Image, rgb: np.ndarray | None = None, fmt: str | None = None, *, quality: int = 95) -> tuple[bytes, list[str]]:
+    """Encode `rgb` (H, W, 3 float in [0, 1]; default `image.rgb`) in `image`'s frame: its bit depth, alpha, gray
+    flag, ICC and EXIF. fmt: output format (default: the input's, PNG for other formats).
+
+    Returns the file bytes and warnings about anything the format could not hold.
+    """
+    fmt = fmt or image.format or "png"
+    rgb = image.rgb if rgb is None else rgb
+    if rgb.shape[:2] != (image.height, image.width):
+        raise ValueError(f"restored pixels are {rgb.shape[:2]}, the image is {(image.height, image.width)}")
+    warnings: list[str] = []
+    dtype = np.dtype(image.dtype)
+    if image.bit_depth not in _DEPTHS[fmt]:
+        target = np.dtype(np.uint16) if fmt == "png" else np.dtype(np.uint8)
+        warnings.append(f"{fmt.upper()} cannot hold {image.bit_depth}-bit samples; written as {target.itemsize * 8}-bit")
+        dtype = target
+    alpha = image.alpha
+    if alpha is not None and not _ALPHA[fmt]:
+        warnings.append(f"{fmt.upper()} has no alpha channel; alpha dropped")
+        alpha = None
+    if fmt not in _METADATA and (image.icc or image.exif):
+        warnings.append(f"{fmt.upper()} cannot hold ICC/EXIF metadata; dropped")
+    icc = image.icc
+    if icc and fmt in _METADATA and icc_colour_space(icc) != (b"GRAY" if image.gray else b"RGB "):
+        # e.g. a CMYK JPEG's profile: OpenCV decodes to RGB, so that profile no longer describes the pixels
+        space = icc_colour_space(icc).decode("ascii", "replace").strip()
+        warnings.append(f"the {space or 'unknown'} ICC profile does not fit the {'gray' if image.gray else 'RGB'} output; dropped")
+        icc = None
+
+    if image.gray:
+        color = _quantize(luma(rgb), dtype)
+    else:
+        color = _quantize(rgb, dtype)
+    if alpha is not None:
+        alpha = _convert_alpha(alpha, dtype)
+
+    if fmt == "tiff":
+        planes = color if alpha is None else np.dstack([color, alpha])
+        return tiff.write_tiff(planes, alpha=alpha is not None, icc=icc, exif=image.exif), warnings
+
+    if color.ndim == 2 and alpha is not None:
+        # OpenCV cannot encode gray + alpha. Pillow can at 8 bits; otherwise it becomes RGBA with equal channels.
+        if fmt == "png" and dtype == np.uint8:
+            return _encode_gray_alpha_png(color, alpha, icc, image.exif), warnings
+        if fmt != "webp":  # WebP has no gray at all
+            warnings.append(f"{fmt.upper()} gray + alpha at {dtype.itemsize * 8} bits is written as RGBA")
+        if icc and icc_colour_space(icc) == b"GRAY":
+            icc = None  # a gray profile cannot describe RGB data
+        color = np.dstack([color] * 3)
+    # OpenCV: BGR(A) order
+    if color.ndim == 3:
+        color = color[..., ::-1]
+    array = color if alpha is None else np.dstack([color, alpha])
+    array = np.ascontiguousarray(array)
+    params: list[int] = []
+    if fmt == "jpeg":
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+        if quality >= 90:  # keep full chroma resolution at high quality
+            params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    elif fmt == "webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, 101 if image.lossless else int(quality)]  # above 100: lossless
+    elif fmt == "png":
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 6]
+    types, chunks = [], []
+    if fmt in _METADATA:
+        if icc and not (fmt == "webp" and image.gray and icc_colour_space(icc) == b"GRAY"):  # WebP stores gray as RGB
+            types.append(cv2.IMAGE_METADATA_ICCP)
+            chunks.append(np.frombuffer(icc, np.uint8))
+        if image.exif:
+            types.append(cv2.IMAGE_METADATA_EXIF)
+            chunks.append(np.frombuffer(image.exif, np.uint8))
+    try:
+        ok, buffer = cv2.imencodeWithMetadata(EXTENSIONS[fmt], array, types, chunks, params)
+    except cv2.error as exc:
+        raise ImageError(f"cannot encode as {fmt.upper()} ({str(exc).strip().splitlines()[-1][:120]})") from None
+    if not ok:
+        raise ImageError(f"cannot encode as {fmt.upper()}")
+    return buffer.tobytes(), warnings
+
+
+def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Move a finished temp file into place; without `overwrite`, never replace an existing file (even in a race)."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # atomic and fails if `path` exists
+    except FileExistsError:
+        raise ImageError(f"{path}: already exists (pass --overwrite to replace it, or --skip-existing)") from None
+    except OSError:
+        # file systems without hard links: a check then a rename (a tiny race window)
+        if path.exists():
+            raise ImageError(f"{path}: already exists (pass --overwrite to replace it, or --skip-existing)") from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
+def write_bytes_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> None:
+    """Write `data` to `path` through a temp file in the same folder; see `_publish` for the replace rule."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ImageError(f"{path}: already exists (pass --overwrite to replace it, or --skip-existing)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".irtool-tmp", dir=path.parent)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _publish(tmp, path, overwrite)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_image(
+    path: str | Path,
+    image: Image,
+    rgb: np.ndarray | None = None,
+    fmt: str | None = None,
+    *,
+    quality: int = 95,
+    overwrite: bool = False,
+) -> list[str]:
+    """Encode (see `encode_image`) and write atomically. Returns warnings about what the format could not hold."""
+    path = Path(path)
+    fmt = normalize_format(fmt) or format_from_suffix(path.suffix) or image.format or "png"
+    data, warnings = encode_image(image, rgb, fmt, quality=quality)
+    write_bytes_atomic(path, data, overwrite=overwrite)
+    return warnings
+
+
+def from_array(array: np.ndarray, *, alpha_last: bool | None = None) -> Image:
+    """An `Image` from an RGB(A) or gray array (uint8, uint16 or float in [0, 1]), for the Python API.
+
+    (H, W) is gray, (H, W, 3) RGB, (H, W, 4) RGBA, (H, W, 2) gray + alpha.
+    """
+    array = np.asarray(array)
+    if array.dtype not in (np.uint8, np.uint16, np.float32):
+        if np.issubdtype(array.dtype, np.floating):
+            array = array.astype(np.float32)
+        else:
+            raise ImageError(f"array of {array.dtype}: use uint8, uint16 or float in [0, 1]")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        gray, color, alpha = True, array, None
+    elif array.ndim == 3 and array.shape[2] in (2, 3, 4):
+        channels = array.shape[2]
+        gray = channels == 2
+        color = array[..., 0] if gray else array[..., :3]
+        alpha = array[..., -1] if channels in (2, 4) else None
+    else:
+        raise ImageError(f"array of shape {array.shape}: expected (H, W), (H, W, 3) or (H, W, 4)")
+    rgb = _to_float(color)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    return Image(rgb=np.ascontiguousarray(rgb), dtype=array.dtype, alpha=alpha, gray=gray)
+
+
+def to_array(image: Image, rgb: np.ndarray | None = None) -> np.ndarray:
+    """Restored pixels as an array in `image`'s frame: its dtype, gray flag and alpha (inverse of `from_array`)."""
+    rgb = image.rgb if rgb is None else rgb
+    dtype = np.dtype(image.dtype)
+    color = _quantize(luma(rgb) if image.gray else rgb, dtype)
+    if image.alpha is None:
+        return color
+    alpha = _convert_alpha(image.alpha, dtype)
+    return np.dstack([color, alpha])
+
+
+__all__ = [
+    "Image",
+    "read_image",
+    "decode_image",
+    "write_image",
+    "encode_image",
+    "write_bytes_atomic",
+    "from_array",
+    "to_array",
+    "apply_orientation",
+    "normalize_format",
+    "EXTENSIONS",
+    "IMAGE_SUFFIXES",
+]

@@ -1,0 +1,102 @@
+"""Routing calibration: the classifier, its file, the weights fingerprint, and a real run on a tiny MoCE-IR."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import random_moce
+from restore_fixtures import photo
+from safetensors.torch import save_file
+
+from irtool import calibrate as cal
+from irtool.archs.moce_ir import VARIANTS
+from irtool.degrade import degrade
+from irtool.loading import load_model
+
+
+def clusters(n_per: int = 6, dims: int = 8, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, 1, (3, dims))
+    features, labels, groups = [], [], []
+    for g in range(n_per):
+        for c, name in enumerate(("rain", "haze", "noise")):
+            features.append(centres[c] + rng.normal(0, 0.03, dims))
+            labels.append(name)
+            groups.append(g)
+    return np.array(features), labels, groups, centres
+
+
+def test_fit_predicts_held_out_samples_and_says_unknown_far_away(tmp_path):
+    features, labels, groups, centres = clusters()
+    model = cal.fit(features, labels, groups, fingerprint="abc", layers=2, experts=4)
+    assert model.accuracy == 1.0 and model.classes == ["rain", "haze", "noise"]
+    assert model.temperature >= 1.0
+    named = model.predict(centres + 0.01)
+    assert [n for n, _ in named] == ["rain", "haze", "noise"]
+    assert all(0.5 < c <= 1.0 for _, c in named)
+    assert model.predict(np.full((1, 8), 5.0)) == [("unknown", None)]
+    assert model.predict(np.zeros((1, 3))) == [("unknown", None)]  # a signature of another shape
+
+    path = model.save(tmp_path / "w.pth.calibration.json")
+    loaded = cal.Calibration.load(path)
+    assert loaded.predict(centres) == model.predict(centres)
+    assert json.loads(path.read_text())["weights_fingerprint"] == "abc"
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(cal.CalibrationError, match="not an irtool calibration"):
+        cal.Calibration.load(tmp_path / "bad.json")
+
+
+def test_fingerprint_follows_the_weights_not_the_container(tmp_path):
+    model = random_moce(VARIANTS["tiny"], 0)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "m.ckpt")
+    save_file(model.state_dict(), str(tmp_path / "m.safetensors"))
+    a = cal.fingerprint(load_model(tmp_path / "m.ckpt", device="cpu"))
+    b = cal.fingerprint(load_model(tmp_path / "m.safetensors", device="cpu"))
+    assert a == b == cal.fingerprint(model)
+    with torch.no_grad():
+        model.output.weight[0, 0, 0, 0] += 1e-3
+    assert cal.fingerprint(model) != a
+
+
+def test_a_stale_calibration_is_ignored_with_a_warning_and_an_explicit_one_refused(tmp_path):
+    model = random_moce(VARIANTS["tiny"], 0)
+    features, labels, groups, _ = clusters()
+    weights = tmp_path / "w.pth"
+    cal.fit(features, labels, groups, fingerprint="someone-else").save(cal.calibration_path(weights))
+    found, warning = cal.find_calibration(weights, model)
+    assert found is None and "made for other weights" in warning
+    with pytest.raises(cal.CalibrationError, match="other weights"):
+        cal.find_calibration(weights, model, cal.calibration_path(weights))
+    cal.fit(features, labels, groups, fingerprint=cal.fingerprint(model)).save(cal.calibration_path(weights))
+    found, warning = cal.find_calibration(weights, model)
+    assert found is not None and warning is None
+    # the same weights imported as another file in the same folder still find it
+    found, warning = cal.find_calibration(tmp_path / "weights.safetensors", model)
+    assert found is not None and warning is None
+
+
+def test_calibrating_a_tiny_moce_ir_names_degradations_of_unseen_photos():
+    model = random_moce(VARIANTS["tiny"], 0)
+    photos = [photo(64, 64, seed=s) for s in range(6)]
+    kinds = ["haze", "lowlight", "noise"]
+    seen = []
+    with torch.inference_mode():
+        fitted = cal.calibrate(model.route, photos, fingerprint="t", classes=kinds, levels=["heavy"], size=48, batch_size=9, progress=lambda d, t: seen.append((d, t)))
+        assert fitted.accuracy >= 0.9 and fitted.layers == 5 and fitted.experts == 4
+        assert seen[-1] == (18, 18)
+        fresh = photo(48, 48, seed=100)
+        for kind in kinds:
+            x = torch.from_numpy(degrade(fresh, kind, "heavy", seed=1)).permute(2, 0, 1)[None].float() / 255
+            assert fitted.classify(model.route(x))[0][0] == kind
+
+
+def test_clean_photos_come_from_a_folder_or_scikit_image(tmp_path):
+    with pytest.raises(cal.CalibrationError, match="not a folder"):
+        cal.clean_photos(tmp_path / "nope")
+    with pytest.raises(cal.CalibrationError, match="no images"):
+        cal.clean_photos(tmp_path)
+    if cal.skimage_photos():
+        assert all(p.is_file() for p in cal.clean_photos())

@@ -1,0 +1,243 @@
+"""`irtool restore`, `irtool degrade` and `irtool calibrate` from the command line, with a tiny random MoCE-IR:
+naming and tree mirroring, globs, lossless formats, skip/overwrite, a corrupt file mid-batch, the JSON schema,
+exit codes, the default-model message, and calibrate -> restore naming."""
+
+from __future__ import annotations
+
+import io as stdio
+import json
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from PIL import ImageCms
+from restore_fixtures import photo, tiny_checkpoint, tree_hashes
+from typer.testing import CliRunner
+
+from irtool import io, tiff
+from irtool.cli import app
+from irtool.degrade import degrade
+
+runner = CliRunner()
+
+REPORT_KEYS = {
+    "input", "output", "status", "size", "degradation", "confidence", "experts", "gates", "routing", "tiles",
+    "tile_size", "precision", "seconds", "warnings", "error",
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("weights"))
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def json_lines(result) -> list[dict]:
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def save(path, array, fmt=None, **kwargs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = stdio.BytesIO()
+    PILImage.fromarray(array).save(buf, format=fmt or path.suffix.lstrip(".").upper().replace("JPG", "JPEG"), **kwargs)
+    path.write_bytes(buf.getvalue())
+
+
+def test_restore_a_tree_mirrors_it_keeps_formats_and_never_touches_inputs(tmp_path, checkpoint):
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(src / "a.png", photo(24, 32, seed=1))
+    save(src / "trip" / "b.jpg", photo(24, 32, seed=2), quality=95)
+    save(src / "trip" / "day2" / "c.webp", photo(16, 24, seed=3), lossless=True)
+    (src / "trip" / "notes.txt").write_text("not an image")
+    before = tree_hashes(src)
+    result = invoke("restore", src, out, "-w", checkpoint, "--suffix", "_fixed", "--json", "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "a_fixed.png", "trip/b_fixed.jpg", "trip/day2/c_fixed.webp",
+    ]
+    assert io.read_image(out / "trip" / "b_fixed.jpg").format == "jpeg"
+    assert tree_hashes(src) == before
+    reports = json_lines(result)
+    assert len(reports) == 3 and all(set(r) == REPORT_KEYS for r in reports)
+    first = reports[0]
+    assert first["status"] == "ok" and first["size"] == [32, 24] and first["error"] is None
+    assert first["degradation"] == "unknown" and first["confidence"] is None  # no calibration yet
+    assert len(first["experts"]) == 5 and all(len(layer) == 1 and 0 <= layer[0] < 4 for layer in first["experts"])
+    assert all(0 < g[0] <= 1 for g in first["gates"]) and first["routing"] == "whole" and first["precision"] == "fp32"
+    assert isinstance(first["seconds"], float) and first["tiles"] == 1
+
+
+def test_globs_mirror_the_tree_below_their_fixed_part(tmp_path, checkpoint):
+    save(tmp_path / "shots" / "x" / "1.png", photo(16, 16, seed=1))
+    save(tmp_path / "shots" / "y" / "2.png", photo(16, 16, seed=2))
+    save(tmp_path / "shots" / "y" / "3.jpg", photo(16, 16, seed=3))
+    result = invoke("restore", str(tmp_path / "shots" / "**" / "*.png"), tmp_path / "out", "-w", checkpoint, "-q")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.*")) == ["x/1.png", "y/2.png"]
+
+
+def test_restore_keeps_16_bits_alpha_gray_orientation_icc_and_exif(tmp_path, checkpoint):
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    deep = (photo(24, 32).astype(np.uint16) * 257 + rng.integers(0, 256, (24, 32, 3), dtype=np.uint16))
+    (src / "deep.png").write_bytes(cv2.imencode(".png", deep[..., ::-1])[1].tobytes())
+    (src / "deep.tiff").write_bytes(tiff.write_tiff(deep))
+    alpha = rng.integers(0, 256, (24, 32), dtype=np.uint8)
+    save(src / "cutout.png", np.dstack([photo(24, 32, seed=4), alpha]))
+    save(src / "gray.png", photo(24, 32, seed=5)[..., 1])
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    exif[0x010F] = "irtool-camera"
+    save(src / "phone.jpg", photo(24, 40, seed=6), quality=95, exif=exif.tobytes(), icc_profile=icc)
+    result = invoke("restore", src, tmp_path / "out", "-w", checkpoint, "--json")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    for name in ("deep.png", "deep.tiff"):
+        back = io.read_image(out / name)
+        assert back.dtype == np.uint16, name
+        assert len(np.unique(io.to_array(back))) > 256  # real 16-bit values, not 8-bit ones scaled
+    cutout = io.read_image(out / "cutout.png")
+    assert np.array_equal(cutout.alpha, alpha)
+    assert cv2.imread(str(out / "gray.png"), cv2.IMREAD_UNCHANGED).ndim == 2
+    phone = io.read_image(out / "phone.jpg")
+    assert (phone.width, phone.height) == (24, 40) and phone.orientation == 1 and phone.icc == icc
+    with PILImage.open(out / "phone.jpg") as written:
+        assert written.getexif().get(0x0112) == 1 and written.getexif().get(0x010F) == "irtool-camera"
+    sizes = {r["input"].rsplit("/", 1)[-1]: r["size"] for r in json_lines(result)}
+    assert sizes["phone.jpg"] == [24, 40]
+
+
+def test_existing_outputs_are_refused_skipped_or_replaced_and_inputs_never_written(tmp_path, checkpoint):
+    save(tmp_path / "in" / "a.png", photo(16, 16, seed=1))
+    out = tmp_path / "out"
+    assert invoke("restore", tmp_path / "in", out, "-w", checkpoint, "-q").exit_code == 0
+    first = (out / "a.png").read_bytes()
+    (out / "a.png").write_bytes(b"user's own edit")
+
+    refused = invoke("restore", tmp_path / "in", out, "-w", checkpoint, "-q")
+    assert refused.exit_code == 1 and "already exists" in refused.stderr and "--overwrite" in refused.stderr
+    assert (out / "a.png").read_bytes() == b"user's own edit"
+
+    skipped = invoke("restore", tmp_path / "in", out, "-w", checkpoint, "--skip-existing", "--json")
+    assert skipped.exit_code == 0 and json_lines(skipped)[0]["status"] == "skipped"
+    assert (out / "a.png").read_bytes() == b"user's own edit"
+
+    replaced = invoke("restore", tmp_path / "in", out, "-w", checkpoint, "--overwrite", "-q")
+    assert replaced.exit_code == 0 and (out / "a.png").read_bytes() == first
+
+    before = tree_hashes(tmp_path / "in")
+    into_itself = invoke("restore", tmp_path / "in", tmp_path / "in", "-w", checkpoint, "--overwrite", "-q")
+    assert into_itself.exit_code == 1 and "overwrite the input" in into_itself.stderr
+    assert tree_hashes(tmp_path / "in") == before
+    assert invoke("restore", tmp_path / "in", out, "--overwrite", "--skip-existing").exit_code == 1
+    assert not list(out.rglob("*.irtool-tmp"))
+
+
+def test_a_corrupt_file_mid_batch_is_one_line_and_the_rest_is_written(tmp_path, checkpoint):
+    src = tmp_path / "in"
+    save(src / "1.png", photo(16, 16, seed=1))
+    (src / "2.png").write_bytes(cv2.imencode(".png", photo(16, 16, seed=2))[1].tobytes()[:60])
+    (src / "3.jpg").write_text("I am a text file with a .jpg name")
+    save(src / "4.png", photo(16, 16, seed=4))
+    result = invoke("restore", src, tmp_path / "out", "-w", checkpoint, "--json", "--batch-size", "4")
+    assert result.exit_code == 1
+    statuses = [(r["input"].rsplit("/", 1)[-1], r["status"]) for r in json_lines(result)]
+    assert statuses == [("1.png", "ok"), ("2.png", "failed"), ("3.jpg", "failed"), ("4.png", "ok")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and "2.png: truncated PNG" in errors[0] and "3.jpg: not an image" in errors[1]
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["1.png", "4.png"]
+
+
+def test_table_tiles_and_exit_codes(tmp_path, checkpoint):
+    save(tmp_path / "big.png", photo(80, 120, seed=1))
+    result = invoke("restore", tmp_path / "big.png", tmp_path / "out", "-w", checkpoint, "--tile", "64", "--tile-overlap", "16")
+    assert result.exit_code == 0, result.output
+    assert "big.png" in result.stdout.replace("\n", "") and "unknown" in result.stdout and "restored 1 of 1" in result.stderr
+    tiled = json_lines(invoke("restore", tmp_path / "big.png", tmp_path / "out2", "-w", checkpoint, "-t", "64", "--json"))[0]
+    assert tiled["routing"] == "downscaled" and tiled["tiles"] == 6 and max(tiled["tile_size"]) <= 64
+
+    assert invoke("restore").exit_code == 2
+    assert invoke("restore", tmp_path / "big.png", tmp_path / "o", "--precision", "fp8").exit_code == 2
+    missing = invoke("restore", tmp_path / "big.png", tmp_path / "o", "-w", tmp_path / "no.pth")
+    assert missing.exit_code == 1 and len(missing.stderr.strip().splitlines()) == 1 and "no.pth" in missing.stderr
+    nothing = invoke("restore", tmp_path / "nothing-here.png", tmp_path / "o", "-w", checkpoint)
+    assert nothing.exit_code == 1 and "no such file" in nothing.stderr
+
+
+def test_dry_run_lists_the_plan_without_loading_a_model(tmp_path):
+    save(tmp_path / "in" / "a.png", photo(8, 8))
+    result = invoke("restore", tmp_path / "in", tmp_path / "out", "--dry-run", "-w", tmp_path / "no-such-weights.pth")
+    assert result.exit_code == 0 and "a.png ->" in result.stdout and not (tmp_path / "out").exists()
+
+
+def test_without_weights_one_line_says_how_to_get_them(tmp_path):
+    save(tmp_path / "a.png", photo(8, 8))
+    result = invoke("restore", tmp_path / "a.png", tmp_path / "out")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "irtool weights fetch moce_ir.aio5" in lines[0] and "--weights" in lines[0]
+
+
+def test_degrade_makes_seeded_test_images_and_keeps_the_frame(tmp_path):
+    clean = photo(32, 40, seed=1)
+    save(tmp_path / "clean.png", clean)
+    result = invoke("degrade", tmp_path / "clean.png", tmp_path / "rainy.png", "--kind", "rain", "--level", "heavy", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    got = io.to_array(io.read_image(tmp_path / "rainy.png"))
+    assert np.array_equal(got, degrade(clean, "rain", "heavy", seed=3))
+    again = invoke("degrade", tmp_path / "clean.png", tmp_path / "rainy.png", "--kind", "rain", "--level", "heavy", "--seed", "3")
+    assert again.exit_code == 1 and "already exists" in again.stderr
+    folder = invoke("degrade", tmp_path, tmp_path / "noisy", "-k", "noise", "-l", "15")
+    assert folder.exit_code == 0 and sorted(p.name for p in (tmp_path / "noisy").iterdir()) == ["clean.png", "rainy.png"]
+    assert invoke("degrade", tmp_path / "clean.png", tmp_path / "x.png", "-k", "noise", "-l", "loud").exit_code == 2
+
+
+def test_calibrate_then_restore_names_the_degradation(tmp_path, checkpoint):
+    clean = tmp_path / "clean"
+    for s in range(6):
+        save(clean / f"{s}.png", photo(64, 64, seed=s))
+    result = invoke(
+        "calibrate", "-w", checkpoint, "--clean-dir", clean, "--classes", "haze,lowlight,noise", "--levels", "heavy",
+        "--size", "48", "--batch-size", "9", "--json",
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["calibration"] == str(checkpoint) + ".calibration.json" and summary["accuracy"] >= 0.9
+    assert summary["photos"] == 6 and summary["samples"] == 18
+
+    fresh = photo(48, 48, seed=100)
+    for kind in ("haze", "lowlight", "noise"):
+        save(tmp_path / "test" / f"{kind}.png", degrade(fresh, kind, "heavy", seed=1))
+    restored = invoke("restore", tmp_path / "test", tmp_path / "out", "-w", checkpoint, "--json")
+    assert restored.exit_code == 0, restored.output
+    named = {r["input"].rsplit("/", 1)[-1]: (r["degradation"], r["confidence"]) for r in json_lines(restored)}
+    for kind in ("haze", "lowlight", "noise"):
+        name, confidence = named[f"{kind}.png"]
+        assert name == kind and 0 < confidence <= 1
+
+    table = invoke("calibrate", "-w", checkpoint, "--clean-dir", clean, "--classes", "haze,lowlight", "--levels", "heavy", "--size", "48", "-o", tmp_path / "c.json")
+    assert table.exit_code == 0 and "held-out accuracy" in table.stdout and (tmp_path / "c.json").is_file()
+    assert invoke("calibrate", "-w", checkpoint, "--clean-dir", clean, "--classes", "snow").exit_code == 1
+
+
+def test_manifest_names_and_the_default_model_come_from_the_cache(tmp_path):
+    from irtool import weights
+
+    save(tmp_path / "a.png", photo(16, 16))
+    folder = weights.cache_dir() / "moce_ir_s.aio3"
+    folder.mkdir(parents=True)
+    tiny_checkpoint(folder, name="last.ckpt")
+    named = invoke("restore", tmp_path / "a.png", tmp_path / "out1", "-m", "MoCE_IR_S_AIO3", "--json")
+    assert named.exit_code == 0, named.output
+    assert json_lines(named)[0]["status"] == "ok"
+    default = invoke("restore", tmp_path / "a.png", tmp_path / "out2", "-q")
+    assert default.exit_code == 0 and "using moce_ir_s.aio3" in default.stderr
+    absent = invoke("restore", tmp_path / "a.png", tmp_path / "out3", "-m", "moce_ir.aio5")
+    assert absent.exit_code == 1 and "irtool weights fetch moce_ir.aio5" in absent.stderr
