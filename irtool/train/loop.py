@@ -504,6 +504,8 @@ def _run(config: TrainConfig, out: Path, resume: bool, ctx: Dist, emit: EventSin
     val_every = config.val_every or config.ckpt_every
 
     if main:
+        for warning in getattr(dataset, "warnings", []):
+            emit("warning", {"message": warning})
         if config.stage == "router" and not config.init:
             emit("warning", {"message": "router stage without --init: the CLIP tower is random (pass the released "
                                         "router file or another router checkpoint to start from CLIP's weights)"})

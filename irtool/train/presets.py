@@ -272,8 +272,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def _denoise(sigma: int) -> TaskSource:
+    # noise added to the uint8 patch and truncated back to uint8, as the official training loader does
     return TaskSource(task=f"denoise_{sigma}", datasets=("wed-train", "bsd400-train"), degrade="noise",
-                      params={"level": sigma}, repeat=3)
+                      params={"level": sigma, "uint8": True}, repeat=3)
 
 
 _AIO3 = (
