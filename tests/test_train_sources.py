@@ -121,6 +121,15 @@ def test_cli_trains_on_clean_photos_and_the_weights_load(tmp_path):
     model = irtool.load_model(out / "best.safetensors", device="cpu")
     assert model.config.dim == 8 and model.config.with_complexity
     assert (out / "val.csv").read_text().splitlines()[0] == "step,psnr/mean,psnr/noise,psnr/blur"
+    # the trained weights work in restore and eval
+    photo = tmp_path / "photos" / "chelsea.png"
+    restored = CliRunner().invoke(app, ["restore", str(photo), str(tmp_path / "restored"), "--weights",
+                                        str(out / "best.safetensors"), "--device", "cpu"])
+    assert restored.exit_code == 0, restored.output
+    assert (tmp_path / "restored" / "chelsea.png").is_file()
+    scored = CliRunner().invoke(app, ["eval", "--dataset", "synthetic:noise25", "--clean-dir", str(tmp_path / "photos"),
+                                      "--weights", str(out / "last.safetensors"), "--limit", "1", "--device", "cpu"])
+    assert scored.exit_code == 0, scored.output
     # the same command again refuses to overwrite; with --resume it has nothing left to do
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 1 and "already holds a run" in again.output
