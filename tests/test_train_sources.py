@@ -18,11 +18,11 @@ from irtool.train.presets import TaskSource, TrainConfig, resolve
 from irtool.train.sources import build_datasets
 
 SKIMAGE = Path(__import__("skimage").__file__).parent / "data"
-PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
+PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg")  # CC0 / public domain
 
 
 def write_photos(folder: Path, names=PHOTOS, size: int = 96) -> list[Path]:
-    """scikit-image's CC0 photos, shrunk to size px, as PNG files."""
+    """scikit-image's CC0 / public-domain photos, shrunk to size px, as PNG files."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for name in names:
@@ -59,7 +59,7 @@ def test_val_dir_validates_the_synthetic_tasks(tmp_path):
                      clean_dir=str(tmp_path / "photos"), tasks=["haze", "jpeg"])
     dataset, val = build_datasets(config)
     assert all(len(s.pairs) == 3 for s in dataset.sources)  # nothing held out of training
-    assert sorted(v.name for v in val) == sorted(["rocket.png", "motorcycle_left.png"] * 2)
+    assert sorted(v.name for v in val) == sorted(["rocket.png", "hubble_deep_field.png"] * 2)
 
 
 def make_data_root(root: Path) -> None:
