@@ -13,12 +13,14 @@ How a step is computed, with N processes of batch b (one process: N = 1):
 - MoCE-IR's routing balance loss is a statistic of the batch a process sees (as in the official DDP training, where
   each GPU's batch of 8 has its own), and its gradients are averaged over processes like everything else.
 
-Sparse experts under DDP: an expert chosen by no image of a process gets no gradient there, which plain DDP treats as
-an error unless `find_unused_parameters=True` (an autograd-graph traversal every step, and no early bucket
-all-reduce for those parameters). Instead each process adds 0 · sum(expert parameters) to its loss, so every
-parameter gets a gradient (zero where unused) and DDP's bucketed all-reduce runs as for a dense network; afterwards
-the gradients of experts that no image of any process chose are set back to None, so AdamW skips them exactly as it
-does on one process (a zero gradient would still decay the weights and move them along their momentum).
+Sparse experts under DDP: a MoCE-IR expert chosen by no image of a process gets no gradient there, which plain DDP
+treats as an error unless `find_unused_parameters=True` (the official strategy: a traversal of the autograd graph
+after every forward). Instead each process adds 0 · sum(expert parameters) to its loss (as LoRA-IR's code does), so
+every parameter gets a gradient (zero where unused) and DDP runs as for a dense network; afterwards the gradients of
+experts that no image of any process chose are set back to None, so AdamW skips them exactly as it does on one
+process (a zero gradient would still decay the weights and move them along their momentum). On a CPU with gloo the
+two strategies cost the same (benchmarks/train_ddp_sparse.py); the traversal they save matters more next to fast
+GPU steps. LoRA-IR keeps all experts of a conv in one tensor, so none of its parameters goes unused.
 
 Imports torch; data through `irtool.train.data`, images and degradations through `irtool.io`/`irtool.degrade`,
 PSNR through `irtool.metrics`.
@@ -27,13 +29,11 @@ PSNR through `irtool.metrics`.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
-import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
