@@ -168,3 +168,27 @@ def test_an_unreadable_training_image_is_one_line(tmp_path, workers):
     with pytest.raises(ImageError) as caught:
         train(micro_config(num_workers=workers), tmp_path / "run", dataset=dataset)
     assert str(caught.value) == f"{tmp_path / 'bad.png'}: truncated PNG"
+
+
+def test_tensorboard_gets_the_logged_scalars_when_installed(tmp_path, monkeypatch):
+    """TensorBoard is optional (not a dependency): a stand-in `torch.utils.tensorboard` records what the loop sends."""
+    import sys
+    import types
+
+    written: list[tuple[str, float, int]] = []
+
+    class Writer:
+        def __init__(self, log_dir, purge_step=None):
+            self.log_dir = log_dir
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, value, step))
+
+        def close(self):
+            written.append(("closed", 0.0, 0))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    train(micro_config(steps=2, ckpt_every=2), tmp_path, dataset=micro_dataset())
+    tags = {t for t, _, _ in written}
+    assert {"train/loss", "train/lr", "train/loss/noise", "train/weight/lowlight", "closed"} <= tags
+    assert [s for t, _, s in written if t == "train/loss"] == [1, 2]
