@@ -3,8 +3,8 @@
 One `DatasetSpec` per benchmark, as plain data: the folder layouts it can be found in (the MoCE-IR layout under
 `--data_file_dir`, the PromptIR/AdaIR `test/...` layout, the original releases), the rule that pairs an input with
 its ground truth, the metric protocol the papers use for it (`irtool.metrics`), the noise level for sets whose
-inputs are synthesised at test time, the download source and licence. A later issue adds training splits as further
-specs with `split="train"`; nothing here assumes every spec is a test set.
+inputs are synthesised at test time, the download source and licence. The training sets of `irtool train`'s presets
+are further specs with `split="train"`, in `TRAINING_SETS` (`get_spec` and `irtool datasets check` find them).
 
 Test inputs are made exactly as the official test scripts make them (MoCE-IR `src/data/dataset_utils.py`
 `IRBenchmarks`, PromptIR `utils/dataset_utils.py` `DenoiseTestDataset`): images read with PIL and converted to RGB,
@@ -320,7 +320,177 @@ _SPECS: list[DatasetSpec] = [
     ),
 ]
 
+# Training splits, for `irtool train`'s presets: the folders MoCE-IR's `AIOTrainDataset` globs under --data_file_dir
+# (`src/data/dataset_utils.py`), PromptIR/AdaIR's `data/Train/...`, and the original releases. Clean-image sets
+# (denoising) have no inputs: the trainer adds the noise on the fly.
+_MOCE_TRAIN_NOTE = "MoCE-IR/PromptIR/AdaIR training set (irtool train presets moce_ir*-aio3/-aio5)"
+_SETTING1_NOTE = (
+    "LoRA-IR Setting I training set (AllWeather); LoRA-IR's configs list one folder per class, to be filled in: "
+    "irtool looks for them under allweather/train/ named like the test sets"
+)
+
+
+def _ots_part(part: int, expected: int) -> DatasetSpec:
+    return DatasetSpec(
+        name=f"ots-train-part{part}",
+        title=f"RESIDE OTS part {part}",
+        task="haze",
+        layouts=(
+            Layout("moce-ir", "dehazing/RESIDE/clear", f"dehazing/RESIDE/part{part}"),
+            Layout("promptir", "data/Train/Dehaze/original", f"data/Train/Dehaze/synthetic/part{part}"),
+        ),
+        protocol="moce",
+        source="RESIDE (sites.google.com/view/reside-dehaze-datasets), OTS; split into four parts by PromptIR's "
+        "data_dir/hazy/hazy_outside.txt",
+        licence="RESIDE terms: research use",
+        split="train",
+        key_rules=((r"_.*$", ""),),
+        pairing="hazy 0001_0.8_0.2.jpg <-> clear 0001.jpg (the stem up to the first '_'); 35 hazy images per clean one",
+        expected=expected,
+        crop=False,
+        notes=_MOCE_TRAIN_NOTE,
+    )
+
+
+_TRAIN_SPECS: list[DatasetSpec] = [
+    DatasetSpec(
+        name="wed-train",
+        title="Waterloo Exploration Database",
+        task="noise",
+        layouts=(
+            Layout("moce-ir", "denoising/WaterlooED"),
+            Layout("original", "exploration_database_and_code/pristine_images"),
+        ),
+        protocol="moce",
+        source="Ma et al., TIP 2017 (ece.uwaterloo.ca/~k29ma/exploration); Google Drive mirror in PromptIR's INSTALL.md",
+        licence=_RESEARCH_ONLY,
+        split="train",
+        pairing="clean images only; the trainer adds Gaussian noise on the fly",
+        expected=4744,
+        crop=False,
+        notes=_MOCE_TRAIN_NOTE,
+    ),
+    DatasetSpec(
+        name="bsd400-train",
+        title="BSD400",
+        task="noise",
+        layouts=(Layout("moce-ir", "denoising/BSD400"), Layout("original", "BSD400")),
+        protocol="moce",
+        source="Berkeley Segmentation Dataset train+test (400 images); Google Drive folder linked from PromptIR's INSTALL.md",
+        licence=_BSDS_LICENCE,
+        split="train",
+        pairing="clean images only; the trainer adds Gaussian noise on the fly",
+        expected=400,
+        crop=False,
+        notes=_MOCE_TRAIN_NOTE,
+    ),
+    DatasetSpec(
+        name="rain100l-train",
+        title="Rain100L train (RainTrainL)",
+        task="rain",
+        layouts=(
+            Layout("moce-ir", "deraining/RainTrainL/gt", "deraining/RainTrainL/rainy"),
+            Layout("promptir", "data/Train/Derain/gt", "data/Train/Derain/rainy"),
+        ),
+        protocol="moce",
+        source="Yang et al., CVPR 2017 (JORDER); Train100L Google Drive folder linked from PromptIR's INSTALL.md",
+        licence=_RESEARCH_ONLY,
+        split="train",
+        key_rules=_RAIN_KEYS,
+        pairing="same stem after dropping a 'rain-' / 'norain-' prefix (rain-1.png <-> norain-1.png)",
+        expected=200,
+        crop=False,
+        notes=_MOCE_TRAIN_NOTE,
+    ),
+    _ots_part(1, 18200),
+    _ots_part(2, 18200),
+    _ots_part(3, 18200),
+    _ots_part(4, 17535),
+    DatasetSpec(
+        name="gopro-train",
+        title="GoPro train (crops)",
+        task="blur",
+        layouts=(
+            Layout("moce-ir", "deblurring/GoPro/crop/train/target_crops", "deblurring/GoPro/crop/train/input_crops"),
+            Layout("adair", "data/Train/Deblur/sharp", "data/Train/Deblur/blur"),
+        ),
+        protocol="moce",
+        source="Nah et al., CVPR 2017; cropped with Restormer's GoPro preprocessing (MoCE-IR issue #12)",
+        licence="CC BY 4.0",
+        split="train",
+        pairing="same file name",
+        crop=False,
+        notes=_MOCE_TRAIN_NOTE + "; 2,103 frames before cropping",
+    ),
+    DatasetSpec(
+        name="lol-v1-train",
+        title="LOL-v1 train",
+        task="lowlight",
+        layouts=(
+            Layout("moce-ir", "llie/LOLv1/Train/target", "llie/LOLv1/Train/input"),
+            Layout("adair", "data/Train/Enhance/gt", "data/Train/Enhance/low"),
+            Layout("original", "our485/high", "our485/low"),
+            Layout("original-zip", "LOLdataset/our485/high", "LOLdataset/our485/low"),
+        ),
+        protocol="moce",
+        source="Wei et al., BMVC 2018 (daooshee.github.io/BMVC2018website), our485",
+        licence=_RESEARCH_ONLY,
+        split="train",
+        expected=485,
+        crop=False,
+        notes=_MOCE_TRAIN_NOTE,
+    ),
+    DatasetSpec(
+        name="snow100k-train",
+        title="Snow100K train",
+        task="snow",
+        layouts=(
+            Layout("irtool", "allweather/train/Snow100K/gt", "allweather/train/Snow100K/synthetic"),
+            Layout("original", "Snow100K/train/gt", "Snow100K/train/synthetic"),
+        ),
+        protocol="y",
+        source=_SNOW100K,
+        licence=_RESEARCH_ONLY,
+        split="train",
+        crop=False,
+        notes=_SETTING1_NOTE,
+    ),
+    DatasetSpec(
+        name="outdoor-rain-train",
+        title="Outdoor-Rain train",
+        task="rain",
+        layouts=(Layout("irtool", "allweather/train/Outdoor-Rain/gt", "allweather/train/Outdoor-Rain/input"),),
+        protocol="y",
+        source="Li et al., CVPR 2019 (github.com/liruoteng/HeavyRainRemoval)",
+        licence=_RESEARCH_ONLY,
+        split="train",
+        key_rules=((r"_s\d+_a\d+$", ""),),
+        pairing="same stem, or im_0001_s80_a04 <-> im_0001 (rain/fog parameters dropped)",
+        crop=False,
+        notes=_SETTING1_NOTE,
+    ),
+    DatasetSpec(
+        name="raindrop-train",
+        title="RainDrop train",
+        task="raindrop",
+        layouts=(
+            Layout("irtool", "allweather/train/RainDrop/gt", "allweather/train/RainDrop/input"),
+            Layout("original", "train/gt", "train/data"),
+        ),
+        protocol="y",
+        source="Qian et al., CVPR 2018 (github.com/rui1996/DeRaindrop), train",
+        licence=_RESEARCH_ONLY,
+        split="train",
+        key_rules=((r"_(rain|clean)$", ""),),
+        pairing="same stem, or 0_rain <-> 0_clean",
+        crop=False,
+        notes=_SETTING1_NOTE,
+    ),
+]
+
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in _SPECS}
+#: training splits, kept apart from the benchmarks (`get_spec` finds both)
+TRAINING_SETS: dict[str, DatasetSpec] = {spec.name: spec for spec in _TRAIN_SPECS}
 
 #: names that stand for several datasets, run in this order (noise levels 15 -> 25 -> 50 in one stream)
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -343,6 +513,8 @@ def get_spec(name: str) -> DatasetSpec:
     key = name.strip().lower()
     if key in DATASETS:
         return DATASETS[key]
+    if key in TRAINING_SETS:
+        return TRAINING_SETS[key]
     known = ", ".join([*DATASETS, *FAMILIES])
     raise DatasetError(f"{name}: unknown dataset (known: {known}, synthetic:<kind><level>)")
 

@@ -1,0 +1,197 @@
+"""A config's task sources -> the training set and the held-out validation pairs.
+
+- `clean_dir` sources: the image files of a folder (not recursive, sorted), each degraded on the fly by
+  `irtool.degrade` with a per-sample seeded generator; without a fixed level, each sample draws its level uniformly
+  between the kind's named "light" and "heavy" levels, so the network sees the whole range.
+- `datasets` sources: the training splits of the benchmark registry (`irtool.datasets`, under `--data-root`), as
+  real pairs, or as clean images degraded on the fly (the official denoising: uint8 images plus Gaussian noise,
+  truncated to uint8, as MoCE-IR/PromptIR's training loaders do).
+
+Validation (what decides `best`): `val_count` clean images per source are held out of training (picked by a seeded
+permutation; sources that share their images hold out the same ones, and a held-out image leaves every source), or,
+with `val_dir`, that folder's photos validate the synthetic tasks. Each validation pair is centre-cropped to
+`val_size` and, when synthetic, degraded once with a fixed seed at the kind's "medium" level (or the source's level).
+
+Imports numpy and torch; `irtool.io`, `irtool.degrade`, `irtool.datasets`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .data import Pair, Source, TrainingSet, ValPair, to_tensor
+from .presets import ConfigError, TaskSource, TrainConfig
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """HxWx3 float32 RGB in [0, 1] (EXIF orientation applied; gray repeated; alpha dropped)."""
+    from ..io import read_image
+
+    return read_image(path).rgb
+
+
+@dataclass(frozen=True)
+class SyntheticDegrader:
+    """`irtool.degrade` as a training degradation (a plain object, so loader workers can pickle it)."""
+
+    kind: str
+    level: float | None = None
+    #: degrade the uint8 image (the official denoising: noise added to uint8 and truncated) instead of floats
+    uint8: bool = False
+
+    def level_for(self, rng: np.random.Generator) -> float:
+        if self.level is not None:
+            return float(self.level)
+        from ..degrade import LEVELS
+
+        low, high = sorted((float(LEVELS[self.kind]["light"]), float(LEVELS[self.kind]["heavy"])))
+        return float(rng.uniform(low, high))
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        from ..degrade import degrade
+
+        level = self.level_for(rng)
+        if self.uint8:
+            u8 = np.rint(np.clip(image, 0, 1) * 255.0).astype(np.uint8)
+            return degrade(u8, self.kind, level, seed=rng).astype(np.float32) / 255.0
+        return degrade(image, self.kind, level, seed=rng).astype(np.float32)
+
+
+def _degrader(source: TaskSource) -> SyntheticDegrader | None:
+    if source.degrade is None:
+        return None
+    unknown = sorted(set(source.params) - {"level", "uint8"})
+    if unknown:
+        raise ConfigError(f"task {source.task!r}: unknown degradation parameter(s) {', '.join(unknown)} (level, uint8)")
+    level = source.params.get("level")
+    if level is not None:
+        from ..degrade import resolve_level
+
+        try:
+            level = resolve_level(source.degrade, level)
+        except ValueError as exc:
+            raise ConfigError(f"task {source.task!r}: {exc}") from None
+    return SyntheticDegrader(source.degrade, level, bool(source.params.get("uint8", False)))
+
+
+def list_photos(folder: str | Path) -> list[Path]:
+    from ..io import IMAGE_SUFFIXES
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such folder")
+    photos = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not photos:
+        raise ConfigError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return photos
+
+
+def _registry_pairs(source: TaskSource, data_root: str | None, warnings: list[str]) -> list[Pair]:
+    from .. import datasets
+
+    pairs: list[Pair] = []
+    for name in source.datasets:
+        spec = datasets.get_spec(name)
+        located = datasets.locate(spec, data_root)
+        warnings += [f"{spec.name}: {w}" for w in located.warnings]
+        for p in located.pairs:
+            # a clean-image source ignores any degraded files: the degradation is made on the fly
+            pairs.append(Pair(Path(p.gt), None if source.degrade or p.lq is None else Path(p.lq)))
+    if not pairs:
+        raise ConfigError(f"task {source.task!r}: datasets {', '.join(source.datasets)} hold no images")
+    return pairs
+
+
+def _held_out(pairs: Sequence[Pair], count: int, seed: int) -> set[Path]:
+    """The clean images of `count` pairs picked by a seeded permutation (the same list gives the same picks)."""
+    gts = sorted({p.gt for p in pairs})
+    order = np.random.default_rng([seed, 0x7A1]).permutation(len(gts))
+    return {gts[i] for i in order[: min(count, max(0, len(gts) - 1))]}  # always leave something to train on
+
+
+def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    th, tw = (min(h, size), min(w, size)) if size else (h, w)
+    th, tw = th - th % 16, tw - tw % 16  # validation crops are multiples of 16, as the official test crops
+    if th < 16 or tw < 16:
+        raise ConfigError(f"validation image of {w}x{h} px is smaller than 16 px")
+    top, left = (h - th) // 2, (w - tw) // 2
+    return image[top : top + th, left : left + tw]
+
+
+def _val_pair(source: TaskSource, task_id: int, pair: Pair, degrader: SyntheticDegrader | None, config: TrainConfig,
+              index: int) -> ValPair:
+    gt = _centre_crop(read_rgb(pair.gt), config.val_size)
+    if pair.lq is not None:
+        lq = _centre_crop(read_rgb(pair.lq), config.val_size)
+    else:
+        fixed = degrader if degrader is None or degrader.level is not None else SyntheticDegrader(
+            degrader.kind, _medium(degrader.kind), degrader.uint8)
+        lq = fixed(np.ascontiguousarray(gt), np.random.default_rng([config.seed, 0x5A1, task_id, index]))
+    return ValPair(to_tensor(lq), to_tensor(gt), task_id, pair.gt.name)
+
+
+def _medium(kind: str) -> float:
+    from ..degrade import LEVELS
+
+    return float(LEVELS[kind]["medium"])
+
+
+def build_datasets(config: TrainConfig, *, with_val: bool = True, views: tuple[int, int] | None = None
+                   ) -> tuple[TrainingSet, list[ValPair]]:
+    """The training set of `config.sources` and (when `with_val`) its validation pairs; `views`: see TrainingSet."""
+    all_pairs, warnings = [], []
+    for source in config.sources:
+        if source.clean_dir is not None:
+            all_pairs.append([Pair(p) for p in list_photos(source.clean_dir)])
+        else:
+            all_pairs.append(_registry_pairs(source, config.data_root, warnings))
+    degraders = [_degrader(s) for s in config.sources]
+
+    held: set[Path] = set()
+    val_items: list[tuple[int, Pair]] = []
+    if config.val_dir is not None:
+        photos = [Pair(p) for p in list_photos(config.val_dir)]
+        for k, source in enumerate(config.sources):
+            if degraders[k] is not None:
+                val_items += [(k, p) for p in photos[: config.val_count or len(photos)]]
+    if config.val_count:
+        for k, (source, pairs) in enumerate(zip(config.sources, all_pairs)):
+            if config.val_dir is not None and degraders[k] is not None:
+                continue
+            picked = _held_out(pairs, config.val_count, config.seed)
+            held |= picked
+            first: dict[Path, Pair] = {}  # one validation pair per held-out image (RESIDE has 35 hazy per clean)
+            for p in pairs:
+                if p.gt in picked:
+                    first.setdefault(p.gt, p)
+            val_items += [(k, p) for p in first.values()]
+
+    sources = []
+    for k, (source, pairs) in enumerate(zip(config.sources, all_pairs)):
+        train_pairs = [p for p in pairs if p.gt not in held]
+        if not train_pairs:
+            raise ConfigError(f"task {source.task!r}: every image is held out for validation; lower --val-count")
+        sources.append(Source(k, train_pairs, source.repeat, degraders[k]))
+    dataset = TrainingSet(sources, patch_size=config.patch_size, augment=config.augment, seed=config.seed,
+                          reader=read_rgb, views=views)
+    dataset.warnings = warnings  # what the registry noticed while pairing (unpaired files, unexpected counts)
+    val = []
+    if with_val:
+        seen: dict[int, int] = {}
+        for k, pair in val_items:
+            seen[k] = seen.get(k, 0) + 1
+            val.append(_val_pair(config.sources[k], k, pair, degraders[k], config, seen[k]))
+    return dataset, val
+
+
+def describe(dataset: TrainingSet, tasks: Sequence[str]) -> dict[str, Any]:
+    """Per task: training images and samples per epoch (with repeats)."""
+    return {
+        tasks[s.task_id]: {"images": len(s.pairs), "repeat": s.repeat, "samples": len(s.pairs) * s.repeat}
+        for s in dataset.sources
+    }

@@ -1,0 +1,54 @@
+"""`irtool train` on the command line: the resolved config, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from irtool.cli import app
+from irtool.train.presets import TrainConfig
+
+runner = CliRunner()
+
+
+def test_print_config_is_a_valid_config_file_and_needs_no_torch(tmp_path):
+    probe = (
+        "import sys; from irtool.cli import main; sys.argv = ['irtool', 'train', '--preset', 'moce_ir-aio5', "
+        "'--print-config', '--batch-size', '4', '--reweight', 'art', '--blocks', '1,1,1,2']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\nsys.stderr.write(str('torch' in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stderr.strip() == "False", done.stderr
+    config = TrainConfig.from_dict(json.loads(done.stdout))
+    assert (config.preset, config.batch_size, config.reweight, config.model) == ("moce_ir-aio5", 4, "art", {"num_blocks": [1, 1, 1, 2]})
+    (tmp_path / "c.json").write_text(done.stdout)
+    again = runner.invoke(app, ["train", "--config-file", str(tmp_path / "c.json"), "--print-config"])
+    assert again.exit_code == 0 and TrainConfig.from_dict(json.loads(again.stdout)) == config
+
+
+def test_clean_dir_flags_make_the_sources(tmp_path):
+    result = runner.invoke(app, ["train", "--clean-dir", str(tmp_path), "--tasks", "noise,jpeg", "--config", "tiny",
+                                 "--steps", "50", "--print-config"])
+    assert result.exit_code == 0, result.output
+    config = TrainConfig.from_dict(json.loads(result.stdout))
+    assert config.tasks == ["noise", "jpeg"] and config.variant == "tiny" and config.steps == 50
+    assert all(s.clean_dir == str(tmp_path) and s.degrade == s.task for s in config.sources)
+
+
+def test_bad_options_are_one_line_errors(tmp_path):
+    cases = [
+        (["--clean-dir", str(tmp_path), "--tasks", "noise,fog"], "unknown degradation 'fog'"),
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--preset", "moce_ir-aio3", "--steps", "10"], "--schedule-unit step"),
+        (["--out", str(tmp_path), "--resume"], "config.json: not found"),
+        ([], "no training data"),
+    ]
+    for args, message in cases:
+        done = subprocess.run([sys.executable, "-m", "irtool", "train", *args], capture_output=True, text=True)
+        assert done.returncode == 1, (args, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, done.stderr)
+    assert runner.invoke(app, ["train", "--blocks", "1,x"]).exit_code == 2
