@@ -368,7 +368,7 @@ def weights_list(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
         return
     from rich.table import Table
 
-    colours = {"cached": "green", "imported": "green", "partial": "yellow", "missing": "dim"}
+    colours = {"cached": "green", "imported": "green", "built-in": "green", "partial": "yellow", "missing": "dim"}
     table = Table(caption=f"cache: {weights.cache_dir()}", caption_justify="left")
     for column in ("name", "official id", "setting", "status", "size"):
         table.add_column(column, no_wrap=column != "status")

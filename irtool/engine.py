@@ -93,7 +93,7 @@ def rank_entries(entries: Iterable[weights.Entry]) -> list[weights.Entry]:
 def default_source() -> tuple[Path, Path | None, str]:
     """(weights file, router file or None, how it was chosen) when neither --model nor --weights is given.
 
-    1. The manifest's `default`: a file shipped inside the irtool package, or a manifest name that is in the cache.
+    1. The manifest's `default` entry, when its files are here (shipped inside the package, or in the cache).
     2. The best official checkpoint already in the cache (see `rank_entries`: AIO5, AIO3, CDD11; full before S).
     3. Otherwise WeightsNotFoundError with the exact commands to get weights.
     """
@@ -102,9 +102,6 @@ def default_source() -> tuple[Path, Path | None, str]:
     manifest = weights.load_manifest()
     default = manifest.get("default")
     if isinstance(default, str) and default:
-        packaged = Path(weights.__file__).resolve().parent / default
-        if packaged.is_file():
-            return packaged, None, f"the built-in default ({default})"
         entry = weights.find_entry(default)
         if entry is not None:
             files = entry.local_files()

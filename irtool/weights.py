@@ -156,9 +156,17 @@ class Entry:
     def file_spec(self, role: str) -> dict[str, Any] | None:
         return next((spec for spec in self.files if spec.get("role", "weights") == role), None)
 
+    def packaged_files(self) -> dict[str, Path]:
+        """role -> path of each file of this entry shipped inside the irtool package (the built-in default)."""
+        found: dict[str, Path] = {}
+        for spec in self.files:
+            if spec.get("packaged") and (_PACKAGE_DIR / spec["packaged"]).is_file():
+                found[spec.get("role", "weights")] = _PACKAGE_DIR / spec["packaged"]
+        return found
+
     def local_files(self) -> dict[str, Path]:
-        """role -> path of each file of this entry present in the cache. An imported safetensors copy
-        (`<role>.safetensors`) stands in for its original."""
+        """role -> path of each file of this entry on this machine: in the cache (an imported safetensors copy,
+        `<role>.safetensors`, stands in for its original), else shipped inside the package."""
         found: dict[str, Path] = {}
         for spec in self.files:
             role = spec.get("role", "weights")
@@ -166,7 +174,7 @@ class Entry:
                 if candidate.is_file():
                     found[role] = candidate
                     break
-        return found
+        return {**self.packaged_files(), **found}
 
     def state(self) -> dict[str, dict[str, Any]]:
         """role -> what the cache recorded about that file (see `_record`); {} when nothing was recorded."""
@@ -237,7 +245,8 @@ class EntryStatus:
     variant: str | None
     setting: str | None
     local: bool
-    #: "cached" (fetched files), "imported" (safetensors copies), "partial" (some roles missing), "missing"
+    #: "cached" (fetched files), "imported" (safetensors copies), "built-in" (shipped in the package), "partial"
+    #: (some roles missing), "missing"
     status: str
     #: bytes on disk when present, else the manifest's size (approximate when `size_is_approx`), else None
     size: int | None
@@ -255,6 +264,8 @@ def entry_status(entry: Entry) -> EntryStatus:
         status = "missing"
     elif len(found) < len(entry.files):
         status = "partial"
+    elif found == entry.packaged_files():
+        status = "built-in"
     elif any(path.name == f"{role}.safetensors" for role, path in found.items()):
         status = "imported"
     else:
@@ -895,6 +906,8 @@ def remove(name: str) -> Removed:
     """Delete an entry's files (fetched, imported, partial downloads) from the cache; a local entry is forgotten."""
     entry = _entry(name)
     paths = [p for p in (entry.folder, entry.downloads) if p.exists()]
+    if not paths and entry.packaged_files():
+        raise WeightsNotFoundError(f"{entry.name}: built into irtool, not in the cache; nothing to remove")
     if not paths and not entry.local:
         raise WeightsNotFoundError(f"{entry.name}: nothing in the cache ({entry.folder})")
     freed = sum(f.stat().st_size for p in paths for f in p.rglob("*") if f.is_file())
