@@ -1084,6 +1084,11 @@ def _wide_console() -> Any:
     return console
 
 
+def _fmt_pair(psnr: float | None, ssim: float | None) -> str:
+    """"PSNR/SSIM" of the degraded inputs (the baseline column of eval tables)."""
+    return "–" if psnr is None or ssim is None else f"{_fmt(psnr, 2)}/{_fmt(ssim, 3)}"
+
+
 def _render_eval(report: Any) -> None:
     from rich.table import Table
 
@@ -1091,9 +1096,9 @@ def _render_eval(report: Any) -> None:
     model = report.model
     title = f"{Path(model['source']).name} ({model['arch']}, {model['parameters'] / 1e6:.2f}M params) on {report.device}, {report.precision}"
     table = Table(title=title, title_justify="left")
-    for column, justify in (("dataset", "left"), ("protocol", "left"), ("images", "right"), ("PSNR", "right"),
-                            ("SSIM", "right"), ("paper", "right"), ("ΔPSNR", "right"), ("ΔSSIM", "right"),
-                            ("s/img", "right")):  # fmt: skip
+    for column, justify in (("dataset", "left"), ("protocol", "left"), ("images", "right"), ("input", "right"),
+                            ("PSNR", "right"), ("SSIM", "right"), ("paper", "right"), ("ΔPSNR", "right"),
+                            ("ΔSSIM", "right"), ("s/img", "right")):  # fmt: skip
         table.add_column(column, justify=justify, no_wrap=True)
     table.add_column("worst image", overflow="ellipsis", no_wrap=True)
     for d in report.datasets:
@@ -1106,7 +1111,8 @@ def _render_eval(report: Any) -> None:
         if delta is not None:
             delta_text = f"[{'green' if delta >= -0.005 else 'red'}]{delta_text}[/]"
         table.add_row(
-            d.dataset, d.protocol, images, _fmt(s["psnr"], 2), _fmt(s["ssim"], 4), paper, delta_text,
+            d.dataset, d.protocol, images, _fmt_pair(s["input_psnr"], s["input_ssim"]), _fmt(s["psnr"], 2),
+            _fmt(s["ssim"], 4), paper, delta_text,
             _fmt(s["delta_ssim"], 4, signed=True), _fmt(s["seconds_per_image"], 3),
             f"{worst.file} {worst.psnr:.2f}" if worst else "–",
         )  # fmt: skip
@@ -1115,7 +1121,8 @@ def _render_eval(report: Any) -> None:
         ref = avg.get("reported")
         table.add_section()
         table.add_row(
-            "average", "", str(len(avg["datasets"])) + " sets", _fmt(avg["psnr"], 2), _fmt(avg["ssim"], 4),
+            "average", "", str(len(avg["datasets"])) + " sets", _fmt_pair(avg.get("input_psnr"), avg.get("input_ssim")),
+            _fmt(avg["psnr"], 2), _fmt(avg["ssim"], 4),
             f"{ref['psnr']:.2f}/{ref['ssim']:.3f}" if ref else "–", _fmt(avg.get("delta_psnr"), 2, signed=True),
             _fmt(avg.get("delta_ssim"), 4, signed=True), "", "",
         )  # fmt: skip

@@ -64,6 +64,9 @@ class ImageResult:
     file: str
     psnr: float | None = None
     ssim: float | None = None
+    #: the degraded input scored against the ground truth the same way: the baseline the model must beat
+    input_psnr: float | None = None
+    input_ssim: float | None = None
     seconds: float | None = None  #: the network's time for this image (CUDA synchronised)
     height: int | None = None
     width: int | None = None
@@ -113,6 +116,16 @@ class DatasetReport:
         return float(np.mean([r.ssim for r in scored])) if scored else None
 
     @property
+    def input_psnr(self) -> float | None:
+        values = [r.input_psnr for r in self.scored if r.input_psnr is not None]
+        return float(np.mean(values)) if values else None
+
+    @property
+    def input_ssim(self) -> float | None:
+        values = [r.input_ssim for r in self.scored if r.input_ssim is not None]
+        return float(np.mean(values)) if values else None
+
+    @property
     def delta_psnr(self) -> float | None:
         return _delta(self.psnr, self.reported, "psnr")
 
@@ -132,6 +145,8 @@ class DatasetReport:
             "failed": self.failed,
             "psnr": self.psnr,
             "ssim": self.ssim,
+            "input_psnr": self.input_psnr,
+            "input_ssim": self.input_ssim,
             "delta_psnr": self.delta_psnr,
             "delta_ssim": self.delta_ssim,
             "seconds_per_image": float(np.mean(seconds)) if seconds else None,
@@ -168,6 +183,9 @@ class EvalReport:
         psnr = float(np.mean([d.psnr for d in done]))
         ssim = float(np.mean([d.ssim for d in done]))
         out: dict[str, Any] = {"datasets": [d.dataset for d in done], "psnr": psnr, "ssim": ssim, "reported": None}
+        if all(d.input_psnr is not None for d in done):
+            out["input_psnr"] = float(np.mean([d.input_psnr for d in done]))
+            out["input_ssim"] = float(np.mean([d.input_ssim for d in done]))
         ref = self.reported.get("average")
         averaged = sorted(k for k in self.reported if k != "average")
         same_protocols = all(d.reported is not None for d in done)
@@ -508,8 +526,10 @@ def _evaluate_sample(
                 result.seconds = time.perf_counter() - t0
                 usage.add(out.routing, result)
             gt = torch.from_numpy(np.ascontiguousarray(sample.gt.transpose(2, 0, 1))).to(device)
-            result.psnr, result.ssim = metrics.psnr_ssim(
-                restored, gt, protocol, crop_border=options.crop_border if protocol.space == "y" else 0
+            border = options.crop_border if protocol.space == "y" else 0
+            result.psnr, result.ssim = metrics.psnr_ssim(restored, gt, protocol, crop_border=border)
+            result.input_psnr, result.input_ssim = metrics.psnr_ssim(
+                _to_input(sample.lq, device), gt, protocol, crop_border=border
             )
         if options.save_images:
             image = (restored[0] * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
@@ -560,7 +580,10 @@ def write_json(report: EvalReport, path: str | Path) -> None:
     _atomic_text(path, to_json(report) + "\n")
 
 
-CSV_COLUMNS = ("protocol", "dataset", "file", "psnr", "ssim", "seconds", "height", "width", "experts", "degradation", "error")
+CSV_COLUMNS = (
+    "protocol", "dataset", "file", "psnr", "ssim", "input_psnr", "input_ssim", "seconds", "height", "width", "experts",
+    "degradation", "error",
+)  # fmt: skip
 
 
 def _format_experts(experts: list[list[int]] | None) -> str:
@@ -583,6 +606,8 @@ def to_csv(report: EvalReport) -> str:
                     r.file,
                     "" if r.psnr is None else (f"{r.psnr:.6f}" if math.isfinite(r.psnr) else "inf"),
                     "" if r.ssim is None else f"{r.ssim:.8f}",
+                    "" if r.input_psnr is None else (f"{r.input_psnr:.6f}" if math.isfinite(r.input_psnr) else "inf"),
+                    "" if r.input_ssim is None else f"{r.input_ssim:.8f}",
                     "" if r.seconds is None else f"{r.seconds:.6f}",
                     r.height or "",
                     r.width or "",

@@ -71,7 +71,12 @@ def test_scores_equal_the_official_computation_on_the_same_images(tmp_path, tiny
         assert result.psnr == pytest.approx(sk_psnr(clean, restored, data_range=1), abs=1e-4)
         assert result.ssim == pytest.approx(sk_ssim(clean, restored, channel_axis=2, gaussian_weights=True, data_range=1.0), abs=1e-5)
         assert (result.height, result.width) == (32, 48)
+        # the degraded input, scored the same way: the baseline the table shows beside the model's figure
+        degraded = lq.astype(np.float32) / 255.0
+        assert result.input_psnr == pytest.approx(sk_psnr(clean, degraded, data_range=1), abs=1e-4)
+        assert result.input_ssim == pytest.approx(sk_ssim(clean, degraded, channel_axis=2, gaussian_weights=True, data_range=1.0), abs=1e-5)
     assert d.psnr == pytest.approx(np.mean([r.psnr for r in d.images]))
+    assert d.input_psnr == pytest.approx(np.mean([r.input_psnr for r in d.images]))
     assert d.reported == {"psnr": 38.57, "ssim": 0.984} and d.delta_psnr == pytest.approx(d.psnr - 38.57)
 
 
