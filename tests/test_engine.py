@@ -231,14 +231,25 @@ def test_default_model_chain(tmp_path, monkeypatch):
     tiny_checkpoint(better, name="last.ckpt")
     assert engine.default_source()[0] == better / "last.ckpt"
 
-    # a manifest default shipped as package data wins
-    packaged = tmp_path / "pkg" / "default.safetensors"
-    packaged.parent.mkdir()
+    # the manifest's default entry wins once its file is here (shipped inside the package)
+    package = tmp_path / "pkg"
+    (package / "models").mkdir(parents=True)
+    packaged = package / "models" / "default.safetensors"
     packaged.write_bytes(b"x")
-    monkeypatch.setattr(weights, "__file__", str(tmp_path / "pkg" / "weights.py"))
-    manifest = {**weights.load_manifest(), "default": "default.safetensors"}
+    monkeypatch.setattr(weights, "_PACKAGE_DIR", package)
+    manifest = weights.load_manifest()
+    entry = {
+        "arch": "moce_ir", "variant": None, "setting": "Synthetic", "tasks": 5,
+        "files": [{"role": "weights", "arch": "moce_ir", "filename": "default.safetensors", "url": None,
+                   "packaged": "models/default.safetensors"}],
+    }
+    manifest = {**manifest, "default": "test.default", "models": {"test.default": entry, **manifest["models"]}}
     monkeypatch.setattr(weights, "load_manifest", lambda: manifest)
-    assert engine.default_source()[0] == packaged.resolve()
+    path, router, how = engine.default_source()
+    assert path == packaged and router is None and "test.default" in how
+    # a default whose file is missing falls back to the ranked cache
+    packaged.unlink()
+    assert engine.default_source()[0] == better / "last.ckpt"
 
 
 def test_router_is_passed_through_only_when_load_model_takes_one(tmp_path):
