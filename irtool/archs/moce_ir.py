@@ -793,6 +793,27 @@ class MoCEIR(nn.Module):
     def size_multiple(self) -> int:
         return self.config.size_multiple
 
+    # -- hooks for `irtool bench` (optional parts of the model contract)
+
+    #: `with model.reference_path(): ...` runs the plain formulation (see the module-level function)
+    reference_path = staticmethod(reference_path)
+
+    def uniform_routing(self, batch: int, expert: int) -> Routing:
+        """A routing that sends every image to `expert` in every MoCE layer with gate 1, to measure one expert's cost."""
+        if not 0 <= expert < self.config.num_experts:
+            raise ValueError(f"expert {expert}: this MoCE-IR has experts 0..{self.config.num_experts - 1}")
+        shape = (batch, len(self.moce_layers), 1)
+        return Routing(torch.full(shape, expert, dtype=torch.long), torch.ones(shape))
+
+    def profile_parts(self) -> dict[str, list[nn.Module]]:
+        """The modules behind each part of a time breakdown; the rest is the trunk. The router is the frequency
+        embedding plus every layer's gate; the experts are what sparse execution skips."""
+        layers = self.moce_layers
+        return {
+            "router": [self.freq_embed, *(layer.routing for layer in layers)],
+            "experts": [expert[0] for layer in layers for expert in layer.experts],
+        }
+
     # -- forward
 
     def run(
