@@ -192,7 +192,8 @@ def random_model(config: str, seed: int = 0) -> nn.Module:
         known = ", ".join(f"{a}:{v}" for a, spec in ARCHS.items() for v in spec.variants)
         raise IrtoolError(f"--config {config}: no such config (known: {known})")
     if len(candidates) > 1:
-        raise IrtoolError(f"--config {config}: several architectures have it; write {' or '.join(f'{a}:{name}' for a in candidates)}")
+        spelled = " or ".join(f"{a}:{name}" for a in candidates)
+        raise IrtoolError(f"--config {config}: several architectures have it; write {spelled}")
     torch.manual_seed(seed)
     return build(candidates[0], name)
 

@@ -112,45 +112,46 @@ def inspect(
     Console().print(table)
 
 
+_BENCH_HELP = {
+    "weights": "Checkpoint file, folder or manifest name. Default: random weights of --config.",
+    "config": "Named config for random weights: MoCE_IR_S, MoCE_IR, or arch:variant (moce_ir:tiny).",
+    "gpu": "Run on CUDA device N (same as --device cuda:N).",
+    "device": "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps.",
+    "sizes": "Image sizes: N for N x N, WxH otherwise. Default 256,512,1024 on GPUs, 256 on CPUs.",
+    "batch": "Batch sizes, e.g. 1,4.",
+    "precision": "fp32, bf16, fp16 (autocast). Default fp32,bf16 on GPUs, fp32 on CPUs.",
+    "experts": "sparse (only the chosen experts), dense (all experts), eN (expert N in every layer).",
+    "path": "fast (irtool's inference path) and/or reference (the plain formulation, for comparison).",
+    "compile": "Time torch.compile'd forwards on the fast path (compiles once per case: minutes on a small CPU).",
+    "cuda_graphs": "Replay captured CUDA graphs where the expert choice is known in advance (dense, eN).",
+    "warmup": "Untimed runs before timing.",
+    "runs": "Timed runs per case. Default 20 on GPUs, 5 on CPUs.",
+    "breakdown": "Time router, trunk and experts in an extra synchronised pass.",
+    "threads": "CPU threads for torch (default: torch's choice).",
+    "tune_allocator": "Keep freed CPU memory for reuse (glibc): much faster CPU inference, memory kept until exit.",
+}
+
+
 @command()
 def bench(
-    weights: Annotated[
-        Optional[str],
-        typer.Option("--weights", "--model", "-m", help="Checkpoint file, folder or manifest name. Default: random weights of --config."),
-    ] = None,
-    config: Annotated[
-        str, typer.Option(help="Named config for random weights: MoCE_IR_S, MoCE_IR, or arch:variant (moce_ir:tiny).")
-    ] = "MoCE_IR_S",
-    gpu: Annotated[Optional[int], typer.Option("--gpu", help="Run on CUDA device N (same as --device cuda:N).")] = None,
-    device: Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps.")] = "auto",
-    sizes: Annotated[
-        Optional[str], typer.Option(help="Image sizes: N for N x N, WxH otherwise. Default 256,512,1024 on GPUs, 256 on CPUs.")
-    ] = None,
-    batch: Annotated[str, typer.Option(help="Batch sizes, e.g. 1,4.")] = "1",
-    precision: Annotated[
-        Optional[str], typer.Option(help="fp32, bf16, fp16 (autocast). Default fp32,bf16 on GPUs, fp32 on CPUs.")
-    ] = None,
-    experts: Annotated[
-        str, typer.Option(help="sparse (only the chosen experts), dense (all experts), eN (expert N in every layer).")
-    ] = "sparse,dense",
-    path: Annotated[
-        str, typer.Option(help="fast (irtool's inference path) and/or reference (the plain formulation, for comparison).")
-    ] = "fast",
-    compile: Annotated[bool, typer.Option("--compile", help="Time torch.compile'd forwards on the fast path (compiles once per case: minutes on a small CPU).")] = False,
-    cuda_graphs: Annotated[
-        bool, typer.Option("--cuda-graphs", help="Replay captured CUDA graphs where the expert choice is known in advance (dense, eN).")
-    ] = False,
-    warmup: Annotated[int, typer.Option(help="Untimed runs before timing.")] = 2,
-    runs: Annotated[Optional[int], typer.Option(help="Timed runs per case. Default 20 on GPUs, 5 on CPUs.")] = None,
-    breakdown: Annotated[
-        bool, typer.Option("--breakdown", "--profile", help="Time router, trunk and experts in an extra synchronised pass.")
-    ] = False,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice).")] = None,
-    tune_allocator: Annotated[
-        bool, typer.Option(help="Keep freed CPU memory for reuse (glibc): much faster CPU inference, memory kept until exit.")
-    ] = True,
+    weights: Annotated[Optional[str], typer.Option("--weights", "--model", "-m", help=_BENCH_HELP["weights"])] = None,
+    config: Annotated[str, typer.Option(help=_BENCH_HELP["config"])] = "MoCE_IR_S",
+    gpu: Annotated[Optional[int], typer.Option("--gpu", help=_BENCH_HELP["gpu"])] = None,
+    device: Annotated[str, typer.Option(help=_BENCH_HELP["device"])] = "auto",
+    sizes: Annotated[Optional[str], typer.Option(help=_BENCH_HELP["sizes"])] = None,
+    batch: Annotated[str, typer.Option(help=_BENCH_HELP["batch"])] = "1",
+    precision: Annotated[Optional[str], typer.Option(help=_BENCH_HELP["precision"])] = None,
+    experts: Annotated[str, typer.Option(help=_BENCH_HELP["experts"])] = "sparse,dense",
+    path: Annotated[str, typer.Option(help=_BENCH_HELP["path"])] = "fast",
+    compile: Annotated[bool, typer.Option("--compile", help=_BENCH_HELP["compile"])] = False,
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help=_BENCH_HELP["cuda_graphs"])] = False,
+    warmup: Annotated[int, typer.Option(help=_BENCH_HELP["warmup"])] = 2,
+    runs: Annotated[Optional[int], typer.Option(help=_BENCH_HELP["runs"])] = None,
+    breakdown: Annotated[bool, typer.Option("--breakdown", "--profile", help=_BENCH_HELP["breakdown"])] = False,
+    threads: Annotated[Optional[int], typer.Option(help=_BENCH_HELP["threads"])] = None,
+    tune_allocator: Annotated[bool, typer.Option(help=_BENCH_HELP["tune_allocator"])] = True,
     trust_checkpoint: Annotated[
-        bool, typer.Option("--trust-checkpoint", help="Allow pickled objects beyond plain tensors (runs code from the file).")
+        bool, typer.Option("--trust-checkpoint", help="Allow pickled objects beyond plain tensors (runs its code).")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
@@ -229,7 +230,8 @@ def _print_bench(report: Any) -> None:
         parts = ""
         if r.breakdown_ms:
             whole = sum(r.breakdown_ms.values()) or 1.0
-            parts = "/".join(f"{100 * r.breakdown_ms.get(k, 0.0) / whole:.0f}" for k in ("router", "experts", "trunk")) + " %"
+            shares = (100 * r.breakdown_ms.get(k, 0.0) / whole for k in ("router", "experts", "trunk"))
+            parts = "/".join(f"{v:.0f}" for v in shares) + " %"
         table.add_row(
             r.label, f"{r.median_ms:.1f}", f"{r.p90_ms:.1f}", f"{r.megapixels_per_s:.3f}", f"{r.peak_memory_mb:.0f}",
             check, parts,
@@ -239,7 +241,8 @@ def _print_bench(report: Any) -> None:
     notes = [f"threads {report.threads}", f"allocator tuned: {'yes' if report.allocator_tuned else 'no'}"]
     if report.load_average:
         notes.append(f"load average {report.load_average[0]:.2f} -> {report.load_average[1]:.2f}")
-    console.print("; ".join(notes) + "; peak memory: " + ", ".join(sorted({r.memory_kind for r in report.rows if r.memory_kind})))
+    notes.append("peak memory: " + ", ".join(sorted({r.memory_kind for r in report.rows if r.memory_kind})))
+    console.print("; ".join(notes))
     summary = report.summary()
     for tag, ratio in summary["dense_over_sparse"].items():
         console.print(f"dense / sparse experts, {tag}: {ratio:.2f}x the time")

@@ -91,6 +91,11 @@ def compile_run(model: nn.Module, *, mode: str | None = None) -> Callable[..., A
     """`model.run` compiled by torch.compile for fixed shapes (dynamic=False: one graph per input size, as in a
     benchmark or a tiled run). MoCE-IR's per-layer expert choice is a graph break; the trunk between choices is
     compiled. The first call per shape compiles (minutes on a small CPU); later calls are fast."""
+    import torch._dynamo.config as dynamo_config
+
+    # Each (resolution level, expert) pair resumes a graph with its own shapes: allow more than the default 8.
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 1024)
     return torch.compile(model.run, dynamic=False, mode=mode)
 
 

@@ -123,3 +123,17 @@ def test_routing_keeps_a_host_copy_of_its_experts():
     assert torch.equal(moved[1].host_experts, experts[1:2])
     assert torch.equal(moved[torch.tensor([1, 0])].host_experts, experts[[1, 0]])
     assert torch.equal(moce_ir.Routing.cat([moved[1], moved[0]]).host_experts, experts[[1, 0]])
+
+
+@pytest.mark.parametrize("name", ["tiny", "odd"])
+def test_low_memory_slices_equal_the_reference_path(name, monkeypatch):
+    """Large images run the widest steps in channel slices; forced on here for small ones."""
+    monkeypatch.setattr(moce_ir, "LOW_MEMORY_PIXELS", 0)
+    config = ODD if name == "odd" else VARIANTS[name]
+    images = make_images(2, 40, 32)
+    model = diverse_routing_moce(config, images)
+    _assert_same(*_both_paths(model, images))
+    model.train()  # the slices are differentiable too (out-of-place when recording gradients)
+    out = model.run(images[:1], routing_noise=torch.Generator().manual_seed(1)).output
+    out.mean().backward()
+    assert model.enc[0][0].layers[0].ffn.project_in.weight.grad is not None

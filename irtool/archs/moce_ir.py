@@ -369,18 +369,58 @@ class _Stacked:
         return F.conv2d(x, self.weight, self.bias)
 
 
-def _chained_conv1x1(x: Tensor, first: nn.Conv2d, second: nn.Conv2d | _Stacked) -> Tensor:
-    """second(first(x)) for 1x1 convs with nothing in between, as one conv with the product weight (one pass over
-    the image instead of two)."""
-    if not _FAST:
-        return second(first(x))
+def _chained_weights(first: nn.Conv2d | None, second: nn.Conv2d | _Stacked) -> tuple[Tensor, Tensor | None]:
+    """Weight and bias of the single 1x1 conv equal to second(first(x)) (or of `second` alone)."""
+    if first is None:
+        return second.weight, second.bias
     w1 = first.weight.flatten(1)
     w2 = second.weight.flatten(1)
     weight = (w2 @ w1).view(w2.shape[0], w1.shape[1], 1, 1)
     bias = second.bias
     if first.bias is not None:
         bias = w2 @ first.bias if bias is None else torch.addmv(bias, w2, first.bias)
-    return F.conv2d(x, weight, bias)
+    return weight, bias
+
+
+def _chained_conv1x1(x: Tensor, first: nn.Conv2d, second: nn.Conv2d | _Stacked) -> Tensor:
+    """second(first(x)) for 1x1 convs with nothing in between, as one conv with the product weight (one pass over
+    the image instead of two)."""
+    if not _FAST:
+        return second(first(x))
+    return F.conv2d(x, *_chained_weights(first, second))
+
+
+#: from this many pixels on, blocks run their widest steps in channel slices (same numbers, a fraction of the memory)
+LOW_MEMORY_PIXELS = 2**21
+
+
+def _low_memory(x: Tensor) -> bool:
+    return x.shape[-2] * x.shape[-1] >= LOW_MEMORY_PIXELS
+
+
+def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+
+
+def _mul(a: Tensor, b: Tensor) -> Tensor:
+    """a * b, in place into `a` (a fresh temporary) when no gradient is being recorded."""
+    return a * b if torch.is_grad_enabled() else a.mul_(b)
+
+
+def _add(a: Tensor, b: Tensor) -> Tensor:
+    return a + b if torch.is_grad_enabled() else a.add_(b)
+
+
+def _pointwise_depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, depthwise: nn.Conv2d, lo: int, hi: int) -> Tensor:
+    """depthwise(conv1x1(x; weight, bias)) for output channels lo:hi only; every channel has its own depthwise
+    filter, so a slice gives exactly the channels of the whole."""
+    h = F.conv2d(x, weight[lo:hi], None if bias is None else bias[lo:hi])
+    dw_bias = depthwise.bias
+    return F.conv2d(
+        h, depthwise.weight[lo:hi], None if dw_bias is None else dw_bias[lo:hi],
+        padding=depthwise.padding, groups=hi - lo,
+    )
 
 
 class ChannelAttention(nn.Module):
@@ -396,8 +436,15 @@ class ChannelAttention(nn.Module):
 
     def forward(self, x: Tensor, pre: nn.Conv2d | None = None) -> Tensor:
         """`pre`: a 1x1 conv applied to x first (folded into `qkv`)."""
-        qkv = self.qkv(x) if pre is None else _chained_conv1x1(x, pre, self.qkv)
-        q, k, v = self.qkv_dwconv(qkv).chunk(3, dim=1)
+        if _FAST and _low_memory(x):
+            # q, k and v one at a time: never the 3-channel-group projection and its depthwise output together
+            weight, bias = _chained_weights(pre, self.qkv)
+            c = self.project_out.in_channels
+            q, k, v = (_pointwise_depthwise(x, weight, bias, self.qkv_dwconv, i * c, (i + 1) * c) for i in range(3))
+        else:
+            qkv = self.qkv(x) if pre is None else _chained_conv1x1(x, pre, self.qkv)
+            q, k, v = self.qkv_dwconv(qkv).chunk(3, dim=1)
+            del qkv  # free the projection before the attention itself
         return _attend_and_project(_channel_attention_map(q, k, self.num_heads, self.temperature), v, self.project_out)
 
 
@@ -417,7 +464,11 @@ class CrossChannelAttention(nn.Module):
     def forward(self, x: Tensor, y: Tensor, pre: nn.Conv2d | None = None) -> Tensor:
         """`pre`: a 1x1 conv applied to x first (folded into `q`)."""
         q = self.q_dwconv(self.q(x) if pre is None else _chained_conv1x1(x, pre, self.q))
-        k, v = self.kv_dwconv(self.kv(y)).chunk(2, dim=1)
+        if _FAST and _low_memory(y):
+            c = self.q.out_channels
+            k, v = (_pointwise_depthwise(y, self.kv.weight, self.kv.bias, self.kv_dwconv, i * c, (i + 1) * c) for i in (0, 1))
+        else:
+            k, v = self.kv_dwconv(self.kv(y)).chunk(2, dim=1)
         return _attend_and_project(_channel_attention_map(q, k, self.num_heads, self.temperature), v, self.project_out)
 
 
@@ -432,8 +483,30 @@ class GatedFFN(nn.Module):
         self.project_out = nn.Conv2d(hidden, dim, 1, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
-        return self.project_out(F.gelu(x1) * x2)
+        if not _FAST:
+            x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
+            return self.project_out(F.gelu(x1) * x2)
+        n = self.project_out.in_channels
+        if not _low_memory(x):
+            # The two halves of the hidden layer one after the other: every channel gets the same convolutions, but
+            # the widest tensors of the block (2 x hidden channels, twice) never exist at once.
+            gated = _mul(F.gelu(self._hidden(x, 0, n)), self._hidden(x, n, 2 * n))
+            return self.project_out(gated)
+        # Large images: a quarter of the hidden channels at a time, each quarter's share of the output projection
+        # summed up, so that no hidden-width tensor exists at all.
+        out = None
+        weight = self.project_out.weight
+        for lo, hi in _ranges(n, 4):
+            gated = _mul(F.gelu(self._hidden(x, lo, hi)), self._hidden(x, n + lo, n + hi))
+            part = F.conv2d(gated, weight[:, lo:hi])
+            del gated
+            out = part if out is None else _add(out, part)
+        bias = self.project_out.bias
+        return out if bias is None else _add(out, bias.view(1, -1, 1, 1).to(out.dtype))
+
+    def _hidden(self, x: Tensor, lo: int, hi: int) -> Tensor:
+        """Hidden channels lo:hi (of 2 x hidden): the 1x1 projection and the depthwise conv of those channels only."""
+        return _pointwise_depthwise(x, self.project_in.weight, self.project_in.bias, self.dwconv, lo, hi)
 
 
 class TransformerBlock(nn.Module):
@@ -492,14 +565,21 @@ class FFTAttention(nn.Module):
         if pre is None:
             q, kv = self.q(x), self.kv(x)
         else:
-            q, kv = _chained_conv1x1(x, pre, _Stacked(self.q, self.kv)).split([self.q.out_channels, self.kv.out_channels], dim=1)
-        q = self._windows(self.q_dwconv(q))
+            stacked = _Stacked(self.q, self.kv)
+            q, kv = _chained_conv1x1(x, pre, stacked).split([self.q.out_channels, self.kv.out_channels], dim=1)
+        q = self.q_dwconv(q)
         k, v = self.kv_dwconv(kv).chunk(2, dim=1)
-        k = self._windows(k)
+        del kv  # the stacked projection (freed once both depthwise convs have read it)
         b, c, h, w = v.shape
-        # FFTs in float32, as the official code does, whatever the working precision
-        # (contiguous windows: the FFT's shape function under torch.compile rejects the strided window view)
-        out = torch.fft.irfft2(torch.fft.rfft2(q.float().contiguous()) * torch.fft.rfft2(k.float().contiguous()), s=(p, p))
+        # FFTs in float32, as the official code does, whatever the working precision. Intermediates are dropped as
+        # soon as possible: at full resolution these spectra are the largest tensors of the whole network.
+        # (Contiguous windows: the FFT's shape function under torch.compile rejects the strided window view.)
+        spectrum = torch.fft.rfft2(self._windows(q).float().contiguous())
+        del q
+        spectrum = spectrum * torch.fft.rfft2(self._windows(k).float().contiguous())
+        del k
+        out = torch.fft.irfft2(spectrum, s=(p, p))
+        del spectrum
         hp, wp = out.shape[2], out.shape[3]
         if _channels_last(v):
             out = out.permute(0, 2, 4, 3, 5, 1).reshape(b, hp * p, wp * p, c).permute(0, 3, 1, 2)
@@ -659,8 +739,11 @@ class MoCEBlock(nn.Module):
     def forward(self, x: Tensor, freq_emb: Tensor, state: _Pass) -> Tensor:
         h = self.norms[0](x)
         shared = self.shared(h, pre=self.proj[0])
-        routed = self.adapter(self.proj[1](h), freq_emb, shared, state)
+        h = self.proj[1](h)  # rebinding frees the normalised input before the experts run
+        routed = self.adapter(h, freq_emb, shared, state)
+        del h
         x = x + self.mixer(routed, shared)
+        del routed, shared  # not needed by the feed-forward part, the widest of the block
         return x + self.ffn(self.norms[1](x))
 
 
