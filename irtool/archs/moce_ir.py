@@ -404,7 +404,8 @@ def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 def _mul(a: Tensor, b: Tensor) -> Tensor:
-    """a * b, in place into `a` (a fresh temporary) when no gradient is being recorded."""
+    """a * b, in place into `a` when no gradient is being recorded. `a` must be a temporary made by the caller
+    (never a submodule's output, which a forward hook may hold)."""
     return a * b if torch.is_grad_enabled() else a.mul_(b)
 
 
@@ -412,14 +413,17 @@ def _add(a: Tensor, b: Tensor) -> Tensor:
     return a + b if torch.is_grad_enabled() else a.add_(b)
 
 
-def _pointwise_depthwise(x: Tensor, weight: Tensor, bias: Tensor | None, depthwise: nn.Conv2d, lo: int, hi: int) -> Tensor:
-    """depthwise(conv1x1(x; weight, bias)) for output channels lo:hi only; every channel has its own depthwise
-    filter, so a slice gives exactly the channels of the whole."""
+def _pointwise_depthwise(
+    x: Tensor, weight: Tensor, bias: Tensor | None, depthwise: nn.Conv2d, lo: int, hi: int, dw_lo: int | None = None
+) -> Tensor:
+    """depthwise(conv1x1(x; weight, bias)) for pointwise output channels lo:hi only (the depthwise conv's channels
+    dw_lo:dw_lo+hi-lo, by default the same). Every channel has its own depthwise filter, so a slice gives exactly
+    those channels of the whole."""
     h = F.conv2d(x, weight[lo:hi], None if bias is None else bias[lo:hi])
+    d = slice(lo if dw_lo is None else dw_lo, (lo if dw_lo is None else dw_lo) + hi - lo)
     dw_bias = depthwise.bias
     return F.conv2d(
-        h, depthwise.weight[lo:hi], None if dw_bias is None else dw_bias[lo:hi],
-        padding=depthwise.padding, groups=hi - lo,
+        h, depthwise.weight[d], None if dw_bias is None else dw_bias[d], padding=depthwise.padding, groups=hi - lo
     )
 
 
@@ -550,10 +554,12 @@ class FFTAttention(nn.Module):
         self.proj_out = nn.Conv2d(dim, dim, 1)
 
     def _windows(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, C, H/p, W/p, p, p), zero-padding bottom/right to a multiple of p."""
+        """(B, C, H, W) -> (B, C, H/p, W/p, p, p), zero-padding bottom/right to a multiple of p; a view when no
+        padding is needed."""
         p = self.patch_size
         b, c, h, w = x.shape
-        x = F.pad(x, (0, -w % p, 0, -h % p))
+        if h % p or w % p:
+            x = F.pad(x, (0, -w % p, 0, -h % p))
         hp, wp = x.shape[-2] // p, x.shape[-1] // p
         if _channels_last(x):
             return x.permute(0, 2, 3, 1).reshape(b, hp, p, wp, p, c).permute(0, 5, 1, 3, 2, 4)
@@ -561,32 +567,61 @@ class FFTAttention(nn.Module):
 
     def forward(self, x: Tensor, pre: nn.Conv2d | None = None) -> Tensor:
         """`pre`: a 1x1 conv applied to x first (folded into `q` and `kv`)."""
+        r = self.q.out_channels
+        b, _, h, w = x.shape
+        if _FAST and _low_memory(x):
+            # Large images: q and k a quarter of the channels at a time, straight into the correlation, then v; at full
+            # resolution the complex spectra are the widest tensors of the network.
+            weight, bias = _chained_weights(pre, _Stacked(self.q, self.kv))
+            chunks = (
+                (lo, hi, _pointwise_depthwise(x, weight, bias, self.q_dwconv, lo, hi),
+                 _pointwise_depthwise(x, weight, bias, self.kv_dwconv, r + lo, r + hi, lo))
+                for lo, hi in _ranges(r, 4)
+            )
+            out = self._correlate(chunks, b, r, h, w, x)
+            v = _pointwise_depthwise(x, weight, bias, self.kv_dwconv, 2 * r, 3 * r, r)
+            # normalise and gate a band of rows at a time: no second float32 copy of the correlation
+            gated = torch.empty_like(v)
+            for top, bottom in _ranges(h, 8):
+                gated[:, :, top:bottom] = self.norm(out[:, :, top:bottom]).to(v.dtype) * v[:, :, top:bottom]
+            del out, v
+            return self.proj_out(gated)
+        else:
+            if pre is None:
+                q, kv = self.q(x), self.kv(x)
+            else:
+                q, kv = _chained_conv1x1(x, pre, _Stacked(self.q, self.kv)).split([r, 2 * r], dim=1)
+            q = self.q_dwconv(q)
+            k, v = self.kv_dwconv(kv).chunk(2, dim=1)
+            del kv  # the projection (freed once the depthwise conv has read it)
+            out = self._correlate(iter([(0, r, q, k)]), b, r, h, w, x)
+            del q, k
+        return self.proj_out(self.norm(out).to(v.dtype) * v)
+
+    def _correlate(self, chunks: Iterator[tuple[int, int, Tensor, Tensor]], b: int, c: int, h: int, w: int, like: Tensor) -> Tensor:
+        """The per-window circular correlation of q and k, given as channel chunks (lo, hi, q[:, lo:hi], k[:, lo:hi]):
+        (B, C, H, W) float32 in the layout of `like` (the official code runs these FFTs in float32 whatever the
+        working precision)."""
         p = self.patch_size
-        if pre is None:
-            q, kv = self.q(x), self.kv(x)
-        else:
-            stacked = _Stacked(self.q, self.kv)
-            q, kv = _chained_conv1x1(x, pre, stacked).split([self.q.out_channels, self.kv.out_channels], dim=1)
-        q = self.q_dwconv(q)
-        k, v = self.kv_dwconv(kv).chunk(2, dim=1)
-        del kv  # the stacked projection (freed once both depthwise convs have read it)
-        b, c, h, w = v.shape
-        # FFTs in float32, as the official code does, whatever the working precision. Intermediates are dropped as
-        # soon as possible: at full resolution these spectra are the largest tensors of the whole network.
-        # (Contiguous windows: the FFT's shape function under torch.compile rejects the strided window view.)
-        spectrum = torch.fft.rfft2(self._windows(q).float().contiguous())
-        del q
-        spectrum = spectrum * torch.fft.rfft2(self._windows(k).float().contiguous())
-        del k
-        out = torch.fft.irfft2(spectrum, s=(p, p))
-        del spectrum
-        hp, wp = out.shape[2], out.shape[3]
-        if _channels_last(v):
-            out = out.permute(0, 2, 4, 3, 5, 1).reshape(b, hp * p, wp * p, c).permute(0, 3, 1, 2)
-        else:
-            out = out.permute(0, 1, 2, 4, 3, 5).reshape(b, c, hp * p, wp * p)
-        out = self.norm(out[:, :, :h, :w]).to(v.dtype) * v
-        return self.proj_out(out)
+        if not _FAST:
+            _, _, q, k = next(chunks)
+            qw, kw = self._windows(q), self._windows(k)
+            hp, wp = qw.shape[2], qw.shape[3]
+            out = torch.fft.irfft2(torch.fft.rfft2(qw.float()) * torch.fft.rfft2(kw.float()), s=(p, p))
+            return out.permute(0, 1, 2, 4, 3, 5).reshape(b, c, hp * p, wp * p)[:, :, :h, :w]
+        # written straight into the output layout, without a reshaped copy
+        layout = torch.channels_last if _channels_last(like) else torch.contiguous_format
+        out = torch.empty(b, c, h + -h % p, w + -w % p, dtype=torch.float32, device=like.device, memory_format=layout)
+        out_windows = self._windows(out)
+        for lo, hi, q, k in chunks:
+            # contiguous windows: the FFT's shape function under torch.compile rejects the strided window view
+            spectrum = torch.fft.rfft2(self._windows(q).float().contiguous())
+            del q
+            spectrum = _mul(spectrum, torch.fft.rfft2(self._windows(k).float().contiguous()))
+            del k
+            out_windows[:, lo:hi] = torch.fft.irfft2(spectrum, s=(p, p))
+            del spectrum
+        return out[:, :, :h, :w]
 
 
 class ComplexityExpert(nn.Module):
@@ -601,7 +636,13 @@ class ComplexityExpert(nn.Module):
         self.body = FFTAttention(rank, patch_size)
 
     def forward(self, x: Tensor, shared: Tensor) -> Tensor:
-        h = self.body(x, pre=self.proj[0]) * F.silu(self.proj[1](shared))
+        if not _FAST:
+            h = self.body(self.proj[0](x)) * F.silu(self.proj[1](shared))
+            return self.proj[2](h) + x
+        # (in place only into tensors made here: submodule outputs may be held by hooks)
+        body = self.body(x, pre=self.proj[0])
+        h = _mul(F.silu(self.proj[1](shared)), body)
+        del body
         return self.proj[2](h) + x
 
 
