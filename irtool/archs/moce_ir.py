@@ -21,9 +21,9 @@ Deliberate departures from the official code (github.com/eduardzamfir/MoCE-IR, `
 Inference is faster than the official code without changing its numbers (all within 1e-5; `reference_path()` runs
 the plain formulation the tests and `irtool bench` compare against): activations stay channels-last, where
 LayerNorm is one fused kernel on a free view and depthwise convs are fast; channel attention divides a small Gram
-matrix by the q/k norms instead of normalising q and k, and folds `attn @ v` into its output conv; 1x1 convs with
-nothing between them run as one. Which experts run is decided on the host (one sync per MoCE layer, none for an
-imposed routing), so a fixed routing can be captured in a CUDA graph.
+matrix by the q/k norms instead of normalising q and k, and folds `attn @ v` into its output conv; wide
+intermediates are freed early, or made in channel slices on large images. Which experts run is decided on the
+host (one sync per MoCE layer, none for an imposed routing), so a fixed routing can be captured in a CUDA graph.
 
 This module imports torch only: no I/O, no device choice.
 """
@@ -252,7 +252,7 @@ _FAST = True
 @contextlib.contextmanager
 def reference_path() -> Iterator[None]:
     """Run MoCE-IR the plain way inside this block: NCHW activations, LayerNorm from `var_mean`, attention with
-    explicitly normalised q and k, `attn @ v` then the output conv, every 1x1 conv on its own. This is the
+    explicitly normalised q and k, `attn @ v` then the output conv, whole-width intermediates. This is the
     formulation of the official code, kept as the yardstick the fast paths are tested and benchmarked against.
     (Not thread-safe: it flips a module-level switch.)"""
     global _FAST
@@ -354,42 +354,6 @@ def _attend_and_project(attn: Tensor, v: Tensor, project_out: nn.Conv2d) -> Tens
     return out.view(b, c, h, w)
 
 
-class _Stacked:
-    """1x1 convs on the same input seen as one (weights and biases stacked), for `_chained_conv1x1`."""
-
-    def __init__(self, *convs: nn.Conv2d) -> None:
-        self.convs = convs
-        self.weight = torch.cat([c.weight for c in convs])
-        biases = [c.bias for c in convs]
-        self.bias = None if all(b is None for b in biases) else torch.cat(
-            [b if b is not None else c.weight.new_zeros(c.out_channels) for b, c in zip(biases, convs)]
-        )
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight, self.bias)
-
-
-def _chained_weights(first: nn.Conv2d | None, second: nn.Conv2d | _Stacked) -> tuple[Tensor, Tensor | None]:
-    """Weight and bias of the single 1x1 conv equal to second(first(x)) (or of `second` alone)."""
-    if first is None:
-        return second.weight, second.bias
-    w1 = first.weight.flatten(1)
-    w2 = second.weight.flatten(1)
-    weight = (w2 @ w1).view(w2.shape[0], w1.shape[1], 1, 1)
-    bias = second.bias
-    if first.bias is not None:
-        bias = w2 @ first.bias if bias is None else torch.addmv(bias, w2, first.bias)
-    return weight, bias
-
-
-def _chained_conv1x1(x: Tensor, first: nn.Conv2d, second: nn.Conv2d | _Stacked) -> Tensor:
-    """second(first(x)) for 1x1 convs with nothing in between, as one conv with the product weight (one pass over
-    the image instead of two)."""
-    if not _FAST:
-        return second(first(x))
-    return F.conv2d(x, *_chained_weights(first, second))
-
-
 #: from this many pixels on, blocks run their widest steps in channel slices (same numbers, a fraction of the memory)
 LOW_MEMORY_PIXELS = 2**21
 
@@ -414,17 +378,13 @@ def _add(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _pointwise_depthwise(
-    x: Tensor, weight: Tensor, bias: Tensor | None, depthwise: nn.Conv2d, lo: int, hi: int, dw_lo: int | None = None
+    x: Tensor, weight: Tensor, bias: Tensor | None, depthwise: nn.Conv2d, lo: int, hi: int
 ) -> Tensor:
-    """depthwise(conv1x1(x; weight, bias)) for pointwise output channels lo:hi only (the depthwise conv's channels
-    dw_lo:dw_lo+hi-lo, by default the same). Every channel has its own depthwise filter, so a slice gives exactly
-    those channels of the whole."""
+    """depthwise(conv1x1(x; weight, bias)) for output channels lo:hi only. Every channel has its own depthwise
+    filter, so a slice gives exactly those channels of the whole."""
     h = F.conv2d(x, weight[lo:hi], None if bias is None else bias[lo:hi])
-    d = slice(lo if dw_lo is None else dw_lo, (lo if dw_lo is None else dw_lo) + hi - lo)
-    dw_bias = depthwise.bias
-    return F.conv2d(
-        h, depthwise.weight[d], None if dw_bias is None else dw_bias[d], padding=depthwise.padding, groups=hi - lo
-    )
+    dw_bias = None if depthwise.bias is None else depthwise.bias[lo:hi]
+    return F.conv2d(h, depthwise.weight[lo:hi], dw_bias, padding=depthwise.padding, groups=hi - lo)
 
 
 class ChannelAttention(nn.Module):
@@ -438,15 +398,16 @@ class ChannelAttention(nn.Module):
         self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=bias)
         self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
 
-    def forward(self, x: Tensor, pre: nn.Conv2d | None = None) -> Tensor:
-        """`pre`: a 1x1 conv applied to x first (folded into `qkv`)."""
+    def forward(self, x: Tensor) -> Tensor:
         if _FAST and _low_memory(x):
             # q, k and v one at a time: never the 3-channel-group projection and its depthwise output together
-            weight, bias = _chained_weights(pre, self.qkv)
             c = self.project_out.in_channels
-            q, k, v = (_pointwise_depthwise(x, weight, bias, self.qkv_dwconv, i * c, (i + 1) * c) for i in range(3))
+            q, k, v = (
+                _pointwise_depthwise(x, self.qkv.weight, self.qkv.bias, self.qkv_dwconv, i * c, (i + 1) * c)
+                for i in range(3)
+            )
         else:
-            qkv = self.qkv(x) if pre is None else _chained_conv1x1(x, pre, self.qkv)
+            qkv = self.qkv(x)
             q, k, v = self.qkv_dwconv(qkv).chunk(3, dim=1)
             del qkv  # free the projection before the attention itself
         return _attend_and_project(_channel_attention_map(q, k, self.num_heads, self.temperature), v, self.project_out)
@@ -465,12 +426,14 @@ class CrossChannelAttention(nn.Module):
         self.kv_dwconv = nn.Conv2d(dim * 2, dim * 2, 7, padding=3, groups=dim * 2, bias=bias)
         self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
 
-    def forward(self, x: Tensor, y: Tensor, pre: nn.Conv2d | None = None) -> Tensor:
-        """`pre`: a 1x1 conv applied to x first (folded into `q`)."""
-        q = self.q_dwconv(self.q(x) if pre is None else _chained_conv1x1(x, pre, self.q))
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        q = self.q_dwconv(self.q(x))
         if _FAST and _low_memory(y):
             c = self.q.out_channels
-            k, v = (_pointwise_depthwise(y, self.kv.weight, self.kv.bias, self.kv_dwconv, i * c, (i + 1) * c) for i in (0, 1))
+            k, v = (
+                _pointwise_depthwise(y, self.kv.weight, self.kv.bias, self.kv_dwconv, i * c, (i + 1) * c)
+                for i in (0, 1)
+            )
         else:
             k, v = self.kv_dwconv(self.kv(y)).chunk(2, dim=1)
         return _attend_and_project(_channel_attention_map(q, k, self.num_heads, self.temperature), v, self.project_out)
@@ -565,21 +528,19 @@ class FFTAttention(nn.Module):
             return x.permute(0, 2, 3, 1).reshape(b, hp, p, wp, p, c).permute(0, 5, 1, 3, 2, 4)
         return x.view(b, c, hp, p, wp, p).permute(0, 1, 2, 4, 3, 5)
 
-    def forward(self, x: Tensor, pre: nn.Conv2d | None = None) -> Tensor:
-        """`pre`: a 1x1 conv applied to x first (folded into `q` and `kv`)."""
+    def forward(self, x: Tensor) -> Tensor:
         r = self.q.out_channels
         b, _, h, w = x.shape
         if _FAST and _low_memory(x):
             # Large images: q and k a quarter of the channels at a time, straight into the correlation, then v; at full
             # resolution the complex spectra are the widest tensors of the network.
-            weight, bias = _chained_weights(pre, _Stacked(self.q, self.kv))
             chunks = (
-                (lo, hi, _pointwise_depthwise(x, weight, bias, self.q_dwconv, lo, hi),
-                 _pointwise_depthwise(x, weight, bias, self.kv_dwconv, r + lo, r + hi, lo))
+                (lo, hi, _pointwise_depthwise(x, self.q.weight, None, self.q_dwconv, lo, hi),
+                 _pointwise_depthwise(x, self.kv.weight, None, self.kv_dwconv, lo, hi))
                 for lo, hi in _ranges(r, 4)
             )
             out = self._correlate(chunks, b, r, h, w, x)
-            v = _pointwise_depthwise(x, weight, bias, self.kv_dwconv, 2 * r, 3 * r, r)
+            v = _pointwise_depthwise(x, self.kv.weight, None, self.kv_dwconv, r, 2 * r)
             # normalise and gate a band of rows at a time: no second float32 copy of the correlation
             gated = torch.empty_like(v)
             for top, bottom in _ranges(h, 8):
@@ -587,10 +548,7 @@ class FFTAttention(nn.Module):
             del out, v
             return self.proj_out(gated)
         else:
-            if pre is None:
-                q, kv = self.q(x), self.kv(x)
-            else:
-                q, kv = _chained_conv1x1(x, pre, _Stacked(self.q, self.kv)).split([r, 2 * r], dim=1)
+            q, kv = self.q(x), self.kv(x)
             q = self.q_dwconv(q)
             k, v = self.kv_dwconv(kv).chunk(2, dim=1)
             del kv  # the projection (freed once the depthwise conv has read it)
@@ -598,7 +556,9 @@ class FFTAttention(nn.Module):
             del q, k
         return self.proj_out(self.norm(out).to(v.dtype) * v)
 
-    def _correlate(self, chunks: Iterator[tuple[int, int, Tensor, Tensor]], b: int, c: int, h: int, w: int, like: Tensor) -> Tensor:
+    def _correlate(
+        self, chunks: Iterator[tuple[int, int, Tensor, Tensor]], b: int, c: int, h: int, w: int, like: Tensor
+    ) -> Tensor:
         """The per-window circular correlation of q and k, given as channel chunks (lo, hi, q[:, lo:hi], k[:, lo:hi]):
         (B, C, H, W) float32 in the layout of `like` (the official code runs these FFTs in float32 whatever the
         working precision)."""
@@ -640,7 +600,7 @@ class ComplexityExpert(nn.Module):
             h = self.body(self.proj[0](x)) * F.silu(self.proj[1](shared))
             return self.proj[2](h) + x
         # (in place only into tensors made here: submodule outputs may be held by hooks)
-        body = self.body(x, pre=self.proj[0])
+        body = self.body(self.proj[0](x))
         h = _mul(F.silu(self.proj[1](shared)), body)
         del body
         return self.proj[2](h) + x
@@ -779,7 +739,7 @@ class MoCEBlock(nn.Module):
 
     def forward(self, x: Tensor, freq_emb: Tensor, state: _Pass) -> Tensor:
         h = self.norms[0](x)
-        shared = self.shared(h, pre=self.proj[0])
+        shared = self.shared(self.proj[0](h))
         h = self.proj[1](h)  # rebinding frees the normalised input before the experts run
         routed = self.adapter(h, freq_emb, shared, state)
         del h
