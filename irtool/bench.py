@@ -150,9 +150,18 @@ class BenchReport:
                     return r.median_ms
             return None
 
-        out: dict[str, Any] = {"dense_over_sparse": {}, "reference_over_fast": {}}
+        out: dict[str, Any] = {"dense_over_sparse": {}, "reference_over_fast": {}, "eager_over_compiled": {},
+                               "eager_over_graph": {}}
         for r in self.rows:
-            if r.median_ms is None or r.compiled or r.cuda_graph:
+            if r.median_ms is None:
+                continue
+            if r.compiled or r.cuda_graph:
+                eager = median(height=r.height, width=r.width, batch=r.batch, precision=r.precision, path=r.path,
+                               experts=r.experts, compiled=False, cuda_graph=False)
+                if eager:
+                    key = "eager_over_compiled" if r.compiled else "eager_over_graph"
+                    tag = f"{r.width}x{r.height} b{r.batch} {r.precision} {r.experts}"
+                    out[key][tag] = round(eager / r.median_ms, 3)
                 continue
             tag = f"{r.width}x{r.height} b{r.batch} {r.precision}"
             if r.path == "fast" and r.experts == "dense":
@@ -364,8 +373,9 @@ def run_bench(
                     torch.cuda.empty_cache()
             for path in plan.paths:
                 for precision in plan.precisions:
-                    for experts in plan.experts:
+                    for experts, mode in _modes(plan, device, path):
                         row = BenchRow(h, w, batch, path, precision, experts)
+                        row.compiled, row.cuda_graph = mode == "compile", mode == "graph"
                         try:
                             output = _measure(model, device, plan, x, row)
                         except IrtoolError as exc:
@@ -386,6 +396,28 @@ def run_bench(
     if report.load_average is not None:
         report.load_average = (report.load_average[0], _load()[0])
     return report
+
+
+def _modes(plan: BenchPlan, device: torch.device, path: str) -> Iterator[tuple[str, str]]:
+    """(expert mode, execution) pairs of one path: every expert mode eagerly, then compiled (--compile) and replayed
+    from CUDA graphs (--cuda-graphs, CUDA only, where the expert choice is known in advance: dense or eN)."""
+    for experts in plan.experts:
+        yield experts, "eager"
+    if path != "fast":
+        return
+    if plan.compile:
+        for experts in plan.experts:
+            yield experts, "compile"
+    if plan.cuda_graphs and device.type == "cuda":
+        for experts in plan.experts:
+            if experts != "sparse":
+                yield experts, "graph"
+
+
+def count_cases(plan: BenchPlan, device: torch.device) -> int:
+    """How many rows `run_bench` will produce."""
+    per_size = sum(len(list(_modes(plan, device, path))) for path in plan.paths) * len(plan.precisions)
+    return per_size * len(plan.sizes) * len(plan.batches)
 
 
 def _load() -> tuple[float, float]:
@@ -421,12 +453,10 @@ def _measure(model: nn.Module, device: torch.device, plan: BenchPlan, x: Tensor,
             return model.run(x, routing, dense=dense)
 
     call = eager
-    graphable = row.path == "fast" and (dense or routing is not None)
-    if plan.cuda_graphs and device.type == "cuda" and graphable:
+    if row.cuda_graph:
         graph = runtime.CudaGraphRun(model, x, routing=routing, dense=dense, precision=row.precision)
-        row.cuda_graph = True
         call = lambda: graph(x)  # noqa: E731
-    elif plan.compile and row.path == "fast":
+    elif row.compiled:
         compiled = runtime.compile_run(model)
 
         def call() -> Any:
@@ -436,7 +466,6 @@ def _measure(model: nn.Module, device: torch.device, plan: BenchPlan, x: Tensor,
         started = time.perf_counter()
         call()  # compiles
         _sync(device)
-        row.compiled = True
         row.compile_s = round(time.perf_counter() - started, 2)
 
     with _MemoryProbe(device) as probe:

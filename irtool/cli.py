@@ -122,8 +122,8 @@ _BENCH_HELP = {
     "precision": "fp32, bf16, fp16 (autocast). Default fp32,bf16 on GPUs, fp32 on CPUs.",
     "experts": "sparse (only the chosen experts), dense (all experts), eN (expert N in every layer).",
     "path": "fast (irtool's inference path) and/or reference (the plain formulation, for comparison).",
-    "compile": "Time torch.compile'd forwards on the fast path (compiles once per case: minutes on a small CPU).",
-    "cuda_graphs": "Replay captured CUDA graphs where the expert choice is known in advance (dense, eN).",
+    "compile": "Also time torch.compile'd forwards of the fast path (compiles per case: minutes on a small CPU).",
+    "cuda_graphs": "Also time CUDA graph replays where the expert choice is known in advance (dense, eN).",
     "warmup": "Untimed runs before timing.",
     "runs": "Timed runs per case. Default 20 on GPUs, 5 on CPUs.",
     "breakdown": "Time router, trunk and experts in an extra synchronised pass.",
@@ -192,7 +192,7 @@ def bench(
     from rich.console import Console
 
     err = Console(stderr=True, highlight=False)
-    total = len(plan.sizes) * len(plan.batches) * len(plan.paths) * len(plan.precisions) * len(plan.experts)
+    total = bench_mod.count_cases(plan, dev)
     done = [0]
 
     def progress(row: "bench_mod.BenchRow") -> None:
@@ -248,6 +248,10 @@ def _print_bench(report: Any) -> None:
         console.print(f"dense / sparse experts, {tag}: {ratio:.2f}x the time")
     for tag, ratio in summary["reference_over_fast"].items():
         console.print(f"reference / fast path, {tag}: {ratio:.2f}x the time")
+    for tag, ratio in summary["eager_over_compiled"].items():
+        console.print(f"eager / torch.compile, {tag}: {ratio:.2f}x the time")
+    for tag, ratio in summary["eager_over_graph"].items():
+        console.print(f"eager / CUDA graph, {tag}: {ratio:.2f}x the time")
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -147,3 +148,25 @@ def test_cuda_bench_reports_allocator_memory():
     rows = report["rows"]
     assert all(r["error"] is None and r["memory_kind"] == "cuda-allocator" for r in rows)
     assert any(r["cuda_graph"] for r in rows if r["experts"] == "dense")
+
+
+def test_case_count_follows_the_execution_modes():
+    plan = bench.BenchPlan(sizes=((32, 32), (16, 16)), experts=("sparse", "dense"), paths=("fast", "reference"), compile=True,
+                           cuda_graphs=True)
+    # fast: 2 eager + 2 compiled; reference: 2 eager; CUDA adds a graph replay for dense (sparse needs the host)
+    assert bench.count_cases(plan, torch.device("cpu")) == 2 * 6
+    assert bench.count_cases(plan, torch.device("cuda")) == 2 * 7
+
+
+@pytest.mark.skipif(
+    not os.environ.get("IRTOOL_TEST_COMPILE"),
+    reason="torch.compile needs minutes of CPU for its first graphs; set IRTOOL_TEST_COMPILE=1 to run it",
+)
+def test_compiled_run_equals_eager():
+    report = _bench("--config", "moce_ir:tiny", "--sizes", "32", "--experts", "sparse,dense", "--compile")
+    rows = {(r["experts"], r["compiled"]): r for r in report["rows"]}
+    assert set(rows) == {("sparse", False), ("dense", False), ("sparse", True), ("dense", True)}
+    for (experts, compiled), r in rows.items():
+        assert r["error"] is None and r["max_abs_diff"] < 1e-5
+        assert (r["compile_s"] is not None) == compiled
+    assert set(report["summary"]["eager_over_compiled"]) == {"32x32 b1 fp32 sparse", "32x32 b1 fp32 dense"}
