@@ -1,6 +1,6 @@
 """Reproduce the performance tables of benchmarks/README.md with `irtool bench` (irtool only, random weights).
 
-    python benchmarks/perf_table.py                    # CPU table (2 threads), about 10 minutes on 2 cores
+    python benchmarks/perf_table.py                    # CPU table (2 threads), about 20 minutes on 2 cores
     python benchmarks/perf_table.py --device cuda:0    # GPU tables, including the 3840x2160 memory check
     python benchmarks/perf_table.py --quick            # a one-minute smoke run of the same pipeline
 
@@ -25,6 +25,8 @@ CPU_CASES = [
     ("MoCE_IR_S", ["--sizes", "256", "--experts", "sparse,dense,e0,e3", "--path", "fast,reference", "--runs", "7"]),
     ("MoCE_IR", ["--sizes", "256", "--experts", "sparse,dense,e0,e3", "--path", "fast,reference", "--runs", "7"]),
     ("MoCE_IR_S", ["--sizes", "512", "--experts", "sparse,dense", "--runs", "3", "--breakdown"]),
+    ("MoCE_IR_S", ["--sizes", "256", "--precision", "fp32,bf16", "--experts", "sparse", "--runs", "5"]),
+    ("MoCE_IR_S", ["--sizes", "256", "--experts", "sparse,dense", "--compile", "--runs", "7"]),
 ]
 GPU_CASES = [
     ("MoCE_IR_S", ["--sizes", "256,512,1024", "--batch", "1,4", "--precision", "fp32,bf16,fp16",
