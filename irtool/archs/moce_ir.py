@@ -18,14 +18,22 @@ Deliberate departures from the official code (github.com/eduardzamfir/MoCE-IR, `
 - The official `stage_depth`/`depth_type` options repeat the very same expert computation `depth` times and keep the
   last result; they change neither the weights nor the output, so they are not modelled here.
 
+Inference is faster than the official code without changing its numbers (all within 1e-5; `reference_path()` runs
+the plain formulation the tests and `irtool bench` compare against): activations stay channels-last, where
+LayerNorm is one fused kernel on a free view and depthwise convs are fast; channel attention divides a small Gram
+matrix by the q/k norms instead of normalising q and k, and folds `attn @ v` into its output conv; wide
+intermediates are freed early, or made in channel slices on large images. Which experts run is decided on the
+host (one sync per MoCE layer, none for an imposed routing), so a fixed routing can be captured in a CUDA graph.
+
 This module imports torch only: no I/O, no device choice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -160,26 +168,45 @@ class Routing:
     experts: Tensor
     gates: Tensor
     logits: Tensor | None = None
+    #: a CPU copy of `experts`, kept when the routing moves to an accelerator: an imposed routing then picks its
+    #: experts without a device sync, so the forward can be captured in a CUDA graph
+    host_experts: Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_layers(self) -> int:
         return self.experts.shape[1]
 
+    def _host(self) -> Tensor | None:
+        if self.host_experts is not None:
+            return self.host_experts
+        return self.experts if self.experts.device.type == "cpu" else None
+
     def __getitem__(self, index: int | slice | Tensor) -> Routing:
         """The routing of a subset of the batch (keeps the batch dimension)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
-        return Routing(self.experts[index], self.gates[index], None if self.logits is None else self.logits[index])
+        host = self._host()
+        return Routing(
+            self.experts[index],
+            self.gates[index],
+            None if self.logits is None else self.logits[index],
+            None if host is None else host[index.cpu() if isinstance(index, Tensor) else index],
+        )
 
     def to(self, device: torch.device | str) -> Routing:
         return Routing(
-            self.experts.to(device), self.gates.to(device), None if self.logits is None else self.logits.to(device)
+            self.experts.to(device),
+            self.gates.to(device),
+            None if self.logits is None else self.logits.to(device),
+            self._host(),
         )
 
     @staticmethod
     def cat(parts: list[Routing]) -> Routing:
         logits = None if any(p.logits is None for p in parts) else torch.cat([p.logits for p in parts])
-        return Routing(torch.cat([p.experts for p in parts]), torch.cat([p.gates for p in parts]), logits)
+        hosts = [p._host() for p in parts]
+        host = None if any(h is None for h in hosts) else torch.cat(hosts)
+        return Routing(torch.cat([p.experts for p in parts]), torch.cat([p.gates for p in parts]), logits, host)
 
 
 @dataclass
@@ -218,11 +245,35 @@ class _NormParams(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if with_bias else None
 
 
+# Fast paths on (default) or the plain reference formulation; see `reference_path`.
+_FAST = True
+
+
+@contextlib.contextmanager
+def reference_path() -> Iterator[None]:
+    """Run MoCE-IR the plain way inside this block: NCHW activations, LayerNorm from `var_mean`, attention with
+    explicitly normalised q and k, `attn @ v` then the output conv, whole-width intermediates. This is the
+    formulation of the official code, kept as the yardstick the fast paths are tested and benchmarked against.
+    (Not thread-safe: it flips a module-level switch.)"""
+    global _FAST
+    previous, _FAST = _FAST, False
+    try:
+        yield
+    finally:
+        _FAST = previous
+
+
+def _channels_last(x: Tensor) -> bool:
+    """True when the channels are the fastest-moving dimension (a channels-last tensor or a channel slice of one)."""
+    return x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1
+
+
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channels of a (B, C, H, W) tensor, eps 1e-5, biased variance.
 
-    The official code rearranges to (B, H·W, C) and back for every call; normalising along dim 1 in place gives the
-    same numbers without the two copies. "BiasFree" divides by the standard deviation without subtracting the mean.
+    The official code rearranges to (B, H·W, C) and back for every call. On a channels-last tensor that layout is
+    a free view, so the fused `F.layer_norm` kernel runs on it directly; otherwise the statistics are taken along
+    dim 1 in place. "BiasFree" divides by the standard deviation without subtracting the mean.
     """
 
     def __init__(self, dim: int, with_bias: bool = True) -> None:
@@ -230,20 +281,110 @@ class ChannelLayerNorm(nn.Module):
         self.body = _NormParams(dim, with_bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        w, b = self.body.weight, self.body.bias
+        if _FAST and b is not None and _channels_last(x) and x.dtype == w.dtype:
+            return F.layer_norm(x.permute(0, 2, 3, 1), w.shape, w, b, 1e-5).permute(0, 3, 1, 2)
         var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
-        w = self.body.weight.view(1, -1, 1, 1)
-        if self.body.bias is None:
-            return x * torch.rsqrt(var + 1e-5) * w
-        return (x - mean) * torch.rsqrt(var + 1e-5) * w + self.body.bias.view(1, -1, 1, 1)
+        if b is None:
+            return x * torch.rsqrt(var + 1e-5) * w.view(1, -1, 1, 1)
+        return (x - mean) * torch.rsqrt(var + 1e-5) * w.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
 
 
-def _channel_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, temperature: Tensor) -> Tensor:
-    """Transposed ("channel") attention: a (C/h x C/h) map per head from the whole H·W. q, k, v: (B, C, H, W)."""
-    b, c, h, w = q.shape
-    q = F.normalize(q.reshape(b, heads, c // heads, h * w), dim=-1)
-    k = F.normalize(k.reshape(b, heads, c // heads, h * w), dim=-1)
-    attn = torch.softmax((q @ k.transpose(-2, -1)) * temperature, dim=-1)
-    return (attn @ v.reshape(b, heads, c // heads, h * w)).reshape(b, c, h, w)
+def _split_heads(t: Tensor, heads: int) -> Tensor:
+    """(B, C, H, W) -> (B, heads, C/heads, H·W), a view in either memory layout."""
+    b, c, h, w = t.shape
+    if _channels_last(t):
+        return t.permute(0, 2, 3, 1).reshape(b, h * w, heads, c // heads).permute(0, 2, 3, 1)
+    return t.reshape(b, heads, c // heads, h * w)
+
+
+def _l2_norms(t: Tensor, heads: int) -> Tensor:
+    """Euclidean norm over H·W of each channel of (B, C, H, W): (B, heads, C/heads, 1)."""
+    b, c, h, w = t.shape
+    if _channels_last(t):
+        # Column sums of the (H·W, C) token matrix; a matrix-vector product beats a reduction along a strided dim.
+        tokens = t.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        squares = torch.ones(b, 1, h * w, dtype=t.dtype, device=t.device) @ tokens.square()
+        return squares.sqrt().view(b, heads, c // heads, 1)
+    return torch.linalg.vector_norm(t.reshape(b, heads, c // heads, h * w), dim=-1, keepdim=True)
+
+
+def _channel_attention_map(q: Tensor, k: Tensor, heads: int, temperature: Tensor) -> Tensor:
+    """softmax(q̂ k̂ᵀ · temperature) per head, q̂ and k̂ L2-normalised over H·W: (B, heads, C/h, C/h).
+
+    The official code normalises q and k (two full-size copies) before the product. Dividing the small Gram
+    matrix by the outer product of the norms gives the same numbers (F.normalize's eps 1e-12 kept) without them.
+    """
+    if not _FAST:
+        qn = F.normalize(_split_heads(q, heads), dim=-1)
+        kn = F.normalize(_split_heads(k, heads), dim=-1)
+        return torch.softmax((qn @ kn.transpose(-2, -1)) * temperature, dim=-1)
+    gram = _split_heads(q, heads) @ _split_heads(k, heads).transpose(-2, -1)
+    norms = _l2_norms(q, heads).clamp_min(1e-12) * _l2_norms(k, heads).clamp_min(1e-12).transpose(-2, -1)
+    return torch.softmax(gram / norms * temperature, dim=-1)
+
+
+def _attend_and_project(attn: Tensor, v: Tensor, project_out: nn.Conv2d) -> Tensor:
+    """project_out(attn @ v) for channel attention maps `attn` (B, heads, d, d) and values `v` (B, C, H, W).
+
+    Both steps are linear in v, so they fold into one (C x C) matrix per image, W_out · blockdiag(attn): one pass
+    over v instead of two and no intermediate tensor. The result keeps v's memory layout.
+    """
+    b, c, h, w = v.shape
+    heads, d = attn.shape[1], attn.shape[2]
+    if not _FAST:
+        return project_out((attn @ _split_heads(v, heads)).reshape(b, c, h, w))
+    weight = project_out.weight.view(c, c)
+    if heads == 1:
+        mix = weight @ attn[:, 0]
+    else:
+        block = attn.new_zeros(b, heads, d, heads, d)
+        torch.diagonal(block, dim1=1, dim2=3).copy_(attn.permute(0, 2, 3, 1))
+        mix = weight @ block.view(b, c, c)
+    bias = project_out.bias
+    if _channels_last(v):
+        tokens = v.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        if bias is None:
+            out = tokens @ mix.transpose(-2, -1)
+        else:
+            out = torch.baddbmm(bias.view(1, 1, c), tokens, mix.transpose(-2, -1))
+        return out.view(b, h, w, c).permute(0, 3, 1, 2)
+    flat = v.reshape(b, c, h * w)
+    out = mix @ flat if bias is None else torch.baddbmm(bias.view(1, c, 1), mix, flat)
+    return out.view(b, c, h, w)
+
+
+#: from this many pixels on, blocks run their widest steps in channel slices (same numbers, a fraction of the memory)
+LOW_MEMORY_PIXELS = 2**21
+
+
+def _low_memory(x: Tensor) -> bool:
+    return x.shape[-2] * x.shape[-1] >= LOW_MEMORY_PIXELS
+
+
+def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+
+
+def _mul(a: Tensor, b: Tensor) -> Tensor:
+    """a * b, in place into `a` when no gradient is being recorded. `a` must be a temporary made by the caller
+    (never a submodule's output, which a forward hook may hold)."""
+    return a * b if torch.is_grad_enabled() else a.mul_(b)
+
+
+def _add(a: Tensor, b: Tensor) -> Tensor:
+    return a + b if torch.is_grad_enabled() else a.add_(b)
+
+
+def _pointwise_depthwise(
+    x: Tensor, weight: Tensor, bias: Tensor | None, depthwise: nn.Conv2d, lo: int, hi: int
+) -> Tensor:
+    """depthwise(conv1x1(x; weight, bias)) for output channels lo:hi only. Every channel has its own depthwise
+    filter, so a slice gives exactly those channels of the whole."""
+    h = F.conv2d(x, weight[lo:hi], None if bias is None else bias[lo:hi])
+    dw_bias = None if depthwise.bias is None else depthwise.bias[lo:hi]
+    return F.conv2d(h, depthwise.weight[lo:hi], dw_bias, padding=depthwise.padding, groups=hi - lo)
 
 
 class ChannelAttention(nn.Module):
@@ -258,8 +399,18 @@ class ChannelAttention(nn.Module):
         self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
-        return self.project_out(_channel_attention(q, k, v, self.num_heads, self.temperature))
+        if _FAST and _low_memory(x):
+            # q, k and v one at a time: never the 3-channel-group projection and its depthwise output together
+            c = self.project_out.in_channels
+            q, k, v = (
+                _pointwise_depthwise(x, self.qkv.weight, self.qkv.bias, self.qkv_dwconv, i * c, (i + 1) * c)
+                for i in range(3)
+            )
+        else:
+            qkv = self.qkv(x)
+            q, k, v = self.qkv_dwconv(qkv).chunk(3, dim=1)
+            del qkv  # free the projection before the attention itself
+        return _attend_and_project(_channel_attention_map(q, k, self.num_heads, self.temperature), v, self.project_out)
 
 
 class CrossChannelAttention(nn.Module):
@@ -277,8 +428,15 @@ class CrossChannelAttention(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         q = self.q_dwconv(self.q(x))
-        k, v = self.kv_dwconv(self.kv(y)).chunk(2, dim=1)
-        return self.project_out(_channel_attention(q, k, v, self.num_heads, self.temperature))
+        if _FAST and _low_memory(y):
+            c = self.q.out_channels
+            k, v = (
+                _pointwise_depthwise(y, self.kv.weight, self.kv.bias, self.kv_dwconv, i * c, (i + 1) * c)
+                for i in (0, 1)
+            )
+        else:
+            k, v = self.kv_dwconv(self.kv(y)).chunk(2, dim=1)
+        return _attend_and_project(_channel_attention_map(q, k, self.num_heads, self.temperature), v, self.project_out)
 
 
 class GatedFFN(nn.Module):
@@ -292,8 +450,30 @@ class GatedFFN(nn.Module):
         self.project_out = nn.Conv2d(hidden, dim, 1, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
-        return self.project_out(F.gelu(x1) * x2)
+        if not _FAST:
+            x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
+            return self.project_out(F.gelu(x1) * x2)
+        n = self.project_out.in_channels
+        if not _low_memory(x):
+            # The two halves of the hidden layer one after the other: every channel gets the same convolutions, but
+            # the widest tensors of the block (2 x hidden channels, twice) never exist at once.
+            gated = _mul(F.gelu(self._hidden(x, 0, n)), self._hidden(x, n, 2 * n))
+            return self.project_out(gated)
+        # Large images: a quarter of the hidden channels at a time, each quarter's share of the output projection
+        # summed up, so that no hidden-width tensor exists at all.
+        out = None
+        weight = self.project_out.weight
+        for lo, hi in _ranges(n, 4):
+            gated = _mul(F.gelu(self._hidden(x, lo, hi)), self._hidden(x, n + lo, n + hi))
+            part = F.conv2d(gated, weight[:, lo:hi])
+            del gated
+            out = part if out is None else _add(out, part)
+        bias = self.project_out.bias
+        return out if bias is None else _add(out, bias.view(1, -1, 1, 1).to(out.dtype))
+
+    def _hidden(self, x: Tensor, lo: int, hi: int) -> Tensor:
+        """Hidden channels lo:hi (of 2 x hidden): the 1x1 projection and the depthwise conv of those channels only."""
+        return _pointwise_depthwise(x, self.project_in.weight, self.project_in.bias, self.dwconv, lo, hi)
 
 
 class TransformerBlock(nn.Module):
@@ -337,25 +517,71 @@ class FFTAttention(nn.Module):
         self.proj_out = nn.Conv2d(dim, dim, 1)
 
     def _windows(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, C, H/p, W/p, p, p), zero-padding bottom/right to a multiple of p."""
+        """(B, C, H, W) -> (B, C, H/p, W/p, p, p), zero-padding bottom/right to a multiple of p; a view when no
+        padding is needed."""
         p = self.patch_size
         b, c, h, w = x.shape
-        x = F.pad(x, (0, -w % p, 0, -h % p))
+        if h % p or w % p:
+            x = F.pad(x, (0, -w % p, 0, -h % p))
         hp, wp = x.shape[-2] // p, x.shape[-1] // p
+        if _channels_last(x):
+            return x.permute(0, 2, 3, 1).reshape(b, hp, p, wp, p, c).permute(0, 5, 1, 3, 2, 4)
         return x.view(b, c, hp, p, wp, p).permute(0, 1, 2, 4, 3, 5)
 
     def forward(self, x: Tensor) -> Tensor:
+        r = self.q.out_channels
+        b, _, h, w = x.shape
+        if _FAST and _low_memory(x):
+            # Large images: q and k a quarter of the channels at a time, straight into the correlation, then v; at full
+            # resolution the complex spectra are the widest tensors of the network.
+            chunks = (
+                (lo, hi, _pointwise_depthwise(x, self.q.weight, None, self.q_dwconv, lo, hi),
+                 _pointwise_depthwise(x, self.kv.weight, None, self.kv_dwconv, lo, hi))
+                for lo, hi in _ranges(r, 4)
+            )
+            out = self._correlate(chunks, b, r, h, w, x)
+            v = _pointwise_depthwise(x, self.kv.weight, None, self.kv_dwconv, r, 2 * r)
+            # normalise and gate a band of rows at a time: no second float32 copy of the correlation
+            gated = torch.empty_like(v)
+            for top, bottom in _ranges(h, 8):
+                gated[:, :, top:bottom] = self.norm(out[:, :, top:bottom]).to(v.dtype) * v[:, :, top:bottom]
+            del out, v
+            return self.proj_out(gated)
+        else:
+            q, kv = self.q(x), self.kv(x)
+            q = self.q_dwconv(q)
+            k, v = self.kv_dwconv(kv).chunk(2, dim=1)
+            del kv  # the projection (freed once the depthwise conv has read it)
+            out = self._correlate(iter([(0, r, q, k)]), b, r, h, w, x)
+            del q, k
+        return self.proj_out(self.norm(out).to(v.dtype) * v)
+
+    def _correlate(
+        self, chunks: Iterator[tuple[int, int, Tensor, Tensor]], b: int, c: int, h: int, w: int, like: Tensor
+    ) -> Tensor:
+        """The per-window circular correlation of q and k, given as channel chunks (lo, hi, q[:, lo:hi], k[:, lo:hi]):
+        (B, C, H, W) float32 in the layout of `like` (the official code runs these FFTs in float32 whatever the
+        working precision)."""
         p = self.patch_size
-        b, c, h, w = x.shape
-        q = self._windows(self.q_dwconv(self.q(x)))
-        k, v = self.kv_dwconv(self.kv(x)).chunk(2, dim=1)
-        k = self._windows(k)
-        # FFTs in float32, as the official code does, whatever the working precision
-        out = torch.fft.irfft2(torch.fft.rfft2(q.float()) * torch.fft.rfft2(k.float()), s=(p, p))
-        hp, wp = out.shape[2], out.shape[3]
-        out = out.permute(0, 1, 2, 4, 3, 5).reshape(b, c, hp * p, wp * p)[:, :, :h, :w]
-        out = self.norm(out).to(v.dtype) * v
-        return self.proj_out(out)
+        if not _FAST:
+            _, _, q, k = next(chunks)
+            qw, kw = self._windows(q), self._windows(k)
+            hp, wp = qw.shape[2], qw.shape[3]
+            out = torch.fft.irfft2(torch.fft.rfft2(qw.float()) * torch.fft.rfft2(kw.float()), s=(p, p))
+            return out.permute(0, 1, 2, 4, 3, 5).reshape(b, c, hp * p, wp * p)[:, :, :h, :w]
+        # written straight into the output layout, without a reshaped copy
+        layout = torch.channels_last if _channels_last(like) else torch.contiguous_format
+        out = torch.empty(b, c, h + -h % p, w + -w % p, dtype=torch.float32, device=like.device, memory_format=layout)
+        out_windows = self._windows(out)
+        for lo, hi, q, k in chunks:
+            # contiguous windows: the FFT's shape function under torch.compile rejects the strided window view
+            spectrum = torch.fft.rfft2(self._windows(q).float().contiguous())
+            del q
+            spectrum = _mul(spectrum, torch.fft.rfft2(self._windows(k).float().contiguous()))
+            del k
+            out_windows[:, lo:hi] = torch.fft.irfft2(spectrum, s=(p, p))
+            del spectrum
+        return out[:, :, :h, :w]
 
 
 class ComplexityExpert(nn.Module):
@@ -370,7 +596,13 @@ class ComplexityExpert(nn.Module):
         self.body = FFTAttention(rank, patch_size)
 
     def forward(self, x: Tensor, shared: Tensor) -> Tensor:
-        h = self.body(self.proj[0](x)) * F.silu(self.proj[1](shared))
+        if not _FAST:
+            h = self.body(self.proj[0](x)) * F.silu(self.proj[1](shared))
+            return self.proj[2](h) + x
+        # (in place only into tensors made here: submodule outputs may be held by hooks)
+        body = self.body(self.proj[0](x))
+        h = _mul(F.silu(self.proj[1](shared)), body)
+        del body
         return self.proj[2](h) + x
 
 
@@ -437,14 +669,16 @@ class MoCELayer(nn.Module):
     def expert(self, e: int) -> ComplexityExpert:
         return self.experts[e][0]
 
-    def _decide(self, x: Tensor, freq_emb: Tensor, state: _Pass) -> tuple[Tensor, Tensor]:
-        """Top-k experts (B, k) and their gates (B, k) for this layer; records them in `state`."""
+    def _decide(self, x: Tensor, freq_emb: Tensor, state: _Pass) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Top-k experts (B, k) and gates (B, k) for this layer, recorded in `state`, and a CPU copy of the experts
+        when one exists without a device sync (imposed routing)."""
         if state.imposed is not None:
-            experts = state.imposed.experts[:, state.layer].to(x.device)
-            gates = state.imposed.gates[:, state.layer].to(device=x.device)
+            experts = state.imposed.experts[:, state.layer]
+            gates = state.imposed.gates[:, state.layer]
+            host = state.imposed.host_experts
             state.experts.append(experts)
             state.gates.append(gates)
-            return experts, gates
+            return experts, gates, None if host is None else host[:, state.layer]
         logits = self.routing(x, freq_emb)
         scores = logits
         if self.training or state.noise is not False:
@@ -458,26 +692,34 @@ class MoCELayer(nn.Module):
         state.experts.append(experts)
         state.gates.append(gates)
         state.logits.append(logits)
-        return experts, gates
+        return experts, gates, None
 
     def forward(self, x: Tensor, freq_emb: Tensor, shared: Tensor, state: _Pass) -> Tensor:
-        experts, gates = self._decide(x, freq_emb, state)
+        experts, gates, host = self._decide(x, freq_emb, state)
         gates = gates.to(x.dtype)
+        state.layer += 1
         if state.dense:
             # Every expert on every image; unchosen experts get gate 0, so the sum equals the sparse result.
             full = torch.zeros(x.shape[0], len(self.experts), dtype=x.dtype, device=x.device)
             full.scatter_(1, experts, gates)
             out = sum(full[:, e].view(-1, 1, 1, 1) * self.expert(e)(x, shared) for e in range(len(self.experts)))
-        elif x.shape[0] == 1 and self.top_k == 1:
-            out = gates.view(1, 1, 1, 1) * self.expert(int(experts[0, 0]))(x, shared)
-        else:
-            # Group the batch by expert: each image runs only its own experts and receives only their outputs.
-            out = torch.zeros_like(x)
-            for e in torch.unique(experts).tolist():
-                rows, slot = (experts == e).nonzero(as_tuple=True)
-                y = self.expert(e)(x[rows], shared[rows]) * gates[rows, slot].view(-1, 1, 1, 1)
-                out = out.index_add(0, rows, y)
-        state.layer += 1
+            return self.proj_out(out)
+        if host is None:
+            host = experts.cpu()  # which experts to run is decided on the host: one sync per layer on accelerators
+        if bool((host == host[:1]).all()):
+            # The whole batch (always so at batch 1) runs the same experts: no regrouping, only per-image gates.
+            out = None
+            for slot, e in enumerate(host[0].tolist()):
+                y = gates[:, slot].view(-1, 1, 1, 1) * self.expert(e)(x, shared)
+                out = y if out is None else out + y
+            return self.proj_out(out)
+        # Group the batch by expert: each image runs only its own experts and receives only their outputs.
+        out = torch.zeros_like(x)
+        for e in torch.unique(host).tolist():
+            rows, slot = (host == e).nonzero(as_tuple=True)
+            rows, slot = rows.to(x.device), slot.to(x.device)
+            y = self.expert(e)(x[rows], shared[rows]) * gates[rows, slot].view(-1, 1, 1, 1)
+            out = out.index_add(0, rows, y)
         return self.proj_out(out)
 
 
@@ -498,8 +740,11 @@ class MoCEBlock(nn.Module):
     def forward(self, x: Tensor, freq_emb: Tensor, state: _Pass) -> Tensor:
         h = self.norms[0](x)
         shared = self.shared(self.proj[0](h))
-        routed = self.adapter(self.proj[1](h), freq_emb, shared, state)
+        h = self.proj[1](h)  # rebinding frees the normalised input before the experts run
+        routed = self.adapter(h, freq_emb, shared, state)
+        del h
         x = x + self.mixer(routed, shared)
+        del routed, shared  # not needed by the feed-forward part, the widest of the block
         return x + self.ffn(self.norms[1](x))
 
 
@@ -612,6 +857,8 @@ class MoCEIR(nn.Module):
             )
         self.refinement = TransformerGroup(cfg.dim, cfg.heads[0], cfg.num_refinement_blocks, f, norm_bias)
         self.output = nn.Conv2d(cfg.dim, cfg.out_channels, 3, padding=1, bias=cfg.bias)
+        #: memory layout of the activations inside `run`
+        self.memory_format = torch.channels_last
 
     # -- introspection used by the engine, reports and tests
 
@@ -629,6 +876,27 @@ class MoCEIR(nn.Module):
     @property
     def size_multiple(self) -> int:
         return self.config.size_multiple
+
+    # -- hooks for `irtool bench` (optional parts of the model contract)
+
+    #: `with model.reference_path(): ...` runs the plain formulation (see the module-level function)
+    reference_path = staticmethod(reference_path)
+
+    def uniform_routing(self, batch: int, expert: int) -> Routing:
+        """A routing that sends every image to `expert` in every MoCE layer with gate 1, to measure one expert's cost."""
+        if not 0 <= expert < self.config.num_experts:
+            raise ValueError(f"expert {expert}: this MoCE-IR has experts 0..{self.config.num_experts - 1}")
+        shape = (batch, len(self.moce_layers), 1)
+        return Routing(torch.full(shape, expert, dtype=torch.long), torch.ones(shape))
+
+    def profile_parts(self) -> dict[str, list[nn.Module]]:
+        """The modules behind each part of a time breakdown; the rest is the trunk. The router is the frequency
+        embedding plus every layer's gate; the experts are what sparse execution skips."""
+        layers = self.moce_layers
+        return {
+            "router": [self.freq_embed, *(layer.routing for layer in layers)],
+            "experts": [expert[0] for layer in layers for expert in layer.experts],
+        }
 
     # -- forward
 
@@ -650,7 +918,7 @@ class MoCEIR(nn.Module):
         """
         if routing is not None and routing.experts.shape[0] != x.shape[0]:
             raise ValueError(f"routing is for {routing.experts.shape[0]} images but the batch has {x.shape[0]}")
-        state = _Pass(imposed=routing, noise=routing_noise, dense=dense)
+        state = _Pass(imposed=None if routing is None else routing.to(x.device), noise=routing_noise, dense=dense)
         h, w = x.shape[-2:]
         m = self.config.size_multiple
         pad_h, pad_w = -h % m, -w % m
@@ -659,6 +927,7 @@ class MoCEIR(nn.Module):
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
+        x = x.contiguous(memory_format=self.memory_format if _FAST else torch.contiguous_format)
         feats = self.patch_embed(x)
         skips = []
         for group, down in self.enc:
@@ -671,7 +940,7 @@ class MoCEIR(nn.Module):
             feats = fuse(torch.cat([up(feats), skips.pop()], dim=1))
             feats = group(feats, freq_emb, state)
         out = self.output(self.refinement(feats)) + x
-        out = out[..., :h, :w]
+        out = out[..., :h, :w].contiguous()
 
         decided = Routing(
             experts=torch.stack(state.experts, dim=1),

@@ -1,0 +1,139 @@
+"""MoCE-IR's fast paths (channels-last layout, fused LayerNorm, Gram-normalised attention folded into its output conv,
+chained 1x1 convs) give the numbers of the plain reference formulation, in every configuration and mode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import ODD, diverse_routing_moce, make_images, random_moce
+
+import irtool
+from irtool.archs import moce_ir
+from irtool.archs.moce_ir import VARIANTS, reference_path
+
+ATOL = 1e-5
+
+
+def _both_paths(model, x, **kwargs):
+    with torch.no_grad():
+        fast = model.run(x, **kwargs)
+        with reference_path():
+            plain = model.run(x, **kwargs)
+    return fast, plain
+
+
+def _assert_same(fast, plain):
+    assert torch.equal(fast.routing.experts, plain.routing.experts)
+    torch.testing.assert_close(fast.routing.gates, plain.routing.gates, atol=ATOL, rtol=0)
+    torch.testing.assert_close(fast.output, plain.output, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+@pytest.mark.parametrize("name", ["tiny", "odd"])
+def test_fast_path_equals_the_reference_path(name, layout):
+    config = ODD if name == "odd" else VARIANTS[name]
+    images = make_images(3, 40, 56)
+    model = diverse_routing_moce(config, images)
+    model.memory_format = getattr(torch, f"{layout}_format" if layout == "contiguous" else layout)
+    fast, plain = _both_paths(model, images)
+    _assert_same(fast, plain)
+    assert len({tuple(e.flatten().tolist()) for e in fast.routing.experts}) > 1  # the batch really splits
+    assert fast.output.is_contiguous()  # callers get plain NCHW back whatever the working layout
+
+
+@pytest.mark.parametrize("size", [(37, 53), (8, 8), (64, 24), (72, 40)])
+def test_fast_path_equals_the_reference_path_at_odd_sizes(size):
+    """Padding to the size multiple, expert windows that need padding (4..32 px) and small latent maps."""
+    model = random_moce(VARIANTS["tiny"], seed=1)
+    _assert_same(*_both_paths(model, make_images(1, *size)))
+
+
+def test_dense_and_imposed_routing_on_the_fast_path():
+    model = random_moce(ODD, seed=5)
+    x = make_images(2, 32, 24)
+    _assert_same(*_both_paths(model, x, dense=True))
+    with torch.no_grad():
+        own = model.run(x)
+    imposed = moce_ir.Routing(own.routing.experts.flip(-1), own.routing.gates)
+    _assert_same(*_both_paths(model, x, routing=imposed))
+
+
+def test_golden_outputs_on_both_paths(reference):
+    """The official golden outputs come out of the reference path too, not only out of the (default) fast path."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(reference / "moce-ir" / "golden_tiny_io.safetensors"))
+    model = irtool.load_model(reference / "moce-ir" / "golden_tiny.ckpt", device="cpu")
+    for case in sorted({k.split(".")[0] for k in tensors}):
+        x = tensors[f"{case}.input"][:1]
+        fast, plain = _both_paths(model, x)
+        torch.testing.assert_close(plain.output, tensors[f"{case}.output"][:1], atol=ATOL, rtol=0)
+        _assert_same(fast, plain)
+
+
+def test_training_gradients_match_the_reference_path():
+    """The fast ops are differentiable and give the same gradients (training uses the same module code)."""
+    model = random_moce(VARIANTS["tiny"], seed=4).train()
+    x = make_images(2, 32, 32)
+    grads = []
+    for context in (torch.enable_grad, reference_path):
+        model.zero_grad()
+        with context():
+            result = model.run(x, routing_noise=torch.Generator().manual_seed(3))
+            (result.output.square().mean() + result.aux_loss).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    fast, plain = grads
+    assert fast.keys() == plain.keys() and len(fast) > 100
+    for name in fast:
+        torch.testing.assert_close(fast[name], plain[name], atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_bf16_autocast_stays_close_to_fp32():
+    """Reduced precision (autocast, as `irtool bench --precision bf16` runs it) on the golden-like tiny model."""
+    model = random_moce(VARIANTS["tiny"], seed=0)
+    x = make_images(1, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    mse = (low.float() - ref).square().mean()
+    assert 10 * torch.log10(1 / mse) > 45
+
+
+def test_a_batch_sharing_its_experts_runs_them_once_and_equals_one_by_one():
+    """Imposed routing that is the same for every image takes the batch-wide path (no regrouping)."""
+    model = random_moce(ODD, seed=3)
+    images = make_images(3, 24, 16)
+    layers = len(model.moce_layers)
+    experts = torch.tensor([[2, 0]]).expand(3, layers, 2).contiguous()
+    gates = torch.tensor([[[0.7, 0.2]], [[0.4, 0.5]], [[0.9, 0.05]]]).expand(3, layers, 2).contiguous()
+    routing = moce_ir.Routing(experts, gates)
+    with torch.no_grad():
+        batched = model.run(images, routing)
+        for i in range(3):
+            torch.testing.assert_close(batched.output[i : i + 1], model.run(images[i : i + 1], routing[i]).output, atol=ATOL, rtol=0)
+
+
+def test_routing_keeps_a_host_copy_of_its_experts():
+    """A routing moved to an accelerator still knows its experts on the host (no sync to choose them)."""
+    experts = torch.tensor([[[1], [2]], [[3], [0]]])
+    routing = moce_ir.Routing(experts, torch.rand(2, 2, 1))
+    moved = routing.to("meta")  # stands in for an accelerator: its values cannot be read back
+    assert moved.experts.device.type == "meta" and torch.equal(moved.host_experts, experts)
+    assert torch.equal(moved[1].host_experts, experts[1:2])
+    assert torch.equal(moved[torch.tensor([1, 0])].host_experts, experts[[1, 0]])
+    assert torch.equal(moce_ir.Routing.cat([moved[1], moved[0]]).host_experts, experts[[1, 0]])
+
+
+@pytest.mark.parametrize("name", ["tiny", "odd"])
+def test_low_memory_slices_equal_the_reference_path(name, monkeypatch):
+    """Large images run the widest steps in channel slices; forced on here for small ones."""
+    monkeypatch.setattr(moce_ir, "LOW_MEMORY_PIXELS", 0)
+    config = ODD if name == "odd" else VARIANTS[name]
+    images = make_images(2, 40, 32)
+    model = diverse_routing_moce(config, images)
+    _assert_same(*_both_paths(model, images))
+    model.train()  # the slices are differentiable too (out-of-place when recording gradients)
+    out = model.run(images[:1], routing_noise=torch.Generator().manual_seed(1)).output
+    out.mean().backward()
+    assert model.enc[0][0].layers[0].ffn.project_in.weight.grad is not None
