@@ -204,6 +204,10 @@ def random_model(config: str, seed: int = 0) -> nn.Module:
         spelled = " or ".join(f"{a}:{name}" for a in candidates)
         raise IrtoolError(f"--config {config}: several architectures have it; write {spelled}")
     torch.manual_seed(seed)
+    if candidates[0] == "lora_ir":  # LoRA-IR runs as a pair: the network and the CLIP router that picks its expert
+        from .archs.lora_ir import build_pair
+
+        return build_pair(name)
     return build(candidates[0], name)
 
 

@@ -52,6 +52,21 @@ def test_json_report_covers_the_grid_and_checks_itself():
     assert all(v > 0 for v in summary["reference_over_fast"].values())
 
 
+def test_lora_ir_pair_benches_with_its_router():
+    report = _bench("--config", "lora_ir:tiny", "--sizes", "32", "--batch", "1,2", "--experts", "sparse,dense,e0",
+                    "--breakdown")
+    assert report["model"]["arch"] == "lora_ir"
+    rows = {(r["batch"], r["experts"]): r for r in report["rows"]}
+    for batch in (1, 2):
+        for experts in ("sparse", "dense"):
+            r = rows[batch, experts]
+            # merged-expert and dense (base + every expert, gated) runs give the same pixels
+            assert r["error"] is None and r["max_abs_diff"] < 1e-5
+            assert sum(r["routing"].values()) == batch
+            assert r["breakdown_ms"]["router"] > 0 and set(r["breakdown_ms"]) == {"router", "trunk"}
+        assert "cannot impose one expert" in rows[batch, "e0"]["error"]
+
+
 def test_table_output_and_reduced_precision():
     result = runner.invoke(app, ["bench", "--config", "moce_ir:tiny", "--sizes", "32", "--precision", "fp32,bf16",
                                  "--experts", "sparse", "--threads", "1", "--runs", "1", "--warmup", "0"])

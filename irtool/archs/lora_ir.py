@@ -602,6 +602,11 @@ class LoRAIR(nn.Module):
     def size_multiple(self) -> int:
         return self.config.size_multiple
 
+    def profile_parts(self) -> dict[str, list[nn.Module]]:
+        """The modules behind each part of a time breakdown (`irtool bench --breakdown`); the rest is the trunk. The
+        experts have no modules of their own: a routed pass merges its expert into the conv weights."""
+        return {"router": [self.router]}
+
     def route(self, x: Tensor) -> LoRARouting:
         """The router's decision for RGB images x (B, 3, H, W) in [0, 1]: class logits and degradation prior."""
         logits, prior = self.router.route(x)
