@@ -129,7 +129,8 @@ def _rain(rgb: np.ndarray, per_thousand: float, rng) -> np.ndarray:
     h, w = rgb.shape[:2]
     drops = (_uniform(rng, 0.0, 1.0, (h, w)) < per_thousand / 1000.0).astype(np.float32)
     drops *= _uniform(rng, 0.6, 1.0, (h, w)).astype(np.float32)
-    length = int(np.clip(round(min(h, w) / 12), 7, 61))
+    # Streak length in pixels, independent of the image size, so a crop and the whole photo get the same rain.
+    length = int(round(float(_uniform(rng, 15.0, 35.0))))
     angle = 90.0 + float(_uniform(rng, -20.0, 20.0))  # near vertical, the same for the whole scene
     kernel = _line_kernel(length, angle)
     streaks = cv2.filter2D(drops, -1, kernel / kernel.max(), borderType=cv2.BORDER_CONSTANT)

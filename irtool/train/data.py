@@ -94,6 +94,10 @@ def to_tensor(image: np.ndarray) -> Tensor:
 # The dataset
 
 
+#: Synthetic degradations are applied to a window this many patch sizes wide (at most the photo) around the patch.
+CONTEXT_FACTOR = 4
+
+
 class TrainingSet(torch.utils.data.Dataset):
     """Task-labelled training patches. Indexed by (epoch, index); `len` is the length of the repeated list."""
 
@@ -143,14 +147,21 @@ class TrainingSet(torch.utils.data.Dataset):
         if pair.lq is not None and images[0].shape[:2] != gt.shape[:2]:
             raise ImageError(f"{pair.lq}: {images[0].shape[1]}x{images[0].shape[0]} px but its clean image {pair.gt} is "
                              f"{gt.shape[1]}x{gt.shape[0]} px")
+        if pair.lq is None and source.degrade is not None:
+            # Degrade a wider window than the patch, upright, then cut the patch from it: rain streaks, blur that
+            # reaches in from outside the patch and the haze depth ramp then look as they do on whole photos
+            # (degrading the 64-px patch itself made them a different, patch-sized degradation).
+            context = min(self.patch_size * CONTEXT_FACTOR, max(gt.shape[:2]))
+            window = np.ascontiguousarray(random_crop([gt], context, rng)[0], dtype=np.float32)
+            images = [source.degrade(window, rng), window]
         images = random_crop(images, self.patch_size, rng)
         mode = augment_mode(rng, self.augment)
         images = [dihedral(im, mode) for im in images]
-        if pair.lq is None:
+        if len(images) == 1:
             gt = np.ascontiguousarray(images[0], dtype=np.float32)
-            lq = source.degrade(gt, rng) if source.degrade is not None else gt
+            lq = gt
         else:
-            lq, gt = images
+            lq, gt = (np.ascontiguousarray(im, dtype=np.float32) for im in images)
         sample = {"lq": to_tensor(lq), "gt": to_tensor(gt), "task": source.task_id}
         if self.views is not None:
             from ..archs.clip_router import router_views_uint8
