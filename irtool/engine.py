@@ -81,7 +81,7 @@ def _variant_is_small(entry: weights.Entry) -> bool:
 def rank_entries(entries: Iterable[weights.Entry]) -> list[weights.Entry]:
     """Official checkpoints, best default first: by setting (`DEFAULT_SETTINGS` order, others after), then the full
     model before the small one, then manifest order. The user's own (local) entries are left out."""
-    listed = [e for e in entries if not e.data.get("local") and not getattr(e, "local", False)]
+    listed = [e for e in entries if not e.local]
     order = {name: i for i, name in enumerate(DEFAULT_SETTINGS)}
 
     def key(e: weights.Entry) -> tuple[int, bool, int]:
@@ -117,12 +117,7 @@ def default_source() -> tuple[Path, Path | None, str]:
             return main, files.get("router"), f"{entry.name} (the best downloaded checkpoint)"
     best = next((e for e in ranked if e.arch in ARCHS), None) or ranked[0]
     first = best.files[0] if best.files else {}
-    hint = ""
-    manual_steps = getattr(weights, "manual_steps", None)  # the weights module's own wording, where it has one
-    if manual_steps is not None and first:
-        hint = f" (or {manual_steps(best, first)})"
-    elif first.get("drive_path"):
-        hint = f" (or download {first['drive_path']} from its Google Drive folder and run `irtool weights import {first['filename']} --name {best.name}`)"
+    hint = f" (or {weights.manual_steps(best, first)})" if first else ""
     raise WeightsNotFoundError(
         f"no model given and no weights downloaded: run `irtool weights fetch {best.name}`{hint}, "
         "or pass --weights FILE or --model NAME"

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._keys import count_children
 from .clip_router import VARIANTS as ROUTER_VARIANTS
 from .clip_router import CLIPRouter, CLIPRouterConfig
 
@@ -667,24 +668,16 @@ def detect(sd: Mapping[str, Tensor]) -> bool:
     return all(k in sd for k in _SIGNATURE)
 
 
-def _count(sd: Mapping[str, Any], prefix: str) -> int:
-    """Number of numbered children `prefix.0`, `prefix.1`, ... present among the keys."""
-    n = 0
-    while any(k.startswith(f"{prefix}.{n}.") for k in sd):
-        n += 1
-    return n
-
-
 def infer_config(sd: Mapping[str, Tensor]) -> LoRAIRNetConfig:
     """Read the config off the tensors. `top_k` and the training size do not show; they get the released values."""
     width, in_channels = sd["intro.conv.weight"].shape[:2]
-    levels = _count(sd, "encoders")
+    levels = count_children(sd, "encoders")
     num_experts, rank, prior_dim = sd["intro_de.0.lora_A_list"].shape
     return LoRAIRNetConfig(
         width=int(width),
-        enc_blocks=tuple(_count(sd, f"encoders.{i}.blocks") for i in range(levels)),
-        middle_blocks=_count(sd, "middle_blks.blocks"),
-        dec_blocks=tuple(_count(sd, f"decoders.{i}.blocks") for i in range(_count(sd, "decoders"))),
+        enc_blocks=tuple(count_children(sd, f"encoders.{i}.blocks") for i in range(levels)),
+        middle_blocks=count_children(sd, "middle_blks.blocks"),
+        dec_blocks=tuple(count_children(sd, f"decoders.{i}.blocks") for i in range(count_children(sd, "decoders"))),
         rank=int(rank),
         num_experts=int(num_experts),
         prior_dim=int(prior_dim),

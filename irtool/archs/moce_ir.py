@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._keys import count_children
+
 ARCH = "moce_ir"
 
 RANK_RULES = ("spread", "constant", "lin", "double", "exp", "fact")
@@ -975,29 +977,21 @@ def detect(sd: Mapping[str, Tensor]) -> bool:
     return all(k in sd for k in _SIGNATURE)
 
 
-def _count(sd: Mapping[str, Any], prefix: str) -> int:
-    """Number of numbered children `prefix.0`, `prefix.1`, ... present among the keys."""
-    n = 0
-    while any(k.startswith(f"{prefix}.{n}.") for k in sd):
-        n += 1
-    return n
-
-
 def infer_config(sd: Mapping[str, Tensor]) -> MoCEIRConfig:
     """Read the full config off the tensors (raises KeyError/ValueError on a malformed state dict)."""
     dim, in_channels = sd["patch_embed.proj.weight"].shape[:2]
     out_channels = sd["output.weight"].shape[0]
-    levels = _count(sd, "enc") + 1
-    enc_blocks = [_count(sd, f"enc.{i}.0.layers") for i in range(levels - 1)]
-    latent_blocks = _count(sd, "latent.layers")
+    levels = count_children(sd, "enc") + 1
+    enc_blocks = [count_children(sd, f"enc.{i}.0.layers") for i in range(levels - 1)]
+    latent_blocks = count_children(sd, "latent.layers")
     heads = [sd[f"enc.{i}.0.layers.0.mixer.temperature"].shape[0] for i in range(levels - 1)]
     heads.append(sd["latent.layers.0.mixer.temperature"].shape[0])
     # dec.i is built at level (levels-2-i); num_dec_blocks is listed full resolution first
-    dec_blocks = [_count(sd, f"dec.{levels - 2 - lvl}.2.layers") for lvl in range(levels - 1)]
+    dec_blocks = [count_children(sd, f"dec.{levels - 2 - lvl}.2.layers") for lvl in range(levels - 1)]
     expansion = _infer_expansion(sd, int(dim), levels)
 
     first = "dec.0.2.layers.0"
-    num_experts = _count(sd, f"{first}.adapter.experts")
+    num_experts = count_children(sd, f"{first}.adapter.experts")
     channels = sd[f"{first}.proj.0.weight"].shape[0]
     ranks = [sd[f"{first}.adapter.experts.{e}.0.proj.0.weight"].shape[0] for e in range(num_experts)]
     rank_type, rank = _match_rank_rule(ranks, channels, num_experts)
@@ -1015,7 +1009,7 @@ def infer_config(sd: Mapping[str, Tensor]) -> MoCEIRConfig:
         dim=int(dim),
         num_blocks=(*enc_blocks, latent_blocks),
         num_dec_blocks=tuple(dec_blocks),
-        num_refinement_blocks=_count(sd, "refinement.layers"),
+        num_refinement_blocks=count_children(sd, "refinement.layers"),
         heads=tuple(int(h) for h in heads),
         ffn_expansion_factor=expansion,
         num_experts=num_experts,
