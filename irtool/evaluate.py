@@ -41,6 +41,7 @@ from . import datasets as ds
 from . import metrics
 from ._version import __version__
 from .errors import IrtoolError
+from .io import FILE_MODE
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 NOISE_STREAMS = ("shared", "fresh")
@@ -564,6 +565,7 @@ def _atomic_text(path: str | Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -662,6 +664,7 @@ def plot_usage(report: EvalReport, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110, format="png")

@@ -558,6 +558,17 @@ def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
     tmp.unlink()
 
 
+def _file_mode() -> int:
+    # mkstemp makes owner-only (0600) files; outputs get the mode any new file would get under the user's umask.
+    # Read once at import: os.umask is process-wide and writers run in threads.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
+
+
 def write_bytes_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> None:
     """Write `data` to `path` through a temp file in the same folder; see `_publish` for the replace rule."""
     path = Path(path)
@@ -571,6 +582,7 @@ def write_bytes_atomic(path: str | Path, data: bytes, *, overwrite: bool = False
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

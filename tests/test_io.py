@@ -208,6 +208,10 @@ def test_write_never_replaces_without_overwrite_and_is_atomic(tmp_path, monkeypa
     assert target.read_bytes() == before
     io.write_image(target, io.from_array(random_u8(8, 8, 3)), overwrite=True)
     assert target.read_bytes() != before
+    # the temp file's owner-only mode does not leak into the output: it gets the umask's usual mode
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
 
     # Interrupted in the middle of a write (Ctrl-C while flushing): no partial target, no temp file left behind.
     def interrupted(fd):
