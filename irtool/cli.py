@@ -637,6 +637,14 @@ def _degradation_text(report: Any) -> str:
     return f"{report.degradation} {report.confidence:.0%}"
 
 
+def _plain(text: str, style: str = ""):
+    """A table cell shown literally: file names and error texts may contain [brackets] or :colons: that rich would
+    otherwise read as markup or emoji codes."""
+    from rich.text import Text
+
+    return Text(str(text), style=style)
+
+
 def _closing_table(reports: list, max_rows: int = 100):
     from rich.table import Table
 
@@ -647,9 +655,9 @@ def _closing_table(reports: list, max_rows: int = 100):
     shown = [r for r in reports if r.status != "skipped"][:max_rows]
     for r in shown:
         if r.failed:
-            table.add_row(r.input, "[red]failed[/]", "", "", "")
+            table.add_row(_plain(r.input), "[red]failed[/]", "", "", "")
         else:
-            table.add_row(r.input, _degradation_text(r), _experts_text(r.experts), str(r.tiles), f"{r.seconds:.2f}s")
+            table.add_row(_plain(r.input), _degradation_text(r), _experts_text(r.experts), str(r.tiles), f"{r.seconds:.2f}s")
     hidden = len([r for r in reports if r.status != "skipped"]) - len(shown)
     return table, hidden
 
@@ -1111,10 +1119,10 @@ def _render_eval(report: Any) -> None:
         if delta is not None:
             delta_text = f"[{'green' if delta >= -0.005 else 'red'}]{delta_text}[/]"
         table.add_row(
-            d.dataset, d.protocol, images, _fmt_pair(s["input_psnr"], s["input_ssim"]), _fmt(s["psnr"], 2),
+            _plain(d.dataset), d.protocol, images, _fmt_pair(s["input_psnr"], s["input_ssim"]), _fmt(s["psnr"], 2),
             _fmt(s["ssim"], 4), paper, delta_text,
             _fmt(s["delta_ssim"], 4, signed=True), _fmt(s["seconds_per_image"], 3),
-            f"{worst.file} {worst.psnr:.2f}" if worst else "–",
+            _plain(f"{worst.file} {worst.psnr:.2f}") if worst else "–",
         )  # fmt: skip
     avg = report.average
     if avg:
@@ -1364,7 +1372,7 @@ def _print_bench(report: Any) -> None:
         table.add_column(col, justify="right" if col in numeric else "left")
     for r in report.rows:
         if r.error:
-            table.add_row(r.label, f"[red]{r.error}[/]", *[""] * 5)
+            table.add_row(r.label, _plain(r.error, style="red"), *[""] * 5)
             continue
         if r.psnr_db is None:
             check = ""

@@ -163,6 +163,11 @@ def test_table_tiles_and_exit_codes(tmp_path, checkpoint):
     tiled = json_lines(invoke("restore", tmp_path / "big.png", tmp_path / "out2", "-w", checkpoint, "-t", "64", "--json"))[0]
     assert tiled["routing"] == "downscaled" and tiled["tiles"] == 6 and max(tiled["tile_size"]) <= 64
 
+    # file names are shown literally, not read as rich markup or emoji codes
+    save(tmp_path / "odd" / "[red]x:smile:.png", photo(16, 16))
+    odd = invoke("restore", tmp_path / "odd", tmp_path / "out3", "-w", checkpoint)
+    assert odd.exit_code == 0 and "[red]x:smile:.png" in odd.stdout.replace("\n", "")
+
     assert invoke("restore").exit_code == 2
     assert invoke("restore", tmp_path / "big.png", tmp_path / "o", "--precision", "fp8").exit_code == 2
     missing = invoke("restore", tmp_path / "big.png", tmp_path / "o", "-w", tmp_path / "no.pth")
