@@ -503,13 +503,15 @@ def weights_convert(
     out: Annotated[Path, typer.Argument(help="Output .safetensors file.")],
     trust_checkpoint: Annotated[bool, _TRUST_OPTION] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="Store floating-point tensors as fp32, fp16 (half the "
+                                              "size) or bf16; default: as they are.")] = None,
     as_json: Annotated[bool, _JSON_OPTION] = False,
 ) -> None:
     """Write a checkpoint as safetensors, its architecture and config in the metadata (cache untouched)."""
     from . import weights
 
     with _stderr().status(f"converting {path}"):
-        got = weights.convert(path, out, trust=trust_checkpoint, force=force)
+        got = weights.convert(path, out, trust=trust_checkpoint, force=force, dtype=dtype)
     if as_json:
         typer.echo(json.dumps(got.to_dict()))
         return

@@ -803,9 +803,18 @@ def _add_local(name: str, role: str, checked: Checked, src: Path, sha256: str, s
     _write_json(local_manifest_path(), manifest)
 
 
-def convert(path: str | Path, out: str | Path, *, trust: bool = False, force: bool = False) -> Imported:
+#: `convert --dtype` choices: floating-point tensors are stored in this precision (loading casts them back to the
+#: model's dtype, so fp16 files halve the size at a rounding cost of ~1e-3 relative)
+STORE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def convert(path: str | Path, out: str | Path, *, trust: bool = False, force: bool = False,
+            dtype: str | None = None) -> Imported:
     """Write a checkpoint as `out` (.safetensors) with its detected architecture and config in the metadata, after
-    loading it strictly; the cache is not touched. The result loads without pickle, and without --trust-checkpoint."""
+    loading it strictly; the cache is not touched. The result loads without pickle, and without --trust-checkpoint.
+    `dtype` (fp32, fp16, bf16) stores the floating-point tensors in that precision; None keeps them as they are."""
+    if dtype is not None and dtype not in STORE_DTYPES:
+        raise IrtoolError(f"--dtype {dtype}: not one of {', '.join(STORE_DTYPES)}")
     src = checkpoint_file(path)
     out = Path(out).expanduser()
     if out.suffix.lower() != ".safetensors":
@@ -818,8 +827,14 @@ def convert(path: str | Path, out: str | Path, *, trust: bool = False, force: bo
     checked = check_checkpoint(src, trust=trust)
     role, _ = _role_for(checked.arch)
     name = derive_name(src) or out.stem
-    _write_safetensors(checked.state_dict, _metadata(checked, checked.config, name=name, role=role, source=src,
-                                                     source_sha256=source_sha256), out)
+    sd = checked.state_dict
+    if dtype is not None:
+        import torch
+
+        target = getattr(torch, STORE_DTYPES[dtype])
+        sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
+    _write_safetensors(sd, _metadata(checked, checked.config, name=name, role=role, source=src,
+                                     source_sha256=source_sha256), out)
     return Imported(name, role, checked.arch, checked.variant, checked.config.to_dict(), out, src, source_sha256,
                     sha256_file(out), out.stat().st_size, local=False)
 

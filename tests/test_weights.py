@@ -446,6 +446,20 @@ def test_convert_writes_a_loadable_safetensors_and_leaves_the_cache_alone(tmp_pa
     with pytest.raises(IrtoolError, match="is the input"):
         weights.convert(got.path, got.path, force=True)
 
+    # --dtype fp16 halves the file; loading casts back to fp32, within fp16 rounding of the original
+    half = weights.convert(src, tmp_path / "odd16.safetensors", dtype="fp16")
+    assert half.size < 0.6 * got.size
+    from safetensors import safe_open
+
+    with safe_open(str(half.path), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} <= {torch.float16, torch.int64}
+    restored = irtool.load_model(half.path).state_dict()
+    for key, value in original.state_dict().items():
+        assert restored[key].dtype == value.dtype
+        assert torch.allclose(restored[key], value, rtol=1e-3, atol=1e-4), key
+    with pytest.raises(IrtoolError, match="--dtype fp8: not one of"):
+        weights.convert(src, tmp_path / "odd8.safetensors", dtype="fp8")
+
     # tied tensors (one tensor under two keys, which safetensors refuses to write) are written apart
     sd = tiny_model.state_dict()
     a, b = "dec.0.2.layers.0.ffn.dwconv.weight", "dec.0.2.layers.1.ffn.dwconv.weight"
