@@ -520,15 +520,20 @@ def get_spec(name: str) -> DatasetSpec:
 
 
 def expand(names: list[str] | tuple[str, ...] = (), settings: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """Dataset names from `--dataset` values (names or families) and `--setting` values, in order, no repeats."""
+    """Dataset names from `--dataset` values (names or families) and `--setting` values, in order, no repeats. Each
+    value may also be a comma-separated list (`--dataset rain100l,sots-outdoor`)."""
     out: list[str] = []
-    for setting in settings:
-        key = setting.strip().lower()
+
+    def split(values: list[str] | tuple[str, ...]) -> list[str]:
+        return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+    for setting in split(settings):
+        key = setting.lower()
         if key not in SETTINGS:
             raise DatasetError(f"--setting {setting}: unknown (known: {', '.join(SETTINGS)})")
         out.extend(SETTINGS[key])
-    for name in names:
-        key = name.strip().lower()
+    for name in split(names):
+        key = name.lower()
         if key.startswith("synthetic:"):
             out.append(key)
         elif key in FAMILIES:

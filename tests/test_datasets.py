@@ -86,6 +86,9 @@ def test_expand_families_settings_and_unknown_names():
     assert ds.expand(["cbsd68"]) == ["cbsd68-15", "cbsd68-25", "cbsd68-50"]
     assert ds.expand(["rain100l", "cbsd68-25"], ["aio5"]) == ["sots-outdoor", "rain100l", "cbsd68-25", "gopro", "lol-v1"]
     assert len(ds.expand(["cdd11"])) == 11 and ds.expand(settings=["allweather"])[0] == "snow100k-s"
+    # comma-separated values, as people type them
+    assert ds.expand(["rain100l, synthetic:noise25", "cbsd68-25,"]) == ["rain100l", "synthetic:noise25", "cbsd68-25"]
+    assert ds.expand(settings=["aio3,aio5"]) == ds.expand(settings=["aio3", "aio5"])
     with pytest.raises(ds.DatasetError, match="rain100: unknown dataset"):
         ds.expand(["rain100"])
     with pytest.raises(ds.DatasetError, match="--setting aio4: unknown"):
