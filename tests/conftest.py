@@ -35,3 +35,13 @@ def reference() -> Path:
     if not REFERENCE.is_dir():
         pytest.skip(f"golden reference data not found at {REFERENCE} (set IRTOOL_REFERENCE to its folder)")
     return REFERENCE
+
+
+@pytest.fixture
+def no_builtin_default(monkeypatch):
+    """The manifest as if no default model shipped: for tests of what happens without one."""
+    from irtool import weights
+
+    manifest = {**weights.load_manifest(), "default": None}
+    monkeypatch.setattr(weights, "load_manifest", lambda: manifest)
+    return manifest

@@ -212,7 +212,7 @@ def test_interrupting_a_run_leaves_only_complete_files(tmp_path):
         assert io.read_image(path).width == 24
 
 
-def test_default_model_chain(tmp_path, monkeypatch):
+def test_default_model_chain(tmp_path, monkeypatch, no_builtin_default):
     ranked = [e.name for e in engine.rank_entries(weights.entries())]
     # AIO5 (noise, rain, haze, blur, low light) before AIO3 before CDD11 (weather, no noise); full before S
     assert ranked[:6] == ["moce_ir.aio5", "moce_ir_s.aio5", "moce_ir.aio3", "moce_ir_s.aio3", "moce_ir.cdd11", "moce_ir_s.cdd11"]
@@ -237,7 +237,7 @@ def test_default_model_chain(tmp_path, monkeypatch):
     packaged = package / "models" / "default.safetensors"
     packaged.write_bytes(b"x")
     monkeypatch.setattr(weights, "_PACKAGE_DIR", package)
-    manifest = weights.load_manifest()
+    manifest = no_builtin_default
     entry = {
         "arch": "moce_ir", "variant": None, "setting": "Synthetic", "tasks": 5,
         "files": [{"role": "weights", "arch": "moce_ir", "filename": "default.safetensors", "url": None,

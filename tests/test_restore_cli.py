@@ -182,7 +182,7 @@ def test_dry_run_lists_the_plan_without_loading_a_model(tmp_path):
     assert result.exit_code == 0 and "a.png ->" in result.stdout and not (tmp_path / "out").exists()
 
 
-def test_without_weights_one_line_says_how_to_get_them(tmp_path):
+def test_without_weights_one_line_says_how_to_get_them(tmp_path, no_builtin_default):
     save(tmp_path / "a.png", photo(8, 8))
     result = invoke("restore", tmp_path / "a.png", tmp_path / "out")
     assert result.exit_code == 1
@@ -232,7 +232,7 @@ def test_calibrate_then_restore_names_the_degradation(tmp_path, checkpoint):
     assert invoke("calibrate", "-w", checkpoint, "--clean-dir", clean, "--classes", "snow").exit_code == 1
 
 
-def test_manifest_names_and_the_default_model_come_from_the_cache(tmp_path):
+def test_manifest_names_and_the_default_model_come_from_the_cache(tmp_path, no_builtin_default):
     from irtool import weights
 
     save(tmp_path / "a.png", photo(16, 16))
