@@ -80,8 +80,9 @@ def _variant_is_small(entry: weights.Entry) -> bool:
 
 def rank_entries(entries: Iterable[weights.Entry]) -> list[weights.Entry]:
     """Official checkpoints, best default first: by setting (`DEFAULT_SETTINGS` order, others after), then the full
-    model before the small one, then manifest order. The user's own (local) entries are left out."""
-    listed = [e for e in entries if not e.local]
+    model before the small one, then manifest order. The user's own (local) entries and the built-in model (which
+    `default_source` takes first when it is the manifest's default) are left out."""
+    listed = [e for e in entries if not e.local and not any(spec.get("packaged") for spec in e.files)]
     order = {name: i for i, name in enumerate(DEFAULT_SETTINGS)}
 
     def key(e: weights.Entry) -> tuple[int, bool, int]:
