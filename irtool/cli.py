@@ -423,7 +423,9 @@ def weights_fetch(
                 results += weights.fetch(name, urls=urls, force=force, progress=progress, timeout=timeout, retries=retries,
                                          trust=trust_checkpoint)
             except IrtoolError as exc:
-                console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+                from rich.markup import escape
+
+                console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
                 failed += 1
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in results]))
@@ -431,7 +433,8 @@ def weights_fetch(
         out = _stdout()
         for r in results:
             if r.already:
-                out.print(f"{r.name} ({r.role}): already in the cache: {r.path}", soft_wrap=True)
+                where = "built into irtool" if weights._PACKAGE_DIR in Path(r.path).parents else "already in the cache"
+                out.print(f"{r.name} ({r.role}): {where}: {r.path}", soft_wrap=True, markup=False)
                 continue
             resumed = f", resumed at {_mb(r.resumed_from)}" if r.resumed_from else ""
             out.print(f"{r.name} ({r.role}): {_mb(r.size)} saved to {r.path}{resumed}; sha256 {r.sha256}; {r.checked}",

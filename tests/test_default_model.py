@@ -128,3 +128,13 @@ def test_the_built_in_default_wins_over_a_cached_official_checkpoint(tmp_path):
     tiny_checkpoint(folder, name="last.ckpt")
     path, router, how = engine.default_source()
     assert "irtool.default" in how and path == weights.find_entry("irtool.default").packaged_files()["weights"]
+
+
+def test_fetching_the_built_in_model_says_it_is_built_in(entry):
+    from typer.testing import CliRunner
+
+    from irtool.cli import app
+
+    result = CliRunner().invoke(app, ["weights", "fetch", entry.name])
+    assert result.exit_code == 0 and f"{entry.name} (weights): built into irtool" in result.stdout
+    assert not weights.cache_dir().exists() or not any(weights.cache_dir().rglob("*.safetensors"))
