@@ -433,7 +433,8 @@ def weights_fetch(
         out = _stdout()
         for r in results:
             if r.already:
-                where = "built into irtool" if weights._PACKAGE_DIR in Path(r.path).parents else "already in the cache"
+                entry = weights.find_entry(r.name)
+                where = "built into irtool" if entry is not None and entry.built_in else "already in the cache"
                 out.print(f"{r.name} ({r.role}): {where}: {r.path}", soft_wrap=True, markup=False)
                 continue
             resumed = f", resumed at {_mb(r.resumed_from)}" if r.resumed_from else ""

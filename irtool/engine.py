@@ -82,7 +82,7 @@ def rank_entries(entries: Iterable[weights.Entry]) -> list[weights.Entry]:
     """Official checkpoints, best default first: by setting (`DEFAULT_SETTINGS` order, others after), then the full
     model before the small one, then manifest order. The user's own (local) entries and the built-in model (which
     `default_source` takes first when it is the manifest's default) are left out."""
-    listed = [e for e in entries if not e.local and not any(spec.get("packaged") for spec in e.files)]
+    listed = [e for e in entries if not e.local and not e.built_in]
     order = {name: i for i, name in enumerate(DEFAULT_SETTINGS)}
 
     def key(e: weights.Entry) -> tuple[int, bool, int]:

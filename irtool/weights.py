@@ -156,6 +156,11 @@ class Entry:
     def file_spec(self, role: str) -> dict[str, Any] | None:
         return next((spec for spec in self.files if spec.get("role", "weights") == role), None)
 
+    @property
+    def built_in(self) -> bool:
+        """True for a model that ships inside the package (its files name a `packaged` path)."""
+        return any(spec.get("packaged") for spec in self.files)
+
     def packaged_files(self) -> dict[str, Path]:
         """role -> path of each file of this entry shipped inside the irtool package (the built-in default)."""
         found: dict[str, Path] = {}

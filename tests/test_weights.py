@@ -287,7 +287,7 @@ def test_an_interrupted_fetch_resumes_and_list_shows_it(manifest, server, tiny_c
 
 def test_moce_ir_fetch_explains_the_drive_folder():
     for entry in weights.entries():
-        if entry.arch != "moce_ir" or entry.packaged_files():  # the built-in model needs no fetching
+        if entry.arch != "moce_ir" or entry.built_in:  # the built-in model needs no fetching
             continue
         with pytest.raises(WeightsNotFoundError) as exc:
             weights.fetch(entry.name)

@@ -157,11 +157,7 @@ class TrainingSet(torch.utils.data.Dataset):
         images = random_crop(images, self.patch_size, rng)
         mode = augment_mode(rng, self.augment)
         images = [dihedral(im, mode) for im in images]
-        if len(images) == 1:
-            gt = np.ascontiguousarray(images[0], dtype=np.float32)
-            lq = gt
-        else:
-            lq, gt = (np.ascontiguousarray(im, dtype=np.float32) for im in images)
+        lq, gt = images if len(images) == 2 else images * 2  # to_tensor makes the contiguous float32 copies
         sample = {"lq": to_tensor(lq), "gt": to_tensor(gt), "task": source.task_id}
         if self.views is not None:
             from ..archs.clip_router import router_views_uint8
