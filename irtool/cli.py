@@ -695,6 +695,7 @@ def restore(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be written, then stop (loads no model).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout instead of the table.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no table.")] = False,
+    report_html: Annotated[Optional[Path], typer.Option("--report", help="Also write a self-contained HTML report (before/after, routing, failures) to FILE (needs irtool[report]).")] = None,
 ) -> None:
     """Restore images: noise, rain, haze, blur, low light (whatever the model was trained on) are removed.
 
@@ -724,6 +725,10 @@ def restore(
         workers=workers,
     )
     options.check()
+    if report_html and not dry_run:
+        from .report import check_available
+
+        check_available()  # before any work: a missing Jinja2 is one line naming the extra
     jobs = plan(inputs, out_dir, options)
     err = _stderr()
     if dry_run:
@@ -740,6 +745,7 @@ def restore(
 
     from .jobs import report_unrunnable
 
+    restorer = None
     if any(not (job.error or job.skip) for job in jobs):
         from .engine import Restorer, restore_files
 
@@ -796,6 +802,10 @@ def restore(
     extras = [e for e in extras if e]
     if not quiet or failed:
         err.print(summary + (f"; {', '.join(extras)}" if extras else ""), highlight=False)
+    if report_html:
+        from .report import write_restore_report
+
+        err.print(f"report: {write_restore_report(report_html, reports, restorer=restorer, seconds=elapsed, workers=workers)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1 if failed else 0)
 
 
