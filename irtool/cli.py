@@ -971,8 +971,8 @@ def eval_command(
     setting: Annotated[
         Optional[list[str]], typer.Option("--setting", help="A paper's benchmark set: aio3, aio5, cdd11, allweather.")
     ] = None,
-    model_name: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name from the manifest (in the cache).")] = None,
-    weights: Annotated[Optional[str], typer.Option("--weights", "-w", help="Checkpoint file or folder.")] = None,
+    model_name: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Model name from the manifest (in the cache); repeat to compare models.")] = None,
+    weights: Annotated[Optional[list[str]], typer.Option("--weights", "-w", help="Checkpoint file or folder; repeat to compare models.")] = None,
     router: Annotated[Optional[Path], typer.Option("--router", help="LoRA-IR: the router checkpoint, when --weights is the restoration network alone.")] = None,
     reported: Annotated[
         Optional[str], typer.Option("--reported", help="Compare with this manifest entry's published figures.")
@@ -1003,68 +1003,112 @@ def eval_command(
         bool, typer.Option("--trust-checkpoint", help="Allow pickled objects beyond plain tensors (runs code from the file).")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    report_html: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report (scores beside the paper's, per-image table, worst/best images, crops side by side) to FILE (needs irtool[report]).")] = None,
+    figure: Annotated[Optional[list[str]], typer.Option("--figure", help="With --report: save the crop NAME:x,y,w,h (NAME: file or DATASET/FILE) from every model side by side as a PNG beside the report.")] = None,
 ) -> None:
-    """Score a model on benchmark datasets with the published protocols, next to the paper's figures."""
+    """Score a model on benchmark datasets with the published protocols, next to the paper's figures.
+
+    With several --model/--weights, each is scored in turn; --json then holds a list of reports, --csv gains a model column, --save-images writes DIR/<model>/<dataset>/.
+    """
     from . import datasets as ds
 
     if not dataset and not setting:
         fail("name a benchmark with --dataset NAME or --setting aio3 (see `irtool datasets list`)", 2)
-    if (model_name is None) == (weights is None):
-        fail("pass exactly one of --model NAME and --weights PATH", 2)
+    sources = [*(model_name or []), *(weights or [])]
+    if not sources:
+        fail("pass --model NAME or --weights PATH (repeat either to compare models)", 2)
     if protocol is not None and protocol not in _PROTOCOL_NAMES:
         fail(f"--protocol {protocol}: one of {', '.join(_PROTOCOL_NAMES)}", 2)
+    if figure and not report_html:
+        fail("--figure needs --report FILE (the figure is saved beside the report)", 2)
     names = ds.expand(dataset or [], setting or [])
 
     from . import evaluate, weights as manifest
     from .loading import load_model
 
+    figures = []
+    if report_html:
+        from .report import check_available
+        from .report.evaluation import Gallery, parse_figure
+
+        check_available()
+        figures = [parse_figure(text) for text in figure or []]
     targets = evaluate.resolve(names, data_root, clean_dir)  # every dataset found before the model loads
-    entry_name = reported or model_name
-    entry = manifest.find_entry(entry_name) if entry_name else None
-    if reported and entry is None:
+    if reported and manifest.find_entry(reported) is None:
         fail(f"--reported {reported}: not a manifest entry (see weights_manifest.json)")
-    source = model_name or weights
-    model = load_model(source, device=device, router=router, trust=trust_checkpoint)
-    options = evaluate.EvalOptions(
-        protocol=protocol,
-        crop_border=crop_border,
-        precision=precision,
-        tile=tile,
-        routing_noise=routing_noise,
-        noise_stream=noise_stream,
-        limit=limit,
-        save_images=save_images,
-        save_inputs=save_inputs,
-    )
-    report = evaluate.new_report(
-        model,
-        options,
-        source=str(source),
-        device=next(model.parameters()).device,
-        reported_from=entry.name if entry else None,
-        reported=evaluate.reported_figures(entry.data if entry else None),
-    )
+    several = len(sources) > 1
+    labels: list[str] = []
+    for source in sources:
+        base = Path(source).name or source
+        labels.append(base if base not in labels else f"{base}-{len(labels) + 1}")
+    reports: list = []
+    galleries: list = []
+    wanted: dict = {}
     interrupted = False
-    try:
-        _run_eval_with_progress(evaluate, model, targets, options, report, quiet=quiet or json_path == "-")
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        # finished images are never lost: the report files are written even after Ctrl-C (marked incomplete)
-        if json_path and json_path != "-":
-            evaluate.write_json(report, json_path)
-        if csv_path:
-            evaluate.write_csv(report, csv_path)
+    for n, (source, label) in enumerate(zip(sources, labels)):
+        entry_name = reported or (source if n < len(model_name or []) else None)
+        entry = manifest.find_entry(entry_name) if entry_name else None
+        model = load_model(source, device=device, router=router, trust=trust_checkpoint)
+        slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in label)
+        options = evaluate.EvalOptions(
+            protocol=protocol,
+            crop_border=crop_border,
+            precision=precision,
+            tile=tile,
+            routing_noise=routing_noise,
+            noise_stream=noise_stream,
+            limit=limit,
+            save_images=save_images / slug if save_images and several else save_images,
+            save_inputs=save_inputs,
+        )
+        report = evaluate.new_report(
+            model,
+            options,
+            source=str(source),
+            device=next(model.parameters()).device,
+            reported_from=entry.name if entry else None,
+            reported=evaluate.reported_figures(entry.data if entry else None),
+        )
+        reports.append(report)
+        gallery = Gallery(wanted=dict(wanted), figures=figures) if report_html else None
+        galleries.append(gallery)
+        try:
+            _run_eval_with_progress(evaluate, model, targets, options, report, quiet=quiet or json_path == "-", observer=gallery)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            # finished images are never lost: the report files are written even after Ctrl-C (marked incomplete)
+            if several:
+                evaluate.write_many(reports, labels[: len(reports)], json_path if json_path != "-" else None, csv_path)
+            else:
+                if json_path and json_path != "-":
+                    evaluate.write_json(report, json_path)
+                if csv_path:
+                    evaluate.write_csv(report, csv_path)
+        if interrupted:
+            break
+        if gallery is not None and n == 0:
+            wanted = gallery.selection()  # the images every later model shows beside this one
+        del model
+    if report_html:
+        from .report.evaluation import write_report
+
+        page, pngs = write_report(report_html, [r.to_dict() for r in reports], galleries)
+        for path in [page, *pngs]:
+            _stderr().print(f"{'report' if path == page else 'figure'}: {path}", soft_wrap=True, highlight=False)
     if interrupted:
         _stderr().print("interrupted; the report holds the images finished so far")
         raise typer.Exit(130)
     if plot:
-        evaluate.plot_usage(report, plot)
+        for report, label in zip(reports, labels):
+            slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in label)
+            evaluate.plot_usage(report, plot.with_name(f"{plot.stem}.{slug}{plot.suffix}") if several else plot)
     if json_path == "-":
-        typer.echo(evaluate.to_json(report))
+        typer.echo(evaluate.to_json_many(reports) if several else evaluate.to_json(reports[0]))
     else:
-        _render_eval(report)
-    failures = [r.error for d in report.datasets for r in d.images if r.error]
+        for report in reports:
+            _render_eval(report)
+    failures = [r.error for report in reports for d in report.datasets for r in d.images if r.error]
     for message in failures[:20]:
         _stderr().print(f"[bold red]error:[/] {message}", soft_wrap=True)
     if len(failures) > 20:
@@ -1072,9 +1116,9 @@ def eval_command(
     raise typer.Exit(1 if failures else 0)
 
 
-def _run_eval_with_progress(evaluate: Any, model: Any, targets: list, options: Any, report: Any, *, quiet: bool) -> None:
+def _run_eval_with_progress(evaluate: Any, model: Any, targets: list, options: Any, report: Any, *, quiet: bool, observer: Any = None) -> None:
     if quiet:
-        for _ in evaluate.run(model, targets, options, report):
+        for _ in evaluate.run(model, targets, options, report, observer):
             pass
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -1085,7 +1129,7 @@ def _run_eval_with_progress(evaluate: Any, model: Any, targets: list, options: A
         for located in targets:
             n = len(located.pairs) + (0 if options.limit else len(located.probe.unpaired_inputs))
             tasks[located.spec.name] = progress.add_task(located.spec.name, total=min(n, options.limit or n), score="")
-        for dreport, _ in evaluate.run(model, targets, options, report):
+        for dreport, _ in evaluate.run(model, targets, options, report, observer):
             psnr = dreport.psnr
             score = f"{psnr:.2f} dB" if psnr is not None else ""
             progress.update(tasks[dreport.dataset], advance=1, score=score)
@@ -1200,6 +1244,20 @@ def _render_usage(console: Any, report: Any) -> None:
         for d in class_sets:
             table.add_row(d.dataset, ", ".join(f"{k} {v}" for k, v in d.usage["counts"].items()))
         console.print(table)
+
+
+@command("report", no_args_is_help=True)
+def report_command(
+    reports: Annotated[list[Path], typer.Argument(metavar="REPORT.json...", help="Eval reports (`irtool eval --json FILE`), one model each or a list.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML page to write.")] = Path("report.html"),
+) -> None:
+    """Merge eval report JSONs into one HTML page: every model's scores side by side, per dataset and per image."""
+    from .report import check_available
+    from .report.evaluation import load_reports, write_report
+
+    check_available()
+    page, _ = write_report(output, load_reports(reports))
+    typer.echo(str(page))
 
 
 datasets_app = typer.Typer(help="Benchmark datasets: where irtool looks for them and what is missing.", no_args_is_help=True)
