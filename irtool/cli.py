@@ -1250,14 +1250,21 @@ def _render_usage(console: Any, report: Any) -> None:
 def report_command(
     reports: Annotated[list[Path], typer.Argument(metavar="REPORT.json...", help="Eval reports (`irtool eval --json FILE`), one model each or a list.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="The HTML page to write.")] = Path("report.html"),
+    figure: Annotated[Optional[list[str]], typer.Option("--figure", help="Save the crop NAME:x,y,w,h from every model side by side as a PNG beside the page.")] = None,
 ) -> None:
-    """Merge eval report JSONs into one HTML page: every model's scores side by side, per dataset and per image."""
+    """Merge eval report JSONs into one HTML page: every model's scores side by side, per dataset and per image.
+
+    Runs made with --save-images (and --save-inputs for noise synthesised at test time) also bring their pictures: worst and best images, and the same crops from every model.
+    """
     from .report import check_available
-    from .report.evaluation import load_reports, write_report
+    from .report.evaluation import load_reports, merge, parse_figure, write_report
 
     check_available()
-    page, _ = write_report(output, load_reports(reports))
-    typer.echo(str(page))
+    figures = [parse_figure(text) for text in figure or []]
+    loaded = load_reports(reports)
+    page, pngs = write_report(output, loaded, merge(loaded, figures))
+    for path in [page, *pngs]:
+        typer.echo(str(path))
 
 
 datasets_app = typer.Typer(help="Benchmark datasets: where irtool looks for them and what is missing.", no_args_is_help=True)

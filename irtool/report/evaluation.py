@@ -58,6 +58,8 @@ def parse_figure(text: str) -> FigureSpec:
 
 def _u8(restored: Any) -> np.ndarray:
     """(H, W, 3) uint8 from the restored (1, 3, H, W) tensor in [0, 1], rounded as eval's saved PNGs are."""
+    if isinstance(restored, np.ndarray):
+        return images.as_uint8(restored)
     return (restored[0].float().clamp(0, 1) * 255.0).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
@@ -65,7 +67,7 @@ def _u8(restored: Any) -> np.ndarray:
 class _Kept:
     psnr: float
     result: Any
-    lq: np.ndarray
+    lq: np.ndarray | None  #: None when a merged report has no saved input (noise synthesised at test time)
     out: np.ndarray
     gt: np.ndarray
 
@@ -117,7 +119,7 @@ class Gallery:
             "rect": inside,
             "psnr": kept.result.psnr,
             "input_psnr": kept.result.input_psnr,
-            "lq": images.crop(kept.lq, inside).copy(),
+            "lq": None if kept.lq is None else images.crop(kept.lq, inside).copy(),
             "out": images.crop(kept.out, inside).copy(),
             "gt": images.crop(kept.gt, inside).copy(),
         }
@@ -142,7 +144,7 @@ class Gallery:
             "ssim": r.ssim,
             "input_psnr": r.input_psnr,
             "gain": _gain(r.psnr, r.input_psnr),
-            "input": images.preview_uri(kept.lq, 360),
+            "input": None if kept.lq is None else images.preview_uri(kept.lq, 360),
             "output": images.preview_uri(kept.out, 360),
             "gt": images.preview_uri(kept.gt, 360),
             "heat": images.preview_uri(images.heatmap(kept.out, kept.gt), 360),
@@ -346,12 +348,13 @@ def _comparisons(name: str, present: list, labels: list[str], rows: dict, galler
     out = []
     for key in keys:
         file = key[1]
-        first = next((g.crops[key] for g in live if key in g.crops and "lq" in g.crops[key]), None)
+        first = next((g.crops[key] for g in live if key in g.crops and "gt" in g.crops[key]), None)
         errors = [g.crops[key]["error"] for g in live if key in g.crops and "error" in g.crops[key]]
         if first is None:
             out.append({"file": file, "figure": key[2] if len(key) > 2 else None, "error": errors[0] if errors else "not evaluated"})
             continue
-        panels = [{"label": "input", "uri": images.data_uri(first["lq"], "png"), "caption": _db(first["input_psnr"])}]
+        lq = first["lq"]
+        panels = [{"label": "input", "uri": None if lq is None else images.data_uri(lq, "png"), "caption": _db(first["input_psnr"]) if lq is not None else "input not saved"}]
         for label, g in zip(labels, galleries):
             crop = g.crops.get(key) if g is not None else None
             if crop and "out" in crop:
@@ -381,13 +384,75 @@ def write_figures(context: dict[str, Any], report_path: str | Path) -> list[Path
         for c in section["crops"]:
             if not c.get("figure") or c.get("error"):
                 continue
-            panels = [(c["lq"], "input", c["panels"][0]["caption"])]
+            panels = [] if c["lq"] is None else [(c["lq"], "input", c["panels"][0]["caption"])]
             panels += [(p["array"], p["label"], p["caption"]) for p in c["panels"][1:-1] if p.get("array") is not None]
             panels.append((c["gt"], "ground truth", ""))
             stem = _slug(Path(c["file"]).stem)
             path = report_path.with_name(f"{report_path.stem}.{_slug(section['name'])}.{stem}.png")
             written.append(images.figure(panels, path))
     return written
+
+
+def replay(report: dict[str, Any], *, wanted: dict | None = None, figures: Sequence[FigureSpec] = (), keep: int = 2) -> Gallery | None:
+    """A Gallery for a report read from JSON, from the images its run saved (`eval --save-images`, and
+    `--save-inputs` for inputs synthesised at test time) and the ground truths in its data root. None when the run
+    saved no images."""
+    from types import SimpleNamespace
+
+    from .. import datasets as ds
+    from .. import io as image_io
+    from ..evaluate import resolve
+
+    saved = (report.get("options") or {}).get("save_images")
+    if not saved:
+        return None
+    inputs = (report.get("options") or {}).get("save_inputs")
+    gallery = Gallery(keep=keep, wanted=dict(wanted or {}), figures=figures)
+
+    def read(path: Path) -> np.ndarray | None:
+        try:
+            return images.as_uint8(image_io.read_image(path).rgb) if path.exists() else None
+        except IrtoolError:
+            return None
+
+    for d in report.get("datasets", []):
+        name, folder = d["dataset"], d["dataset"].replace(":", "-")
+        scored = sorted((i for i in d.get("images", []) if i.get("psnr") is not None and not i.get("error")), key=lambda i: _number(i["psnr"]))
+        chosen = scored[:keep] + scored[-keep:] + [i for i in scored if (name, i["file"]) in gallery.wanted or any(f.matches(name, i["file"]) for f in figures)]
+        try:
+            located = resolve([name], d.get("root"), d.get("root"))[0]
+        except IrtoolError:
+            continue  # the ground truths are not where the run found them: no pictures for this dataset
+        pairs = {p.name: p for p in located.pairs}
+        seen = set()
+        for image in chosen:
+            if image["file"] in seen or image["file"] not in pairs:
+                continue
+            seen.add(image["file"])
+            stem = Path(image["file"]).stem
+            out = read(Path(saved) / folder / f"{stem}.png")
+            if out is None:
+                continue
+            pair = pairs[image["file"]]
+            gt = ds.centre_crop(ds.read_rgb(pair.gt), d.get("crop_multiple"))
+            lq = read(Path(inputs) / folder / f"{stem}.png") if inputs else None
+            if lq is None and pair.lq is not None:
+                lq = ds.centre_crop(ds.read_rgb(pair.lq), d.get("crop_multiple"))
+            result = SimpleNamespace(file=image["file"], psnr=_number(image["psnr"]), ssim=image.get("ssim"), input_psnr=_number(image.get("input_psnr")))
+            gallery(name, result, SimpleNamespace(lq=lq, gt=gt), out)
+    return gallery
+
+
+def merge(reports: Sequence[dict[str, Any]], figures: Sequence[FigureSpec] = ()) -> list[Gallery | None]:
+    """Galleries for reports read from JSON: the first report's worst/best images choose the crops the others show."""
+    galleries: list[Gallery | None] = []
+    wanted: dict = {}
+    for n, report in enumerate(reports):
+        gallery = replay(report, wanted=wanted, figures=figures)
+        if gallery is not None and n == 0:
+            wanted = gallery.selection()
+        galleries.append(gallery)
+    return galleries
 
 
 def write_report(path: str | Path, reports: Sequence[dict[str, Any]], galleries: Sequence[Gallery | None] | None = None) -> tuple[Path, list[Path]]:

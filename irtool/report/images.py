@@ -62,6 +62,14 @@ def preview_uri(rgb: np.ndarray, side: int = PREVIEW_SIDE) -> str:
     return data_uri(small, "png" if max(small.shape[:2]) <= 128 else "jpeg")
 
 
+def display_size(width: int, height: int, least: int = 480) -> tuple[int, int, bool]:
+    """(width, height, pixelated) to show a preview at: small images are enlarged by a whole factor (pixels kept
+    sharp) until their longer side reaches `least`; others at their own size (the page shrinks them to fit)."""
+    longer = max(width, height)
+    factor = max(1, least // longer) if longer < least else 1
+    return width * factor, height * factor, factor > 1
+
+
 def error_map(output: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """(H, W) float32 mean absolute error over the colour channels, on 0-1."""
     diff = np.abs(as_uint8(output).astype(np.float32) - as_uint8(truth).astype(np.float32)) / 255.0

@@ -31,9 +31,12 @@ def relative_href(target: str | Path, report_dir: Path) -> str:
 
 def _previews(report: Any) -> dict[str, Any]:
     """Data URIs of the input and output previews, or why there are none."""
-    out: dict[str, Any] = {"before": None, "after": None, "note": None}
+    out: dict[str, Any] = {"before": None, "after": None, "note": None, "size": None}
     try:
-        out["before"] = images.preview_uri(io.read_image(report.input).rgb)
+        rgb = io.read_image(report.input).rgb
+        small = images.downscale(rgb)
+        out["size"] = images.display_size(small.shape[1], small.shape[0])
+        out["before"] = images.preview_uri(rgb)
         if report.ok and report.output:
             out["after"] = images.preview_uri(io.read_image(report.output).rgb)
     except (IrtoolError, OSError) as exc:
@@ -77,7 +80,7 @@ def build(reports: Sequence[Any], *, restorer: Any, seconds: float, report_path:
             "status": r.status,
             "input_href": relative_href(r.input, report_dir) if Path(r.input).exists() else None,
             "output_href": relative_href(r.output, report_dir) if r.ok and r.output and Path(r.output).exists() else None,
-            "previews": next(shown) if r.status != "skipped" else {"before": None, "after": None, "note": None},
+            "previews": next(shown) if r.status != "skipped" else {"before": None, "after": None, "note": None, "size": None},
             "routing_svg": svg.routing_grid(r.experts, r.gates, model.get("layers")) if r.experts else None,
             "megapixels": r.megapixels,
         }
