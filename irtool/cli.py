@@ -628,6 +628,16 @@ def _device(device: str, gpu: Optional[int]) -> str:
     return f"cuda:{gpu}" if gpu is not None else device
 
 
+def _gpus(gpu: Optional[str]) -> Optional[list[int]]:
+    """`--gpu N`, `--gpu 0,1,3` or `--gpu all` as a list of GPU numbers (None without --gpu)."""
+    from .shard import parse_gpus
+
+    try:
+        return parse_gpus(gpu)
+    except IrtoolError as exc:
+        raise typer.BadParameter(str(exc).split(": ", 1)[-1], param_hint="--gpu") from None
+
+
 def _experts_text(experts: Optional[list]) -> str:
     """Top-1 expert of each MoCE layer as digits ("3333222211"); top-k as "3+1"."""
     if not experts:
@@ -677,7 +687,7 @@ def restore(
     router: Annotated[Optional[str], typer.Option("--router", help="LoRA-IR router checkpoint (its second file).")] = None,
     calibration: Annotated[Optional[str], typer.Option("--calibration", help="Routing calibration file (default: <weights>.calibration.json, if present).")] = None,
     device: Annotated[str, typer.Option("--device", "-d", help=_DEVICE_HELP)] = "auto",
-    gpu: Annotated[Optional[int], typer.Option("--gpu", "-g", help="Same as --device cuda:N.")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", "-g", help="N: same as --device cuda:N. 0,1,3 or all: one worker process per GPU (with --device cpu: that many CPU processes).", show_default=False)] = None,
     precision: Annotated[Precision, typer.Option("--precision", help="auto: bf16 autocast on CUDA GPUs that have it, else fp32.")] = Precision.auto,
     tile: Annotated[int, typer.Option("--tile", "-t", help="Tile side in px (0: whole images; tiles are used anyway after running out of GPU memory).")] = 0,
     tile_overlap: Annotated[int, typer.Option("--tile-overlap", help="Overlap between tiles in px (blended, no seams; at most a quarter of the tile).")] = 32,
@@ -701,14 +711,16 @@ def restore(
     Reports what the router saw in each image: experts per layer, and a degradation name once the checkpoint is calibrated with `irtool calibrate`. Exit status 1 if any image failed.
     """
     from .jobs import RestoreOptions, plan
+    from .shard import world_size
 
+    gpus = _gpus(gpu)
     options = RestoreOptions(
         model=model,
         weights=weights_file,
         router=router,
         calibration=calibration,
         trust=trust_checkpoint,
-        device=_device(device, gpu),
+        device=_device(device, gpus[0] if gpus and len(gpus) == 1 and device != "cpu" else None),
         precision=precision.value,
         tile=tile,
         tile_overlap=tile_overlap,
@@ -724,7 +736,23 @@ def restore(
         workers=workers,
     )
     options.check()
-    jobs = plan(inputs, out_dir, options)
+    if gpus and len(gpus) > 1 and world_size() == 1 and not dry_run:
+        from .distributed_run import launch
+
+        raise typer.Exit(launch("restore", gpus, device))
+    ranked = None
+    if world_size() > 1:  # under torchrun: this rank's share of one run (see irtool.distributed_run)
+        from .distributed_run import RankedRestore
+
+        ranked = RankedRestore.start(inputs, out_dir, options)
+        jobs, options = ranked.jobs, ranked.options
+        if not ranked.is_main:
+            try:
+                raise typer.Exit(0 if dry_run else ranked.work(ranked.load()))
+            finally:
+                ranked.close()
+    else:
+        jobs = plan(inputs, out_dir, options)
     err = _stderr()
     if dry_run:
         for job in jobs:
@@ -740,7 +768,22 @@ def restore(
 
     from .jobs import report_unrunnable
 
-    if any(not (job.error or job.skip) for job in jobs):
+    reports = []
+    started = time.perf_counter()
+    megapixels = 0.0
+
+    def tick(report: Any) -> None:  # one image done, on any rank
+        nonlocal megapixels
+        megapixels += report.megapixels
+        elapsed = time.perf_counter() - started
+        progress.update(task, advance=1, rate=f"{megapixels / elapsed:.2f} MP/s" if elapsed > 0 else "")
+
+    if ranked is not None:
+        restorer = ranked.load()
+        for note in restorer.notes if restorer else []:
+            err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+        stream = ranked.reports(restorer, arrived=tick)
+    elif any(not (job.error or job.skip) for job in jobs):
         from .engine import Restorer, restore_files
 
         restorer = Restorer.load(options)
@@ -749,9 +792,6 @@ def restore(
         stream = restore_files(jobs, restorer)
     else:  # nothing to run: no model to load
         stream = (report_unrunnable(job) for job in jobs)
-    reports = []
-    started = time.perf_counter()
-    megapixels = 0.0
     progress = Progress(
         TextColumn("restoring"),
         BarColumn(),
@@ -776,9 +816,10 @@ def restore(
                 progress.console.print(f"[yellow]warning:[/] {report.input}: {warning}", soft_wrap=True, highlight=False)
             if as_json:
                 typer.echo(json.dumps(report.to_json()))
-            megapixels += report.megapixels
-            elapsed = time.perf_counter() - started
-            progress.update(task, advance=1, rate=f"{megapixels / elapsed:.2f} MP/s" if elapsed > 0 else "")
+            if ranked is None:
+                tick(report)
+    if ranked is not None:
+        ranked.close()
     elapsed = time.perf_counter() - started
     done = sum(r.ok for r in reports)
     failed = sum(r.failed for r in reports)
@@ -796,7 +837,7 @@ def restore(
     extras = [e for e in extras if e]
     if not quiet or failed:
         err.print(summary + (f"; {', '.join(extras)}" if extras else ""), highlight=False)
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(ranked.exit_code(bool(failed)) if ranked is not None else 1 if failed else 0)
 
 
 @command(no_args_is_help=True)
