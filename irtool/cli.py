@@ -739,7 +739,7 @@ def restore(
     if gpus and len(gpus) > 1 and world_size() == 1 and not dry_run:
         from .distributed_run import launch
 
-        raise typer.Exit(launch("restore", gpus, device))
+        raise typer.Exit(launch("restore", gpus, device, ("--device", "-d")))
     ranked = None
     if world_size() > 1:  # under torchrun: this rank's share of one run (see irtool.distributed_run)
         from .distributed_run import RankedRestore
@@ -1015,6 +1015,7 @@ def eval_command(
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Datasets folder (default: $IRTOOL_DATA, else the user data dir).")] = None,
     clean_dir: Annotated[Optional[Path], typer.Option("--clean-dir", help="Clean photos for synthetic: datasets.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
+    gpu: Annotated[Optional[str], typer.Option("--gpu", "-g", help="N: same as --device cuda:N. 0,1,3 or all: one worker process per GPU, each scoring a share of every dataset (with --device cpu: that many CPU processes).", show_default=False)] = None,
     precision: Annotated[str, typer.Option("--precision", help="fp32 (the papers'), bf16 or fp16 autocast.")] = "fp32",
     tile: Annotated[int, typer.Option("--tile", min=0, help="Tile size in px for large images (departs from the protocol); 0 = whole image.")] = 0,
     routing_noise: Annotated[
@@ -1049,7 +1050,23 @@ def eval_command(
     from . import evaluate, weights as manifest
     from .loading import load_model
 
-    targets = evaluate.resolve(names, data_root, clean_dir)  # every dataset found before the model loads
+    from .shard import world_size
+
+    gpus = _gpus(gpu)
+    if gpus and len(gpus) > 1 and world_size() == 1:
+        from .distributed_run import launch
+
+        raise typer.Exit(launch("eval", gpus, device))
+    if gpus and device != "cpu":
+        device = f"cuda:{gpus[0]}"
+    ranked = None
+    if world_size() > 1:  # under torchrun: this rank scores a share of every dataset (see irtool.distributed_run)
+        from .distributed_run import RankedEval
+
+        ranked = RankedEval.start(names, data_root, clean_dir, device, limit, routing_noise)
+        targets, device = ranked.targets, ranked.device
+    else:
+        targets = evaluate.resolve(names, data_root, clean_dir)  # every dataset found before the model loads
     entry_name = reported or model_name
     entry = manifest.find_entry(entry_name) if entry_name else None
     if reported and entry is None:
@@ -1075,9 +1092,15 @@ def eval_command(
         reported_from=entry.name if entry else None,
         reported=evaluate.reported_figures(entry.data if entry else None),
     )
+    if ranked is not None and not ranked.is_main:
+        try:
+            raise typer.Exit(ranked.work(model, options, report))
+        finally:
+            ranked.close()
     interrupted = False
     try:
-        _run_eval_with_progress(evaluate, model, targets, options, report, quiet=quiet or json_path == "-")
+        run = ranked.run if ranked is not None else functools.partial(evaluate.run, targets=targets)
+        _run_eval_with_progress(run, targets, model, options, report, quiet=quiet or json_path == "-")
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -1086,6 +1109,8 @@ def eval_command(
             evaluate.write_json(report, json_path)
         if csv_path:
             evaluate.write_csv(report, csv_path)
+    if ranked is not None:
+        ranked.close()
     if interrupted:
         _stderr().print("interrupted; the report holds the images finished so far")
         raise typer.Exit(130)
@@ -1100,12 +1125,14 @@ def eval_command(
         _stderr().print(f"[bold red]error:[/] {message}", soft_wrap=True)
     if len(failures) > 20:
         _stderr().print(f"... and {len(failures) - 20} more failed images (see --json/--csv)")
-    raise typer.Exit(1 if failures else 0)
+    raise typer.Exit(ranked.exit_code(bool(failures)) if ranked is not None else 1 if failures else 0)
 
 
-def _run_eval_with_progress(evaluate: Any, model: Any, targets: list, options: Any, report: Any, *, quiet: bool) -> None:
+def _run_eval_with_progress(run: Callable, targets: list, model: Any, options: Any, report: Any, *, quiet: bool) -> None:
+    """`run(model, options=, report=)` yields (dataset progress, image result) per image: evaluate.run, or a
+    multi-process run's rank 0."""
     if quiet:
-        for _ in evaluate.run(model, targets, options, report):
+        for _ in run(model, options=options, report=report):
             pass
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -1116,7 +1143,7 @@ def _run_eval_with_progress(evaluate: Any, model: Any, targets: list, options: A
         for located in targets:
             n = len(located.pairs) + (0 if options.limit else len(located.probe.unpaired_inputs))
             tasks[located.spec.name] = progress.add_task(located.spec.name, total=min(n, options.limit or n), score="")
-        for dreport, _ in evaluate.run(model, targets, options, report):
+        for dreport, _ in run(model, options=options, report=report):
             psnr = dreport.psnr
             score = f"{psnr:.2f} dB" if psnr is not None else ""
             progress.update(tasks[dreport.dataset], advance=1, score=score)

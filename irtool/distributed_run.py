@@ -232,6 +232,89 @@ class _RankState:
     lost: str | None = None  #: why this rank was given up
 
 
+def _post(channel: Channel, rank: int, posted: int, message: Any) -> int:
+    """Post one finished item for rank 0: the message first, then the counter rank 0 polls."""
+    channel.put(f"item/{rank}/{posted}", message)
+    return channel.count(f"n/{rank}", 1)
+
+
+class _Gather:
+    """Rank 0's loop: its own share in a thread, the other ranks' items from the store, heartbeats, signals.
+
+    `run(own, land)` calls `land(message)` in the calling thread for every item from any rank, and yields after each
+    round so the caller can pass on what is complete; it ends when every rank is done or given up (`why(rank)`)."""
+
+    def __init__(self, channel: Channel, ctx: Dist, signals: StopSignals, working: set[int]) -> None:
+        self.channel, self.ctx, self.signals = channel, ctx, signals
+        self.states = {r: _RankState(done=r not in working) for r in range(1, ctx.world_size)}
+        self.own_error: str | None = None
+
+    def why(self, rank: int) -> str:
+        if rank == 0:
+            return self.own_error or (f"was stopped ({self.signals.name})" if self.signals.signal is not None else "stopped")
+        return self.states[rank].lost or f"was stopped ({self.signals.name})"
+
+    def run(self, own: Callable[[Callable[[Any], None], threading.Event], None] | None, land: Callable[[Any], None]) -> Iterator[None]:
+        local: queue.Queue = queue.Queue()
+        stop_own = threading.Event()
+
+        def work() -> None:
+            try:
+                own(local.put, stop_own)  # type: ignore[misc]
+            except BaseException as exc:  # noqa: BLE001 - reported as rank 0's unfinished items
+                self.own_error = f"rank 0 failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+            finally:
+                local.put(None)
+
+        thread = threading.Thread(target=work, name="irtool-rank0", daemon=True)
+        busy = [r for r, s in self.states.items() if not s.done]
+        liveness = Liveness(self.channel, busy, rank_timeout())
+        own_done = own is None
+        stopping_since: float | None = None
+        with self.signals:
+            if own is not None:
+                thread.start()
+            while True:
+                while True:
+                    try:
+                        item = local.get(timeout=0 if own_done else POLL_SECONDS)
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        own_done = True
+                    else:
+                        land(item)
+                self._poll(liveness, land)
+                yield None
+                if self.signals.signal is not None and stopping_since is None:
+                    stopping_since = time.monotonic()
+                    stop_own.set()
+                if own_done and all(s.done or s.lost for s in self.states.values()):
+                    break
+                if stopping_since is not None and own_done and time.monotonic() - stopping_since > GRACE_SECONDS:
+                    break
+                if own_done:
+                    time.sleep(POLL_SECONDS)
+            if own is not None:
+                thread.join()
+
+    def _poll(self, liveness: Liveness, land: Callable[[Any], None]) -> None:
+        for r, state in self.states.items():
+            if state.done or state.lost:
+                continue
+            done = self.channel.has(f"done/{r}")  # before the count: done is posted after the last item
+            total = self.channel.count(f"n/{r}")
+            while state.seen < total:
+                land(self.channel.get(f"item/{r}/{state.seen}"))
+                state.seen += 1
+            if done:
+                state.done = True
+            elif self.channel.has(f"fatal/{r}"):
+                state.lost = self.channel.get(f"fatal/{r}")["error"]
+            elif liveness.lost(r):
+                state.lost = f"rank {r} stopped responding (no heartbeat for {liveness.timeout:.0f}s)"
+
+
 @dataclass
 class RankedRestore:
     """One rank's part of a multi-process `irtool restore` (see the module docstring)."""
@@ -371,8 +454,7 @@ class RankedRestore:
                 stream = restore_files([self.jobs[i] for i in mine], restorer)
                 try:
                     for i, report in zip(mine, stream):
-                        self.channel.put(f"rep/{rank}/{posted}", {"index": i, "report": asdict(report)})
-                        posted = self.channel.count(f"n/{rank}", 1)
+                        posted = _post(self.channel, rank, posted, {"index": i, "report": asdict(report)})
                         if self.signals.signal is not None or self.channel.has("abort"):
                             break
                 finally:
@@ -383,105 +465,45 @@ class RankedRestore:
     def reports(self, restorer: Any, arrived: Callable[[RestoreReport], None] | None = None) -> Iterator[RestoreReport]:
         """Rank 0: every job's report, in input order, as soon as it and all before it are in. `arrived` is called
         (in this thread) for each report as it comes in from any rank, for the progress bar."""
+        from .engine import restore_files
+
         jobs, owner = self.jobs, self.owner
         slots: list[RestoreReport | None] = [None] * len(jobs)
         note = arrived or (lambda report: None)
 
-        def land(i: int, report: RestoreReport) -> None:
+        def land(message: dict) -> None:
+            i, report = message["index"], message["report"]
             if slots[i] is None:
-                slots[i] = report
-                note(report)
+                slots[i] = report if isinstance(report, RestoreReport) else RestoreReport(**report)
+                note(slots[i])  # type: ignore[arg-type]
 
         for i, job in enumerate(jobs):
             if owner[i] < 0:
-                land(i, report_unrunnable(job))
-        local: queue.Queue = queue.Queue()
-        stop_own = threading.Event()
-        own = threading.Thread(target=self._run_own, args=(restorer, local, stop_own), name="irtool-rank0", daemon=True)
-        others = [r for r in range(1, self.ctx.world_size) if r in set(owner)]
-        states = {r: _RankState() for r in others}
-        for r in range(1, self.ctx.world_size):
-            if r not in states:
-                states[r] = _RankState(done=True)  # nothing to do: its files are none
-        liveness = Liveness(self.channel, others, rank_timeout())
-        own_done, own_lost = not self.mine, None
-        stopping_since: float | None = None
-        next_out = 0
-        with self.signals:
-            if self.mine:
-                own.start()
-            while True:
-                while True:  # rank 0's own reports
-                    try:
-                        item = local.get(timeout=POLL_SECONDS if not own_done else 0)
-                    except queue.Empty:
+                land({"index": i, "report": report_unrunnable(job)})
+
+        def own(emit: Callable[[Any], None], stop: threading.Event) -> None:
+            mine = self.mine
+            stream = restore_files([self.jobs[i] for i in mine], restorer)
+            try:
+                for i, report in zip(mine, stream):
+                    emit({"index": i, "report": report})
+                    if stop.is_set():
                         break
-                    if item is None:
-                        own_done = True
-                    elif item[0] == "fatal":
-                        own_lost = item[1]
-                    else:
-                        land(*item)
-                self._collect(states, liveness, land, stopping=stopping_since is not None)
-                while next_out < len(slots) and slots[next_out] is not None:
-                    yield slots[next_out]  # type: ignore[misc]
-                    next_out += 1
-                if self.signals.signal is not None and stopping_since is None:
-                    stopping_since = time.monotonic()
-                    stop_own.set()
-                if own_done and all(s.done or s.lost for s in states.values()):
-                    break
-                if stopping_since is not None and own_done and time.monotonic() - stopping_since > GRACE_SECONDS:
-                    for s in states.values():
-                        if not s.done:
-                            s.lost = s.lost or f"was stopped ({self.signals.name})"
-                    break
-                if own_done:
-                    time.sleep(POLL_SECONDS)
-            if self.mine:
-                own.join()
-        reason0 = own_lost or (f"was stopped ({self.signals.name})" if self.signals.signal is not None else "stopped")
+            finally:
+                stream.close()
+
+        next_out = 0
+        gather = _Gather(self.channel, self.ctx, self.signals, set(owner) - {-1})
+        for _ in gather.run(own if self.mine else None, land):
+            while next_out < len(slots) and slots[next_out] is not None:
+                yield slots[next_out]  # type: ignore[misc]
+                next_out += 1
         for i in range(len(slots)):
             if slots[i] is None:
-                r = owner[i]
-                why = reason0 if r == 0 else (states[r].lost or f"was stopped ({self.signals.name})")
-                land(i, self._unfinished(jobs[i], r, why))
+                land({"index": i, "report": self._unfinished(jobs[i], owner[i], gather.why(owner[i]))})
         while next_out < len(slots):
             yield slots[next_out]  # type: ignore[misc]
             next_out += 1
-
-    def _collect(self, states: dict[int, _RankState], liveness: Liveness, land: Callable, stopping: bool) -> None:
-        for r, state in states.items():
-            if state.done or state.lost:
-                continue
-            done = self.channel.has(f"done/{r}")  # before the count: done is posted after the last report
-            total = self.channel.count(f"n/{r}")
-            while state.seen < total:
-                message = self.channel.get(f"rep/{r}/{state.seen}")
-                land(message["index"], RestoreReport(**message["report"]))
-                state.seen += 1
-            if done:
-                state.done = True
-            elif self.channel.has(f"fatal/{r}"):
-                state.lost = self.channel.get(f"fatal/{r}")["error"]
-            elif liveness.lost(r):
-                state.lost = f"rank {r} stopped responding (no heartbeat for {liveness.timeout:.0f}s)"
-
-    def _run_own(self, restorer: Any, local: queue.Queue, stop: threading.Event) -> None:
-        from .engine import restore_files
-
-        mine = self.mine
-        stream = restore_files([self.jobs[i] for i in mine], restorer)
-        try:
-            for i, report in zip(mine, stream):
-                local.put((i, report))
-                if stop.is_set():
-                    break
-        except BaseException as exc:  # noqa: BLE001 - reported as rank 0's unfinished files
-            local.put(("fatal", f"rank 0 failed ({type(exc).__name__}: {exc})"))
-        finally:
-            stream.close()
-            local.put(None)
 
     @staticmethod
     def _unfinished(job: Job, rank: int, why: str) -> RestoreReport:
@@ -503,14 +525,214 @@ class RankedRestore:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# eval: each dataset's images shared out, per-image scores gathered, figures as in one process
+
+
+def _eval_items(located: Any, limit: int | None) -> list[str]:
+    """A dataset's items in evaluation order (names): its pairs (the first `limit`), then inputs without a ground
+    truth (only without --limit), as `datasets.iter_samples` yields them."""
+    pairs = located.pairs[:limit] if limit else located.pairs
+    return [p.name for p in pairs] + ([] if limit else list(located.probe.unpaired_inputs))
+
+
+def _eval_owners(targets: Sequence[Any], limit: int | None, world: int) -> list[list[int]]:
+    """The rank of each item of each dataset: balanced by pixels over the whole run (a dataset's share continues
+    from the loads the ones before it left), the same on every rank."""
+    loads, counts = [0] * world, [0] * world
+    owners = []
+    for located in targets:
+        pairs = located.pairs[:limit] if limit else located.pairs
+        weights = [shard.pixel_count(p.gt) for p in pairs] + [0] * (len(_eval_items(located, limit)) - len(pairs))
+        owners.append(shard.balance(weights, world, loads, counts))
+    return owners
+
+
+@dataclass
+class RankedEval:
+    """One rank's part of a multi-process `irtool eval`."""
+
+    ctx: Dist
+    channel: Channel
+    heartbeat: Heartbeat
+    targets: list[Any]
+    owners: list[list[int]]  #: per dataset, the rank of each item
+    limit: int | None
+    signals: StopSignals = field(default_factory=StopSignals)
+
+    @property
+    def is_main(self) -> bool:
+        return self.ctx.is_main
+
+    @property
+    def device(self) -> str:
+        return str(self.ctx.device)
+
+    @classmethod
+    def start(cls, names: list[str], data_root: Any, clean_dir: Any, device: str, limit: int | None, routing_noise: bool) -> RankedEval:
+        """Join the run; every rank finds the datasets itself and must find the same images as rank 0 (one line
+        naming the rank and what it could not see otherwise)."""
+        from . import evaluate
+
+        ctx = setup(device)
+        channel = Channel()
+        heartbeat = Heartbeat(ctx.rank)
+        try:
+            error = None
+            targets: list[Any] = []
+            if routing_noise:
+                error = ("--routing-noise draws one noise stream through every image in order; it cannot be split "
+                         "across processes: run it in one process")  # fmt: skip
+            else:
+                try:
+                    targets = evaluate.resolve(names, data_root, clean_dir)
+                except IrtoolError as exc:
+                    error = f"{shard.where()}: {exc}" if not ctx.is_main else str(exc)
+            digest = hashlib.sha256(json.dumps([[t.spec.name, _eval_items(t, limit)] for t in targets]).encode()).hexdigest()
+            if ctx.is_main:
+                channel.put("start/0", {"abort": error} if error else {"digest": digest, "items": sum(len(_eval_items(t, limit)) for t in targets)})
+                if error:
+                    raise IrtoolError(error)
+                liveness = Liveness(channel, range(1, ctx.world_size), rank_timeout())
+                problems = []
+                for r in range(1, ctx.world_size):
+                    try:
+                        answer = _await(channel, f"ready/{r}", r, liveness, "starting")
+                    except IrtoolError as exc:
+                        answer = {"error": str(exc)}
+                    if answer.get("error"):
+                        problems.append(answer["error"])
+                channel.put("go", {"problems": problems})
+                if problems:
+                    raise IrtoolError(" | ".join(problems))
+            else:
+                start = channel.get("start/0")
+                if "abort" in start:
+                    raise SystemExit(1)  # rank 0 says why
+                if error is None and digest != start["digest"]:
+                    error = (f"{shard.where()}: finds other images in these datasets than rank 0 does; every node needs "
+                             "the same dataset files (--data-root on a shared filesystem)")  # fmt: skip
+                channel.put(f"ready/{ctx.rank}", {"error": error})
+                if channel.get("go")["problems"]:
+                    raise SystemExit(1)
+        except BaseException:
+            heartbeat.stop()
+            teardown(ctx)
+            raise
+        return cls(ctx, channel, heartbeat, targets, _eval_owners(targets, limit, ctx.world_size), limit)
+
+    def _keep(self) -> Callable[[str, int], bool]:
+        index = {t.spec.name: d for d, t in enumerate(self.targets)}
+        return lambda name, i: self.owners[index[name]][i] == self.ctx.rank
+
+    def _own_items(self, model: Any, options: Any, report: Any, emit: Callable[[Any], None], stop: threading.Event | None) -> None:
+        """Evaluate this rank's items, emitting {"d", "i", "result"} for each (i: the item's place in its dataset)."""
+        from . import evaluate
+
+        index = {t.spec.name: d for d, t in enumerate(self.targets)}
+        taken = [0] * len(self.targets)
+        mine = [[i for i, r in enumerate(owner) if r == self.ctx.rank] for owner in self.owners]
+        for dreport, result in evaluate.run(model, self.targets, options, report, keep=self._keep()):
+            d = index[dreport.dataset]
+            emit({"d": d, "i": mine[d][taken[d]], "result": result})
+            taken[d] += 1
+            if stop is not None and stop.is_set():
+                return
+
+    def work(self, model: Any, options: Any, report: Any) -> int:
+        """Ranks other than 0: evaluate this rank's items, posting each image's scores. Returns the exit status."""
+        rank, posted = self.ctx.rank, 0
+        with self.signals:
+            try:
+                def emit(message: dict) -> None:
+                    nonlocal posted
+                    posted = _post(self.channel, rank, posted, {**message, "result": asdict(message["result"])})
+                    if self.signals.signal is not None:
+                        raise KeyboardInterrupt
+
+                self._own_items(model, options, report, emit, None)
+            except KeyboardInterrupt:
+                pass
+            except Exception as exc:
+                self.channel.put(f"fatal/{rank}", {"error": f"{shard.where()} failed ({type(exc).__name__}: {exc})"})
+                return 1
+            self.channel.put(f"done/{rank}", {"seconds": [d.seconds for d in report.datasets], "signal": self.signals.name})
+        return self.signals.exit_code or 0
+
+    def run(self, model: Any, options: Any, report: Any) -> Iterator[tuple[Any, Any]]:
+        """Rank 0: evaluate everything with the other ranks, filling `report` as one process would; yields
+        (dataset progress, result) for each image as it arrives from any rank (`.dataset`, `.psnr`: running mean)."""
+        from . import evaluate
+
+        merged: list[list[Any]] = [[None] * len(owner) for owner in self.owners]
+        arrivals: list[tuple[int, Any]] = []
+
+        def land(message: dict) -> None:
+            result = message["result"]
+            if isinstance(result, dict):
+                result = evaluate.ImageResult(**result)
+            if merged[message["d"]][message["i"]] is None:
+                merged[message["d"]][message["i"]] = result
+                arrivals.append((message["d"], result))
+
+        working = {r for owner in self.owners for r in owner}
+        gather = _Gather(self.channel, self.ctx, self.signals, working)
+        own = (lambda emit, stop: self._own_items(model, options, report, emit, stop)) if 0 in working else None
+        for _ in gather.run(own, land):
+            for d, result in arrivals:
+                yield _Progress(self.targets[d].spec.name, merged[d]), result
+            arrivals.clear()
+        if own is None:  # rank 0 had no image: its report still needs every dataset's header
+            for _ in evaluate.run(model, self.targets, options, report, keep=lambda name, i: False):
+                pass
+        seconds = [list(dr.seconds for dr in report.datasets)]
+        for r, state in gather.states.items():
+            if state.done and self.channel.has(f"done/{r}"):
+                seconds.append(self.channel.get(f"done/{r}")["seconds"])
+        complete = True
+        for d, dreport in enumerate(report.datasets):
+            names = _eval_items(self.targets[d], self.limit)
+            for i, result in enumerate(merged[d]):
+                if result is None:
+                    complete = False
+                    rank = self.owners[d][i]
+                    why = gather.why(rank)
+                    reason = why if why.startswith("rank ") else f"rank {rank} {why}"
+                    merged[d][i] = evaluate.ImageResult(names[i], error=f"{names[i]}: not scored: {reason} before reaching it")
+            dreport.images = merged[d]
+            dreport.usage = evaluate.usage_of(model, dreport.images)
+            dreport.seconds = max((s[d] for s in seconds if d < len(s)), default=dreport.seconds)
+        report.complete = report.complete and complete and self.signals.signal is None
+
+    def exit_code(self, failed: bool) -> int:
+        return self.signals.exit_code or (1 if failed else 0)
+
+    def close(self) -> None:
+        self.heartbeat.stop()
+        teardown(self.ctx)
+
+
+@dataclass
+class _Progress:
+    """What eval's progress bar reads of a dataset while its images come in from several ranks."""
+
+    dataset: str
+    results: list[Any]
+
+    @property
+    def psnr(self) -> float | None:
+        scores = [r.psnr for r in self.results if r is not None and r.error is None and r.psnr is not None]
+        return sum(scores) / len(scores) if scores else None
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # `--gpu 0,1,...`: start the workers ourselves, as torchrun would
 
 
-def _without_gpu_flags(argv: Sequence[str], on_cpu: bool) -> list[str]:
+def _without_gpu_flags(argv: Sequence[str], on_cpu: bool, device_flags: Sequence[str] = ("--device",)) -> list[str]:
     """The command line minus `--gpu/-g LIST` (and, for GPU workers, any --device: each worker takes its own)."""
     out: list[str] = []
     skip = False
-    drop = ("--gpu", "-g") if on_cpu else ("--gpu", "-g", "--device", "-d")
+    drop = ("--gpu", "-g") if on_cpu else ("--gpu", "-g", *device_flags)
     for arg in argv:
         if skip:
             skip = False
@@ -526,7 +748,7 @@ def _without_gpu_flags(argv: Sequence[str], on_cpu: bool) -> list[str]:
     return out if on_cpu else [*out, "--device", "cuda"]
 
 
-def launch(command: str, gpus: Sequence[int], device: str, argv: Sequence[str] | None = None) -> int:
+def launch(command: str, gpus: Sequence[int], device: str, device_flags: Sequence[str] = ("--device",), argv: Sequence[str] | None = None) -> int:
     """Run this very command line once per GPU in `gpus` (one worker process each, under torch's elastic launcher,
     as `torchrun --standalone --nproc-per-node N` would), or with `device` "cpu" as that many CPU processes.
     Returns the exit status the command has in one process: the workers' rank 0 decides it."""
@@ -552,7 +774,7 @@ def launch(command: str, gpus: Sequence[int], device: str, argv: Sequence[str] |
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(gpus)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # rank 0 reports; no launcher noise
     args = parse_args(["--standalone", "--nproc-per-node", str(len(gpus)), "--max-restarts", "0", "-m", "irtool",
-                       *_without_gpu_flags(argv, on_cpu)])  # fmt: skip
+                       *_without_gpu_flags(argv, on_cpu, device_flags)])  # fmt: skip
     try:
         run(args)
     except ChildFailedError as exc:

@@ -52,15 +52,17 @@ def pixel_count(path: Path | str | None) -> int:
     return int(w) * int(h)
 
 
-def balance(weights: Sequence[int], world: int) -> list[int]:
+def balance(weights: Sequence[int], world: int, loads: list[int] | None = None, counts: list[int] | None = None) -> list[int]:
     """The rank (0..world-1) of each item: greedy longest-processing-time on `weights` (pixels), deterministic.
 
     An item of weight 0 (unreadable header) counts as 1, so broken files spread by count instead of piling up.
+    `loads`/`counts` (pixels and items per rank so far) carry the balance across several calls (eval's datasets)
+    and are updated in place.
     """
     if world < 1:
         raise ValueError("world must be >= 1")
-    loads = [0] * world
-    counts = [0] * world
+    loads = [0] * world if loads is None else loads
+    counts = [0] * world if counts is None else counts
     owner = [0] * len(weights)
     for i in sorted(range(len(weights)), key=lambda i: (-weights[i], i)):
         r = min(range(world), key=lambda r: (loads[r], counts[r], r))
