@@ -51,6 +51,8 @@ HEARTBEAT_SECONDS = 1.0
 POLL_SECONDS = 0.05
 #: how long a stopping run waits for the other ranks' last reports
 GRACE_SECONDS = 10.0
+#: while stopping, a rank silent this long is taken for dead (a live one beats every HEARTBEAT_SECONDS)
+DEAD_SECONDS = 3 * HEARTBEAT_SECONDS
 
 
 def rank_timeout() -> float:
@@ -291,8 +293,14 @@ class _Gather:
                     stop_own.set()
                 if own_done and all(s.done or s.lost for s in self.states.values()):
                     break
-                if stopping_since is not None and own_done and time.monotonic() - stopping_since > GRACE_SECONDS:
-                    break
+                if stopping_since is not None and own_done:
+                    # Stopping: wait for the others' last reports, but not for ranks that are already dead.
+                    silent = {r: liveness.silent_for(r) for r, s in self.states.items() if not (s.done or s.lost)}
+                    if time.monotonic() - stopping_since > GRACE_SECONDS or all(t > DEAD_SECONDS for t in silent.values()):
+                        for r, t in silent.items():
+                            if t > DEAD_SECONDS:
+                                self.states[r].lost = f"rank {r} died (no heartbeat for {t:.0f}s)"
+                        break
                 if own_done:
                     time.sleep(POLL_SECONDS)
             if own is not None:
