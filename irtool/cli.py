@@ -769,7 +769,6 @@ def restore(
     from .jobs import report_unrunnable
 
     reports = []
-    started = time.perf_counter()
     megapixels = 0.0
 
     def tick(report: Any) -> None:  # one image done, on any rank
@@ -792,6 +791,7 @@ def restore(
         stream = restore_files(jobs, restorer)
     else:  # nothing to run: no model to load
         stream = (report_unrunnable(job) for job in jobs)
+    started = time.perf_counter()
     progress = Progress(
         TextColumn("restoring"),
         BarColumn(),
