@@ -27,6 +27,8 @@ class RestoreOptions:
     model: str | None = None  #: manifest name (or a checkpoint path)
     weights: str | None = None  #: checkpoint file or folder
     router: str | None = None  #: LoRA-IR's second file, passed through to load_model
+    config: dict[str, Any] | None = None  #: config fields the weights cannot show (load_model's `config`)
+    router_config: dict[str, Any] | None = None  #: the same for LoRA-IR's router (load_model's `router_config`)
     calibration: str | None = None  #: routing calibration file (default: beside the weights)
     trust: bool = False  #: allow checkpoints that need arbitrary pickled objects
     device: str = "auto"  #: auto, cpu, cuda, cuda:N, mps
