@@ -1044,7 +1044,8 @@ def eval_command(
                           "official 15->25->50 run); fresh: reseed for each (as if run alone).")
     ] = "shared",
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N images of each dataset (quick look).")] = None,
-    save_images: Annotated[Optional[Path], typer.Option("--save-images", help="Write restored images (uint8 PNG) to DIR/<dataset>/.")] = None,
+    save_images: Annotated[Optional[Path], typer.Option("--save-images", help="Write restored images to DIR/<dataset>/ (see --save-format).")] = None,
+    save_format: Annotated[str, typer.Option("--save-format", help="png8: 8-bit PNG (to look at); png16: 16-bit PNG; tiff: float32 TIFF, the exact output the scores were computed on.")] = "png8",
     save_inputs: Annotated[Optional[Path], typer.Option("--save-inputs", help="Write the inputs as fed (e.g. the noisy images) to DIR/<dataset>/.")] = None,
     json_path: Annotated[Optional[str], typer.Option("--json", help="Write the full report (per image) as JSON to FILE ('-' = stdout).")] = None,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write per-image scores as CSV to FILE.")] = None,
@@ -1085,6 +1086,7 @@ def eval_command(
         noise_stream=noise_stream,
         limit=limit,
         save_images=save_images,
+        save_format=save_format,
         save_inputs=save_inputs,
     )
     report = evaluate.new_report(
@@ -1165,6 +1167,7 @@ def _fmt_pair(psnr: float | None, ssim: float | None) -> str:
 
 
 def _render_eval(report: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     console = _wide_console()
@@ -1221,8 +1224,10 @@ def _render_eval(report: Any) -> None:
         notes.extend(f"{d.dataset}: {w}" for w in d.warnings)
     if report.options.get("routing_noise"):
         notes.append("router-logit noise on (official MoCE-IR test behaviour, torch seed 0)")
+    if report.saved_images:
+        notes.append(f"restored images in {report.saved_images['folder']} as {report.saved_images['keeps']}")
     for note in notes:
-        console.print(f"[dim]·[/] {note}", soft_wrap=True)
+        console.print(f"[dim]·[/] {escape(note)}", soft_wrap=True)
 
 
 def _render_usage(console: Any, report: Any) -> None:

@@ -52,7 +52,7 @@ class RestoreOptions:
         if self.tile < 0 or self.tile_overlap < 0 or self.batch_size < 1 or self.workers < 1 or self.route_size < 0:
             raise IrtoolError("--tile, --tile-overlap and --route-size must be >= 0; --batch-size and --workers >= 1")
         if self.tile and self.tile < 16:
-            raise IrtoolError(f"--tile {self.tile}: too small (use 0 for whole images, or at least 64)")
+            raise IrtoolError(f"--tile {self.tile}: too small (use 0 for whole images, or at least 16)")
         if self.overwrite and self.skip_existing:
             raise IrtoolError("--overwrite and --skip-existing contradict each other; pick one")
         if not 1 <= self.quality <= 100:
