@@ -804,7 +804,7 @@ def restore(
         jobs, options = ranked.jobs, ranked.options
         if not ranked.is_main:
             try:
-                raise typer.Exit(0 if dry_run else ranked.work(ranked.load()))
+                raise typer.Exit(0 if dry_run else ranked.work())
             finally:
                 ranked.close()
     else:
@@ -1133,8 +1133,11 @@ def eval_command(
     if reported and entry is None:
         fail(f"--reported {reported}: not a manifest entry (see weights_manifest.json)")
     source = model_name or weights
-    model = load_model(source, device=device, router=router, trust=trust_checkpoint,
-                       config=_fields(config, "--config"), router_config=_fields(router_config, "--router-config"))
+
+    def load() -> Any:
+        return load_model(source, device=device, router=router, trust=trust_checkpoint,
+                          config=_fields(config, "--config"), router_config=_fields(router_config, "--router-config"))
+
     options = evaluate.EvalOptions(
         protocol=protocol,
         crop_border=crop_border,
@@ -1147,19 +1150,24 @@ def eval_command(
         save_format=save_format,
         save_inputs=save_inputs,
     )
-    report = evaluate.new_report(
-        model,
-        options,
-        source=str(source),
-        device=next(model.parameters()).device,
-        reported_from=entry.name if entry else None,
-        reported=evaluate.reported_figures(entry.data if entry else None),
-    )
+
+    def new_report(model: Any) -> Any:
+        return evaluate.new_report(
+            model,
+            options,
+            source=str(source),
+            device=next(model.parameters()).device,
+            reported_from=entry.name if entry else None,
+            reported=evaluate.reported_figures(entry.data if entry else None),
+        )
+
     if ranked is not None and not ranked.is_main:
         try:
-            raise typer.Exit(ranked.work(model, options, report))
+            raise typer.Exit(ranked.work(load, options, new_report))
         finally:
             ranked.close()
+    model = load()
+    report = new_report(model)
     interrupted = False
     try:
         run = ranked.run if ranked is not None else functools.partial(evaluate.run, targets=targets)

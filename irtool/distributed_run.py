@@ -234,6 +234,17 @@ class _RankState:
     lost: str | None = None  #: why this rank was given up
 
 
+def _tell_fatal(channel: Channel, rank: int, exc: BaseException) -> int:
+    """Tell rank 0 why this rank stopped (it reports the rank's unfinished items with the reason, and exits 1).
+    Returns this process's exit status: 0 once told, so that the launcher does not stop the healthy ranks too."""
+    text = str(exc) if isinstance(exc, IrtoolError) else f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+    try:
+        channel.put(f"fatal/{rank}", {"error": text if text.startswith("rank ") else f"{shard.where()}: {text}"})
+    except LostContact:
+        return 1
+    return 0
+
+
 def _post(channel: Channel, rank: int, posted: int, message: Any) -> int:
     """Post one finished item for rank 0: the message first, then the counter rank 0 polls."""
     channel.put(f"item/{rank}/{posted}", message)
@@ -253,8 +264,8 @@ class _Gather:
 
     def why(self, rank: int) -> str:
         if rank == 0:
-            return self.own_error or (f"was stopped ({self.signals.name})" if self.signals.signal is not None else "stopped")
-        return self.states[rank].lost or f"was stopped ({self.signals.name})"
+            return self.own_error or (f"was stopped by {self.signals.name}" if self.signals.signal is not None else "stopped")
+        return self.states[rank].lost or f"was stopped by {self.signals.name}"
 
     def run(self, own: Callable[[Callable[[Any], None], threading.Event], None] | None, land: Callable[[Any], None]) -> Iterator[None]:
         local: queue.Queue = queue.Queue()
@@ -264,7 +275,7 @@ class _Gather:
             try:
                 own(local.put, stop_own)  # type: ignore[misc]
             except BaseException as exc:  # noqa: BLE001 - reported as rank 0's unfinished items
-                self.own_error = f"rank 0 failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+                self.own_error = f"rank 0 failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
             finally:
                 local.put(None)
 
@@ -299,7 +310,7 @@ class _Gather:
                     if time.monotonic() - stopping_since > GRACE_SECONDS or all(t > DEAD_SECONDS for t in silent.values()):
                         for r, t in silent.items():
                             if t > DEAD_SECONDS:
-                                self.states[r].lost = f"rank {r} died (no heartbeat for {t:.0f}s)"
+                                self.states[r].lost = f"rank {r} died: no heartbeat for {t:.0f}s"
                         break
                 if own_done:
                     time.sleep(POLL_SECONDS)
@@ -320,7 +331,7 @@ class _Gather:
             elif self.channel.has(f"fatal/{r}"):
                 state.lost = self.channel.get(f"fatal/{r}")["error"]
             elif liveness.lost(r):
-                state.lost = f"rank {r} stopped responding (no heartbeat for {liveness.timeout:.0f}s)"
+                state.lost = f"rank {r} stopped responding: no heartbeat for {liveness.timeout:.0f}s"
 
 
 @dataclass
@@ -448,26 +459,34 @@ class RankedRestore:
         except Exception as exc:
             message = str(exc) if isinstance(exc, IrtoolError) else f"cannot load the model ({type(exc).__name__}: {exc})"
             key = "abort" if self.is_main else f"fatal/{self.ctx.rank}"
-            self.channel.put(key, {"error": f"{shard.where()}: {message}"})
+            if self.is_main:
+                self.channel.put(key, {"error": f"{shard.where()}: {message}"})
             raise
 
-    def work(self, restorer: Any) -> int:
-        """Ranks other than 0: restore this rank's share, posting each report. Returns the process's exit status."""
+    def work(self) -> int:
+        """Ranks other than 0: load the model, restore this rank's share, posting each report. Returns the
+        process's exit status; prints nothing (rank 0 reports every failure, this rank's included)."""
         from .engine import restore_files
 
         mine, rank = self.mine, self.ctx.rank
         posted = 0
-        with self.signals:
-            if mine:
-                stream = restore_files([self.jobs[i] for i in mine], restorer)
-                try:
-                    for i, report in zip(mine, stream):
-                        posted = _post(self.channel, rank, posted, {"index": i, "report": asdict(report)})
-                        if self.signals.signal is not None or self.channel.has("abort"):
-                            break
-                finally:
-                    stream.close()  # cancels queued work; writes in flight finish atomically
-            self.channel.put(f"done/{rank}", {"posted": posted, "signal": self.signals.name})
+        try:
+            with self.signals:
+                restorer = self.load()
+                if mine:
+                    stream = restore_files([self.jobs[i] for i in mine], restorer)
+                    try:
+                        for i, report in zip(mine, stream):
+                            posted = _post(self.channel, rank, posted, {"index": i, "report": asdict(report)})
+                            if self.signals.signal is not None or self.channel.has("abort"):
+                                break
+                    finally:
+                        stream.close()  # cancels queued work; writes in flight finish atomically
+                self.channel.put(f"done/{rank}", {"posted": posted, "signal": self.signals.name})
+        except LostContact:
+            return 1  # rank 0 is gone: nobody left to report to
+        except Exception as exc:  # noqa: BLE001 - told to rank 0, which names this rank's unfinished files
+            return _tell_fatal(self.channel, rank, exc)
         return self.signals.exit_code or 0
 
     def reports(self, restorer: Any, arrived: Callable[[RestoreReport], None] | None = None) -> Iterator[RestoreReport]:
@@ -519,10 +538,10 @@ class RankedRestore:
         stopped; outputs are atomic, so it is whole), or not restored."""
         if job.dst is not None and job.dst.exists():
             return RestoreReport(input=str(job.src), output=str(job.dst), status="ok",
-                                 warnings=[f"written, but rank {rank} {why.removeprefix(f'rank {rank} ')} before reporting it"])  # fmt: skip
+                                 warnings=[f"written, but not reported: {why if why.startswith('rank ') else f'rank {rank} {why}'}"])  # fmt: skip
         reason = why if why.startswith("rank ") else f"rank {rank} {why}"
         return RestoreReport(input=str(job.src), output=str(job.dst) if job.dst else None, status="failed",
-                             error=f"{job.src}: not restored: {reason} before finishing it; rerun with --skip-existing to finish")  # fmt: skip
+                             error=f"{job.src}: not restored ({reason}); rerun with --skip-existing to finish")  # fmt: skip
 
     def exit_code(self, failed: bool) -> int:
         return self.signals.exit_code or (1 if failed else 0)
@@ -646,24 +665,30 @@ class RankedEval:
             if stop is not None and stop.is_set():
                 return
 
-    def work(self, model: Any, options: Any, report: Any) -> int:
-        """Ranks other than 0: evaluate this rank's items, posting each image's scores. Returns the exit status."""
+    def work(self, load: Callable[[], Any], options: Any, new_report: Callable[[Any], Any]) -> int:
+        """Ranks other than 0: load the model, evaluate this rank's items, posting each image's scores. Returns the
+        exit status; prints nothing (rank 0 reports every failure, this rank's included)."""
         rank, posted = self.ctx.rank, 0
-        with self.signals:
-            try:
-                def emit(message: dict) -> None:
-                    nonlocal posted
-                    posted = _post(self.channel, rank, posted, {**message, "result": asdict(message["result"])})
-                    if self.signals.signal is not None:
-                        raise KeyboardInterrupt
 
-                self._own_items(model, options, report, emit, None)
-            except KeyboardInterrupt:
-                pass
-            except Exception as exc:
-                self.channel.put(f"fatal/{rank}", {"error": f"{shard.where()} failed ({type(exc).__name__}: {exc})"})
-                return 1
-            self.channel.put(f"done/{rank}", {"seconds": [d.seconds for d in report.datasets], "signal": self.signals.name})
+        def emit(message: dict) -> None:
+            nonlocal posted
+            posted = _post(self.channel, rank, posted, {**message, "result": asdict(message["result"])})
+            if self.signals.signal is not None:
+                raise KeyboardInterrupt  # stop after this image: torchrun is stopping the run
+
+        try:
+            with self.signals:
+                model = load()
+                report = new_report(model)
+                try:
+                    self._own_items(model, options, report, emit, None)
+                except KeyboardInterrupt:
+                    pass
+                self.channel.put(f"done/{rank}", {"seconds": [d.seconds for d in report.datasets], "signal": self.signals.name})
+        except LostContact:
+            return 1
+        except Exception as exc:  # noqa: BLE001 - told to rank 0, which names this rank's unscored images
+            return _tell_fatal(self.channel, rank, exc)
         return self.signals.exit_code or 0
 
     def run(self, model: Any, options: Any, report: Any) -> Iterator[tuple[Any, Any]]:
@@ -705,7 +730,7 @@ class RankedEval:
                     rank = self.owners[d][i]
                     why = gather.why(rank)
                     reason = why if why.startswith("rank ") else f"rank {rank} {why}"
-                    merged[d][i] = evaluate.ImageResult(names[i], error=f"{names[i]}: not scored: {reason} before reaching it")
+                    merged[d][i] = evaluate.ImageResult(names[i], error=f"{names[i]}: not scored ({reason})")
             dreport.images = merged[d]
             dreport.usage = evaluate.usage_of(model, dreport.images)
             dreport.seconds = max((s[d] for s in seconds if d < len(s)), default=dreport.seconds)

@@ -207,9 +207,9 @@ def test_a_sigkilled_rank_loses_nothing_finished_and_a_skip_existing_rerun_compl
     assert any(Path(r["input"]).name in rank1 for r in unfinished)
     for r in unfinished:
         if Path(r["input"]).name in rank1:
-            assert "not restored: rank 1 died (no heartbeat for" in r["error"], r["error"]
+            assert "not restored (rank 1 died: no heartbeat for" in r["error"], r["error"]
         else:
-            assert "not restored: rank 0 was stopped (SIGTERM)" in r["error"], r["error"]
+            assert "not restored (rank 0 was stopped by SIGTERM)" in r["error"], r["error"]
     assert all((tmp_path / "two" / Path(r["input"]).name).exists() == (r["status"] == "ok") for r in reports)
 
     missing = set(reference) - set(written)
