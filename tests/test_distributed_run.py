@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -238,6 +239,33 @@ def test_ranks_that_cannot_see_the_folders_stop_the_run_at_start_naming_rank_and
     assert second.startswith("rank 2 (host ") and "cannot see the output folder out that rank 0 writes to" in second
     assert not (tmp_path / "node0" / "out" / "a.png").exists() and not list((tmp_path / "node0" / "out").iterdir())
     assert not (tmp_path / "node2" / "out").exists()
+
+
+def test_a_rank_that_cannot_load_the_model_fails_its_files_and_the_other_rank_finishes(tmp_path, checkpoint):
+    # two "machines" sharing the output folder, but only node0 has the weights file (a relative --weights path)
+    node0, node1 = tmp_path / "node0", tmp_path / "node1"
+    for node in (node0, node1):
+        for i in range(4):
+            save(node / "in" / f"{i}.png", photo(16, 16 + 8 * i, seed=i))
+    (node0 / "out").mkdir()
+    (node1 / "out").symlink_to(node0 / "out")
+    shutil.copy(checkpoint, node0 / "tiny.pth")
+    script = tmp_path / "worker.sh"
+    script.write_text(f'cd "{tmp_path}/node$RANK" && exec "{sys.executable}" -m irtool restore in out -w tiny.pth --json\n')
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--no-python", "sh", str(script)]
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+    assert result.returncode != 0
+    reports = json_lines(result.stdout)
+    owner = shard.balance([16 * (16 + 8 * i) for i in range(4)], 2)
+    assert [Path(r["input"]).name for r in reports] == [f"{i}.png" for i in range(4)]
+    for i, r in enumerate(reports):
+        if owner[i] == 0:
+            assert r["status"] == "ok" and (node0 / "out" / f"{i}.png").is_file()
+        else:
+            assert r["status"] == "failed" and "not restored (rank 1 (host " in r["error"] and "tiny.pth" in r["error"]
+            assert not (node0 / "out" / f"{i}.png").exists()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == owner.count(1) and "restored 2 of 4 images" in result.stderr
 
 
 # --------------------------------------------------------------------------------------------------------------------
