@@ -19,7 +19,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from . import __version__
+from . import __version__, jsonout
 from .errors import IrtoolError
 
 app = typer.Typer(
@@ -107,7 +107,7 @@ def inspect(
         "moce_layers": getattr(model, "moce_layer_names", []),
     }
     if as_json:
-        typer.echo(json.dumps(info))
+        typer.echo(jsonout.dumps(info))
         return
     from rich.console import Console
     from rich.table import Table
@@ -201,7 +201,7 @@ class _TrainView:
         elif kind == "end":
             self.close()
             if self.as_json:
-                typer.echo(json.dumps(info))
+                typer.echo(jsonout.dumps(info))
                 return
             unit = " dB" if info["metric"] == "psnr" else "%"
             best = (f", best validation {info['metric']} {info['best']:.2f}{unit} at step {info['best_step']}"
@@ -364,7 +364,7 @@ def weights_list(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
 
     rows = weights.statuses()
     if as_json:
-        typer.echo(json.dumps({"cache": str(weights.cache_dir()), "models": [r.to_dict() for r in rows]}))
+        typer.echo(jsonout.dumps({"cache": str(weights.cache_dir()), "models": [r.to_dict() for r in rows]}))
         return
     from rich.table import Table
 
@@ -428,7 +428,7 @@ def weights_fetch(
                 console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
                 failed += 1
     if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in results]))
+        typer.echo(jsonout.dumps([r.to_dict() for r in results]))
     else:
         out = _stdout()
         for r in results:
@@ -465,7 +465,7 @@ def weights_import(
     with _stderr().status(f"importing {path}"):
         got = weights.import_checkpoint(path, name=name, role=role, trust=trust_checkpoint, force=force)
     if as_json:
-        typer.echo(json.dumps(got.to_dict()))
+        typer.echo(jsonout.dumps(got.to_dict()))
         return
     what = f"{got.arch} {got.variant}" if got.variant else got.arch
     verb = "was already imported as" if got.already else "imported as"
@@ -489,7 +489,7 @@ def weights_verify(
         results = weights.verify(name, trust=trust_checkpoint)
     bad = [r for r in results if not r.ok]
     if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in results]))
+        typer.echo(jsonout.dumps([r.to_dict() for r in results]))
     elif not results:
         _stdout().print(f"nothing in the cache to verify ({weights.cache_dir()})")
     else:
@@ -517,7 +517,7 @@ def weights_convert(
     with _stderr().status(f"converting {path}"):
         got = weights.convert(path, out, trust=trust_checkpoint, force=force, dtype=dtype)
     if as_json:
-        typer.echo(json.dumps(got.to_dict()))
+        typer.echo(jsonout.dumps(got.to_dict()))
         return
     what = f"{got.arch} {got.variant}" if got.variant else got.arch
     _stdout().print(f"{got.path}: {what}, {_mb(got.size)}, sha256 {got.sha256} (from {got.source})", soft_wrap=True)
@@ -533,7 +533,7 @@ def weights_remove(
 
     got = weights.remove(name)
     if as_json:
-        typer.echo(json.dumps(got.to_dict()))
+        typer.echo(jsonout.dumps(got.to_dict()))
         return
     _stdout().print(f"{got.name}: removed {', '.join(str(p) for p in got.paths) or 'the local entry'} ({_mb(got.freed)} freed)",
                     soft_wrap=True)
@@ -549,7 +549,7 @@ def weights_show(
 
     info = weights.describe(name)
     if as_json:
-        typer.echo(json.dumps(info))
+        typer.echo(jsonout.dumps(info))
         return
     from rich.table import Table
 
@@ -730,7 +730,7 @@ def restore(
         for job in jobs:
             action = "error" if job.error else "skip" if job.skip else "write"
             if as_json:
-                typer.echo(json.dumps({"input": str(job.src or job.source), "output": str(job.dst) if job.dst else None, "action": action, "reason": job.error or job.skip}))
+                typer.echo(jsonout.dumps({"input": str(job.src or job.source), "output": str(job.dst) if job.dst else None, "action": action, "reason": job.error or job.skip}))
             else:
                 typer.echo(f"{action:5}  {job.src or job.source}" + (f" -> {job.dst}" if job.dst and not job.error else "") + (f"  ({job.error or job.skip})" if job.error or job.skip else ""))
         raise typer.Exit(1 if any(j.error for j in jobs) else 0)
@@ -775,7 +775,7 @@ def restore(
             for warning in report.warnings if report.ok else []:
                 progress.console.print(f"[yellow]warning:[/] {report.input}: {warning}", soft_wrap=True, highlight=False)
             if as_json:
-                typer.echo(json.dumps(report.to_json()))
+                typer.echo(jsonout.dumps(report.to_json()))
             megapixels += report.megapixels
             elapsed = time.perf_counter() - started
             progress.update(task, advance=1, rate=f"{megapixels / elapsed:.2f} MP/s" if elapsed > 0 else "")
@@ -831,7 +831,7 @@ def degrade(
             image = io.read_image(src)
             color = io.to_array(replace(image, alpha=None))  # the file's own dtype; alpha stays as it is
             degraded = io.from_array(apply(color, kind.value, level, seed=seed + n))
-            result = replace(image, rgb=degraded.rgb)
+            result = replace(image, pixels=degraded.pixels, _rgb=None)
             io.write_image(dst, result, overwrite=overwrite)
         except IrtoolError as exc:
             err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
@@ -929,7 +929,7 @@ def calibrate(
         "seconds": result.info.get("seconds"),
     }
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(jsonout.dumps(summary))
         return
     from rich.console import Console
     from rich.table import Table
@@ -1224,7 +1224,7 @@ def datasets_list(
             "layout": found.layout.name if found else None, "summary": report.summary,
         })  # fmt: skip
     if as_json:
-        typer.echo(json.dumps({"root": str(root), "datasets": rows, "families": ds.FAMILIES, "settings": ds.SETTINGS}))
+        typer.echo(jsonout.dumps({"root": str(root), "datasets": rows, "families": ds.FAMILIES, "settings": ds.SETTINGS}))
         return
     from rich.table import Table
 
@@ -1261,7 +1261,7 @@ def datasets_check(
         return
     reports = [ds.check(ds.get_spec(n), data_root) for n in names]
     if as_json:
-        typer.echo(json.dumps([{"name": r.spec.name, "ok": r.ok, "summary": r.summary, "details": r.lines()[1:]} for r in reports]))
+        typer.echo(jsonout.dumps([{"name": r.spec.name, "ok": r.ok, "summary": r.summary, "details": r.lines()[1:]} for r in reports]))
     else:
         for r in reports:
             typer.echo("\n".join(r.lines()))
@@ -1362,7 +1362,7 @@ def bench(
     report = bench_mod.run_bench(model, dev, plan, source=source, on_row=progress)
     report.allocator_tuned = tuned
     if as_json:
-        typer.echo(json.dumps(report.to_dict()))
+        typer.echo(jsonout.dumps(report.to_dict()))
         return
     _print_bench(report)
 
