@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import io, safe_paths
-from .errors import IrtoolError
+from .errors import IrtoolError, UsageError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -134,6 +134,7 @@ def expand_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) -> 
     for raw in inputs:
         text = str(raw)
         path = Path(text).expanduser()
+        seen.clear()  # within one input; two inputs naming one file give two outputs, as before
         if path.is_dir():
             files, problems = _walk(path, exclude)
             failed += [Job(text, None, None, error=p) for p in problems]
@@ -216,6 +217,20 @@ def plan(inputs: Sequence[str | Path], out_dir: str | Path, options: RestoreOpti
             claimed[key] = src
             jobs.append(Job(source, src, dst))
     return jobs
+
+
+_FLAG_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}
+
+
+def split_restore_paths(paths: Sequence[str]) -> tuple[list[str], str]:
+    """`irtool restore INPUT... OUTPUT`: (inputs, output), or a usage error that says what is missing."""
+    if len(paths) < 2:
+        shown = f" {paths[0]}" if paths else " photo.jpg"
+        raise UsageError(f"missing the output folder: irtool restore{shown} OUTPUT_DIR (e.g. irtool restore{shown} out/)")
+    for word in paths:
+        if word.lower() in _FLAG_WORDS and not os.path.lexists(word):
+            raise UsageError(f"{word!r}: flags such as --skip-existing take no value; leave out {word!r}")
+    return list(paths[:-1]), paths[-1]
 
 
 #: said once per run when outputs were left as they were
