@@ -260,6 +260,11 @@ def _pillow_header(data: bytes, what: str) -> Header:
             return Header(pil.width, pil.height, frames, f"animated {pil.format or what}")
     except UnidentifiedImageError:
         raise ImageError("not an image irtool reads (unknown format)") from None
+    except PILImage.DecompressionBombError:
+        if what == "GIF" and len(data) >= 10:  # the logical screen size: the limit check that follows names it
+            width, height = struct.unpack("<HH", data[6:10])
+            return Header(width, height)
+        raise ImageError(f"its header claims more than {2 * (PILImage.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} MP (a decompression bomb)") from None
     except Exception as exc:  # noqa: BLE001 - Pillow reports damaged headers with many exception types
         raise ImageError(f"corrupt {what} header ({_short(exc)})") from None
 

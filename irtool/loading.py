@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,9 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
 _WRAPPERS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net", "module")
 # Prefixes that wrappers put in front of every key (Lightning's `net.`, DDP's `module.`, torch.compile's `_orig_mod.`).
 _PREFIXES = ("net.", "module.", "model.", "_orig_mod.", "netG.")
-# Pickled globals that build plain data only; allowed without `trust`.
-_HARMLESS_GLOBALS = (
+# Pickled globals that build plain data only; allowed without `trust`. An explicit list of exact names, never a
+# prefix: `numpy.dtypes._add_dtype_helper`, for one, sits beside the dtype classes and changes numpy's registry.
+_HARMLESS_GLOBALS = frozenset({
     "argparse.Namespace",
     "collections.OrderedDict",
     "collections.defaultdict",
@@ -46,11 +48,23 @@ _HARMLESS_GLOBALS = (
     "pathlib.PosixPath",
     "pathlib.WindowsPath",
     "pathlib.Path",
+    "builtins.set",
+    "builtins.frozenset",
+    "builtins.complex",
+    "builtins.slice",
+})
+# numpy >= 1.25 pickles a dtype with its class (numpy.dtypes.Float64DType, ...): the numeric ones, by name.
+_NUMPY_DTYPE_CLASSES = (
+    "BoolDType", "Int8DType", "UInt8DType", "Int16DType", "UInt16DType", "Int32DType", "UInt32DType", "Int64DType",
+    "UInt64DType", "Float16DType", "Float32DType", "Float64DType", "LongDoubleDType", "Complex64DType",
+    "Complex128DType", "CLongDoubleDType", "ByteDType", "UByteDType", "ShortDType", "UShortDType", "IntDType",
+    "UIntDType", "LongDType", "ULongDType", "LongLongDType", "ULongLongDType",
 )
+HARMLESS_GLOBALS = _HARMLESS_GLOBALS | {f"numpy.dtypes.{n}" for n in _NUMPY_DTYPE_CLASSES}
 
 
 def _is_harmless(name: str) -> bool:
-    return name in _HARMLESS_GLOBALS or name.startswith("numpy.dtypes.")
+    return name in HARMLESS_GLOBALS
 
 
 def _resolve_global(name: str) -> Any:
@@ -58,9 +72,40 @@ def _resolve_global(name: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = _ANSI.sub("", str(exc)).strip().splitlines()
     return text[0][:160] if text else type(exc).__name__
+
+
+def _legacy_globals(path: Path) -> list[str]:
+    """The globals a legacy (pre-1.6, not zip) torch.save file names, read off its pickle opcodes without running
+    them: the file is a few pickles in a row (magic, protocol, system info, the object)."""
+    import pickletools
+
+    found: list[str] = []
+    with open(path, "rb") as f:
+        for _ in range(4):
+            strings: list[str] = []
+            try:
+                for op, arg, _pos in pickletools.genops(f):
+                    if op.name == "GLOBAL":
+                        found.append(str(arg).replace(" ", "."))
+                    elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING", "BINSTRING", "STRING"):
+                        strings.append(str(arg))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.append(f"{strings[-2]}.{strings[-1]}")
+            except Exception:  # noqa: BLE001 - past the last pickle (tensor bytes follow) or a damaged file
+                break
+    return sorted(set(found))
+
+
+def _is_legacy(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head[:1] == b"\x80" and not zipfile.is_zipfile(path)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -113,8 +158,12 @@ def _read_pickle(path: Path, *, trust: bool) -> Any:
         raise _unreadable(path, exc) from None
 
     # Either a pickle that wants globals outside torch's weights-only set, or garbage.
+    legacy = _is_legacy(path)
     try:
-        wanted = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        if legacy:
+            wanted = [g for g in _legacy_globals(path) if not g.startswith(("torch.", "collections.OrderedDict"))]
+        else:
+            wanted = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # noqa: BLE001 - any failure here means the file is not a readable pickle
         wanted = []
     if not wanted:
@@ -127,17 +176,18 @@ def _read_pickle(path: Path, *, trust: bool) -> Any:
     unsafe = [g for g in wanted if not _is_harmless(g)]
     if unsafe:
         shown = ", ".join(unsafe[:5]) + (f" and {len(unsafe) - 5} more" if len(unsafe) > 5 else "")
+        kind = "a legacy (pre-1.6) PyTorch checkpoint; " if legacy else ""
         raise UnsafeCheckpointError(
-            f"{path}: refused, loading it would run pickled code ({shown}); if you trust its source, pass "
+            f"{path}: {kind}refused, loading it would run pickled code ({shown}); if you trust its source, pass "
             "--trust-checkpoint (trust=True), or convert it once with `irtool weights convert`"
         )
     try:
         allowed = [_resolve_global(g) for g in wanted]
         if any(g.startswith("numpy.") for g in wanted):
-            # numpy scalars also need their dtype classes, which the scan above does not list
+            # numpy scalars also need their dtype classes, which the scan above does not list: the numeric ones
             import numpy.dtypes
 
-            allowed += [getattr(numpy.dtypes, n) for n in numpy.dtypes.__all__]
+            allowed += [getattr(numpy.dtypes, n) for n in _NUMPY_DTYPE_CLASSES if hasattr(numpy.dtypes, n)]
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
@@ -225,8 +275,15 @@ def _mismatch(model: nn.Module, sd: Mapping[str, Tensor]) -> str | None:
 
 
 def build_model(sd: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None, path: str | Path = "checkpoint") -> nn.Module:
-    """Build the detected network and load `sd` into it strictly (CPU, fp32, eval mode)."""
+    """Build the detected network and load `sd` into it strictly (CPU, fp32, eval mode). Weights holding NaN or
+    Inf are refused: they restore every image to black."""
     spec, config = detect(sd, path)
+    broken = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(
+            f"{path}: {len(broken)} weight tensor(s) hold NaN or Inf values (such as {sorted(broken)[0]!r}); the file is "
+            "damaged or comes from a training run that diverged"
+        )
     if spec.obsolete_keys:
         sd = {k: v for k, v in sd.items() if k not in spec.obsolete_keys}
     # A converted checkpoint records its full config (including what shapes cannot show, such as top_k);
@@ -234,9 +291,14 @@ def build_model(sd: Mapping[str, Tensor], metadata: Mapping[str, str] | None = N
     if metadata and metadata.get("irtool.arch") == spec.name and "irtool.config" in metadata:
         try:
             recorded = spec.config_from_dict(json.loads(metadata["irtool.config"]))
-            if _mismatch(spec.build(recorded), sd) is None:
+            # Built on the meta device: a config that claims a huge network costs no memory before it is
+            # compared with the tensors that are actually there.
+            with torch.device("meta"):
+                shell = spec.build(recorded)
+            if _mismatch(shell, sd) is None:
                 config = recorded
-        except (ValueError, TypeError, KeyError):
+            del shell
+        except (ValueError, TypeError, KeyError, RuntimeError, NotImplementedError):
             pass
     model = spec.build(config)
     problem = _mismatch(model, sd)

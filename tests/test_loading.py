@@ -86,8 +86,8 @@ def test_converted_safetensors_metadata_restores_what_shapes_cannot_show(tmp_pat
     loaded = irtool.load_model(tmp_path / "odd.safetensors", device="cpu")
     assert loaded.config == ODD
     x = make_images(2, 16, 16)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), original(x))
+    with torch.no_grad():  # two module instances: the same weights, kernels may pick other summation orders
+        torch.testing.assert_close(loaded(x), original(x), atol=1e-6, rtol=0)
     # metadata that contradicts the tensors is ignored in favour of the shapes
     wrong = {"irtool.arch": "moce_ir", "irtool.config": json.dumps({**ODD.to_dict(), "dim": 12})}
     save_file(original.state_dict(), str(tmp_path / "wrong.safetensors"), metadata=wrong)
