@@ -1064,8 +1064,8 @@ def eval_command(
 
     if not dataset and not setting:
         fail("name a benchmark with --dataset NAME or --setting aio3 (see `irtool datasets list`)", 2)
-    if (model_name is None) == (weights is None):
-        fail("pass exactly one of --model NAME and --weights PATH", 2)
+    if model_name is not None and weights is not None:
+        fail("pass at most one of --model NAME and --weights PATH (neither: the default model, as restore uses)", 2)
     if protocol is not None and protocol not in _PROTOCOL_NAMES:
         fail(f"--protocol {protocol}: one of {', '.join(_PROTOCOL_NAMES)}", 2)
     names = ds.expand(dataset or [], setting or [])
@@ -1079,6 +1079,15 @@ def eval_command(
     if reported and entry is None:
         fail(f"--reported {reported}: not a manifest entry (see weights_manifest.json)")
     source = model_name or weights
+    if source is None:  # as `irtool restore` does: the default model
+        from .engine import default_source
+
+        source, default_router, how = default_source()
+        router = router or default_router
+        _stderr().print(f"[yellow]note:[/] using {how}", soft_wrap=True, highlight=False)
+        default_name = manifest.load_manifest().get("default")
+        if entry is None and isinstance(default_name, str) and default_name:
+            entry = manifest.find_entry(default_name)
     model = load_model(source, device=device, router=router, trust=trust_checkpoint,
                        config=_fields(config, "--config"), router_config=_fields(router_config, "--router-config"))
     options = evaluate.EvalOptions(
@@ -1421,6 +1430,8 @@ def bench(
     from rich.console import Console
 
     err = Console(stderr=True, highlight=False)
+    if not weights:
+        err.print(f"[yellow]note:[/] no --weights: benchmarking {source} (speed and memory only; pass --weights or -m NAME for a real model)", soft_wrap=True)
     total = bench_mod.count_cases(plan, dev)
     done = [0]
 
@@ -1442,7 +1453,8 @@ def _print_bench(report: Any) -> None:
     from rich.table import Table
 
     title = f"{report.model['source']} on {report.device} ({report.device_name}), torch {report.torch_version}"
-    table = Table(title=title)
+    random = str(report.model["source"]).startswith("random weights")
+    table = Table(title=title, caption=f"{report.model['source']}: not a trained model" if random else None)
     numeric = ("median ms", "p90 ms", "MP/s", "peak MB")
     for col in ("case", *numeric, "vs fp32", "router/experts/trunk"):
         table.add_column(col, justify="right" if col in numeric else "left")

@@ -381,3 +381,12 @@ def test_rerunning_a_restore_reports_existing_outputs_once_not_as_failures(tmp_p
     assert again.exit_code == 0 and "failed" not in again.stderr and "error" not in again.stderr
     assert again.stderr.count("--skip-existing") == 1 and "3 left as they were" in again.stderr
     assert tree_hashes(tmp_path / "out") == before
+
+
+def test_training_weights_get_the_mode_any_new_file_gets(tmp_path):
+    from irtool.train.checkpoint import BEST, save_weights
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path = save_weights(tmp_path / BEST, random_moce(VARIANTS["tiny"], 0), {"step": 1})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not the temp file's owner-only 0600
