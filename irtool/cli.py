@@ -734,7 +734,7 @@ def restore(
     device: Annotated[str, typer.Option("--device", "-d", help=_DEVICE_HELP)] = "auto",
     gpu: Annotated[Optional[int], typer.Option("--gpu", "-g", help="Same as --device cuda:N.")] = None,
     precision: Annotated[Precision, typer.Option("--precision", help="auto: bf16 autocast on CUDA GPUs that have it, else fp32.")] = Precision.auto,
-    tile: Annotated[int, typer.Option("--tile", "-t", help="Tile side in px (0: whole images; tiles are used anyway after running out of GPU memory).")] = 0,
+    tile: Annotated[int, typer.Option("--tile", "-t", help="Largest tile side in px: as few tiles as keep --tile-overlap, laid out evenly, so they may come out smaller than this (0: whole images; tiles are used anyway for images too large for memory, and after running out of GPU memory).")] = 0,
     tile_overlap: Annotated[int, typer.Option("--tile-overlap", help="Overlap between tiles in px (blended, no seams; at most a quarter of the tile).")] = 32,
     route_per_tile: Annotated[bool, typer.Option("--route-per-tile", metavar="", help="Let each tile pick its own experts instead of sharing the whole image's routing.")] = False,
     route_size: Annotated[int, typer.Option("--route-size", help="Longer side (px) of the downscaled copy a tiled image is routed on; 0: full size.")] = 512,
