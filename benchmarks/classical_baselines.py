@@ -363,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", help="comma-separated kinds to run (degrade names: noise,rain,...,clean)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--json", help="also write the results as JSON to this file")
+    parser.add_argument("--classical-cache", help="JSON file of the classical tools' scores: read when present, written "
+                        "after the run (they do not depend on the model, and BM3D takes minutes)")
     args = parser.parse_args(argv)
 
     import torch
@@ -388,8 +390,14 @@ def main(argv: list[str] | None = None) -> int:
             for k, (row_name, kind, level, expected) in enumerate(kinds):
                 jobs.append((source, row_name, kind, expected, clean, DEGRADERS[source](clean, kind, level, 1000 * p + k)))
 
+    cache_path = Path(args.classical_cache) if args.classical_cache else None
+    cache: dict[str, list[float]] = json.loads(cache_path.read_text()) if cache_path and cache_path.is_file() else {}
+    fresh = dict(crop=args.crop, photos=[n for n, _ in photos])
+    if cache and cache.get("_setup") != fresh:
+        cache = {}  # made for other photos or crops
+    cache["_setup"] = fresh
     results = engine.restore([j[5].image for j in jobs], model=args.model, weights=args.weights, device="cpu")
-    for (source, row_name, kind, expected, clean, degraded), restored in zip(jobs, results):
+    for n, ((source, row_name, kind, expected, clean, degraded), restored) in enumerate(zip(jobs, results)):
         if restored.image is None:
             sys.exit(f"the model failed on {row_name}: {restored.report.error}")
         named = restored.report.degradation or "unknown"
@@ -400,7 +408,10 @@ def main(argv: list[str] | None = None) -> int:
             row.named.append(named == expected)
             row.names.append(named)
             for name, tool in CLASSICAL[kind]:
-                row.classical.setdefault(name, []).append(scores(tool(degraded.image, degraded), clean))
+                key = f"{source}|{row_name}|{n}|{name}"
+                if key not in cache:
+                    cache[key] = list(scores(tool(degraded.image, degraded), clean))
+                row.classical.setdefault(name, []).append(tuple(cache[key]))
 
     what = args.weights or args.model or "the built-in default (irtool.default)"
     crop = f"{args.crop}x{args.crop} centre crops" if args.crop else "whole photos"
@@ -413,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     for d in degraders if len(degraders) > 1 else []:
         print()
         print(markdown(report["by_degrader"][d], f"degraded by {d}"))
+    if cache_path:
+        cache_path.write_text(json.dumps(cache))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, default=lambda o: int(o) if isinstance(o, np.integer) else str(o)) + "\n")
     return 0
