@@ -41,10 +41,10 @@ def prepare(data: bytes, jpeg_stream: bool) -> "Image.Image":
     return image
 
 
-def package_files(package: str, version: str, work: Path) -> Path | zipfile.ZipFile | None:
+def package_files(package: str, version: str, wheel: bool, work: Path) -> Path | zipfile.ZipFile | None:
     """The unpacked .deb folder, or the wheel as a zip file."""
-    name = package.split(" (")[0]
-    if "wheel" in package:
+    name = package
+    if wheel:
         target = work / "wheels"
         target.mkdir(exist_ok=True)
         done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{name}=={version}",
@@ -80,8 +80,8 @@ def main(argv: list[str]) -> int:
         sources: dict[tuple[str, str], object] = {}
         for record, split in records:
             key = (record["package"], record["version"])
-            if key not in sources:
-                sources[key] = package_files(*key, work)
+            if key not in sources:  # the record's source says "... (wheel) ..." or "... (Debian 12 .deb) ..."
+                sources[key] = package_files(*key, "(wheel)" in record["source"], work)
             source = sources[key]
             if source is None:
                 continue
