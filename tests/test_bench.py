@@ -71,6 +71,8 @@ def test_table_output_and_reduced_precision():
     assert result.exit_code == 0, result.output
     table = result.stdout
     assert "median ms" in table and "bf16" in table and " dB " in table  # bf16 row checked against fp32 in dB
+    # random weights are said so, beside the table and under it
+    assert "random weights (moce_ir:tiny)" in result.stderr and "not a trained model" in table
     report = _bench("--config", "moce_ir:tiny", "--sizes", "32", "--precision", "bf16", "--experts", "sparse")
     assert report["rows"][0]["psnr_db"] > 40  # bf16 autocast against the fp32 output of the same input
 
