@@ -683,6 +683,16 @@ def _device(device: str, gpu: Optional[int]) -> str:
     return f"cuda:{gpu}" if gpu is not None else device
 
 
+def _gpus(gpu: Optional[str]) -> Optional[list[int]]:
+    """`--gpu N`, `--gpu 0,1,3` or `--gpu all` as a list of GPU numbers (None without --gpu)."""
+    from .shard import parse_gpus
+
+    try:
+        return parse_gpus(gpu)
+    except IrtoolError as exc:
+        raise typer.BadParameter(str(exc).split(": ", 1)[-1], param_hint="--gpu") from None
+
+
 def _experts_text(experts: Optional[list]) -> str:
     """Top-1 expert of each MoCE layer as digits ("3333222211"); top-k as "3+1"."""
     if not experts:
@@ -733,7 +743,7 @@ def restore(
     router_config: Annotated[Optional[list[str]], _ROUTER_CONFIG_OPTION] = None,
     calibration: Annotated[Optional[str], typer.Option("--calibration", help="Routing calibration file (default: <weights>.calibration.json, if present).")] = None,
     device: Annotated[str, typer.Option("--device", "-d", help=_DEVICE_HELP)] = "auto",
-    gpu: Annotated[Optional[int], typer.Option("--gpu", "-g", help="Same as --device cuda:N.")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", "-g", help="N: same as --device cuda:N. 0,1,3 or all: one worker process per GPU (with --device cpu: that many CPU processes).", show_default=False)] = None,
     precision: Annotated[Precision, typer.Option("--precision", help="auto: bf16 autocast on CUDA GPUs that have it, else fp32.")] = Precision.auto,
     tile: Annotated[int, typer.Option("--tile", "-t", help="Largest tile side in px: as few tiles as keep --tile-overlap, laid out evenly, so they may come out smaller than this (0: whole images; tiles are used anyway for images too large for memory, and after running out of GPU memory).")] = 0,
     tile_overlap: Annotated[int, typer.Option("--tile-overlap", help="Overlap between tiles in px (blended, no seams; at most a quarter of the tile).")] = 32,
@@ -757,8 +767,10 @@ def restore(
     Reports what the router saw in each image: experts per layer, and a degradation name once the checkpoint is calibrated with `irtool calibrate`. Exit status 1 if any image failed.
     """
     from .jobs import EXISTS_HINT, RestoreOptions, plan, split_restore_paths
+    from .shard import world_size
 
     inputs, out_dir = split_restore_paths(paths)
+    gpus = _gpus(gpu)
     options = RestoreOptions(
         model=model,
         weights=weights_file,
@@ -767,7 +779,7 @@ def restore(
         router_config=_fields(router_config, "--router-config"),
         calibration=calibration,
         trust=trust_checkpoint,
-        device=_device(device, gpu),
+        device=_device(device, gpus[0] if gpus and len(gpus) == 1 and device != "cpu" else None),
         precision=precision.value,
         tile=tile,
         tile_overlap=tile_overlap,
@@ -783,7 +795,23 @@ def restore(
         workers=workers,
     )
     options.check()
-    jobs = plan(inputs, out_dir, options)
+    if gpus and len(gpus) > 1 and world_size() == 1 and not dry_run:
+        from .distributed_run import launch
+
+        raise typer.Exit(launch("restore", gpus, device, ("--device", "-d")))
+    ranked = None
+    if world_size() > 1:  # under torchrun: this rank's share of one run (see irtool.distributed_run)
+        from .distributed_run import RankedRestore
+
+        ranked = RankedRestore.start(inputs, out_dir, options)
+        jobs, options = ranked.jobs, ranked.options
+        if not ranked.is_main:
+            try:
+                raise typer.Exit(0 if dry_run else ranked.work())
+            finally:
+                ranked.close()
+    else:
+        jobs = plan(inputs, out_dir, options)
     err = _stderr()
     if dry_run:
         for job in jobs:
@@ -799,7 +827,21 @@ def restore(
 
     from .jobs import report_unrunnable
 
-    if any(not (job.error or job.skip) for job in jobs):
+    reports = []
+    megapixels = 0.0
+
+    def tick(report: Any) -> None:  # one image done, on any rank
+        nonlocal megapixels
+        megapixels += report.megapixels
+        elapsed = time.perf_counter() - started
+        progress.update(task, advance=1, rate=f"{megapixels / elapsed:.2f} MP/s" if elapsed > 0 else "")
+
+    if ranked is not None:
+        restorer = ranked.load()
+        for note in restorer.notes if restorer else []:
+            err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+        stream = ranked.reports(restorer, arrived=tick)
+    elif any(not (job.error or job.skip) for job in jobs):
         from .engine import Restorer, restore_files
 
         restorer = Restorer.load(options)
@@ -808,9 +850,7 @@ def restore(
         stream = restore_files(jobs, restorer)
     else:  # nothing to run: no model to load
         stream = (report_unrunnable(job) for job in jobs)
-    reports = []
     started = time.perf_counter()
-    megapixels = 0.0
     progress = Progress(
         TextColumn("restoring"),
         BarColumn(),
@@ -835,9 +875,10 @@ def restore(
                 progress.console.print(f"[yellow]warning:[/] {report.input}: {warning}", soft_wrap=True, highlight=False)
             if as_json:
                 typer.echo(jsonout.dumps(report.to_json()))
-            megapixels += report.megapixels
-            elapsed = time.perf_counter() - started
-            progress.update(task, advance=1, rate=f"{megapixels / elapsed:.2f} MP/s" if elapsed > 0 else "")
+            if ranked is None:
+                tick(report)
+    if ranked is not None:
+        ranked.close()
     elapsed = time.perf_counter() - started
     done = sum(r.ok for r in reports)
     failed = sum(r.failed for r in reports)
@@ -857,7 +898,7 @@ def restore(
     extras = [e for e in extras if e]
     if not quiet or failed or existing:
         err.print(summary + (f"; {', '.join(extras)}" if extras else ""), highlight=False, soft_wrap=True)
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(ranked.exit_code(bool(failed)) if ranked is not None else 1 if failed else 0)
 
 
 @command(no_args_is_help=True)
@@ -1047,6 +1088,7 @@ def eval_command(
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Datasets folder (default: $IRTOOL_DATA, else the user data dir).")] = None,
     clean_dir: Annotated[Optional[Path], typer.Option("--clean-dir", help="Clean photos for synthetic: datasets.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
+    gpu: Annotated[Optional[str], typer.Option("--gpu", "-g", help="N: same as --device cuda:N. 0,1,3 or all: one worker process per GPU, each scoring a share of every dataset (with --device cpu: that many CPU processes).", show_default=False)] = None,
     precision: Annotated[str, typer.Option("--precision", help="fp32 (the papers'), bf16 or fp16 autocast.")] = "fp32",
     tile: Annotated[int, typer.Option("--tile", min=0, help="Tile size in px for large images (departs from the protocol); 0 = whole image.")] = 0,
     routing_noise: Annotated[
@@ -1082,7 +1124,23 @@ def eval_command(
     from . import evaluate, weights as manifest
     from .loading import load_model
 
-    targets = evaluate.resolve(names, data_root, clean_dir)  # every dataset found before the model loads
+    from .shard import world_size
+
+    gpus = _gpus(gpu)
+    if gpus and len(gpus) > 1 and world_size() == 1:
+        from .distributed_run import launch
+
+        raise typer.Exit(launch("eval", gpus, device))
+    if gpus and device != "cpu":
+        device = f"cuda:{gpus[0]}"
+    ranked = None
+    if world_size() > 1:  # under torchrun: this rank scores a share of every dataset (see irtool.distributed_run)
+        from .distributed_run import RankedEval
+
+        ranked = RankedEval.start(names, data_root, clean_dir, device, limit, routing_noise)
+        targets, device = ranked.targets, ranked.device
+    else:
+        targets = evaluate.resolve(names, data_root, clean_dir)  # every dataset found before the model loads
     entry_name = reported or model_name
     entry = manifest.find_entry(entry_name) if entry_name else None
     if reported and entry is None:
@@ -1093,12 +1151,16 @@ def eval_command(
 
         source, default_router, how = default_source()
         router = router or default_router
-        _stderr().print(f"[yellow]note:[/] using {how}", soft_wrap=True, highlight=False)
+        if ranked is None or ranked.is_main:
+            _stderr().print(f"[yellow]note:[/] using {how}", soft_wrap=True, highlight=False)
         default_name = manifest.load_manifest().get("default")
         if entry is None and isinstance(default_name, str) and default_name:
             entry = manifest.find_entry(default_name)
-    model = load_model(source, device=device, router=router, trust=trust_checkpoint,
-                       config=_fields(config, "--config"), router_config=_fields(router_config, "--router-config"))
+
+    def load() -> Any:
+        return load_model(source, device=device, router=router, trust=trust_checkpoint,
+                          config=_fields(config, "--config"), router_config=_fields(router_config, "--router-config"))
+
     options = evaluate.EvalOptions(
         protocol=protocol,
         crop_border=crop_border,
@@ -1111,17 +1173,28 @@ def eval_command(
         save_format=save_format,
         save_inputs=save_inputs,
     )
-    report = evaluate.new_report(
-        model,
-        options,
-        source=str(source),
-        device=next(model.parameters()).device,
-        reported_from=entry.name if entry else None,
-        reported=evaluate.reported_figures(entry.data if entry else None),
-    )
+
+    def new_report(model: Any) -> Any:
+        return evaluate.new_report(
+            model,
+            options,
+            source=str(source),
+            device=next(model.parameters()).device,
+            reported_from=entry.name if entry else None,
+            reported=evaluate.reported_figures(entry.data if entry else None),
+        )
+
+    if ranked is not None and not ranked.is_main:
+        try:
+            raise typer.Exit(ranked.work(load, options, new_report))
+        finally:
+            ranked.close()
+    model = load()
+    report = new_report(model)
     interrupted = False
     try:
-        _run_eval_with_progress(evaluate, model, targets, options, report, quiet=quiet or json_path == "-")
+        run = ranked.run if ranked is not None else functools.partial(evaluate.run, targets=targets)
+        _run_eval_with_progress(run, targets, model, options, report, quiet=quiet or json_path == "-")
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -1130,6 +1203,8 @@ def eval_command(
             evaluate.write_json(report, json_path)
         if csv_path:
             evaluate.write_csv(report, csv_path)
+    if ranked is not None:
+        ranked.close()
     if interrupted:
         _stderr().print("interrupted; the report holds the images finished so far")
         raise typer.Exit(130)
@@ -1144,12 +1219,14 @@ def eval_command(
         _stderr().print(f"[bold red]error:[/] {message}", soft_wrap=True)
     if len(failures) > 20:
         _stderr().print(f"... and {len(failures) - 20} more failed images (see --json/--csv)")
-    raise typer.Exit(1 if failures else 0)
+    raise typer.Exit(ranked.exit_code(bool(failures)) if ranked is not None else 1 if failures else 0)
 
 
-def _run_eval_with_progress(evaluate: Any, model: Any, targets: list, options: Any, report: Any, *, quiet: bool) -> None:
+def _run_eval_with_progress(run: Callable, targets: list, model: Any, options: Any, report: Any, *, quiet: bool) -> None:
+    """`run(model, options=, report=)` yields (dataset progress, image result) per image: evaluate.run, or a
+    multi-process run's rank 0."""
     if quiet:
-        for _ in evaluate.run(model, targets, options, report):
+        for _ in run(model, options=options, report=report):
             pass
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -1160,7 +1237,7 @@ def _run_eval_with_progress(evaluate: Any, model: Any, targets: list, options: A
         for located in targets:
             n = len(located.pairs) + (0 if options.limit else len(located.probe.unpaired_inputs))
             tasks[located.spec.name] = progress.add_task(located.spec.name, total=min(n, options.limit or n), score="")
-        for dreport, _ in evaluate.run(model, targets, options, report):
+        for dreport, _ in run(model, options=options, report=report):
             psnr = dreport.psnr
             score = f"{psnr:.2f} dB" if psnr is not None else ""
             progress.update(tasks[dreport.dataset], advance=1, score=score)
