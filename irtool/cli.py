@@ -281,7 +281,7 @@ def train(
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.", rich_help_panel="Run")] = None,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the final summary as one JSON object.", rich_help_panel="Run")] = False,
     clean_dir: Annotated[Optional[str], typer.Option("--clean-dir", help="Folder of clean photos, degraded on the fly by --tasks.", rich_help_panel="Data")] = None,
-    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Synthetic degradations for --clean-dir: noise,rain,haze,blur,lowlight,jpeg (default all).", rich_help_panel="Data")] = None,
+    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Synthetic degradations for --clean-dir: noise,rain,haze,blur,defocus,lowlight,jpeg,clean (clean: identity pairs; default all).", rich_help_panel="Data")] = None,
     data_root: Annotated[Optional[str], typer.Option("--data-root", help="Root folder of the benchmark datasets (presets).", rich_help_panel="Data")] = None,
     patch_size: Annotated[Optional[int], typer.Option("--patch-size", help="Training patch side in px (128).", rich_help_panel="Data")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Patches per process and step (8).", rich_help_panel="Data")] = None,
@@ -305,6 +305,7 @@ def train(
     loss: Annotated[Optional[str], typer.Option("--loss", help="Pixel loss: l1, psnr (LoRA-IR), ce (LoRA-IR router).", rich_help_panel="Losses")] = None,
     fft_weight: Annotated[Optional[float], typer.Option("--fft-weight", help="FFT-L1 weight (presets 0.1; 0 off).", rich_help_panel="Losses")] = None,
     balance_weight: Annotated[Optional[float], typer.Option("--balance-weight", help="Routing balance loss weight (0.01).", rich_help_panel="Losses")] = None,
+    route_task_weight: Annotated[Optional[float], typer.Option("--route-task-weight", help="MoCE-IR: weight of the routing supervision, a cross-entropy of each layer's gate logits (read out linearly) against the task label (0: off).", rich_help_panel="Losses")] = None,
     reweight: Annotated[Optional[str], typer.Option("--reweight", help="none, or art: Art's active task reweighting.", rich_help_panel="Losses")] = None,
     art_tau: Annotated[Optional[float], typer.Option("--art-tau", help="Art temperature (0.1).", rich_help_panel="Losses")] = None,
     art_ema: Annotated[Optional[float], typer.Option("--art-ema", help="Art moving-average coefficient (0.01).", rich_help_panel="Losses")] = None,
@@ -337,7 +338,7 @@ def train(
         "num_workers": num_workers, "val_dir": val_dir, "val_count": val_count, "val_size": val_size,
         "arch": arch, "variant": config, "with_complexity": complexity, "init": init, "router": router,
         "pixel_loss": loss, "fft_weight": fft_weight,
-        "balance_weight": balance_weight, "reweight": reweight, "art_tau": art_tau, "art_ema": art_ema, "lr": lr,
+        "balance_weight": balance_weight, "route_task_weight": route_task_weight, "reweight": reweight, "art_tau": art_tau, "art_ema": art_ema, "lr": lr,
         "weight_decay": weight_decay, "steps": steps, "epochs": epochs, "schedule_unit": schedule_unit,
         "warmup": warmup, "schedule_length": schedule_length, "lr_min": lr_min, "grad_clip": grad_clip,
         "precision": precision, "channels_last": channels_last, "compile": compile_model, "seed": seed,
@@ -947,7 +948,7 @@ def calibrate(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help=_MODEL_HELP)] = None,
     weights_file: Annotated[Optional[str], typer.Option("--weights", "-w", help=_WEIGHTS_HELP)] = None,
     clean_dir: Annotated[Optional[str], typer.Option("--clean-dir", help="Folder of clean photos (default: scikit-image's CC0 sample photos, if installed).")] = None,
-    classes: Annotated[str, typer.Option("--classes", help="Comma-separated degradations to tell apart ('clean' = none).")] = ",".join(("clean", "noise", "rain", "haze", "blur", "lowlight", "jpeg")),
+    classes: Annotated[str, typer.Option("--classes", help="Comma-separated degradations to tell apart ('clean' = none).")] = ",".join(("clean", "noise", "rain", "haze", "blur", "defocus", "lowlight", "jpeg")),
     levels: Annotated[str, typer.Option("--levels", help="Comma-separated levels of each degradation.")] = "light,medium,heavy",
     size: Annotated[int, typer.Option("--size", help="Side of the square crops routed (px).")] = 256,
     crops: Annotated[int, typer.Option("--crops", help="Crops per photo.")] = 1,
@@ -957,6 +958,7 @@ def calibrate(
     gpu: Annotated[Optional[int], typer.Option("--gpu", "-g", help="Same as --device cuda:N.")] = None,
     precision: Annotated[Precision, typer.Option("--precision", help="As for restore.")] = Precision.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Crops per forward pass.")] = 4,
+    min_accuracy: Annotated[float, typer.Option("--min-accuracy", help="Classes named right less often than this on held-out photos are reported as 'unknown' (0-1).")] = 0.7,
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", metavar="", help="Allow pickled objects beyond plain tensors (runs code from the file).")] = False,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the calibration summary as JSON.")] = False,
     config: Annotated[Optional[list[str]], _CONFIG_OPTION] = None,
@@ -981,6 +983,8 @@ def calibrate(
             fail(f"--levels {levels}: use names from {', '.join(LEVEL_NAMES)}", code=2)
     if size < 16 or crops < 1:
         fail("--size must be at least 16 and --crops at least 1", code=2)
+    if not 0.0 <= min_accuracy <= 1.0:
+        fail(f"--min-accuracy {min_accuracy}: a fraction between 0 and 1", code=2)
     options = RestoreOptions(model=model, weights=weights_file, device=_device(device, gpu), precision=precision.value,
                              trust=trust_checkpoint, config=_fields(config, "--config"))
     photos_paths = clean_photos(clean_dir)
@@ -1016,6 +1020,7 @@ def calibrate(
             device=restorer.device,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
             info={"weights": str(restorer.weights_path) if restorer.weights_path else None, "clean": [str(p) for p in photos_paths]},
+            min_accuracy=min_accuracy,
         )
     try:
         result.save(target)
@@ -1025,6 +1030,8 @@ def calibrate(
         "calibration": str(target),
         "accuracy": result.accuracy,
         "per_class_accuracy": result.per_class_accuracy,
+        "unknown_below": min_accuracy,
+        "reported_as_unknown": result.unreliable,
         "classes": result.classes,
         "confusion": result.confusion,
         "samples": result.info.get("samples"),
@@ -1045,6 +1052,8 @@ def calibrate(
     for name, row in zip(result.classes, result.confusion):
         table.add_row(name, *[str(v) for v in row], f"{result.per_class_accuracy.get(name, 0):.0%}")
     Console(highlight=False).print(table)
+    if result.unreliable:
+        typer.echo(f"named below {min_accuracy:.0%}, so reported as 'unknown': {', '.join(result.unreliable)}")
     typer.echo(f"saved {target}")
 
 
