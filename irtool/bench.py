@@ -1,7 +1,7 @@
 """`irtool bench`: latency, throughput and peak memory of a restoration model per image size, batch, precision, expert
 mode and code path, with an optional router / trunk / experts time breakdown.
 
-Any model of the model contract works (CONTRACTS.md §1: `run(x, routing=None, *, dense=False)`). Optional hooks add
+Any model with irtool's `run(x, routing=None, *, dense=False)` method works (MoCE-IR's and LoRA-IR's). Optional hooks add
 rows: `reference_path()` (a context manager running the plain formulation, to show what the fast paths gain),
 `uniform_routing(batch, expert)` (one expert everywhere, to show each expert's cost) and `profile_parts()` (modules
 per part for the breakdown). Timings use CUDA events on GPUs and `perf_counter` on CPUs, after warm-up runs; each row
@@ -483,8 +483,9 @@ def _measure(model: nn.Module, device: torch.device, plan: BenchPlan, x: Tensor,
     row.p90_ms = round(float(np.percentile(ms, 90)), 3)
     row.min_ms = round(float(ms.min()), 3)
     pixels = x.shape[0] * x.shape[-2] * x.shape[-1]
-    row.megapixels_per_s = round(pixels / 1e6 / (row.median_ms / 1000), 4)
-    row.images_per_s = round(x.shape[0] / (row.median_ms / 1000), 4)
+    # 4 significant figures, not 4 decimals: a slow case (0.0017 MP/s) keeps its precision too
+    row.megapixels_per_s = float(f"{pixels / 1e6 / (row.median_ms / 1000):.4g}")
+    row.images_per_s = float(f"{x.shape[0] / (row.median_ms / 1000):.4g}")
     row.routing = _routing_counts(result)
     output = result.output.float().clone()
 

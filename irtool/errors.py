@@ -6,6 +6,10 @@ Imports nothing.
 """
 
 
+class ConfigGuessWarning(UserWarning):
+    """A config field the weights cannot show (such as top_k) was assumed rather than read; state it to be sure."""
+
+
 class IrtoolError(Exception):
     """Base class: a problem with an input, a file or an option, never a bug in irtool."""
 
@@ -32,3 +36,7 @@ class DownloadError(IrtoolError):
 
 class ChecksumError(IrtoolError):
     """A file's sha256 (or size) is not the one the manifest or the cache's record says it must be."""
+
+
+class UsageError(IrtoolError):
+    """The command line itself is wrong (a missing argument, a value given to a flag): exit status 2."""

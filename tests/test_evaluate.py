@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from irtool import datasets as ds
 from irtool import evaluate
 from irtool.archs.moce_ir import VARIANTS
 from irtool.cli import app
+from irtool.errors import IrtoolError
 
 runner = CliRunner()
 
@@ -187,7 +189,8 @@ def test_cli_eval_errors(tmp_path, checkpoint):
     assert missing.exit_code == 1
     assert "gopro: not found under" in missing.stderr and "irtool datasets check gopro" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
-    assert runner.invoke(app, ["eval", "-d", "rain100l"]).exit_code == 2  # no model
+    both = runner.invoke(app, ["eval", "-w", str(checkpoint), "-m", "moce_ir.aio3", "-d", "rain100l"])
+    assert both.exit_code == 2 and "at most one" in both.stderr
     assert runner.invoke(app, ["eval", "-w", str(checkpoint)]).exit_code == 2  # no dataset
     assert runner.invoke(app, ["eval", "-w", str(checkpoint), "-d", "rain100l", "--protocol", "matlab"]).exit_code == 2
     # one unreadable image fails alone: exit 1, the others are scored
@@ -197,6 +200,20 @@ def test_cli_eval_errors(tmp_path, checkpoint):
     assert partial.exit_code == 1 and "rain-002.png: cannot be read as an image" in partial.stderr
     summary = json.loads((tmp_path / "r.json").read_text())["datasets"][0]["summary"]
     assert summary["n"] == 2 and summary["failed"] == 1
+
+
+def test_cli_eval_without_a_model_uses_the_default_one_as_restore_does(tmp_path):
+    make_moce_layout(tmp_path)
+    result = runner.invoke(app, ["eval", "--data-root", str(tmp_path), "-d", "rain100l", "-q", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    assert "using the default model irtool.default" in result.stderr
+    assert json.loads(result.stdout)["datasets"][0]["summary"]["n"] == 3
+
+
+def test_cli_eval_without_any_model_says_how_to_get_one(tmp_path, no_builtin_default):
+    make_moce_layout(tmp_path)
+    result = runner.invoke(app, ["eval", "--data-root", str(tmp_path), "-d", "rain100l"])
+    assert result.exit_code == 1 and "irtool weights fetch" in result.stderr
 
 
 def test_cli_datasets_list_and_check(tmp_path):
@@ -305,3 +322,34 @@ def test_ctrl_c_keeps_the_finished_images_in_the_report_files(tmp_path, checkpoi
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["complete"] is False and [r["file"] for r in data["datasets"][0]["images"]] == ["rain-001.png"]
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("save_format,bound", [("tiff", 0.0), ("png16", 1e-4), ("png8", None)])
+def test_saved_images_recompute_the_reported_scores_as_their_format_promises(tmp_path, tiny_model, save_format, bound):
+    """The protocols score the float output: a float32 TIFF gives back exactly those scores (bit for bit: the same
+    values through the same metric code), a 16-bit PNG within 1e-4 dB (1/65535 quantisation), an 8-bit PNG is for
+    viewing; the report says which was written."""
+    from irtool import io as image_io
+    from irtool import metrics
+
+    made = make_moce_layout(tmp_path / "data")
+    out = tmp_path / "restored"
+    report, _ = _evaluate(tiny_model, ["rain100l"], tmp_path / "data", save_images=out, save_format=save_format)
+    assert report.saved_images["format"] == save_format and report.to_dict()["saved_images"] == report.saved_images
+    d = report.datasets[0]
+    suffix, depth = {"tiff": (".tif", np.float32), "png16": (".png", np.uint16), "png8": (".png", np.uint8)}[save_format]
+    for result, lq_path in zip(d.images, made["rain100l"]):
+        saved = image_io.read_image(out / "rain100l" / (Path(result.file).stem + suffix))
+        assert saved.dtype == depth
+        if bound is None:
+            continue
+        gt_path = lq_path.parent.parent / "gt" / lq_path.name.replace("rain-", "norain-")
+        gt = ds.centre_crop(np.array(Image.open(gt_path).convert("RGB")), 16)
+        restored = torch.from_numpy(saved.rgb.transpose(2, 0, 1).copy())[None]
+        psnr, ssim = metrics.psnr_ssim(restored, torch.from_numpy(gt.transpose(2, 0, 1).copy()), d.protocol)
+        if bound == 0.0:
+            assert (psnr, ssim) == (result.psnr, result.ssim)
+        else:
+            assert abs(psnr - result.psnr) < bound and abs(ssim - result.ssim) < bound
+    with pytest.raises(IrtoolError, match="--save-format jpeg: one of png8, png16, tiff"):
+        evaluate.EvalOptions(save_format="jpeg").check()

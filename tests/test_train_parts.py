@@ -90,6 +90,41 @@ def test_presets_carry_the_official_recipes():
     assert PRESETS["moce_ir_s-aio3"].variant == "MoCE_IR_S" and aio3.variant == "MoCE_IR"
 
 
+def test_the_default_model_presets_train_one_recipe_on_cpu_and_on_a_gpu(tmp_path):
+    """irtool_default-cpu (the shipped model's recipe) and -h200 differ only in how the step is run and fed."""
+    from irtool.train.presets import SYNTHETIC_TASKS, resolve
+
+    cpu, gpu = PRESETS["irtool_default-cpu"], PRESETS["irtool_default-h200"]
+    recipe = ("model", "patch_size", "fft_weight", "balance_weight", "with_complexity", "route_task_weight", "seed")
+    assert all(getattr(cpu, f) == getattr(gpu, f) for f in recipe)
+    assert (cpu.fft_weight, cpu.balance_weight, cpu.with_complexity, cpu.patch_size) == (0.1, 0.01, True, 128)
+    assert cpu.route_task_weight > 0 and (cpu.precision, gpu.precision, gpu.channels_last) == ("auto", "bf16", True)
+    assert gpu.batch_size == 32 * cpu.batch_size and gpu.lr == pytest.approx(cpu.lr * 32 ** 0.5)
+    config = resolve("irtool_default-cpu", None, {}, clean_dir=str(tmp_path), tasks=None)
+    assert config.tasks == list(SYNTHETIC_TASKS) and "clean" in config.tasks and "defocus" in config.tasks
+
+
+def test_toml_configs_read_on_pythons_without_tomllib(tmp_path, monkeypatch):
+    """Python 3.10 has no tomllib: tomli (same API, installed there with irtool) stands in; without either, one line."""
+    import sys
+    import types
+
+    from irtool.train.presets import ConfigError, read_config_file
+
+    (tmp_path / "c.toml").write_text('batch_size = 2\nmodel = { dim = 24 }\n')
+    calls = []
+    backport = types.ModuleType("tomli")
+    backport.loads = lambda text: calls.append(text) or {"batch_size": 2, "model": {"dim": 24}}
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # as on 3.10: `import tomllib` raises ImportError
+    monkeypatch.setitem(sys.modules, "tomli", backport)
+    assert read_config_file(tmp_path / "c.toml") == {"batch_size": 2, "model": {"dim": 24}} and len(calls) == 1
+    monkeypatch.setitem(sys.modules, "tomli", None)
+    with pytest.raises(ConfigError, match="TOML config files need Python 3.11, or the tomli package"):
+        read_config_file(tmp_path / "c.toml")
+    (tmp_path / "c.json").write_text('{"batch_size": 2}')
+    assert read_config_file(tmp_path / "c.json") == {"batch_size": 2}  # JSON needs neither
+
+
 def test_config_layers_and_round_trip(tmp_path):
     (tmp_path / "c.toml").write_text('batch_size = 2\nmodel = { dim = 24 }\nreweight = "art"\n')
     config = resolve(None, tmp_path / "c.toml", {"lr": 1e-3, "steps": 10}, clean_dir=str(tmp_path), tasks=["noise", "rain"])
