@@ -430,7 +430,7 @@ def replay(report: dict[str, Any], *, wanted: dict | None = None, figures: Seque
                 continue
             seen.add(image["file"])
             stem = Path(image["file"]).stem
-            out = read(Path(saved) / folder / f"{stem}.png")
+            out = next((a for a in (read(Path(saved) / folder / f"{stem}.{ext}") for ext in ("png", "tif")) if a is not None), None)
             if out is None:
                 continue
             pair = pairs[image["file"]]
