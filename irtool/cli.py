@@ -761,6 +761,7 @@ def restore(
     dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="List what would be written, then stop (loads no model).")] = False,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="One JSON object per image on stdout instead of the table.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar, no table.")] = False,
+    report_html: Annotated[Optional[Path], typer.Option("--report", help="Also write a self-contained HTML report (before/after, routing, failures) to FILE (needs irtool[report]).")] = None,
 ) -> None:
     """Restore images: noise, rain, haze, blur, low light (whatever the model was trained on) are removed.
 
@@ -799,6 +800,10 @@ def restore(
         from .distributed_run import launch
 
         raise typer.Exit(launch("restore", gpus, device, ("--device", "-d")))
+    if report_html and not dry_run:
+        from .report import check_available
+
+        check_available()  # before any work: a missing Jinja2 is one line naming the extra
     ranked = None
     if world_size() > 1:  # under torchrun: this rank's share of one run (see irtool.distributed_run)
         from .distributed_run import RankedRestore
@@ -836,6 +841,7 @@ def restore(
         elapsed = time.perf_counter() - started
         progress.update(task, advance=1, rate=f"{megapixels / elapsed:.2f} MP/s" if elapsed > 0 else "")
 
+    restorer = None
     if ranked is not None:
         restorer = ranked.load()
         for note in restorer.notes if restorer else []:
@@ -898,6 +904,10 @@ def restore(
     extras = [e for e in extras if e]
     if not quiet or failed or existing:
         err.print(summary + (f"; {', '.join(extras)}" if extras else ""), highlight=False, soft_wrap=True)
+    if report_html:
+        from .report import write_restore_report
+
+        err.print(f"report: {write_restore_report(report_html, reports, restorer=restorer, seconds=elapsed, workers=workers)}", highlight=False, soft_wrap=True)
     raise typer.Exit(ranked.exit_code(bool(failed)) if ranked is not None else 1 if failed else 0)
 
 
@@ -1073,8 +1083,8 @@ def eval_command(
     setting: Annotated[
         Optional[list[str]], typer.Option("--setting", help="A paper's benchmark set: aio3, aio5, cdd11, allweather.")
     ] = None,
-    model_name: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name from the manifest (in the cache).")] = None,
-    weights: Annotated[Optional[str], typer.Option("--weights", "-w", help="Checkpoint file or folder.")] = None,
+    model_name: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Model name from the manifest (in the cache); repeat to compare models.")] = None,
+    weights: Annotated[Optional[list[str]], typer.Option("--weights", "-w", help="Checkpoint file or folder; repeat to compare models.")] = None,
     router: Annotated[Optional[Path], typer.Option("--router", help="LoRA-IR: the router checkpoint, when --weights is the restoration network alone.")] = None,
     config: Annotated[Optional[list[str]], _CONFIG_OPTION] = None,
     router_config: Annotated[Optional[list[str]], _ROUTER_CONFIG_OPTION] = None,
@@ -1109,14 +1119,21 @@ def eval_command(
         bool, typer.Option("--trust-checkpoint", metavar="", help="Allow pickled objects beyond plain tensors (runs code from the file).")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
+    report_html: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report (scores beside the paper's, per-image table, worst/best images, crops side by side) to FILE (needs irtool[report]).")] = None,
+    figure: Annotated[Optional[list[str]], typer.Option("--figure", help="With --report: save the crop NAME:x,y,w,h (NAME: file or DATASET/FILE) from every model side by side as a PNG beside the report.")] = None,
 ) -> None:
-    """Score a model on benchmark datasets with the published protocols, next to the paper's figures."""
+    """Score a model on benchmark datasets with the published protocols, next to the paper's figures.
+
+    With several --model/--weights, each is scored in turn; --json then holds a list of reports, --csv gains a model column, --save-images writes DIR/<model>/<dataset>/.
+    """
     from . import datasets as ds
 
     if not dataset and not setting:
         fail("name a benchmark with --dataset NAME or --setting aio3 (see `irtool datasets list`)", 2)
-    if model_name is not None and weights is not None:
-        fail("pass at most one of --model NAME and --weights PATH (neither: the default model, as restore uses)", 2)
+    sources: list[tuple[Optional[str], bool]] = [(m, True) for m in model_name or []] + [(w, False) for w in weights or []]
+    several = len(sources) > 1
+    if figure and not report_html:
+        fail("--figure needs --report FILE (the figure is saved beside the report)", 2)
     if protocol is not None and protocol not in _PROTOCOL_NAMES:
         fail(f"--protocol {protocol}: one of {', '.join(_PROTOCOL_NAMES)}", 2)
     names = ds.expand(dataset or [], setting or [])
@@ -1126,7 +1143,16 @@ def eval_command(
 
     from .shard import world_size
 
+    figures = []
+    if report_html:
+        from .report import check_available
+        from .report.evaluation import Gallery, parse_figure
+
+        check_available()
+        figures = [parse_figure(text) for text in figure or []]
     gpus = _gpus(gpu)
+    if several and (world_size() > 1 or (gpus and len(gpus) > 1)):
+        fail("several models are compared in one process: drop the GPU list (or merge report JSONs with `irtool report`)", 2)
     if gpus and len(gpus) > 1 and world_size() == 1:
         from .distributed_run import launch
 
@@ -1141,80 +1167,110 @@ def eval_command(
         targets, device = ranked.targets, ranked.device
     else:
         targets = evaluate.resolve(names, data_root, clean_dir)  # every dataset found before the model loads
-    entry_name = reported or model_name
-    entry = manifest.find_entry(entry_name) if entry_name else None
-    if reported and entry is None:
+    if reported and manifest.find_entry(reported) is None:
         fail(f"--reported {reported}: not a manifest entry (see weights_manifest.json)")
-    source = model_name or weights
-    if source is None:  # as `irtool restore` does: the default model
-        from .engine import default_source
+    labels: list[str] = []
+    for name, _ in sources:
+        base = Path(name).name or name if name else "default"
+        labels.append(base if base not in labels else f"{base}-{len(labels) + 1}")
+    reports: list = []
+    galleries: list = []
+    wanted: dict = {}
+    interrupted = False
+    for n, ((name, is_model), label) in enumerate(zip(sources or [(None, False)], labels or ["default"])):
+        entry_name = reported or (name if is_model else None)
+        entry = manifest.find_entry(entry_name) if entry_name else None
+        source = name
+        if source is None:  # as `irtool restore` does: the default model
+            from .engine import default_source
 
-        source, default_router, how = default_source()
-        router = router or default_router
-        if ranked is None or ranked.is_main:
-            _stderr().print(f"[yellow]note:[/] using {how}", soft_wrap=True, highlight=False)
-        default_name = manifest.load_manifest().get("default")
-        if entry is None and isinstance(default_name, str) and default_name:
-            entry = manifest.find_entry(default_name)
+            source, default_router, how = default_source()
+            router = router or default_router
+            if ranked is None or ranked.is_main:
+                _stderr().print(f"[yellow]note:[/] using {how}", soft_wrap=True, highlight=False)
+            default_name = manifest.load_manifest().get("default")
+            if entry is None and isinstance(default_name, str) and default_name:
+                entry = manifest.find_entry(default_name)
 
-    def load() -> Any:
-        return load_model(source, device=device, router=router, trust=trust_checkpoint,
-                          config=_fields(config, "--config"), router_config=_fields(router_config, "--router-config"))
+        def load(source: Any = source) -> Any:
+            return load_model(source, device=device, router=router, trust=trust_checkpoint,
+                              config=_fields(config, "--config"), router_config=_fields(router_config, "--router-config"))
 
-    options = evaluate.EvalOptions(
-        protocol=protocol,
-        crop_border=crop_border,
-        precision=precision,
-        tile=tile,
-        routing_noise=routing_noise,
-        noise_stream=noise_stream,
-        limit=limit,
-        save_images=save_images,
-        save_format=save_format,
-        save_inputs=save_inputs,
-    )
-
-    def new_report(model: Any) -> Any:
-        return evaluate.new_report(
-            model,
-            options,
-            source=str(source),
-            device=next(model.parameters()).device,
-            reported_from=entry.name if entry else None,
-            reported=evaluate.reported_figures(entry.data if entry else None),
+        slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in label)
+        options = evaluate.EvalOptions(
+            protocol=protocol,
+            crop_border=crop_border,
+            precision=precision,
+            tile=tile,
+            routing_noise=routing_noise,
+            noise_stream=noise_stream,
+            limit=limit,
+            save_images=save_images / slug if save_images and several else save_images,
+            save_format=save_format,
+            save_inputs=save_inputs,
         )
 
-    if ranked is not None and not ranked.is_main:
+        def new_report(model: Any, source: Any = source, entry: Any = entry, options: Any = options) -> Any:
+            return evaluate.new_report(
+                model,
+                options,
+                source=str(source),
+                device=next(model.parameters()).device,
+                reported_from=entry.name if entry else None,
+                reported=evaluate.reported_figures(entry.data if entry else None),
+            )
+
+        if ranked is not None and not ranked.is_main:
+            try:
+                raise typer.Exit(ranked.work(load, options, new_report))
+            finally:
+                ranked.close()
+        model = load()
+        report = new_report(model)
+        reports.append(report)
+        # the HTML report keeps a few images as they pass (a multi-process run shows scores without pictures)
+        gallery = Gallery(wanted=dict(wanted), figures=figures) if report_html and ranked is None else None
+        galleries.append(gallery)
         try:
-            raise typer.Exit(ranked.work(load, options, new_report))
+            run = ranked.run if ranked is not None else functools.partial(evaluate.run, targets=targets, observer=gallery)
+            _run_eval_with_progress(run, targets, model, options, report, quiet=quiet or json_path == "-")
+        except KeyboardInterrupt:
+            interrupted = True
         finally:
-            ranked.close()
-    model = load()
-    report = new_report(model)
-    interrupted = False
-    try:
-        run = ranked.run if ranked is not None else functools.partial(evaluate.run, targets=targets)
-        _run_eval_with_progress(run, targets, model, options, report, quiet=quiet or json_path == "-")
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        # finished images are never lost: the report files are written even after Ctrl-C (marked incomplete)
-        if json_path and json_path != "-":
-            evaluate.write_json(report, json_path)
-        if csv_path:
-            evaluate.write_csv(report, csv_path)
+            # finished images are never lost: the report files are written even after Ctrl-C (marked incomplete)
+            if several:
+                evaluate.write_many(reports, labels[: len(reports)], json_path if json_path != "-" else None, csv_path)
+            else:
+                if json_path and json_path != "-":
+                    evaluate.write_json(report, json_path)
+                if csv_path:
+                    evaluate.write_csv(report, csv_path)
+        if interrupted:
+            break
+        if gallery is not None and n == 0:
+            wanted = gallery.selection()  # the images every later model shows beside this one
+        del model
     if ranked is not None:
         ranked.close()
+    if report_html:
+        from .report.evaluation import write_report
+
+        page, pngs = write_report(report_html, [r.to_dict() for r in reports], galleries)
+        for path in [page, *pngs]:
+            _stderr().print(f"{'report' if path == page else 'figure'}: {path}", soft_wrap=True, highlight=False)
     if interrupted:
         _stderr().print("interrupted; the report holds the images finished so far")
         raise typer.Exit(130)
     if plot:
-        evaluate.plot_usage(report, plot)
+        for report, label in zip(reports, labels or ["default"]):
+            slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in label)
+            evaluate.plot_usage(report, plot.with_name(f"{plot.stem}.{slug}{plot.suffix}") if several else plot)
     if json_path == "-":
-        typer.echo(evaluate.to_json(report))
+        typer.echo(evaluate.to_json_many(reports) if several else evaluate.to_json(reports[0]))
     else:
-        _render_eval(report)
-    failures = [r.error for d in report.datasets for r in d.images if r.error]
+        for report in reports:
+            _render_eval(report)
+    failures = [r.error for report in reports for d in report.datasets for r in d.images if r.error]
     for message in failures[:20]:
         _stderr().print(f"[bold red]error:[/] {message}", soft_wrap=True)
     if len(failures) > 20:
@@ -1355,6 +1411,27 @@ def _render_usage(console: Any, report: Any) -> None:
         for d in class_sets:
             table.add_row(d.dataset, ", ".join(f"{k} {v}" for k, v in d.usage["counts"].items()))
         console.print(table)
+
+
+@command("report", no_args_is_help=True)
+def report_command(
+    reports: Annotated[list[Path], typer.Argument(metavar="REPORT.json...", help="Eval reports (`irtool eval --json FILE`), one model each or a list.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML page to write.")] = Path("report.html"),
+    figure: Annotated[Optional[list[str]], typer.Option("--figure", help="Save the crop NAME:x,y,w,h from every model side by side as a PNG beside the page.")] = None,
+) -> None:
+    """Merge eval report JSONs into one HTML page: every model's scores side by side, per dataset and per image.
+
+    Runs made with --save-images (and --save-inputs for noise synthesised at test time) also bring their pictures: worst and best images, and the same crops from every model.
+    """
+    from .report import check_available
+    from .report.evaluation import load_reports, merge, parse_figure, write_report
+
+    check_available()
+    figures = [parse_figure(text) for text in figure or []]
+    loaded = load_reports(reports)
+    page, pngs = write_report(output, loaded, merge(loaded, figures))
+    for path in [page, *pngs]:
+        typer.echo(str(path))
 
 
 datasets_app = typer.Typer(help="Benchmark datasets: where irtool looks for them and what is missing.", no_args_is_help=True)

@@ -465,11 +465,14 @@ def run(
     options: EvalOptions,
     report: EvalReport,
     keep: Callable[[str, int], bool] | None = None,
+    observer: Any = None,
 ) -> Iterator[tuple[DatasetReport, ImageResult]]:
     """Evaluate `model` on each located dataset in order, filling `report`; yields after every image.
 
     The report is usable at any point (e.g. after Ctrl-C): finished images are in it, `complete` turns True at the end.
     `keep(dataset, i)` False leaves a dataset's item i to another process (irtool.distributed_run).
+    `observer(dataset, result, sample, restored)`, when given, sees every scored image with its pixels (the sample's
+    uint8 input and ground truth, the restored (1, 3, H, W) tensor in [0, 1]): the HTML report keeps a few of them.
     """
     if options.precision not in PRECISIONS:
         raise IrtoolError(f"--precision {options.precision}: one of {', '.join(PRECISIONS)}")
@@ -526,7 +529,7 @@ def run(
                 dreport.images.append(result)
                 yield dreport, result
                 continue
-            result = _evaluate_sample(model, restorer, item, protocol, options, device, usage, protected, spec.name)
+            result = _evaluate_sample(model, restorer, item, protocol, options, device, usage, protected, spec.name, observer)
             dreport.images.append(result)
             dreport.usage = usage.to_dict()
             yield dreport, result
@@ -545,6 +548,7 @@ def _evaluate_sample(
     usage: _Usage,
     protected: set[Path],
     dataset: str,
+    observer: Any = None,
 ) -> ImageResult:
     h, w = sample.gt.shape[:2]
     result = ImageResult(sample.name, height=h, width=w)
@@ -583,6 +587,8 @@ def _evaluate_sample(
             fmt, _ = SAVE_FORMATS[options.save_format]
             _write_image(Path(options.save_images) / _folder(dataset) / f"{stem}.{fmt}",
                          _saved(restored, options.save_format), protected, fmt="tiff" if fmt == "tif" else fmt)
+        if observer is not None:
+            observer(dataset, result, sample, restored)
     except IrtoolError as exc:
         result.error = f"{sample.name}: {exc}" if not str(exc).startswith(sample.name) else str(exc)
     except torch.OutOfMemoryError:
@@ -643,14 +649,22 @@ def _format_experts(experts: list[list[int]] | None) -> str:
     return ";".join("+".join(str(e) for e in layer) for layer in experts)
 
 
-def to_csv(report: EvalReport) -> str:
+def to_json_many(reports: list[EvalReport]) -> str:
+    """Several models' reports (`irtool eval --model a --model b`): a JSON list of reports, in model order."""
+    return json.dumps([r.to_dict() for r in reports], indent=2, allow_nan=False)
+
+
+def to_csv(report: EvalReport, model: str | None = None, header: bool = True) -> str:
+    """Per-image scores; with `model`, a first column names the model (several models in one file)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    if header:
+        writer.writerow((("model",) if model is not None else ()) + CSV_COLUMNS)
     for d in report.datasets:
         for r in d.images:
             writer.writerow(
-                [
+                ([model] if model is not None else [])
+                + [
                     d.protocol,
                     d.dataset,
                     r.file,
@@ -671,6 +685,14 @@ def to_csv(report: EvalReport) -> str:
 
 def write_csv(report: EvalReport, path: str | Path) -> None:
     _atomic_text(path, to_csv(report))
+
+
+def write_many(reports: list[EvalReport], labels: list[str], json_path: str | Path | None, csv_path: str | Path | None) -> None:
+    """Several models' reports in one JSON (a list) and one CSV (with a model column)."""
+    if json_path:
+        _atomic_text(json_path, to_json_many(reports) + "\n")
+    if csv_path:
+        _atomic_text(csv_path, "".join(to_csv(r, label, header=n == 0) for n, (r, label) in enumerate(zip(reports, labels))))
 
 
 def plot_usage(report: EvalReport, path: str | Path) -> Path:

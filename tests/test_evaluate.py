@@ -189,8 +189,9 @@ def test_cli_eval_errors(tmp_path, checkpoint):
     assert missing.exit_code == 1
     assert "gopro: not found under" in missing.stderr and "irtool datasets check gopro" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
-    both = runner.invoke(app, ["eval", "-w", str(checkpoint), "-m", "moce_ir.aio3", "-d", "rain100l"])
-    assert both.exit_code == 2 and "at most one" in both.stderr
+    # --figure only makes sense with the HTML report it is saved beside
+    lonely = runner.invoke(app, ["eval", "-w", str(checkpoint), "-d", "rain100l", "--figure", "a.png:0,0,8,8"])
+    assert lonely.exit_code == 2 and "--figure needs --report FILE" in lonely.stderr
     assert runner.invoke(app, ["eval", "-w", str(checkpoint)]).exit_code == 2  # no dataset
     assert runner.invoke(app, ["eval", "-w", str(checkpoint), "-d", "rain100l", "--protocol", "matlab"]).exit_code == 2
     # one unreadable image fails alone: exit 1, the others are scored
