@@ -16,6 +16,10 @@ from typing import Any, Sequence
 
 from . import io
 from .errors import IrtoolError
+from .video import VIDEO_SUFFIXES
+
+#: what a folder walk or a glob picks up: images, and videos (restored by irtool.video)
+INPUT_SUFFIXES = io.IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -95,7 +99,7 @@ def _walk(folder: Path, exclude: Path | None) -> list[Path]:
             d for d in dirs if not d.startswith(".") and (exclude is None or (root_path / d).resolve() != exclude)
         )
         for name in sorted(files):
-            if not name.startswith(".") and Path(name).suffix.lower() in io.IMAGE_SUFFIXES:
+            if not name.startswith(".") and Path(name).suffix.lower() in INPUT_SUFFIXES:
                 found.append(root_path / name)
     return found
 
@@ -103,7 +107,9 @@ def _walk(folder: Path, exclude: Path | None) -> list[Path]:
 def output_path(src: Path, relative_dir: Path, out_dir: Path, options: RestoreOptions) -> Path:
     """`out_dir/<relative_dir>/<stem><suffix><ext>`: the input's extension, or the one of `--format`."""
     fmt = io.normalize_format(options.format)
-    if fmt is not None:
+    if src.suffix.lower() in VIDEO_SUFFIXES:  # --format is for images; a video keeps its container
+        ext = src.suffix
+    elif fmt is not None:
         ext = io.EXTENSIONS[fmt]
     elif io.format_from_suffix(src.suffix):
         ext = src.suffix
@@ -126,7 +132,7 @@ def expand_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) -> 
         if path.is_dir():
             files = _walk(path, exclude)
             if not files:
-                failed.append(Job(text, None, None, error=f"{text}: no images (png, jpg, webp, tiff, bmp) in this folder"))
+                failed.append(Job(text, None, None, error=f"{text}: no images (png, jpg, webp, tiff, bmp) or videos (mp4, mov, mkv, webm, avi) in this folder"))
             top = Path(path.resolve().name) if nest else Path(".")
             found += [(text, f, top / f.parent.relative_to(path)) for f in files]
         elif path.exists():
@@ -138,7 +144,7 @@ def expand_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) -> 
             for m in matches:
                 if m.is_dir():
                     files += [(f, f.parent.relative_to(base)) for f in _walk(m, exclude)]
-                elif m.suffix.lower() in io.IMAGE_SUFFIXES and not m.name.startswith("."):
+                elif m.suffix.lower() in INPUT_SUFFIXES and not m.name.startswith("."):
                     files.append((m, m.parent.relative_to(base) if m.is_relative_to(base) else Path(".")))
             if not files:
                 failed.append(Job(text, None, None, error=f"{text}: matches no images"))
