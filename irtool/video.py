@@ -413,6 +413,7 @@ class _Event:
     frame: Any = None
     packet: Any = None
     error: str | None = None
+    duration: int | None = None  #: in the stream's time base, when the decoder knows it (keeps the last frame's)
 
 
 def _events(src: _Source, video: VideoOptions, with_audio: bool, stop: threading.Event | None = None) -> Iterator[_Event]:
@@ -469,7 +470,7 @@ def _events(src: _Source, video: VideoOptions, with_audio: bool, stop: threading
             if frame.is_corrupt:
                 yield _Event("damaged", index, pts, error="the decoder marked the frame corrupt")
             else:
-                yield _Event("frame", index, pts, frame=frame)
+                yield _Event("frame", index, pts, frame=frame, duration=frame.duration or None)
             index, last_pts = index + 1, pts
 
 
@@ -715,7 +716,7 @@ class _Writer(threading.Thread):
                     return
                 kind = item[0]
                 if kind == "video":
-                    self._frame(item[1], item[2])
+                    self._frame(item[1], item[2], item[3])
                 elif kind == "damaged":
                     if self.last_rgb is None:
                         self.waiting.append(item[1])
@@ -731,7 +732,7 @@ class _Writer(threading.Thread):
             except Exception:  # noqa: BLE001 - closing after an error must not hide it
                 pass
 
-    def _frame(self, pts: int, rgb: np.ndarray) -> None:
+    def _frame(self, pts: int, rgb: np.ndarray, duration: int | None = None) -> None:
         av = require_av()
         if self.waiting:
             pending, self.waiting = self.waiting, []
@@ -752,6 +753,8 @@ class _Writer(threading.Thread):
                 setattr(frame, key, value)
         frame.pts = pts - sink.pts_offset
         frame.time_base = sink.time_base
+        if duration:
+            frame.duration = duration
         for packet in sink.video.encode(frame):
             sink.container.mux(packet)
         self.last_pts, self.last_rgb = pts, rgb
@@ -972,7 +975,7 @@ def restore_video(src_path: Path, dst: Path, restorer: Any, video: VideoOptions,
                 if e.kind == "frame":
                     outcome = next(results)
                     rgb = np.round(outcome.rgb * scale_out).astype(out_dtype)
-                    writer.put(("video", e.pts, rgb))  # type: ignore[union-attr]
+                    writer.put(("video", e.pts, rgb, e.duration))  # type: ignore[union-attr]
                     k = shot_of(e.index)
                     per_frame.setdefault(k, Counter())[_key(outcome.experts)] += 1
                     names.setdefault(k, Counter())[(outcome.degradation, outcome.experts is None)] += 1

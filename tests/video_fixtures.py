@@ -20,7 +20,7 @@ def scene(index: int, height: int, width: int, shot: int) -> np.ndarray:
     return np.clip(base, 0, 1)
 
 
-def degraded(clean: np.ndarray, rng: np.random.Generator, kind: str = "noise") -> np.ndarray:
+def degraded(clean: np.ndarray, rng: np.random.Generator, kind: str = "noise", sigma: float = 0.08) -> np.ndarray:
     if kind == "rain":
         out = clean.copy()
         h, w = clean.shape[:2]
@@ -28,7 +28,7 @@ def degraded(clean: np.ndarray, rng: np.random.Generator, kind: str = "noise") -
             y, x = rng.integers(0, h - 4), rng.integers(0, w)
             out[y : y + 4, x] = np.minimum(1.0, out[y : y + 4, x] + 0.5)
         return out
-    return np.clip(clean + rng.normal(0, 0.08, clean.shape), 0, 1)
+    return np.clip(clean + rng.normal(0, sigma, clean.shape), 0, 1)
 
 
 def make_clip(
@@ -44,6 +44,7 @@ def make_clip(
     clean: bool = False,
     seed: int = 0,
     options: dict | None = None,
+    sigma: float = 0.08,
 ) -> Path:
     """Write a clip: `frames` per shot, (H, W) `size`; with `vfr` every third frame lasts twice as long."""
     import av
@@ -53,7 +54,7 @@ def make_clip(
     out = av.open(str(path), "w")
     v = out.add_stream(codec, rate=fps)
     v.width, v.height = width, height
-    v.pix_fmt = "yuv420p" if codec != "ffv1" else "yuv420p"
+    v.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
     v.time_base = Fraction(1, fps * 10)
     v.codec_context.time_base = Fraction(1, fps * 10)
     v.options = options or ({"crf": "12", "bf": "0" if vfr else "2"} if codec == "libx264" else {})
@@ -70,7 +71,7 @@ def make_clip(
     pts = 0
     for shot, n in enumerate(frames):
         for i in range(n):
-            pixels = scene(i, height, width, shot) if clean else degraded(scene(i, height, width, shot), rng, kind)
+            pixels = scene(i, height, width, shot) if clean else degraded(scene(i, height, width, shot), rng, kind, sigma)
             frame = av.VideoFrame.from_ndarray(np.round(pixels * 255).astype(np.uint8), format="rgb24")
             frame = frame.reformat(format="yuv420p", dst_colorspace=1, dst_color_range=1)
             frame.color_range, frame.colorspace = 1, 1
