@@ -1,7 +1,7 @@
 """`irtool bench`: latency, throughput and peak memory of a restoration model per image size, batch, precision, expert
 mode and code path, with an optional router / trunk / experts time breakdown.
 
-Any model of the model contract works (CONTRACTS.md §1: `run(x, routing=None, *, dense=False)`). Optional hooks add
+Any model with irtool's `run(x, routing=None, *, dense=False)` method works (MoCE-IR's and LoRA-IR's). Optional hooks add
 rows: `reference_path()` (a context manager running the plain formulation, to show what the fast paths gain),
 `uniform_routing(batch, expert)` (one expert everywhere, to show each expert's cost) and `profile_parts()` (modules
 per part for the breakdown). Timings use CUDA events on GPUs and `perf_counter` on CPUs, after warm-up runs; each row

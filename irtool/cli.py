@@ -15,6 +15,7 @@ import functools
 import itertools
 import json
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Optional
@@ -22,7 +23,7 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 import typer
 
 from . import __version__
-from .errors import IrtoolError
+from .errors import ConfigGuessWarning, IrtoolError
 
 app = typer.Typer(
     name="irtool",
@@ -53,14 +54,29 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _warning_line(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None,
+                  *, default: Callable = warnings.showwarning) -> None:
+    """irtool's own warnings (an assumed config field) as one literal line on stderr; others as Python shows them."""
+    if issubclass(category, ConfigGuessWarning):
+        from rich.markup import escape
+
+        _stderr().print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+    else:
+        default(message, category, filename, lineno, file, line)
+
+
 def command(*args: Any, typer_app: typer.Typer | None = None, **kwargs: Any) -> Callable:
-    """`app.command` (or a sub-app's) for irtool commands: an IrtoolError becomes one line on stderr, exit status 1."""
+    """`app.command` (or a sub-app's) for irtool commands: an IrtoolError becomes one line on stderr, exit status 1;
+    irtool's warnings become one line each."""
 
     def register(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*a: Any, **kw: Any) -> Any:
             try:
-                return fn(*a, **kw)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("always", ConfigGuessWarning)
+                    warnings.showwarning = _warning_line
+                    return fn(*a, **kw)
             except IrtoolError as exc:
                 fail(str(exc))
 
@@ -85,6 +101,30 @@ def _main(
     """All-in-one image restoration: remove noise, rain, haze, blur and low light with MoCE-IR or LoRA-IR."""
 
 
+_CONFIG_HELP = ("FIELD=VALUE (repeatable): a config field the weights cannot show, e.g. top_k=2; checked against the "
+                "tensors. VALUE is read as JSON (2, 2.0, [1,2], true), else as text.")
+_CONFIG_OPTION = typer.Option("--config", help=_CONFIG_HELP, show_default=False)
+_ROUTER_CONFIG_OPTION = typer.Option(
+    "--router-config", help="FIELD=VALUE (repeatable): the same for LoRA-IR's CLIP router, e.g. num_heads=3.", show_default=False
+)
+
+
+def _fields(values: Optional[list[str]], flag: str) -> Optional[dict[str, Any]]:
+    """`--config top_k=2 --config heads=[1,2]` -> {"top_k": 2, "heads": [1, 2]} (None when not given)."""
+    if not values:
+        return None
+    fields: dict[str, Any] = {}
+    for item in values:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter("expected FIELD=VALUE, e.g. top_k=2", param_hint=f"{flag} {item}")
+        try:
+            fields[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            fields[key.strip()] = text
+    return fields
+
+
 @command()
 def inspect(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file (.ckpt, .pth, .pt, .safetensors), folder or manifest name.")],
@@ -92,13 +132,21 @@ def inspect(
         bool, typer.Option("--trust-checkpoint", help="Allow pickled objects beyond plain tensors (runs code from the file).")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    config: Annotated[Optional[list[str]], _CONFIG_OPTION] = None,
+    router_config: Annotated[Optional[list[str]], _ROUTER_CONFIG_OPTION] = None,
 ) -> None:
     """Detect a checkpoint's architecture and config, load it strictly, and describe it."""
-    from .loading import build_model, read_state_dict, resolve_source
+    from .loading import build_model, detect, read_state_dict, resolve_source
 
+    fields, router_fields = _fields(config, "--config"), _fields(router_config, "--router-config")
     path = resolve_source(checkpoint)
     sd, metadata = read_state_dict(path, trust=trust_checkpoint)
-    model = build_model(sd, metadata, path)
+    if detect(sd, path)[0].name == "clip_router":  # a router file on its own: either option states its fields
+        model = build_model(sd, metadata, path, {**(fields or {}), **(router_fields or {})}, option="router_config")
+    elif router_fields:
+        fail(f"--router-config: {path} is not a LoRA-IR router file", 2)
+    else:
+        model = build_model(sd, metadata, path, fields)
     params = sum(p.numel() for p in model.parameters())
     info = {
         "path": str(path),
@@ -456,6 +504,7 @@ def weights_import(
     trust_checkpoint: Annotated[bool, _TRUST_OPTION] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace a different file already stored under this name.")] = False,
     as_json: Annotated[bool, _JSON_OPTION] = False,
+    config: Annotated[Optional[list[str]], _CONFIG_OPTION] = None,
 ) -> None:
     """Check a checkpoint and store it in the cache as safetensors, usable as --model NAME.
 
@@ -465,7 +514,8 @@ def weights_import(
     from . import weights
 
     with _stderr().status(f"importing {path}"):
-        got = weights.import_checkpoint(path, name=name, role=role, trust=trust_checkpoint, force=force)
+        got = weights.import_checkpoint(path, name=name, role=role, trust=trust_checkpoint, force=force,
+                                        config=_fields(config, "--config"))
     if as_json:
         typer.echo(json.dumps(got.to_dict()))
         return
@@ -512,12 +562,14 @@ def weights_convert(
     dtype: Annotated[str | None, typer.Option("--dtype", help="Store floating-point tensors as fp32, fp16 (half the "
                                               "size) or bf16; default: as they are.")] = None,
     as_json: Annotated[bool, _JSON_OPTION] = False,
+    config: Annotated[Optional[list[str]], _CONFIG_OPTION] = None,
 ) -> None:
     """Write a checkpoint as safetensors, its architecture and config in the metadata (cache untouched)."""
     from . import weights
 
     with _stderr().status(f"converting {path}"):
-        got = weights.convert(path, out, trust=trust_checkpoint, force=force, dtype=dtype)
+        got = weights.convert(path, out, trust=trust_checkpoint, force=force, dtype=dtype,
+                              config=_fields(config, "--config"))
     if as_json:
         typer.echo(json.dumps(got.to_dict()))
         return
@@ -699,6 +751,8 @@ def restore(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help=_MODEL_HELP)] = None,
     weights_file: Annotated[Optional[str], typer.Option("--weights", "-w", help=_WEIGHTS_HELP)] = None,
     router: Annotated[Optional[str], typer.Option("--router", help="LoRA-IR router checkpoint (its second file).")] = None,
+    config: Annotated[Optional[list[str]], _CONFIG_OPTION] = None,
+    router_config: Annotated[Optional[list[str]], _ROUTER_CONFIG_OPTION] = None,
     calibration: Annotated[Optional[str], typer.Option("--calibration", help="Routing calibration file (default: <weights>.calibration.json, if present).")] = None,
     device: Annotated[str, typer.Option("--device", "-d", help=_DEVICE_HELP)] = "auto",
     gpu: Annotated[Optional[int], typer.Option("--gpu", "-g", help="Same as --device cuda:N.")] = None,
@@ -738,6 +792,8 @@ def restore(
         model=model,
         weights=weights_file,
         router=router,
+        config=_fields(config, "--config"),
+        router_config=_fields(router_config, "--router-config"),
         calibration=calibration,
         trust=trust_checkpoint,
         device=_device(device, gpu),
@@ -927,6 +983,7 @@ def calibrate(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Crops per forward pass.")] = 4,
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow pickled objects beyond plain tensors (runs code from the file).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the calibration summary as JSON.")] = False,
+    config: Annotated[Optional[list[str]], _CONFIG_OPTION] = None,
 ) -> None:
     """Teach irtool to name degradations from a MoCE-IR checkpoint's routing.
 
@@ -948,7 +1005,8 @@ def calibrate(
             fail(f"--levels {levels}: use names from {', '.join(LEVEL_NAMES)}", code=2)
     if size < 16 or crops < 1:
         fail("--size must be at least 16 and --crops at least 1", code=2)
-    options = RestoreOptions(model=model, weights=weights_file, device=_device(device, gpu), precision=precision.value, trust=trust_checkpoint)
+    options = RestoreOptions(model=model, weights=weights_file, device=_device(device, gpu), precision=precision.value,
+                             trust=trust_checkpoint, config=_fields(config, "--config"))
     photos_paths = clean_photos(clean_dir)
     restorer = Restorer.load(options)
     if getattr(restorer.model, "classify", None) is not None:
@@ -1033,6 +1091,8 @@ def eval_command(
     model_name: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name from the manifest (in the cache).")] = None,
     weights: Annotated[Optional[str], typer.Option("--weights", "-w", help="Checkpoint file or folder.")] = None,
     router: Annotated[Optional[Path], typer.Option("--router", help="LoRA-IR: the router checkpoint, when --weights is the restoration network alone.")] = None,
+    config: Annotated[Optional[list[str]], _CONFIG_OPTION] = None,
+    router_config: Annotated[Optional[list[str]], _ROUTER_CONFIG_OPTION] = None,
     reported: Annotated[
         Optional[str], typer.Option("--reported", help="Compare with this manifest entry's published figures.")
     ] = None,
@@ -1053,7 +1113,8 @@ def eval_command(
                           "official 15->25->50 run); fresh: reseed for each (as if run alone).")
     ] = "shared",
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N images of each dataset (quick look).")] = None,
-    save_images: Annotated[Optional[Path], typer.Option("--save-images", help="Write restored images (uint8 PNG) to DIR/<dataset>/.")] = None,
+    save_images: Annotated[Optional[Path], typer.Option("--save-images", help="Write restored images to DIR/<dataset>/ (see --save-format).")] = None,
+    save_format: Annotated[str, typer.Option("--save-format", help="png8: 8-bit PNG (to look at); png16: 16-bit PNG; tiff: float32 TIFF, the exact output the scores were computed on.")] = "png8",
     save_inputs: Annotated[Optional[Path], typer.Option("--save-inputs", help="Write the inputs as fed (e.g. the noisy images) to DIR/<dataset>/.")] = None,
     json_path: Annotated[Optional[str], typer.Option("--json", help="Write the full report (per image) as JSON to FILE ('-' = stdout).")] = None,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write per-image scores as CSV to FILE.")] = None,
@@ -1083,7 +1144,8 @@ def eval_command(
     if reported and entry is None:
         fail(f"--reported {reported}: not a manifest entry (see weights_manifest.json)")
     source = model_name or weights
-    model = load_model(source, device=device, router=router, trust=trust_checkpoint)
+    model = load_model(source, device=device, router=router, trust=trust_checkpoint,
+                       config=_fields(config, "--config"), router_config=_fields(router_config, "--router-config"))
     options = evaluate.EvalOptions(
         protocol=protocol,
         crop_border=crop_border,
@@ -1093,6 +1155,7 @@ def eval_command(
         noise_stream=noise_stream,
         limit=limit,
         save_images=save_images,
+        save_format=save_format,
         save_inputs=save_inputs,
     )
     report = evaluate.new_report(
@@ -1173,6 +1236,7 @@ def _fmt_pair(psnr: float | None, ssim: float | None) -> str:
 
 
 def _render_eval(report: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     console = _wide_console()
@@ -1229,8 +1293,10 @@ def _render_eval(report: Any) -> None:
         notes.extend(f"{d.dataset}: {w}" for w in d.warnings)
     if report.options.get("routing_noise"):
         notes.append("router-logit noise on (official MoCE-IR test behaviour, torch seed 0)")
+    if report.saved_images:
+        notes.append(f"restored images in {report.saved_images['folder']} as {report.saved_images['keeps']}")
     for note in notes:
-        console.print(f"[dim]·[/] {note}", soft_wrap=True)
+        console.print(f"[dim]·[/] {escape(note)}", soft_wrap=True)
 
 
 def _render_usage(console: Any, report: Any) -> None:

@@ -6,11 +6,12 @@ its ground truth, the metric protocol the papers use for it (`irtool.metrics`), 
 inputs are synthesised at test time, the download source and licence. The training sets of `irtool train`'s presets
 are further specs with `split="train"`, in `TRAINING_SETS` (`get_spec` and `irtool datasets check` find them).
 
-Test inputs are made exactly as the official test scripts make them (MoCE-IR `src/data/dataset_utils.py`
-`IRBenchmarks`, PromptIR `utils/dataset_utils.py` `DenoiseTestDataset`): images read with PIL and converted to RGB,
-centre-cropped to a multiple of 16, and for the denoising sets `clip(clean + randn(*shape) * sigma, 0, 255)` cast
-to uint8 by truncation, drawn from one `np.random.seed(0)` stream over the files in sorted order and over the noise
-levels in the order they run (`NoiseStream`).
+Test inputs are made exactly as MoCE-IR's test script makes them (`src/data/dataset_utils.py` `IRBenchmarks`):
+images read with PIL and converted to RGB, centre-cropped to a multiple of 16, and for the denoising sets
+`clip(clean + randn(*shape) * sigma, 0, 255)` cast to uint8 by truncation, drawn from one `np.random.seed(0)`
+stream over the files in sorted order and over the noise levels in the order they run (`NoiseStream`). PromptIR's
+`DenoiseTestDataset` draws the same formula but over `os.listdir`'s unsorted order, which depends on the filesystem,
+so its noisy inputs can be reproduced only on the machine that listed them; irtool reproduces MoCE-IR's.
 
 `synthetic:<kind><level>` sets (`locate_synthetic`) need no download: clean photos (the CC0/public-domain ones in
 scikit-image's wheel, or `--clean-dir`) degraded by `irtool.degrade`, seeded per image.

@@ -17,10 +17,11 @@ Each kind has one numeric level parameter and three named levels (`LEVELS`; "med
 | lowlight | exposure (mean brightness factor)             | 0.5   | 0.3    | 0.15  |
 | jpeg     | JPEG quality                                  | 60    | 30     | 10    |
 
-Noise on uint8 is exactly the MoCE-IR/PromptIR test degradation: `clip(clean + randn(H, W, C) * sigma, 0, 255)`
-truncated to uint8 (`astype`, not rounding), with `randn` from numpy's legacy RandomState. The official test seeds
-the global RNG once (`np.random.seed(0)`) and draws image after image; pass one `np.random.RandomState(0)` as `seed`
-for every image, in the same order, to reproduce its noisy inputs bit for bit. An int seed makes a fresh
+Noise on uint8 is exactly the MoCE-IR test degradation: `clip(clean + randn(H, W, C) * sigma, 0, 255)` truncated
+to uint8 (`astype`, not rounding), with `randn` from numpy's legacy RandomState. MoCE-IR's test seeds the global RNG
+once (`np.random.seed(0)`) and draws image after image in sorted file order; pass one `np.random.RandomState(0)` as
+`seed` for every image, in that order, to reproduce its noisy inputs bit for bit. (PromptIR draws the same formula
+over unsorted `os.listdir` order, so its realisation depends on the filesystem that listed the files.) An int seed makes a fresh
 RandomState(seed). The other kinds are plausible synthetic stand-ins (for calibration, training on clean photos and
 test images), not reproductions of any benchmark's data.
 

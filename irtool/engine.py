@@ -20,7 +20,6 @@ Imports torch, numpy and irtool's io, jobs, tiling, loading, calibrate and weigh
 from __future__ import annotations
 
 import contextlib
-import inspect
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -259,12 +258,8 @@ class Restorer:
             router = router or (str(default_router) if default_router else None)
             notes.append(f"using {how}")
         device = resolve_device(options.device)
-        kwargs: dict[str, Any] = {}
-        if router:
-            if "router" not in inspect.signature(load_model).parameters:
-                raise IrtoolError("--router: this irtool cannot load LoRA-IR routers yet (LoRA-IR support is not installed)")
-            kwargs["router"] = router
-        model = load_model(path, device=device, trust=options.trust, **kwargs)
+        model = load_model(path, device=device, trust=options.trust, router=router, config=options.config,
+                           router_config=options.router_config)
         calibration = None
         if not hasattr(model, "classify"):
             calibration, warning = find_calibration(path, model, options.calibration)

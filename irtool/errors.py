@@ -6,6 +6,10 @@ Imports nothing.
 """
 
 
+class ConfigGuessWarning(UserWarning):
+    """A config field the weights cannot show (such as top_k) was assumed rather than read; state it to be sure."""
+
+
 class IrtoolError(Exception):
     """Base class: a problem with an input, a file or an option, never a bug in irtool."""
 

@@ -45,6 +45,14 @@ from .io import FILE_MODE
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 NOISE_STREAMS = ("shared", "fresh")
+#: --save-format: how restored images are written. The protocols score the float output, so only a float32 TIFF
+#: lets the figures be recomputed exactly from the files; a 16-bit PNG is within about 1e-5 dB, an 8-bit PNG (for
+#: looking at) up to about 1e-3 dB off.
+SAVE_FORMATS = {
+    "png8": ("png", "8-bit PNG: for viewing; scores recomputed from it differ by up to ~1e-3 dB"),
+    "png16": ("png", "16-bit PNG: lossless to 1/65535; scores recomputed from it agree to ~1e-5 dB"),
+    "tiff": ("tif", "float32 TIFF: the exact float output; scores recomputed from it are the report's"),
+}
 
 
 @dataclass
@@ -57,7 +65,12 @@ class EvalOptions:
     noise_stream: str = "shared"  #: "shared": one seed-0 stream for all noise sets in the call; "fresh": reseed each
     limit: int | None = None  #: only the first N images of each dataset
     save_images: Path | None = None
+    save_format: str = "png8"  #: one of SAVE_FORMATS: how --save-images writes the restored images
     save_inputs: Path | None = None
+
+    def check(self) -> None:
+        if self.save_format not in SAVE_FORMATS:
+            raise IrtoolError(f"--save-format {self.save_format}: one of {', '.join(SAVE_FORMATS)}")
 
 
 @dataclass
@@ -169,6 +182,8 @@ class EvalReport:
     reported_from: str | None = None  #: manifest entry the paper's figures come from
     reported: dict[str, dict[str, float]] = field(default_factory=dict)  #: {dataset: {psnr, ssim}} from that entry
     datasets: list[DatasetReport] = field(default_factory=list)
+    #: where --save-images wrote the restored images, in which format, and what that format keeps
+    saved_images: dict[str, str] | None = None
     started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     complete: bool = False
     irtool: str = __version__
@@ -215,6 +230,7 @@ class EvalReport:
                 "reported_from": self.reported_from,
                 "reported": self.reported,
                 "average": self.average,
+                "saved_images": self.saved_images,
                 "datasets": datasets,
             }
         )
@@ -267,6 +283,7 @@ def new_report(
     reported_from: str | None = None,
     reported: dict[str, dict[str, float]] | None = None,
 ) -> EvalReport:
+    options.check()
     config = getattr(model, "config", None)
     info = {
         "source": source,
@@ -281,6 +298,10 @@ def new_report(
         options={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
         reported_from=reported_from,
         reported=dict(reported or {}),
+        saved_images=None if options.save_images is None else {
+            "folder": str(options.save_images), "format": options.save_format,
+            "keeps": SAVE_FORMATS[options.save_format][1],
+        },
     )
 
 
@@ -359,14 +380,24 @@ def _folder(dataset: str) -> str:
     return dataset.replace(":", "-")
 
 
-def _write_png(path: Path, array: np.ndarray, protected: set[Path]) -> None:
-    """Write a uint8 RGB PNG atomically through irtool.io, never over one of the dataset's own files (outputs of an
-    earlier eval run are replaced)."""
+def _write_image(path: Path, array: np.ndarray, protected: set[Path], fmt: str = "png") -> None:
+    """Write an RGB image (uint8, uint16 or float32 in [0, 1]) atomically through irtool.io, never over one of the
+    dataset's own files (outputs of an earlier eval run are replaced)."""
     from . import io as image_io
 
     if path.resolve() in protected:
         raise IrtoolError(f"{path}: refusing to overwrite a dataset file; choose another output folder")
-    image_io.write_image(path, image_io.from_array(array), fmt="png", overwrite=True)
+    image_io.write_image(path, image_io.from_array(array), fmt=fmt, overwrite=True)
+
+
+def _saved(restored: torch.Tensor, save_format: str) -> np.ndarray:
+    """The (1, 3, H, W) float output in [0, 1] as the (H, W, 3) array --save-format writes."""
+    hwc = restored[0].permute(1, 2, 0).float().cpu()
+    if save_format == "tiff":
+        return hwc.numpy().astype(np.float32)
+    if save_format == "png16":
+        return (hwc.double() * 65535.0).round().to(torch.int32).numpy().astype(np.uint16)
+    return (hwc * 255.0).round().to(torch.uint8).numpy()
 
 
 def _tiled_restorer(model: nn.Module, options: EvalOptions, device: torch.device) -> Any:
@@ -504,7 +535,7 @@ def _evaluate_sample(
     stem = Path(sample.name).stem
     try:
         if options.save_inputs:
-            _write_png(Path(options.save_inputs) / _folder(dataset) / f"{stem}.png", sample.lq, protected)
+            _write_image(Path(options.save_inputs) / _folder(dataset) / f"{stem}.png", sample.lq, protected)
         if sample.lq.shape != sample.gt.shape:
             raise metrics.MetricError(
                 f"input is {sample.lq.shape[1]}x{sample.lq.shape[0]} px but its ground truth {sample.gt_path.name} "
@@ -533,8 +564,9 @@ def _evaluate_sample(
                 _to_input(sample.lq, device), gt, protocol, crop_border=border
             )
         if options.save_images:
-            image = (restored[0] * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-            _write_png(Path(options.save_images) / _folder(dataset) / f"{stem}.png", image, protected)
+            fmt, _ = SAVE_FORMATS[options.save_format]
+            _write_image(Path(options.save_images) / _folder(dataset) / f"{stem}.{fmt}",
+                         _saved(restored, options.save_format), protected, fmt="tiff" if fmt == "tif" else fmt)
     except IrtoolError as exc:
         result.error = f"{sample.name}: {exc}" if not str(exc).startswith(sample.name) else str(exc)
     except torch.OutOfMemoryError:

@@ -31,6 +31,8 @@ class RestoreOptions:
     model: str | None = None  #: manifest name (or a checkpoint path)
     weights: str | None = None  #: checkpoint file or folder
     router: str | None = None  #: LoRA-IR's second file, passed through to load_model
+    config: dict[str, Any] | None = None  #: config fields the weights cannot show (load_model's `config`)
+    router_config: dict[str, Any] | None = None  #: the same for LoRA-IR's router (load_model's `router_config`)
     calibration: str | None = None  #: routing calibration file (default: beside the weights)
     trust: bool = False  #: allow checkpoints that need arbitrary pickled objects
     device: str = "auto"  #: auto, cpu, cuda, cuda:N, mps
@@ -54,7 +56,7 @@ class RestoreOptions:
         if self.tile < 0 or self.tile_overlap < 0 or self.batch_size < 1 or self.workers < 1 or self.route_size < 0:
             raise IrtoolError("--tile, --tile-overlap and --route-size must be >= 0; --batch-size and --workers >= 1")
         if self.tile and self.tile < 16:
-            raise IrtoolError(f"--tile {self.tile}: too small (use 0 for whole images, or at least 64)")
+            raise IrtoolError(f"--tile {self.tile}: too small (use 0 for whole images, or at least 16)")
         if self.overwrite and self.skip_existing:
             raise IrtoolError("--overwrite and --skip-existing contradict each other; pick one")
         if not 1 <= self.quality <= 100:

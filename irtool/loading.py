@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from . import weights
 from .archs import ARCHS, ArchSpec
-from .errors import CheckpointError, UnsafeCheckpointError
+from .errors import CheckpointError, ConfigGuessWarning, UnsafeCheckpointError
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
 
@@ -224,25 +225,78 @@ def _mismatch(model: nn.Module, sd: Mapping[str, Tensor]) -> str | None:
     return "; ".join(parts) or None
 
 
-def build_model(sd: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None, path: str | Path = "checkpoint") -> nn.Module:
-    """Build the detected network and load `sd` into it strictly (CPU, fp32, eval mode)."""
-    spec, config = detect(sd, path)
+def _fits(spec: ArchSpec, config: Any, sd: Mapping[str, Tensor]) -> str | None:
+    """Why a network of `config` cannot hold `sd` (None if it can), found on the meta device: nothing is allocated, so
+    a config that claims a huge network costs nothing to refuse."""
+    with torch.device("meta"):
+        return _mismatch(spec.build(config), sd)
+
+
+def _with_fields(spec: ArchSpec, config: Any, fields: Mapping[str, Any], path: str | Path) -> Any:
+    """`config` with the caller's `fields` put in (CheckpointError naming an unknown field or a bad value)."""
+    known = config.to_dict()
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise CheckpointError(
+            f"{path}: a {spec.title} config has no field {', '.join(unknown)} (its fields: {', '.join(known)})"
+        )
+    try:
+        return spec.config_from_dict({**known, **fields})
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: {spec.title} config {_stated(fields)}: {_first_line(exc)}") from None
+
+
+def _stated(fields: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in fields.items())
+
+
+def build_model(
+    sd: Mapping[str, Tensor],
+    metadata: Mapping[str, str] | None = None,
+    path: str | Path = "checkpoint",
+    config: Mapping[str, Any] | None = None,
+    *,
+    option: str = "config",
+) -> nn.Module:
+    """Build the detected network and load `sd` into it strictly (CPU, fp32, eval mode).
+
+    The config comes from the shapes, then from the file's recorded `irtool.config` metadata when that fits the
+    tensors, then from `config`: fields the caller states (what shapes cannot show, such as top_k or the router's
+    head count). A field that changes the outputs but was neither recorded, stated, nor known from a released variant
+    is assumed, with a `ConfigGuessWarning` saying how to state it (`option` names the keyword, e.g. router_config).
+    """
+    spec, inferred = detect(sd, path)
     if spec.obsolete_keys:
         sd = {k: v for k, v in sd.items() if k not in spec.obsolete_keys}
+    chosen, stated = inferred, set()
     # A converted checkpoint records its full config (including what shapes cannot show, such as top_k);
     # use it when it names the same architecture and fits the tensors.
     if metadata and metadata.get("irtool.arch") == spec.name and "irtool.config" in metadata:
         try:
             recorded = spec.config_from_dict(json.loads(metadata["irtool.config"]))
-            if _mismatch(spec.build(recorded), sd) is None:
-                config = recorded
-        except (ValueError, TypeError, KeyError):
+            if _fits(spec, recorded, sd) is None:
+                chosen, stated = recorded, set(recorded.to_dict())
+        except (ValueError, TypeError, KeyError, AttributeError):
             pass
-    model = spec.build(config)
+    if config:
+        chosen = _with_fields(spec, chosen, config, path)
+        stated |= set(config)
+        problem = _fits(spec, chosen, sd)
+        if problem:
+            raise CheckpointError(f"{path}: the stated {spec.title} config {_stated(config)} does not fit its tensors: {problem}")
+    model = spec.build(chosen)
     problem = _mismatch(model, sd)
     if problem:
         raise CheckpointError(f"{path}: {spec.title} checkpoint does not match its own structure: {problem}")
     model.load_state_dict(sd, strict=True)
+    assumed = [] if inferred in spec.variants.values() else [f for f in spec.unseen_fields if f not in stated]
+    if assumed:
+        values = ", ".join(f"{f}={json.dumps(getattr(chosen, f))}" for f in assumed)
+        warnings.warn(ConfigGuessWarning(
+            f"{path}: {spec.title} {values} assumed (the weights do not show it); if that is wrong, state it: "
+            f"{option}={{{', '.join(repr(f) + ': ...' for f in assumed)}}} (--{option.replace('_', '-')} "
+            f"{assumed[0]}=VALUE)"
+        ), stacklevel=2)
     return model.eval()
 
 
@@ -356,7 +410,8 @@ def resolve_model_files(source: str | Path, router: str | Path | None = None) ->
     raise CheckpointError(f"{path}: no such file")
 
 
-def _join_lora_ir(ir: nn.Module, files: ModelFiles, *, trust: bool) -> nn.Module:
+def _join_lora_ir(ir: nn.Module, files: ModelFiles, *, trust: bool,
+                  router_config: Mapping[str, Any] | None = None) -> nn.Module:
     """LoRA-IR's restoration network and its router, as one model."""
     from dataclasses import replace
 
@@ -368,7 +423,7 @@ def _join_lora_ir(ir: nn.Module, files: ModelFiles, *, trust: bool) -> nn.Module
             "router='setting1_router.pth' (--router FILE), or load both by the manifest name 'lora_ir.setting1'"
         )
     sd, metadata = read_state_dict(files.router, trust=trust)
-    router = build_model(sd, metadata, files.router)
+    router = build_model(sd, metadata, files.router, router_config, option="router_config")
     if router.arch != "clip_router":
         raise CheckpointError(f"{files.router}: given as the router but it is a {ARCHS[router.arch].title} checkpoint")
     if files.classes is not None:
@@ -391,6 +446,8 @@ def load_model(
     *,
     router: str | Path | None = None,
     trust: bool = False,
+    config: Mapping[str, Any] | None = None,
+    router_config: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Load a MoCE-IR or LoRA-IR model ready for inference (eval mode, no gradients needed).
 
@@ -402,10 +459,14 @@ def load_model(
     router: LoRA-IR only: the router checkpoint (`setting1_router.pth`) that goes with the network in `source`.
         Not needed for a manifest name or a folder holding both files.
     trust: allow checkpoints that need arbitrary pickled objects (runs code from the file: only for trusted files).
+    config: config fields to state for the network, for what its tensors cannot show (MoCE-IR/LoRA-IR `top_k`,
+        LoRA-IR `lora_scaling`), e.g. `{"top_k": 2}`; checked against the tensors. A field left to detection that it
+        can only assume gives a `ConfigGuessWarning`.
+    router_config: the same for LoRA-IR's CLIP router (`num_heads`, `hidden_act`), e.g. `{"num_heads": 3}`.
     """
     files = resolve_model_files(source, router)
     sd, metadata = read_state_dict(files.main, trust=trust)
-    model = build_model(sd, metadata, files.main)
+    model = build_model(sd, metadata, files.main, config)
     del sd
     if model.arch == "clip_router":
         raise CheckpointError(
@@ -413,9 +474,11 @@ def load_model(
             "(setting1_ir.pth) and pass this file as its router"
         )
     if model.arch == "lora_ir":
-        model = _join_lora_ir(model, files, trust=trust)
+        model = _join_lora_ir(model, files, trust=trust, router_config=router_config)
     elif files.router is not None:
         raise CheckpointError(f"{files.main}: a {ARCHS[model.arch].title} checkpoint takes no router file")
+    elif router_config:
+        raise CheckpointError(f"{files.main}: a {ARCHS[model.arch].title} checkpoint has no router to configure")
     model.requires_grad_(False)
     dev = resolve_device(device)
     model = model.to(device=dev, dtype=dtype or torch.float32)

@@ -523,17 +523,18 @@ def known_archs() -> dict[str, str]:
     return {name: spec.title for name, spec in ARCHS.items()}
 
 
-def check_checkpoint(path: str | Path, *, trust: bool = False) -> Checked:
-    """Read a checkpoint safely, detect its architecture and config, and load it strictly (raises CheckpointError)."""
+def check_checkpoint(path: str | Path, *, trust: bool = False, config: Mapping[str, Any] | None = None) -> Checked:
+    """Read a checkpoint safely, detect its architecture and config (with the caller's stated `config` fields), and
+    load it strictly (raises CheckpointError)."""
     from . import loading
     from .archs import ARCHS
 
     path = Path(path)
     sd, metadata = loading.read_state_dict(path, trust=trust)
-    model = loading.build_model(sd, metadata, path)
+    model = loading.build_model(sd, metadata, path, config)
     spec = ARCHS[model.arch]
-    shape_config = spec.infer_config(sd)
-    variant = next((name for name, config in spec.variants.items() if config == shape_config), None)
+    # a released variant only if the whole config is one (a stated top_k=2 on MoCE_IR's shapes is not MoCE_IR)
+    variant = next((name for name, c in spec.variants.items() if c == model.config), None)
     return Checked(path, spec.name, spec.title, model.config, variant, sum(p.numel() for p in model.parameters()), sd)
 
 
@@ -721,6 +722,7 @@ def import_checkpoint(
     role: str | None = None,
     trust: bool = False,
     force: bool = False,
+    config: Mapping[str, Any] | None = None,
 ) -> Imported:
     """Import a checkpoint into the cache as a safetensors copy, so that `load_model(name)` (and `--model NAME`)
     finds it.
@@ -731,6 +733,8 @@ def import_checkpoint(
     role: which file of a multi-file entry this is (LoRA-IR: ir, router); by default read off the architecture.
     trust: allow pickled objects beyond plain tensors in the source (runs code from the file).
     force: replace a different file imported or fetched under the same name and role.
+    config: config fields the tensors cannot show (e.g. {"top_k": 2}, a router's {"num_heads": 3}); checked against
+        the tensors and recorded in the copy's metadata, so later loads need not state them again.
     """
     src = checkpoint_file(path)
     if name is None:
@@ -748,11 +752,9 @@ def import_checkpoint(
     if entry is None:
         check_name(name)
     source_sha256 = sha256_file(src)
-    checked = check_checkpoint(src, trust=trust)
+    checked = check_checkpoint(src, trust=trust, config=config)
     role, variant = _import_target(entry, checked, role, src, source_sha256)
-    from .archs import ARCHS
-
-    config = ARCHS[checked.arch].variants[variant] if variant else checked.config
+    stored = checked.config  # as detected (a released variant's values) plus what the caller stated
     entry_name = entry.name if entry is not None else name
     folder = cache_dir() / entry_name
     copy = folder / f"{role}.safetensors"
@@ -761,7 +763,7 @@ def import_checkpoint(
     if present is not None:
         previous = record.get("source_sha256") or sha256_file(present)
         if previous == source_sha256 and copy.is_file():
-            return Imported(entry_name, role, checked.arch, variant or checked.variant, config.to_dict(), copy, src,
+            return Imported(entry_name, role, checked.arch, variant or checked.variant, stored.to_dict(), copy, src,
                             source_sha256, record.get("sha256") or sha256_file(copy), copy.stat().st_size,
                             entry.local, already=True)
         if previous != source_sha256 and not force:
@@ -772,7 +774,7 @@ def import_checkpoint(
             )
         if previous != source_sha256 and present != copy:
             present.unlink()  # the fetched original is another file now; keep the cache consistent
-    metadata = _metadata(checked, config, name=entry_name, role=role, source=src, source_sha256=source_sha256)
+    metadata = _metadata(checked, stored, name=entry_name, role=role, source=src, source_sha256=source_sha256)
     _write_safetensors(checked.state_dict, metadata, copy)
     sha256 = sha256_file(copy)
     size = copy.stat().st_size
@@ -785,7 +787,7 @@ def import_checkpoint(
     })
     if local:
         _add_local(entry_name, role, checked, src, sha256, size)
-    return Imported(entry_name, role, checked.arch, variant or checked.variant, config.to_dict(), copy, src,
+    return Imported(entry_name, role, checked.arch, variant or checked.variant, stored.to_dict(), copy, src,
                     source_sha256, sha256, size, local)
 
 
@@ -814,10 +816,11 @@ STORE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def convert(path: str | Path, out: str | Path, *, trust: bool = False, force: bool = False,
-            dtype: str | None = None) -> Imported:
+            dtype: str | None = None, config: Mapping[str, Any] | None = None) -> Imported:
     """Write a checkpoint as `out` (.safetensors) with its detected architecture and config in the metadata, after
     loading it strictly; the cache is not touched. The result loads without pickle, and without --trust-checkpoint.
-    `dtype` (fp32, fp16, bf16) stores the floating-point tensors in that precision; None keeps them as they are."""
+    `dtype` (fp32, fp16, bf16) stores the floating-point tensors in that precision; None keeps them as they are.
+    `config`: fields the tensors cannot show (as for `import_checkpoint`), recorded with the rest."""
     if dtype is not None and dtype not in STORE_DTYPES:
         raise IrtoolError(f"--dtype {dtype}: not one of {', '.join(STORE_DTYPES)}")
     src = checkpoint_file(path)
@@ -829,7 +832,7 @@ def convert(path: str | Path, out: str | Path, *, trust: bool = False, force: bo
     if out.exists() and not force:
         raise IrtoolError(f"{out}: exists; pass --force to overwrite it")
     source_sha256 = sha256_file(src)
-    checked = check_checkpoint(src, trust=trust)
+    checked = check_checkpoint(src, trust=trust, config=config)
     role, _ = _role_for(checked.arch)
     name = derive_name(src) or out.stem
     sd = checked.state_dict

@@ -6,6 +6,12 @@ import torch
 
 from irtool.archs.moce_ir import MoCEIR, MoCEIRConfig
 
+#: Outputs of order 1 computed twice by *different* module instances or code paths (a loaded copy, a padded call, a
+#: broadcast routing) agree only to fp32 rounding: the same sums in another order or blocking differ by a few ulps
+#: (eps 1.2e-7) per op, about 2e-7 measured on the tiny configs; 1e-6 leaves room for any x86-64 CPU and thread count
+#: while still catching a real difference (a wrong expert or weight moves outputs by > 1e-3).
+FP32_ATOL = 1e-6
+
 #: not a released config: 3 levels, 3 experts top-2, biased, BiasFree, 2.66 FFN, constant ranks
 ODD = MoCEIRConfig(
     dim=8,

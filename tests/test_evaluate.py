@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from irtool import datasets as ds
 from irtool import evaluate
 from irtool.archs.moce_ir import VARIANTS
 from irtool.cli import app
+from irtool.errors import IrtoolError
 
 runner = CliRunner()
 
@@ -305,3 +307,34 @@ def test_ctrl_c_keeps_the_finished_images_in_the_report_files(tmp_path, checkpoi
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["complete"] is False and [r["file"] for r in data["datasets"][0]["images"]] == ["rain-001.png"]
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("save_format,bound", [("tiff", 0.0), ("png16", 1e-4), ("png8", None)])
+def test_saved_images_recompute_the_reported_scores_as_their_format_promises(tmp_path, tiny_model, save_format, bound):
+    """The protocols score the float output: a float32 TIFF gives back exactly those scores (bit for bit: the same
+    values through the same metric code), a 16-bit PNG within 1e-4 dB (1/65535 quantisation), an 8-bit PNG is for
+    viewing; the report says which was written."""
+    from irtool import io as image_io
+    from irtool import metrics
+
+    made = make_moce_layout(tmp_path / "data")
+    out = tmp_path / "restored"
+    report, _ = _evaluate(tiny_model, ["rain100l"], tmp_path / "data", save_images=out, save_format=save_format)
+    assert report.saved_images["format"] == save_format and report.to_dict()["saved_images"] == report.saved_images
+    d = report.datasets[0]
+    suffix, depth = {"tiff": (".tif", np.float32), "png16": (".png", np.uint16), "png8": (".png", np.uint8)}[save_format]
+    for result, lq_path in zip(d.images, made["rain100l"]):
+        saved = image_io.read_image(out / "rain100l" / (Path(result.file).stem + suffix))
+        assert saved.dtype == depth
+        if bound is None:
+            continue
+        gt_path = lq_path.parent.parent / "gt" / lq_path.name.replace("rain-", "norain-")
+        gt = ds.centre_crop(np.array(Image.open(gt_path).convert("RGB")), 16)
+        restored = torch.from_numpy(saved.rgb.transpose(2, 0, 1).copy())[None]
+        psnr, ssim = metrics.psnr_ssim(restored, torch.from_numpy(gt.transpose(2, 0, 1).copy()), d.protocol)
+        if bound == 0.0:
+            assert (psnr, ssim) == (result.psnr, result.ssim)
+        else:
+            assert abs(psnr - result.psnr) < bound and abs(ssim - result.ssim) < bound
+    with pytest.raises(IrtoolError, match="--save-format jpeg: one of png8, png16, tiff"):
+        evaluate.EvalOptions(save_format="jpeg").check()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ODD, make_images, random_moce
+from helpers import FP32_ATOL, ODD, make_images, random_moce
 
 import irtool
 from irtool.archs.moce_ir import VARIANTS
@@ -73,7 +73,8 @@ def test_every_format_round_trips(tmp_path, layout, filename, config_name):
     if config.top_k == 1:
         x = make_images(2, 24, 32)
         with torch.no_grad():
-            assert torch.equal(loaded(x), original(x))
+            # two module instances: equal to fp32 rounding, not bit for bit (see FP32_ATOL)
+            torch.testing.assert_close(loaded(x), original(x), atol=FP32_ATOL, rtol=0)
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
 
 
@@ -87,7 +88,7 @@ def test_converted_safetensors_metadata_restores_what_shapes_cannot_show(tmp_pat
     assert loaded.config == ODD
     x = make_images(2, 16, 16)
     with torch.no_grad():
-        assert torch.equal(loaded(x), original(x))
+        torch.testing.assert_close(loaded(x), original(x), atol=FP32_ATOL, rtol=0)  # two instances: FP32_ATOL
     # metadata that contradicts the tensors is ignored in favour of the shapes
     wrong = {"irtool.arch": "moce_ir", "irtool.config": json.dumps({**ODD.to_dict(), "dim": 12})}
     save_file(original.state_dict(), str(tmp_path / "wrong.safetensors"), metadata=wrong)

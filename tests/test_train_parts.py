@@ -90,6 +90,27 @@ def test_presets_carry_the_official_recipes():
     assert PRESETS["moce_ir_s-aio3"].variant == "MoCE_IR_S" and aio3.variant == "MoCE_IR"
 
 
+def test_toml_configs_read_on_pythons_without_tomllib(tmp_path, monkeypatch):
+    """Python 3.10 has no tomllib: tomli (same API, installed there with irtool) stands in; without either, one line."""
+    import sys
+    import types
+
+    from irtool.train.presets import ConfigError, read_config_file
+
+    (tmp_path / "c.toml").write_text('batch_size = 2\nmodel = { dim = 24 }\n')
+    calls = []
+    backport = types.ModuleType("tomli")
+    backport.loads = lambda text: calls.append(text) or {"batch_size": 2, "model": {"dim": 24}}
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # as on 3.10: `import tomllib` raises ImportError
+    monkeypatch.setitem(sys.modules, "tomli", backport)
+    assert read_config_file(tmp_path / "c.toml") == {"batch_size": 2, "model": {"dim": 24}} and len(calls) == 1
+    monkeypatch.setitem(sys.modules, "tomli", None)
+    with pytest.raises(ConfigError, match="TOML config files need Python 3.11, or the tomli package"):
+        read_config_file(tmp_path / "c.toml")
+    (tmp_path / "c.json").write_text('{"batch_size": 2}')
+    assert read_config_file(tmp_path / "c.json") == {"batch_size": 2}  # JSON needs neither
+
+
 def test_config_layers_and_round_trip(tmp_path):
     (tmp_path / "c.toml").write_text('batch_size = 2\nmodel = { dim = 24 }\nreweight = "art"\n')
     config = resolve(None, tmp_path / "c.toml", {"lr": 1e-3, "steps": 10}, clean_dir=str(tmp_path), tasks=["noise", "rain"])

@@ -142,6 +142,17 @@ def test_the_schema_rejects_broken_entries(break_it, complaint):
     assert any(complaint in m for m in messages), messages
 
 
+def _nested_dicts(obj):
+    """Every dict inside a JSON value (the manifest's measured figures nest their commands)."""
+    if isinstance(obj, dict):
+        yield obj
+        for value in obj.values():
+            yield from _nested_dicts(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _nested_dicts(value)
+
+
 def test_manifest_facts_the_schema_cannot_state():
     models = json.loads((REPO / "weights_manifest.json").read_text())["models"]
     names = [n.lower() for n in models] + [a.lower() for e in models.values() for a in e.get("aliases", [])]
@@ -164,6 +175,12 @@ def test_manifest_facts_the_schema_cannot_state():
             mean_ssim = sum(s["ssim"] for s in scores.values()) / len(scores)
             assert abs(entry["reported"]["average"]["psnr"] - mean_psnr) < 0.01, name
             assert abs(entry["reported"]["average"]["ssim"] - mean_ssim) < 0.0015, name
+    for name, entry in models.items():  # commands are recorded as a user retypes them: no machine's own paths
+        record = entry.get("training") or {}
+        commands = [record.get("command", "")] + [m.get("command", "") for m in _nested_dicts(entry.get("measured"))]
+        for command in filter(None, commands):
+            absolute = [w for w in command.split() if w.startswith(("/", "~")) or w[1:3] == ":\\"]
+            assert not absolute, f"{name}: machine-specific paths {absolute} in {command!r}; use PHOTOS/..., RUN"
     lora = models["lora_ir.setting1"]
     assert {f["role"]: f["arch"] for f in lora["files"]} == {"ir": "lora_ir", "router": "clip_router"}
     assert all(f["url"].startswith("https://huggingface.co/shallowdream204/LoRA-IR/resolve/main/") for f in lora["files"])
@@ -171,9 +188,9 @@ def test_manifest_facts_the_schema_cannot_state():
 
 
 def test_schema_and_manifest_are_package_data():
-    import tomllib
+    from irtool.train.presets import toml_loads
 
-    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["irtool"]
+    patterns = toml_loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["irtool"]
     for name in (weights.SCHEMA_NAME, weights.MANIFEST_NAME):
         assert (REPO / "irtool" / name).is_file() and any(fnmatch(name, p) for p in patterns), name
     assert (REPO / "irtool" / weights.MANIFEST_NAME).resolve() == (REPO / weights.MANIFEST_NAME).resolve()

@@ -25,6 +25,9 @@ class ArchSpec:
     variants: Mapping[str, Any]
     #: keys some checkpoints carry that hold nothing this network needs (dropped before the strict load)
     obsolete_keys: tuple[str, ...] = ()
+    #: config fields that change the outputs but leave no trace in the tensors: detection can only assume them
+    #: (the released value when the shapes are a released variant's), so a caller may state them
+    unseen_fields: tuple[str, ...] = ()
 
 
 ARCHS: dict[str, ArchSpec] = {
@@ -36,6 +39,7 @@ ARCHS: dict[str, ArchSpec] = {
         config_from_dict=moce_ir.MoCEIRConfig.from_dict,
         build=moce_ir.MoCEIR,
         variants=moce_ir.VARIANTS,
+        unseen_fields=moce_ir.UNSEEN_FIELDS,
     ),
     # LoRA-IR comes as two files: the restoration network and its CLIP router (`irtool.load_model` joins them).
     "lora_ir": ArchSpec(
@@ -46,6 +50,7 @@ ARCHS: dict[str, ArchSpec] = {
         config_from_dict=lora_ir.LoRAIRNetConfig.from_dict,
         build=lora_ir.LoRAIRNet,
         variants=lora_ir.VARIANTS,
+        unseen_fields=lora_ir.UNSEEN_FIELDS,
     ),
     "clip_router": ArchSpec(
         name="clip_router",
@@ -56,6 +61,7 @@ ARCHS: dict[str, ArchSpec] = {
         build=clip_router.CLIPRouter,
         variants=clip_router.VARIANTS,
         obsolete_keys=clip_router.OBSOLETE_KEYS,
+        unseen_fields=clip_router.UNSEEN_FIELDS,
     ),
 }
 

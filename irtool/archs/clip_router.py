@@ -56,7 +56,8 @@ class CLIPRouterConfig:
 
     hidden_size: int = 1024
     num_layers: int = 24
-    #: attention heads; not visible in the weights, so detection takes it from a matching variant (else 64 per head)
+    #: attention heads; not visible in the weights, so detection takes it from a matching variant, else assumes
+    #: CLIP's 64 channels per head and warns (state it: `load_model(..., router_config={"num_heads": N})`)
     num_heads: int = 16
     intermediate_size: int = 4096
     image_size: int = 336
@@ -412,6 +413,10 @@ _SIGNATURE = (
 def detect(sd: Mapping[str, Tensor]) -> bool:
     """True when the (canonical) state dict has the router's signature keys."""
     return all(k in sd for k in _SIGNATURE)
+
+
+#: what the tensors cannot show: how attention splits the hidden width, and the MLP activation
+UNSEEN_FIELDS = ("num_heads", "hidden_act")
 
 
 def infer_config(sd: Mapping[str, Tensor]) -> CLIPRouterConfig:

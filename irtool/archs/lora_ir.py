@@ -668,6 +668,10 @@ def detect(sd: Mapping[str, Tensor]) -> bool:
     return all(k in sd for k in _SIGNATURE)
 
 
+#: what the tensors cannot show: experts per image and the LoRA scale (both multiply weights the file holds)
+UNSEEN_FIELDS = ("top_k", "lora_scaling")
+
+
 def infer_config(sd: Mapping[str, Tensor]) -> LoRAIRNetConfig:
     """Read the config off the tensors. `top_k` and the training size do not show; they get the released values."""
     width, in_channels = sd["intro.conv.weight"].shape[:2]

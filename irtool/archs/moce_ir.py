@@ -977,6 +977,10 @@ def detect(sd: Mapping[str, Tensor]) -> bool:
     return all(k in sd for k in _SIGNATURE)
 
 
+#: what the tensors cannot show: how many experts each token takes (a top-2 router has the same weights)
+UNSEEN_FIELDS = ("top_k",)
+
+
 def infer_config(sd: Mapping[str, Tensor]) -> MoCEIRConfig:
     """Read the full config off the tensors (raises KeyError/ValueError on a malformed state dict)."""
     dim, in_channels = sd["patch_embed.proj.weight"].shape[:2]

@@ -241,6 +241,20 @@ class TrainConfig:
             raise ConfigError(f"training config: {exc}") from None
 
 
+def toml_loads(text: str) -> dict[str, Any]:
+    """Parse TOML: the standard library's tomllib (Python 3.11+), else tomli, its backport (installed with irtool on
+    Python 3.10), which has the same API."""
+    try:
+        import tomllib
+    except ImportError:
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ImportError:
+            raise ConfigError("TOML config files need Python 3.11, or the tomli package on older Pythons "
+                              "(pip install tomli); JSON config files need neither") from None
+    return tomllib.loads(text)
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The mapping in a JSON or TOML config file."""
     path = Path(path)
@@ -250,9 +264,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     try:
         if path.suffix.lower() == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
+            data = toml_loads(text)
         else:
             data = json.loads(text)
     except ValueError as exc:
