@@ -732,8 +732,10 @@ def _closing_table(reports: list, max_rows: int = 100):
 
 
 def _after(progress: Any, task: Any) -> Iterator[Any]:
-    """Hides the image bar once the images are done (yields nothing)."""
+    """Stops the image bar once the images are done, before the frame bar starts: rich shows one live display at a
+    time (yields nothing)."""
     progress.update(task, visible=False)
+    progress.stop()
     return
     yield
 
