@@ -885,7 +885,7 @@ def restore(
         disable=quiet or not err.is_terminal,
     )
     frames = Progress(*video.video_progress_columns(), console=err, transient=True, disable=quiet or not err.is_terminal)
-    videos = video.restore_videos(video_jobs, restorer, video_options, frames) if video_jobs else iter(())
+    videos = video.restore_videos(video_jobs, restorer, video_options, frames)  # a generator, empty without videos
     # closing(): on Ctrl-C the engine cancels queued work at once; writes already started finish atomically
     with progress, contextlib.closing(stream):  # type: ignore[arg-type]
         task = progress.add_task("restore", total=len(jobs), rate="", visible=bool(jobs))
