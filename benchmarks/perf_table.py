@@ -74,7 +74,11 @@ def markdown(reports: list[dict]) -> str:
             parts = ""
             if r["breakdown_ms"]:
                 total = sum(r["breakdown_ms"].values()) or 1.0
-                parts = " / ".join(f"{100 * r['breakdown_ms'][k] / total:.0f}%" for k in ("router", "experts", "trunk"))
+                shares = {k: f"{100 * v / total:.0f}%" for k, v in r["breakdown_ms"].items()}
+                if set(shares) == {"router", "experts", "trunk"}:
+                    parts = " / ".join(shares[k] for k in ("router", "experts", "trunk"))
+                else:  # a model without separate experts (LoRA-IR merges them into the convs): name the parts
+                    parts = " / ".join(f"{k} {v}" for k, v in shares.items())
             lines.append(
                 f"| {name} | {case} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['megapixels_per_s']:.3f} | "
                 f"{r['peak_memory_mb']:.0f} ({r['memory_kind']}) | {check} | {parts} |"

@@ -483,8 +483,9 @@ def _measure(model: nn.Module, device: torch.device, plan: BenchPlan, x: Tensor,
     row.p90_ms = round(float(np.percentile(ms, 90)), 3)
     row.min_ms = round(float(ms.min()), 3)
     pixels = x.shape[0] * x.shape[-2] * x.shape[-1]
-    row.megapixels_per_s = round(pixels / 1e6 / (row.median_ms / 1000), 4)
-    row.images_per_s = round(x.shape[0] / (row.median_ms / 1000), 4)
+    # 4 significant figures, not 4 decimals: a slow case (0.0017 MP/s) keeps its precision too
+    row.megapixels_per_s = float(f"{pixels / 1e6 / (row.median_ms / 1000):.4g}")
+    row.images_per_s = float(f"{x.shape[0] / (row.median_ms / 1000):.4g}")
     row.routing = _routing_counts(result)
     output = result.output.float().clone()
 

@@ -6,7 +6,8 @@ MoCE-IR routes per layer, not per degradation class, so its decisions need a dic
 router logits of every MoCE layer, concatenated (L layers x E experts values). The classifier is a nearest centroid
 under a shared per-feature scale (diagonal LDA): the distance to each class centroid becomes a confidence through a
 softmax whose temperature is fitted on held-out images, and a signature far from every centroid is "unknown".
-Accuracy is measured by leave-one-photo-out cross-validation, so it says how well unseen photos are named.
+Accuracy is measured by leave-one-photo-out cross-validation, so it says how well unseen photos are named; a class
+named right less often than `min_accuracy` there (70% by default) is reported as "unknown" rather than guessed.
 
 A calibration file (`<weights file>.calibration.json`) records the fingerprint of the weights it was made with
 (sha256 over the state dict's names, dtypes, shapes and bytes, so it survives conversion between .ckpt and
@@ -111,6 +112,8 @@ class Calibration:
     per_class_accuracy: dict[str, float] = field(default_factory=dict)
     confusion: list[list[int]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    #: classes whose leave-one-photo-out accuracy is below this are answered "unknown" (their names are guesses)
+    min_accuracy: float = 0.0
 
     @property
     def dims(self) -> int:
@@ -121,6 +124,11 @@ class Calibration:
         diff = (features[:, None, :] - self.centroids[None]) / self.scale
         return (diff**2).mean(axis=-1)
 
+    @property
+    def unreliable(self) -> list[str]:
+        """The classes answered "unknown": held-out accuracy below `min_accuracy`."""
+        return [c for c in self.classes if self.per_class_accuracy.get(c, 1.0) < self.min_accuracy]
+
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         return _softmax(-self.distances(features) * self.dims / (2.0 * self.temperature))
 
@@ -130,10 +138,11 @@ class Calibration:
             return [("unknown", None)] * features.shape[0]
         dist = self.distances(features)
         probs = _softmax(-dist * self.dims / (2.0 * self.temperature))
+        unreliable = set(self.unreliable)
         out: list[tuple[str, float | None]] = []
         for d, p in zip(dist, probs):
             best = int(np.argmax(p))
-            if d[best] > self.reject_distance:
+            if d[best] > self.reject_distance or self.classes[best] in unreliable:
                 out.append(("unknown", None))
             else:
                 out.append((self.classes[best], float(p[best])))
@@ -160,6 +169,8 @@ class Calibration:
             "reject_distance": self.reject_distance,
             "accuracy": self.accuracy,
             "per_class_accuracy": self.per_class_accuracy,
+            "min_accuracy": self.min_accuracy,
+            "unreliable": self.unreliable,
             "confusion": self.confusion,
             "info": self.info,
         }
@@ -201,6 +212,7 @@ class Calibration:
                 per_class_accuracy=dict(data.get("per_class_accuracy", {})),
                 confusion=list(data.get("confusion", [])),
                 info=dict(data.get("info", {})),
+                min_accuracy=float(data.get("min_accuracy", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"{path}: damaged calibration file ({exc})") from None
@@ -237,9 +249,11 @@ def fit(
     layers: int = 0,
     experts: int = 0,
     info: dict[str, Any] | None = None,
+    min_accuracy: float = 0.0,
 ) -> Calibration:
     """Fit the classifier on (N, D) signatures with their class labels; `groups` (the source photo of each sample)
-    drive leave-one-photo-out cross-validation, which gives the accuracy and the softmax temperature."""
+    drive leave-one-photo-out cross-validation, which gives the accuracy and the softmax temperature.
+    min_accuracy: classes named right less often than this (held out) are answered "unknown"."""
     classes = list(classes or dict.fromkeys(labels))
     index = {name: i for i, name in enumerate(classes)}
     y = np.array([index[name] for name in labels])
@@ -291,6 +305,7 @@ def fit(
         per_class_accuracy=per_class,
         confusion=confusion.tolist(),
         info=info or {},
+        min_accuracy=min_accuracy,
     )
 
 
@@ -386,6 +401,7 @@ def calibrate(
     device: torch.device | str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     info: dict[str, Any] | None = None,
+    min_accuracy: float = 0.0,
 ) -> Calibration:
     """Route degraded crops of clean `photos` (uint8 RGB arrays) through `route` and fit the classifier.
 
@@ -436,6 +452,7 @@ def calibrate(
         layers=layers,
         experts=experts,
         info=meta,
+        min_accuracy=min_accuracy,
     )
 
 

@@ -22,8 +22,8 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
-from . import __version__
-from .errors import ConfigGuessWarning, IrtoolError
+from . import __version__, jsonout
+from .errors import ConfigGuessWarning, IrtoolError, UsageError
 
 app = typer.Typer(
     name="irtool",
@@ -77,6 +77,8 @@ def command(*args: Any, typer_app: typer.Typer | None = None, **kwargs: Any) -> 
                     warnings.simplefilter("always", ConfigGuessWarning)
                     warnings.showwarning = _warning_line
                     return fn(*a, **kw)
+            except UsageError as exc:
+                fail(str(exc), code=2)
             except IrtoolError as exc:
                 fail(str(exc))
 
@@ -95,7 +97,7 @@ def _version_callback(value: bool) -> None:
 def _main(
     version: Annotated[
         Optional[bool],
-        typer.Option("--version", "-V", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+        typer.Option("--version", "-V", callback=_version_callback, is_eager=True, metavar="", help="Print the version and exit."),
     ] = None,
 ) -> None:
     """All-in-one image restoration: remove noise, rain, haze, blur and low light with MoCE-IR or LoRA-IR."""
@@ -129,9 +131,9 @@ def _fields(values: Optional[list[str]], flag: str) -> Optional[dict[str, Any]]:
 def inspect(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint file (.ckpt, .pth, .pt, .safetensors), folder or manifest name.")],
     trust_checkpoint: Annotated[
-        bool, typer.Option("--trust-checkpoint", help="Allow pickled objects beyond plain tensors (runs code from the file).")
+        bool, typer.Option("--trust-checkpoint", metavar="", help="Allow pickled objects beyond plain tensors (runs code from the file).")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON object instead of a table.")] = False,
     config: Annotated[Optional[list[str]], _CONFIG_OPTION] = None,
     router_config: Annotated[Optional[list[str]], _ROUTER_CONFIG_OPTION] = None,
 ) -> None:
@@ -157,7 +159,7 @@ def inspect(
         "moce_layers": getattr(model, "moce_layer_names", []),
     }
     if as_json:
-        typer.echo(json.dumps(info))
+        typer.echo(jsonout.dumps(info))
         return
     from rich.console import Console
     from rich.table import Table
@@ -251,7 +253,7 @@ class _TrainView:
         elif kind == "end":
             self.close()
             if self.as_json:
-                typer.echo(json.dumps(info))
+                typer.echo(jsonout.dumps(info))
                 return
             unit = " dB" if info["metric"] == "psnr" else "%"
             best = (f", best validation {info['metric']} {info['best']:.2f}{unit} at step {info['best_step']}"
@@ -275,13 +277,13 @@ def train(
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder: weights, training state, logs.", rich_help_panel="Run")] = "runs/train",
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Named recipe: moce_ir_s-aio3, moce_ir-aio3, moce_ir_s-aio5, moce_ir-aio5, custom (default).", rich_help_panel="Run")] = None,
     config_file: Annotated[Optional[str], typer.Option("--config-file", help="JSON or TOML file of config fields, laid over the preset (--print-config writes one).", rich_help_panel="Run")] = None,
-    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config as JSON and exit.", rich_help_panel="Run")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint, bit-exactly.", rich_help_panel="Run")] = False,
+    print_config: Annotated[bool, typer.Option("--print-config", metavar="", help="Print the resolved config as JSON and exit.", rich_help_panel="Run")] = False,
+    resume: Annotated[bool, typer.Option("--resume", metavar="", help="Continue the run in --out from its last checkpoint, bit-exactly.", rich_help_panel="Run")] = False,
     device: Annotated[Optional[str], typer.Option("--device", help="auto (default), cpu, cuda, cuda:N, mps; under torchrun each process takes cuda:LOCAL_RANK.", rich_help_panel="Run")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.", rich_help_panel="Run")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the final summary as one JSON object.", rich_help_panel="Run")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the final summary as one JSON object.", rich_help_panel="Run")] = False,
     clean_dir: Annotated[Optional[str], typer.Option("--clean-dir", help="Folder of clean photos, degraded on the fly by --tasks.", rich_help_panel="Data")] = None,
-    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Synthetic degradations for --clean-dir: noise,rain,haze,blur,lowlight,jpeg (default all).", rich_help_panel="Data")] = None,
+    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Synthetic degradations for --clean-dir: noise,rain,haze,blur,defocus,lowlight,jpeg,clean (clean: identity pairs; default all).", rich_help_panel="Data")] = None,
     data_root: Annotated[Optional[str], typer.Option("--data-root", help="Root folder of the benchmark datasets (presets).", rich_help_panel="Data")] = None,
     patch_size: Annotated[Optional[int], typer.Option("--patch-size", help="Training patch side in px (128).", rich_help_panel="Data")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Patches per process and step (8).", rich_help_panel="Data")] = None,
@@ -299,12 +301,13 @@ def train(
     heads: Annotated[Optional[str], typer.Option("--heads", help="Attention heads per level, e.g. 1,2,4,8.", rich_help_panel="Network")] = None,
     experts: Annotated[Optional[int], typer.Option("--experts", help="Complexity experts per MoCE layer (4).", rich_help_panel="Network")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", rich_help_panel="Network")] = None,
-    complexity: Annotated[Optional[bool], typer.Option("--complexity/--no-complexity", help="MoCE-IR's complexity bias in the balance loss (on by default).", rich_help_panel="Network")] = None,
+    complexity: Annotated[Optional[bool], typer.Option("--complexity/--no-complexity", metavar="", help="MoCE-IR's complexity bias in the balance loss (on by default).", rich_help_panel="Network")] = None,
     init: Annotated[Optional[str], typer.Option("--init", help="Start from these weights (LoRA-IR experts: the base stage's; router: a router file's CLIP tower).", rich_help_panel="Network")] = None,
     router: Annotated[Optional[str], typer.Option("--router", help="LoRA-IR base/experts stages: the trained router checkpoint (frozen).", rich_help_panel="Network")] = None,
     loss: Annotated[Optional[str], typer.Option("--loss", help="Pixel loss: l1, psnr (LoRA-IR), ce (LoRA-IR router).", rich_help_panel="Losses")] = None,
     fft_weight: Annotated[Optional[float], typer.Option("--fft-weight", help="FFT-L1 weight (presets 0.1; 0 off).", rich_help_panel="Losses")] = None,
     balance_weight: Annotated[Optional[float], typer.Option("--balance-weight", help="Routing balance loss weight (0.01).", rich_help_panel="Losses")] = None,
+    route_task_weight: Annotated[Optional[float], typer.Option("--route-task-weight", help="MoCE-IR: weight of the routing supervision, a cross-entropy of each layer's gate logits (read out linearly) against the task label (0: off).", rich_help_panel="Losses")] = None,
     reweight: Annotated[Optional[str], typer.Option("--reweight", help="none, or art: Art's active task reweighting.", rich_help_panel="Losses")] = None,
     art_tau: Annotated[Optional[float], typer.Option("--art-tau", help="Art temperature (0.1).", rich_help_panel="Losses")] = None,
     art_ema: Annotated[Optional[float], typer.Option("--art-ema", help="Art moving-average coefficient (0.01).", rich_help_panel="Losses")] = None,
@@ -318,11 +321,11 @@ def train(
     lr_min: Annotated[Optional[float], typer.Option("--lr-min", rich_help_panel="Optimisation")] = None,
     grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", help="Clip the gradient norm (0: off).", rich_help_panel="Optimisation")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 autocast on CUDA), bf16, fp32.", rich_help_panel="Optimisation")] = None,
-    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="Default: on for CUDA.", rich_help_panel="Optimisation")] = None,
-    compile_model: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the training step.", rich_help_panel="Optimisation")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", metavar="", help="Default: on for CUDA.", rich_help_panel="Optimisation")] = None,
+    compile_model: Annotated[Optional[bool], typer.Option("--compile", metavar="", help="torch.compile the training step.", rich_help_panel="Optimisation")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", rich_help_panel="Optimisation")] = None,
     stage: Annotated[Optional[str], typer.Option("--stage", help="LoRA-IR stage: router, base, experts.", rich_help_panel="Network")] = None,
-    train_all: Annotated[Optional[bool], typer.Option("--train-all", help="LoRA-IR expert stage: train every parameter (released code), not only LoRA (paper).", rich_help_panel="Network")] = None,
+    train_all: Annotated[Optional[bool], typer.Option("--train-all", metavar="", help="LoRA-IR expert stage: train every parameter (released code), not only LoRA (paper).", rich_help_panel="Network")] = None,
     ckpt_every: Annotated[Optional[int], typer.Option("--ckpt-every", help="Checkpoint every N steps (and at the end).", rich_help_panel="Run")] = None,
     val_every: Annotated[Optional[int], typer.Option("--val-every", help="Validate every N steps (default: at checkpoints).", rich_help_panel="Run")] = None,
     log_every: Annotated[Optional[int], typer.Option("--log-every", help="Log every N steps (10).", rich_help_panel="Run")] = None,
@@ -337,7 +340,7 @@ def train(
         "num_workers": num_workers, "val_dir": val_dir, "val_count": val_count, "val_size": val_size,
         "arch": arch, "variant": config, "with_complexity": complexity, "init": init, "router": router,
         "pixel_loss": loss, "fft_weight": fft_weight,
-        "balance_weight": balance_weight, "reweight": reweight, "art_tau": art_tau, "art_ema": art_ema, "lr": lr,
+        "balance_weight": balance_weight, "route_task_weight": route_task_weight, "reweight": reweight, "art_tau": art_tau, "art_ema": art_ema, "lr": lr,
         "weight_decay": weight_decay, "steps": steps, "epochs": epochs, "schedule_unit": schedule_unit,
         "warmup": warmup, "schedule_length": schedule_length, "lr_min": lr_min, "grad_clip": grad_clip,
         "precision": precision, "channels_last": channels_last, "compile": compile_model, "seed": seed,
@@ -391,8 +394,8 @@ def _weights_command(*args: Any, **kwargs: Any) -> Callable:
     return command(*args, typer_app=weights_app, **kwargs)
 
 
-_TRUST_OPTION = typer.Option("--trust-checkpoint", help="Allow pickled objects beyond plain tensors (runs code from the file).")
-_JSON_OPTION = typer.Option("--json", help="Print JSON instead of text.")
+_TRUST_OPTION = typer.Option("--trust-checkpoint", metavar="", help="Allow pickled objects beyond plain tensors (runs code from the file).")
+_JSON_OPTION = typer.Option("--json", metavar="", help="Print JSON instead of text.")
 
 
 def _mb(size: Optional[int], approx: bool = False) -> str:
@@ -414,7 +417,7 @@ def weights_list(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
 
     rows = weights.statuses()
     if as_json:
-        typer.echo(json.dumps({"cache": str(weights.cache_dir()), "models": [r.to_dict() for r in rows]}))
+        typer.echo(jsonout.dumps({"cache": str(weights.cache_dir()), "models": [r.to_dict() for r in rows]}))
         return
     from rich.table import Table
 
@@ -439,7 +442,7 @@ def weights_fetch(
         Optional[list[str]],
         typer.Option("--url", help="Download from URL instead of the manifest's; ROLE=URL for an entry with several files."),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Download again even if the file is cached.")] = False,
+    force: Annotated[bool, typer.Option("--force", metavar="", help="Download again even if the file is cached.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the server before giving up.", min=1)] = 30.0,
     retries: Annotated[int, typer.Option(help="Resume this many times after a lost connection.", min=0)] = 2,
     trust_checkpoint: Annotated[bool, _TRUST_OPTION] = False,
@@ -478,7 +481,7 @@ def weights_fetch(
                 console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
                 failed += 1
     if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in results]))
+        typer.echo(jsonout.dumps([r.to_dict() for r in results]))
     else:
         out = _stdout()
         for r in results:
@@ -502,7 +505,7 @@ def weights_import(
     ] = None,
     role: Annotated[Optional[str], typer.Option("--role", help="Which file of a several-file entry: weights, ir or router.")] = None,
     trust_checkpoint: Annotated[bool, _TRUST_OPTION] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace a different file already stored under this name.")] = False,
+    force: Annotated[bool, typer.Option("--force", metavar="", help="Replace a different file already stored under this name.")] = False,
     as_json: Annotated[bool, _JSON_OPTION] = False,
     config: Annotated[Optional[list[str]], _CONFIG_OPTION] = None,
 ) -> None:
@@ -517,7 +520,7 @@ def weights_import(
         got = weights.import_checkpoint(path, name=name, role=role, trust=trust_checkpoint, force=force,
                                         config=_fields(config, "--config"))
     if as_json:
-        typer.echo(json.dumps(got.to_dict()))
+        typer.echo(jsonout.dumps(got.to_dict()))
         return
     what = f"{got.arch} {got.variant}" if got.variant else got.arch
     verb = "was already imported as" if got.already else "imported as"
@@ -541,7 +544,7 @@ def weights_verify(
         results = weights.verify(name, trust=trust_checkpoint)
     bad = [r for r in results if not r.ok]
     if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in results]))
+        typer.echo(jsonout.dumps([r.to_dict() for r in results]))
     elif not results:
         _stdout().print(f"nothing in the cache to verify ({weights.cache_dir()})")
     else:
@@ -558,7 +561,7 @@ def weights_convert(
     path: Annotated[Path, typer.Argument(help="Checkpoint file (.ckpt, .pth, .pt, .safetensors) or a folder.")],
     out: Annotated[Path, typer.Argument(help="Output .safetensors file.")],
     trust_checkpoint: Annotated[bool, _TRUST_OPTION] = False,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", metavar="", help="Overwrite OUT if it exists.")] = False,
     dtype: Annotated[str | None, typer.Option("--dtype", help="Store floating-point tensors as fp32, fp16 (half the "
                                               "size) or bf16; default: as they are.")] = None,
     as_json: Annotated[bool, _JSON_OPTION] = False,
@@ -571,7 +574,7 @@ def weights_convert(
         got = weights.convert(path, out, trust=trust_checkpoint, force=force, dtype=dtype,
                               config=_fields(config, "--config"))
     if as_json:
-        typer.echo(json.dumps(got.to_dict()))
+        typer.echo(jsonout.dumps(got.to_dict()))
         return
     what = f"{got.arch} {got.variant}" if got.variant else got.arch
     _stdout().print(f"{got.path}: {what}, {_mb(got.size)}, sha256 {got.sha256} (from {got.source})", soft_wrap=True)
@@ -587,7 +590,7 @@ def weights_remove(
 
     got = weights.remove(name)
     if as_json:
-        typer.echo(json.dumps(got.to_dict()))
+        typer.echo(jsonout.dumps(got.to_dict()))
         return
     _stdout().print(f"{got.name}: removed {', '.join(str(p) for p in got.paths) or 'the local entry'} ({_mb(got.freed)} freed)",
                     soft_wrap=True)
@@ -603,7 +606,7 @@ def weights_show(
 
     info = weights.describe(name)
     if as_json:
-        typer.echo(json.dumps(info))
+        typer.echo(jsonout.dumps(info))
         return
     from rich.table import Table
 
@@ -691,6 +694,16 @@ def _device(device: str, gpu: Optional[int]) -> str:
     return f"cuda:{gpu}" if gpu is not None else device
 
 
+def _gpus(gpu: Optional[str]) -> Optional[list[int]]:
+    """`--gpu N`, `--gpu 0,1,3` or `--gpu all` as a list of GPU numbers (None without --gpu)."""
+    from .shard import parse_gpus
+
+    try:
+        return parse_gpus(gpu)
+    except IrtoolError as exc:
+        raise typer.BadParameter(str(exc).split(": ", 1)[-1], param_hint="--gpu") from None
+
+
 def _experts_text(experts: Optional[list]) -> str:
     """Top-1 expert of each MoCE layer as digits ("3333222211"); top-k as "3+1"."""
     if not experts:
@@ -721,13 +734,13 @@ def _closing_table(reports: list, max_rows: int = 100):
     table.add_column("file", overflow="fold")  # long paths wrap rather than lose their file name
     for column, justify in (("degradation", "left"), ("experts", "left"), ("tiles", "right"), ("time", "right")):
         table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    shown = [r for r in reports if r.status != "skipped"][:max_rows]
+    shown = [r for r in reports if r.status not in ("skipped", "exists")][:max_rows]
     for r in shown:
         if r.failed:
             table.add_row(_plain(r.input), "[red]failed[/]", "", "", "")
         else:
             table.add_row(_plain(r.input), _degradation_text(r), _experts_text(r.experts), str(r.tiles), f"{r.seconds:.2f}s")
-    hidden = len([r for r in reports if r.status != "skipped"]) - len(shown)
+    hidden = len([r for r in reports if r.status not in ("skipped", "exists")]) - len(shown)
     return table, hidden
 
 
@@ -748,8 +761,7 @@ def _within(progress: Any, reports: Iterator[Any]) -> Iterator[Any]:
 
 @command(no_args_is_help=True)
 def restore(
-    inputs: Annotated[list[str], typer.Argument(metavar="INPUT...", help="Image or video files, folders (recursive) or globs ('photos/**/*.jpg').", show_default=False)],
-    out_dir: Annotated[str, typer.Argument(metavar="OUTPUT_DIR", help="Folder for the results; it mirrors the input folders' trees.", show_default=False)],
+    paths: Annotated[list[str], typer.Argument(metavar="INPUT... OUTPUT_DIR", help="Image or video files, folders (recursive) or globs ('photos/**/*.jpg'), then the folder for the results (it mirrors the input folders' trees); for one input file, OUTPUT may name the output file (fixed.jpg).", show_default=False)],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help=_MODEL_HELP)] = None,
     weights_file: Annotated[Optional[str], typer.Option("--weights", "-w", help=_WEIGHTS_HELP)] = None,
     router: Annotated[Optional[str], typer.Option("--router", help="LoRA-IR router checkpoint (its second file).")] = None,
@@ -757,39 +769,42 @@ def restore(
     router_config: Annotated[Optional[list[str]], _ROUTER_CONFIG_OPTION] = None,
     calibration: Annotated[Optional[str], typer.Option("--calibration", help="Routing calibration file (default: <weights>.calibration.json, if present).")] = None,
     device: Annotated[str, typer.Option("--device", "-d", help=_DEVICE_HELP)] = "auto",
-    gpu: Annotated[Optional[int], typer.Option("--gpu", "-g", help="Same as --device cuda:N.")] = None,
+    gpu: Annotated[Optional[str], typer.Option("--gpu", "-g", help="N: same as --device cuda:N. 0,1,3 or all: one worker process per GPU (with --device cpu: that many CPU processes).", show_default=False)] = None,
     precision: Annotated[Precision, typer.Option("--precision", help="auto: bf16 autocast on CUDA GPUs that have it, else fp32.")] = Precision.auto,
-    tile: Annotated[int, typer.Option("--tile", "-t", help="Tile side in px (0: whole images; tiles are used anyway after running out of GPU memory).")] = 0,
+    tile: Annotated[int, typer.Option("--tile", "-t", help="Largest tile side in px: as few tiles as keep --tile-overlap, laid out evenly, so they may come out smaller than this (0: whole images; tiles are used anyway for images too large for memory, and after running out of GPU memory).")] = 0,
     tile_overlap: Annotated[int, typer.Option("--tile-overlap", help="Overlap between tiles in px (blended, no seams; at most a quarter of the tile).")] = 32,
-    route_per_tile: Annotated[bool, typer.Option("--route-per-tile", help="Let each tile pick its own experts instead of sharing the whole image's routing.")] = False,
+    route_per_tile: Annotated[bool, typer.Option("--route-per-tile", metavar="", help="Let each tile pick its own experts instead of sharing the whole image's routing.")] = False,
     route_size: Annotated[int, typer.Option("--route-size", help="Longer side (px) of the downscaled copy a tiled image is routed on; 0: full size.")] = 512,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Same-size images (and tiles) per forward pass.")] = 1,
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format (auto: the input's).")] = OutputFormat.auto,
     suffix: Annotated[str, typer.Option("--suffix", help="Appended to output names: photo.jpg -> photo<SUFFIX>.jpg.")] = "",
     quality: Annotated[int, typer.Option("--quality", help="JPEG/WebP quality.")] = 95,
-    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose output exists.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (never inputs).")] = False,
-    max_megapixels: Annotated[float, typer.Option("--max-megapixels", help="Refuse images larger than this.")] = 300.0,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", metavar="", help="Skip inputs whose output exists.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace existing outputs (never inputs).")] = False,
+    max_megapixels: Annotated[Optional[float], typer.Option("--max-megapixels", help="Refuse images larger than this (default: what half of the available memory holds in the tiled path).", show_default=False)] = None,
     workers: Annotated[int, typer.Option("--workers", help="Threads decoding and encoding around the model.")] = 2,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow pickled objects beyond plain tensors (runs code from the file).")] = False,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", metavar="", help="Allow pickled objects beyond plain tensors (runs code from the file).")] = False,
     video_codec: Annotated[VideoCodec, typer.Option("--video-codec", help="Videos: output codec (auto: the input's when irtool can write it, else h264). A container that cannot hold it becomes .mkv.")] = VideoCodec.auto,
     crf: Annotated[Optional[int], typer.Option("--crf", help="Videos: quality, lower is better (default h264 18, hevc 20, vp9 31, av1 30).")] = None,
-    lossless: Annotated[bool, typer.Option("--lossless", help="Videos: FFV1 in RGB (.mkv): the restored pixels exactly, for research.")] = False,
-    route_per_frame: Annotated[bool, typer.Option("--route-per-frame", help="Videos: let every frame pick its experts (can flicker) instead of one routing per shot.")] = False,
+    lossless: Annotated[bool, typer.Option("--lossless", metavar="", help="Videos: FFV1 in RGB (.mkv): the restored pixels exactly, for research.")] = False,
+    route_per_frame: Annotated[bool, typer.Option("--route-per-frame", metavar="", help="Videos: let every frame pick its experts (can flicker) instead of one routing per shot.")] = False,
     cut_threshold: Annotated[float, typer.Option("--cut-threshold", help="Videos: colour-histogram distance (0..1) between frames that counts as a cut.")] = 0.35,
     start: Annotated[Optional[str], typer.Option("--start", help="Videos: restore from this time (seconds or [hh:]mm:ss).")] = None,
     end: Annotated[Optional[str], typer.Option("--end", help="Videos: restore up to this time.")] = None,
-    keep_partial: Annotated[bool, typer.Option("--keep-partial", help="Videos: on Ctrl-C keep a playable <name>.partial<ext> of the frames done.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be written (and each video's streams and frames), then stop (loads no model).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image on stdout instead of the table.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no table.")] = False,
+    keep_partial: Annotated[bool, typer.Option("--keep-partial", metavar="", help="Videos: on Ctrl-C keep a playable <name>.partial<ext> of the frames done.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="List what would be written (and each video's streams and frames), then stop (loads no model).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="One JSON object per image on stdout instead of the table.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar, no table.")] = False,
 ) -> None:
     """Restore images: noise, rain, haze, blur, low light (whatever the model was trained on) are removed.
 
     Reports what the router saw in each image: experts per layer, and a degradation name once the checkpoint is calibrated with `irtool calibrate`. Exit status 1 if any image failed.
     """
-    from .jobs import RestoreOptions, plan
+    from .jobs import EXISTS_HINT, RestoreOptions, plan, split_restore_paths
+    from .shard import world_size
 
+    inputs, out_dir = split_restore_paths(paths)
+    gpus = _gpus(gpu)
     options = RestoreOptions(
         model=model,
         weights=weights_file,
@@ -798,7 +813,7 @@ def restore(
         router_config=_fields(router_config, "--router-config"),
         calibration=calibration,
         trust=trust_checkpoint,
-        device=_device(device, gpu),
+        device=_device(device, gpus[0] if gpus and len(gpus) == 1 and device != "cpu" else None),
         precision=precision.value,
         tile=tile,
         tile_overlap=tile_overlap,
@@ -827,14 +842,30 @@ def restore(
         keep_partial=keep_partial,
     )
     video_options.check()
-    jobs = plan(inputs, out_dir, options)
+    if gpus and len(gpus) > 1 and world_size() == 1 and not dry_run:
+        from .distributed_run import launch
+
+        raise typer.Exit(launch("restore", gpus, device, ("--device", "-d")))
+    ranked = None
+    if world_size() > 1:  # under torchrun: this rank's share of one run (see irtool.distributed_run)
+        from .distributed_run import RankedRestore
+
+        ranked = RankedRestore.start(inputs, out_dir, options)
+        jobs, options = ranked.jobs, ranked.options
+        if not ranked.is_main:
+            try:
+                raise typer.Exit(0 if dry_run else ranked.work())
+            finally:
+                ranked.close()
+    else:
+        jobs = plan(inputs, out_dir, options)
     if any(video.is_video(job.src) for job in jobs):
         jobs = video.retarget(jobs, video_options, overwrite=overwrite, skip_existing=skip_existing)
     err = _stderr()
     if dry_run:
         any_error = False
         for job in jobs:
-            action = "error" if job.error else "skip" if job.skip else "write"
+            action = "error" if job.error else "exists" if job.exists else "skip" if job.skip else "write"
             streams = video.dry_run_streams(job) if action == "write" and video.is_video(job.src) else None
             if isinstance(streams, str):
                 action, job = "error", replace(job, error=streams)
@@ -843,7 +874,7 @@ def restore(
                 line = {"input": str(job.src or job.source), "output": str(job.dst) if job.dst else None, "action": action, "reason": job.error or job.skip}
                 if streams is not None:
                     line["streams"] = [s.to_json() for s in streams]
-                typer.echo(json.dumps(line))
+                typer.echo(jsonout.dumps(line))
             else:
                 typer.echo(f"{action:5}  {job.src or job.source}" + (f" -> {job.dst}" if job.dst and not job.error else "") + (f"  ({job.error or job.skip})" if job.error or job.skip else ""))
                 for info in streams or []:
@@ -859,7 +890,21 @@ def restore(
     video_jobs = [job for job in jobs if video.is_video(job.src)]
     jobs = [job for job in jobs if not video.is_video(job.src)]
     restorer = None
-    if any(not (job.error or job.skip) for job in jobs + video_jobs):
+    reports = []
+    megapixels = 0.0
+
+    def tick(report: Any) -> None:  # one image done, on any rank
+        nonlocal megapixels
+        megapixels += report.megapixels
+        elapsed = time.perf_counter() - started
+        progress.update(task, advance=1, rate=f"{megapixels / elapsed:.2f} MP/s" if elapsed > 0 else "")
+
+    if ranked is not None:
+        restorer = ranked.load()
+        for note in restorer.notes if restorer else []:
+            err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+        stream = ranked.reports(restorer, arrived=tick)
+    elif any(not (job.error or job.skip) for job in jobs + video_jobs):
         from .engine import Restorer, restore_files
 
         restorer = Restorer.load(options)
@@ -868,9 +913,7 @@ def restore(
         stream = restore_files(jobs, restorer)
     else:  # nothing to run: no model to load
         stream = (report_unrunnable(job) for job in jobs)
-    reports = []
     started = time.perf_counter()
-    megapixels = 0.0
     progress = Progress(
         TextColumn("restoring"),
         BarColumn(),
@@ -896,16 +939,18 @@ def restore(
             for warning in report.warnings if report.ok else []:
                 progress.console.print(f"[yellow]warning:[/] {report.input}: {warning}", soft_wrap=True, highlight=False)
             if as_json:
-                typer.echo(json.dumps(report.to_json()))
+                typer.echo(jsonout.dumps(report.to_json()))
             if isinstance(report, video.VideoReport):
                 continue
-            megapixels += report.megapixels
-            elapsed = time.perf_counter() - started
-            progress.update(task, advance=1, rate=f"{megapixels / elapsed:.2f} MP/s" if elapsed > 0 else "")
+            if ranked is None:
+                tick(report)
+    if ranked is not None:
+        ranked.close()
     elapsed = time.perf_counter() - started
     done = sum(r.ok for r in reports)
     failed = sum(r.failed for r in reports)
     skipped = sum(r.status == "skipped" for r in reports)
+    existing = sum(r.status == "exists" for r in reports)
     if not as_json and not quiet:
         from rich.console import Console
 
@@ -920,10 +965,11 @@ def restore(
     kind = "images" if not video_jobs else "videos" if not jobs else "inputs"
     summary = f"restored {done} of {len(reports)} {kind} in {elapsed:.1f}s" + (f" ({megapixels / max(elapsed, 1e-9):.2f} MP/s)" if jobs else "")
     extras = [f"{failed} failed" if failed else "", f"{skipped} skipped" if skipped else ""]
+    extras += [f"{existing} left as they were (their outputs exist; {EXISTS_HINT})" if existing else ""]
     extras = [e for e in extras if e]
-    if not quiet or failed:
-        err.print(summary + (f"; {', '.join(extras)}" if extras else ""), highlight=False)
-    raise typer.Exit(1 if failed else 0)
+    if not quiet or failed or existing:
+        err.print(summary + (f"; {', '.join(extras)}" if extras else ""), highlight=False, soft_wrap=True)
+    raise typer.Exit(ranked.exit_code(bool(failed)) if ranked is not None else 1 if failed else 0)
 
 
 @command(no_args_is_help=True)
@@ -933,7 +979,7 @@ def degrade(
     kind: Annotated[DegradationKind, typer.Option("--kind", "-k", help="Which degradation.")] = DegradationKind.noise,
     level: Annotated[str, typer.Option("--level", "-l", help="light, medium, heavy, or a number (noise: sigma on 0-255; rain: streaks per 1000 px; haze: beta; blur: length px; lowlight: exposure; jpeg: quality).")] = "medium",
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace existing outputs.")] = False,
 ) -> None:
     """Make test images: add seeded synthetic noise, rain, haze, blur, low light or JPEG artefacts."""
     from dataclasses import replace
@@ -958,7 +1004,7 @@ def degrade(
             image = io.read_image(src)
             color = io.to_array(replace(image, alpha=None))  # the file's own dtype; alpha stays as it is
             degraded = io.from_array(apply(color, kind.value, level, seed=seed + n))
-            result = replace(image, rgb=degraded.rgb)
+            result = replace(image, pixels=degraded.pixels, _rgb=None)
             io.write_image(dst, result, overwrite=overwrite)
         except IrtoolError as exc:
             err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
@@ -973,7 +1019,7 @@ def calibrate(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help=_MODEL_HELP)] = None,
     weights_file: Annotated[Optional[str], typer.Option("--weights", "-w", help=_WEIGHTS_HELP)] = None,
     clean_dir: Annotated[Optional[str], typer.Option("--clean-dir", help="Folder of clean photos (default: scikit-image's CC0 sample photos, if installed).")] = None,
-    classes: Annotated[str, typer.Option("--classes", help="Comma-separated degradations to tell apart ('clean' = none).")] = ",".join(("clean", "noise", "rain", "haze", "blur", "lowlight", "jpeg")),
+    classes: Annotated[str, typer.Option("--classes", help="Comma-separated degradations to tell apart ('clean' = none).")] = ",".join(("clean", "noise", "rain", "haze", "blur", "defocus", "lowlight", "jpeg")),
     levels: Annotated[str, typer.Option("--levels", help="Comma-separated levels of each degradation.")] = "light,medium,heavy",
     size: Annotated[int, typer.Option("--size", help="Side of the square crops routed (px).")] = 256,
     crops: Annotated[int, typer.Option("--crops", help="Crops per photo.")] = 1,
@@ -983,8 +1029,9 @@ def calibrate(
     gpu: Annotated[Optional[int], typer.Option("--gpu", "-g", help="Same as --device cuda:N.")] = None,
     precision: Annotated[Precision, typer.Option("--precision", help="As for restore.")] = Precision.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Crops per forward pass.")] = 4,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow pickled objects beyond plain tensors (runs code from the file).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the calibration summary as JSON.")] = False,
+    min_accuracy: Annotated[float, typer.Option("--min-accuracy", help="Classes named right less often than this on held-out photos are reported as 'unknown' (0-1).")] = 0.7,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", metavar="", help="Allow pickled objects beyond plain tensors (runs code from the file).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the calibration summary as JSON.")] = False,
     config: Annotated[Optional[list[str]], _CONFIG_OPTION] = None,
 ) -> None:
     """Teach irtool to name degradations from a MoCE-IR checkpoint's routing.
@@ -1007,6 +1054,8 @@ def calibrate(
             fail(f"--levels {levels}: use names from {', '.join(LEVEL_NAMES)}", code=2)
     if size < 16 or crops < 1:
         fail("--size must be at least 16 and --crops at least 1", code=2)
+    if not 0.0 <= min_accuracy <= 1.0:
+        fail(f"--min-accuracy {min_accuracy}: a fraction between 0 and 1", code=2)
     options = RestoreOptions(model=model, weights=weights_file, device=_device(device, gpu), precision=precision.value,
                              trust=trust_checkpoint, config=_fields(config, "--config"))
     photos_paths = clean_photos(clean_dir)
@@ -1042,6 +1091,7 @@ def calibrate(
             device=restorer.device,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
             info={"weights": str(restorer.weights_path) if restorer.weights_path else None, "clean": [str(p) for p in photos_paths]},
+            min_accuracy=min_accuracy,
         )
     try:
         result.save(target)
@@ -1051,6 +1101,8 @@ def calibrate(
         "calibration": str(target),
         "accuracy": result.accuracy,
         "per_class_accuracy": result.per_class_accuracy,
+        "unknown_below": min_accuracy,
+        "reported_as_unknown": result.unreliable,
         "classes": result.classes,
         "confusion": result.confusion,
         "samples": result.info.get("samples"),
@@ -1058,7 +1110,7 @@ def calibrate(
         "seconds": result.info.get("seconds"),
     }
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(jsonout.dumps(summary))
         return
     from rich.console import Console
     from rich.table import Table
@@ -1071,6 +1123,8 @@ def calibrate(
     for name, row in zip(result.classes, result.confusion):
         table.add_row(name, *[str(v) for v in row], f"{result.per_class_accuracy.get(name, 0):.0%}")
     Console(highlight=False).print(table)
+    if result.unreliable:
+        typer.echo(f"named below {min_accuracy:.0%}, so reported as 'unknown': {', '.join(result.unreliable)}")
     typer.echo(f"saved {target}")
 
 
@@ -1105,10 +1159,11 @@ def eval_command(
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Datasets folder (default: $IRTOOL_DATA, else the user data dir).")] = None,
     clean_dir: Annotated[Optional[Path], typer.Option("--clean-dir", help="Clean photos for synthetic: datasets.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
+    gpu: Annotated[Optional[str], typer.Option("--gpu", "-g", help="N: same as --device cuda:N. 0,1,3 or all: one worker process per GPU, each scoring a share of every dataset (with --device cpu: that many CPU processes).", show_default=False)] = None,
     precision: Annotated[str, typer.Option("--precision", help="fp32 (the papers'), bf16 or fp16 autocast.")] = "fp32",
     tile: Annotated[int, typer.Option("--tile", min=0, help="Tile size in px for large images (departs from the protocol); 0 = whole image.")] = 0,
     routing_noise: Annotated[
-        bool, typer.Option("--routing-noise", help="MoCE-IR: add the official test's router-logit noise (torch seed 0).")
+        bool, typer.Option("--routing-noise", metavar="", help="MoCE-IR: add the official test's router-logit noise (torch seed 0).")
     ] = False,
     noise_stream: Annotated[
         str, typer.Option("--noise-stream", help="shared: one seed-0 noise stream for all noise sets, in order (the "
@@ -1122,17 +1177,17 @@ def eval_command(
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write per-image scores as CSV to FILE.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of expert usage per layer (needs matplotlib).")] = None,
     trust_checkpoint: Annotated[
-        bool, typer.Option("--trust-checkpoint", help="Allow pickled objects beyond plain tensors (runs code from the file).")
+        bool, typer.Option("--trust-checkpoint", metavar="", help="Allow pickled objects beyond plain tensors (runs code from the file).")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
 ) -> None:
     """Score a model on benchmark datasets with the published protocols, next to the paper's figures."""
     from . import datasets as ds
 
     if not dataset and not setting:
         fail("name a benchmark with --dataset NAME or --setting aio3 (see `irtool datasets list`)", 2)
-    if (model_name is None) == (weights is None):
-        fail("pass exactly one of --model NAME and --weights PATH", 2)
+    if model_name is not None and weights is not None:
+        fail("pass at most one of --model NAME and --weights PATH (neither: the default model, as restore uses)", 2)
     if protocol is not None and protocol not in _PROTOCOL_NAMES:
         fail(f"--protocol {protocol}: one of {', '.join(_PROTOCOL_NAMES)}", 2)
     names = ds.expand(dataset or [], setting or [])
@@ -1140,14 +1195,43 @@ def eval_command(
     from . import evaluate, weights as manifest
     from .loading import load_model
 
-    targets = evaluate.resolve(names, data_root, clean_dir)  # every dataset found before the model loads
+    from .shard import world_size
+
+    gpus = _gpus(gpu)
+    if gpus and len(gpus) > 1 and world_size() == 1:
+        from .distributed_run import launch
+
+        raise typer.Exit(launch("eval", gpus, device))
+    if gpus and device != "cpu":
+        device = f"cuda:{gpus[0]}"
+    ranked = None
+    if world_size() > 1:  # under torchrun: this rank scores a share of every dataset (see irtool.distributed_run)
+        from .distributed_run import RankedEval
+
+        ranked = RankedEval.start(names, data_root, clean_dir, device, limit, routing_noise)
+        targets, device = ranked.targets, ranked.device
+    else:
+        targets = evaluate.resolve(names, data_root, clean_dir)  # every dataset found before the model loads
     entry_name = reported or model_name
     entry = manifest.find_entry(entry_name) if entry_name else None
     if reported and entry is None:
         fail(f"--reported {reported}: not a manifest entry (see weights_manifest.json)")
     source = model_name or weights
-    model = load_model(source, device=device, router=router, trust=trust_checkpoint,
-                       config=_fields(config, "--config"), router_config=_fields(router_config, "--router-config"))
+    if source is None:  # as `irtool restore` does: the default model
+        from .engine import default_source
+
+        source, default_router, how = default_source()
+        router = router or default_router
+        if ranked is None or ranked.is_main:
+            _stderr().print(f"[yellow]note:[/] using {how}", soft_wrap=True, highlight=False)
+        default_name = manifest.load_manifest().get("default")
+        if entry is None and isinstance(default_name, str) and default_name:
+            entry = manifest.find_entry(default_name)
+
+    def load() -> Any:
+        return load_model(source, device=device, router=router, trust=trust_checkpoint,
+                          config=_fields(config, "--config"), router_config=_fields(router_config, "--router-config"))
+
     options = evaluate.EvalOptions(
         protocol=protocol,
         crop_border=crop_border,
@@ -1160,17 +1244,28 @@ def eval_command(
         save_format=save_format,
         save_inputs=save_inputs,
     )
-    report = evaluate.new_report(
-        model,
-        options,
-        source=str(source),
-        device=next(model.parameters()).device,
-        reported_from=entry.name if entry else None,
-        reported=evaluate.reported_figures(entry.data if entry else None),
-    )
+
+    def new_report(model: Any) -> Any:
+        return evaluate.new_report(
+            model,
+            options,
+            source=str(source),
+            device=next(model.parameters()).device,
+            reported_from=entry.name if entry else None,
+            reported=evaluate.reported_figures(entry.data if entry else None),
+        )
+
+    if ranked is not None and not ranked.is_main:
+        try:
+            raise typer.Exit(ranked.work(load, options, new_report))
+        finally:
+            ranked.close()
+    model = load()
+    report = new_report(model)
     interrupted = False
     try:
-        _run_eval_with_progress(evaluate, model, targets, options, report, quiet=quiet or json_path == "-")
+        run = ranked.run if ranked is not None else functools.partial(evaluate.run, targets=targets)
+        _run_eval_with_progress(run, targets, model, options, report, quiet=quiet or json_path == "-")
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -1179,6 +1274,8 @@ def eval_command(
             evaluate.write_json(report, json_path)
         if csv_path:
             evaluate.write_csv(report, csv_path)
+    if ranked is not None:
+        ranked.close()
     if interrupted:
         _stderr().print("interrupted; the report holds the images finished so far")
         raise typer.Exit(130)
@@ -1193,12 +1290,14 @@ def eval_command(
         _stderr().print(f"[bold red]error:[/] {message}", soft_wrap=True)
     if len(failures) > 20:
         _stderr().print(f"... and {len(failures) - 20} more failed images (see --json/--csv)")
-    raise typer.Exit(1 if failures else 0)
+    raise typer.Exit(ranked.exit_code(bool(failures)) if ranked is not None else 1 if failures else 0)
 
 
-def _run_eval_with_progress(evaluate: Any, model: Any, targets: list, options: Any, report: Any, *, quiet: bool) -> None:
+def _run_eval_with_progress(run: Callable, targets: list, model: Any, options: Any, report: Any, *, quiet: bool) -> None:
+    """`run(model, options=, report=)` yields (dataset progress, image result) per image: evaluate.run, or a
+    multi-process run's rank 0."""
     if quiet:
-        for _ in evaluate.run(model, targets, options, report):
+        for _ in run(model, options=options, report=report):
             pass
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -1209,7 +1308,7 @@ def _run_eval_with_progress(evaluate: Any, model: Any, targets: list, options: A
         for located in targets:
             n = len(located.pairs) + (0 if options.limit else len(located.probe.unpaired_inputs))
             tasks[located.spec.name] = progress.add_task(located.spec.name, total=min(n, options.limit or n), score="")
-        for dreport, _ in evaluate.run(model, targets, options, report):
+        for dreport, _ in run(model, options=options, report=report):
             psnr = dreport.psnr
             score = f"{psnr:.2f} dB" if psnr is not None else ""
             progress.update(tasks[dreport.dataset], advance=1, score=score)
@@ -1339,7 +1438,7 @@ _DataRoot = Annotated[Optional[Path], typer.Option("--data-root", help="Datasets
 @command("list", typer_app=datasets_app)
 def datasets_list(
     data_root: _DataRoot = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of a table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="One JSON object instead of a table.")] = False,
 ) -> None:
     """Every benchmark irtool knows: found or missing under the data root, with counts."""
     from . import datasets as ds
@@ -1361,7 +1460,7 @@ def datasets_list(
             "layout": found.layout.name if found else None, "summary": report.summary,
         })  # fmt: skip
     if as_json:
-        typer.echo(json.dumps({"root": str(root), "datasets": rows, "families": ds.FAMILIES, "settings": ds.SETTINGS}))
+        typer.echo(jsonout.dumps({"root": str(root), "datasets": rows, "families": ds.FAMILIES, "settings": ds.SETTINGS}))
         return
     from rich.table import Table
 
@@ -1385,7 +1484,7 @@ def datasets_list(
 def datasets_check(
     name: Annotated[str, typer.Argument(help="Dataset or family name (rain100l, cbsd68, cdd11, ...).")],
     data_root: _DataRoot = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of text.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="One JSON object instead of text.")] = False,
 ) -> None:
     """Explain where a benchmark was looked for, what was found, and exactly what is missing."""
     from . import datasets as ds
@@ -1398,7 +1497,7 @@ def datasets_check(
         return
     reports = [ds.check(ds.get_spec(n), data_root) for n in names]
     if as_json:
-        typer.echo(json.dumps([{"name": r.spec.name, "ok": r.ok, "summary": r.summary, "details": r.lines()[1:]} for r in reports]))
+        typer.echo(jsonout.dumps([{"name": r.spec.name, "ok": r.ok, "summary": r.summary, "details": r.lines()[1:]} for r in reports]))
     else:
         for r in reports:
             typer.echo("\n".join(r.lines()))
@@ -1439,17 +1538,17 @@ def bench(
     precision: Annotated[Optional[str], typer.Option(help=_BENCH_HELP["precision"])] = None,
     experts: Annotated[str, typer.Option(help=_BENCH_HELP["experts"])] = "sparse,dense",
     path: Annotated[str, typer.Option(help=_BENCH_HELP["path"])] = "fast",
-    compile: Annotated[bool, typer.Option("--compile", help=_BENCH_HELP["compile"])] = False,
-    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help=_BENCH_HELP["cuda_graphs"])] = False,
+    compile: Annotated[bool, typer.Option("--compile", metavar="", help=_BENCH_HELP["compile"])] = False,
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", metavar="", help=_BENCH_HELP["cuda_graphs"])] = False,
     warmup: Annotated[int, typer.Option(help=_BENCH_HELP["warmup"])] = 2,
     runs: Annotated[Optional[int], typer.Option(help=_BENCH_HELP["runs"])] = None,
-    breakdown: Annotated[bool, typer.Option("--breakdown", "--profile", help=_BENCH_HELP["breakdown"])] = False,
+    breakdown: Annotated[bool, typer.Option("--breakdown", "--profile", metavar="", help=_BENCH_HELP["breakdown"])] = False,
     threads: Annotated[Optional[int], typer.Option(help=_BENCH_HELP["threads"])] = None,
-    tune_allocator: Annotated[bool, typer.Option(help=_BENCH_HELP["tune_allocator"])] = True,
+    tune_allocator: Annotated[bool, typer.Option(metavar="", help=_BENCH_HELP["tune_allocator"])] = True,
     trust_checkpoint: Annotated[
-        bool, typer.Option("--trust-checkpoint", help="Allow pickled objects beyond plain tensors (runs its code).")
+        bool, typer.Option("--trust-checkpoint", metavar="", help="Allow pickled objects beyond plain tensors (runs its code).")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Measure latency, throughput and peak memory per size, batch, precision and expert mode."""
     if gpu is not None and device != "auto":
@@ -1488,6 +1587,8 @@ def bench(
     from rich.console import Console
 
     err = Console(stderr=True, highlight=False)
+    if not weights:
+        err.print(f"[yellow]note:[/] no --weights: benchmarking {source} (speed and memory only; pass --weights or -m NAME for a real model)", soft_wrap=True)
     total = bench_mod.count_cases(plan, dev)
     done = [0]
 
@@ -1499,7 +1600,7 @@ def bench(
     report = bench_mod.run_bench(model, dev, plan, source=source, on_row=progress)
     report.allocator_tuned = tuned
     if as_json:
-        typer.echo(json.dumps(report.to_dict()))
+        typer.echo(jsonout.dumps(report.to_dict()))
         return
     _print_bench(report)
 
@@ -1509,7 +1610,8 @@ def _print_bench(report: Any) -> None:
     from rich.table import Table
 
     title = f"{report.model['source']} on {report.device} ({report.device_name}), torch {report.torch_version}"
-    table = Table(title=title)
+    random = str(report.model["source"]).startswith("random weights")
+    table = Table(title=title, caption=f"{report.model['source']}: not a trained model" if random else None)
     numeric = ("median ms", "p90 ms", "MP/s", "peak MB")
     for col in ("case", *numeric, "vs fp32", "router/experts/trunk"):
         table.add_column(col, justify="right" if col in numeric else "left")

@@ -27,7 +27,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -865,17 +865,31 @@ def load_sample(spec: DatasetSpec, pair: Pair, *, crop_multiple: int | None, noi
 
 
 def iter_samples(
-    located: Located, *, crop_multiple: int | None, noise: NoiseStream | None = None, limit: int | None = None
+    located: Located,
+    *,
+    crop_multiple: int | None,
+    noise: NoiseStream | None = None,
+    limit: int | None = None,
+    keep: Callable[[int], bool] | None = None,
 ) -> Iterator[Sample | tuple[Pair, IrtoolError]]:
     """Samples in evaluation order; an unreadable pair yields (pair, error) instead, so one bad file stops nothing.
 
-    Inputs that have no ground truth are yielded as errors too, so reports count them.
+    Inputs that have no ground truth are yielded as errors too, so reports count them. `keep(i)` False leaves item i
+    (pairs first, then the unpaired inputs) out, as another process evaluates it; its test noise is still drawn, so
+    the items kept get the same noisy inputs as in a run over all of them.
     """
     spec = located.spec
     if noise is not None and spec.synthesised:
         noise.history.append(spec.name)
     pairs = located.pairs[:limit] if limit else located.pairs
-    for pair in pairs:
+    for i, pair in enumerate(pairs):
+        if keep is not None and not keep(i):
+            if noise is not None and spec.synthesised:
+                try:  # exactly as load_sample would: an unreadable ground truth draws nothing
+                    noise.skip(centre_crop(read_rgb(pair.gt), crop_multiple).shape)
+                except IrtoolError:
+                    pass
+            continue
         try:
             yield load_sample(spec, pair, crop_multiple=crop_multiple, noise=noise)
         except IrtoolError as exc:
@@ -886,7 +900,9 @@ def iter_samples(
         for pair in located.pairs[limit:]:
             noise.skip(_cropped_shape(pair.gt, crop_multiple))
     if not limit:
-        for name in located.probe.unpaired_inputs:
+        for k, name in enumerate(located.probe.unpaired_inputs):
+            if keep is not None and not keep(len(pairs) + k):
+                continue
             lq_dir = located.probe.lq_dir
             yield Pair(name, Path(), lq_dir / name if lq_dir else None), DatasetError(f"{name}: no ground truth found ({spec.pairing})")
 

@@ -1,4 +1,4 @@
-"""Seeded synthetic degradations: noise, rain, haze, blur, low light, JPEG. Arrays in, arrays out.
+"""Seeded synthetic degradations: noise, rain, haze, motion blur, defocus blur, low light, JPEG. Arrays in, arrays out.
 
     >>> noisy = degrade(clean, "noise", 25, seed=0)          # Gaussian noise, sigma 25 on the 0-255 scale
     >>> hazy = degrade(clean, "haze", "heavy", seed=1)       # a named level
@@ -14,6 +14,7 @@ Each kind has one numeric level parameter and three named levels (`LEVELS`; "med
 | rain     | rain streaks per 1000 pixels                  | 2     | 5      | 10    |
 | haze     | scattering coefficient beta (t = exp(-beta·d)) | 0.8   | 1.5    | 2.5   |
 | blur     | linear motion-blur length in pixels           | 7     | 15     | 25    |
+| defocus  | defocus (disk) blur radius in pixels          | 2     | 4      | 6     |
 | lowlight | exposure (mean brightness factor)             | 0.5   | 0.3    | 0.15  |
 | jpeg     | JPEG quality                                  | 60    | 30     | 10    |
 
@@ -35,12 +36,13 @@ from typing import Union
 import cv2
 import numpy as np
 
-KINDS = ("noise", "rain", "haze", "blur", "lowlight", "jpeg")
+KINDS = ("noise", "rain", "haze", "blur", "defocus", "lowlight", "jpeg")
 LEVELS: dict[str, dict[str, float]] = {
     "noise": {"light": 15, "medium": 25, "heavy": 50},
     "rain": {"light": 2, "medium": 5, "heavy": 10},
     "haze": {"light": 0.8, "medium": 1.5, "heavy": 2.5},
     "blur": {"light": 7, "medium": 15, "heavy": 25},
+    "defocus": {"light": 2, "medium": 4, "heavy": 6},
     "lowlight": {"light": 0.5, "medium": 0.3, "heavy": 0.15},
     "jpeg": {"light": 60, "medium": 30, "heavy": 10},
 }
@@ -161,6 +163,24 @@ def _blur(rgb: np.ndarray, length: float, rng) -> np.ndarray:
     return cv2.filter2D(rgb, -1, _line_kernel(int(round(length)), angle), borderType=cv2.BORDER_REFLECT)
 
 
+def disk_kernel(radius: float) -> np.ndarray:
+    """A normalised anti-aliased disk of `radius` px (an out-of-focus lens's point spread), drawn 4x larger, then
+    shrunk, so that fractional radii differ."""
+    size = 2 * int(np.ceil(radius)) + 3
+    big = size * 4
+    yy, xx = np.mgrid[:big, :big].astype(np.float32)
+    c = (big - 1) / 2
+    disk = ((xx - c) ** 2 + (yy - c) ** 2 <= (radius * 4) ** 2).astype(np.float32)
+    kernel = cv2.resize(disk, (size, size), interpolation=cv2.INTER_AREA)
+    return kernel / max(float(kernel.sum()), 1e-12)
+
+
+def _defocus(rgb: np.ndarray, radius: float, rng) -> np.ndarray:
+    if radius <= 0.5:
+        return rgb
+    return cv2.filter2D(rgb, -1, disk_kernel(radius), borderType=cv2.BORDER_REFLECT)
+
+
 def _lowlight(rgb: np.ndarray, exposure: float, rng) -> np.ndarray:
     dark = exposure * np.power(np.clip(rgb, 0.0, 1.0), 1.4)
     # Sensor noise grows with the signal (shot noise) over a small read-noise floor.
@@ -178,6 +198,19 @@ def _jpeg(color: np.ndarray, quality: float) -> np.ndarray:
     if dtype == np.uint8:
         return np.ascontiguousarray(decoded)
     return _from_float(_to_float(decoded), dtype) if dtype == np.uint16 else _to_float(decoded).astype(dtype)
+
+
+def blur_kernel(kind: str, level: float | str | None = None, seed: Seed = 0) -> np.ndarray:
+    """The point spread function `degrade(image, kind, level, seed)` convolves with, for "blur" (its line at the
+    seed's angle) and "defocus" (a disk): what a non-blind deconvolution is given as the known kernel. An int seed
+    gives the same kernel as `degrade` with that seed; a generator is advanced as `degrade` would advance it."""
+    value = resolve_level(kind, level)
+    if kind == "blur":
+        angle = float(_uniform(_rng(seed), 0.0, 180.0))
+        return _line_kernel(int(round(value)), angle) if value > 1 else np.ones((1, 1), np.float32)
+    if kind == "defocus":
+        return disk_kernel(value) if value > 0.5 else np.ones((1, 1), np.float32)
+    raise ValueError(f"{kind} has no blur kernel (blur, defocus)")
 
 
 def degrade(image: np.ndarray, kind: str, level: float | str | None = None, seed: Seed = 0) -> np.ndarray:
@@ -199,6 +232,6 @@ def degrade(image: np.ndarray, kind: str, level: float | str | None = None, seed
         out = _jpeg(color, value)
     else:
         rgb = _to_float(color)
-        step = {"rain": _rain, "haze": _haze, "blur": _blur, "lowlight": _lowlight}[kind]
+        step = {"rain": _rain, "haze": _haze, "blur": _blur, "defocus": _defocus, "lowlight": _lowlight}[kind]
         out = _from_float(step(rgb, value, rng), color.dtype)
     return out if alpha is None else np.concatenate([out, alpha], axis=2)

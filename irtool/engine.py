@@ -164,7 +164,7 @@ def _free_memory(device: torch.device) -> None:
 class Outcome:
     """The result of restoring one image (before writing)."""
 
-    rgb: np.ndarray | None  #: (H, W, 3) float32 in [0, 1]
+    rgb: np.ndarray | None  #: (H, W, 3) float32 in [0, 1]; None when `samples` hold the result
     degradation: str | None = None
     confidence: float | None = None
     experts: list[list[int]] | None = None
@@ -175,6 +175,8 @@ class Outcome:
     precision: str = "fp32"
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    #: the tiled path for large images: restored colour already in the image's sample type (see irtool.large)
+    samples: np.ndarray | None = None
 
 
 def _routing_summary(routing: Any) -> tuple[list[list[int]] | None, list[list[float]] | None]:
@@ -231,6 +233,10 @@ class Restorer:
         self.weights_path = weights_path  #: the checkpoint file, when loaded from one
         self.notes = list(notes) + precision_notes  #: things to tell the user once per run
         self.learned_tile: int | None = None
+        from .memory import whole_image_pixels
+
+        #: images above this many pixels are restored in tiles from their samples (see `restore_large`)
+        self.whole_pixels = whole_image_pixels()
 
     @classmethod
     def load(cls, options: RestoreOptions) -> Restorer:
@@ -410,6 +416,88 @@ class Restorer:
             warnings=list(warnings),
         )
 
+    # -- large images: tiles from the decoded samples (irtool.large), no float copy of the whole image
+
+    def needs_tiled_samples(self, image: io.Image) -> bool:
+        """Whether an image is too large for a whole-image pass (or its float32 copies) in this machine's memory."""
+        return image.height * image.width > self.whole_pixels
+
+    def restore_large(self, image: io.Image) -> Outcome:
+        """Restore one large image tile by tile from `image.pixels` (see irtool.large): the result comes back as
+        samples in the image's type. Same tiling, blending and shared routing as the tiled float path; an
+        out-of-memory error halves the tile, as there."""
+        from .large import AUTO_TILE, area_downscale, restore_tiled
+
+        started = time.perf_counter()
+        model, options = self.model, self.options
+        h, w = image.height, image.width
+        multiple = int(getattr(model, "size_multiple", 1))
+        notes: list[str] = []
+        tile = self._start_tile(h, w)
+        if not tile:
+            tile = AUTO_TILE
+            notes.append(f"{w}x{h} is too large to restore in one piece in this machine's memory; restored in {tile} px tiles")
+        shared = None
+        if not options.route_per_tile:
+            size = options.route_size or 512
+            if not options.route_size:
+                notes.append("--route-size 0 (full size) is not possible for an image this large; routed at 512 px")
+            scale = size / max(h, w)
+            nh = max(multiple, int(round(h * scale / multiple)) * multiple)
+            nw = max(multiple, int(round(w * scale / multiple)) * multiple)
+            small = torch.from_numpy(area_downscale(image.pixels, (nh, nw))).permute(2, 0, 1)[None].to(self.device)
+            shared = self.route(small)
+        dtype_used = [self.amp_dtype]
+
+        def run(t: Tensor) -> Tensor:
+            def once(dtype: torch.dtype | None) -> Tensor:
+                with torch.inference_mode(), self._autocast(dtype):
+                    if shared is None:
+                        return model.run(t).output
+                    return model.run(t, routing=shared[torch.zeros(t.shape[0], dtype=torch.long)]).output
+
+            out = once(dtype_used[0])
+            if dtype_used[0] is not None and not bool(torch.isfinite(out).all()):
+                notes.append(f"{_precision_name(dtype_used[0])} output had NaN/Inf; redone in fp32")
+                dtype_used[0] = None
+                out = once(None)
+            return out
+
+        while True:
+            try:
+                samples, tiles, tile_size = restore_tiled(
+                    image.pixels, image.gray, run, tile=tile, overlap=options.tile_overlap, multiple=multiple,
+                    batch=options.batch_size, device=self.device, out_dtype=np.dtype(image.dtype),
+                )
+                break
+            except RuntimeError as exc:
+                if not _is_oom(exc):
+                    raise
+            _free_memory(self.device)
+            smaller = (tile // 2) // multiple * multiple
+            if smaller < max(MIN_TILE, multiple):
+                raise OutOfMemory(f"out of memory even with {tile} px tiles; try --device cpu, or free GPU memory")
+            tile = smaller
+            self.learned_tile = smaller if not self.learned_tile else min(self.learned_tile, smaller)
+            notes.append(f"out of memory: retried with {smaller} px tiles")
+        routing = shared[0] if shared is not None else None
+        name, confidence = self.name_degradation(routing) if routing is not None else ("unknown", None)
+        experts, gates = _routing_summary(routing) if routing is not None else (None, None)
+        return Outcome(
+            rgb=None,
+            samples=samples,
+            degradation=name,
+            confidence=confidence,
+            experts=experts,
+            gates=gates,
+            routing="per-tile" if options.route_per_tile else "downscaled",
+            tiles=tiles,
+            tile_size=list(tile_size),
+            precision=_precision_name(dtype_used[0]),
+            seconds=time.perf_counter() - started,
+            warnings=notes,
+        )
+
     def name_degradation(self, routing: Any) -> tuple[str, float | None]:
         """(name, confidence) for one image's routing: the model's own classifier (LoRA-IR), else the routing
         calibration (MoCE-IR), else ("unknown", None)."""
@@ -487,7 +575,7 @@ def _report(job: Job, image: io.Image, outcome: Outcome, seconds: float, warning
 def _write(job: Job, image: io.Image, outcome: Outcome, read_seconds: float, options: RestoreOptions) -> RestoreReport:
     started = time.perf_counter()
     try:
-        notes = io.write_image(job.dst, image, outcome.rgb, options.format, quality=options.quality, overwrite=options.overwrite)  # type: ignore[arg-type]
+        notes = io.write_image(job.dst, image, outcome.rgb, options.format, quality=options.quality, overwrite=options.overwrite, samples=outcome.samples)  # type: ignore[arg-type]
     except ImageError as exc:
         return _failed(job, str(exc), image)
     except Exception as exc:  # noqa: BLE001 - an encoder failure fails this image only
@@ -548,7 +636,10 @@ def restore_files(jobs: Sequence[Job], restorer: Restorer) -> Iterator[RestoreRe
 
     def run_batch(batch: list[tuple[int, _Decoded]]) -> None:
         try:
-            outcomes = restorer.restore([d.image for _, d in batch])  # type: ignore[misc]
+            if len(batch) == 1 and restorer.needs_tiled_samples(batch[0][1].image):  # type: ignore[arg-type]
+                outcomes = [restorer.restore_large(batch[0][1].image)]  # type: ignore[arg-type]
+            else:
+                outcomes = restorer.restore([d.image for _, d in batch])  # type: ignore[misc]
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the run
@@ -581,11 +672,12 @@ def restore_files(jobs: Sequence[Job], restorer: Restorer) -> Iterator[RestoreRe
                     decoded = None
             if decoded is not None:
                 shape = (decoded.image.height, decoded.image.width)  # type: ignore[union-attr]
-                if batch and (shape != (batch[0][1].image.height, batch[0][1].image.width) or len(batch) >= options.batch_size):  # type: ignore[union-attr]
+                large = restorer.needs_tiled_samples(decoded.image)  # type: ignore[arg-type]
+                if batch and (large or shape != (batch[0][1].image.height, batch[0][1].image.width) or len(batch) >= options.batch_size):  # type: ignore[union-attr]
                     run_batch(batch)
                     batch = []
                 batch.append((k, decoded))
-            if batch and (not reading or len(batch) >= options.batch_size):
+            if batch and (not reading or len(batch) >= options.batch_size or restorer.needs_tiled_samples(batch[0][1].image)):  # type: ignore[arg-type]
                 run_batch(batch)
                 batch = []
             yield from ready()
@@ -673,8 +765,8 @@ def restore(
 def _restore_in_memory(restorer: Restorer, name: str, image: io.Image) -> Restored:
     job = Job(name, Path(name), None)
     try:
-        outcome = restorer.restore([image])[0]
+        outcome = restorer.restore_large(image) if restorer.needs_tiled_samples(image) else restorer.restore([image])[0]
     except Exception as exc:  # noqa: BLE001 - a failure is reported, not raised, as for files
         error = str(exc) if isinstance(exc, IrtoolError) else _model_error(exc)
         return Restored(None, _failed(job, f"{name}: {error}", image))
-    return Restored(io.to_array(image, outcome.rgb), _report(job, image, outcome, outcome.seconds, []))
+    return Restored(io.to_array(image, outcome.rgb, samples=outcome.samples), _report(job, image, outcome, outcome.seconds, []))

@@ -36,3 +36,7 @@ class DownloadError(IrtoolError):
 
 class ChecksumError(IrtoolError):
     """A file's sha256 (or size) is not the one the manifest or the cache's record says it must be."""
+
+
+class UsageError(IrtoolError):
+    """The command line itself is wrong (a missing argument, a value given to a flag): exit status 2."""

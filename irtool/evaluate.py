@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -375,6 +375,16 @@ class _Usage:
         return None
 
 
+def usage_of(model: nn.Module, results: list[ImageResult]) -> dict[str, Any] | None:
+    """Expert (or class) usage counted again from per-image results, in order: what `run` counts as it goes
+    (merging the results of several processes)."""
+    usage = _Usage(model)
+    for result in results:
+        if result.experts or result.degradation:
+            usage.record(result.experts, result.degradation if not result.experts else None, result)
+    return usage.to_dict()
+
+
 def _folder(dataset: str) -> str:
     """A dataset's output folder name: "synthetic:noise25" -> "synthetic-noise25" (no ':' in file names)."""
     return dataset.replace(":", "-")
@@ -450,11 +460,16 @@ def _dataset_report(located: ds.Located, protocol: metrics.Protocol, options: Ev
 
 
 def run(
-    model: nn.Module, targets: list[ds.Located], options: EvalOptions, report: EvalReport
+    model: nn.Module,
+    targets: list[ds.Located],
+    options: EvalOptions,
+    report: EvalReport,
+    keep: Callable[[str, int], bool] | None = None,
 ) -> Iterator[tuple[DatasetReport, ImageResult]]:
     """Evaluate `model` on each located dataset in order, filling `report`; yields after every image.
 
     The report is usable at any point (e.g. after Ctrl-C): finished images are in it, `complete` turns True at the end.
+    `keep(dataset, i)` False leaves a dataset's item i to another process (irtool.distributed_run).
     """
     if options.precision not in PRECISIONS:
         raise IrtoolError(f"--precision {options.precision}: one of {', '.join(PRECISIONS)}")
@@ -503,7 +518,8 @@ def run(
         usage = _Usage(model)
         protected = {p.resolve() for pair in located.pairs for p in (pair.gt, pair.lq) if p is not None}
         started = time.perf_counter()
-        for item in ds.iter_samples(located, crop_multiple=dreport.crop_multiple, noise=noise, limit=options.limit):
+        mine = None if keep is None else (lambda i, name=spec.name: keep(name, i))
+        for item in ds.iter_samples(located, crop_multiple=dreport.crop_multiple, noise=noise, limit=options.limit, keep=mine):
             if isinstance(item, tuple):
                 pair, exc = item
                 result = ImageResult(pair.name, error=str(exc))

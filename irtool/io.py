@@ -33,7 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import tiff
+from . import safe_paths, tiff
 from .errors import ImageError
 
 # OpenCV logs decoder trouble on stderr; irtool reports it as one line of its own instead.
@@ -49,24 +49,26 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".webp", ".tif", ".
 _DEPTHS = {"png": (8, 16), "jpeg": (8,), "webp": (8,), "tiff": (8, 16, 32), "bmp": (8,)}
 _ALPHA = {"png": True, "jpeg": False, "webp": True, "tiff": True, "bmp": True}
 _METADATA = {"png", "jpeg", "webp", "tiff"}
-DEFAULT_MAX_MEGAPIXELS = 300.0
 
 
 @dataclass
 class Image:
     """A decoded image, ready for the model, with what must come back out.
 
-    rgb:    (H, W, 3) float32 RGB in [0, 1], orientation applied (gray images are repeated over three channels).
+    pixels: the colour samples in the file's sample type, orientation applied: (H, W, 3) RGB or (H, W) gray. Often a
+            view into the decoded buffer (no copy).
+    rgb:    (H, W, 3) float32 RGB in [0, 1] (gray repeated over three channels), made from `pixels` on first use.
+            Large images are restored in tiles from `pixels` and never need it.
     dtype:  sample type of the file: uint8, uint16 or float32 (bit depth 8, 16 or 32).
     alpha:  (H, W) alpha channel in `dtype`, exactly as stored (orientation applied), or None.
     gray:   the file had a single colour channel.
     icc:    ICC profile bytes, or None.
     exif:   EXIF as a bare TIFF structure (no "Exif\\0\\0" header), orientation reset to 1 and the thumbnail
             unlinked (it would show the unrestored picture), or None.
-    format: "png", "jpeg", "webp", "tiff", "bmp", or None for other formats OpenCV could decode.
+    format: "png", "jpeg", "webp", "tiff", "bmp", or None for other formats (GIF, and what Pillow/OpenCV decode).
     """
 
-    rgb: np.ndarray
+    pixels: np.ndarray
     dtype: np.dtype
     alpha: np.ndarray | None = None
     gray: bool = False
@@ -77,14 +79,21 @@ class Image:
     orientation: int = 1  #: the EXIF orientation that was applied on read
     lossless: bool = False  #: a lossless WebP: written back losslessly when it stays WebP
     warnings: list[str] = field(default_factory=list)
+    _rgb: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def rgb(self) -> np.ndarray:
+        if self._rgb is None:
+            self._rgb = float_rgb(self.pixels)
+        return self._rgb
 
     @property
     def height(self) -> int:
-        return self.rgb.shape[0]
+        return self.pixels.shape[0]
 
     @property
     def width(self) -> int:
-        return self.rgb.shape[1]
+        return self.pixels.shape[1]
 
     @property
     def bit_depth(self) -> int:
@@ -93,6 +102,14 @@ class Image:
     @property
     def megapixels(self) -> float:
         return self.height * self.width / 1e6
+
+
+def float_rgb(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float32 RGB in [0, 1] of colour samples (RGB or gray; uint8, uint16 or float32): one copy."""
+    rgb = _to_float(pixels)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    return np.ascontiguousarray(rgb)
 
 
 def normalize_format(name: str | None) -> str | None:
@@ -124,14 +141,37 @@ def sniff_format(head: bytes) -> str | None:
         return "tiff"
     if head[:2] == b"BM":
         return "bmp"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
     return None
 
 
-def _png_size(data: bytes) -> tuple[int, int]:
+@dataclass
+class Header:
+    """What a file's header says before any pixel is decoded."""
+
+    width: int
+    height: int
+    frames: int = 1  #: frames (animation) or pages (TIFF); 1 for a still image
+    kind: str = ""  #: "animated PNG", "multi-page TIFF", ... when frames > 1
+
+
+def _png_header(data: bytes) -> Header:
     if data[12:16] != b"IHDR":
         raise ImageError("PNG without an IHDR header")
     width, height = struct.unpack(">II", data[16:24])
-    return width, height
+    frames = 1
+    pos = 8
+    while pos + 8 <= len(data):  # an acTL chunk before the first IDAT makes it an APNG
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"acTL" and pos + 12 <= len(data):
+            (frames,) = struct.unpack(">I", data[pos + 8 : pos + 12])
+            break
+        if kind in (b"IDAT", b"IEND"):
+            break
+        pos += 12 + length
+    return Header(width, height, max(1, frames), "animated PNG")
 
 
 def _png_check(data: bytes) -> None:
@@ -148,7 +188,7 @@ def _png_check(data: bytes) -> None:
     raise ImageError("truncated PNG (the file ends before its IEND chunk)")
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int]:
+def _jpeg_header(data: bytes) -> Header:
     pos = 2
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
@@ -159,24 +199,30 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
             continue
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if pos + 9 > len(data):
+                break
             height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return width, height
+            return Header(width, height)
         pos += 2 + length
     raise ImageError("truncated JPEG (no frame header)")
 
 
-def _webp_size(data: bytes) -> tuple[int, int]:
+def _webp_header(data: bytes) -> Header:
     chunk = data[12:16]
+    if len(data) < 30:
+        raise ImageError("truncated WebP (no image header)")
     if chunk == b"VP8X":
         w = int.from_bytes(data[24:27], "little") + 1
         h = int.from_bytes(data[27:30], "little") + 1
-        return w, h
+        animated = bool(data[20] & 0x02)
+        frames = data.count(b"ANMF") if animated else 1
+        return Header(w, h, max(frames, 2) if animated else 1, "animated WebP")
     if chunk == b"VP8L":
         bits = int.from_bytes(data[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        return Header((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
     if chunk == b"VP8 ":
         w, h = struct.unpack("<HH", data[26:30])
-        return w & 0x3FFF, h & 0x3FFF
+        return Header(w & 0x3FFF, h & 0x3FFF)
     raise ImageError("corrupt WebP (unknown first chunk)")
 
 
@@ -192,24 +238,57 @@ def _webp_is_lossless(data: bytes) -> bool:
     return False
 
 
-def _bmp_size(data: bytes) -> tuple[int, int]:
-    w, h = struct.unpack("<ii", data[18:26])
-    return abs(w), abs(h)
+def _bmp_header(data: bytes) -> Header:
+    if len(data) < 26:
+        raise ImageError("truncated BMP (no image header)")
+    (dib,) = struct.unpack("<I", data[14:18])
+    if dib == 12:  # OS/2 1.x BITMAPCOREHEADER: 16-bit unsigned sizes
+        w, h = struct.unpack("<HH", data[18:22])
+    else:
+        w, h = struct.unpack("<ii", data[18:26])
+    return Header(abs(w), abs(h))
 
 
-def _size(data: bytes, fmt: str, directory: tiff.Directory | None) -> tuple[int, int] | None:
+def _pillow_header(data: bytes, what: str) -> Header:
+    """Size and frame count from Pillow's lazy open (the header only; no pixel is decoded)."""
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    try:
+        with PILImage.open(BytesIO(data)) as pil:
+            frames = int(getattr(pil, "n_frames", 1) or 1)
+            return Header(pil.width, pil.height, frames, f"animated {pil.format or what}")
+    except UnidentifiedImageError:
+        raise ImageError("not an image irtool reads (unknown format)") from None
+    except PILImage.DecompressionBombError:
+        if what == "GIF" and len(data) >= 10:  # the logical screen size: the limit check that follows names it
+            width, height = struct.unpack("<HH", data[6:10])
+            return Header(width, height)
+        raise ImageError(f"its header claims more than {2 * (PILImage.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} MP (a decompression bomb)") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow reports damaged headers with many exception types
+        raise ImageError(f"corrupt {what} header ({_short(exc)})") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:100] if text else type(exc).__name__
+
+
+def _header(data: bytes, fmt: str | None, directory: tiff.Directory | None) -> Header:
     if fmt == "png":
-        return _png_size(data)
+        return _png_header(data)
     if fmt == "jpeg":
-        return _jpeg_size(data)
+        return _jpeg_header(data)
     if fmt == "webp":
-        return _webp_size(data)
+        return _webp_header(data)
     if fmt == "bmp":
-        return _bmp_size(data)
+        return _bmp_header(data)
     if fmt == "tiff" and directory is not None:
         w, h = directory.value(256), directory.value(257)
-        return (w, h) if w and h else None
-    return None
+        if not w or not h or w < 0 or h < 0:
+            raise ImageError("corrupt TIFF header (no image size)")
+        return Header(w, h, tiff.page_count(data), "multi-page TIFF")
+    return _pillow_header(data, "GIF" if fmt == "gif" else "image")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -247,35 +326,74 @@ def _to_float(array: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(array.astype(np.float32), nan=0.0), 0.0, 1.0)
 
 
-def _decode_pillow(data: bytes) -> np.ndarray:
-    """8-bit TIFF with alpha: OpenCV's TIFF reader premultiplies the colours by alpha, Pillow keeps them."""
+def _pillow_applies_tiff_orientation() -> bool:
+    """Whether this Pillow turns TIFF pixels by their orientation tag while loading (Pillow 13 does, older ones do
+    not): found once on a 2x1 TIFF with orientation 2 (mirrored), so irtool never turns a picture twice."""
+    global _PILLOW_ORIENTS
+    if _PILLOW_ORIENTS is None:
+        from PIL import Image as PILImage
+
+        buf = BytesIO()
+        PILImage.fromarray(np.array([[[255, 0, 0, 255], [0, 0, 255, 255]]], np.uint8), "RGBA").save(buf, format="TIFF", tiffinfo={tiff.ORIENTATION: 2})
+        with PILImage.open(BytesIO(buf.getvalue())) as pil:
+            _PILLOW_ORIENTS = bool(np.asarray(pil.convert("RGBA"))[0, 0, 2] == 255)
+    return _PILLOW_ORIENTS
+
+
+_PILLOW_ORIENTS: bool | None = None
+
+
+def _decode_pillow(data: bytes) -> tuple[np.ndarray, bool]:
+    """8-bit TIFF with alpha: OpenCV's TIFF reader premultiplies the colours by alpha, Pillow keeps them.
+    Returns the pixels (BGRA, or gray + alpha as BGRA) and whether Pillow already applied the orientation."""
     from PIL import Image as PILImage
 
     with PILImage.open(BytesIO(data)) as pil:
         array = np.asarray(pil.convert("RGBA" if pil.mode not in ("LA", "RGBA") else pil.mode))
+    oriented = _pillow_applies_tiff_orientation()
     if array.shape[-1] == 2:  # gray + alpha -> the BGRA layout OpenCV would give
-        return _gray_alpha_to_bgra(array)
-    return np.ascontiguousarray(array[..., [2, 1, 0, 3]])
+        return _gray_alpha_to_bgra(array), oriented
+    return np.ascontiguousarray(array[..., [2, 1, 0, 3]]), oriented
 
 
 def _gray_alpha_to_bgra(array: np.ndarray) -> np.ndarray:
     return np.dstack([array[..., 0]] * 3 + [array[..., 1]])
 
 
+def _decode_gif(data: bytes) -> np.ndarray | None:
+    """A single-frame GIF (or another format Pillow reads and OpenCV does not) as BGR(A), 8-bit."""
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(BytesIO(data)) as pil:
+            alpha = pil.mode in ("RGBA", "LA", "PA") or "transparency" in pil.info
+            array = np.asarray(pil.convert("RGBA" if alpha else "RGB"))
+    except Exception:  # noqa: BLE001 - Pillow reports damage with many exception types
+        return None
+    return np.ascontiguousarray(array[..., [2, 1, 0, 3][: array.shape[2]]])
+
+
 def _decode_tiff(data: bytes, directory: tiff.Directory, name: str) -> tuple[np.ndarray | None, bool]:
     """Pixels of a TIFF in OpenCV's layout (gray, BGR or BGRA), checked against what the header promises, and
-    whether the decoder already applied the TIFF's orientation tag (OpenCV does; Pillow and tifffile do not).
+    whether the decoder already applied the TIFF's orientation tag (OpenCV does; Pillow 13 does; tifffile does not).
 
     OpenCV decodes most TIFFs (all compressions, tiles, planar layouts) but premultiplies 8-bit colour by alpha and
     mangles gray + alpha; those go through Pillow (8-bit) or tifffile (if installed).
     """
     bits = directory.value(258) or 1
     samples = directory.value(277) or 1
+    sample_format = directory.value(339) or 1
     has_alpha = 338 in directory.entries
+    if sample_format == 2:
+        raise ImageError(f"{name}: signed {bits}-bit integer samples are not supported (unsigned 8/16-bit or float32 TIFF only)")
+    if sample_format == 3 and bits not in (32, 64):
+        raise ImageError(f"{name}: {bits}-bit float samples are not supported (8/16-bit or float32 TIFF only)")
+    if sample_format not in (1, 3):
+        raise ImageError(f"{name}: TIFF sample format {sample_format} is not supported (unsigned 8/16-bit or float32 only)")
     expected = {8: np.uint8, 16: np.uint16, 32: np.float32, 64: np.float64}.get(bits)
     if bits == 8 and has_alpha:
         try:
-            return _decode_pillow(data), False
+            return _decode_pillow(data)
         except Exception:  # noqa: BLE001 - Pillow reports damage with many exception types
             return None, False
     if not (samples == 2 or (has_alpha and samples != 4)):
@@ -288,6 +406,10 @@ def _decode_tiff(data: bytes, directory: tiff.Directory, name: str) -> tuple[np.
         channels = 1 if pixels.ndim == 2 else pixels.shape[2]
         if pixels.dtype == expected and channels == samples:
             return pixels, True
+        if bits < 8 and pixels.dtype == np.uint8:  # 1/2/4-bit (bilevel, few grays, palette): OpenCV widens to 8-bit
+            return pixels, True
+    if bits not in (8, 16, 32, 64):
+        raise ImageError(f"{name}: {bits}-bit TIFF samples are not supported (8-bit, 16-bit or float32 only)")
     try:
         import tifffile
     except ImportError:
@@ -306,36 +428,70 @@ def _decode_tiff(data: bytes, directory: tiff.Directory, name: str) -> tuple[np.
     return array, False
 
 
-def decode_image(data: bytes, name: str = "image", *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Image:
-    """Decode encoded image bytes into an `Image` (see `read_image`)."""
+#: file bytes allowed per pixel of the megapixel limit (an uncompressed 16-bit RGBA TIFF) plus room for metadata
+_FILE_BYTES_PER_PIXEL = 8
+_FILE_SLACK = 64 << 20
+
+
+def resolve_max_megapixels(max_megapixels: float | None) -> float:
+    """The limit to apply: the given one, or the machine's default (see irtool.memory)."""
+    from .memory import default_max_megapixels
+
+    return default_max_megapixels() if max_megapixels is None else float(max_megapixels)
+
+
+def read_header(data: bytes, name: str = "image") -> tuple[str | None, Header, tiff.Directory | None]:
+    """(format, header, TIFF directory) of encoded bytes, before any decoding: the one-line ImageError for an empty
+    file, an unknown format, a damaged header, or an animation/multi-page file (never cut to its first frame)."""
     if not data:
         raise ImageError(f"{name}: empty file")
     fmt = sniff_format(data[:16])
     directory = None
-    icc = exif = None
     try:
         if fmt == "tiff":
-            icc, exif, directory = tiff.read_tiff_metadata(data)
-        size = _size(data, fmt, directory) if fmt else None
+            directory = tiff.read_directory(data)
+        header = _header(data, fmt, directory)
         if fmt == "png":
             _png_check(data)
     except ImageError as exc:
         raise ImageError(f"{name}: {exc}") from None
     except (tiff.TiffFormatError, struct.error):
-        raise ImageError(f"{name}: corrupt {fmt.upper()} header") from None
-    if size is not None:
-        megapixels = size[0] * size[1] / 1e6
-        if size[0] == 0 or size[1] == 0:
-            raise ImageError(f"{name}: {fmt.upper()} header says {size[0]}x{size[1]} pixels")
-        if megapixels > max_megapixels:
-            raise ImageError(
-                f"{name}: {size[0]}x{size[1]} pixels ({megapixels:.0f} MP) is over the {max_megapixels:.0f} MP limit "
-                "(raise it with --max-megapixels)"
-            )
+        raise ImageError(f"{name}: corrupt {(fmt or 'image').upper()} header") from None
+    if header.width <= 0 or header.height <= 0:
+        raise ImageError(f"{name}: {(fmt or 'image').upper()} header says {header.width}x{header.height} pixels")
+    if header.frames > 1:
+        raise ImageError(
+            f"{name}: {header.kind} with {header.frames} frames; irtool restores single images and will not keep "
+            "only the first, so it is refused (split it into single images first)"
+        )
+    return fmt, header, directory
 
+
+def decode_image(data: bytes, name: str = "image", *, max_megapixels: float | None = None) -> Image:
+    """Decode encoded image bytes into an `Image` (see `read_image`). The size comes from the header (or Pillow's
+    lazy open) and is checked against `max_megapixels` (default: from this machine's memory) before decoding."""
+    fmt, header, directory = read_header(data, name)
+    limit = resolve_max_megapixels(max_megapixels)
+    megapixels = header.width * header.height / 1e6
+    if megapixels > limit:
+        raise ImageError(
+            f"{name}: {header.width}x{header.height} pixels ({megapixels:.0f} MP) is over the {limit:.0f} MP limit "
+            "(raise it with --max-megapixels)"
+        )
+    icc = exif = None
+    if directory is not None:
+        icc_entry = directory.entries.get(tiff.ICC_PROFILE)
+        icc, exif = (icc_entry.data if icc_entry else None), tiff.exif_from_directory(directory)
+
+    warnings: list[str] = []
     decoder_oriented = False
     if fmt == "tiff" and directory is not None:
         pixels, decoder_oriented = _decode_tiff(data, directory, name)
+        if (directory.value(258) or 1) < 8 and pixels is not None:
+            warnings.append(f"{directory.value(258) or 1}-bit TIFF samples are written back as 8-bit")
+    elif fmt is None or fmt == "gif":
+        pixels = _decode_gif(data)
+        fmt = None
     else:
         try:
             pixels, types, chunks = cv2.imdecodeWithMetadata(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -349,7 +505,9 @@ def decode_image(data: bytes, name: str = "image", *, max_megapixels: float = DE
                 exif = tiff.strip_exif_header(blob) or None
     if pixels is None or pixels.size == 0:
         what = fmt.upper() if fmt else "image"
-        raise ImageError(f"{name}: truncated or corrupt {what} file" if fmt else f"{name}: not an image (unknown format)")
+        raise ImageError(f"{name}: truncated or corrupt {what} file")
+    if pixels.shape[:2] != (header.height, header.width) and not (decoder_oriented and pixels.shape[:2] == (header.width, header.height)):
+        raise ImageError(f"{name}: decoded {pixels.shape[1]}x{pixels.shape[0]} pixels, its header says {header.width}x{header.height}")
 
     if pixels.dtype not in (np.uint8, np.uint16, np.float32):
         if pixels.dtype == np.float64:
@@ -381,17 +539,15 @@ def decode_image(data: bytes, name: str = "image", *, max_megapixels: float = DE
     orientation = tiff.orientation(exif) if exif else 1
     if fmt == "tiff" and directory is not None:
         orientation = directory.value(tiff.ORIENTATION) or 1
+        orientation = orientation if 1 <= orientation <= 8 else 1
     if orientation != 1 and not decoder_oriented:
         color = apply_orientation(color, orientation)
         alpha = apply_orientation(alpha, orientation) if alpha is not None else None
     if exif:
         exif = tiff.drop_thumbnail(tiff.reset_orientation(exif))
 
-    rgb = _to_float(color)
-    if rgb.ndim == 2:
-        rgb = np.repeat(rgb[..., None], 3, axis=2)
     return Image(
-        rgb=np.ascontiguousarray(rgb),
+        pixels=color,
         dtype=pixels.dtype,
         alpha=None if alpha is None else np.ascontiguousarray(alpha),
         gray=gray,
@@ -400,21 +556,21 @@ def decode_image(data: bytes, name: str = "image", *, max_megapixels: float = DE
         format=fmt,
         orientation=orientation,
         lossless=fmt == "webp" and _webp_is_lossless(data),
+        warnings=warnings,
     )
 
 
-def read_image(path: str | Path, *, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Image:
-    """Read an image file losslessly (see the module docstring). Raises ImageError with a one-line reason."""
+def read_image(path: str | Path, *, max_megapixels: float | None = None) -> Image:
+    """Read an image file losslessly (see the module docstring). Raises ImageError with a one-line reason.
+
+    Special files (FIFOs, devices, sockets) are refused by type before anything opens them, and a file larger than
+    any image under the megapixel limit is not read at all."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a folder, not an image") from None
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    image = decode_image(data, str(path), max_megapixels=max_megapixels)
+    limit = resolve_max_megapixels(max_megapixels)
+    max_bytes = int(limit * 1e6 * _FILE_BYTES_PER_PIXEL) + _FILE_SLACK
+    data = safe_paths.read_regular(path, max_bytes, error=ImageError)
+    image = decode_image(data, str(path), max_megapixels=limit)
+    del data
     image.path = path
     return image
 
@@ -460,16 +616,25 @@ def _encode_gray_alpha_png(color: np.ndarray, alpha: np.ndarray, icc: bytes | No
     return buf.getvalue()
 
 
-def encode_image(image: Image, rgb: np.ndarray | None = None, fmt: str | None = None, *, quality: int = 95) -> tuple[bytes, list[str]]:
+def encode_image(image: Image, rgb: np.ndarray | None = None, fmt: str | None = None, *, quality: int = 95, samples: np.ndarray | None = None) -> tuple[bytes, list[str]]:
     """Encode `rgb` (H, W, 3 float in [0, 1]; default `image.rgb`) in `image`'s frame: its bit depth, alpha, gray
     flag, ICC and EXIF. fmt: output format (default: the input's, PNG for other formats).
+    samples: instead of `rgb`, restored colour already in `image.dtype` (RGB, or gray for a gray image), as the tiled
+    path makes it; it may be converted in place (no second full-size copy for RGB without alpha).
 
     Returns the file bytes and warnings about anything the format could not hold.
     """
+    data, warnings = _encode(image, rgb, fmt, quality=quality, samples=samples)
+    return bytes(data), warnings
+
+
+def _encode(image: Image, rgb: np.ndarray | None, fmt: str | None, *, quality: int, samples: np.ndarray | None) -> tuple[bytes | memoryview, list[str]]:
     fmt = fmt or image.format or "png"
-    rgb = image.rgb if rgb is None else rgb
-    if rgb.shape[:2] != (image.height, image.width):
-        raise ValueError(f"restored pixels are {rgb.shape[:2]}, the image is {(image.height, image.width)}")
+    if samples is None:
+        rgb = image.rgb if rgb is None else rgb
+    shape = (samples if samples is not None else rgb).shape[:2]  # type: ignore[union-attr]
+    if shape != (image.height, image.width):
+        raise ValueError(f"restored pixels are {shape}, the image is {(image.height, image.width)}")
     warnings: list[str] = []
     dtype = np.dtype(image.dtype)
     if image.bit_depth not in _DEPTHS[fmt]:
@@ -489,7 +654,9 @@ def encode_image(image: Image, rgb: np.ndarray | None = None, fmt: str | None = 
         warnings.append(f"the {space or 'unknown'} ICC profile does not fit the {'gray' if image.gray else 'RGB'} output; dropped")
         icc = None
 
-    if image.gray:
+    if samples is not None:
+        color = samples if samples.dtype == dtype else _quantize(_to_float(samples), dtype)
+    elif image.gray:
         color = _quantize(luma(rgb), dtype)
     else:
         color = _quantize(rgb, dtype)
@@ -509,11 +676,16 @@ def encode_image(image: Image, rgb: np.ndarray | None = None, fmt: str | None = 
         if icc and icc_colour_space(icc) == b"GRAY":
             icc = None  # a gray profile cannot describe RGB data
         color = np.dstack([color] * 3)
-    # OpenCV: BGR(A) order
-    if color.ndim == 3:
-        color = color[..., ::-1]
-    array = color if alpha is None else np.dstack([color, alpha])
-    array = np.ascontiguousarray(array)
+    # OpenCV: BGR(A) order. Without alpha the swap is done in place on our own copy: no second full-size array.
+    if alpha is not None:
+        array = np.ascontiguousarray(np.dstack([color[..., ::-1] if color.ndim == 3 else color, alpha]))
+    elif color.ndim == 3:
+        if color.flags.c_contiguous and color.flags.writeable and not (samples is not None and color is image.pixels):
+            array = cv2.cvtColor(color, cv2.COLOR_RGB2BGR, dst=color)
+        else:
+            array = np.ascontiguousarray(color[..., ::-1])
+    else:
+        array = np.ascontiguousarray(color)
     params: list[int] = []
     if fmt == "jpeg":
         params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
@@ -537,7 +709,7 @@ def encode_image(image: Image, rgb: np.ndarray | None = None, fmt: str | None = 
         raise ImageError(f"cannot encode as {fmt.upper()} ({str(exc).strip().splitlines()[-1][:120]})") from None
     if not ok:
         raise ImageError(f"cannot encode as {fmt.upper()}")
-    return buffer.tobytes(), warnings
+    return memoryview(buffer), warnings
 
 
 def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
@@ -569,14 +741,16 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
-def write_bytes_atomic(path: str | Path, data: bytes, *, overwrite: bool = False) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes | memoryview, *, overwrite: bool = False) -> None:
     """Write `data` to `path` through a temp file in the same folder; see `_publish` for the replace rule."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise ImageError(f"{path}: already exists (pass --overwrite to replace it, or --skip-existing)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".irtool-tmp", dir=path.parent)
+        # the temp name stays within the 255 bytes a file name can hold, however long the target's name is
+        stem = os.fsdecode(os.fsencode(path.name)[:120]).rstrip("\ufffd")
+        fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".irtool-tmp", dir=path.parent)
     except OSError as exc:
         raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None
     tmp = Path(name)
@@ -602,11 +776,12 @@ def write_image(
     *,
     quality: int = 95,
     overwrite: bool = False,
+    samples: np.ndarray | None = None,
 ) -> list[str]:
     """Encode (see `encode_image`) and write atomically. Returns warnings about what the format could not hold."""
     path = Path(path)
     fmt = normalize_format(fmt) or format_from_suffix(path.suffix) or image.format or "png"
-    data, warnings = encode_image(image, rgb, fmt, quality=quality)
+    data, warnings = _encode(image, rgb, fmt, quality=quality, samples=samples)
     write_bytes_atomic(path, data, overwrite=overwrite)
     return warnings
 
@@ -633,17 +808,18 @@ def from_array(array: np.ndarray, *, alpha_last: bool | None = None) -> Image:
         alpha = array[..., -1] if channels in (2, 4) else None
     else:
         raise ImageError(f"array of shape {array.shape}: expected (H, W), (H, W, 3) or (H, W, 4)")
-    rgb = _to_float(color)
-    if rgb.ndim == 2:
-        rgb = np.repeat(rgb[..., None], 3, axis=2)
-    return Image(rgb=np.ascontiguousarray(rgb), dtype=array.dtype, alpha=alpha, gray=gray)
+    return Image(pixels=color, dtype=array.dtype, alpha=alpha, gray=gray)
 
 
-def to_array(image: Image, rgb: np.ndarray | None = None) -> np.ndarray:
-    """Restored pixels as an array in `image`'s frame: its dtype, gray flag and alpha (inverse of `from_array`)."""
-    rgb = image.rgb if rgb is None else rgb
+def to_array(image: Image, rgb: np.ndarray | None = None, samples: np.ndarray | None = None) -> np.ndarray:
+    """Restored pixels as an array in `image`'s frame: its dtype, gray flag and alpha (inverse of `from_array`).
+    samples: restored colour already in `image.dtype` (from the tiled path), instead of float `rgb`."""
     dtype = np.dtype(image.dtype)
-    color = _quantize(luma(rgb) if image.gray else rgb, dtype)
+    if samples is not None:
+        color = samples
+    else:
+        rgb = image.rgb if rgb is None else rgb
+        color = _quantize(luma(rgb) if image.gray else rgb, dtype)
     if image.alpha is None:
         return color
     alpha = _convert_alpha(image.alpha, dtype)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import io
-from .errors import IrtoolError
+from . import io, safe_paths
+from .errors import IrtoolError, UsageError
 from .video import VIDEO_SUFFIXES
 
 #: what a folder walk or a glob picks up: images, and videos (restored by irtool.video)
@@ -47,7 +47,7 @@ class RestoreOptions:
     quality: int = 95  #: JPEG / WebP quality
     overwrite: bool = False
     skip_existing: bool = False
-    max_megapixels: float = io.DEFAULT_MAX_MEGAPIXELS
+    max_megapixels: float | None = None  #: refuse larger images; None: from this machine's memory (irtool.memory)
     workers: int = 2  #: decoding and encoding threads
 
     def check(self) -> None:
@@ -57,6 +57,8 @@ class RestoreOptions:
             raise IrtoolError("--tile, --tile-overlap and --route-size must be >= 0; --batch-size and --workers >= 1")
         if self.tile and self.tile < 16:
             raise IrtoolError(f"--tile {self.tile}: too small (use 0 for whole images, or at least 16)")
+        if self.max_megapixels is not None and not self.max_megapixels > 0:
+            raise IrtoolError(f"--max-megapixels {self.max_megapixels}: must be above 0")
         if self.overwrite and self.skip_existing:
             raise IrtoolError("--overwrite and --skip-existing contradict each other; pick one")
         if not 1 <= self.quality <= 100:
@@ -75,6 +77,7 @@ class Job:
     dst: Path | None
     skip: str | None = None
     error: str | None = None
+    exists: bool = False  #: skipped because the output exists and neither --skip-existing nor --overwrite was given
 
 
 def _is_glob(text: str) -> bool:
@@ -92,18 +95,10 @@ def _glob_base(pattern: str) -> Path:
     return Path(*base) if base else Path(".")
 
 
-def _walk(folder: Path, exclude: Path | None) -> list[Path]:
-    """Image files below `folder`, sorted, skipping hidden files and folders and the output folder."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        root_path = Path(root)
-        dirs[:] = sorted(
-            d for d in dirs if not d.startswith(".") and (exclude is None or (root_path / d).resolve() != exclude)
-        )
-        for name in sorted(files):
-            if not name.startswith(".") and Path(name).suffix.lower() in INPUT_SUFFIXES:
-                found.append(root_path / name)
-    return found
+def _walk(folder: Path, exclude: Path | None) -> tuple[list[Path], list[str]]:
+    """Image files below `folder`, sorted, skipping hidden files and folders and the output folder, never following
+    a loop; and the folders that could not be listed."""
+    return safe_paths.walk_files(folder, lambda name: Path(name).suffix.lower() in INPUT_SUFFIXES, exclude)
 
 
 def output_path(src: Path, relative_dir: Path, out_dir: Path, options: RestoreOptions) -> Path:
@@ -122,38 +117,69 @@ def output_path(src: Path, relative_dir: Path, out_dir: Path, options: RestoreOp
 
 def expand_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) -> tuple[list[tuple[str, Path, Path]], list[Job]]:
     """Files, folders (recursively) and globs -> (source, image file, folder relative to the input's root) in a
-    stable order, and a failed Job for each input that names nothing. `exclude`: a folder not to descend into."""
+    stable order, and a failed Job for each input that names nothing and each path that cannot be used (a special
+    file, a broken or looping link, an unreadable folder). `exclude`: a folder not to descend into.
+
+    Nothing is opened: types come from stat, links to folders are not descended, no file is listed twice."""
     found: list[tuple[str, Path, Path]] = []
     failed: list[Job] = []
+    seen: set[str] = set()
     # One folder: its tree goes straight into the output folder. Several inputs: each folder keeps its own name
     # (as `cp -r a b dest/` does), so same-named files in different folders do not collide.
     nest = len(inputs) > 1
+
+    def add(source: str, file: Path, rel: Path) -> None:
+        key = os.path.normpath(os.path.abspath(file))
+        if key in seen:  # e.g. 'shoot/**/*' matches a folder and the files in it
+            return
+        seen.add(key)
+        problem = safe_paths.file_problem(file)
+        if problem:
+            failed.append(Job(source, file, None, error=problem))
+        else:
+            found.append((source, file, rel))
+
     for raw in inputs:
         text = str(raw)
         path = Path(text).expanduser()
+        seen.clear()  # within one input; two inputs naming one file give two outputs, as before
         if path.is_dir():
-            files = _walk(path, exclude)
-            if not files:
+            files, problems = _walk(path, exclude)
+            failed += [Job(text, None, None, error=p) for p in problems]
+            if not files and not problems:
                 failed.append(Job(text, None, None, error=f"{text}: no images (png, jpg, webp, tiff, bmp) or videos (mp4, mov, mkv, webm, avi) in this folder"))
-            top = Path(path.resolve().name) if nest else Path(".")
-            found += [(text, f, top / f.parent.relative_to(path)) for f in files]
-        elif path.exists():
-            found.append((text, path, Path(".")))
+            top = Path(safe_paths.real(path).name) if nest else Path(".")
+            for f in files:
+                add(text, f, top / f.parent.relative_to(path))
+        elif os.path.lexists(path):
+            add(text, path, Path("."))
         elif _is_glob(text):
-            base = _glob_base(os.path.expanduser(text))
-            matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(text), recursive=True))
-            files = []
-            for m in matches:
-                if m.is_dir():
-                    files += [(f, f.parent.relative_to(base)) for f in _walk(m, exclude)]
+            pattern = os.path.expanduser(text)
+            base = _glob_base(pattern)
+            before = len(found) + len(failed)
+            for m in safe_paths.glob_paths(pattern):
+                if os.path.isdir(m) and not os.path.islink(m):
+                    files, problems = _walk(m, exclude)
+                    failed += [Job(text, None, None, error=p) for p in problems]
+                    for f in files:
+                        add(text, f, f.parent.relative_to(base) if f.is_relative_to(base) else Path("."))
                 elif m.suffix.lower() in INPUT_SUFFIXES and not m.name.startswith("."):
-                    files.append((m, m.parent.relative_to(base) if m.is_relative_to(base) else Path(".")))
-            if not files:
+                    add(text, m, m.parent.relative_to(base) if m.is_relative_to(base) else Path("."))
+            if len(found) + len(failed) == before:
                 failed.append(Job(text, None, None, error=f"{text}: matches no images"))
-            found += [(text, f, rel) for f, rel in files]
         else:
             failed.append(Job(text, None, None, error=f"{text}: no such file or folder"))
     return found, failed
+
+
+def _single_file_output(inputs: Sequence[str | Path], out: Path) -> bool:
+    """`irtool restore photo.jpg fixed.jpg`: one input file and an output that names an image file, not a folder."""
+    return (
+        len(inputs) == 1
+        and os.path.isfile(Path(str(inputs[0])).expanduser())
+        and io.format_from_suffix(out.suffix) is not None
+        and not out.is_dir()
+    )
 
 
 def plan(inputs: Sequence[str | Path], out_dir: str | Path, options: RestoreOptions | None = None) -> list[Job]:
@@ -161,39 +187,68 @@ def plan(inputs: Sequence[str | Path], out_dir: str | Path, options: RestoreOpti
 
     - a file goes to `out_dir/name`; a folder's images to `out_dir/<path below the folder>` (with several inputs,
       `out_dir/<folder name>/<path below it>`); a glob's matches to `out_dir/<path below the glob's fixed part>`;
-      the output folder itself is never walked as input;
+      the output folder itself is never walked as input; one input file with an output named like an image file
+      (`photo.jpg fixed.png`) is written to that file;
     - an input is never an output: a job whose output would be its own input is refused;
-    - an existing output is skipped with `skip_existing`, replaced with `overwrite`, else the job is refused;
-    - two inputs that would write the same output: the second is refused.
+    - an existing output is skipped with `skip_existing`, replaced with `overwrite`, else left as it is (status
+      "exists", not a failure);
+    - two inputs that would write the same output: the second is refused;
+    - special files, broken or looping links and unreadable folders are refused one by one (see irtool.safe_paths).
     """
     options = options or RestoreOptions()
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
+    single = _single_file_output(inputs, out_dir)
+    if not single and out_dir.exists() and not out_dir.is_dir():
         raise IrtoolError(f"{out_dir}: exists and is not a folder")
-    found, jobs = expand_inputs(inputs, out_dir.resolve())
+    if not single and len(inputs) > 1 and io.format_from_suffix(out_dir.suffix) and not out_dir.exists():
+        raise IrtoolError(
+            f"{out_dir}: several inputs need an output folder, and this names an image file; give a folder (e.g. out/)"
+        )
+    found, jobs = expand_inputs(inputs, safe_paths.real(out_dir.parent if single else out_dir))
     claimed: dict[Path, Path] = {}
     for source, src, rel in found:
-        dst = output_path(src, rel, out_dir, options)
-        key = dst.resolve()
-        if key == src.resolve() or (dst.exists() and os.path.samefile(dst, src)):  # also through links
+        dst = out_dir if single else output_path(src, rel, out_dir, options)
+        key = safe_paths.real(dst)
+        if safe_paths.name_too_long(dst):
+            jobs.append(Job(source, src, None, error=f"{src}: the output name {dst.name[:40]}... is longer than the {safe_paths.NAME_MAX} bytes a file name can hold"))
+        elif key == safe_paths.real(src) or (dst.exists() and os.path.samefile(dst, src)):  # also through links
             jobs.append(Job(source, src, dst, error=f"{src}: the output would overwrite the input; choose another output folder or a --suffix"))
         elif key in claimed:
             jobs.append(Job(source, src, dst, error=f"{src}: its output {dst} is already the output of {claimed[key]}"))
-        elif dst.exists() and options.skip_existing:
+        elif os.path.lexists(dst) and options.skip_existing:
             claimed[key] = src
             jobs.append(Job(source, src, dst, skip=f"{dst} exists"))
-        elif dst.exists() and not options.overwrite:
+        elif os.path.lexists(dst) and not options.overwrite:
             claimed[key] = src
-            jobs.append(Job(source, src, dst, error=f"{dst}: already exists (pass --overwrite to replace it, or --skip-existing)"))
+            jobs.append(Job(source, src, dst, skip=f"{dst} exists", exists=True))
         else:
             claimed[key] = src
             jobs.append(Job(source, src, dst))
     return jobs
 
 
+_FLAG_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}
+
+
+def split_restore_paths(paths: Sequence[str]) -> tuple[list[str], str]:
+    """`irtool restore INPUT... OUTPUT`: (inputs, output), or a usage error that says what is missing."""
+    if len(paths) < 2:
+        shown = f" {paths[0]}" if paths else " photo.jpg"
+        raise UsageError(f"missing the output folder: irtool restore{shown} OUTPUT_DIR (e.g. irtool restore{shown} out/)")
+    for word in paths:
+        if word.lower() in _FLAG_WORDS and not os.path.lexists(word):
+            raise UsageError(f"{word!r}: flags such as --skip-existing take no value; leave out {word!r}")
+    return list(paths[:-1]), paths[-1]
+
+
+#: said once per run when outputs were left as they were
+EXISTS_HINT = "pass --skip-existing to skip them quietly, or --overwrite to replace them"
+
+
 @dataclass
 class RestoreReport:
-    """What happened to one input. `status` is "ok", "skipped" or "failed" (then `error` says why)."""
+    """What happened to one input. `status` is "ok", "skipped", "exists" (its output was already there and was left
+    as it is) or "failed" (then `error` says why)."""
 
     input: str
     output: str | None = None
@@ -248,4 +303,5 @@ def report_unrunnable(job: Job) -> RestoreReport:
     """The report of a job that planning refused (`error`) or skipped (`skip`)."""
     if job.error:
         return RestoreReport(input=str(job.src or job.source), output=str(job.dst) if job.dst else None, status="failed", error=job.error)
-    return RestoreReport(input=str(job.src), output=str(job.dst), status="skipped", warnings=[job.skip] if job.skip else [])
+    status = "exists" if job.exists else "skipped"
+    return RestoreReport(input=str(job.src), output=str(job.dst), status=status, warnings=[job.skip] if job.skip else [])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 import pickle
+import re
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
 _WRAPPERS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net", "module")
 # Prefixes that wrappers put in front of every key (Lightning's `net.`, DDP's `module.`, torch.compile's `_orig_mod.`).
 _PREFIXES = ("net.", "module.", "model.", "_orig_mod.", "netG.")
-# Pickled globals that build plain data only; allowed without `trust`.
-_HARMLESS_GLOBALS = (
+# Pickled globals that build plain data only; allowed without `trust`. An explicit list of exact names, never a
+# prefix: `numpy.dtypes._add_dtype_helper`, for one, sits beside the dtype classes and changes numpy's registry.
+_HARMLESS_GLOBALS = frozenset({
     "argparse.Namespace",
     "collections.OrderedDict",
     "collections.defaultdict",
@@ -47,11 +49,23 @@ _HARMLESS_GLOBALS = (
     "pathlib.PosixPath",
     "pathlib.WindowsPath",
     "pathlib.Path",
+    "builtins.set",
+    "builtins.frozenset",
+    "builtins.complex",
+    "builtins.slice",
+})
+# numpy >= 1.25 pickles a dtype with its class (numpy.dtypes.Float64DType, ...): the numeric ones, by name.
+_NUMPY_DTYPE_CLASSES = (
+    "BoolDType", "Int8DType", "UInt8DType", "Int16DType", "UInt16DType", "Int32DType", "UInt32DType", "Int64DType",
+    "UInt64DType", "Float16DType", "Float32DType", "Float64DType", "LongDoubleDType", "Complex64DType",
+    "Complex128DType", "CLongDoubleDType", "ByteDType", "UByteDType", "ShortDType", "UShortDType", "IntDType",
+    "UIntDType", "LongDType", "ULongDType", "LongLongDType", "ULongLongDType",
 )
+HARMLESS_GLOBALS = _HARMLESS_GLOBALS | {f"numpy.dtypes.{n}" for n in _NUMPY_DTYPE_CLASSES}
 
 
 def _is_harmless(name: str) -> bool:
-    return name in _HARMLESS_GLOBALS or name.startswith("numpy.dtypes.")
+    return name in HARMLESS_GLOBALS
 
 
 def _resolve_global(name: str) -> Any:
@@ -59,9 +73,40 @@ def _resolve_global(name: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = _ANSI.sub("", str(exc)).strip().splitlines()
     return text[0][:160] if text else type(exc).__name__
+
+
+def _legacy_globals(path: Path) -> list[str]:
+    """The globals a legacy (pre-1.6, not zip) torch.save file names, read off its pickle opcodes without running
+    them: the file is a few pickles in a row (magic, protocol, system info, the object)."""
+    import pickletools
+
+    found: list[str] = []
+    with open(path, "rb") as f:
+        for _ in range(4):
+            strings: list[str] = []
+            try:
+                for op, arg, _pos in pickletools.genops(f):
+                    if op.name == "GLOBAL":
+                        found.append(str(arg).replace(" ", "."))
+                    elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING", "BINSTRING", "STRING"):
+                        strings.append(str(arg))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.append(f"{strings[-2]}.{strings[-1]}")
+            except Exception:  # noqa: BLE001 - past the last pickle (tensor bytes follow) or a damaged file
+                break
+    return sorted(set(found))
+
+
+def _is_legacy(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head[:1] == b"\x80" and not zipfile.is_zipfile(path)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -114,8 +159,12 @@ def _read_pickle(path: Path, *, trust: bool) -> Any:
         raise _unreadable(path, exc) from None
 
     # Either a pickle that wants globals outside torch's weights-only set, or garbage.
+    legacy = _is_legacy(path)
     try:
-        wanted = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        if legacy:
+            wanted = [g for g in _legacy_globals(path) if not g.startswith(("torch.", "collections.OrderedDict"))]
+        else:
+            wanted = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # noqa: BLE001 - any failure here means the file is not a readable pickle
         wanted = []
     if not wanted:
@@ -128,17 +177,18 @@ def _read_pickle(path: Path, *, trust: bool) -> Any:
     unsafe = [g for g in wanted if not _is_harmless(g)]
     if unsafe:
         shown = ", ".join(unsafe[:5]) + (f" and {len(unsafe) - 5} more" if len(unsafe) > 5 else "")
+        kind = "a legacy (pre-1.6) PyTorch checkpoint; " if legacy else ""
         raise UnsafeCheckpointError(
-            f"{path}: refused, loading it would run pickled code ({shown}); if you trust its source, pass "
+            f"{path}: {kind}refused, loading it would run pickled code ({shown}); if you trust its source, pass "
             "--trust-checkpoint (trust=True), or convert it once with `irtool weights convert`"
         )
     try:
         allowed = [_resolve_global(g) for g in wanted]
         if any(g.startswith("numpy.") for g in wanted):
-            # numpy scalars also need their dtype classes, which the scan above does not list
+            # numpy scalars also need their dtype classes, which the scan above does not list: the numeric ones
             import numpy.dtypes
 
-            allowed += [getattr(numpy.dtypes, n) for n in numpy.dtypes.__all__]
+            allowed += [getattr(numpy.dtypes, n) for n in _NUMPY_DTYPE_CLASSES if hasattr(numpy.dtypes, n)]
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
@@ -258,7 +308,8 @@ def build_model(
     *,
     option: str = "config",
 ) -> nn.Module:
-    """Build the detected network and load `sd` into it strictly (CPU, fp32, eval mode).
+    """Build the detected network and load `sd` into it strictly (CPU, fp32, eval mode). Weights holding NaN or Inf
+    are refused: they restore every image to black.
 
     The config comes from the shapes, then from the file's recorded `irtool.config` metadata when that fits the
     tensors, then from `config`: fields the caller states (what shapes cannot show, such as top_k or the router's
@@ -266,6 +317,14 @@ def build_model(
     is assumed, with a `ConfigGuessWarning` saying how to state it (`option` names the keyword, e.g. router_config).
     """
     spec, inferred = detect(sd, path)
+    # meta tensors (a key list checked for its layout, no values) have nothing to check
+    broken = [k for k, v in sd.items()
+              if v.is_floating_point() and v.device.type != "meta" and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(
+            f"{path}: {len(broken)} weight tensor(s) hold NaN or Inf values (such as {sorted(broken)[0]!r}); the file is "
+            "damaged or comes from a training run that diverged"
+        )
     if spec.obsolete_keys:
         sd = {k: v for k, v in sd.items() if k not in spec.obsolete_keys}
     chosen, stated = inferred, set()

@@ -74,15 +74,19 @@ class Directory:
     entries: dict[int, Entry] = field(default_factory=dict)
 
     def value(self, tag: int) -> int | None:
-        """The first value of an integer tag, or None."""
+        """The first value of an integer tag (unsigned or signed), or None."""
         entry = self.entries.get(tag)
-        if entry is None or entry.type not in (1, 3, 4, 13) or not entry.data:
+        if entry is None or entry.type not in _INT_CODES or not entry.data:
             return None
         return _unpack_ints(entry, self.byte_order)[0]
 
 
+#: struct codes of the integer field types (BYTE, SHORT, LONG, SBYTE, SSHORT, SLONG, IFD)
+_INT_CODES = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I"}
+
+
 def _unpack_ints(entry: Entry, order: str) -> list[int]:
-    code = {1: "B", 3: "H", 4: "I", 13: "I"}[entry.type]
+    code = _INT_CODES[entry.type]
     return list(struct.unpack(f"{order}{entry.count}{code}", entry.data[: entry.count * struct.calcsize(code)]))
 
 
@@ -136,6 +140,33 @@ def read_directory(buf: bytes, start: int = 0) -> Directory:
     """IFD0 (with its sub-IFDs) of the TIFF structure beginning at `buf[start]`."""
     order, offset = _header(buf, start)
     return Directory(order, _read_entries(buf, start, offset, order))
+
+
+def page_count(buf: bytes, limit: int = 10000) -> int:
+    """The number of full-resolution images (IFDs) in a TIFF file: reduced-resolution ones (previews, thumbnails:
+    NewSubfileType bit 0) are not pages. Follows the IFD chain without looping."""
+    try:
+        order, offset = _header(buf)
+    except (TiffFormatError, struct.error):
+        return 1
+    pages, seen = 0, set()
+    while offset and offset not in seen and len(seen) < limit and offset + 2 <= len(buf):
+        seen.add(offset)
+        (count,) = struct.unpack(f"{order}H", buf[offset : offset + 2])
+        end = offset + 2 + 12 * count
+        if end + 4 > len(buf):
+            pages += 1
+            break
+        reduced = False
+        for i in range(count):
+            tag, typ, n = struct.unpack(f"{order}HHI", buf[offset + 2 + 12 * i : offset + 10 + 12 * i])
+            if tag == 254 and typ in (3, 4) and n == 1:
+                code = "H" if typ == 3 else "I"
+                (value,) = struct.unpack(f"{order}{code}", buf[offset + 10 + 12 * i : offset + 10 + 12 * i + struct.calcsize(code)])
+                reduced = bool(value & 1)
+        pages += 0 if reduced and pages else 1
+        (offset,) = struct.unpack(f"{order}I", buf[end : end + 4])
+    return max(1, pages)
 
 
 def strip_exif_header(exif: bytes) -> bytes:
@@ -281,17 +312,18 @@ def write_tiff(
     bits = pixels.dtype.itemsize * 8
     integer = pixels.dtype != np.float32
 
-    data = np.ascontiguousarray(pixels)
-    if integer:
-        # Horizontal differencing (predictor 2) makes photographs compress far better; it wraps modulo 2^bits.
-        data = data.copy()
-        data[:, 1:] -= pixels[:, :-1]
-    data = data.astype(data.dtype.newbyteorder(order), copy=False)
     row_bytes = width * spp * pixels.dtype.itemsize
     rows_per_strip = max(1, min(height, (256 * 1024) // max(row_bytes, 1)))
-    strips = [
-        zlib.compress(data[r : r + rows_per_strip].tobytes(), level) for r in range(0, height, rows_per_strip)
-    ]
+
+    def strip(r: int) -> bytes:
+        # One strip at a time, so a large image never needs a second full-size copy.
+        chunk = np.array(pixels[r : r + rows_per_strip], order="C")
+        if integer:
+            # Horizontal differencing (predictor 2) makes photographs compress far better; it wraps modulo 2^bits.
+            chunk[:, 1:] -= pixels[r : r + rows_per_strip, :-1]
+        return zlib.compress(chunk.astype(chunk.dtype.newbyteorder(order), copy=False).tobytes(), level)
+
+    strips = [strip(r) for r in range(0, height, rows_per_strip)]
 
     color = spp - int(alpha)
     entries: dict[int, Entry] = {}

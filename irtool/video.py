@@ -930,9 +930,8 @@ def restore_video(src_path: Path, dst: Path, restorer: Any, video: VideoOptions,
             try:
                 for event in _events(src, video, with_audio=True, stop=stop):
                     if event.kind == "frame":
-                        rgb = _rgb(event.frame, src.deep)
-                        scale = 65535.0 if src.deep else 255.0
-                        event.frame = io.Image(rgb=rgb.astype(np.float32) / scale, dtype=np.uint16 if src.deep else np.uint8)
+                        rgb = _rgb(event.frame, src.deep)  # uint8/uint16: the float copy is made in the model thread
+                        event.frame = io.Image(pixels=rgb, dtype=rgb.dtype)
                     while not stop.is_set():
                         try:
                             events.put(event, timeout=0.1)

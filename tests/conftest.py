@@ -14,6 +14,18 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("IRTOOL_REFERENCE", REPO.parent / "shared" / "reference"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` skip, with the reason, on machines without a CUDA GPU (`pytest -m cuda` selects them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     import torch

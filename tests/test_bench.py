@@ -17,7 +17,6 @@ from irtool.cli import app
 from irtool.errors import IrtoolError
 
 runner = CliRunner()
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def _bench(*args: str) -> dict:
@@ -72,6 +71,8 @@ def test_table_output_and_reduced_precision():
     assert result.exit_code == 0, result.output
     table = result.stdout
     assert "median ms" in table and "bf16" in table and " dB " in table  # bf16 row checked against fp32 in dB
+    # random weights are said so, beside the table and under it
+    assert "random weights (moce_ir:tiny)" in result.stderr and "not a trained model" in table
     report = _bench("--config", "moce_ir:tiny", "--sizes", "32", "--precision", "bf16", "--experts", "sparse")
     assert report["rows"][0]["psnr_db"] > 40  # bf16 autocast against the fp32 output of the same input
 
@@ -124,7 +125,7 @@ def test_cuda_graphs_refuse_what_cannot_be_captured():
         runtime.CudaGraphRun(model, torch.rand(1, 3, 16, 16), dense=True)
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_graph_replay_equals_eager():
     device = torch.device("cuda")
     model = runtime.prepare(random_moce(VARIANTS["tiny"]), device)
@@ -143,7 +144,7 @@ def test_cuda_graph_replay_equals_eager():
     torch.testing.assert_close(graph_e3(x).output, eager_e3, atol=1e-5, rtol=0)
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_bf16_is_within_45_db_of_fp32():
     device = torch.device("cuda")
     model = runtime.prepare(random_moce(VARIANTS["MoCE_IR_S"]), device)
@@ -155,7 +156,7 @@ def test_cuda_bf16_is_within_45_db_of_fp32():
     assert bench._psnr(low, ref) >= 45
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_cuda_bench_reports_allocator_memory():
     report = _bench("--gpu", "0", "--config", "moce_ir:tiny", "--sizes", "64", "--precision", "fp32,bf16",
                     "--experts", "sparse,dense", "--cuda-graphs")

@@ -53,3 +53,32 @@ def test_levels_by_name_number_or_text_and_errors():
     for kind, level in (("snow", 1), ("noise", "extreme"), ("jpeg", 0), ("lowlight", 2), ("noise", -1)):
         with pytest.raises(ValueError):
             degrade(photo(), kind, level)
+
+
+@pytest.mark.parametrize("kind,level", [("blur", 15), ("blur", "heavy"), ("defocus", 4), ("defocus", 2.5)])
+def test_blur_kernel_is_the_kernel_degrade_convolves_with(kind, level):
+    import cv2
+
+    from irtool.degrade import blur_kernel
+
+    clean = photo(64, 64).astype(np.float32) / 255
+    kernel = blur_kernel(kind, level, seed=11)
+    assert kernel.ndim == 2 and kernel.shape[0] == kernel.shape[1] and kernel.shape[0] % 2 == 1
+    assert kernel.sum() == pytest.approx(1.0, abs=1e-5) and kernel.min() >= 0
+    expected = cv2.filter2D(clean, -1, kernel, borderType=cv2.BORDER_REFLECT)
+    np.testing.assert_allclose(degrade(clean, kind, level, seed=11), np.clip(expected, 0, 1), atol=1e-6)
+    if kind == "blur":  # the angle follows the seed
+        assert not np.allclose(blur_kernel(kind, level, seed=12), kernel)
+    with pytest.raises(ValueError, match="no blur kernel"):
+        blur_kernel("noise", 25)
+
+
+def test_defocus_is_a_disk_whose_size_is_the_radius():
+    from irtool.degrade import disk_kernel
+
+    for radius in (2, 4, 6):
+        k = disk_kernel(radius)
+        centre = k.shape[0] // 2
+        row = k[centre]
+        assert row.sum() / row.max() == pytest.approx(2 * radius, abs=0.3)  # the disk's diameter, in px
+        np.testing.assert_allclose(k, k.T, atol=1e-7)  # round, not a line

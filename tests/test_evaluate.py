@@ -189,7 +189,8 @@ def test_cli_eval_errors(tmp_path, checkpoint):
     assert missing.exit_code == 1
     assert "gopro: not found under" in missing.stderr and "irtool datasets check gopro" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
-    assert runner.invoke(app, ["eval", "-d", "rain100l"]).exit_code == 2  # no model
+    both = runner.invoke(app, ["eval", "-w", str(checkpoint), "-m", "moce_ir.aio3", "-d", "rain100l"])
+    assert both.exit_code == 2 and "at most one" in both.stderr
     assert runner.invoke(app, ["eval", "-w", str(checkpoint)]).exit_code == 2  # no dataset
     assert runner.invoke(app, ["eval", "-w", str(checkpoint), "-d", "rain100l", "--protocol", "matlab"]).exit_code == 2
     # one unreadable image fails alone: exit 1, the others are scored
@@ -199,6 +200,20 @@ def test_cli_eval_errors(tmp_path, checkpoint):
     assert partial.exit_code == 1 and "rain-002.png: cannot be read as an image" in partial.stderr
     summary = json.loads((tmp_path / "r.json").read_text())["datasets"][0]["summary"]
     assert summary["n"] == 2 and summary["failed"] == 1
+
+
+def test_cli_eval_without_a_model_uses_the_default_one_as_restore_does(tmp_path):
+    make_moce_layout(tmp_path)
+    result = runner.invoke(app, ["eval", "--data-root", str(tmp_path), "-d", "rain100l", "-q", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    assert "using the default model irtool.default" in result.stderr
+    assert json.loads(result.stdout)["datasets"][0]["summary"]["n"] == 3
+
+
+def test_cli_eval_without_any_model_says_how_to_get_one(tmp_path, no_builtin_default):
+    make_moce_layout(tmp_path)
+    result = runner.invoke(app, ["eval", "--data-root", str(tmp_path), "-d", "rain100l"])
+    assert result.exit_code == 1 and "irtool weights fetch" in result.stderr
 
 
 def test_cli_datasets_list_and_check(tmp_path):

@@ -145,7 +145,7 @@ def test_a_router_that_does_not_fit_the_network(files, tmp_path):
         irtool.load_model(ir, device="cpu", router=tmp_path / "two_class_router.pth")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the router runs bf16 there")
+@pytest.mark.cuda  # the router runs bf16 there
 def test_the_router_runs_bf16_on_cuda(files):
     ir, router = files
     model = irtool.load_model(ir, device="cuda", router=router)

@@ -120,8 +120,10 @@ def test_existing_outputs_are_refused_skipped_or_replaced_and_inputs_never_writt
     first = (out / "a.png").read_bytes()
     (out / "a.png").write_bytes(b"user's own edit")
 
-    refused = invoke("restore", tmp_path / "in", out, "-w", checkpoint, "-q")
-    assert refused.exit_code == 1 and "already exists" in refused.stderr and "--overwrite" in refused.stderr
+    # a rerun is not a failure: the output exists, is left as it is, and one line says how to skip or replace it
+    rerun = invoke("restore", tmp_path / "in", out, "-w", checkpoint, "--json")
+    assert rerun.exit_code == 0 and json_lines(rerun)[0]["status"] == "exists"
+    assert rerun.stderr.count("--skip-existing") == 1 and "--overwrite" in rerun.stderr and "error" not in rerun.stderr
     assert (out / "a.png").read_bytes() == b"user's own edit"
 
     skipped = invoke("restore", tmp_path / "in", out, "-w", checkpoint, "--skip-existing", "--json")

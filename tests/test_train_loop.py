@@ -192,3 +192,44 @@ def test_tensorboard_gets_the_logged_scalars_when_installed(tmp_path, monkeypatc
     tags = {t for t, _, _ in written}
     assert {"train/loss", "train/lr", "train/loss/noise", "train/weight/lowlight", "closed"} <= tags
     assert [s for t, _, s in written if t == "train/loss"] == [1, 2]
+
+
+def test_routing_supervision_trains_its_read_out_and_resumes_bit_exactly(tmp_path):
+    """route_task_weight: a cross-entropy of each MoCE layer's gate logits (read out linearly) against the task; its
+    read-out learns with the network, is kept in the training state (not in the weights) and resumes exactly."""
+    config = micro_config(steps=6, ckpt_every=3, route_task_weight=0.5, reweight="none")
+    train(config, tmp_path / "straight", dataset=micro_dataset())
+    with pytest.raises(Stop):
+        train(config, tmp_path / "stopped", dataset=micro_dataset(), on_event=stop_at(3))
+    train(config, tmp_path / "stopped", dataset=micro_dataset(), resume=True)
+    assert_same_run(tmp_path / "straight", tmp_path / "stopped")
+    sa, sb = (checkpoint.load_state(tmp_path / run / "last.state.pt") for run in ("straight", "stopped"))
+    assert sa["readout"].keys() == sb["readout"].keys() and all(torch.equal(sa["readout"][k], sb["readout"][k]) for k in sa["readout"])
+    assert not any("readout" in k or k.startswith("maps.") for k in load_file(str(tmp_path / "straight" / "last.safetensors")))
+    rows = read_log(tmp_path / "straight" / "log.csv")
+    # two tasks: the cross-entropy starts near ln 2 and is part of the logged loss
+    assert abs(float(rows[0]["route"]) - 0.693) < 0.25
+    for r in rows:
+        expected = float(r["pixel"]) + 0.1 * float(r["fft"]) + 0.01 * float(r["balance"]) + 0.5 * float(r["route"])
+        assert float(r["loss"]) == pytest.approx(expected, rel=1e-4)
+    # a state saved without the read-out cannot continue with it
+    plain = micro_config(steps=3, ckpt_every=3, reweight="none")
+    train(plain, tmp_path / "plain", dataset=micro_dataset())
+    (tmp_path / "plain" / "config.json").write_text(json.dumps(micro_config(steps=3, ckpt_every=3, reweight="none", route_task_weight=0.5).to_dict()))
+    with pytest.raises(CheckpointError, match="no routing read-out"):
+        train(micro_config(steps=3, ckpt_every=3, reweight="none", route_task_weight=0.5), tmp_path / "plain",
+              dataset=micro_dataset(), resume=True)
+
+
+def test_without_routing_supervision_the_step_is_the_papers(tmp_path):
+    """route_task_weight 0 (the default): no read-out, no routing term, the same run as before it existed."""
+    from irtool.train.distributed import setup
+    from irtool.train.loop import Trainer
+    from irtool.train.models import build_network
+
+    config = micro_config(reweight="none")
+    trainer = Trainer(config, build_network(config), setup("cpu"), list(config.tasks))
+    assert trainer.readout is None and "readout" in trainer.state_dict() and trainer.state_dict()["readout"] is None
+    batch = {"lq": torch.rand(2, 3, 32, 32), "gt": torch.rand(2, 3, 32, 32), "task": torch.tensor([0, 1])}
+    stats = trainer.step(batch, 1e-3)
+    assert stats.route == 0.0

@@ -90,6 +90,20 @@ def test_presets_carry_the_official_recipes():
     assert PRESETS["moce_ir_s-aio3"].variant == "MoCE_IR_S" and aio3.variant == "MoCE_IR"
 
 
+def test_the_default_model_presets_train_one_recipe_on_cpu_and_on_a_gpu(tmp_path):
+    """irtool_default-cpu (the shipped model's recipe) and -h200 differ only in how the step is run and fed."""
+    from irtool.train.presets import SYNTHETIC_TASKS, resolve
+
+    cpu, gpu = PRESETS["irtool_default-cpu"], PRESETS["irtool_default-h200"]
+    recipe = ("model", "patch_size", "fft_weight", "balance_weight", "with_complexity", "route_task_weight", "seed")
+    assert all(getattr(cpu, f) == getattr(gpu, f) for f in recipe)
+    assert (cpu.fft_weight, cpu.balance_weight, cpu.with_complexity, cpu.patch_size) == (0.1, 0.01, True, 128)
+    assert cpu.route_task_weight > 0 and (cpu.precision, gpu.precision, gpu.channels_last) == ("auto", "bf16", True)
+    assert gpu.batch_size == 32 * cpu.batch_size and gpu.lr == pytest.approx(cpu.lr * 32 ** 0.5)
+    config = resolve("irtool_default-cpu", None, {}, clean_dir=str(tmp_path), tasks=None)
+    assert config.tasks == list(SYNTHETIC_TASKS) and "clean" in config.tasks and "defocus" in config.tasks
+
+
 def test_toml_configs_read_on_pythons_without_tomllib(tmp_path, monkeypatch):
     """Python 3.10 has no tomllib: tomli (same API, installed there with irtool) stands in; without either, one line."""
     import sys

@@ -4,6 +4,8 @@ and `irtool train --clean-dir` from the command line."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import cv2
@@ -14,7 +16,7 @@ from typer.testing import CliRunner
 
 import irtool
 from irtool.cli import app
-from irtool.train.presets import TaskSource, TrainConfig, resolve
+from irtool.train.presets import ConfigError, TaskSource, TrainConfig, resolve
 from irtool.train.sources import build_datasets
 
 SKIMAGE = Path(__import__("skimage").__file__).parent / "data"
@@ -157,3 +159,47 @@ def test_training_splits_are_in_the_registry_apart_from_the_benchmarks(tmp_path)
         ("0001_0.8_0.2.jpg", "0001.jpg"), ("0001_1_0.04.jpg", "0001.jpg"), ("0002_0.9_0.1.jpg", "0002.jpg")]
     checked = CliRunner().invoke(app, ["datasets", "check", "rain100l-train", "--data-root", str(tmp_path)])
     assert checked.exit_code == 0 and "found 3 pairs" in checked.output
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]))
+
+
+def test_clean_and_defocus_tasks_make_identity_and_disk_blurred_pairs(tmp_path):
+    """--tasks clean gives clean -> clean pairs (the network learns to leave a good photo alone); defocus a disk blur."""
+    from irtool.train.presets import resolve
+    from irtool.train.sources import build_datasets
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_png(folder / f"p{i}.png", (rng.uniform(0, 1, (80, 96, 3)) * 255).astype(np.uint8))
+    config = resolve(None, None, {"patch_size": 32, "val_count": 0}, clean_dir=str(folder), tasks=["clean", "defocus"])
+    dataset, _ = build_datasets(config, with_val=False)
+    clean_ids = [i for i in range(len(dataset)) if dataset.locate(i)[0].task_id == 0]
+    blur_ids = [i for i in range(len(dataset)) if dataset.locate(i)[0].task_id == 1]
+    for i in clean_ids:
+        sample = dataset[(0, i)]
+        assert sample["task"] == 0 and torch.equal(sample["lq"], sample["gt"])
+    for i in blur_ids:
+        sample = dataset[(0, i)]
+        assert sample["task"] == 1 and (sample["lq"] - sample["gt"]).abs().mean() > 0.05  # noise photos blur a lot
+        assert sample["lq"].std() < sample["gt"].std()
+    with pytest.raises(ConfigError, match="clean photos take no level"):
+        build_datasets(resolve(None, None, {"sources": ({"task": "clean", "clean_dir": str(folder), "degrade": "clean",
+                                                          "params": {"level": 3}},)}), with_val=False)
+
+
+def test_decoded_photos_are_cached_read_only(tmp_path):
+    from irtool.train import sources
+
+    path = tmp_path / "a.png"
+    write_png(path, np.full((20, 30, 3), 128, np.uint8))
+    first = sources.read_rgb(path)
+    assert sources.read_rgb(path) is first and first.shape == (20, 30, 3) and first.dtype == np.float32
+    with pytest.raises(ValueError):
+        first[0, 0, 0] = 0.0  # shared by every sample: read-only
+    write_png(path, np.full((20, 30, 3), 10, np.uint8))  # a changed file is read again
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert sources.read_rgb(path)[0, 0, 0] == pytest.approx(10 / 255)

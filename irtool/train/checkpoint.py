@@ -31,6 +31,13 @@ from torch import nn
 
 from ..errors import CheckpointError
 
+def _file_mode() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
 WEIGHTS = "last.safetensors"
 STATE = "last.state.pt"
 BEST = "best.safetensors"
@@ -39,6 +46,8 @@ BEST = "best.safetensors"
 def _replace_atomically(tmp: Path, path: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    # the mode any new file gets under the user's umask (some writers create owner-only 0600 temp files)
+    os.chmod(tmp, _FILE_MODE)
     os.replace(tmp, path)
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)

@@ -88,6 +88,7 @@ class StepStats:
     pixel: float
     fft: float
     balance: float
+    route: float  # routing cross-entropy (0 without routing supervision)
     task_loss: list[float]  # per task, nan when absent from the global batch
     task_count: list[int]
     weights: list[float] | None  # Art's weights, None without Art
@@ -137,6 +138,10 @@ class Trainer:
         self.module = module
 
         params = [p for p in self.net.parameters() if p.requires_grad]
+        self.readout = getattr(self.forward_module, "readout", None)
+        if self.readout is not None:
+            self.readout.to(self.device)
+            params += list(self.readout.parameters())
         self.optimizer = torch.optim.AdamW(
             params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
             fused=self.device.type == "cuda" or None,
@@ -166,7 +171,7 @@ class Trainer:
         gt, task = batch["gt"], batch["task"]
 
         with self._autocast():
-            out, aux, experts, zero = self.module(batch, self.noise)
+            out, aux, experts, zero, route = self.module(batch, self.noise)
         if cfg.pixel_loss == "ce":
             pixel = torch.nn.functional.cross_entropy(out.float(), task, reduction="none")
         else:
@@ -181,14 +186,16 @@ class Trainer:
             layer = torch.arange(flat.shape[1], device=flat.device).view(1, -1, 1)
             usage.index_add_(0, (layer * self.num_experts + flat).flatten(),
                              torch.ones(flat.numel(), dtype=torch.float64, device=self.device))
+        nothing = torch.zeros((), dtype=torch.float64, device=self.device)
         extras = torch.stack([
-            fft.detach().double().sum() if fft is not None else torch.zeros((), dtype=torch.float64, device=self.device),
-            aux.detach().double() if aux is not None else torch.zeros((), dtype=torch.float64, device=self.device),
+            fft.detach().double().sum() if fft is not None else nothing,
+            aux.detach().double() if aux is not None else nothing,
+            route.detach().double().sum() if route is not None else nothing,
         ])
         packed = all_reduce_sum(ctx, torch.cat([sums, counts.to(self.device), extras, usage]))
         sums, counts = packed[:K], packed[K : 2 * K]
-        fft_sum, aux_sum = packed[2 * K], packed[2 * K + 1]
-        usage = packed[2 * K + 2 :]
+        fft_sum, aux_sum, route_sum = packed[2 * K], packed[2 * K + 1], packed[2 * K + 2]
+        usage = packed[2 * K + 3 :]
         n_total = counts.sum()
         present = counts > 0
         task_mean = sums / counts.clamp_min(1)
@@ -211,6 +218,10 @@ class Trainer:
         if cfg.balance_weight and aux is not None:
             loss = loss + cfg.balance_weight * aux.float()
             value += cfg.balance_weight * balance_value
+        route_value = float(route_sum / n_total) if route is not None else 0.0
+        if route is not None:
+            loss = loss + cfg.route_task_weight * route.sum() * (ctx.world_size / float(n_total))
+            value += cfg.route_task_weight * route_value
         if zero is not None:
             loss = loss + zero
         loss.backward()
@@ -226,6 +237,7 @@ class Trainer:
             pixel=pixel_value,
             fft=fft_value,
             balance=balance_value,
+            route=route_value,
             task_loss=[float(x) if c > 0 else math.nan for x, c in zip(task_mean.tolist(), counts.tolist())],
             task_count=[int(c) for c in counts.tolist()],
             weights=None if w is None else w.tolist(),
@@ -254,9 +266,15 @@ class Trainer:
         return {
             "optimizer": self.optimizer.state_dict(),
             "art": self.art.state_dict() if self.art is not None else None,
+            "readout": self.readout.state_dict() if self.readout is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.readout is not None:
+            if not state.get("readout"):
+                raise CheckpointError("the training state has no routing read-out (it was saved without "
+                                      "route_task_weight); resume is not possible with routing supervision on")
+            self.readout.load_state_dict(state["readout"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.art is not None and state.get("art"):
             self.art.load_state_dict(state["art"])
@@ -309,7 +327,7 @@ class RunLog:
 
     def __init__(self, out: Path, tasks: Sequence[str], art: bool, resume_step: int | None, metric: str = "psnr") -> None:
         self.train_path, self.val_path = out / "log.csv", out / "val.csv"
-        self.train_cols = ["step", "epoch", "lr", "loss", "pixel", "fft", "balance"]
+        self.train_cols = ["step", "epoch", "lr", "loss", "pixel", "fft", "balance", "route"]
         self.train_cols += [f"loss/{t}" for t in tasks] + ([f"weight/{t}" for t in tasks] if art else [])
         self.train_cols += ["grad_norm", "it_per_s", "seconds"]
         self.val_cols = ["step", f"{metric}/mean"] + [f"{metric}/{t}" for t in tasks]
@@ -548,7 +566,8 @@ def _run(config: TrainConfig, out: Path, resume: bool, ctx: Dist, emit: EventSin
             step += 1
             last_stats = stats
             window_steps += 1
-            for k, v in (("loss", stats.loss), ("pixel", stats.pixel), ("fft", stats.fft), ("balance", stats.balance)):
+            for k, v in (("loss", stats.loss), ("pixel", stats.pixel), ("fft", stats.fft), ("balance", stats.balance),
+                         ("route", stats.route)):
                 sums[k] = sums.get(k, 0.0) + v
             if main and (step % config.log_every == 0 or step == total):
                 now = time.perf_counter()

@@ -137,20 +137,38 @@ def load_router(config: TrainConfig) -> nn.Module | None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# One training forward: batch -> (prediction, auxiliary loss, chosen experts, DDP zero term)
+# One training forward: batch -> (prediction, auxiliary loss, chosen experts, DDP zero term, routing CE)
+
+
+class RouteReadout(nn.Module):
+    """Training-only routing supervision: per MoCE layer, a linear map from the router's clean gate logits (E) to
+    the tasks (T). Cross-entropy of its output against the task label, averaged over layers, pulls each layer's
+    routing apart by task, so that a calibration can name degradations from the routing. Not part of the weights."""
+
+    def __init__(self, layers: int, experts: int, tasks: int) -> None:
+        super().__init__()
+        self.maps = nn.ModuleList(nn.Linear(experts, tasks) for _ in range(layers))
+
+    def forward(self, logits: Tensor, task: Tensor) -> Tensor:
+        """(B,) mean over layers of the cross-entropy of each layer's read-out; logits (B, L, E)."""
+        per_layer = [nn.functional.cross_entropy(m(logits[:, i].float()), task, reduction="none")
+                     for i, m in enumerate(self.maps)]
+        return torch.stack(per_layer, dim=1).mean(dim=1)
 
 
 class MoCEForward(nn.Module):
-    """MoCE-IR: (output, balance loss, experts (B, layers, k), zero term).
+    """MoCE-IR: (output, balance loss, experts (B, layers, k), zero term, routing cross-entropy (B,) or None).
 
     `zero_term` is 0 · sum of every expert parameter: it puts every expert into the backward graph so that DDP needs
-    no `find_unused_parameters` (see `loop`); built only when several processes train together.
+    no `find_unused_parameters` (see `loop`); built only when several processes train together. `readout`: the
+    routing supervision (`RouteReadout`), when the recipe asks for it.
     """
 
-    def __init__(self, net: nn.Module, zero_term: bool) -> None:
+    def __init__(self, net: nn.Module, zero_term: bool, readout: RouteReadout | None = None) -> None:
         super().__init__()
         self.net = net
         self.zero_term = zero_term
+        self.readout = readout
         self.groups = [list(layer.expert(e).parameters()) for layer in net.moce_layers for e in range(len(layer.experts))]
         self.num_experts = len(net.moce_layers[0].experts)
 
@@ -159,7 +177,10 @@ class MoCEForward(nn.Module):
         zero = None
         if self.zero_term:
             zero = torch.stack([p.sum() for group in self.groups for p in group]).sum() * 0.0
-        return result.output, result.aux_loss, result.routing.experts, zero
+        route = None
+        if self.readout is not None:
+            route = self.readout(result.routing.logits, batch["task"])
+        return result.output, result.aux_loss, result.routing.experts, zero, route
 
 
 def _views(router: nn.Module, batch: dict[str, Tensor]) -> Tensor:
@@ -180,7 +201,7 @@ class LoRAIRForward(nn.Module):
     def forward(self, batch: dict[str, Tensor], noise: Any = None):
         with torch.no_grad():
             logits, prior = self.router(_views(self.router, batch))
-        return self.net(batch["lq"], prior, logits), None, None, None
+        return self.net(batch["lq"], prior, logits), None, None, None, None
 
 
 class RouterForward(nn.Module):
@@ -192,12 +213,18 @@ class RouterForward(nn.Module):
 
     def forward(self, batch: dict[str, Tensor], noise: Any = None):
         logits, _ = self.router(_views(self.router, batch))
-        return logits, None, None, None
+        return logits, None, None, None, None
 
 
 def forward_module(net: nn.Module, router: nn.Module | None, config: TrainConfig, distributed: bool) -> nn.Module:
     if config.arch == "moce_ir":
-        return MoCEForward(net, zero_term=distributed)
+        readout = None
+        if config.route_task_weight:
+            # seeded apart from the network, so that switching the supervision on leaves the network's init alone
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed * 7919 + 17)
+                readout = RouteReadout(len(net.moce_layers), len(net.moce_layers[0].experts), len(config.tasks))
+        return MoCEForward(net, zero_term=distributed, readout=readout)
     if config.stage == "router":
         return RouterForward(net)
     return LoRAIRForward(net, router)

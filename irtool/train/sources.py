@@ -17,6 +17,7 @@ Imports numpy and torch; `irtool.io`, `irtool.degrade`, `irtool.datasets`.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,11 +28,36 @@ from .data import Pair, Source, TrainingSet, ValPair, to_tensor
 from .presets import ConfigError, TaskSource, TrainConfig
 
 
+#: decoded photos kept per process (bytes): a training sample cuts one window from a whole photo, and decoding a
+#: 1024-px PNG for every sample cost more than degrading and training on it
+CACHE_BYTES = 1 << 30
+_cache: "OrderedDict[tuple[str, int, int], np.ndarray]" = OrderedDict()
+
+
 def read_rgb(path: Path) -> np.ndarray:
-    """HxWx3 float32 RGB in [0, 1] (EXIF orientation applied; gray repeated; alpha dropped)."""
+    """HxWx3 float32 RGB in [0, 1] (EXIF orientation applied; gray repeated; alpha dropped), read-only.
+
+    Decoded images are kept (least recently used first out, `CACHE_BYTES` in all), keyed by path, size and mtime."""
     from ..io import read_image
 
-    return read_image(path).rgb
+    stat = Path(path).stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    cached = _cache.get(key)
+    if cached is not None:
+        _cache.move_to_end(key)
+        return cached
+    rgb = np.ascontiguousarray(read_image(path).rgb, dtype=np.float32)
+    rgb.flags.writeable = False  # shared by every sample: a degradation must copy, never write into it
+    _cache[key] = rgb
+    total = sum(a.nbytes for a in _cache.values())
+    while total > CACHE_BYTES and len(_cache) > 1:
+        _, old = _cache.popitem(last=False)
+        total -= old.nbytes
+    return rgb
+
+
+#: the synthetic "degradation" that leaves the photo as it is (clean -> clean pairs)
+CLEAN_TASK = "clean"
 
 
 @dataclass(frozen=True)
@@ -44,6 +70,8 @@ class SyntheticDegrader:
     uint8: bool = False
 
     def level_for(self, rng: np.random.Generator) -> float:
+        if self.kind == CLEAN_TASK:
+            return 0.0
         if self.level is not None:
             return float(self.level)
         from ..degrade import LEVELS
@@ -55,6 +83,8 @@ class SyntheticDegrader:
         from ..degrade import degrade
 
         level = self.level_for(rng)
+        if self.kind == CLEAN_TASK:
+            return np.array(image, dtype=np.float32, copy=True)  # identity: the clean photo is its own target
         if self.uint8:
             u8 = np.rint(np.clip(image, 0, 1) * 255.0).astype(np.uint8)
             return degrade(u8, self.kind, level, seed=rng).astype(np.float32) / 255.0
@@ -68,6 +98,8 @@ def _degrader(source: TaskSource) -> SyntheticDegrader | None:
     if unknown:
         raise ConfigError(f"task {source.task!r}: unknown degradation parameter(s) {', '.join(unknown)} (level, uint8)")
     level = source.params.get("level")
+    if level is not None and source.degrade == CLEAN_TASK:
+        raise ConfigError(f"task {source.task!r}: clean photos take no level")
     if level is not None:
         from ..degrade import resolve_level
 
@@ -138,6 +170,8 @@ def _val_pair(source: TaskSource, task_id: int, pair: Pair, degrader: SyntheticD
 def _medium(kind: str) -> float:
     from ..degrade import LEVELS
 
+    if kind == CLEAN_TASK:
+        return 0.0
     return float(LEVELS[kind]["medium"])
 
 
