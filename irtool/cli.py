@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import itertools
 import json
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
@@ -665,6 +667,15 @@ class OutputFormat(str, enum.Enum):
     bmp = "bmp"
 
 
+class VideoCodec(str, enum.Enum):
+    auto = "auto"
+    h264 = "h264"
+    hevc = "hevc"
+    vp9 = "vp9"
+    av1 = "av1"
+    ffv1 = "ffv1"
+
+
 class DegradationKind(str, enum.Enum):
     noise = "noise"
     rain = "rain"
@@ -733,9 +744,24 @@ def _closing_table(reports: list, max_rows: int = 100):
     return table, hidden
 
 
+def _after(progress: Any, task: Any) -> Iterator[Any]:
+    """Stops the image bar once the images are done, before the frame bar starts: rich shows one live display at a
+    time (yields nothing)."""
+    progress.update(task, visible=False)
+    progress.stop()
+    return
+    yield
+
+
+def _within(progress: Any, reports: Iterator[Any]) -> Iterator[Any]:
+    """The reports, with the frame progress bar shown while they are made."""
+    with progress, contextlib.closing(reports):  # type: ignore[arg-type]
+        yield from reports
+
+
 @command(no_args_is_help=True)
 def restore(
-    paths: Annotated[list[str], typer.Argument(metavar="INPUT... OUTPUT_DIR", help="Image files, folders (recursive) or globs ('photos/**/*.jpg'), then the folder for the results (it mirrors the input folders' trees); for one input file, OUTPUT may name the output file (fixed.jpg).", show_default=False)],
+    paths: Annotated[list[str], typer.Argument(metavar="INPUT... OUTPUT_DIR", help="Image or video files, folders (recursive) or globs ('photos/**/*.jpg'), then the folder for the results (it mirrors the input folders' trees); for one input file, OUTPUT may name the output file (fixed.jpg).", show_default=False)],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help=_MODEL_HELP)] = None,
     weights_file: Annotated[Optional[str], typer.Option("--weights", "-w", help=_WEIGHTS_HELP)] = None,
     router: Annotated[Optional[str], typer.Option("--router", help="LoRA-IR router checkpoint (its second file).")] = None,
@@ -758,7 +784,15 @@ def restore(
     max_megapixels: Annotated[Optional[float], typer.Option("--max-megapixels", help="Refuse images larger than this (default: what half of the available memory holds in the tiled path).", show_default=False)] = None,
     workers: Annotated[int, typer.Option("--workers", help="Threads decoding and encoding around the model.")] = 2,
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", metavar="", help="Allow pickled objects beyond plain tensors (runs code from the file).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="List what would be written, then stop (loads no model).")] = False,
+    video_codec: Annotated[VideoCodec, typer.Option("--video-codec", help="Videos: output codec (auto: the input's when irtool can write it, else h264). A container that cannot hold it becomes .mkv.")] = VideoCodec.auto,
+    crf: Annotated[Optional[int], typer.Option("--crf", help="Videos: quality, lower is better (default h264 18, hevc 20, vp9 31, av1 30).")] = None,
+    lossless: Annotated[bool, typer.Option("--lossless", metavar="", help="Videos: FFV1 in RGB (.mkv): the restored pixels exactly, for research.")] = False,
+    route_per_frame: Annotated[bool, typer.Option("--route-per-frame", metavar="", help="Videos: let every frame pick its experts (can flicker) instead of one routing per shot.")] = False,
+    cut_threshold: Annotated[float, typer.Option("--cut-threshold", help="Videos: colour-histogram distance (0..1) between frames that counts as a cut.")] = 0.35,
+    start: Annotated[Optional[str], typer.Option("--start", help="Videos: restore from this time (seconds or [hh:]mm:ss).")] = None,
+    end: Annotated[Optional[str], typer.Option("--end", help="Videos: restore up to this time.")] = None,
+    keep_partial: Annotated[bool, typer.Option("--keep-partial", metavar="", help="Videos: on Ctrl-C keep a playable <name>.partial<ext> of the frames done.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="List what would be written (and each video's streams and frames), then stop (loads no model).")] = False,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="One JSON object per image on stdout instead of the table.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar, no table.")] = False,
     report_html: Annotated[Optional[Path], typer.Option("--report", help="Also write a self-contained HTML report (before/after, routing, failures) to FILE (needs irtool[report]).")] = None,
@@ -796,6 +830,19 @@ def restore(
         workers=workers,
     )
     options.check()
+    from . import video
+
+    video_options = video.VideoOptions(
+        codec=None if video_codec == VideoCodec.auto else video_codec.value,
+        crf=crf,
+        lossless=lossless,
+        route_per_frame=route_per_frame,
+        cut_threshold=cut_threshold,
+        start=video.parse_time(start, "--start"),
+        end=video.parse_time(end, "--end"),
+        keep_partial=keep_partial,
+    )
+    video_options.check()
     if gpus and len(gpus) > 1 and world_size() == 1 and not dry_run:
         from .distributed_run import launch
 
@@ -817,21 +864,37 @@ def restore(
                 ranked.close()
     else:
         jobs = plan(inputs, out_dir, options)
+    if any(video.is_video(job.src) for job in jobs):
+        jobs = video.retarget(jobs, video_options, overwrite=overwrite, skip_existing=skip_existing)
     err = _stderr()
     if dry_run:
+        any_error = False
         for job in jobs:
             action = "error" if job.error else "exists" if job.exists else "skip" if job.skip else "write"
+            streams = video.dry_run_streams(job) if action == "write" and video.is_video(job.src) else None
+            if isinstance(streams, str):
+                action, job = "error", replace(job, error=streams)
+                streams = None
             if as_json:
-                typer.echo(jsonout.dumps({"input": str(job.src or job.source), "output": str(job.dst) if job.dst else None, "action": action, "reason": job.error or job.skip}))
+                line = {"input": str(job.src or job.source), "output": str(job.dst) if job.dst else None, "action": action, "reason": job.error or job.skip}
+                if streams is not None:
+                    line["streams"] = [s.to_json() for s in streams]
+                typer.echo(jsonout.dumps(line))
             else:
                 typer.echo(f"{action:5}  {job.src or job.source}" + (f" -> {job.dst}" if job.dst and not job.error else "") + (f"  ({job.error or job.skip})" if job.error or job.skip else ""))
-        raise typer.Exit(1 if any(j.error for j in jobs) else 0)
+                for info in streams or []:
+                    typer.echo(f"         #{info.index} {info.kind}: {info.text}")
+            any_error = any_error or action == "error"
+        raise typer.Exit(1 if any_error else 0)
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .jobs import report_unrunnable
 
+    video_jobs = [job for job in jobs if video.is_video(job.src)]
+    jobs = [job for job in jobs if not video.is_video(job.src)]
+    restorer = None
     reports = []
     megapixels = 0.0
 
@@ -847,7 +910,7 @@ def restore(
         for note in restorer.notes if restorer else []:
             err.print(f"[yellow]note:[/] {note}", soft_wrap=True)
         stream = ranked.reports(restorer, arrived=tick)
-    elif any(not (job.error or job.skip) for job in jobs):
+    elif any(not (job.error or job.skip) for job in jobs + video_jobs):
         from .engine import Restorer, restore_files
 
         restorer = Restorer.load(options)
@@ -870,10 +933,12 @@ def restore(
         transient=True,
         disable=quiet or not err.is_terminal,
     )
+    frames = Progress(*video.video_progress_columns(), console=err, transient=True, disable=quiet or not err.is_terminal)
+    videos = video.restore_videos(video_jobs, restorer, video_options, frames)  # a generator, empty without videos
     # closing(): on Ctrl-C the engine cancels queued work at once; writes already started finish atomically
     with progress, contextlib.closing(stream):  # type: ignore[arg-type]
-        task = progress.add_task("restore", total=len(jobs), rate="")
-        for report in stream:
+        task = progress.add_task("restore", total=len(jobs), rate="", visible=bool(jobs))
+        for report in itertools.chain(stream, _after(progress, task), _within(frames, videos)):
             reports.append(report)
             if report.failed:
                 progress.console.print(f"[bold red]error:[/] {report.error}", soft_wrap=True, highlight=False)
@@ -881,6 +946,8 @@ def restore(
                 progress.console.print(f"[yellow]warning:[/] {report.input}: {warning}", soft_wrap=True, highlight=False)
             if as_json:
                 typer.echo(jsonout.dumps(report.to_json()))
+            if isinstance(report, video.VideoReport):
+                continue
             if ranked is None:
                 tick(report)
     if ranked is not None:
@@ -898,7 +965,11 @@ def restore(
             Console(highlight=False).print(table)
         if hidden:
             typer.echo(f"... and {hidden} more (use --json for every image)")
-    summary = f"restored {done} of {len(reports)} images in {elapsed:.1f}s ({megapixels / max(elapsed, 1e-9):.2f} MP/s)"
+        for report in reports:
+            if isinstance(report, video.VideoReport) and report.ok:
+                Console(highlight=False).print(video.shots_table(report))
+    kind = "images" if not video_jobs else "videos" if not jobs else "inputs"
+    summary = f"restored {done} of {len(reports)} {kind} in {elapsed:.1f}s" + (f" ({megapixels / max(elapsed, 1e-9):.2f} MP/s)" if jobs else "")
     extras = [f"{failed} failed" if failed else "", f"{skipped} skipped" if skipped else ""]
     extras += [f"{existing} left as they were (their outputs exist; {EXISTS_HINT})" if existing else ""]
     extras = [e for e in extras if e]

@@ -298,8 +298,9 @@ class Restorer:
         nw = max(m, int(round(w * scale / m)) * m)
         return F.interpolate(x, size=(nh, nw), mode="area")
 
-    def _forward(self, x: Tensor, tile: int, dtype: torch.dtype | None) -> _Pass:
-        """One pass over a same-size batch at one precision, whole or tiled (no error handling)."""
+    def _forward(self, x: Tensor, tile: int, dtype: torch.dtype | None, imposed: Any = None) -> _Pass:
+        """One pass over a same-size batch at one precision, whole or tiled (no error handling). `imposed`: a
+        routing for every image of the batch (e.g. one shot's, for its video frames) instead of routing them."""
         model, options = self.model, self.options
         b, _, h, w = x.shape
         multiple = int(getattr(model, "size_multiple", 1))
@@ -307,13 +308,16 @@ class Restorer:
             # Whole or tiled, the network sees the same reflect-padded canvas, so the two agree at the borders.
             padded = pad_to_multiple(x, multiple)
             if not tile or max(h, w) <= tile:
+                if imposed is not None:
+                    result = model.run(padded, routing=imposed)
+                    return _Pass(result.output[..., :h, :w].float(), imposed, "imposed", 1, None)
                 result = model.run(padded)
                 return _Pass(result.output[..., :h, :w].float(), result.routing, "whole", 1, None)
             # MoCE-IR's router and channel attention are global: by default the whole image decides once.
-            shared = model.route(self._downscaled(x))
+            shared = imposed if imposed is not None else model.route(self._downscaled(x))
             outputs, tiles, tile_size = [], 1, None
             for i in range(b):
-                if options.route_per_tile:
+                if options.route_per_tile and imposed is None:
                     run = lambda t: model.run(t).output  # noqa: E731
                 else:
                     mine = shared[i]
@@ -321,7 +325,7 @@ class Restorer:
                 out, grid = tiled_forward(run, padded[i : i + 1], tile, options.tile_overlap, multiple, options.batch_size)
                 outputs.append(out[..., :h, :w])
                 tiles, tile_size = len(grid), list(grid.tile_size)
-            mode = "per-tile" if options.route_per_tile else "downscaled"
+            mode = "imposed" if imposed is not None else "per-tile" if options.route_per_tile else "downscaled"
             return _Pass(torch.cat(outputs), shared, mode, tiles, tile_size)
 
     def _start_tile(self, h: int, w: int) -> int:
@@ -330,14 +334,14 @@ class Restorer:
             tile = min(tile, self.learned_tile) if tile else self.learned_tile
         return tile
 
-    def _fit(self, x: Tensor, dtype: torch.dtype | None, warnings: list[list[str]]) -> list[_Pass]:
+    def _fit(self, x: Tensor, dtype: torch.dtype | None, warnings: list[list[str]], imposed: Any = None) -> list[_Pass]:
         """Forward passes for the batch, splitting it and then tiling (halving) on out-of-memory errors.
         Returns one pass for the whole batch, or one per image after a split."""
         b, _, h, w = x.shape
         tile = self._start_tile(h, w)
         while True:
             try:
-                return [self._forward(x, tile, dtype)]
+                return [self._forward(x, tile, dtype, imposed)]
             except RuntimeError as exc:  # CUDA/MPS/CPU allocation failures are RuntimeErrors
                 if not _is_oom(exc):
                     raise
@@ -346,7 +350,7 @@ class Restorer:
                 passes: list[_Pass] = []
                 for i in range(b):
                     sub: list[list[str]] = [warnings[i]]
-                    passes += self._fit(x[i : i + 1], dtype, sub)
+                    passes += self._fit(x[i : i + 1], dtype, sub, None if imposed is None else imposed[i])
                 return passes
             side = tile if tile and tile < max(h, w) else max(h, w)
             multiple = int(getattr(self.model, "size_multiple", 1))
@@ -359,9 +363,12 @@ class Restorer:
             self.learned_tile = smaller if not self.learned_tile else min(self.learned_tile, smaller)
             warnings[0].append(f"out of memory: retried with {smaller} px tiles")
 
-    def restore(self, images: Sequence[io.Image]) -> list[Outcome]:
+    def restore(self, images: Sequence[io.Image], routing: Any = None) -> list[Outcome]:
         """Restore same-size images in one batch (see the module docstring). Raises OutOfMemory or the model's
-        errors for the whole batch; callers isolate failures per image by retrying one by one."""
+        errors for the whole batch; callers isolate failures per image by retrying one by one.
+
+        routing: impose this routing of one image on every image of the batch (whole or tiled; irtool.video gives
+        all frames of a shot one routing), instead of letting each image route itself. It is what gets reported."""
         if not images:
             return []
         sizes = {(im.height, im.width) for im in images}
@@ -373,7 +380,8 @@ class Restorer:
             stacked = stacked.pin_memory()
         x = stacked.to(self.device, non_blocking=True)
         warnings: list[list[str]] = [[] for _ in images]
-        passes = self._fit(x, self.amp_dtype, warnings)
+        imposed = None if routing is None else routing[torch.zeros(len(images), dtype=torch.long)]
+        passes = self._fit(x, self.amp_dtype, warnings, imposed)
         per_image: list[tuple[_Pass, int]] = []
         for p in passes:
             per_image += [(p, i) for i in range(p.output.shape[0])]
@@ -383,7 +391,7 @@ class Restorer:
             if dtype is not None and not bool(torch.isfinite(output).all()):
                 # Reduced precision overflowed: this image again, in fp32.
                 warnings[k].append(f"{_precision_name(dtype)} output had NaN/Inf; redone in fp32")
-                redo = self._fit(x[k : k + 1], None, [warnings[k]])[0]
+                redo = self._fit(x[k : k + 1], None, [warnings[k]], None if imposed is None else imposed[k])[0]
                 output, dtype, routing, p = redo.output, None, redo.routing[0], redo
             outcomes.append(self._outcome(output, routing, p, dtype, warnings[k]))
         seconds = (time.perf_counter() - started) / len(images)

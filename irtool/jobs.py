@@ -16,6 +16,10 @@ from typing import Any, Sequence
 
 from . import io, safe_paths
 from .errors import IrtoolError, UsageError
+from .video import VIDEO_SUFFIXES
+
+#: what a folder walk or a glob picks up: images, and videos (restored by irtool.video)
+INPUT_SUFFIXES = io.IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -94,13 +98,15 @@ def _glob_base(pattern: str) -> Path:
 def _walk(folder: Path, exclude: Path | None) -> tuple[list[Path], list[str]]:
     """Image files below `folder`, sorted, skipping hidden files and folders and the output folder, never following
     a loop; and the folders that could not be listed."""
-    return safe_paths.walk_files(folder, lambda name: Path(name).suffix.lower() in io.IMAGE_SUFFIXES, exclude)
+    return safe_paths.walk_files(folder, lambda name: Path(name).suffix.lower() in INPUT_SUFFIXES, exclude)
 
 
 def output_path(src: Path, relative_dir: Path, out_dir: Path, options: RestoreOptions) -> Path:
     """`out_dir/<relative_dir>/<stem><suffix><ext>`: the input's extension, or the one of `--format`."""
     fmt = io.normalize_format(options.format)
-    if fmt is not None:
+    if src.suffix.lower() in VIDEO_SUFFIXES:  # --format is for images; a video keeps its container
+        ext = src.suffix
+    elif fmt is not None:
         ext = io.EXTENSIONS[fmt]
     elif io.format_from_suffix(src.suffix):
         ext = src.suffix
@@ -141,7 +147,7 @@ def expand_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) -> 
             files, problems = _walk(path, exclude)
             failed += [Job(text, None, None, error=p) for p in problems]
             if not files and not problems:
-                failed.append(Job(text, None, None, error=f"{text}: no images (png, jpg, webp, tiff, bmp) in this folder"))
+                failed.append(Job(text, None, None, error=f"{text}: no images (png, jpg, webp, tiff, bmp) or videos (mp4, mov, mkv, webm, avi) in this folder"))
             top = Path(safe_paths.real(path).name) if nest else Path(".")
             for f in files:
                 add(text, f, top / f.parent.relative_to(path))
@@ -157,7 +163,7 @@ def expand_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) -> 
                     failed += [Job(text, None, None, error=p) for p in problems]
                     for f in files:
                         add(text, f, f.parent.relative_to(base) if f.is_relative_to(base) else Path("."))
-                elif m.suffix.lower() in io.IMAGE_SUFFIXES and not m.name.startswith("."):
+                elif m.suffix.lower() in INPUT_SUFFIXES and not m.name.startswith("."):
                     add(text, m, m.parent.relative_to(base) if m.is_relative_to(base) else Path("."))
             if len(found) + len(failed) == before:
                 failed.append(Job(text, None, None, error=f"{text}: matches no images"))
