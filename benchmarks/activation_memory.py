@@ -63,8 +63,8 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.as_large:
         moce_ir.LOW_MEMORY_PIXELS = 0
-    (h, w), = parse_sizes(args.size)
-    (th, tw), = parse_sizes(args.target)
+    ((h, w),) = parse_sizes(args.size)
+    ((th, tw),) = parse_sizes(args.target)
     model = random_model(args.config).eval().requires_grad_(False)
     x = torch.rand(1, 3, h, w)
     routing = None if args.expert is None else model.uniform_routing(1, args.expert)

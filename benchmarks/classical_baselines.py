@@ -35,9 +35,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -55,8 +55,13 @@ KINDS = (
     ("JPEG q30", "jpeg", 30, "jpeg"),
     ("clean photo", "clean", None, "clean"),
 )
-HELD_OUT = (("skimage", "data/chelsea.png"), ("skimage", "data/coffee.png"), ("skimage", "data/ihc.png"),
-            ("skimage", "data/motorcycle_left.png"), ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"))
+HELD_OUT = (
+    ("skimage", "data/chelsea.png"),
+    ("skimage", "data/coffee.png"),
+    ("skimage", "data/ihc.png"),
+    ("skimage", "data/motorcycle_left.png"),
+    ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -130,8 +135,14 @@ def _aliased_line(length: int, angle: float) -> np.ndarray:
     kernel = np.zeros((size, size), np.float32)
     c, half = size // 2, (length - 1) / 2
     dx, dy = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-    cv2.line(kernel, (int(round(c - dx * half)), int(round(c - dy * half))),
-             (int(round(c + dx * half)), int(round(c + dy * half))), 1.0, thickness=1, lineType=cv2.LINE_8)
+    cv2.line(
+        kernel,
+        (int(round(c - dx * half)), int(round(c - dy * half))),
+        (int(round(c + dx * half)), int(round(c + dy * half))),
+        1.0,
+        thickness=1,
+        lineType=cv2.LINE_8,
+    )
     return kernel / kernel.sum()
 
 
@@ -176,7 +187,9 @@ def independent_degrade(clean: np.ndarray, kind: str, level, seed: int) -> Degra
         airlight = np.array([0.86, 0.88, 0.9], np.float32)  # a slightly blue sky
         out = x * t + airlight * (1 - t)
     elif kind in ("blur", "defocus"):
-        kernel = _aliased_line(int(level), float(rng.uniform(0, 180))) if kind == "blur" else _aliased_disk(float(level))
+        kernel = (
+            _aliased_line(int(level), float(rng.uniform(0, 180))) if kind == "blur" else _aliased_disk(float(level))
+        )
         out = cv2.filter2D(x, -1, kernel, borderType=cv2.BORDER_REFLECT)
     elif kind == "lowlight":
         linear = np.power(x, 2.2) * (float(level) ** 2.2)  # exposure in linear light, then back to sRGB-ish gamma
@@ -187,7 +200,9 @@ def independent_degrade(clean: np.ndarray, kind: str, level, seed: int) -> Degra
 
 
 DEGRADERS: dict[str, Callable[[np.ndarray, str, object, int], Degraded]] = {
-    "irtool": irtool_degrade, "independent": independent_degrade}
+    "irtool": irtool_degrade,
+    "independent": independent_degrade,
+}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -230,7 +245,9 @@ def _guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) 
     return box(a) * guide + box(b)
 
 
-def dark_channel_prior(hazy: np.ndarray, _: Degraded, patch: int = 15, omega: float = 0.95, t0: float = 0.1) -> np.ndarray:
+def dark_channel_prior(
+    hazy: np.ndarray, _: Degraded, patch: int = 15, omega: float = 0.95, t0: float = 0.1
+) -> np.ndarray:
     """He, Sun, Tang (CVPR 2009 / TPAMI 2011): dark channel, airlight from its brightest 0.1%, transmission refined
     by the guided filter (He et al. 2013; radius 60 px on 600-px images, here scaled to the image, eps 1e-3)."""
     x = hazy.astype(np.float32) / 255.0
@@ -294,8 +311,10 @@ def scores(out: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
 
     if np.array_equal(out, clean):
         return math.inf, 1.0
-    return (float(peak_signal_noise_ratio(clean, out, data_range=255)),
-            float(structural_similarity(clean, out, channel_axis=2, data_range=255)))
+    return (
+        float(peak_signal_noise_ratio(clean, out, data_range=255)),
+        float(structural_similarity(clean, out, channel_axis=2, data_range=255)),
+    )
 
 
 @dataclass
@@ -310,7 +329,10 @@ class Row:
 
 def _mean(pairs: list[tuple[float, float]]) -> tuple[float, float]:
     psnrs = [p for p, _ in pairs]
-    return (math.inf if any(math.isinf(p) for p in psnrs) else float(np.mean(psnrs)), float(np.mean([s for _, s in pairs])))
+    return (
+        math.inf if any(math.isinf(p) for p in psnrs) else float(np.mean(psnrs)),
+        float(np.mean([s for _, s in pairs])),
+    )
 
 
 def _fmt(pair: tuple[float, float]) -> str:
@@ -326,24 +348,37 @@ def summarise(rows: dict[str, Row]) -> list[dict]:
         best_name = max(classical, key=lambda n: (classical[n][0], classical[n][1]))
         best = classical[best_name]
         gap = None if math.isinf(best[0]) else mod[0] - best[0]
-        out.append({
-            "kind": kind, "images": len(row.model), "input": inp, "model": mod, "classical": classical,
-            "best_classical": best_name, "model_minus_classical_db": gap,
-            "model_minus_input_db": None if math.isinf(inp[0]) else mod[0] - inp[0],
-            "named_right": sum(row.named), "names": dict(zip(*np.unique(row.names, return_counts=True))) if row.names else {},
-        })
+        out.append(
+            {
+                "kind": kind,
+                "images": len(row.model),
+                "input": inp,
+                "model": mod,
+                "classical": classical,
+                "best_classical": best_name,
+                "model_minus_classical_db": gap,
+                "model_minus_input_db": None if math.isinf(inp[0]) else mod[0] - inp[0],
+                "named_right": sum(row.named),
+                "names": dict(zip(*np.unique(row.names, return_counts=True))) if row.names else {},
+            }
+        )
     return out
 
 
 def markdown(summary: list[dict], title: str) -> str:
-    lines = [f"**{title}** (PSNR dB / SSIM, mean over images)", "",
-             "| kind | input | irtool model | best classical tool | classical | model - classical | model - input | named right |",
-             "|---|---:|---:|---|---:|---:|---:|---:|"]
+    lines = [
+        f"**{title}** (PSNR dB / SSIM, mean over images)",
+        "",
+        "| kind | input | irtool model | best classical tool | classical | model - classical | model - input | named right |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
     for r in summary:
         gap = "" if r["model_minus_classical_db"] is None else f"{r['model_minus_classical_db']:+.2f} dB"
         gain = "" if r["model_minus_input_db"] is None else f"{r['model_minus_input_db']:+.2f} dB"
-        lines.append(f"| {r['kind']} | {_fmt(r['input'])} | {_fmt(r['model'])} | {r['best_classical']} | "
-                     f"{_fmt(r['classical'][r['best_classical']])} | {gap} | {gain} | {r['named_right']}/{r['images']} |")
+        lines.append(
+            f"| {r['kind']} | {_fmt(r['input'])} | {_fmt(r['model'])} | {r['best_classical']} | "
+            f"{_fmt(r['classical'][r['best_classical']])} | {gap} | {gain} | {r['named_right']}/{r['images']} |"
+        )
     named = sum(r["named_right"] for r in summary)
     total = sum(r["images"] for r in summary)
     lines += ["", f"names right: {named}/{total} ({named / max(total, 1):.0%})"]
@@ -354,7 +389,9 @@ def markdown(summary: list[dict], title: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", help="manifest name of the model (default: the built-in default)")
     parser.add_argument("--weights", help="a checkpoint file (its calibration beside it names the degradations)")
     parser.add_argument("--photos", help="folder of clean photos instead of the held-out set from the wheels")
@@ -363,8 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", help="comma-separated kinds to run (degrade names: noise,rain,...,clean)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--json", help="also write the results as JSON to this file")
-    parser.add_argument("--classical-cache", help="JSON file of the classical tools' scores: read when present, written "
-                        "after the run (they do not depend on the model, and BM3D takes minutes)")
+    parser.add_argument(
+        "--classical-cache",
+        help="JSON file of the classical tools' scores: read when present, written "
+        "after the run (they do not depend on the model, and BM3D takes minutes)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -388,7 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     for source in degraders:
         for p, (_, clean) in enumerate(photos):
             for k, (row_name, kind, level, expected) in enumerate(kinds):
-                jobs.append((source, row_name, kind, expected, clean, DEGRADERS[source](clean, kind, level, 1000 * p + k)))
+                jobs.append(
+                    (source, row_name, kind, expected, clean, DEGRADERS[source](clean, kind, level, 1000 * p + k))
+                )
 
     cache_path = Path(args.classical_cache) if args.classical_cache else None
     cache: dict[str, list[float]] = json.loads(cache_path.read_text()) if cache_path and cache_path.is_file() else {}
@@ -415,10 +457,16 @@ def main(argv: list[str] | None = None) -> int:
 
     what = args.weights or args.model or "the built-in default (irtool.default)"
     crop = f"{args.crop}x{args.crop} centre crops" if args.crop else "whole photos"
-    header = (f"model: {what}; irtool {irtool.__version__}; photos: {', '.join(n for n, _ in photos)} ({crop}); "
-              f"degraders: {', '.join(degraders)}; {time.perf_counter() - started:.0f} s")
-    report = {"command": " ".join(["python", "benchmarks/classical_baselines.py", *sys.argv[1:]]), "header": header,
-              "all": summarise(combined), "by_degrader": {d: summarise(r) for d, r in per_source.items()}}
+    header = (
+        f"model: {what}; irtool {irtool.__version__}; photos: {', '.join(n for n, _ in photos)} ({crop}); "
+        f"degraders: {', '.join(degraders)}; {time.perf_counter() - started:.0f} s"
+    )
+    report = {
+        "command": " ".join(["python", "benchmarks/classical_baselines.py", *sys.argv[1:]]),
+        "header": header,
+        "all": summarise(combined),
+        "by_degrader": {d: summarise(r) for d, r in per_source.items()},
+    }
     print(header + "\n")
     print(markdown(report["all"], f"all photos, degraded by {' and '.join(degraders)}"))
     for d in degraders if len(degraders) > 1 else []:
@@ -427,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     if cache_path:
         cache_path.write_text(json.dumps(cache))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1, default=lambda o: int(o) if isinstance(o, np.integer) else str(o)) + "\n")
+        Path(args.json).write_text(
+            json.dumps(report, indent=1, default=lambda o: int(o) if isinstance(o, np.integer) else str(o)) + "\n"
+        )
     return 0
 
 

@@ -40,9 +40,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = Path(__file__).resolve()
@@ -51,8 +52,15 @@ sys.path.insert(0, str(SUITE.parent))  # perf_table's markdown for the bench tab
 PARTS = ("cuda_tests", "bench", "bench_compile", "lora_ir", "official", "memory_4k", "agreement")
 #: seconds each part may run on the GPU (process start and CUDA initialisation included); with the parent's own
 #: few seconds they add up to under 8 minutes, and TOTAL_GPU_S caps the sum whatever the parts take
-GPU_LIMITS = {"cuda_tests": 75, "bench": 100, "bench_compile": 75, "lora_ir": 45, "official": 40, "memory_4k": 55,
-              "agreement": 35}
+GPU_LIMITS = {
+    "cuda_tests": 75,
+    "bench": 100,
+    "bench_compile": 75,
+    "lora_ir": 45,
+    "official": 40,
+    "memory_4k": 55,
+    "agreement": 35,
+}
 TOTAL_GPU_S = 460
 #: the dry run on a CPU: limits that a healthy run never meets (so a hang still ends the test)
 DRY_LIMITS = {part: 150 for part in PARTS}
@@ -92,13 +100,39 @@ class Scale:
     precisions_4k: tuple[str, ...]
 
 
-GPU = Scale(moce=(("MoCE-IR", "MoCE_IR"), ("MoCE-IR-S", "MoCE_IR_S")), sizes=(512, 1024), batches=(1, 4),
-            warmup=3, runs=10, compile=True, lora="lora_ir:setting1", lora_size=512, four_k=(2160, 3840), tile=1024,
-            photo_side=0, official_runs=10, folder_images=8, precisions_4k=("bf16", "fp32", "fp16"))
+GPU = Scale(
+    moce=(("MoCE-IR", "MoCE_IR"), ("MoCE-IR-S", "MoCE_IR_S")),
+    sizes=(512, 1024),
+    batches=(1, 4),
+    warmup=3,
+    runs=10,
+    compile=True,
+    lora="lora_ir:setting1",
+    lora_size=512,
+    four_k=(2160, 3840),
+    tile=1024,
+    photo_side=0,
+    official_runs=10,
+    folder_images=8,
+    precisions_4k=("bf16", "fp32", "fp16"),
+)
 #: one tiny MoCE-IR stands for both MoCE-IR configs; 16 and 32 px stand for 512 and 1024; 4 images for the folder
-DRY = Scale(moce=(("MoCE-IR", "moce_ir:tiny"),), sizes=(16, 32), batches=(1, 2), warmup=0, runs=1, compile=False,
-            lora="lora_ir:tiny", lora_size=32, four_k=(40, 64), tile=32, photo_side=40, official_runs=1,
-            folder_images=4, precisions_4k=("bf16", "fp32", "fp16"))
+DRY = Scale(
+    moce=(("MoCE-IR", "moce_ir:tiny"),),
+    sizes=(16, 32),
+    batches=(1, 2),
+    warmup=0,
+    runs=1,
+    compile=False,
+    lora="lora_ir:tiny",
+    lora_size=32,
+    four_k=(40, 64),
+    tile=32,
+    photo_side=40,
+    official_runs=1,
+    folder_images=4,
+    precisions_4k=("bf16", "fp32", "fp16"),
+)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -233,8 +267,10 @@ def part_cuda_tests(part: Part) -> None:
     if not tests:
         raise RuntimeError("pytest -m cuda selected no tests: the cuda marker has gone missing")
     if counts["failed"] or counts["error"] or done.returncode not in (0,):
-        raise RuntimeError(f"pytest -m cuda: {counts['failed']} failed, {counts['error']} errors, "
-                           f"{counts['passed']} passed (exit {done.returncode})")
+        raise RuntimeError(
+            f"pytest -m cuda: {counts['failed']} failed, {counts['error']} errors, "
+            f"{counts['passed']} passed (exit {done.returncode})"
+        )
     if not part.cuda and counts["passed"] == 0:
         part.skip(f"no CUDA device: the {counts['skipped']} tests that pytest -m cuda selects all skipped")
 
@@ -287,8 +323,15 @@ def part_bench(part: Part) -> None:
         for size in s.sizes:
             if not part.enough(f"{label} {size}x{size}", 5):
                 return
-            plan = bench.BenchPlan(sizes=((size, size),), batches=s.batches, precisions=("fp32", "bf16"),
-                                   experts=("sparse", "dense"), cuda_graphs=True, warmup=s.warmup, runs=s.runs)
+            plan = bench.BenchPlan(
+                sizes=((size, size),),
+                batches=s.batches,
+                precisions=("fp32", "bf16"),
+                experts=("sparse", "dense"),
+                cuda_graphs=True,
+                warmup=s.warmup,
+                runs=s.runs,
+            )
             report = _run_bench(part, label, config, plan, model)
             _with_tflops(report, _count_flops(model, part.device, plan))
             part.data["reports"].append(report)
@@ -303,15 +346,24 @@ def part_bench_compile(part: Part) -> None:
     s = part.scale
     part.data["reports"] = []
     if not s.compile:
-        part.note("dry run: compiled rows left out (inductor takes minutes per graph on a CPU; "
-                  "tests/test_bench.py::test_compiled_run_equals_eager checks compile on CPU); eager rows only")
+        part.note(
+            "dry run: compiled rows left out (inductor takes minutes per graph on a CPU; "
+            "tests/test_bench.py::test_compiled_run_equals_eager checks compile on CPU); eager rows only"
+        )
     for label, config in s.moce:
         model = _model(part, config)
         for experts in ("dense", "sparse"):  # dense first: no graph breaks, the shorter compile
             if not part.enough(f"{label} compile {experts}", 20):
                 return
-            plan = bench.BenchPlan(sizes=((s.sizes[0], s.sizes[0]),), batches=(1,), precisions=("bf16",),
-                                   experts=(experts,), compile=s.compile, warmup=s.warmup, runs=s.runs)
+            plan = bench.BenchPlan(
+                sizes=((s.sizes[0], s.sizes[0]),),
+                batches=(1,),
+                precisions=("bf16",),
+                experts=(experts,),
+                compile=s.compile,
+                warmup=s.warmup,
+                runs=s.runs,
+            )
             part.data["reports"].append(_run_bench(part, label, config, plan, model))
             part.save()
         del model
@@ -329,8 +381,15 @@ def part_lora_ir(part: Part) -> None:
 
     s = part.scale
     model = _model(part, s.lora)
-    plan = bench.BenchPlan(sizes=((s.lora_size, s.lora_size),), batches=s.batches, precisions=("fp32", "bf16"),
-                           experts=("sparse", "dense"), breakdown=True, warmup=s.warmup, runs=s.runs)
+    plan = bench.BenchPlan(
+        sizes=((s.lora_size, s.lora_size),),
+        batches=s.batches,
+        precisions=("fp32", "bf16"),
+        experts=("sparse", "dense"),
+        breakdown=True,
+        warmup=s.warmup,
+        runs=s.runs,
+    )
     part.data["reports"] = [_run_bench(part, "LoRA-IR Setting I", s.lora, plan, model)]
     part.save()
     if not part.enough("folder of 8", 5):
@@ -350,8 +409,9 @@ def part_lora_ir(part: Part) -> None:
 
     def irtool_folder(out: Path) -> float:
         started = time.perf_counter()
-        results = engine.restore(str(folder), str(out), model=model, device=str(part.device), precision="fp32",
-                                 batch_size=n, overwrite=True)
+        results = engine.restore(
+            str(folder), str(out), model=model, device=str(part.device), precision="fp32", batch_size=n, overwrite=True
+        )
         seconds = time.perf_counter() - started
         failed = [r.report.error for r in results if r.report.status != "ok"]
         if len(results) != n or failed:
@@ -386,10 +446,10 @@ def part_lora_ir(part: Part) -> None:
         "size": [s.lora_size, s.lora_size],
         "precision": "fp32",
         "irtool": f"irtool.engine.restore(folder, out, batch_size={n}): decoding, batching, routing, restoring, "
-                  f"writing {n} PNGs",
+        f"writing {n} PNGs",
         "official": "emulated: irtool's LoRA-IR one image per call with its merged-expert cache cleared before each "
-                    "(the official batch-1 path merges the experts on every call); images already on the device, "
-                    "no file I/O",
+        "(the official batch-1 path merges the experts on every call); images already on the device, "
+        "no file I/O",
         "irtool_per_image_s": [round(t / n, 5) for t in ours],
         "official_per_image_s": [round(t / n, 5) for t in theirs],
         "ratio": round(float(np.median(ours)) / float(np.median(theirs)), 3),
@@ -432,13 +492,25 @@ def _official_module(src: Path) -> Any:
 def _official_kwargs(config: Any) -> dict[str, Any]:
     """irtool's MoCEIRConfig as the official MoCEIR(**kwargs) (the inverse of MoCEIRConfig.from_official_kwargs)."""
     return {
-        "dim": config.dim, "levels": config.levels, "num_blocks": list(config.num_blocks),
-        "num_dec_blocks": list(config.num_dec_blocks), "num_refinement_blocks": config.num_refinement_blocks,
-        "heads": list(config.heads), "ffn_expansion_factor": config.ffn_expansion_factor,
-        "num_experts": config.num_experts, "topk": config.top_k, "rank": config.rank, "rank_type": config.rank_type,
-        "depth_type": "constant", "stage_depth": [1] * (config.levels - 1), "complexity_scale": config.complexity_scale,
-        "with_complexity": config.with_complexity, "bias": config.bias, "LayerNorm_type": config.layernorm_type,
-        "inp_channels": config.in_channels, "out_channels": config.out_channels,
+        "dim": config.dim,
+        "levels": config.levels,
+        "num_blocks": list(config.num_blocks),
+        "num_dec_blocks": list(config.num_dec_blocks),
+        "num_refinement_blocks": config.num_refinement_blocks,
+        "heads": list(config.heads),
+        "ffn_expansion_factor": config.ffn_expansion_factor,
+        "num_experts": config.num_experts,
+        "topk": config.top_k,
+        "rank": config.rank,
+        "rank_type": config.rank_type,
+        "depth_type": "constant",
+        "stage_depth": [1] * (config.levels - 1),
+        "complexity_scale": config.complexity_scale,
+        "with_complexity": config.with_complexity,
+        "bias": config.bias,
+        "LayerNorm_type": config.layernorm_type,
+        "inp_channels": config.in_channels,
+        "out_channels": config.out_channels,
     }
 
 
@@ -484,12 +556,12 @@ def part_official(part: Part) -> None:
 
         def run_official() -> Any:
             with torch.inference_mode():
-                return official(x)
+                return official(x)  # noqa: F821 - deleted at the end of this iteration, after its last call
 
         def run_ours(precision: str) -> Callable[[], Any]:
             def call() -> Any:
                 with torch.inference_mode(), runtime.autocast(part.device, precision):
-                    return ours.run(x)
+                    return ours.run(x)  # noqa: F821 - as above
 
             return call
 
@@ -505,14 +577,24 @@ def part_official(part: Part) -> None:
         rounds = 3
         for r in range(rounds):  # interleaved rounds: every case sees the same machine state
             for name, fn in cases.items():
-                times[name] += bench._time_runs(fn, part.device, s.warmup if r == 0 else 1, max(1, s.official_runs // rounds))
+                times[name] += bench._time_runs(
+                    fn, part.device, s.warmup if r == 0 else 1, max(1, s.official_runs // rounds)
+                )
         official_ms = float(np.median(times["official fp32 eager"])) * 1000
         for name, t in times.items():
             ms = float(np.median(t)) * 1000
-            part.data["rows"].append({
-                "model": label, "config": config, "size": [size, size], "batch": 1, "case": name,
-                "median_ms": round(ms, 3), "runs": len(t), "official_over_this": round(official_ms / ms, 3),
-            })
+            part.data["rows"].append(
+                {
+                    "model": label,
+                    "config": config,
+                    "size": [size, size],
+                    "batch": 1,
+                    "case": name,
+                    "median_ms": round(ms, 3),
+                    "runs": len(t),
+                    "official_over_this": round(official_ms / ms, 3),
+                }
+            )
         part.data.setdefault("agreement", {})[label] = {"max_abs_diff_fp32": diff}
         part.save()
         del ours, official, cases
@@ -538,17 +620,28 @@ def part_memory_4k(part: Part) -> None:
             for tile in (0, s.tile):
                 if not part.enough(f"{label} {precision} {'tiled' if tile else 'whole'}", 3):
                     return
-                row: dict[str, Any] = {"model": label, "config": config, "precision": precision,
-                                       "mode": f"tiles of {tile}" if tile else "whole", "peak_mb": None}
-                restorer = engine.Restorer(model, RestoreOptions(device=str(part.device), precision=precision,
-                                                                 tile=tile))
+                row: dict[str, Any] = {
+                    "model": label,
+                    "config": config,
+                    "precision": precision,
+                    "mode": f"tiles of {tile}" if tile else "whole",
+                    "peak_mb": None,
+                }
+                restorer = engine.Restorer(
+                    model, RestoreOptions(device=str(part.device), precision=precision, tile=tile)
+                )
                 started = time.perf_counter()
                 try:
                     with bench._MemoryProbe(part.device) as probe:
                         outcome = restorer.restore([image])[0]
-                    row.update(peak_mb=round(probe.peak_mb, 1), memory_kind=probe.kind, tiles=outcome.tiles,
-                               ran_as=outcome.precision, warnings=outcome.warnings,
-                               seconds=round(time.perf_counter() - started, 3))
+                    row.update(
+                        peak_mb=round(probe.peak_mb, 1),
+                        memory_kind=probe.kind,
+                        tiles=outcome.tiles,
+                        ran_as=outcome.precision,
+                        warnings=outcome.warnings,
+                        seconds=round(time.perf_counter() - started, 3),
+                    )
                 except Exception as exc:  # noqa: BLE001 - recorded per row
                     row["error"] = bench._first_line(exc)
                 part.data["rows"].append(row)
@@ -579,8 +672,10 @@ def part_agreement(part: Part) -> None:
         if not part.enough(label, 3):
             return
         model = _model(part, model) if isinstance(model, str) else model
-        restorers = {p: engine.Restorer(model, RestoreOptions(device=str(part.device), precision=p))
-                     for p in ("fp32", "bf16", "fp16")}
+        restorers = {
+            p: engine.Restorer(model, RestoreOptions(device=str(part.device), precision=p))
+            for p in ("fp32", "bf16", "fp16")
+        }
         for k, rgb in enumerate(photos):
             image = io.from_array(rgb)
             row: dict[str, Any] = {"model": label, "photo": k, "size": list(rgb.shape[:2])}
@@ -605,8 +700,13 @@ def part_agreement(part: Part) -> None:
 
 
 PART_FUNCTIONS: dict[str, Callable[[Part], None]] = {
-    "cuda_tests": part_cuda_tests, "bench": part_bench, "bench_compile": part_bench_compile,
-    "lora_ir": part_lora_ir, "official": part_official, "memory_4k": part_memory_4k, "agreement": part_agreement,
+    "cuda_tests": part_cuda_tests,
+    "bench": part_bench,
+    "bench_compile": part_bench_compile,
+    "lora_ir": part_lora_ir,
+    "official": part_official,
+    "memory_4k": part_memory_4k,
+    "agreement": part_agreement,
 }
 
 
@@ -641,8 +741,11 @@ def run_suite(args: argparse.Namespace) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            print(f"gpu_suite: --device {args.device}: CUDA is not available here (torch {torch.__version__}); "
-                  "--dry-run checks the suite on the CPU", file=sys.stderr)
+            print(
+                f"gpu_suite: --device {args.device}: CUDA is not available here (torch {torch.__version__}); "
+                "--dry-run checks the suite on the CPU",
+                file=sys.stderr,
+            )
             return 2
     (out / "parts").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
@@ -660,15 +763,27 @@ def run_suite(args: argparse.Namespace) -> int:
             parts[name] = {"part": name, "status": "skipped", "reason": f"the suite's {total} s were spent"}
             continue
         margin = max(5.0, 0.12 * limit)  # the part stops starting steps this long before it would be killed
-        cmd = [sys.executable, str(SUITE), "--part", name, "--out", str(out), "--device", args.device,
-               "--deadline", str(time.time() + limit - margin)]
+        cmd = [
+            sys.executable,
+            str(SUITE),
+            "--part",
+            name,
+            "--out",
+            str(out),
+            "--device",
+            args.device,
+            "--deadline",
+            str(time.time() + limit - margin),
+        ]
         cmd += ["--dry-run"] if args.dry_run else []
         cmd += ["--official-src", str(args.official_src)] if args.official_src else []
         print(f"[{time.time() - suite_start:5.0f} s] {name} (limit {limit:.0f} s)", file=sys.stderr, flush=True)
         started = time.time()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": "1"} if args.dry_run else {})}
         with open(out / "logs" / f"{name}.log", "w") as log:
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
             try:
                 proc.wait(timeout=limit)
                 killed = False
@@ -714,8 +829,9 @@ def _environment(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if p.get("device_name"):
             env["device_name"] = p["device_name"]
     try:
-        env["torch"] = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
-                                      capture_output=True, text=True, timeout=60).stdout.strip()
+        env["torch"] = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True, timeout=60
+        ).stdout.strip()
     except subprocess.TimeoutExpired:
         pass
     return env
@@ -763,29 +879,54 @@ def targets(record: dict[str, Any], override: float | None) -> list[dict[str, An
             if best is None or r["official_over_this"] > best["official_over_this"]:
                 best = r
     if best:
-        rows.append({"target": f"MoCE-IR bf16 throughput at {small}², batch 1 >= 5x the official fp32 eager code",
-                     "measured": f"{best['case']}: {best['median_ms']:.2f} ms",
-                     "ratio": best["official_over_this"], "status": judge(best["official_over_this"] >= 5)})
+        rows.append(
+            {
+                "target": f"MoCE-IR bf16 throughput at {small}², batch 1 >= 5x the official fp32 eager code",
+                "measured": f"{best['case']}: {best['median_ms']:.2f} ms",
+                "ratio": best["official_over_this"],
+                "status": judge(best["official_over_this"] >= 5),
+            }
+        )
     else:
         why = off.get("reason") or off.get("error") or "no rows"
-        rows.append({"target": f"MoCE-IR bf16 throughput at {small}², batch 1 >= 5x the official fp32 eager code",
-                     "measured": "", "ratio": None, "status": judge(None, why)})
+        rows.append(
+            {
+                "target": f"MoCE-IR bf16 throughput at {small}², batch 1 >= 5x the official fp32 eager code",
+                "measured": "",
+                "ratio": None,
+                "status": judge(None, why),
+            }
+        )
 
     # 2. share of the bf16 dense peak at 1024² (sparse experts: what a restore runs)
-    candidates = [r for r in _rows(parts, "bench") + _rows(parts, "bench_compile")
-                  if r["label"] == "MoCE-IR" and r["precision"] == "bf16" and r["experts"] == "sparse"
-                  and r["height"] == large and r.get("tflops")]
+    candidates = [
+        r
+        for r in _rows(parts, "bench") + _rows(parts, "bench_compile")
+        if r["label"] == "MoCE-IR"
+        and r["precision"] == "bf16"
+        and r["experts"] == "sparse"
+        and r["height"] == large
+        and r.get("tflops")
+    ]
     name = "MoCE-IR bf16 at 1024² >= 25% of the GPU's bf16 dense peak"
     if candidates:
         r = max(candidates, key=lambda r: r["tflops"])
         peak, peak_how = peak_tflops(r.get("device_name"), override)
-        measured = (f"{r['tflops']:.1f} TFLOPS ({r['flops'] / r['batch'] / 1e9:.1f} GFLOP per image, "
-                    f"FlopCounterMode; {r['width']}x{r['height']} b{r['batch']} sparse"
-                    f"{' +compile' if r['compiled'] else ''}, {r['median_ms']:.2f} ms)")
+        measured = (
+            f"{r['tflops']:.1f} TFLOPS ({r['flops'] / r['batch'] / 1e9:.1f} GFLOP per image, "
+            f"FlopCounterMode; {r['width']}x{r['height']} b{r['batch']} sparse"
+            f"{' +compile' if r['compiled'] else ''}, {r['median_ms']:.2f} ms)"
+        )
         if peak:
             share = r["tflops"] / peak
-            rows.append({"target": name, "measured": f"{measured} of {peak:g} TFLOPS ({peak_how})",
-                         "ratio": round(share, 4), "status": judge(share >= 0.25)})
+            rows.append(
+                {
+                    "target": name,
+                    "measured": f"{measured} of {peak:g} TFLOPS ({peak_how})",
+                    "ratio": round(share, 4),
+                    "status": judge(share >= 0.25),
+                }
+            )
         else:
             rows.append({"target": name, "measured": measured, "ratio": None, "status": judge(None, peak_how)})
     else:
@@ -796,15 +937,26 @@ def targets(record: dict[str, Any], override: float | None) -> list[dict[str, An
     mem = parts["memory_4k"]
     h, w = mem.get("data", {}).get("size", [None, None])
     name = f"a 3840x2160 photo restores in <= {FOUR_K_LIMIT_GB:g} GB peak (MoCE-IR bf16, whole)"
-    found = [r for r in mem.get("data", {}).get("rows", []) if r["model"] == "MoCE-IR" and r["precision"] == "bf16"
-             and r["mode"] == "whole" and r.get("peak_mb") is not None]
+    found = [
+        r
+        for r in mem.get("data", {}).get("rows", [])
+        if r["model"] == "MoCE-IR"
+        and r["precision"] == "bf16"
+        and r["mode"] == "whole"
+        and r.get("peak_mb") is not None
+    ]
     if found:
         r = found[0]
         gb = r["peak_mb"] * 2**20 / GB
         cuda = r.get("memory_kind") == "cuda-allocator"
-        rows.append({"target": name, "measured": f"{gb:.2f} GB ({r['memory_kind']}, {w}x{h})",
-                     "ratio": round(gb / FOUR_K_LIMIT_GB, 3),
-                     "status": judge(gb <= FOUR_K_LIMIT_GB) if cuda or dry else judge(None, "no CUDA allocator")})
+        rows.append(
+            {
+                "target": name,
+                "measured": f"{gb:.2f} GB ({r['memory_kind']}, {w}x{h})",
+                "ratio": round(gb / FOUR_K_LIMIT_GB, 3),
+                "status": judge(gb <= FOUR_K_LIMIT_GB) if cuda or dry else judge(None, "no CUDA allocator"),
+            }
+        )
     else:
         why = mem.get("error") or mem.get("reason") or "no MoCE-IR bf16 whole row"
         rows.append({"target": name, "measured": "", "ratio": None, "status": judge(None, why)})
@@ -815,12 +967,24 @@ def targets(record: dict[str, Any], override: float | None) -> list[dict[str, An
     if lora:
         ours = sorted(lora["irtool_per_image_s"])[len(lora["irtool_per_image_s"]) // 2]
         theirs = sorted(lora["official_per_image_s"])[len(lora["official_per_image_s"]) // 2]
-        rows.append({"target": name, "measured": f"{ours * 1000:.1f} ms vs {theirs * 1000:.1f} ms per image",
-                     "ratio": lora["ratio"], "status": judge(lora["ratio"] <= 0.5)})
+        rows.append(
+            {
+                "target": name,
+                "measured": f"{ours * 1000:.1f} ms vs {theirs * 1000:.1f} ms per image",
+                "ratio": lora["ratio"],
+                "status": judge(lora["ratio"] <= 0.5),
+            }
+        )
     else:
         p = parts["lora_ir"]
-        rows.append({"target": name, "measured": "", "ratio": None,
-                     "status": judge(None, p.get("error") or p.get("reason") or "no folder run")})
+        rows.append(
+            {
+                "target": name,
+                "measured": "",
+                "ratio": None,
+                "status": judge(None, p.get("error") or p.get("reason") or "no folder run"),
+            }
+        )
     return rows
 
 
@@ -860,19 +1024,38 @@ def markdown(record: dict[str, Any]) -> str:
     tests = parts["cuda_tests"].get("data", {})
     if tests.get("tests"):
         c = tests["counts"]
-        lines += ["", "## CUDA tests", "", f"`{tests['command']}`: {c['passed']} passed, {c['failed']} failed, "
-                  f"{c['error']} errors, {c['skipped']} skipped", "", "| test | outcome |", "|---|---|"]
-        lines += [f"| {t['test']} | {t['outcome']}{': ' + t['message'] if t['message'] else ''} |" for t in tests["tests"]]
+        lines += [
+            "",
+            "## CUDA tests",
+            "",
+            f"`{tests['command']}`: {c['passed']} passed, {c['failed']} failed, "
+            f"{c['error']} errors, {c['skipped']} skipped",
+            "",
+            "| test | outcome |",
+            "|---|---|",
+        ]
+        lines += [
+            f"| {t['test']} | {t['outcome']}{': ' + t['message'] if t['message'] else ''} |" for t in tests["tests"]
+        ]
 
-    for name, title in (("bench", "irtool bench"), ("bench_compile", "torch.compile"), ("lora_ir", "LoRA-IR Setting I")):
+    for name, title in (
+        ("bench", "irtool bench"),
+        ("bench_compile", "torch.compile"),
+        ("lora_ir", "LoRA-IR Setting I"),
+    ):
         reports = parts[name].get("data", {}).get("reports", [])
         if reports:
             lines += ["", f"## {title}", "", bench_markdown(reports)]
             flops = [r for r in _rows(parts, name) if r.get("tflops")]
             if flops:
-                lines += ["", "FLOPs counted with torch.utils.flop_counter.FlopCounterMode on the same input "
-                          "(convolutions, matmuls, attention; not the FFTs):", "",
-                          "| model | case | GFLOP / image | TFLOPS |", "|---|---|---:|---:|"]
+                lines += [
+                    "",
+                    "FLOPs counted with torch.utils.flop_counter.FlopCounterMode on the same input "
+                    "(convolutions, matmuls, attention; not the FFTs):",
+                    "",
+                    "| model | case | GFLOP / image | TFLOPS |",
+                    "|---|---|---:|---:|",
+                ]
                 for r in flops:
                     case = f"{r['width']}x{r['height']} b{r['batch']} {r['precision']} {r['experts']}"
                     case += " +compile" if r["compiled"] else " +graph" if r["cuda_graph"] else ""
@@ -880,44 +1063,68 @@ def markdown(record: dict[str, Any]) -> str:
 
     folder = parts["lora_ir"].get("data", {}).get("folder_of_8")
     if folder:
-        lines += ["", f"Folder of 8 ({folder['size'][1]}x{folder['size'][0]}, {folder['precision']}): irtool "
-                  f"{folder['irtool_per_image_s']} s per image ({folder['irtool']}); official batch-1 path "
-                  f"{folder['official_per_image_s']} s per image ({folder['official']}); ratio {folder['ratio']}, "
-                  f"outputs agree to {folder['max_abs_diff']:.1e}."]
+        lines += [
+            "",
+            f"Folder of 8 ({folder['size'][1]}x{folder['size'][0]}, {folder['precision']}): irtool "
+            f"{folder['irtool_per_image_s']} s per image ({folder['irtool']}); official batch-1 path "
+            f"{folder['official_per_image_s']} s per image ({folder['official']}); ratio {folder['ratio']}, "
+            f"outputs agree to {folder['max_abs_diff']:.1e}.",
+        ]
 
     off = parts["official"].get("data", {})
     if off.get("rows"):
-        lines += ["", "## Against the official MoCE-IR code (same weights, same process)", "",
-                  f"Source: `{off['source']}`; outputs at fp32: "
-                  + ", ".join(f"{k} max abs diff {v['max_abs_diff_fp32']:.1e}" for k, v in off["agreement"].items()),
-                  "", "| model | size | case | median ms | official / this |", "|---|---|---|---:|---:|"]
+        lines += [
+            "",
+            "## Against the official MoCE-IR code (same weights, same process)",
+            "",
+            f"Source: `{off['source']}`; outputs at fp32: "
+            + ", ".join(f"{k} max abs diff {v['max_abs_diff_fp32']:.1e}" for k, v in off["agreement"].items()),
+            "",
+            "| model | size | case | median ms | official / this |",
+            "|---|---|---|---:|---:|",
+        ]
         for r in off["rows"]:
-            lines.append(f"| {r['model']} | {r['size'][1]}x{r['size'][0]} b1 | {r['case']} | {r['median_ms']:.2f} | "
-                         f"{r['official_over_this']:.2f} |")
+            lines.append(
+                f"| {r['model']} | {r['size'][1]}x{r['size'][0]} b1 | {r['case']} | {r['median_ms']:.2f} | "
+                f"{r['official_over_this']:.2f} |"
+            )
 
     mem = parts["memory_4k"].get("data", {})
     if mem.get("rows"):
-        lines += ["", f"## Peak memory, {mem['size'][1]}x{mem['size'][0]} restore (irtool.engine.Restorer)", "",
-                  "| model | precision | mode | peak MB | kind | tiles | s | notes |", "|---|---|---|---:|---|---:|---:|---|"]
+        lines += [
+            "",
+            f"## Peak memory, {mem['size'][1]}x{mem['size'][0]} restore (irtool.engine.Restorer)",
+            "",
+            "| model | precision | mode | peak MB | kind | tiles | s | notes |",
+            "|---|---|---|---:|---|---:|---:|---|",
+        ]
         for r in mem["rows"]:
             if r.get("error"):
                 lines.append(f"| {r['model']} | {r['precision']} | {r['mode']} | | | | | {r['error']} |")
             else:
-                lines.append(f"| {r['model']} | {r['precision']} | {r['mode']} | {r['peak_mb']:.0f} | {r['memory_kind']} | "
-                             f"{r['tiles']} | {r['seconds']:.2f} | {'; '.join(r['warnings'])} |")
+                lines.append(
+                    f"| {r['model']} | {r['precision']} | {r['mode']} | {r['peak_mb']:.0f} | {r['memory_kind']} | "
+                    f"{r['tiles']} | {r['seconds']:.2f} | {'; '.join(r['warnings'])} |"
+                )
 
     agree = parts["agreement"].get("data", {})
     if agree.get("rows"):
-        lines += ["", "## Reduced precision against fp32 on photos (examples/)", "",
-                  "| model | photo | size | bf16 PSNR dB | fp16 PSNR dB | fp16 raw NaN/Inf values | engine notes |",
-                  "|---|---:|---|---:|---:|---:|---|"]
+        lines += [
+            "",
+            "## Reduced precision against fp32 on photos (examples/)",
+            "",
+            "| model | photo | size | bf16 PSNR dB | fp16 PSNR dB | fp16 raw NaN/Inf values | engine notes |",
+            "|---|---:|---|---:|---:|---:|---|",
+        ]
         for r in agree["rows"]:
             if r.get("error"):
                 lines.append(f"| {r['model']} | {r['photo']} | | | | | {r['error']} |")
                 continue
             notes = "; ".join(r["bf16_warnings"] + r["fp16_warnings"])
-            lines.append(f"| {r['model']} | {r['photo']} | {r['size'][1]}x{r['size'][0]} | {r['bf16_psnr_db']} | "
-                         f"{r['fp16_psnr_db']} | {r['fp16_raw_nonfinite']} | {notes} |")
+            lines.append(
+                f"| {r['model']} | {r['photo']} | {r['size'][1]}x{r['size'][0]} | {r['bf16_psnr_db']} | "
+                f"{r['fp16_psnr_db']} | {r['fp16_raw_nonfinite']} | {notes} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -926,8 +1133,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for gpu_suite.json, gpu_suite.md and logs/")
     ap.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU: checks the suite in under a minute")
-    ap.add_argument("--official-src", type=Path, default=None,
-                    help="the official MoCE-IR source (checkout, or a folder with moce_ir.py and pkgs/)")
+    ap.add_argument(
+        "--official-src",
+        type=Path,
+        default=None,
+        help="the official MoCE-IR source (checkout, or a folder with moce_ir.py and pkgs/)",
+    )
     ap.add_argument("--peak-tflops", type=float, default=None, help="the GPU's bf16 dense peak, if not in the table")
     ap.add_argument("--device", default=None, help="default: cuda:0, or cpu with --dry-run")
     ap.add_argument("--parts", default=None, help=f"comma-separated subset of {','.join(PARTS)}")

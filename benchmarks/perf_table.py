@@ -29,16 +29,45 @@ CPU_CASES = [
     ("MoCE_IR_S", ["--sizes", "256", "--experts", "sparse,dense", "--compile", "--runs", "7"]),
 ]
 GPU_CASES = [
-    ("MoCE_IR_S", ["--sizes", "256,512,1024", "--batch", "1,4", "--precision", "fp32,bf16,fp16",
-                   "--experts", "sparse,dense,e0,e3", "--path", "fast,reference", "--breakdown"]),
-    ("MoCE_IR", ["--sizes", "256,512,1024", "--batch", "1,4", "--precision", "fp32,bf16,fp16",
-                 "--experts", "sparse,dense,e0,e3", "--path", "fast,reference"]),
+    (
+        "MoCE_IR_S",
+        [
+            "--sizes",
+            "256,512,1024",
+            "--batch",
+            "1,4",
+            "--precision",
+            "fp32,bf16,fp16",
+            "--experts",
+            "sparse,dense,e0,e3",
+            "--path",
+            "fast,reference",
+            "--breakdown",
+        ],
+    ),
+    (
+        "MoCE_IR",
+        [
+            "--sizes",
+            "256,512,1024",
+            "--batch",
+            "1,4",
+            "--precision",
+            "fp32,bf16,fp16",
+            "--experts",
+            "sparse,dense,e0,e3",
+            "--path",
+            "fast,reference",
+        ],
+    ),
     ("MoCE_IR_S", ["--sizes", "512", "--precision", "bf16", "--experts", "dense,e0,e3", "--cuda-graphs"]),
     ("MoCE_IR_S", ["--sizes", "512", "--precision", "bf16", "--experts", "sparse", "--compile"]),
     ("MoCE_IR_S", ["--sizes", "3840x2160", "--precision", "bf16", "--experts", "sparse", "--runs", "3"]),
     ("MoCE_IR", ["--sizes", "3840x2160", "--precision", "bf16", "--experts", "sparse", "--runs", "3"]),
 ]
-QUICK_CASES = [("moce_ir:tiny", ["--sizes", "64", "--experts", "sparse,dense,e3", "--path", "fast,reference", "--runs", "2"])]
+QUICK_CASES = [
+    ("moce_ir:tiny", ["--sizes", "64", "--experts", "sparse,dense,e3", "--path", "fast,reference", "--runs", "2"])
+]
 
 
 def run_bench(config: str, args: list[str], device: str, threads: int | None) -> dict:
@@ -92,7 +121,8 @@ def markdown(reports: list[dict]) -> str:
         load = rep.get("load_average")
         lines.append(
             f"- {name}: {rep['device']} ({rep['device_name']}), torch {rep['torch_version']}, {rep['threads']} threads, "
-            f"allocator tuned: {rep['allocator_tuned']}" + (f", load average {load[0]:.2f} -> {load[1]:.2f}" if load else "")
+            f"allocator tuned: {rep['allocator_tuned']}"
+            + (f", load average {load[0]:.2f} -> {load[1]:.2f}" if load else "")
         )
     return "\n".join(lines)
 

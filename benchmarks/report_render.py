@@ -82,9 +82,11 @@ def main() -> None:
         with Browser(exe) as browser:
             for _ in range(args.repeats):
                 walls.append(browser.open(page))
-                timing = browser.js("(() => { const n = performance.getEntriesByType('navigation')[0];"
-                                    " const p = performance.getEntriesByName('first-contentful-paint')[0];"
-                                    " return [n.loadEventEnd - n.startTime, p ? p.startTime : null]; })()")
+                timing = browser.js(
+                    "(() => { const n = performance.getEntriesByType('navigation')[0];"
+                    " const p = performance.getEntriesByName('first-contentful-paint')[0];"
+                    " return [n.loadEventEnd - n.startTime, p ? p.startTime : null]; })()"
+                )
                 loads.append(timing[0] / 1000)
                 paints.append((timing[1] or 0) / 1000)
                 rows = browser.js("document.querySelectorAll('table.perimage tbody tr').length")
@@ -93,7 +95,9 @@ def main() -> None:
     print(f"{args.images}-image eval report: {size} bytes written in {built:.2f} s (Python: build + render)")
     for name, values in (("navigation -> load event (CDP wall)", walls), ("page load (navigation timing)", loads),
                          ("first contentful paint", paints)):  # fmt: skip
-        print(f"  {name}: median {statistics.median(values):.3f} s (range {min(values):.3f}-{max(values):.3f}) over {len(values)} loads")
+        print(
+            f"  {name}: median {statistics.median(values):.3f} s (range {min(values):.3f}-{max(values):.3f}) over {len(values)} loads"
+        )
 
 
 if __name__ == "__main__":

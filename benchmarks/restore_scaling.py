@@ -33,7 +33,10 @@ from PIL import Image
 def photo(size: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    channels = [0.5 + 0.35 * np.sin(rng.uniform(0.02, 0.2) * xx + rng.uniform(0, 6.3)) * np.cos(rng.uniform(0.02, 0.2) * yy) for _ in range(3)]
+    channels = [
+        0.5 + 0.35 * np.sin(rng.uniform(0.02, 0.2) * xx + rng.uniform(0, 6.3)) * np.cos(rng.uniform(0.02, 0.2) * yy)
+        for _ in range(3)
+    ]
     image = np.stack(channels, axis=2) + rng.normal(0, 0.04, (size, size, 3))
     return np.clip(image * 255, 0, 255).astype(np.uint8)
 
@@ -76,10 +79,15 @@ def main() -> None:
                 steady, wall, n = run(inputs, Path(tmp) / f"out{k}-{processes}", processes, args.weights)
                 assert n == args.images
                 times[processes].append((steady, wall))
-                print(f"repeat {k + 1}, {processes} process(es): {n / steady:.2f} images/s steady, {n / wall:.2f} end to end", flush=True)
+                print(
+                    f"repeat {k + 1}, {processes} process(es): {n / steady:.2f} images/s steady, {n / wall:.2f} end to end",
+                    flush=True,
+                )
         load_after = os.getloadavg()[0]
 
-    print(f"\n{args.images} images of {args.size}x{args.size} px, 1 thread per process, load1 {load_before:.2f} -> {load_after:.2f}, {os.cpu_count()} cores")
+    print(
+        f"\n{args.images} images of {args.size}x{args.size} px, 1 thread per process, load1 {load_before:.2f} -> {load_after:.2f}, {os.cpu_count()} cores"
+    )
     print("| processes | images/s steady (median) | images/s end to end (median) |")
     print("|---:|---:|---:|")
     rates = {}

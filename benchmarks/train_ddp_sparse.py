@@ -44,7 +44,7 @@ def _worker(rank: int, args: argparse.Namespace, port: int, results) -> None:
     for step in range(args.steps + 2):
         lq = torch.rand(args.batch, 3, args.size, args.size, generator=gen)
         batch = {"lq": lq}
-        for name, (net, module, opt) in variants.items():
+        for name, (_net, module, opt) in variants.items():
             dist.barrier()
             start = time.perf_counter()
             out, aux, experts, zero = module(batch, None)
@@ -87,8 +87,10 @@ def main() -> None:
         results = manager.dict()
         mp.spawn(_worker, args=(args, port, results), nprocs=args.procs, join=True)
         a, b = results["find_unused"], results["zero_term"]
-    print(f"{args.procs} gloo processes, MoCE-IR {args.config}, batch {args.batch} x {args.size}px, "
-          f"{args.steps} timed steps (median forward+backward):")
+    print(
+        f"{args.procs} gloo processes, MoCE-IR {args.config}, batch {args.batch} x {args.size}px, "
+        f"{args.steps} timed steps (median forward+backward):"
+    )
     print(f"  find_unused_parameters=True : {a * 1000:8.1f} ms")
     print(f"  zero term + unused reset    : {b * 1000:8.1f} ms")
     print(f"  ratio find_unused / zero term: {a / b:.3f}")

@@ -39,9 +39,14 @@ def make_clip(path: Path, seconds: float, fps: int, width: int, height: int, see
         shot = 0 if i < frames // 2 else 1
         x = xx + 4 * i
         if shot == 0:
-            base = np.stack([0.25 + 0.15 * np.sin(x / 23), 0.35 + 0.2 * np.sin(yy / 17 + x / 41), 0.45 + 0.2 * np.cos(x / 31)], axis=2)
+            base = np.stack(
+                [0.25 + 0.15 * np.sin(x / 23), 0.35 + 0.2 * np.sin(yy / 17 + x / 41), 0.45 + 0.2 * np.cos(x / 31)],
+                axis=2,
+            )
         else:
-            base = np.stack([0.7 + 0.2 * np.sin(x / 29), 0.55 + 0.2 * np.cos(yy / 19 - x / 37), 0.3 + 0.15 * np.sin(x / 13)], axis=2)
+            base = np.stack(
+                [0.7 + 0.2 * np.sin(x / 29), 0.55 + 0.2 * np.cos(yy / 19 - x / 37), 0.3 + 0.15 * np.sin(x / 13)], axis=2
+            )
         rain = np.zeros((height, width), np.float32)
         ys, xs = rng.integers(0, height - 24, 1500), rng.integers(0, width - 8, 1500)
         for dy in range(24):
@@ -59,7 +64,9 @@ def make_clip(path: Path, seconds: float, fps: int, width: int, height: int, see
     t = np.arange(samples) / 48000
     tone = np.stack([0.2 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 660 * t)]).astype(np.float32)
     for start in range(0, samples, 1024):
-        af = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, start : start + 1024]), format="fltp", layout="stereo")
+        af = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(tone[:, start : start + 1024]), format="fltp", layout="stereo"
+        )
         af.sample_rate, af.pts = 48000, start
         for packet in a.encode(af):
             out.mux(packet)
@@ -91,7 +98,19 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     clip, out = args.workdir / "clip720p.mp4", args.workdir / "out"
     make_clip(clip, args.seconds, args.fps, 1280, 720)
-    command = [sys.executable, "-m", "irtool", "restore", str(clip), str(out), "--overwrite", "--json", "--device", "cpu", *args.extra]
+    command = [
+        sys.executable,
+        "-m",
+        "irtool",
+        "restore",
+        str(clip),
+        str(out),
+        "--overwrite",
+        "--json",
+        "--device",
+        "cpu",
+        *args.extra,
+    ]
     started = time.perf_counter()
     run = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -104,19 +123,26 @@ def main() -> None:
         "frames_equal": len(before["times"]) == len(after["times"]),
         "timestamps_equal": before["times"] == after["times"],
         "size_equal": before["size"] == after["size"],
-        "duration_equal": before["duration"] is not None and after["duration"] is not None and abs(before["duration"] - after["duration"]) < 1.0 / args.fps,
+        "duration_equal": before["duration"] is not None
+        and after["duration"] is not None
+        and abs(before["duration"] - after["duration"]) < 1.0 / args.fps,
         "audio_packets_identical": before["audio"] == after["audio"],
     }
-    print(json.dumps({
-        "command": " ".join(["irtool", *command[3:]]),
-        "wall_seconds": round(wall, 1),
-        "frames": len(after["times"]),
-        "frames_per_second": round(len(after["times"]) / wall, 3),
-        "duration": [before["duration"], after["duration"]],
-        "audio_packets": len(after["audio"]),
-        "shots": [{k: s[k] for k in ("frames", "degradation", "experts")} for s in report["video"]["shots"]],
-        "checks": checks,
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "command": " ".join(["irtool", *command[3:]]),
+                "wall_seconds": round(wall, 1),
+                "frames": len(after["times"]),
+                "frames_per_second": round(len(after["times"]) / wall, 3),
+                "duration": [before["duration"], after["duration"]],
+                "audio_packets": len(after["audio"]),
+                "shots": [{k: s[k] for k in ("frames", "degradation", "experts")} for s in report["video"]["shots"]],
+                "checks": checks,
+            },
+            indent=1,
+        )
+    )
     raise SystemExit(0 if all(checks.values()) else 1)
 
 

@@ -56,16 +56,34 @@ def main() -> None:
     clean, noisy = [], []
     for i in range(args.frames):
         x = xx + 2 * i
-        base = np.stack([0.45 + 0.25 * np.sin(x / 11), 0.5 + 0.2 * np.sin(yy / 9 + x / 23), 0.4 + 0.25 * np.cos(x / 17)], axis=2)
+        base = np.stack(
+            [0.45 + 0.25 * np.sin(x / 11), 0.5 + 0.2 * np.sin(yy / 9 + x / 23), 0.4 + 0.25 * np.cos(x / 17)], axis=2
+        )
         clean.append(np.round(np.clip(base, 0, 1) * 255).astype(np.uint8))
         noisy.append(np.round(np.clip(base + rng.normal(0, args.sigma, base.shape), 0, 1) * 255).astype(np.uint8))
     write_clip(args.workdir / "clean.mkv", clean)
     write_clip(args.workdir / "noisy.mkv", noisy)
-    rows = {"clean clip": frame_change(args.workdir / "clean.mkv")[0], "degraded input": frame_change(args.workdir / "noisy.mkv")[0]}
+    rows = {
+        "clean clip": frame_change(args.workdir / "clean.mkv")[0],
+        "degraded input": frame_change(args.workdir / "noisy.mkv")[0],
+    }
     details = {}
     for name, flags in (("shot routing (default)", []), ("--route-per-frame", ["--route-per-frame"])):
         out = args.workdir / ("frame" if flags else "shot")
-        command = [sys.executable, "-m", "irtool", "restore", str(args.workdir / "noisy.mkv"), str(out), "--lossless", "--overwrite", "--json", "-q", *flags, *args.extra]
+        command = [
+            sys.executable,
+            "-m",
+            "irtool",
+            "restore",
+            str(args.workdir / "noisy.mkv"),
+            str(out),
+            "--lossless",
+            "--overwrite",
+            "--json",
+            "-q",
+            *flags,
+            *args.extra,
+        ]
         started = time.perf_counter()
         run = subprocess.run(command, capture_output=True, text=True)
         if run.returncode != 0:

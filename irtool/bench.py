@@ -15,9 +15,10 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -144,20 +145,33 @@ class BenchReport:
 
     def summary(self) -> dict[str, Any]:
         """Ratios between rows that differ in one setting: dense / sparse, reference / fast, per size and batch."""
+
         def median(**key: Any) -> float | None:
             for r in self.rows:
                 if r.median_ms is not None and all(getattr(r, k) == v for k, v in key.items()):
                     return r.median_ms
             return None
 
-        out: dict[str, Any] = {"dense_over_sparse": {}, "reference_over_fast": {}, "eager_over_compiled": {},
-                               "eager_over_graph": {}}
+        out: dict[str, Any] = {
+            "dense_over_sparse": {},
+            "reference_over_fast": {},
+            "eager_over_compiled": {},
+            "eager_over_graph": {},
+        }
         for r in self.rows:
             if r.median_ms is None:
                 continue
             if r.compiled or r.cuda_graph:
-                eager = median(height=r.height, width=r.width, batch=r.batch, precision=r.precision, path=r.path,
-                               experts=r.experts, compiled=False, cuda_graph=False)
+                eager = median(
+                    height=r.height,
+                    width=r.width,
+                    batch=r.batch,
+                    precision=r.precision,
+                    path=r.path,
+                    experts=r.experts,
+                    compiled=False,
+                    cuda_graph=False,
+                )
                 if eager:
                     key = "eager_over_compiled" if r.compiled else "eager_over_graph"
                     tag = f"{r.width}x{r.height} b{r.batch} {r.precision} {r.experts}"
@@ -165,13 +179,29 @@ class BenchReport:
                 continue
             tag = f"{r.width}x{r.height} b{r.batch} {r.precision}"
             if r.path == "fast" and r.experts == "dense":
-                sparse = median(height=r.height, width=r.width, batch=r.batch, precision=r.precision, path="fast",
-                                experts="sparse", compiled=False, cuda_graph=False)
+                sparse = median(
+                    height=r.height,
+                    width=r.width,
+                    batch=r.batch,
+                    precision=r.precision,
+                    path="fast",
+                    experts="sparse",
+                    compiled=False,
+                    cuda_graph=False,
+                )
                 if sparse:
                     out["dense_over_sparse"][tag] = round(r.median_ms / sparse, 3)
             if r.path == "reference":
-                fast = median(height=r.height, width=r.width, batch=r.batch, precision=r.precision, path="fast",
-                              experts=r.experts, compiled=False, cuda_graph=False)
+                fast = median(
+                    height=r.height,
+                    width=r.width,
+                    batch=r.batch,
+                    precision=r.precision,
+                    path="fast",
+                    experts=r.experts,
+                    compiled=False,
+                    cuda_graph=False,
+                )
                 if fast:
                     out["reference_over_fast"][f"{tag} {r.experts}"] = round(r.median_ms / fast, 3)
         return out

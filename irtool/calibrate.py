@@ -23,9 +23,10 @@ import importlib.util
 import json
 import math
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -216,7 +217,11 @@ class Calibration:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"{path}: damaged calibration file ({exc})") from None
-        if centroids.ndim != 2 or centroids.shape[0] != len(calibration.classes) or scale.shape != (centroids.shape[1],):
+        if (
+            centroids.ndim != 2
+            or centroids.shape[0] != len(calibration.classes)
+            or scale.shape != (centroids.shape[1],)
+        ):
             raise CalibrationError(f"{path}: damaged calibration file (inconsistent shapes)")
         return calibration
 
@@ -330,7 +335,11 @@ def clean_photos(clean_dir: str | Path | None = None) -> list[Path]:
         folder = Path(clean_dir)
         if not folder.is_dir():
             raise CalibrationError(f"--clean-dir {folder}: not a folder")
-        found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        found = sorted(
+            p
+            for p in folder.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        )
         if not found:
             raise CalibrationError(f"--clean-dir {folder}: no images (png, jpg, webp, tiff, bmp) in it")
         return found
@@ -467,7 +476,9 @@ def _as_rgb(array: np.ndarray) -> np.ndarray:
     return np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array[..., :3]
 
 
-def find_calibration(weights: str | Path | None, model: nn.Module, explicit: str | Path | None = None) -> tuple[Calibration | None, str | None]:
+def find_calibration(
+    weights: str | Path | None, model: nn.Module, explicit: str | Path | None = None
+) -> tuple[Calibration | None, str | None]:
     """The calibration to use with `model` loaded from `weights`, and a warning when one was found but not usable.
 
     explicit: a calibration file the user named; it must match the weights (else CalibrationError).
@@ -477,7 +488,9 @@ def find_calibration(weights: str | Path | None, model: nn.Module, explicit: str
     if explicit is not None:
         calibration = Calibration.load(explicit)
         if calibration.fingerprint != fingerprint(model):
-            raise CalibrationError(f"{explicit}: made for other weights (fingerprint differs); run `irtool calibrate` for these")
+            raise CalibrationError(
+                f"{explicit}: made for other weights (fingerprint differs); run `irtool calibrate` for these"
+            )
         return calibration, None
     if weights is None:
         return None, None

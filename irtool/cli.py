@@ -16,9 +16,10 @@ import itertools
 import json
 import sys
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -54,8 +55,16 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _warning_line(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None,
-                  *, default: Callable = warnings.showwarning) -> None:
+def _warning_line(
+    message: Any,
+    category: type,
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: Any = None,
+    *,
+    default: Callable = warnings.showwarning,
+) -> None:
     """irtool's own warnings (an assumed config field) as one literal line on stderr; others as Python shows them."""
     if issubclass(category, ConfigGuessWarning):
         from rich.markup import escape
@@ -96,22 +105,28 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def _main(
     version: Annotated[
-        Optional[bool],
-        typer.Option("--version", "-V", callback=_version_callback, is_eager=True, metavar="", help="Print the version and exit."),
+        bool | None,
+        typer.Option(
+            "--version", "-V", callback=_version_callback, is_eager=True, metavar="", help="Print the version and exit."
+        ),
     ] = None,
 ) -> None:
     """All-in-one image restoration: remove noise, rain, haze, blur and low light with MoCE-IR or LoRA-IR."""
 
 
-_CONFIG_HELP = ("FIELD=VALUE (repeatable): a config field the weights cannot show, e.g. top_k=2; checked against the "
-                "tensors. VALUE is read as JSON (2, 2.0, [1,2], true), else as text.")
+_CONFIG_HELP = (
+    "FIELD=VALUE (repeatable): a config field the weights cannot show, e.g. top_k=2; checked against the "
+    "tensors. VALUE is read as JSON (2, 2.0, [1,2], true), else as text."
+)
 _CONFIG_OPTION = typer.Option("--config", help=_CONFIG_HELP, show_default=False)
 _ROUTER_CONFIG_OPTION = typer.Option(
-    "--router-config", help="FIELD=VALUE (repeatable): the same for LoRA-IR's CLIP router, e.g. num_heads=3.", show_default=False
+    "--router-config",
+    help="FIELD=VALUE (repeatable): the same for LoRA-IR's CLIP router, e.g. num_heads=3.",
+    show_default=False,
 )
 
 
-def _fields(values: Optional[list[str]], flag: str) -> Optional[dict[str, Any]]:
+def _fields(values: list[str] | None, flag: str) -> dict[str, Any] | None:
     """`--config top_k=2 --config heads=[1,2]` -> {"top_k": 2, "heads": [1, 2]} (None when not given)."""
     if not values:
         return None
@@ -129,13 +144,22 @@ def _fields(values: Optional[list[str]], flag: str) -> Optional[dict[str, Any]]:
 
 @command()
 def inspect(
-    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file (.ckpt, .pth, .pt, .safetensors), folder or manifest name.")],
+    checkpoint: Annotated[
+        str, typer.Argument(help="Checkpoint file (.ckpt, .pth, .pt, .safetensors), folder or manifest name.")
+    ],
     trust_checkpoint: Annotated[
-        bool, typer.Option("--trust-checkpoint", metavar="", help="Allow pickled objects beyond plain tensors (runs code from the file).")
+        bool,
+        typer.Option(
+            "--trust-checkpoint",
+            metavar="",
+            help="Allow pickled objects beyond plain tensors (runs code from the file).",
+        ),
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON object instead of a table.")] = False,
-    config: Annotated[Optional[list[str]], _CONFIG_OPTION] = None,
-    router_config: Annotated[Optional[list[str]], _ROUTER_CONFIG_OPTION] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", metavar="", help="Print one JSON object instead of a table.")
+    ] = False,
+    config: Annotated[list[str] | None, _CONFIG_OPTION] = None,
+    router_config: Annotated[list[str] | None, _ROUTER_CONFIG_OPTION] = None,
 ) -> None:
     """Detect a checkpoint's architecture and config, load it strictly, and describe it."""
     from .loading import build_model, detect, read_state_dict, resolve_source
@@ -182,7 +206,9 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected comma-separated integers, e.g. 1,1,1,2", param_hint=flag) from None
+        raise typer.BadParameter(
+            f"{text!r}: expected comma-separated integers, e.g. 1,1,1,2", param_hint=flag
+        ) from None
 
 
 class _TrainView:
@@ -204,8 +230,13 @@ class _TrainView:
         from rich.text import Text
 
         self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[eta]}"), TextColumn("{task.fields[loss]}"),
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[eta]}"),
+            TextColumn("{task.fields[loss]}"),
             console=self.console,
         )
         self.bar = self.progress.add_task("train", total=total, completed=done, rate="", eta="", loss="")
@@ -223,7 +254,8 @@ class _TrainView:
             self.console.print(
                 f"training {info['parameters']:,} parameters ({info['trainable']:,} trainable) on {info['device']}"
                 f" x{info['world_size']}: {info['samples']:,} samples per epoch, {info['total_steps']:,} steps, tasks "
-                f"{', '.join(info['tasks'])}, {info['val_pairs']} validation images -> {info['out']}", soft_wrap=True,
+                f"{', '.join(info['tasks'])}, {info['val_pairs']} validation images -> {info['out']}",
+                soft_wrap=True,
             )
             if info["start_step"]:
                 self.console.print(f"resuming at step {info['start_step']}")
@@ -237,17 +269,26 @@ class _TrainView:
             eta_s = int(info["eta_s"])
             eta = f"ETA {eta_s // 3600}:{eta_s // 60 % 60:02d}:{eta_s % 60:02d}"
             if self.bar is None:
-                self._print(f"step {info['step']}/{info['total_steps']} loss {info['loss']:.4f} lr {info['lr']:.2e} "
-                            f"{info['it_per_s']:.2f} it/s {eta} | {tasks}{weights}")
+                self._print(
+                    f"step {info['step']}/{info['total_steps']} loss {info['loss']:.4f} lr {info['lr']:.2e} "
+                    f"{info['it_per_s']:.2f} it/s {eta} | {tasks}{weights}"
+                )
                 return
-            self.progress.update(self.bar, completed=info["step"], rate=f"{info['it_per_s']:.2f} it/s", eta=eta,
-                                 loss=f"loss {info['loss']:.4f}")
+            self.progress.update(
+                self.bar,
+                completed=info["step"],
+                rate=f"{info['it_per_s']:.2f} it/s",
+                eta=eta,
+                loss=f"loss {info['loss']:.4f}",
+            )
             self.detail.plain = f"lr {info['lr']:.2e} | {tasks}{weights}"
         elif kind == "val":
             unit = " dB" if info["metric"] == "psnr" else "%"
             per = " ".join(f"{t} {v:.2f}" for t, v in info["result"].items() if t != "mean")
-            self._print(f"step {info['step']}: validation {info['metric']} {info['result']['mean']:.2f}{unit} ({per}); "
-                        f"best {info['best']:.2f}{unit} at step {info['best_step']}")
+            self._print(
+                f"step {info['step']}: validation {info['metric']} {info['result']['mean']:.2f}{unit} ({per}); "
+                f"best {info['best']:.2f}{unit} at step {info['best_step']}"
+            )
         elif kind == "warning":
             self._print(f"[yellow]warning:[/] {info['message']}")
         elif kind == "end":
@@ -256,15 +297,21 @@ class _TrainView:
                 typer.echo(jsonout.dumps(info))
                 return
             unit = " dB" if info["metric"] == "psnr" else "%"
-            best = (f", best validation {info['metric']} {info['best']:.2f}{unit} at step {info['best_step']}"
-                    if info["best_weights"] else "")
+            best = (
+                f", best validation {info['metric']} {info['best']:.2f}{unit} at step {info['best_step']}"
+                if info["best_weights"]
+                else ""
+            )
             final = f", final loss {info['final_loss']:.4f}" if info["final_loss"] is not None else ""
             self.console.print(
                 f"done: {info['trained_steps']} steps in {info['seconds']:.0f} s (step {info['steps']}, "
-                f"epoch {info['epochs']:.2f}){final}{best}", soft_wrap=True,
+                f"epoch {info['epochs']:.2f}){final}{best}",
+                soft_wrap=True,
             )
-            self.console.print(f"weights: {info['weights']}" + (f", {info['best_weights']}" if info["best_weights"] else ""),
-                               soft_wrap=True)
+            self.console.print(
+                f"weights: {info['weights']}" + (f", {info['best_weights']}" if info["best_weights"] else ""),
+                soft_wrap=True,
+            )
 
     def close(self) -> None:
         if self.live is not None:
@@ -274,61 +321,272 @@ class _TrainView:
 
 @command()
 def train(
-    out: Annotated[str, typer.Option("--out", "-o", help="Run folder: weights, training state, logs.", rich_help_panel="Run")] = "runs/train",
-    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Named recipe: moce_ir_s-aio3, moce_ir-aio3, moce_ir_s-aio5, moce_ir-aio5, custom (default).", rich_help_panel="Run")] = None,
-    config_file: Annotated[Optional[str], typer.Option("--config-file", help="JSON or TOML file of config fields, laid over the preset (--print-config writes one).", rich_help_panel="Run")] = None,
-    print_config: Annotated[bool, typer.Option("--print-config", metavar="", help="Print the resolved config as JSON and exit.", rich_help_panel="Run")] = False,
-    resume: Annotated[bool, typer.Option("--resume", metavar="", help="Continue the run in --out from its last checkpoint, bit-exactly.", rich_help_panel="Run")] = False,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto (default), cpu, cuda, cuda:N, mps; under torchrun each process takes cuda:LOCAL_RANK.", rich_help_panel="Run")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.", rich_help_panel="Run")] = None,
-    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the final summary as one JSON object.", rich_help_panel="Run")] = False,
-    clean_dir: Annotated[Optional[str], typer.Option("--clean-dir", help="Folder of clean photos, degraded on the fly by --tasks.", rich_help_panel="Data")] = None,
-    tasks: Annotated[Optional[str], typer.Option("--tasks", help="Synthetic degradations for --clean-dir: noise,rain,haze,blur,defocus,lowlight,jpeg,clean (clean: identity pairs; default all).", rich_help_panel="Data")] = None,
-    data_root: Annotated[Optional[str], typer.Option("--data-root", help="Root folder of the benchmark datasets (presets).", rich_help_panel="Data")] = None,
-    patch_size: Annotated[Optional[int], typer.Option("--patch-size", help="Training patch side in px (128).", rich_help_panel="Data")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Patches per process and step (8).", rich_help_panel="Data")] = None,
-    augment: Annotated[Optional[str], typer.Option("--augment", help="dihedral (8 flips/rotations, identity included), official (7, never identity), none.", rich_help_panel="Data")] = None,
-    num_workers: Annotated[Optional[int], typer.Option("--num-workers", help="Data loader processes (2).", rich_help_panel="Data")] = None,
-    val_dir: Annotated[Optional[str], typer.Option("--val-dir", help="Clean photos to validate on (else --val-count images per task are held out).", rich_help_panel="Data")] = None,
-    val_count: Annotated[Optional[int], typer.Option("--val-count", help="Images held out per task for validation (4; 0: no validation, no best).", rich_help_panel="Data")] = None,
-    val_size: Annotated[Optional[int], typer.Option("--val-size", help="Centre crop of validation images in px (256; 0: whole).", rich_help_panel="Data")] = None,
-    arch: Annotated[Optional[str], typer.Option("--arch", help="Network: moce_ir (default) or lora_ir (with --stage).", rich_help_panel="Network")] = None,
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="Network config: MoCE_IR, MoCE_IR_S (default), tiny; LoRA-IR: setting1, tiny.", rich_help_panel="Network")] = None,
-    dim: Annotated[Optional[int], typer.Option("--dim", help="Base width.", rich_help_panel="Network")] = None,
-    blocks: Annotated[Optional[str], typer.Option("--blocks", help="Encoder blocks per level then latent, e.g. 4,6,6,8.", rich_help_panel="Network")] = None,
-    dec_blocks: Annotated[Optional[str], typer.Option("--dec-blocks", help="Decoder (MoCE) blocks per level, e.g. 2,4,4.", rich_help_panel="Network")] = None,
-    refinement_blocks: Annotated[Optional[int], typer.Option("--refinement-blocks", rich_help_panel="Network")] = None,
-    heads: Annotated[Optional[str], typer.Option("--heads", help="Attention heads per level, e.g. 1,2,4,8.", rich_help_panel="Network")] = None,
-    experts: Annotated[Optional[int], typer.Option("--experts", help="Complexity experts per MoCE layer (4).", rich_help_panel="Network")] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", rich_help_panel="Network")] = None,
-    complexity: Annotated[Optional[bool], typer.Option("--complexity/--no-complexity", metavar="", help="MoCE-IR's complexity bias in the balance loss (on by default).", rich_help_panel="Network")] = None,
-    init: Annotated[Optional[str], typer.Option("--init", help="Start from these weights (LoRA-IR experts: the base stage's; router: a router file's CLIP tower).", rich_help_panel="Network")] = None,
-    router: Annotated[Optional[str], typer.Option("--router", help="LoRA-IR base/experts stages: the trained router checkpoint (frozen).", rich_help_panel="Network")] = None,
-    loss: Annotated[Optional[str], typer.Option("--loss", help="Pixel loss: l1, psnr (LoRA-IR), ce (LoRA-IR router).", rich_help_panel="Losses")] = None,
-    fft_weight: Annotated[Optional[float], typer.Option("--fft-weight", help="FFT-L1 weight (presets 0.1; 0 off).", rich_help_panel="Losses")] = None,
-    balance_weight: Annotated[Optional[float], typer.Option("--balance-weight", help="Routing balance loss weight (0.01).", rich_help_panel="Losses")] = None,
-    route_task_weight: Annotated[Optional[float], typer.Option("--route-task-weight", help="MoCE-IR: weight of the routing supervision, a cross-entropy of each layer's gate logits (read out linearly) against the task label (0: off).", rich_help_panel="Losses")] = None,
-    reweight: Annotated[Optional[str], typer.Option("--reweight", help="none, or art: Art's active task reweighting.", rich_help_panel="Losses")] = None,
-    art_tau: Annotated[Optional[float], typer.Option("--art-tau", help="Art temperature (0.1).", rich_help_panel="Losses")] = None,
-    art_ema: Annotated[Optional[float], typer.Option("--art-ema", help="Art moving-average coefficient (0.01).", rich_help_panel="Losses")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="AdamW learning rate (2e-4).", rich_help_panel="Optimisation")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", rich_help_panel="Optimisation")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps to train.", rich_help_panel="Optimisation")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs to train (instead of --steps).", rich_help_panel="Optimisation")] = None,
-    schedule_unit: Annotated[Optional[str], typer.Option("--schedule-unit", help="Count warm-up and cosine in epoch or step.", rich_help_panel="Optimisation")] = None,
-    warmup: Annotated[Optional[int], typer.Option("--warmup", help="Linear warm-up length (schedule units).", rich_help_panel="Optimisation")] = None,
-    schedule_length: Annotated[Optional[int], typer.Option("--schedule-length", help="Where the cosine ends (default: the end of training).", rich_help_panel="Optimisation")] = None,
-    lr_min: Annotated[Optional[float], typer.Option("--lr-min", rich_help_panel="Optimisation")] = None,
-    grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", help="Clip the gradient norm (0: off).", rich_help_panel="Optimisation")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="auto (bf16 autocast on CUDA), bf16, fp32.", rich_help_panel="Optimisation")] = None,
-    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", metavar="", help="Default: on for CUDA.", rich_help_panel="Optimisation")] = None,
-    compile_model: Annotated[Optional[bool], typer.Option("--compile", metavar="", help="torch.compile the training step.", rich_help_panel="Optimisation")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", rich_help_panel="Optimisation")] = None,
-    stage: Annotated[Optional[str], typer.Option("--stage", help="LoRA-IR stage: router, base, experts.", rich_help_panel="Network")] = None,
-    train_all: Annotated[Optional[bool], typer.Option("--train-all", metavar="", help="LoRA-IR expert stage: train every parameter (released code), not only LoRA (paper).", rich_help_panel="Network")] = None,
-    ckpt_every: Annotated[Optional[int], typer.Option("--ckpt-every", help="Checkpoint every N steps (and at the end).", rich_help_panel="Run")] = None,
-    val_every: Annotated[Optional[int], typer.Option("--val-every", help="Validate every N steps (default: at checkpoints).", rich_help_panel="Run")] = None,
-    log_every: Annotated[Optional[int], typer.Option("--log-every", help="Log every N steps (10).", rich_help_panel="Run")] = None,
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Run folder: weights, training state, logs.", rich_help_panel="Run")
+    ] = "runs/train",
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            "--preset",
+            "-p",
+            help="Named recipe: moce_ir_s-aio3, moce_ir-aio3, moce_ir_s-aio5, moce_ir-aio5, custom (default).",
+            rich_help_panel="Run",
+        ),
+    ] = None,
+    config_file: Annotated[
+        str | None,
+        typer.Option(
+            "--config-file",
+            help="JSON or TOML file of config fields, laid over the preset (--print-config writes one).",
+            rich_help_panel="Run",
+        ),
+    ] = None,
+    print_config: Annotated[
+        bool,
+        typer.Option(
+            "--print-config", metavar="", help="Print the resolved config as JSON and exit.", rich_help_panel="Run"
+        ),
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            metavar="",
+            help="Continue the run in --out from its last checkpoint, bit-exactly.",
+            rich_help_panel="Run",
+        ),
+    ] = False,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="auto (default), cpu, cuda, cuda:N, mps; under torchrun each process takes cuda:LOCAL_RANK.",
+            rich_help_panel="Run",
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="CPU threads for torch.", rich_help_panel="Run")
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", metavar="", help="Print the final summary as one JSON object.", rich_help_panel="Run"),
+    ] = False,
+    clean_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--clean-dir", help="Folder of clean photos, degraded on the fly by --tasks.", rich_help_panel="Data"
+        ),
+    ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(
+            "--tasks",
+            help="Synthetic degradations for --clean-dir: noise,rain,haze,blur,defocus,lowlight,jpeg,clean (clean: identity pairs; default all).",
+            rich_help_panel="Data",
+        ),
+    ] = None,
+    data_root: Annotated[
+        str | None,
+        typer.Option("--data-root", help="Root folder of the benchmark datasets (presets).", rich_help_panel="Data"),
+    ] = None,
+    patch_size: Annotated[
+        int | None, typer.Option("--patch-size", help="Training patch side in px (128).", rich_help_panel="Data")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Patches per process and step (8).", rich_help_panel="Data")
+    ] = None,
+    augment: Annotated[
+        str | None,
+        typer.Option(
+            "--augment",
+            help="dihedral (8 flips/rotations, identity included), official (7, never identity), none.",
+            rich_help_panel="Data",
+        ),
+    ] = None,
+    num_workers: Annotated[
+        int | None, typer.Option("--num-workers", help="Data loader processes (2).", rich_help_panel="Data")
+    ] = None,
+    val_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--val-dir",
+            help="Clean photos to validate on (else --val-count images per task are held out).",
+            rich_help_panel="Data",
+        ),
+    ] = None,
+    val_count: Annotated[
+        int | None,
+        typer.Option(
+            "--val-count",
+            help="Images held out per task for validation (4; 0: no validation, no best).",
+            rich_help_panel="Data",
+        ),
+    ] = None,
+    val_size: Annotated[
+        int | None,
+        typer.Option(
+            "--val-size", help="Centre crop of validation images in px (256; 0: whole).", rich_help_panel="Data"
+        ),
+    ] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option("--arch", help="Network: moce_ir (default) or lora_ir (with --stage).", rich_help_panel="Network"),
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Network config: MoCE_IR, MoCE_IR_S (default), tiny; LoRA-IR: setting1, tiny.",
+            rich_help_panel="Network",
+        ),
+    ] = None,
+    dim: Annotated[int | None, typer.Option("--dim", help="Base width.", rich_help_panel="Network")] = None,
+    blocks: Annotated[
+        str | None,
+        typer.Option("--blocks", help="Encoder blocks per level then latent, e.g. 4,6,6,8.", rich_help_panel="Network"),
+    ] = None,
+    dec_blocks: Annotated[
+        str | None,
+        typer.Option("--dec-blocks", help="Decoder (MoCE) blocks per level, e.g. 2,4,4.", rich_help_panel="Network"),
+    ] = None,
+    refinement_blocks: Annotated[int | None, typer.Option("--refinement-blocks", rich_help_panel="Network")] = None,
+    heads: Annotated[
+        str | None, typer.Option("--heads", help="Attention heads per level, e.g. 1,2,4,8.", rich_help_panel="Network")
+    ] = None,
+    experts: Annotated[
+        int | None, typer.Option("--experts", help="Complexity experts per MoCE layer (4).", rich_help_panel="Network")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", rich_help_panel="Network")] = None,
+    complexity: Annotated[
+        bool | None,
+        typer.Option(
+            "--complexity/--no-complexity",
+            metavar="",
+            help="MoCE-IR's complexity bias in the balance loss (on by default).",
+            rich_help_panel="Network",
+        ),
+    ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            help="Start from these weights (LoRA-IR experts: the base stage's; router: a router file's CLIP tower).",
+            rich_help_panel="Network",
+        ),
+    ] = None,
+    router: Annotated[
+        str | None,
+        typer.Option(
+            "--router",
+            help="LoRA-IR base/experts stages: the trained router checkpoint (frozen).",
+            rich_help_panel="Network",
+        ),
+    ] = None,
+    loss: Annotated[
+        str | None,
+        typer.Option("--loss", help="Pixel loss: l1, psnr (LoRA-IR), ce (LoRA-IR router).", rich_help_panel="Losses"),
+    ] = None,
+    fft_weight: Annotated[
+        float | None, typer.Option("--fft-weight", help="FFT-L1 weight (presets 0.1; 0 off).", rich_help_panel="Losses")
+    ] = None,
+    balance_weight: Annotated[
+        float | None,
+        typer.Option("--balance-weight", help="Routing balance loss weight (0.01).", rich_help_panel="Losses"),
+    ] = None,
+    route_task_weight: Annotated[
+        float | None,
+        typer.Option(
+            "--route-task-weight",
+            help="MoCE-IR: weight of the routing supervision, a cross-entropy of each layer's gate logits (read out linearly) against the task label (0: off).",
+            rich_help_panel="Losses",
+        ),
+    ] = None,
+    reweight: Annotated[
+        str | None,
+        typer.Option("--reweight", help="none, or art: Art's active task reweighting.", rich_help_panel="Losses"),
+    ] = None,
+    art_tau: Annotated[
+        float | None, typer.Option("--art-tau", help="Art temperature (0.1).", rich_help_panel="Losses")
+    ] = None,
+    art_ema: Annotated[
+        float | None, typer.Option("--art-ema", help="Art moving-average coefficient (0.01).", rich_help_panel="Losses")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="AdamW learning rate (2e-4).", rich_help_panel="Optimisation")
+    ] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay", rich_help_panel="Optimisation")] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Optimiser steps to train.", rich_help_panel="Optimisation")
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option("--epochs", help="Epochs to train (instead of --steps).", rich_help_panel="Optimisation"),
+    ] = None,
+    schedule_unit: Annotated[
+        str | None,
+        typer.Option(
+            "--schedule-unit", help="Count warm-up and cosine in epoch or step.", rich_help_panel="Optimisation"
+        ),
+    ] = None,
+    warmup: Annotated[
+        int | None,
+        typer.Option("--warmup", help="Linear warm-up length (schedule units).", rich_help_panel="Optimisation"),
+    ] = None,
+    schedule_length: Annotated[
+        int | None,
+        typer.Option(
+            "--schedule-length",
+            help="Where the cosine ends (default: the end of training).",
+            rich_help_panel="Optimisation",
+        ),
+    ] = None,
+    lr_min: Annotated[float | None, typer.Option("--lr-min", rich_help_panel="Optimisation")] = None,
+    grad_clip: Annotated[
+        float | None,
+        typer.Option("--grad-clip", help="Clip the gradient norm (0: off).", rich_help_panel="Optimisation"),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option("--precision", help="auto (bf16 autocast on CUDA), bf16, fp32.", rich_help_panel="Optimisation"),
+    ] = None,
+    channels_last: Annotated[
+        bool | None,
+        typer.Option(
+            "--channels-last/--no-channels-last",
+            metavar="",
+            help="Default: on for CUDA.",
+            rich_help_panel="Optimisation",
+        ),
+    ] = None,
+    compile_model: Annotated[
+        bool | None,
+        typer.Option("--compile", metavar="", help="torch.compile the training step.", rich_help_panel="Optimisation"),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", rich_help_panel="Optimisation")] = None,
+    stage: Annotated[
+        str | None, typer.Option("--stage", help="LoRA-IR stage: router, base, experts.", rich_help_panel="Network")
+    ] = None,
+    train_all: Annotated[
+        bool | None,
+        typer.Option(
+            "--train-all",
+            metavar="",
+            help="LoRA-IR expert stage: train every parameter (released code), not only LoRA (paper).",
+            rich_help_panel="Network",
+        ),
+    ] = None,
+    ckpt_every: Annotated[
+        int | None,
+        typer.Option("--ckpt-every", help="Checkpoint every N steps (and at the end).", rich_help_panel="Run"),
+    ] = None,
+    val_every: Annotated[
+        int | None,
+        typer.Option("--val-every", help="Validate every N steps (default: at checkpoints).", rich_help_panel="Run"),
+    ] = None,
+    log_every: Annotated[
+        int | None, typer.Option("--log-every", help="Log every N steps (10).", rich_help_panel="Run")
+    ] = None,
 ) -> None:
     """Train an all-in-one network on a mix of degradations (one process, or many under torchrun)."""
     import os
@@ -336,23 +594,54 @@ def train(
     from .train import presets
 
     fields = {
-        "data_root": data_root, "patch_size": patch_size, "batch_size": batch_size, "augment": augment,
-        "num_workers": num_workers, "val_dir": val_dir, "val_count": val_count, "val_size": val_size,
-        "arch": arch, "variant": config, "with_complexity": complexity, "init": init, "router": router,
-        "pixel_loss": loss, "fft_weight": fft_weight,
-        "balance_weight": balance_weight, "route_task_weight": route_task_weight, "reweight": reweight, "art_tau": art_tau, "art_ema": art_ema, "lr": lr,
-        "weight_decay": weight_decay, "steps": steps, "epochs": epochs, "schedule_unit": schedule_unit,
-        "warmup": warmup, "schedule_length": schedule_length, "lr_min": lr_min, "grad_clip": grad_clip,
-        "precision": precision, "channels_last": channels_last, "compile": compile_model, "seed": seed,
-        "stage": stage, "train_all": train_all, "ckpt_every": ckpt_every, "val_every": val_every,
+        "data_root": data_root,
+        "patch_size": patch_size,
+        "batch_size": batch_size,
+        "augment": augment,
+        "num_workers": num_workers,
+        "val_dir": val_dir,
+        "val_count": val_count,
+        "val_size": val_size,
+        "arch": arch,
+        "variant": config,
+        "with_complexity": complexity,
+        "init": init,
+        "router": router,
+        "pixel_loss": loss,
+        "fft_weight": fft_weight,
+        "balance_weight": balance_weight,
+        "route_task_weight": route_task_weight,
+        "reweight": reweight,
+        "art_tau": art_tau,
+        "art_ema": art_ema,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "steps": steps,
+        "epochs": epochs,
+        "schedule_unit": schedule_unit,
+        "warmup": warmup,
+        "schedule_length": schedule_length,
+        "lr_min": lr_min,
+        "grad_clip": grad_clip,
+        "precision": precision,
+        "channels_last": channels_last,
+        "compile": compile_model,
+        "seed": seed,
+        "stage": stage,
+        "train_all": train_all,
+        "ckpt_every": ckpt_every,
+        "val_every": val_every,
         "log_every": log_every,
     }
     overrides = {k: v for k, v in fields.items() if v is not None}
     model = {
-        "dim": dim, "num_blocks": blocks and _int_list(blocks, "--blocks"),
+        "dim": dim,
+        "num_blocks": blocks and _int_list(blocks, "--blocks"),
         "num_dec_blocks": dec_blocks and _int_list(dec_blocks, "--dec-blocks"),
-        "num_refinement_blocks": refinement_blocks, "heads": heads and _int_list(heads, "--heads"),
-        "num_experts": experts, "top_k": top_k,
+        "num_refinement_blocks": refinement_blocks,
+        "heads": heads and _int_list(heads, "--heads"),
+        "num_experts": experts,
+        "top_k": top_k,
     }
     model = {k: v for k, v in model.items() if v is not None}
     if model:
@@ -360,7 +649,10 @@ def train(
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None
     if resume:
         if preset or config_file or clean_dir or task_list or model:
-            fail("--resume continues the recipe saved in --out; drop --preset/--config-file/--clean-dir/--tasks/network flags", 2)
+            fail(
+                "--resume continues the recipe saved in --out; drop --preset/--config-file/--clean-dir/--tasks/network flags",
+                2,
+            )
         cfg = presets.resume_config(out, overrides)
     else:
         cfg = presets.resolve(preset, config_file, overrides, clean_dir=clean_dir, tasks=task_list)
@@ -394,11 +686,13 @@ def _weights_command(*args: Any, **kwargs: Any) -> Callable:
     return command(*args, typer_app=weights_app, **kwargs)
 
 
-_TRUST_OPTION = typer.Option("--trust-checkpoint", metavar="", help="Allow pickled objects beyond plain tensors (runs code from the file).")
+_TRUST_OPTION = typer.Option(
+    "--trust-checkpoint", metavar="", help="Allow pickled objects beyond plain tensors (runs code from the file)."
+)
 _JSON_OPTION = typer.Option("--json", metavar="", help="Print JSON instead of text.")
 
 
-def _mb(size: Optional[int], approx: bool = False) -> str:
+def _mb(size: int | None, approx: bool = False) -> str:
     if size is None:
         return "?"
     return f"{'≈' if approx else ''}{size / 1e6:,.{0 if size >= 1e7 else 1}f} MB"
@@ -439,10 +733,14 @@ def weights_list(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
 def weights_fetch(
     names: Annotated[list[str], typer.Argument(help="Manifest names or official ids (see `irtool weights list`).")],
     url: Annotated[
-        Optional[list[str]],
-        typer.Option("--url", help="Download from URL instead of the manifest's; ROLE=URL for an entry with several files."),
+        list[str] | None,
+        typer.Option(
+            "--url", help="Download from URL instead of the manifest's; ROLE=URL for an entry with several files."
+        ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", metavar="", help="Download again even if the file is cached.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", metavar="", help="Download again even if the file is cached.")
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the server before giving up.", min=1)] = 30.0,
     retries: Annotated[int, typer.Option(help="Resume this many times after a lost connection.", min=0)] = 2,
     trust_checkpoint: Annotated[bool, _TRUST_OPTION] = False,
@@ -461,20 +759,33 @@ def weights_fetch(
     console = _stderr()
     failed = 0
     results = []
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bars:
         for name in names:
             tasks: dict[str, Any] = {}
 
-            def progress(filename: str, done: int, total: Optional[int], name: str = name, tasks: dict = tasks) -> None:
+            def progress(filename: str, done: int, total: int | None, name: str = name, tasks: dict = tasks) -> None:
                 if filename not in tasks:
                     tasks[filename] = bars.add_task(f"{name} {filename}", total=total)
                 bars.update(tasks[filename], completed=done, total=total)
 
             try:
                 urls = weights.url_overrides(name, url) if url else None
-                results += weights.fetch(name, urls=urls, force=force, progress=progress, timeout=timeout, retries=retries,
-                                         trust=trust_checkpoint)
+                results += weights.fetch(
+                    name,
+                    urls=urls,
+                    force=force,
+                    progress=progress,
+                    timeout=timeout,
+                    retries=retries,
+                    trust=trust_checkpoint,
+                )
             except IrtoolError as exc:
                 from rich.markup import escape
 
@@ -491,23 +802,33 @@ def weights_fetch(
                 out.print(f"{r.name} ({r.role}): {where}: {r.path}", soft_wrap=True, markup=False)
                 continue
             resumed = f", resumed at {_mb(r.resumed_from)}" if r.resumed_from else ""
-            out.print(f"{r.name} ({r.role}): {_mb(r.size)} saved to {r.path}{resumed}; sha256 {r.sha256}; {r.checked}",
-                      soft_wrap=True)
+            out.print(
+                f"{r.name} ({r.role}): {_mb(r.size)} saved to {r.path}{resumed}; sha256 {r.sha256}; {r.checked}",
+                soft_wrap=True,
+            )
     raise typer.Exit(1 if failed else 0)
 
 
 @_weights_command("import")
 def weights_import(
-    path: Annotated[Path, typer.Argument(help="Checkpoint file (.ckpt, .pth, .pt, .safetensors) or a folder holding last.ckpt.")],
+    path: Annotated[
+        Path, typer.Argument(help="Checkpoint file (.ckpt, .pth, .pt, .safetensors) or a folder holding last.ckpt.")
+    ],
     name: Annotated[
-        Optional[str],
-        typer.Option("--name", help="Manifest entry it is (checked), or a name of your own; default: from the file name."),
+        str | None,
+        typer.Option(
+            "--name", help="Manifest entry it is (checked), or a name of your own; default: from the file name."
+        ),
     ] = None,
-    role: Annotated[Optional[str], typer.Option("--role", help="Which file of a several-file entry: weights, ir or router.")] = None,
+    role: Annotated[
+        str | None, typer.Option("--role", help="Which file of a several-file entry: weights, ir or router.")
+    ] = None,
     trust_checkpoint: Annotated[bool, _TRUST_OPTION] = False,
-    force: Annotated[bool, typer.Option("--force", metavar="", help="Replace a different file already stored under this name.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", metavar="", help="Replace a different file already stored under this name.")
+    ] = False,
     as_json: Annotated[bool, _JSON_OPTION] = False,
-    config: Annotated[Optional[list[str]], _CONFIG_OPTION] = None,
+    config: Annotated[list[str] | None, _CONFIG_OPTION] = None,
 ) -> None:
     """Check a checkpoint and store it in the cache as safetensors, usable as --model NAME.
 
@@ -517,20 +838,24 @@ def weights_import(
     from . import weights
 
     with _stderr().status(f"importing {path}"):
-        got = weights.import_checkpoint(path, name=name, role=role, trust=trust_checkpoint, force=force,
-                                        config=_fields(config, "--config"))
+        got = weights.import_checkpoint(
+            path, name=name, role=role, trust=trust_checkpoint, force=force, config=_fields(config, "--config")
+        )
     if as_json:
         typer.echo(jsonout.dumps(got.to_dict()))
         return
     what = f"{got.arch} {got.variant}" if got.variant else got.arch
     verb = "was already imported as" if got.already else "imported as"
-    _stdout().print(f"{got.source} {verb} {got.name} ({got.role}: {what}, sha256 {got.source_sha256}) -> {got.path}; "
-                    f"use it as --model {got.name}", soft_wrap=True)
+    _stdout().print(
+        f"{got.source} {verb} {got.name} ({got.role}: {what}, sha256 {got.source_sha256}) -> {got.path}; "
+        f"use it as --model {got.name}",
+        soft_wrap=True,
+    )
 
 
 @_weights_command("verify")
 def weights_verify(
-    name: Annotated[Optional[str], typer.Argument(help="Entry to verify; default: everything in the cache.")] = None,
+    name: Annotated[str | None, typer.Argument(help="Entry to verify; default: everything in the cache.")] = None,
     trust_checkpoint: Annotated[bool, _TRUST_OPTION] = False,
     as_json: Annotated[bool, _JSON_OPTION] = False,
 ) -> None:
@@ -562,17 +887,22 @@ def weights_convert(
     out: Annotated[Path, typer.Argument(help="Output .safetensors file.")],
     trust_checkpoint: Annotated[bool, _TRUST_OPTION] = False,
     force: Annotated[bool, typer.Option("--force", metavar="", help="Overwrite OUT if it exists.")] = False,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="Store floating-point tensors as fp32, fp16 (half the "
-                                              "size) or bf16; default: as they are.")] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--dtype", help="Store floating-point tensors as fp32, fp16 (half the size) or bf16; default: as they are."
+        ),
+    ] = None,
     as_json: Annotated[bool, _JSON_OPTION] = False,
-    config: Annotated[Optional[list[str]], _CONFIG_OPTION] = None,
+    config: Annotated[list[str] | None, _CONFIG_OPTION] = None,
 ) -> None:
     """Write a checkpoint as safetensors, its architecture and config in the metadata (cache untouched)."""
     from . import weights
 
     with _stderr().status(f"converting {path}"):
-        got = weights.convert(path, out, trust=trust_checkpoint, force=force, dtype=dtype,
-                              config=_fields(config, "--config"))
+        got = weights.convert(
+            path, out, trust=trust_checkpoint, force=force, dtype=dtype, config=_fields(config, "--config")
+        )
     if as_json:
         typer.echo(jsonout.dumps(got.to_dict()))
         return
@@ -592,8 +922,10 @@ def weights_remove(
     if as_json:
         typer.echo(jsonout.dumps(got.to_dict()))
         return
-    _stdout().print(f"{got.name}: removed {', '.join(str(p) for p in got.paths) or 'the local entry'} ({_mb(got.freed)} freed)",
-                    soft_wrap=True)
+    _stdout().print(
+        f"{got.name}: removed {', '.join(str(p) for p in got.paths) or 'the local entry'} ({_mb(got.freed)} freed)",
+        soft_wrap=True,
+    )
 
 
 @_weights_command("show")
@@ -613,8 +945,11 @@ def weights_show(
     out = _stdout()
     status = info["status"]
     network = f"{info['arch']} {info['variant']}" if info.get("variant") else info["arch"]
-    out.print(f"[bold]{info['name']}[/] ({', '.join(info.get('aliases', [])) or 'local'}): {network}, "
-              f"{info.get('setting') or 'own import'}; {status['status']}", soft_wrap=True)
+    out.print(
+        f"[bold]{info['name']}[/] ({', '.join(info.get('aliases', [])) or 'local'}): {network}, "
+        f"{info.get('setting') or 'own import'}; {status['status']}",
+        soft_wrap=True,
+    )
     if info.get("tasks"):
         out.print(f"tasks: {', '.join(info['tasks'])}")
     if info.get("classes"):
@@ -634,8 +969,11 @@ def weights_show(
             where = "no download link"
         size = _mb(spec.get("size") or spec.get("approx_size"), not spec.get("size"))
         here = status["files"].get(spec["role"], "not in the cache")
-        out.print(f"file {spec['role']} ({spec['arch']}): {spec['filename']}, {size}, "
-                  f"sha256 {spec.get('sha256') or 'unpublished'}; from {where}; local: {here}", soft_wrap=True)
+        out.print(
+            f"file {spec['role']} ({spec['arch']}): {spec['filename']}, {size}, "
+            f"sha256 {spec.get('sha256') or 'unpublished'}; from {where}; local: {here}",
+            soft_wrap=True,
+        )
     if info.get("reported"):
         table = Table(title="reported in the paper")
         for column in ("benchmark", "PSNR", "SSIM"):
@@ -686,15 +1024,17 @@ class DegradationKind(str, enum.Enum):
 
 
 _MODEL_HELP = "Manifest name of the checkpoint (see weights_manifest.json), e.g. moce_ir.aio5."
-_WEIGHTS_HELP = "Checkpoint file or folder (.ckpt, .pth, .safetensors). With neither --model nor --weights: the default model."
+_WEIGHTS_HELP = (
+    "Checkpoint file or folder (.ckpt, .pth, .safetensors). With neither --model nor --weights: the default model."
+)
 _DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
 
 
-def _device(device: str, gpu: Optional[int]) -> str:
+def _device(device: str, gpu: int | None) -> str:
     return f"cuda:{gpu}" if gpu is not None else device
 
 
-def _gpus(gpu: Optional[str]) -> Optional[list[int]]:
+def _gpus(gpu: str | None) -> list[int] | None:
     """`--gpu N`, `--gpu 0,1,3` or `--gpu all` as a list of GPU numbers (None without --gpu)."""
     from .shard import parse_gpus
 
@@ -704,11 +1044,15 @@ def _gpus(gpu: Optional[str]) -> Optional[list[int]]:
         raise typer.BadParameter(str(exc).split(": ", 1)[-1], param_hint="--gpu") from None
 
 
-def _experts_text(experts: Optional[list]) -> str:
+def _experts_text(experts: list | None) -> str:
     """Top-1 expert of each MoCE layer as digits ("3333222211"); top-k as "3+1"."""
     if not experts:
         return "-"
-    return " ".join("+".join(str(e) for e in layer) for layer in experts) if any(len(l) > 1 for l in experts) else "".join(str(l[0]) for l in experts)
+    return (
+        " ".join("+".join(str(e) for e in layer) for layer in experts)
+        if any(len(l) > 1 for l in experts)
+        else "".join(str(l[0]) for l in experts)
+    )
 
 
 def _degradation_text(report: Any) -> str:
@@ -739,7 +1083,9 @@ def _closing_table(reports: list, max_rows: int = 100):
         if r.failed:
             table.add_row(_plain(r.input), "[red]failed[/]", "", "", "")
         else:
-            table.add_row(_plain(r.input), _degradation_text(r), _experts_text(r.experts), str(r.tiles), f"{r.seconds:.2f}s")
+            table.add_row(
+                _plain(r.input), _degradation_text(r), _experts_text(r.experts), str(r.tiles), f"{r.seconds:.2f}s"
+            )
     hidden = len([r for r in reports if r.status not in ("skipped", "exists")]) - len(shown)
     return table, hidden
 
@@ -761,41 +1107,161 @@ def _within(progress: Any, reports: Iterator[Any]) -> Iterator[Any]:
 
 @command(no_args_is_help=True)
 def restore(
-    paths: Annotated[list[str], typer.Argument(metavar="INPUT... OUTPUT_DIR", help="Image or video files, folders (recursive) or globs ('photos/**/*.jpg'), then the folder for the results (it mirrors the input folders' trees); for one input file, OUTPUT may name the output file (fixed.jpg).", show_default=False)],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help=_MODEL_HELP)] = None,
-    weights_file: Annotated[Optional[str], typer.Option("--weights", "-w", help=_WEIGHTS_HELP)] = None,
-    router: Annotated[Optional[str], typer.Option("--router", help="LoRA-IR router checkpoint (its second file).")] = None,
-    config: Annotated[Optional[list[str]], _CONFIG_OPTION] = None,
-    router_config: Annotated[Optional[list[str]], _ROUTER_CONFIG_OPTION] = None,
-    calibration: Annotated[Optional[str], typer.Option("--calibration", help="Routing calibration file (default: <weights>.calibration.json, if present).")] = None,
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="INPUT... OUTPUT_DIR",
+            help="Image or video files, folders (recursive) or globs ('photos/**/*.jpg'), then the folder for the results (it mirrors the input folders' trees); for one input file, OUTPUT may name the output file (fixed.jpg).",
+            show_default=False,
+        ),
+    ],
+    model: Annotated[str | None, typer.Option("--model", "-m", help=_MODEL_HELP)] = None,
+    weights_file: Annotated[str | None, typer.Option("--weights", "-w", help=_WEIGHTS_HELP)] = None,
+    router: Annotated[str | None, typer.Option("--router", help="LoRA-IR router checkpoint (its second file).")] = None,
+    config: Annotated[list[str] | None, _CONFIG_OPTION] = None,
+    router_config: Annotated[list[str] | None, _ROUTER_CONFIG_OPTION] = None,
+    calibration: Annotated[
+        str | None,
+        typer.Option(
+            "--calibration", help="Routing calibration file (default: <weights>.calibration.json, if present)."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option("--device", "-d", help=_DEVICE_HELP)] = "auto",
-    gpu: Annotated[Optional[str], typer.Option("--gpu", "-g", help="N: same as --device cuda:N. 0,1,3 or all: one worker process per GPU (with --device cpu: that many CPU processes).", show_default=False)] = None,
-    precision: Annotated[Precision, typer.Option("--precision", help="auto: bf16 autocast on CUDA GPUs that have it, else fp32.")] = Precision.auto,
-    tile: Annotated[int, typer.Option("--tile", "-t", help="Largest tile side in px: as few tiles as keep --tile-overlap, laid out evenly, so they may come out smaller than this (0: whole images; tiles are used anyway for images too large for memory, and after running out of GPU memory).")] = 0,
-    tile_overlap: Annotated[int, typer.Option("--tile-overlap", help="Overlap between tiles in px (blended, no seams; at most a quarter of the tile).")] = 32,
-    route_per_tile: Annotated[bool, typer.Option("--route-per-tile", metavar="", help="Let each tile pick its own experts instead of sharing the whole image's routing.")] = False,
-    route_size: Annotated[int, typer.Option("--route-size", help="Longer side (px) of the downscaled copy a tiled image is routed on; 0: full size.")] = 512,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Same-size images (and tiles) per forward pass.")] = 1,
-    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format (auto: the input's).")] = OutputFormat.auto,
-    suffix: Annotated[str, typer.Option("--suffix", help="Appended to output names: photo.jpg -> photo<SUFFIX>.jpg.")] = "",
+    gpu: Annotated[
+        str | None,
+        typer.Option(
+            "--gpu",
+            "-g",
+            help="N: same as --device cuda:N. 0,1,3 or all: one worker process per GPU (with --device cpu: that many CPU processes).",
+            show_default=False,
+        ),
+    ] = None,
+    precision: Annotated[
+        Precision, typer.Option("--precision", help="auto: bf16 autocast on CUDA GPUs that have it, else fp32.")
+    ] = Precision.auto,
+    tile: Annotated[
+        int,
+        typer.Option(
+            "--tile",
+            "-t",
+            help="Largest tile side in px: as few tiles as keep --tile-overlap, laid out evenly, so they may come out smaller than this (0: whole images; tiles are used anyway for images too large for memory, and after running out of GPU memory).",
+        ),
+    ] = 0,
+    tile_overlap: Annotated[
+        int,
+        typer.Option(
+            "--tile-overlap", help="Overlap between tiles in px (blended, no seams; at most a quarter of the tile)."
+        ),
+    ] = 32,
+    route_per_tile: Annotated[
+        bool,
+        typer.Option(
+            "--route-per-tile",
+            metavar="",
+            help="Let each tile pick its own experts instead of sharing the whole image's routing.",
+        ),
+    ] = False,
+    route_size: Annotated[
+        int,
+        typer.Option(
+            "--route-size", help="Longer side (px) of the downscaled copy a tiled image is routed on; 0: full size."
+        ),
+    ] = 512,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", help="Same-size images (and tiles) per forward pass.")
+    ] = 1,
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Output format (auto: the input's).")
+    ] = OutputFormat.auto,
+    suffix: Annotated[
+        str, typer.Option("--suffix", help="Appended to output names: photo.jpg -> photo<SUFFIX>.jpg.")
+    ] = "",
     quality: Annotated[int, typer.Option("--quality", help="JPEG/WebP quality.")] = 95,
-    skip_existing: Annotated[bool, typer.Option("--skip-existing", metavar="", help="Skip inputs whose output exists.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace existing outputs (never inputs).")] = False,
-    max_megapixels: Annotated[Optional[float], typer.Option("--max-megapixels", help="Refuse images larger than this (default: what half of the available memory holds in the tiled path).", show_default=False)] = None,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", metavar="", help="Skip inputs whose output exists.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", metavar="", help="Replace existing outputs (never inputs).")
+    ] = False,
+    max_megapixels: Annotated[
+        float | None,
+        typer.Option(
+            "--max-megapixels",
+            help="Refuse images larger than this (default: what half of the available memory holds in the tiled path).",
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", help="Threads decoding and encoding around the model.")] = 2,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", metavar="", help="Allow pickled objects beyond plain tensors (runs code from the file).")] = False,
-    video_codec: Annotated[VideoCodec, typer.Option("--video-codec", help="Videos: output codec (auto: the input's when irtool can write it, else h264). A container that cannot hold it becomes .mkv.")] = VideoCodec.auto,
-    crf: Annotated[Optional[int], typer.Option("--crf", help="Videos: quality, lower is better (default h264 18, hevc 20, vp9 31, av1 30).")] = None,
-    lossless: Annotated[bool, typer.Option("--lossless", metavar="", help="Videos: FFV1 in RGB (.mkv): the restored pixels exactly, for research.")] = False,
-    route_per_frame: Annotated[bool, typer.Option("--route-per-frame", metavar="", help="Videos: let every frame pick its experts (can flicker) instead of one routing per shot.")] = False,
-    cut_threshold: Annotated[float, typer.Option("--cut-threshold", help="Videos: colour-histogram distance (0..1) between frames that counts as a cut.")] = 0.35,
-    start: Annotated[Optional[str], typer.Option("--start", help="Videos: restore from this time (seconds or [hh:]mm:ss).")] = None,
-    end: Annotated[Optional[str], typer.Option("--end", help="Videos: restore up to this time.")] = None,
-    keep_partial: Annotated[bool, typer.Option("--keep-partial", metavar="", help="Videos: on Ctrl-C keep a playable <name>.partial<ext> of the frames done.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", metavar="", help="List what would be written (and each video's streams and frames), then stop (loads no model).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", metavar="", help="One JSON object per image on stdout instead of the table.")] = False,
+    trust_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            "--trust-checkpoint",
+            metavar="",
+            help="Allow pickled objects beyond plain tensors (runs code from the file).",
+        ),
+    ] = False,
+    video_codec: Annotated[
+        VideoCodec,
+        typer.Option(
+            "--video-codec",
+            help="Videos: output codec (auto: the input's when irtool can write it, else h264). A container that cannot hold it becomes .mkv.",
+        ),
+    ] = VideoCodec.auto,
+    crf: Annotated[
+        int | None,
+        typer.Option("--crf", help="Videos: quality, lower is better (default h264 18, hevc 20, vp9 31, av1 30)."),
+    ] = None,
+    lossless: Annotated[
+        bool,
+        typer.Option(
+            "--lossless", metavar="", help="Videos: FFV1 in RGB (.mkv): the restored pixels exactly, for research."
+        ),
+    ] = False,
+    route_per_frame: Annotated[
+        bool,
+        typer.Option(
+            "--route-per-frame",
+            metavar="",
+            help="Videos: let every frame pick its experts (can flicker) instead of one routing per shot.",
+        ),
+    ] = False,
+    cut_threshold: Annotated[
+        float,
+        typer.Option(
+            "--cut-threshold", help="Videos: colour-histogram distance (0..1) between frames that counts as a cut."
+        ),
+    ] = 0.35,
+    start: Annotated[
+        str | None, typer.Option("--start", help="Videos: restore from this time (seconds or [hh:]mm:ss).")
+    ] = None,
+    end: Annotated[str | None, typer.Option("--end", help="Videos: restore up to this time.")] = None,
+    keep_partial: Annotated[
+        bool,
+        typer.Option(
+            "--keep-partial",
+            metavar="",
+            help="Videos: on Ctrl-C keep a playable <name>.partial<ext> of the frames done.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            metavar="",
+            help="List what would be written (and each video's streams and frames), then stop (loads no model).",
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", metavar="", help="One JSON object per image on stdout instead of the table.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar, no table.")] = False,
-    report_html: Annotated[Optional[Path], typer.Option("--report", help="Also write a self-contained HTML report (before/after, routing, failures) to FILE (needs irtool[report]).")] = None,
+    report_html: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Also write a self-contained HTML report (before/after, routing, failures) to FILE (needs irtool[report]).",
+        ),
+    ] = None,
 ) -> None:
     """Restore images: noise, rain, haze, blur, low light (whatever the model was trained on) are removed.
 
@@ -876,19 +1342,35 @@ def restore(
                 action, job = "error", replace(job, error=streams)
                 streams = None
             if as_json:
-                line = {"input": str(job.src or job.source), "output": str(job.dst) if job.dst else None, "action": action, "reason": job.error or job.skip}
+                line = {
+                    "input": str(job.src or job.source),
+                    "output": str(job.dst) if job.dst else None,
+                    "action": action,
+                    "reason": job.error or job.skip,
+                }
                 if streams is not None:
                     line["streams"] = [s.to_json() for s in streams]
                 typer.echo(jsonout.dumps(line))
             else:
-                typer.echo(f"{action:5}  {job.src or job.source}" + (f" -> {job.dst}" if job.dst and not job.error else "") + (f"  ({job.error or job.skip})" if job.error or job.skip else ""))
+                typer.echo(
+                    f"{action:5}  {job.src or job.source}"
+                    + (f" -> {job.dst}" if job.dst and not job.error else "")
+                    + (f"  ({job.error or job.skip})" if job.error or job.skip else "")
+                )
                 for info in streams or []:
                     typer.echo(f"         #{info.index} {info.kind}: {info.text}")
             any_error = any_error or action == "error"
         raise typer.Exit(1 if any_error else 0)
     import time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from .jobs import report_unrunnable
 
@@ -933,7 +1415,9 @@ def restore(
         transient=True,
         disable=quiet or not err.is_terminal,
     )
-    frames = Progress(*video.video_progress_columns(), console=err, transient=True, disable=quiet or not err.is_terminal)
+    frames = Progress(
+        *video.video_progress_columns(), console=err, transient=True, disable=quiet or not err.is_terminal
+    )
     videos = video.restore_videos(video_jobs, restorer, video_options, frames)  # a generator, empty without videos
     # closing(): on Ctrl-C the engine cancels queued work at once; writes already started finish atomically
     with progress, contextlib.closing(stream):  # type: ignore[arg-type]
@@ -943,7 +1427,9 @@ def restore(
             if report.failed:
                 progress.console.print(f"[bold red]error:[/] {report.error}", soft_wrap=True, highlight=False)
             for warning in report.warnings if report.ok else []:
-                progress.console.print(f"[yellow]warning:[/] {report.input}: {warning}", soft_wrap=True, highlight=False)
+                progress.console.print(
+                    f"[yellow]warning:[/] {report.input}: {warning}", soft_wrap=True, highlight=False
+                )
             if as_json:
                 typer.echo(jsonout.dumps(report.to_json()))
             if isinstance(report, video.VideoReport):
@@ -969,7 +1455,9 @@ def restore(
             if isinstance(report, video.VideoReport) and report.ok:
                 Console(highlight=False).print(video.shots_table(report))
     kind = "images" if not video_jobs else "videos" if not jobs else "inputs"
-    summary = f"restored {done} of {len(reports)} {kind} in {elapsed:.1f}s" + (f" ({megapixels / max(elapsed, 1e-9):.2f} MP/s)" if jobs else "")
+    summary = f"restored {done} of {len(reports)} {kind} in {elapsed:.1f}s" + (
+        f" ({megapixels / max(elapsed, 1e-9):.2f} MP/s)" if jobs else ""
+    )
     extras = [f"{failed} failed" if failed else "", f"{skipped} skipped" if skipped else ""]
     extras += [f"{existing} left as they were (their outputs exist; {EXISTS_HINT})" if existing else ""]
     extras = [e for e in extras if e]
@@ -978,16 +1466,29 @@ def restore(
     if report_html:
         from .report import write_restore_report
 
-        err.print(f"report: {write_restore_report(report_html, reports, restorer=restorer, seconds=elapsed, workers=workers)}", highlight=False, soft_wrap=True)
+        err.print(
+            f"report: {write_restore_report(report_html, reports, restorer=restorer, seconds=elapsed, workers=workers)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     raise typer.Exit(ranked.exit_code(bool(failed)) if ranked is not None else 1 if failed else 0)
 
 
 @command(no_args_is_help=True)
 def degrade(
     source: Annotated[str, typer.Argument(metavar="IN", help="Clean image file, folder or glob.", show_default=False)],
-    destination: Annotated[str, typer.Argument(metavar="OUT", help="Output file (for one input file) or folder.", show_default=False)],
+    destination: Annotated[
+        str, typer.Argument(metavar="OUT", help="Output file (for one input file) or folder.", show_default=False)
+    ],
     kind: Annotated[DegradationKind, typer.Option("--kind", "-k", help="Which degradation.")] = DegradationKind.noise,
-    level: Annotated[str, typer.Option("--level", "-l", help="light, medium, heavy, or a number (noise: sigma on 0-255; rain: streaks per 1000 px; haze: beta; blur: length px; lowlight: exposure; jpeg: quality).")] = "medium",
+    level: Annotated[
+        str,
+        typer.Option(
+            "--level",
+            "-l",
+            help="light, medium, heavy, or a number (noise: sigma on 0-255; rain: streaks per 1000 px; haze: beta; blur: length px; lowlight: exposure; jpeg: quality).",
+        ),
+    ] = "medium",
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace existing outputs.")] = False,
 ) -> None:
@@ -995,7 +1496,8 @@ def degrade(
     from dataclasses import replace
 
     from . import io
-    from .degrade import degrade as apply, resolve_level
+    from .degrade import degrade as apply
+    from .degrade import resolve_level
     from .jobs import expand_inputs
 
     try:
@@ -1026,23 +1528,50 @@ def degrade(
 
 @command()
 def calibrate(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help=_MODEL_HELP)] = None,
-    weights_file: Annotated[Optional[str], typer.Option("--weights", "-w", help=_WEIGHTS_HELP)] = None,
-    clean_dir: Annotated[Optional[str], typer.Option("--clean-dir", help="Folder of clean photos (default: scikit-image's CC0 sample photos, if installed).")] = None,
-    classes: Annotated[str, typer.Option("--classes", help="Comma-separated degradations to tell apart ('clean' = none).")] = ",".join(("clean", "noise", "rain", "haze", "blur", "defocus", "lowlight", "jpeg")),
-    levels: Annotated[str, typer.Option("--levels", help="Comma-separated levels of each degradation.")] = "light,medium,heavy",
+    model: Annotated[str | None, typer.Option("--model", "-m", help=_MODEL_HELP)] = None,
+    weights_file: Annotated[str | None, typer.Option("--weights", "-w", help=_WEIGHTS_HELP)] = None,
+    clean_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--clean-dir", help="Folder of clean photos (default: scikit-image's CC0 sample photos, if installed)."
+        ),
+    ] = None,
+    classes: Annotated[
+        str, typer.Option("--classes", help="Comma-separated degradations to tell apart ('clean' = none).")
+    ] = ",".join(("clean", "noise", "rain", "haze", "blur", "defocus", "lowlight", "jpeg")),
+    levels: Annotated[
+        str, typer.Option("--levels", help="Comma-separated levels of each degradation.")
+    ] = "light,medium,heavy",
     size: Annotated[int, typer.Option("--size", help="Side of the square crops routed (px).")] = 256,
     crops: Annotated[int, typer.Option("--crops", help="Crops per photo.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of crops and degradations.")] = 0,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Calibration file (default: <weights>.calibration.json beside the weights).")] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output", "-o", help="Calibration file (default: <weights>.calibration.json beside the weights)."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option("--device", "-d", help=_DEVICE_HELP)] = "auto",
-    gpu: Annotated[Optional[int], typer.Option("--gpu", "-g", help="Same as --device cuda:N.")] = None,
+    gpu: Annotated[int | None, typer.Option("--gpu", "-g", help="Same as --device cuda:N.")] = None,
     precision: Annotated[Precision, typer.Option("--precision", help="As for restore.")] = Precision.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Crops per forward pass.")] = 4,
-    min_accuracy: Annotated[float, typer.Option("--min-accuracy", help="Classes named right less often than this on held-out photos are reported as 'unknown' (0-1).")] = 0.7,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", metavar="", help="Allow pickled objects beyond plain tensors (runs code from the file).")] = False,
+    min_accuracy: Annotated[
+        float,
+        typer.Option(
+            "--min-accuracy",
+            help="Classes named right less often than this on held-out photos are reported as 'unknown' (0-1).",
+        ),
+    ] = 0.7,
+    trust_checkpoint: Annotated[
+        bool,
+        typer.Option(
+            "--trust-checkpoint",
+            metavar="",
+            help="Allow pickled objects beyond plain tensors (runs code from the file).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the calibration summary as JSON.")] = False,
-    config: Annotated[Optional[list[str]], _CONFIG_OPTION] = None,
+    config: Annotated[list[str] | None, _CONFIG_OPTION] = None,
 ) -> None:
     """Teach irtool to name degradations from a MoCE-IR checkpoint's routing.
 
@@ -1052,7 +1581,8 @@ def calibrate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from . import io
-    from .calibrate import Calibration, calibrate as run_calibration, calibration_path, clean_photos, fingerprint
+    from .calibrate import Calibration, calibration_path, clean_photos, fingerprint
+    from .calibrate import calibrate as run_calibration
     from .degrade import LEVEL_NAMES
     from .engine import Restorer
     from .jobs import RestoreOptions
@@ -1066,8 +1596,14 @@ def calibrate(
         fail("--size must be at least 16 and --crops at least 1", code=2)
     if not 0.0 <= min_accuracy <= 1.0:
         fail(f"--min-accuracy {min_accuracy}: a fraction between 0 and 1", code=2)
-    options = RestoreOptions(model=model, weights=weights_file, device=_device(device, gpu), precision=precision.value,
-                             trust=trust_checkpoint, config=_fields(config, "--config"))
+    options = RestoreOptions(
+        model=model,
+        weights=weights_file,
+        device=_device(device, gpu),
+        precision=precision.value,
+        trust=trust_checkpoint,
+        config=_fields(config, "--config"),
+    )
     photos_paths = clean_photos(clean_dir)
     restorer = Restorer.load(options)
     if getattr(restorer.model, "classify", None) is not None:
@@ -1085,7 +1621,16 @@ def calibrate(
             photos.append(np.rint(io.read_image(path).rgb * 255).astype(np.uint8))  # RGB, gray repeated
         except IrtoolError as exc:
             err.print(f"[yellow]warning:[/] {exc}; skipped", soft_wrap=True)
-    progress = Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TextColumn("crops"), TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal)
+    progress = Progress(
+        TextColumn("calibrating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("crops"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
     with progress:
         task = progress.add_task("calibrate", total=None)
         result: Calibration = run_calibration(
@@ -1100,7 +1645,10 @@ def calibrate(
             batch_size=batch_size,
             device=restorer.device,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
-            info={"weights": str(restorer.weights_path) if restorer.weights_path else None, "clean": [str(p) for p in photos_paths]},
+            info={
+                "weights": str(restorer.weights_path) if restorer.weights_path else None,
+                "clean": [str(p) for p in photos_paths],
+            },
             min_accuracy=min_accuracy,
         )
     try:
@@ -1125,7 +1673,11 @@ def calibrate(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"held-out accuracy {result.accuracy:.0%} over {summary['photos']} photos (leave one photo out)", box=None, header_style="bold")
+    table = Table(
+        title=f"held-out accuracy {result.accuracy:.0%} over {summary['photos']} photos (leave one photo out)",
+        box=None,
+        header_style="bold",
+    )
     table.add_column("true \\ named")
     for name in result.classes:
         table.add_column(name, justify="right")
@@ -1147,51 +1699,127 @@ _PROTOCOL_NAMES = ("moce", "promptir", "y", "lorair")
 @command("eval")
 def eval_command(
     dataset: Annotated[
-        Optional[list[str]],
-        typer.Option("--dataset", "-d", help="Benchmark (repeatable): rain100l, cbsd68-25, cbsd68 (=15,25,50), cdd11, "
-                     "synthetic:noise25, ... See `irtool datasets list`."),
+        list[str] | None,
+        typer.Option(
+            "--dataset",
+            "-d",
+            help="Benchmark (repeatable): rain100l, cbsd68-25, cbsd68 (=15,25,50), cdd11, "
+            "synthetic:noise25, ... See `irtool datasets list`.",
+        ),
     ] = None,
     setting: Annotated[
-        Optional[list[str]], typer.Option("--setting", help="A paper's benchmark set: aio3, aio5, cdd11, allweather.")
+        list[str] | None, typer.Option("--setting", help="A paper's benchmark set: aio3, aio5, cdd11, allweather.")
     ] = None,
-    model_name: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Model name from the manifest (in the cache); repeat to compare models.")] = None,
-    weights: Annotated[Optional[list[str]], typer.Option("--weights", "-w", help="Checkpoint file or folder; repeat to compare models.")] = None,
-    router: Annotated[Optional[Path], typer.Option("--router", help="LoRA-IR: the router checkpoint, when --weights is the restoration network alone.")] = None,
-    config: Annotated[Optional[list[str]], _CONFIG_OPTION] = None,
-    router_config: Annotated[Optional[list[str]], _ROUTER_CONFIG_OPTION] = None,
+    model_name: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Model name from the manifest (in the cache); repeat to compare models."),
+    ] = None,
+    weights: Annotated[
+        list[str] | None, typer.Option("--weights", "-w", help="Checkpoint file or folder; repeat to compare models.")
+    ] = None,
+    router: Annotated[
+        Path | None,
+        typer.Option(
+            "--router", help="LoRA-IR: the router checkpoint, when --weights is the restoration network alone."
+        ),
+    ] = None,
+    config: Annotated[list[str] | None, _CONFIG_OPTION] = None,
+    router_config: Annotated[list[str] | None, _ROUTER_CONFIG_OPTION] = None,
     reported: Annotated[
-        Optional[str], typer.Option("--reported", help="Compare with this manifest entry's published figures.")
+        str | None, typer.Option("--reported", help="Compare with this manifest entry's published figures.")
     ] = None,
     protocol: Annotated[
-        Optional[str], typer.Option("--protocol", help=f"Metric protocol ({', '.join(_PROTOCOL_NAMES)}); default: each dataset's own.")
+        str | None,
+        typer.Option(
+            "--protocol", help=f"Metric protocol ({', '.join(_PROTOCOL_NAMES)}); default: each dataset's own."
+        ),
     ] = None,
-    crop_border: Annotated[int, typer.Option("--crop-border", min=0, help="Border (px) dropped before Y-protocol metrics.")] = 0,
-    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="Datasets folder (default: $IRTOOL_DATA, else the user data dir).")] = None,
-    clean_dir: Annotated[Optional[Path], typer.Option("--clean-dir", help="Clean photos for synthetic: datasets.")] = None,
+    crop_border: Annotated[
+        int, typer.Option("--crop-border", min=0, help="Border (px) dropped before Y-protocol metrics.")
+    ] = 0,
+    data_root: Annotated[
+        Path | None,
+        typer.Option("--data-root", help="Datasets folder (default: $IRTOOL_DATA, else the user data dir)."),
+    ] = None,
+    clean_dir: Annotated[Path | None, typer.Option("--clean-dir", help="Clean photos for synthetic: datasets.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
-    gpu: Annotated[Optional[str], typer.Option("--gpu", "-g", help="N: same as --device cuda:N. 0,1,3 or all: one worker process per GPU, each scoring a share of every dataset (with --device cpu: that many CPU processes).", show_default=False)] = None,
+    gpu: Annotated[
+        str | None,
+        typer.Option(
+            "--gpu",
+            "-g",
+            help="N: same as --device cuda:N. 0,1,3 or all: one worker process per GPU, each scoring a share of every dataset (with --device cpu: that many CPU processes).",
+            show_default=False,
+        ),
+    ] = None,
     precision: Annotated[str, typer.Option("--precision", help="fp32 (the papers'), bf16 or fp16 autocast.")] = "fp32",
-    tile: Annotated[int, typer.Option("--tile", min=0, help="Tile size in px for large images (departs from the protocol); 0 = whole image.")] = 0,
+    tile: Annotated[
+        int,
+        typer.Option(
+            "--tile", min=0, help="Tile size in px for large images (departs from the protocol); 0 = whole image."
+        ),
+    ] = 0,
     routing_noise: Annotated[
-        bool, typer.Option("--routing-noise", metavar="", help="MoCE-IR: add the official test's router-logit noise (torch seed 0).")
+        bool,
+        typer.Option(
+            "--routing-noise", metavar="", help="MoCE-IR: add the official test's router-logit noise (torch seed 0)."
+        ),
     ] = False,
     noise_stream: Annotated[
-        str, typer.Option("--noise-stream", help="shared: one seed-0 noise stream for all noise sets, in order (the "
-                          "official 15->25->50 run); fresh: reseed for each (as if run alone).")
+        str,
+        typer.Option(
+            "--noise-stream",
+            help="shared: one seed-0 noise stream for all noise sets, in order (the "
+            "official 15->25->50 run); fresh: reseed for each (as if run alone).",
+        ),
     ] = "shared",
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N images of each dataset (quick look).")] = None,
-    save_images: Annotated[Optional[Path], typer.Option("--save-images", help="Write restored images to DIR/<dataset>/ (see --save-format).")] = None,
-    save_format: Annotated[str, typer.Option("--save-format", help="png8: 8-bit PNG (to look at); png16: 16-bit PNG; tiff: float32 TIFF, the exact output the scores were computed on.")] = "png8",
-    save_inputs: Annotated[Optional[Path], typer.Option("--save-inputs", help="Write the inputs as fed (e.g. the noisy images) to DIR/<dataset>/.")] = None,
-    json_path: Annotated[Optional[str], typer.Option("--json", help="Write the full report (per image) as JSON to FILE ('-' = stdout).")] = None,
-    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write per-image scores as CSV to FILE.")] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of expert usage per layer (needs matplotlib).")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Only the first N images of each dataset (quick look).")
+    ] = None,
+    save_images: Annotated[
+        Path | None, typer.Option("--save-images", help="Write restored images to DIR/<dataset>/ (see --save-format).")
+    ] = None,
+    save_format: Annotated[
+        str,
+        typer.Option(
+            "--save-format",
+            help="png8: 8-bit PNG (to look at); png16: 16-bit PNG; tiff: float32 TIFF, the exact output the scores were computed on.",
+        ),
+    ] = "png8",
+    save_inputs: Annotated[
+        Path | None,
+        typer.Option("--save-inputs", help="Write the inputs as fed (e.g. the noisy images) to DIR/<dataset>/."),
+    ] = None,
+    json_path: Annotated[
+        str | None, typer.Option("--json", help="Write the full report (per image) as JSON to FILE ('-' = stdout).")
+    ] = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write per-image scores as CSV to FILE.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a PNG of expert usage per layer (needs matplotlib).")
+    ] = None,
     trust_checkpoint: Annotated[
-        bool, typer.Option("--trust-checkpoint", metavar="", help="Allow pickled objects beyond plain tensors (runs code from the file).")
+        bool,
+        typer.Option(
+            "--trust-checkpoint",
+            metavar="",
+            help="Allow pickled objects beyond plain tensors (runs code from the file).",
+        ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
-    report_html: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report (scores beside the paper's, per-image table, worst/best images, crops side by side) to FILE (needs irtool[report]).")] = None,
-    figure: Annotated[Optional[list[str]], typer.Option("--figure", help="With --report: save the crop NAME:x,y,w,h (NAME: file or DATASET/FILE) from every model side by side as a PNG beside the report.")] = None,
+    report_html: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Write a self-contained HTML report (scores beside the paper's, per-image table, worst/best images, crops side by side) to FILE (needs irtool[report]).",
+        ),
+    ] = None,
+    figure: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--figure",
+            help="With --report: save the crop NAME:x,y,w,h (NAME: file or DATASET/FILE) from every model side by side as a PNG beside the report.",
+        ),
+    ] = None,
 ) -> None:
     """Score a model on benchmark datasets with the published protocols, next to the paper's figures.
 
@@ -1201,7 +1829,7 @@ def eval_command(
 
     if not dataset and not setting:
         fail("name a benchmark with --dataset NAME or --setting aio3 (see `irtool datasets list`)", 2)
-    sources: list[tuple[Optional[str], bool]] = [(m, True) for m in model_name or []] + [(w, False) for w in weights or []]
+    sources: list[tuple[str | None, bool]] = [(m, True) for m in model_name or []] + [(w, False) for w in weights or []]
     several = len(sources) > 1
     if figure and not report_html:
         fail("--figure needs --report FILE (the figure is saved beside the report)", 2)
@@ -1209,9 +1837,9 @@ def eval_command(
         fail(f"--protocol {protocol}: one of {', '.join(_PROTOCOL_NAMES)}", 2)
     names = ds.expand(dataset or [], setting or [])
 
-    from . import evaluate, weights as manifest
+    from . import evaluate
+    from . import weights as manifest
     from .loading import load_model
-
     from .shard import world_size
 
     figures = []
@@ -1223,7 +1851,10 @@ def eval_command(
         figures = [parse_figure(text) for text in figure or []]
     gpus = _gpus(gpu)
     if several and (world_size() > 1 or (gpus and len(gpus) > 1)):
-        fail("several models are compared in one process: drop the GPU list (or merge report JSONs with `irtool report`)", 2)
+        fail(
+            "several models are compared in one process: drop the GPU list (or merge report JSONs with `irtool report`)",
+            2,
+        )
     if gpus and len(gpus) > 1 and world_size() == 1:
         from .distributed_run import launch
 
@@ -1263,9 +1894,15 @@ def eval_command(
             if entry is None and isinstance(default_name, str) and default_name:
                 entry = manifest.find_entry(default_name)
 
-        def load(source: Any = source) -> Any:
-            return load_model(source, device=device, router=router, trust=trust_checkpoint,
-                              config=_fields(config, "--config"), router_config=_fields(router_config, "--router-config"))
+        def load(source: Any = source, router: Any = router) -> Any:
+            return load_model(
+                source,
+                device=device,
+                router=router,
+                trust=trust_checkpoint,
+                config=_fields(config, "--config"),
+                router_config=_fields(router_config, "--router-config"),
+            )
 
         slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in label)
         options = evaluate.EvalOptions(
@@ -1303,7 +1940,9 @@ def eval_command(
         gallery = Gallery(wanted=dict(wanted), figures=figures) if report_html and ranked is None else None
         galleries.append(gallery)
         try:
-            run = ranked.run if ranked is not None else functools.partial(evaluate.run, targets=targets, observer=gallery)
+            run = (
+                ranked.run if ranked is not None else functools.partial(evaluate.run, targets=targets, observer=gallery)
+            )
             _run_eval_with_progress(run, targets, model, options, report, quiet=quiet or json_path == "-")
         except KeyboardInterrupt:
             interrupted = True
@@ -1349,7 +1988,9 @@ def eval_command(
     raise typer.Exit(ranked.exit_code(bool(failures)) if ranked is not None else 1 if failures else 0)
 
 
-def _run_eval_with_progress(run: Callable, targets: list, model: Any, options: Any, report: Any, *, quiet: bool) -> None:
+def _run_eval_with_progress(
+    run: Callable, targets: list, model: Any, options: Any, report: Any, *, quiet: bool
+) -> None:
     """`run(model, options=, report=)` yields (dataset progress, image result) per image: evaluate.run, or a
     multi-process run's rank 0."""
     if quiet:
@@ -1358,7 +1999,13 @@ def _run_eval_with_progress(run: Callable, targets: list, model: Any, options: A
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[score]}"))
+    columns = (
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[score]}"),
+    )
     with Progress(*columns, console=_stderr(), transient=False) as progress:
         tasks: dict[str, Any] = {}
         for located in targets:
@@ -1370,7 +2017,7 @@ def _run_eval_with_progress(run: Callable, targets: list, model: Any, options: A
             progress.update(tasks[dreport.dataset], advance=1, score=score)
 
 
-def _fmt(value: Optional[float], digits: int, signed: bool = False) -> str:
+def _fmt(value: float | None, digits: int, signed: bool = False) -> str:
     if value is None:
         return "–"
     if value == float("inf"):
@@ -1388,7 +2035,7 @@ def _wide_console() -> Any:
 
 
 def _fmt_pair(psnr: float | None, ssim: float | None) -> str:
-    """"PSNR/SSIM" of the degraded inputs (the baseline column of eval tables)."""
+    """ "PSNR/SSIM" of the degraded inputs (the baseline column of eval tables)."""
     return "–" if psnr is None or ssim is None else f"{_fmt(psnr, 2)}/{_fmt(ssim, 3)}"
 
 
@@ -1486,9 +2133,21 @@ def _render_usage(console: Any, report: Any) -> None:
 
 @command("report", no_args_is_help=True)
 def report_command(
-    reports: Annotated[list[Path], typer.Argument(metavar="REPORT.json...", help="Eval reports (`irtool eval --json FILE`), one model each or a list.", show_default=False)],
+    reports: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="REPORT.json...",
+            help="Eval reports (`irtool eval --json FILE`), one model each or a list.",
+            show_default=False,
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="The HTML page to write.")] = Path("report.html"),
-    figure: Annotated[Optional[list[str]], typer.Option("--figure", help="Save the crop NAME:x,y,w,h from every model side by side as a PNG beside the page.")] = None,
+    figure: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--figure", help="Save the crop NAME:x,y,w,h from every model side by side as a PNG beside the page."
+        ),
+    ] = None,
 ) -> None:
     """Merge eval report JSONs into one HTML page: every model's scores side by side, per dataset and per image.
 
@@ -1505,11 +2164,15 @@ def report_command(
         typer.echo(str(path))
 
 
-datasets_app = typer.Typer(help="Benchmark datasets: where irtool looks for them and what is missing.", no_args_is_help=True)
+datasets_app = typer.Typer(
+    help="Benchmark datasets: where irtool looks for them and what is missing.", no_args_is_help=True
+)
 app.add_typer(datasets_app, name="datasets")
 
 
-_DataRoot = Annotated[Optional[Path], typer.Option("--data-root", help="Datasets folder (default: $IRTOOL_DATA, else the user data dir).")]
+_DataRoot = Annotated[
+    Path | None, typer.Option("--data-root", help="Datasets folder (default: $IRTOOL_DATA, else the user data dir).")
+]
 
 
 @command("list", typer_app=datasets_app)
@@ -1537,7 +2200,9 @@ def datasets_list(
             "layout": found.layout.name if found else None, "summary": report.summary,
         })  # fmt: skip
     if as_json:
-        typer.echo(jsonout.dumps({"root": str(root), "datasets": rows, "families": ds.FAMILIES, "settings": ds.SETTINGS}))
+        typer.echo(
+            jsonout.dumps({"root": str(root), "datasets": rows, "families": ds.FAMILIES, "settings": ds.SETTINGS})
+        )
         return
     from rich.table import Table
 
@@ -1574,7 +2239,11 @@ def datasets_check(
         return
     reports = [ds.check(ds.get_spec(n), data_root) for n in names]
     if as_json:
-        typer.echo(jsonout.dumps([{"name": r.spec.name, "ok": r.ok, "summary": r.summary, "details": r.lines()[1:]} for r in reports]))
+        typer.echo(
+            jsonout.dumps(
+                [{"name": r.spec.name, "ok": r.ok, "summary": r.summary, "details": r.lines()[1:]} for r in reports]
+            )
+        )
     else:
         for r in reports:
             typer.echo("\n".join(r.lines()))
@@ -1606,26 +2275,33 @@ _BENCH_HELP = {
 
 @command()
 def bench(
-    weights: Annotated[Optional[str], typer.Option("--weights", "--model", "-m", help=_BENCH_HELP["weights"])] = None,
+    weights: Annotated[str | None, typer.Option("--weights", "--model", "-m", help=_BENCH_HELP["weights"])] = None,
     config: Annotated[str, typer.Option(help=_BENCH_HELP["config"])] = "MoCE_IR_S",
-    gpu: Annotated[Optional[int], typer.Option("--gpu", help=_BENCH_HELP["gpu"])] = None,
+    gpu: Annotated[int | None, typer.Option("--gpu", help=_BENCH_HELP["gpu"])] = None,
     device: Annotated[str, typer.Option(help=_BENCH_HELP["device"])] = "auto",
-    sizes: Annotated[Optional[str], typer.Option(help=_BENCH_HELP["sizes"])] = None,
+    sizes: Annotated[str | None, typer.Option(help=_BENCH_HELP["sizes"])] = None,
     batch: Annotated[str, typer.Option(help=_BENCH_HELP["batch"])] = "1",
-    precision: Annotated[Optional[str], typer.Option(help=_BENCH_HELP["precision"])] = None,
+    precision: Annotated[str | None, typer.Option(help=_BENCH_HELP["precision"])] = None,
     experts: Annotated[str, typer.Option(help=_BENCH_HELP["experts"])] = "sparse,dense",
     path: Annotated[str, typer.Option(help=_BENCH_HELP["path"])] = "fast",
     compile: Annotated[bool, typer.Option("--compile", metavar="", help=_BENCH_HELP["compile"])] = False,
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", metavar="", help=_BENCH_HELP["cuda_graphs"])] = False,
     warmup: Annotated[int, typer.Option(help=_BENCH_HELP["warmup"])] = 2,
-    runs: Annotated[Optional[int], typer.Option(help=_BENCH_HELP["runs"])] = None,
-    breakdown: Annotated[bool, typer.Option("--breakdown", "--profile", metavar="", help=_BENCH_HELP["breakdown"])] = False,
-    threads: Annotated[Optional[int], typer.Option(help=_BENCH_HELP["threads"])] = None,
+    runs: Annotated[int | None, typer.Option(help=_BENCH_HELP["runs"])] = None,
+    breakdown: Annotated[
+        bool, typer.Option("--breakdown", "--profile", metavar="", help=_BENCH_HELP["breakdown"])
+    ] = False,
+    threads: Annotated[int | None, typer.Option(help=_BENCH_HELP["threads"])] = None,
     tune_allocator: Annotated[bool, typer.Option(metavar="", help=_BENCH_HELP["tune_allocator"])] = True,
     trust_checkpoint: Annotated[
-        bool, typer.Option("--trust-checkpoint", metavar="", help="Allow pickled objects beyond plain tensors (runs its code).")
+        bool,
+        typer.Option(
+            "--trust-checkpoint", metavar="", help="Allow pickled objects beyond plain tensors (runs its code)."
+        ),
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON object instead of a table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", metavar="", help="Print one JSON object instead of a table.")
+    ] = False,
 ) -> None:
     """Measure latency, throughput and peak memory per size, batch, precision and expert mode."""
     if gpu is not None and device != "auto":
@@ -1665,11 +2341,14 @@ def bench(
 
     err = Console(stderr=True, highlight=False)
     if not weights:
-        err.print(f"[yellow]note:[/] no --weights: benchmarking {source} (speed and memory only; pass --weights or -m NAME for a real model)", soft_wrap=True)
+        err.print(
+            f"[yellow]note:[/] no --weights: benchmarking {source} (speed and memory only; pass --weights or -m NAME for a real model)",
+            soft_wrap=True,
+        )
     total = bench_mod.count_cases(plan, dev)
     done = [0]
 
-    def progress(row: "bench_mod.BenchRow") -> None:
+    def progress(row: bench_mod.BenchRow) -> None:
         done[0] += 1
         status = row.error or f"{row.median_ms:.1f} ms"
         err.print(f"[dim][{done[0]}/{total}] {row.label}: {status}[/]")
@@ -1708,8 +2387,13 @@ def _print_bench(report: Any) -> None:
             shares = (100 * r.breakdown_ms.get(k, 0.0) / whole for k in ("router", "experts", "trunk"))
             parts = "/".join(f"{v:.0f}" for v in shares) + " %"
         table.add_row(
-            r.label, f"{r.median_ms:.1f}", f"{r.p90_ms:.1f}", f"{r.megapixels_per_s:.3f}", f"{r.peak_memory_mb:.0f}",
-            check, parts,
+            r.label,
+            f"{r.median_ms:.1f}",
+            f"{r.p90_ms:.1f}",
+            f"{r.megapixels_per_s:.3f}",
+            f"{r.peak_memory_mb:.0f}",
+            check,
+            parts,
         )
     console = Console()
     console.print(table)

@@ -25,9 +25,9 @@ from __future__ import annotations
 import os
 import re
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -96,7 +96,9 @@ _RESEARCH_ONLY = "no licence stated by the authors; treat as research-only"
 _RAIN_KEYS = ((r"^(no)?rain[-_]?", ""),)  # rain-001.png <-> norain-001.png (Rain100L/H as distributed by JORDER)
 
 
-def _noise_family(name: str, title: str, layouts: tuple[Layout, ...], source: str, licence: str, expected: int, notes: str) -> list[DatasetSpec]:
+def _noise_family(
+    name: str, title: str, layouts: tuple[Layout, ...], source: str, licence: str, expected: int, notes: str
+) -> list[DatasetSpec]:
     return [
         DatasetSpec(
             name=f"{name}-{sigma}",
@@ -580,7 +582,9 @@ def find_dir(root: Path, relative: str) -> Path | None:
 
 def list_images(folder: Path) -> list[Path]:
     """Image files in a folder (not recursive), in sorted file-name order as the official `sorted(glob(...))`."""
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: p.name)
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: p.name
+    )
 
 
 def pair_key(stem: str, rules: tuple[tuple[str, str], ...]) -> str:
@@ -696,12 +700,16 @@ class CheckReport:
             parts = []
             if lay.lq:
                 parts.append(f"inputs {self.root / lay.lq}: {_count(probe.lq_dir, probe.n_lq)}")
-            parts.append(f"{'ground truths' if lay.lq else 'clean images'} {self.root / lay.gt}: {_count(probe.gt_dir, probe.n_gt)}")
+            parts.append(
+                f"{'ground truths' if lay.lq else 'clean images'} {self.root / lay.gt}: {_count(probe.gt_dir, probe.n_gt)}"
+            )
             out.append(f" {mark} {lay.name:<12} " + "; ".join(parts))
         if self.located is not None:
             out.extend(f"   warning: {w}" for w in self.located.warnings)
         out.append(f"   pairing: {s.pairing}")
-        out.append(f"   protocol: {s.protocol}" + (f"; inputs: AWGN σ{s.sigma} synthesised at test time" if s.sigma else ""))
+        out.append(
+            f"   protocol: {s.protocol}" + (f"; inputs: AWGN σ{s.sigma} synthesised at test time" if s.sigma else "")
+        )
         out.append(f"   source: {s.source}")
         out.append(f"   licence: {s.licence}")
         if s.notes:
@@ -738,14 +746,18 @@ def check(spec: DatasetSpec | str, root: str | Path | None = None) -> CheckRepor
     located = Located(spec, base, usable)
     w = located.warnings
     if usable.unpaired_inputs:
-        w.append(f"{len(usable.unpaired_inputs)} inputs have no ground truth in {usable.gt_dir}: {_examples(usable.unpaired_inputs)}")
+        w.append(
+            f"{len(usable.unpaired_inputs)} inputs have no ground truth in {usable.gt_dir}: {_examples(usable.unpaired_inputs)}"
+        )
     if usable.ambiguous:
         w.append(f"{len(usable.ambiguous)} inputs match several ground truths: {_examples(usable.ambiguous)}")
     if usable.unpaired_targets and usable.layout.lq:
         w.append(f"{len(usable.unpaired_targets)} ground truths have no input: {_examples(usable.unpaired_targets)}")
     n = len(usable.pairs)
     if spec.expected and n != spec.expected:
-        w.append(f"{n} pairs where the standard release has {spec.expected}: results are not comparable with the papers")
+        w.append(
+            f"{n} pairs where the standard release has {spec.expected}: results are not comparable with the papers"
+        )
     what = "clean images" if spec.clean_only else "pairs"
     summary = f"{spec.name}: found {n} {what} ({usable.layout.name} layout under {base})"
     if w:
@@ -786,7 +798,9 @@ def read_rgb(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             return np.array(im.convert("RGB"))
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise ImageError(f"{path}: cannot be read as an image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise ImageError(
+            f"{path}: cannot be read as an image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
 
 
 def centre_crop(image: np.ndarray, multiple: int | None) -> np.ndarray:
@@ -846,7 +860,9 @@ class Sample:
     gt_path: Path
 
 
-def load_sample(spec: DatasetSpec, pair: Pair, *, crop_multiple: int | None, noise: NoiseStream | None = None) -> Sample:
+def load_sample(
+    spec: DatasetSpec, pair: Pair, *, crop_multiple: int | None, noise: NoiseStream | None = None
+) -> Sample:
     """One test sample in the official order of operations: read, centre-crop, then (noise sets) add noise."""
     gt = centre_crop(read_rgb(pair.gt), crop_multiple)
     if spec.synthesised:
@@ -904,7 +920,10 @@ def iter_samples(
             if keep is not None and not keep(len(pairs) + k):
                 continue
             lq_dir = located.probe.lq_dir
-            yield Pair(name, Path(), lq_dir / name if lq_dir else None), DatasetError(f"{name}: no ground truth found ({spec.pairing})")
+            yield (
+                Pair(name, Path(), lq_dir / name if lq_dir else None),
+                DatasetError(f"{name}: no ground truth found ({spec.pairing})"),
+            )
 
 
 # --------------------------------------------------------------------------------------------------------------------

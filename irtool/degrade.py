@@ -31,8 +31,6 @@ Imports numpy and OpenCV only.
 
 from __future__ import annotations
 
-from typing import Union
-
 import cv2
 import numpy as np
 
@@ -49,7 +47,7 @@ LEVELS: dict[str, dict[str, float]] = {
 DEFAULT_LEVEL = "medium"
 LEVEL_NAMES = ("light", "medium", "heavy")
 
-Seed = Union[int, np.random.RandomState, np.random.Generator]
+Seed = int | np.random.RandomState | np.random.Generator
 
 
 def resolve_level(kind: str, level: float | str | None = None) -> float:
@@ -66,7 +64,12 @@ def resolve_level(kind: str, level: float | str | None = None) -> float:
         except ValueError:
             raise ValueError(f"level {level!r} for {kind}: a number or one of {', '.join(LEVEL_NAMES)}") from None
     value = float(level)
-    if not np.isfinite(value) or value < 0 or (kind == "jpeg" and not 1 <= value <= 100) or (kind == "lowlight" and not 0 < value <= 1):
+    if (
+        not np.isfinite(value)
+        or value < 0
+        or (kind == "jpeg" and not 1 <= value <= 100)
+        or (kind == "lowlight" and not 0 < value <= 1)
+    ):
         raise ValueError(f"level {level} is out of range for {kind}")
     return value
 

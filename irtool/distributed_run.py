@@ -33,10 +33,11 @@ import secrets
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch.distributed as dist
 
@@ -103,7 +104,9 @@ class Channel:
         try:
             return fn(*args)
         except (RuntimeError, dist.DistError) as exc:  # DistStoreError, connection reset
-            raise LostContact(f"{shard.where()}: lost contact with the run's store ({str(exc).splitlines()[0][:120]})") from None
+            raise LostContact(
+                f"{shard.where()}: lost contact with the run's store ({str(exc).splitlines()[0][:120]})"
+            ) from None
 
 
 class Heartbeat:
@@ -237,7 +240,11 @@ class _RankState:
 def _tell_fatal(channel: Channel, rank: int, exc: BaseException) -> int:
     """Tell rank 0 why this rank stopped (it reports the rank's unfinished items with the reason, and exits 1).
     Returns this process's exit status: 0 once told, so that the launcher does not stop the healthy ranks too."""
-    text = str(exc) if isinstance(exc, IrtoolError) else f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+    text = (
+        str(exc)
+        if isinstance(exc, IrtoolError)
+        else f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+    )
     try:
         channel.put(f"fatal/{rank}", {"error": text if text.startswith("rank ") else f"{shard.where()}: {text}"})
     except LostContact:
@@ -264,10 +271,14 @@ class _Gather:
 
     def why(self, rank: int) -> str:
         if rank == 0:
-            return self.own_error or (f"was stopped by {self.signals.name}" if self.signals.signal is not None else "stopped")
+            return self.own_error or (
+                f"was stopped by {self.signals.name}" if self.signals.signal is not None else "stopped"
+            )
         return self.states[rank].lost or f"was stopped by {self.signals.name}"
 
-    def run(self, own: Callable[[Callable[[Any], None], threading.Event], None] | None, land: Callable[[Any], None]) -> Iterator[None]:
+    def run(
+        self, own: Callable[[Callable[[Any], None], threading.Event], None] | None, land: Callable[[Any], None]
+    ) -> Iterator[None]:
         local: queue.Queue = queue.Queue()
         stop_own = threading.Event()
 
@@ -275,7 +286,9 @@ class _Gather:
             try:
                 own(local.put, stop_own)  # type: ignore[misc]
             except BaseException as exc:  # noqa: BLE001 - reported as rank 0's unfinished items
-                self.own_error = f"rank 0 failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+                self.own_error = (
+                    f"rank 0 failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+                )
             finally:
                 local.put(None)
 
@@ -307,7 +320,9 @@ class _Gather:
                 if stopping_since is not None and own_done:
                     # Stopping: wait for the others' last reports, but not for ranks that are already dead.
                     silent = {r: liveness.silent_for(r) for r, s in self.states.items() if not (s.done or s.lost)}
-                    if time.monotonic() - stopping_since > GRACE_SECONDS or all(t > DEAD_SECONDS for t in silent.values()):
+                    if time.monotonic() - stopping_since > GRACE_SECONDS or all(
+                        t > DEAD_SECONDS for t in silent.values()
+                    ):
                         for r, t in silent.items():
                             if t > DEAD_SECONDS:
                                 self.states[r].lost = f"rank {r} died: no heartbeat for {t:.0f}s"
@@ -378,7 +393,9 @@ class RankedRestore:
         return cls(ctx, channel, heartbeat, jobs, owner, options)
 
     @staticmethod
-    def _start_main(ctx: Dist, channel: Channel, inputs: list[str], out_dir: Path, options: RestoreOptions) -> tuple[list[Job], list[int]]:
+    def _start_main(
+        ctx: Dist, channel: Channel, inputs: list[str], out_dir: Path, options: RestoreOptions
+    ) -> tuple[list[Job], list[int]]:
         marker = None
         try:
             jobs = plan(inputs, out_dir, options)
@@ -420,7 +437,9 @@ class RankedRestore:
         return jobs, owner
 
     @staticmethod
-    def _start_other(ctx: Dist, channel: Channel, inputs: list[str], out_dir: Path, options: RestoreOptions) -> tuple[list[Job], list[int]]:
+    def _start_other(
+        ctx: Dist, channel: Channel, inputs: list[str], out_dir: Path, options: RestoreOptions
+    ) -> tuple[list[Job], list[int]]:
         error = None
         try:
             jobs = plan(inputs, out_dir, options)
@@ -457,7 +476,9 @@ class RankedRestore:
         try:
             return Restorer.load(self.options)
         except Exception as exc:
-            message = str(exc) if isinstance(exc, IrtoolError) else f"cannot load the model ({type(exc).__name__}: {exc})"
+            message = (
+                str(exc) if isinstance(exc, IrtoolError) else f"cannot load the model ({type(exc).__name__}: {exc})"
+            )
             key = "abort" if self.is_main else f"fatal/{self.ctx.rank}"
             if self.is_main:
                 self.channel.put(key, {"error": f"{shard.where()}: {message}"})
@@ -595,7 +616,9 @@ class RankedEval:
         return str(self.ctx.device)
 
     @classmethod
-    def start(cls, names: list[str], data_root: Any, clean_dir: Any, device: str, limit: int | None, routing_noise: bool) -> RankedEval:
+    def start(
+        cls, names: list[str], data_root: Any, clean_dir: Any, device: str, limit: int | None, routing_noise: bool
+    ) -> RankedEval:
         """Join the run; every rank finds the datasets itself and must find the same images as rank 0 (one line
         naming the rank and what it could not see otherwise)."""
         from . import evaluate
@@ -614,9 +637,16 @@ class RankedEval:
                     targets = evaluate.resolve(names, data_root, clean_dir)
                 except IrtoolError as exc:
                     error = f"{shard.where()}: {exc}" if not ctx.is_main else str(exc)
-            digest = hashlib.sha256(json.dumps([[t.spec.name, _eval_items(t, limit)] for t in targets]).encode()).hexdigest()
+            digest = hashlib.sha256(
+                json.dumps([[t.spec.name, _eval_items(t, limit)] for t in targets]).encode()
+            ).hexdigest()
             if ctx.is_main:
-                channel.put("start/0", {"abort": error} if error else {"digest": digest, "items": sum(len(_eval_items(t, limit)) for t in targets)})
+                channel.put(
+                    "start/0",
+                    {"abort": error}
+                    if error
+                    else {"digest": digest, "items": sum(len(_eval_items(t, limit)) for t in targets)},
+                )
                 if error:
                     raise IrtoolError(error)
                 liveness = Liveness(channel, range(1, ctx.world_size), rank_timeout())
@@ -651,7 +681,9 @@ class RankedEval:
         index = {t.spec.name: d for d, t in enumerate(self.targets)}
         return lambda name, i: self.owners[index[name]][i] == self.ctx.rank
 
-    def _own_items(self, model: Any, options: Any, report: Any, emit: Callable[[Any], None], stop: threading.Event | None) -> None:
+    def _own_items(
+        self, model: Any, options: Any, report: Any, emit: Callable[[Any], None], stop: threading.Event | None
+    ) -> None:
         """Evaluate this rank's items, emitting {"d", "i", "result"} for each (i: the item's place in its dataset)."""
         from . import evaluate
 
@@ -684,7 +716,9 @@ class RankedEval:
                     self._own_items(model, options, report, emit, None)
                 except KeyboardInterrupt:
                     pass
-                self.channel.put(f"done/{rank}", {"seconds": [d.seconds for d in report.datasets], "signal": self.signals.name})
+                self.channel.put(
+                    f"done/{rank}", {"seconds": [d.seconds for d in report.datasets], "signal": self.signals.name}
+                )
         except LostContact:
             return 1
         except Exception as exc:  # noqa: BLE001 - told to rank 0, which names this rank's unscored images
@@ -781,7 +815,13 @@ def _without_gpu_flags(argv: Sequence[str], on_cpu: bool, device_flags: Sequence
     return out if on_cpu else [*out, "--device", "cuda"]
 
 
-def launch(command: str, gpus: Sequence[int], device: str, device_flags: Sequence[str] = ("--device",), argv: Sequence[str] | None = None) -> int:
+def launch(
+    command: str,
+    gpus: Sequence[int],
+    device: str,
+    device_flags: Sequence[str] = ("--device",),
+    argv: Sequence[str] | None = None,
+) -> int:
     """Run this very command line once per GPU in `gpus` (one worker process each, under torch's elastic launcher,
     as `torchrun --standalone --nproc-per-node N` would), or with `device` "cpu" as that many CPU processes.
     Returns the exit status the command has in one process: the workers' rank 0 decides it."""
@@ -793,7 +833,9 @@ def launch(command: str, gpus: Sequence[int], device: str, device_flags: Sequenc
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if command not in argv:
-        raise IrtoolError(f"--gpu {','.join(map(str, gpus))}: starting workers needs the command line (`irtool {command} ...`)")
+        raise IrtoolError(
+            f"--gpu {','.join(map(str, gpus))}: starting workers needs the command line (`irtool {command} ...`)"
+        )
     on_cpu = device == "cpu"
     if not on_cpu:
         import torch
@@ -801,7 +843,9 @@ def launch(command: str, gpus: Sequence[int], device: str, device_flags: Sequenc
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         missing = [g for g in gpus if g >= count]
         if missing:
-            raise IrtoolError(f"--gpu {','.join(map(str, gpus))}: this machine has {count} GPU(s); no cuda:{missing[0]} (or pass --device cpu for CPU workers)")
+            raise IrtoolError(
+                f"--gpu {','.join(map(str, gpus))}: this machine has {count} GPU(s); no cuda:{missing[0]} (or pass --device cpu for CPU workers)"
+            )
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)  # worker k (LOCAL_RANK k) gets gpus[k]
     if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of every worker taking them all
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(gpus)))

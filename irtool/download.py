@@ -21,17 +21,18 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import BinaryIO
 
 from ._version import __version__
 from .errors import ChecksumError, DownloadError
 
 CHUNK_BYTES = 1 << 20
 #: progress(bytes_done, bytes_total or None)
-Progress = Callable[[int, Optional[int]], None]
+Progress = Callable[[int, int | None], None]
 
 _PAGE_BYTES = 2 << 20  # how much of a web page is read to look for a confirmation form
 _CONFIRMATION_ROUNDS = 3
@@ -257,7 +258,7 @@ def _resume_validator(part: Path, url: str) -> str | None:
     return record.get("validator") or ""
 
 
-def _hash_prefix(path: Path, n: int) -> "hashlib._Hash":
+def _hash_prefix(path: Path, n: int) -> hashlib._Hash:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while n > 0 and (chunk := f.read(min(CHUNK_BYTES, n))):
@@ -298,7 +299,9 @@ def _lock(handle: BinaryIO, part: Path) -> None:
 def _check_space(part: Path, needed: int) -> None:
     free = shutil.disk_usage(part.parent).free
     if needed > free:
-        raise DownloadError(f"{part.parent}: the download needs {megabytes(needed)} but only {megabytes(free)} are free")
+        raise DownloadError(
+            f"{part.parent}: the download needs {megabytes(needed)} but only {megabytes(free)} are free"
+        )
 
 
 def _fraction(done: int, total: int | None) -> str:
@@ -350,7 +353,12 @@ class _PageReader(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
         if tag == "form":
-            self._form = {"id": a.get("id", ""), "action": a.get("action", ""), "method": a.get("method", "get").lower(), "fields": {}}
+            self._form = {
+                "id": a.get("id", ""),
+                "action": a.get("action", ""),
+                "method": a.get("method", "get").lower(),
+                "fields": {},
+            }
             self.forms.append(self._form)
         elif tag == "input" and self._form is not None and a.get("type", "").lower() == "hidden" and a.get("name"):
             self._form["fields"][a["name"]] = a.get("value", "")
@@ -403,4 +411,6 @@ def _confirmation(page: bytes, page_url: str, jar: http.cookiejar.CookieJar) -> 
         query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "confirm"] + [("confirm", token)]
         return parts._replace(query=urllib.parse.urlencode(query)).geturl(), None
     title = " ".join(reader.title.split())[:80] or "untitled"
-    raise DownloadError(f"{page_url}: the server sent a web page ({title!r}), not the file; open the URL in a browser to see why")
+    raise DownloadError(
+        f"{page_url}: the server sent a web page ({title!r}), not the file; open the URL in a browser to see why"
+    )

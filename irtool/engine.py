@@ -22,10 +22,11 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +58,9 @@ __all__ = [
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: the smallest tile the out-of-memory fallback tries before giving up
 MIN_TILE = 64
-_OOM_ERRORS = tuple({e for e in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if e is not None})
+_OOM_ERRORS = tuple(
+    {e for e in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if e is not None}
+)
 
 
 class OutOfMemory(IrtoolError):
@@ -106,7 +109,11 @@ def default_source() -> tuple[Path, Path | None, str]:
         if entry is not None:
             files = entry.local_files()
             if all(spec.get("role", "weights") in files for spec in entry.files):
-                return files.get("weights") or files.get("ir") or next(iter(files.values())), files.get("router"), f"the default model {entry.name}"
+                return (
+                    files.get("weights") or files.get("ir") or next(iter(files.values())),
+                    files.get("router"),
+                    f"the default model {entry.name}",
+                )
     ranked = rank_entries(weights.entries())
     for entry in ranked:
         if entry.arch not in ARCHS:
@@ -264,14 +271,22 @@ class Restorer:
             router = router or (str(default_router) if default_router else None)
             notes.append(f"using {how}")
         device = resolve_device(options.device)
-        model = load_model(path, device=device, trust=options.trust, router=router, config=options.config,
-                           router_config=options.router_config)
+        model = load_model(
+            path,
+            device=device,
+            trust=options.trust,
+            router=router,
+            config=options.config,
+            router_config=options.router_config,
+        )
         calibration = None
         if not hasattr(model, "classify"):
             calibration, warning = find_calibration(path, model, options.calibration)
             if warning:
                 notes.append(warning)
-        return cls(model, options, device=device, calibration=calibration, source=how, weights_path=Path(path), notes=notes)
+        return cls(
+            model, options, device=device, calibration=calibration, source=how, weights_path=Path(path), notes=notes
+        )
 
     # -- routing and forward passes
 
@@ -322,7 +337,9 @@ class Restorer:
                 else:
                     mine = shared[i]
                     run = lambda t, r=mine: model.run(t, routing=r[torch.zeros(t.shape[0], dtype=torch.long)]).output  # noqa: E731
-                out, grid = tiled_forward(run, padded[i : i + 1], tile, options.tile_overlap, multiple, options.batch_size)
+                out, grid = tiled_forward(
+                    run, padded[i : i + 1], tile, options.tile_overlap, multiple, options.batch_size
+                )
                 outputs.append(out[..., :h, :w])
                 tiles, tile_size = len(grid), list(grid.tile_size)
             mode = "imposed" if imposed is not None else "per-tile" if options.route_per_tile else "downscaled"
@@ -356,9 +373,7 @@ class Restorer:
             multiple = int(getattr(self.model, "size_multiple", 1))
             smaller = (side // 2) // multiple * multiple
             if smaller < max(MIN_TILE, multiple):
-                raise OutOfMemory(
-                    f"out of memory even with {side} px tiles; try --device cpu, or free GPU memory"
-                )
+                raise OutOfMemory(f"out of memory even with {side} px tiles; try --device cpu, or free GPU memory")
             tile = smaller
             self.learned_tile = smaller if not self.learned_tile else min(self.learned_tile, smaller)
             warnings[0].append(f"out of memory: retried with {smaller} px tiles")
@@ -399,7 +414,9 @@ class Restorer:
             outcome.seconds = seconds
         return outcomes
 
-    def _outcome(self, output: Tensor, routing: Any, p: _Pass, dtype: torch.dtype | None, warnings: list[str]) -> Outcome:
+    def _outcome(
+        self, output: Tensor, routing: Any, p: _Pass, dtype: torch.dtype | None, warnings: list[str]
+    ) -> Outcome:
         rgb = output[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
         name, confidence = self.name_degradation(routing)
         experts, gates = _routing_summary(routing)
@@ -436,7 +453,9 @@ class Restorer:
         tile = self._start_tile(h, w)
         if not tile:
             tile = AUTO_TILE
-            notes.append(f"{w}x{h} is too large to restore in one piece in this machine's memory; restored in {tile} px tiles")
+            notes.append(
+                f"{w}x{h} is too large to restore in one piece in this machine's memory; restored in {tile} px tiles"
+            )
         shared = None
         if not options.route_per_tile:
             size = options.route_size or 512
@@ -466,8 +485,15 @@ class Restorer:
         while True:
             try:
                 samples, tiles, tile_size = restore_tiled(
-                    image.pixels, image.gray, run, tile=tile, overlap=options.tile_overlap, multiple=multiple,
-                    batch=options.batch_size, device=self.device, out_dtype=np.dtype(image.dtype),
+                    image.pixels,
+                    image.gray,
+                    run,
+                    tile=tile,
+                    overlap=options.tile_overlap,
+                    multiple=multiple,
+                    batch=options.batch_size,
+                    device=self.device,
+                    out_dtype=np.dtype(image.dtype),
                 )
                 break
             except RuntimeError as exc:
@@ -575,7 +601,15 @@ def _report(job: Job, image: io.Image, outcome: Outcome, seconds: float, warning
 def _write(job: Job, image: io.Image, outcome: Outcome, read_seconds: float, options: RestoreOptions) -> RestoreReport:
     started = time.perf_counter()
     try:
-        notes = io.write_image(job.dst, image, outcome.rgb, options.format, quality=options.quality, overwrite=options.overwrite, samples=outcome.samples)  # type: ignore[arg-type]
+        notes = io.write_image(
+            job.dst,
+            image,
+            outcome.rgb,
+            options.format,
+            quality=options.quality,
+            overwrite=options.overwrite,
+            samples=outcome.samples,
+        )  # type: ignore[arg-type]
     except ImageError as exc:
         return _failed(job, str(exc), image)
     except Exception as exc:  # noqa: BLE001 - an encoder failure fails this image only
@@ -649,7 +683,11 @@ def restore_files(jobs: Sequence[Job], restorer: Restorer) -> Iterator[RestoreRe
                 return
             k, decoded = batch[0]
             error = str(exc) if isinstance(exc, IrtoolError) else _model_error(exc)
-            slots[k] = _failed(decoded.job, f"{decoded.job.src}: {error}" if not error.startswith(str(decoded.job.src)) else error, decoded.image)
+            slots[k] = _failed(
+                decoded.job,
+                f"{decoded.job.src}: {error}" if not error.startswith(str(decoded.job.src)) else error,
+                decoded.image,
+            )
             return
         for (k, decoded), outcome in zip(batch, outcomes):
             while len(writing) > 2 * options.workers + options.batch_size:  # bound memory held by pending writes
@@ -673,11 +711,17 @@ def restore_files(jobs: Sequence[Job], restorer: Restorer) -> Iterator[RestoreRe
             if decoded is not None:
                 shape = (decoded.image.height, decoded.image.width)  # type: ignore[union-attr]
                 large = restorer.needs_tiled_samples(decoded.image)  # type: ignore[arg-type]
-                if batch and (large or shape != (batch[0][1].image.height, batch[0][1].image.width) or len(batch) >= options.batch_size):  # type: ignore[union-attr]
+                if batch and (
+                    large
+                    or shape != (batch[0][1].image.height, batch[0][1].image.width)
+                    or len(batch) >= options.batch_size
+                ):  # type: ignore[union-attr]
                     run_batch(batch)
                     batch = []
                 batch.append((k, decoded))
-            if batch and (not reading or len(batch) >= options.batch_size or restorer.needs_tiled_samples(batch[0][1].image)):  # type: ignore[arg-type]
+            if batch and (
+                not reading or len(batch) >= options.batch_size or restorer.needs_tiled_samples(batch[0][1].image)
+            ):  # type: ignore[arg-type]
                 run_batch(batch)
                 batch = []
             yield from ready()
@@ -731,7 +775,12 @@ def restore(
         >>> results[0].report.degradation, results[0].image.shape
     """
     loaded = model if isinstance(model, nn.Module) else None
-    given = {"device": device, "precision": precision, "tile": tile, "weights": None if weights is None else str(weights)}
+    given = {
+        "device": device,
+        "precision": precision,
+        "tile": tile,
+        "weights": None if weights is None else str(weights),
+    }
     if model is not None and loaded is None:
         given["model"] = str(model)
     unknown = set(more) - set(RestoreOptions.__dataclass_fields__)
@@ -769,4 +818,6 @@ def _restore_in_memory(restorer: Restorer, name: str, image: io.Image) -> Restor
     except Exception as exc:  # noqa: BLE001 - a failure is reported, not raised, as for files
         error = str(exc) if isinstance(exc, IrtoolError) else _model_error(exc)
         return Restored(None, _failed(job, f"{name}: {error}", image))
-    return Restored(io.to_array(image, outcome.rgb, samples=outcome.samples), _report(job, image, outcome, outcome.seconds, []))
+    return Restored(
+        io.to_array(image, outcome.rgb, samples=outcome.samples), _report(job, image, outcome, outcome.seconds, [])
+    )

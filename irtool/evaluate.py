@@ -28,10 +28,11 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -251,7 +252,9 @@ def _finite(obj: Any) -> Any:
 # Planning
 
 
-def resolve(names: list[str], data_root: str | Path | None = None, clean_dir: str | Path | None = None) -> list[ds.Located]:
+def resolve(
+    names: list[str], data_root: str | Path | None = None, clean_dir: str | Path | None = None
+) -> list[ds.Located]:
     """Find every dataset before any model is loaded; one error lists all that are missing."""
     found, missing = [], []
     for name in names:
@@ -298,8 +301,11 @@ def new_report(
         options={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
         reported_from=reported_from,
         reported=dict(reported or {}),
-        saved_images=None if options.save_images is None else {
-            "folder": str(options.save_images), "format": options.save_format,
+        saved_images=None
+        if options.save_images is None
+        else {
+            "folder": str(options.save_images),
+            "format": options.save_format,
             "keeps": SAVE_FORMATS[options.save_format][1],
         },
     )
@@ -366,10 +372,17 @@ class _Usage:
 
     def to_dict(self) -> dict[str, Any] | None:
         if self.counts is not None:
-            layers = self.layers if self.layers and len(self.layers) == self.counts.shape[0] else [
-                f"layer{i}" for i in range(self.counts.shape[0])
-            ]
-            return {"kind": "experts", "layers": layers, "num_experts": int(self.counts.shape[1]), "counts": self.counts.tolist()}
+            layers = (
+                self.layers
+                if self.layers and len(self.layers) == self.counts.shape[0]
+                else [f"layer{i}" for i in range(self.counts.shape[0])]
+            )
+            return {
+                "kind": "experts",
+                "layers": layers,
+                "num_experts": int(self.counts.shape[1]),
+                "counts": self.counts.tolist(),
+            }
         if self.classes:
             return {"kind": "classes", "counts": dict(sorted(self.classes.items()))}
         return None
@@ -418,7 +431,9 @@ def _tiled_restorer(model: nn.Module, options: EvalOptions, device: torch.device
     return Restorer(model, RestoreOptions(tile=options.tile, precision=options.precision), device=device)
 
 
-def _dataset_report(located: ds.Located, protocol: metrics.Protocol, options: EvalOptions, reported: dict | None) -> DatasetReport:
+def _dataset_report(
+    located: ds.Located, protocol: metrics.Protocol, options: EvalOptions, reported: dict | None
+) -> DatasetReport:
     spec = located.spec
     crop = protocol.crop_multiple if spec.crop else None
     report = DatasetReport(
@@ -522,14 +537,18 @@ def run(
         protected = {p.resolve() for pair in located.pairs for p in (pair.gt, pair.lq) if p is not None}
         started = time.perf_counter()
         mine = None if keep is None else (lambda i, name=spec.name: keep(name, i))
-        for item in ds.iter_samples(located, crop_multiple=dreport.crop_multiple, noise=noise, limit=options.limit, keep=mine):
+        for item in ds.iter_samples(
+            located, crop_multiple=dreport.crop_multiple, noise=noise, limit=options.limit, keep=mine
+        ):
             if isinstance(item, tuple):
                 pair, exc = item
                 result = ImageResult(pair.name, error=str(exc))
                 dreport.images.append(result)
                 yield dreport, result
                 continue
-            result = _evaluate_sample(model, restorer, item, protocol, options, device, usage, protected, spec.name, observer)
+            result = _evaluate_sample(
+                model, restorer, item, protocol, options, device, usage, protected, spec.name, observer
+            )
             dreport.images.append(result)
             dreport.usage = usage.to_dict()
             yield dreport, result
@@ -585,8 +604,12 @@ def _evaluate_sample(
             )
         if options.save_images:
             fmt, _ = SAVE_FORMATS[options.save_format]
-            _write_image(Path(options.save_images) / _folder(dataset) / f"{stem}.{fmt}",
-                         _saved(restored, options.save_format), protected, fmt="tiff" if fmt == "tif" else fmt)
+            _write_image(
+                Path(options.save_images) / _folder(dataset) / f"{stem}.{fmt}",
+                _saved(restored, options.save_format),
+                protected,
+                fmt="tiff" if fmt == "tif" else fmt,
+            )
         if observer is not None:
             observer(dataset, result, sample, restored)
     except IrtoolError as exc:
@@ -598,14 +621,18 @@ def _evaluate_sample(
     return result
 
 
-def _restore_tiled(restorer: Any, lq: np.ndarray, device: torch.device, usage: _Usage, result: ImageResult) -> torch.Tensor:
+def _restore_tiled(
+    restorer: Any, lq: np.ndarray, device: torch.device, usage: _Usage, result: ImageResult
+) -> torch.Tensor:
     """(1, 3, H, W) restored by the engine in tiles; records its time, routing summary and warnings."""
     from . import io as image_io
 
     outcome = restorer.restore([image_io.from_array(lq)])[0]
     result.seconds = outcome.seconds
     usage.record(outcome.experts, outcome.degradation if hasattr(usage.model, "classify") else None, result)
-    result.notes = [f"{outcome.tiles} tiles of {outcome.tile_size} px" if outcome.tile_size else "whole image"] + list(outcome.warnings)
+    result.notes = [f"{outcome.tiles} tiles of {outcome.tile_size} px" if outcome.tile_size else "whole image"] + list(
+        outcome.warnings
+    )
     return torch.from_numpy(outcome.rgb).permute(2, 0, 1)[None].to(device)
 
 
@@ -687,12 +714,16 @@ def write_csv(report: EvalReport, path: str | Path) -> None:
     _atomic_text(path, to_csv(report))
 
 
-def write_many(reports: list[EvalReport], labels: list[str], json_path: str | Path | None, csv_path: str | Path | None) -> None:
+def write_many(
+    reports: list[EvalReport], labels: list[str], json_path: str | Path | None, csv_path: str | Path | None
+) -> None:
     """Several models' reports in one JSON (a list) and one CSV (with a model column)."""
     if json_path:
         _atomic_text(json_path, to_json_many(reports) + "\n")
     if csv_path:
-        _atomic_text(csv_path, "".join(to_csv(r, label, header=n == 0) for n, (r, label) in enumerate(zip(reports, labels))))
+        _atomic_text(
+            csv_path, "".join(to_csv(r, label, header=n == 0) for n, (r, label) in enumerate(zip(reports, labels)))
+        )
 
 
 def plot_usage(report: EvalReport, path: str | Path) -> Path:

@@ -42,7 +42,15 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 #: output format name -> file extension irtool writes
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tiff", "bmp": ".bmp"}
 #: user-facing aliases of the format names
-FORMAT_ALIASES = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "webp": "webp", "tif": "tiff", "tiff": "tiff", "bmp": "bmp"}
+FORMAT_ALIASES = {
+    "jpg": "jpeg",
+    "jpeg": "jpeg",
+    "png": "png",
+    "webp": "webp",
+    "tif": "tiff",
+    "tiff": "tiff",
+    "bmp": "bmp",
+}
 #: file extensions irtool picks up when it walks a folder
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".webp", ".tif", ".tiff", ".bmp"})
 
@@ -264,7 +272,9 @@ def _pillow_header(data: bytes, what: str) -> Header:
         if what == "GIF" and len(data) >= 10:  # the logical screen size: the limit check that follows names it
             width, height = struct.unpack("<HH", data[6:10])
             return Header(width, height)
-        raise ImageError(f"its header claims more than {2 * (PILImage.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} MP (a decompression bomb)") from None
+        raise ImageError(
+            f"its header claims more than {2 * (PILImage.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} MP (a decompression bomb)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - Pillow reports damaged headers with many exception types
         raise ImageError(f"corrupt {what} header ({_short(exc)})") from None
 
@@ -334,7 +344,9 @@ def _pillow_applies_tiff_orientation() -> bool:
         from PIL import Image as PILImage
 
         buf = BytesIO()
-        PILImage.fromarray(np.array([[[255, 0, 0, 255], [0, 0, 255, 255]]], np.uint8), "RGBA").save(buf, format="TIFF", tiffinfo={tiff.ORIENTATION: 2})
+        PILImage.fromarray(np.array([[[255, 0, 0, 255], [0, 0, 255, 255]]], np.uint8), "RGBA").save(
+            buf, format="TIFF", tiffinfo={tiff.ORIENTATION: 2}
+        )
         with PILImage.open(BytesIO(buf.getvalue())) as pil:
             _PILLOW_ORIENTS = bool(np.asarray(pil.convert("RGBA"))[0, 0, 2] == 255)
     return _PILLOW_ORIENTS
@@ -385,11 +397,15 @@ def _decode_tiff(data: bytes, directory: tiff.Directory, name: str) -> tuple[np.
     sample_format = directory.value(339) or 1
     has_alpha = 338 in directory.entries
     if sample_format == 2:
-        raise ImageError(f"{name}: signed {bits}-bit integer samples are not supported (unsigned 8/16-bit or float32 TIFF only)")
+        raise ImageError(
+            f"{name}: signed {bits}-bit integer samples are not supported (unsigned 8/16-bit or float32 TIFF only)"
+        )
     if sample_format == 3 and bits not in (32, 64):
         raise ImageError(f"{name}: {bits}-bit float samples are not supported (8/16-bit or float32 TIFF only)")
     if sample_format not in (1, 3):
-        raise ImageError(f"{name}: TIFF sample format {sample_format} is not supported (unsigned 8/16-bit or float32 only)")
+        raise ImageError(
+            f"{name}: TIFF sample format {sample_format} is not supported (unsigned 8/16-bit or float32 only)"
+        )
     expected = {8: np.uint8, 16: np.uint16, 32: np.float32, 64: np.float64}.get(bits)
     if bits == 8 and has_alpha:
         try:
@@ -506,8 +522,12 @@ def decode_image(data: bytes, name: str = "image", *, max_megapixels: float | No
     if pixels is None or pixels.size == 0:
         what = fmt.upper() if fmt else "image"
         raise ImageError(f"{name}: truncated or corrupt {what} file")
-    if pixels.shape[:2] != (header.height, header.width) and not (decoder_oriented and pixels.shape[:2] == (header.width, header.height)):
-        raise ImageError(f"{name}: decoded {pixels.shape[1]}x{pixels.shape[0]} pixels, its header says {header.width}x{header.height}")
+    if pixels.shape[:2] != (header.height, header.width) and not (
+        decoder_oriented and pixels.shape[:2] == (header.width, header.height)
+    ):
+        raise ImageError(
+            f"{name}: decoded {pixels.shape[1]}x{pixels.shape[0]} pixels, its header says {header.width}x{header.height}"
+        )
 
     if pixels.dtype not in (np.uint8, np.uint16, np.float32):
         if pixels.dtype == np.float64:
@@ -616,7 +636,14 @@ def _encode_gray_alpha_png(color: np.ndarray, alpha: np.ndarray, icc: bytes | No
     return buf.getvalue()
 
 
-def encode_image(image: Image, rgb: np.ndarray | None = None, fmt: str | None = None, *, quality: int = 95, samples: np.ndarray | None = None) -> tuple[bytes, list[str]]:
+def encode_image(
+    image: Image,
+    rgb: np.ndarray | None = None,
+    fmt: str | None = None,
+    *,
+    quality: int = 95,
+    samples: np.ndarray | None = None,
+) -> tuple[bytes, list[str]]:
     """Encode `rgb` (H, W, 3 float in [0, 1]; default `image.rgb`) in `image`'s frame: its bit depth, alpha, gray
     flag, ICC and EXIF. fmt: output format (default: the input's, PNG for other formats).
     samples: instead of `rgb`, restored colour already in `image.dtype` (RGB, or gray for a gray image), as the tiled
@@ -628,7 +655,9 @@ def encode_image(image: Image, rgb: np.ndarray | None = None, fmt: str | None = 
     return bytes(data), warnings
 
 
-def _encode(image: Image, rgb: np.ndarray | None, fmt: str | None, *, quality: int, samples: np.ndarray | None) -> tuple[bytes | memoryview, list[str]]:
+def _encode(
+    image: Image, rgb: np.ndarray | None, fmt: str | None, *, quality: int, samples: np.ndarray | None
+) -> tuple[bytes | memoryview, list[str]]:
     fmt = fmt or image.format or "png"
     if samples is None:
         rgb = image.rgb if rgb is None else rgb
@@ -639,7 +668,9 @@ def _encode(image: Image, rgb: np.ndarray | None, fmt: str | None, *, quality: i
     dtype = np.dtype(image.dtype)
     if image.bit_depth not in _DEPTHS[fmt]:
         target = np.dtype(np.uint16) if fmt == "png" else np.dtype(np.uint8)
-        warnings.append(f"{fmt.upper()} cannot hold {image.bit_depth}-bit samples; written as {target.itemsize * 8}-bit")
+        warnings.append(
+            f"{fmt.upper()} cannot hold {image.bit_depth}-bit samples; written as {target.itemsize * 8}-bit"
+        )
         dtype = target
     alpha = image.alpha
     if alpha is not None and not _ALPHA[fmt]:
@@ -651,7 +682,9 @@ def _encode(image: Image, rgb: np.ndarray | None, fmt: str | None, *, quality: i
     if icc and fmt in _METADATA and icc_colour_space(icc) != (b"GRAY" if image.gray else b"RGB "):
         # e.g. a CMYK JPEG's profile: OpenCV decodes to RGB, so that profile no longer describes the pixels
         space = icc_colour_space(icc).decode("ascii", "replace").strip()
-        warnings.append(f"the {space or 'unknown'} ICC profile does not fit the {'gray' if image.gray else 'RGB'} output; dropped")
+        warnings.append(
+            f"the {space or 'unknown'} ICC profile does not fit the {'gray' if image.gray else 'RGB'} output; dropped"
+        )
         icc = None
 
     if samples is not None:

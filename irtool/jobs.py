@@ -8,11 +8,11 @@ Imports the standard library and irtool.io only.
 
 from __future__ import annotations
 
-import glob
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import io, safe_paths
 from .errors import IrtoolError, UsageError
@@ -115,7 +115,9 @@ def output_path(src: Path, relative_dir: Path, out_dir: Path, options: RestoreOp
     return out_dir / relative_dir / f"{src.stem}{options.suffix}{ext}"
 
 
-def expand_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) -> tuple[list[tuple[str, Path, Path]], list[Job]]:
+def expand_inputs(
+    inputs: Sequence[str | Path], exclude: Path | None = None
+) -> tuple[list[tuple[str, Path, Path]], list[Job]]:
     """Files, folders (recursively) and globs -> (source, image file, folder relative to the input's root) in a
     stable order, and a failed Job for each input that names nothing and each path that cannot be used (a special
     file, a broken or looping link, an unreadable folder). `exclude`: a folder not to descend into.
@@ -147,7 +149,14 @@ def expand_inputs(inputs: Sequence[str | Path], exclude: Path | None = None) -> 
             files, problems = _walk(path, exclude)
             failed += [Job(text, None, None, error=p) for p in problems]
             if not files and not problems:
-                failed.append(Job(text, None, None, error=f"{text}: no images (png, jpg, webp, tiff, bmp) or videos (mp4, mov, mkv, webm, avi) in this folder"))
+                failed.append(
+                    Job(
+                        text,
+                        None,
+                        None,
+                        error=f"{text}: no images (png, jpg, webp, tiff, bmp) or videos (mp4, mov, mkv, webm, avi) in this folder",
+                    )
+                )
             top = Path(safe_paths.real(path).name) if nest else Path(".")
             for f in files:
                 add(text, f, top / f.parent.relative_to(path))
@@ -210,9 +219,23 @@ def plan(inputs: Sequence[str | Path], out_dir: str | Path, options: RestoreOpti
         dst = out_dir if single else output_path(src, rel, out_dir, options)
         key = safe_paths.real(dst)
         if safe_paths.name_too_long(dst):
-            jobs.append(Job(source, src, None, error=f"{src}: the output name {dst.name[:40]}... is longer than the {safe_paths.NAME_MAX} bytes a file name can hold"))
+            jobs.append(
+                Job(
+                    source,
+                    src,
+                    None,
+                    error=f"{src}: the output name {dst.name[:40]}... is longer than the {safe_paths.NAME_MAX} bytes a file name can hold",
+                )
+            )
         elif key == safe_paths.real(src) or (dst.exists() and os.path.samefile(dst, src)):  # also through links
-            jobs.append(Job(source, src, dst, error=f"{src}: the output would overwrite the input; choose another output folder or a --suffix"))
+            jobs.append(
+                Job(
+                    source,
+                    src,
+                    dst,
+                    error=f"{src}: the output would overwrite the input; choose another output folder or a --suffix",
+                )
+            )
         elif key in claimed:
             jobs.append(Job(source, src, dst, error=f"{src}: its output {dst} is already the output of {claimed[key]}"))
         elif os.path.lexists(dst) and options.skip_existing:
@@ -234,7 +257,9 @@ def split_restore_paths(paths: Sequence[str]) -> tuple[list[str], str]:
     """`irtool restore INPUT... OUTPUT`: (inputs, output), or a usage error that says what is missing."""
     if len(paths) < 2:
         shown = f" {paths[0]}" if paths else " photo.jpg"
-        raise UsageError(f"missing the output folder: irtool restore{shown} OUTPUT_DIR (e.g. irtool restore{shown} out/)")
+        raise UsageError(
+            f"missing the output folder: irtool restore{shown} OUTPUT_DIR (e.g. irtool restore{shown} out/)"
+        )
     for word in paths:
         if word.lower() in _FLAG_WORDS and not os.path.lexists(word):
             raise UsageError(f"{word!r}: flags such as --skip-existing take no value; leave out {word!r}")
@@ -302,6 +327,10 @@ class RestoreReport:
 def report_unrunnable(job: Job) -> RestoreReport:
     """The report of a job that planning refused (`error`) or skipped (`skip`)."""
     if job.error:
-        return RestoreReport(input=str(job.src or job.source), output=str(job.dst) if job.dst else None, status="failed", error=job.error)
+        return RestoreReport(
+            input=str(job.src or job.source), output=str(job.dst) if job.dst else None, status="failed", error=job.error
+        )
     status = "exists" if job.exists else "skipped"
-    return RestoreReport(input=str(job.src), output=str(job.dst), status=status, warnings=[job.skip] if job.skip else [])
+    return RestoreReport(
+        input=str(job.src), output=str(job.dst), status=status, warnings=[job.skip] if job.skip else []
+    )

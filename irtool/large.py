@@ -15,8 +15,7 @@ Imports numpy, torch and irtool.tiling.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -125,7 +124,9 @@ def restore_tiled(
         ri = rows_index[y0:y1]
         for first in range(0, boxes_per_row, batch):
             cols = list(range(first, min(first + batch, boxes_per_row)))
-            tiles = np.stack([_as_float(samples[np.ix_(ri, cols_index[grid.cols[c][0] : grid.cols[c][1]])]) for c in cols])
+            tiles = np.stack(
+                [_as_float(samples[np.ix_(ri, cols_index[grid.cols[c][0] : grid.cols[c][1]])]) for c in cols]
+            )
             x = torch.from_numpy(tiles).permute(0, 3, 1, 2).to(device)
             result = run(x).float().permute(0, 2, 3, 1).cpu().numpy()
             for k, c in enumerate(cols):

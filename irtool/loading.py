@@ -17,9 +17,10 @@ import pickle
 import re
 import warnings
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,30 +37,54 @@ _WRAPPERS = ("params_ema", "params", "state_dict", "model_state_dict", "model", 
 _PREFIXES = ("net.", "module.", "model.", "_orig_mod.", "netG.")
 # Pickled globals that build plain data only; allowed without `trust`. An explicit list of exact names, never a
 # prefix: `numpy.dtypes._add_dtype_helper`, for one, sits beside the dtype classes and changes numpy's registry.
-_HARMLESS_GLOBALS = frozenset({
-    "argparse.Namespace",
-    "collections.OrderedDict",
-    "collections.defaultdict",
-    "numpy.dtype",
-    "numpy.ndarray",
-    "numpy.core.multiarray.scalar",
-    "numpy._core.multiarray.scalar",
-    "numpy.core.multiarray._reconstruct",
-    "numpy._core.multiarray._reconstruct",
-    "pathlib.PosixPath",
-    "pathlib.WindowsPath",
-    "pathlib.Path",
-    "builtins.set",
-    "builtins.frozenset",
-    "builtins.complex",
-    "builtins.slice",
-})
+_HARMLESS_GLOBALS = frozenset(
+    {
+        "argparse.Namespace",
+        "collections.OrderedDict",
+        "collections.defaultdict",
+        "numpy.dtype",
+        "numpy.ndarray",
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray.scalar",
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "pathlib.PosixPath",
+        "pathlib.WindowsPath",
+        "pathlib.Path",
+        "builtins.set",
+        "builtins.frozenset",
+        "builtins.complex",
+        "builtins.slice",
+    }
+)
 # numpy >= 1.25 pickles a dtype with its class (numpy.dtypes.Float64DType, ...): the numeric ones, by name.
 _NUMPY_DTYPE_CLASSES = (
-    "BoolDType", "Int8DType", "UInt8DType", "Int16DType", "UInt16DType", "Int32DType", "UInt32DType", "Int64DType",
-    "UInt64DType", "Float16DType", "Float32DType", "Float64DType", "LongDoubleDType", "Complex64DType",
-    "Complex128DType", "CLongDoubleDType", "ByteDType", "UByteDType", "ShortDType", "UShortDType", "IntDType",
-    "UIntDType", "LongDType", "ULongDType", "LongLongDType", "ULongLongDType",
+    "BoolDType",
+    "Int8DType",
+    "UInt8DType",
+    "Int16DType",
+    "UInt16DType",
+    "Int32DType",
+    "UInt32DType",
+    "Int64DType",
+    "UInt64DType",
+    "Float16DType",
+    "Float32DType",
+    "Float64DType",
+    "LongDoubleDType",
+    "Complex64DType",
+    "Complex128DType",
+    "CLongDoubleDType",
+    "ByteDType",
+    "UByteDType",
+    "ShortDType",
+    "UShortDType",
+    "IntDType",
+    "UIntDType",
+    "LongDType",
+    "ULongDType",
+    "LongLongDType",
+    "ULongLongDType",
 )
 HARMLESS_GLOBALS = _HARMLESS_GLOBALS | {f"numpy.dtypes.{n}" for n in _NUMPY_DTYPE_CLASSES}
 
@@ -94,7 +119,15 @@ def _legacy_globals(path: Path) -> list[str]:
                 for op, arg, _pos in pickletools.genops(f):
                     if op.name == "GLOBAL":
                         found.append(str(arg).replace(" ", "."))
-                    elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8", "SHORT_BINSTRING", "BINSTRING", "STRING"):
+                    elif op.name in (
+                        "SHORT_BINUNICODE",
+                        "BINUNICODE",
+                        "UNICODE",
+                        "BINUNICODE8",
+                        "SHORT_BINSTRING",
+                        "BINSTRING",
+                        "STRING",
+                    ):
                         strings.append(str(arg))
                     elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
                         found.append(f"{strings[-2]}.{strings[-1]}")
@@ -222,7 +255,7 @@ def canonicalize(obj: Any, path: str | Path = "checkpoint") -> dict[str, Tensor]
         stripped = False
         for prefix in _PREFIXES:
             if all(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix):]: v for k, v in sd.items()}
+                sd = {k[len(prefix) :]: v for k, v in sd.items()}
                 stripped = True
     return sd
 
@@ -318,8 +351,11 @@ def build_model(
     """
     spec, inferred = detect(sd, path)
     # meta tensors (a key list checked for its layout, no values) have nothing to check
-    broken = [k for k, v in sd.items()
-              if v.is_floating_point() and v.device.type != "meta" and not bool(torch.isfinite(v).all())]
+    broken = [
+        k
+        for k, v in sd.items()
+        if v.is_floating_point() and v.device.type != "meta" and not bool(torch.isfinite(v).all())
+    ]
     if broken:
         raise CheckpointError(
             f"{path}: {len(broken)} weight tensor(s) hold NaN or Inf values (such as {sorted(broken)[0]!r}); the file is "
@@ -342,7 +378,9 @@ def build_model(
         stated |= set(config)
         problem = _fits(spec, chosen, sd)
         if problem:
-            raise CheckpointError(f"{path}: the stated {spec.title} config {_stated(config)} does not fit its tensors: {problem}")
+            raise CheckpointError(
+                f"{path}: the stated {spec.title} config {_stated(config)} does not fit its tensors: {problem}"
+            )
     model = spec.build(chosen)
     problem = _mismatch(model, sd)
     if problem:
@@ -351,11 +389,14 @@ def build_model(
     assumed = [] if inferred in spec.variants.values() else [f for f in spec.unseen_fields if f not in stated]
     if assumed:
         values = ", ".join(f"{f}={json.dumps(getattr(chosen, f))}" for f in assumed)
-        warnings.warn(ConfigGuessWarning(
-            f"{path}: {spec.title} {values} assumed (the weights do not show it); if that is wrong, state it: "
-            f"{option}={{{', '.join(repr(f) + ': ...' for f in assumed)}}} (--{option.replace('_', '-')} "
-            f"{assumed[0]}=VALUE)"
-        ), stacklevel=2)
+        warnings.warn(
+            ConfigGuessWarning(
+                f"{path}: {spec.title} {values} assumed (the weights do not show it); if that is wrong, state it: "
+                f"{option}={{{', '.join(repr(f) + ': ...' for f in assumed)}}} (--{option.replace('_', '-')} "
+                f"{assumed[0]}=VALUE)"
+            ),
+            stacklevel=2,
+        )
     return model.eval()
 
 
@@ -469,8 +510,9 @@ def resolve_model_files(source: str | Path, router: str | Path | None = None) ->
     raise CheckpointError(f"{path}: no such file")
 
 
-def _join_lora_ir(ir: nn.Module, files: ModelFiles, *, trust: bool,
-                  router_config: Mapping[str, Any] | None = None) -> nn.Module:
+def _join_lora_ir(
+    ir: nn.Module, files: ModelFiles, *, trust: bool, router_config: Mapping[str, Any] | None = None
+) -> nn.Module:
     """LoRA-IR's restoration network and its router, as one model."""
     from dataclasses import replace
 

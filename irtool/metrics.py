@@ -288,7 +288,9 @@ def ssim(restored: Any, target: Any, protocol: str | Protocol = "moce", *, crop_
     )
 
 
-def psnr_ssim(restored: Any, target: Any, protocol: str | Protocol = "moce", *, crop_border: int = 0) -> tuple[float, float]:
+def psnr_ssim(
+    restored: Any, target: Any, protocol: str | Protocol = "moce", *, crop_border: int = 0
+) -> tuple[float, float]:
     """(PSNR, SSIM) of one image pair as Python floats; PSNR is inf for identical images."""
     p = get_protocol(protocol)
     x, y = prepare(restored, p, crop_border=crop_border), prepare(target, p, crop_border=crop_border)

@@ -10,7 +10,9 @@ import contextlib
 import ctypes
 import ctypes.util
 import sys
-from typing import Any, Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -18,8 +18,8 @@ import fnmatch
 import os
 import re
 import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 #: the longest file name (bytes) that common Linux and macOS file systems hold
 NAME_MAX = 255
@@ -89,7 +89,9 @@ def read_regular(path: str | Path, max_bytes: int | None = None, error: Callable
         if kind is not None:  # swapped for a special file between the stat and the open
             raise error(f"{path}: is a {kind}, not an image file")
         if max_bytes is not None and st.st_size > max_bytes:
-            raise error(f"{path}: {st.st_size / 1e6:.0f} MB is larger than any image under the megapixel limit (raise it with --max-megapixels)")
+            raise error(
+                f"{path}: {st.st_size / 1e6:.0f} MB is larger than any image under the megapixel limit (raise it with --max-megapixels)"
+            )
         chunks, left = [], st.st_size
         while left > 0:
             chunk = os.read(fd, min(left, 1 << 24))
@@ -136,7 +138,9 @@ def walk_files(folder: Path, keep: Callable[[str], bool], exclude: Path | None =
             continue
         seen.add(ident)
         root_path = Path(root)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (exclude is None or real(root_path / d) != exclude))
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and (exclude is None or real(root_path / d) != exclude)
+        )
         found += [root_path / name for name in sorted(files) if not name.startswith(".") and keep(name)]
     return found, problems
 
@@ -193,7 +197,11 @@ def glob_paths(pattern: str) -> list[Path]:
                 for folder in _descend(base, set()):
                     following.append(folder)
                     if last:
-                        following += [Path(e.path) for e in _entries(folder) if not e.name.startswith(".") and not _is_dir(e, True)]
+                        following += [
+                            Path(e.path)
+                            for e in _entries(folder)
+                            if not e.name.startswith(".") and not _is_dir(e, True)
+                        ]
         elif not _has_magic(part):
             following = [base / part for base in current if os.path.lexists(base / part)]
         else:

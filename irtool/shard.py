@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .errors import IrtoolError
 
@@ -34,7 +34,7 @@ def rank() -> int:
 
 
 def where() -> str:
-    """"rank 3 (host node7)": how messages name a process."""
+    """ "rank 3 (host node7)": how messages name a process."""
     return f"rank {rank()} (host {socket.gethostname()})"
 
 
@@ -52,7 +52,9 @@ def pixel_count(path: Path | str | None) -> int:
     return int(w) * int(h)
 
 
-def balance(weights: Sequence[int], world: int, loads: list[int] | None = None, counts: list[int] | None = None) -> list[int]:
+def balance(
+    weights: Sequence[int], world: int, loads: list[int] | None = None, counts: list[int] | None = None
+) -> list[int]:
     """The rank (0..world-1) of each item: greedy longest-processing-time on `weights` (pixels), deterministic.
 
     An item of weight 0 (unreadable header) counts as 1, so broken files spread by count instead of piling up.

@@ -162,7 +162,9 @@ def page_count(buf: bytes, limit: int = 10000) -> int:
             tag, typ, n = struct.unpack(f"{order}HHI", buf[offset + 2 + 12 * i : offset + 10 + 12 * i])
             if tag == 254 and typ in (3, 4) and n == 1:
                 code = "H" if typ == 3 else "I"
-                (value,) = struct.unpack(f"{order}{code}", buf[offset + 10 + 12 * i : offset + 10 + 12 * i + struct.calcsize(code)])
+                (value,) = struct.unpack(
+                    f"{order}{code}", buf[offset + 10 + 12 * i : offset + 10 + 12 * i + struct.calcsize(code)]
+                )
                 reduced = bool(value & 1)
         pages += 0 if reduced and pages else 1
         (offset,) = struct.unpack(f"{order}I", buf[end : end + 4])

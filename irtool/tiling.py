@@ -14,8 +14,8 @@ Imports torch only.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -96,7 +96,12 @@ class TileGrid:
 
 
 def plan_tiles(height: int, width: int, tile: int, overlap: int, multiple: int = 1) -> TileGrid:
-    return TileGrid(height, width, tuple(tile_spans(height, tile, overlap, multiple)), tuple(tile_spans(width, tile, overlap, multiple)))
+    return TileGrid(
+        height,
+        width,
+        tuple(tile_spans(height, tile, overlap, multiple)),
+        tuple(tile_spans(width, tile, overlap, multiple)),
+    )
 
 
 def tiled_forward(

@@ -40,10 +40,11 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -165,7 +166,13 @@ class StreamInfo:
     frames: int | None = None  #: video: frames (packets counted when the container does not say)
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "kind": self.kind, "codec": self.codec, "description": self.text, "frames": self.frames}
+        return {
+            "index": self.index,
+            "kind": self.kind,
+            "codec": self.codec,
+            "description": self.text,
+            "frames": self.frames,
+        }
 
 
 def _open(path: Path) -> Any:
@@ -202,8 +209,14 @@ def probe(path: str | Path, count_frames: bool = True) -> list[StreamInfo]:
             name = ctx.name if ctx is not None else "unknown"
             if s.type == "video":
                 rate = _rate(s)
-                duration = float(s.duration * s.time_base) if s.duration else (container.duration / 1e6 if container.duration else None)
-                text = f"{name} {ctx.width}x{ctx.height} {ctx.pix_fmt or '?'}" + (f", {float(rate):.3g} fps" if rate else "")
+                duration = (
+                    float(s.duration * s.time_base)
+                    if s.duration
+                    else (container.duration / 1e6 if container.duration else None)
+                )
+                text = f"{name} {ctx.width}x{ctx.height} {ctx.pix_fmt or '?'}" + (
+                    f", {float(rate):.3g} fps" if rate else ""
+                )
                 info = StreamInfo(s.index, "video", name, text, s.frames or None)
                 infos.append(info)
                 if duration:
@@ -231,7 +244,9 @@ def probe(path: str | Path, count_frames: bool = True) -> list[StreamInfo]:
         container.close()
 
 
-def retarget(jobs: Sequence[Any], video: VideoOptions, overwrite: bool = False, skip_existing: bool = False) -> list[Any]:
+def retarget(
+    jobs: Sequence[Any], video: VideoOptions, overwrite: bool = False, skip_existing: bool = False
+) -> list[Any]:
     """Video jobs whose codec the input's container cannot hold write .mkv instead; a missing PyAV or an
     unreadable video fails that job only. Other jobs pass through unchanged."""
     out: list[Any] = []
@@ -258,7 +273,9 @@ def retarget(jobs: Sequence[Any], video: VideoOptions, overwrite: bool = False, 
             elif dst.exists() and skip_existing:
                 job = replace(job, dst=dst, skip=f"{dst} exists")
             elif dst.exists() and not overwrite:
-                job = replace(job, dst=dst, error=f"{dst}: already exists (pass --overwrite to replace it, or --skip-existing)")
+                job = replace(
+                    job, dst=dst, error=f"{dst}: already exists (pass --overwrite to replace it, or --skip-existing)"
+                )
             else:
                 job = replace(job, dst=dst)
         claimed.add(job.dst.resolve())
@@ -346,7 +363,11 @@ def shared_routing(routing: Any) -> Any:
         gates, experts = probs.topk(routing.experts.shape[-1], dim=-1)
         return Routing(experts.cpu(), gates.cpu(), probs.clamp_min(1e-12).log().cpu())
     if hasattr(routing, "prior") and hasattr(routing, "logits") and hasattr(routing, "top_k"):
-        return type(routing)(routing.logits.float().mean(0, keepdim=True).cpu(), routing.prior.float().mean(0, keepdim=True).cpu(), routing.top_k)
+        return type(routing)(
+            routing.logits.float().mean(0, keepdim=True).cpu(),
+            routing.prior.float().mean(0, keepdim=True).cpu(),
+            routing.top_k,
+        )
     n = len(routing) if hasattr(routing, "__len__") else routing.experts.shape[0]
     return routing[n // 2]
 
@@ -383,9 +404,21 @@ class _Source:
         video = container.streams.video[0]
         video.thread_type = "AUTO"
         audio = list(container.streams.audio)
-        others = [s for s in container.streams if s.type not in ("video", "audio") or (s.type == "video" and s is not video)]
+        others = [
+            s for s in container.streams if s.type not in ("video", "audio") or (s.type == "video" and s is not video)
+        ]
         tb = Fraction(video.time_base) if video.time_base else Fraction(1, 90000)
-        return cls(path, container, video, audio, others, tb, int(video.start_time or 0), _rate(video), _bits(video.codec_context.pix_fmt) > 8)
+        return cls(
+            path,
+            container,
+            video,
+            audio,
+            others,
+            tb,
+            int(video.start_time or 0),
+            _rate(video),
+            _bits(video.codec_context.pix_fmt) > 8,
+        )
 
     def close(self) -> None:
         self.container.close()
@@ -416,7 +449,9 @@ class _Event:
     duration: int | None = None  #: in the stream's time base, when the decoder knows it (keeps the last frame's)
 
 
-def _events(src: _Source, video: VideoOptions, with_audio: bool, stop: threading.Event | None = None) -> Iterator[_Event]:
+def _events(
+    src: _Source, video: VideoOptions, with_audio: bool, stop: threading.Event | None = None
+) -> Iterator[_Event]:
     """The frames of the restored range in order, numbered; undecodable or corrupt ones as "damaged"; and (with
     audio) the audio packets of the range in demux order."""
     av = require_av()
@@ -513,7 +548,11 @@ def analyse(path: Path, restorer: Any, video: VideoOptions, progress: Callable[[
             if not video.route_per_frame and picked:
                 shots[-1].samples = [shot_start + k for k, _ in picked]
                 scale = 65535.0 if src.deep else 255.0
-                batch = torch.from_numpy(np.stack([a for _, a in picked]).astype(np.float32) / scale).permute(0, 3, 1, 2).contiguous()
+                batch = (
+                    torch.from_numpy(np.stack([a for _, a in picked]).astype(np.float32) / scale)
+                    .permute(0, 3, 1, 2)
+                    .contiguous()
+                )
                 routing = restorer.route(batch.to(restorer.device))
                 _describe(shots[-1], shared_routing(routing), restorer)
 
@@ -531,17 +570,33 @@ def analyse(path: Path, restorer: Any, video: VideoOptions, progress: Callable[[
                     matrix = _display_matrix(frame)
                 small = _rgb(frame, False, _HIST_WIDTH, max(2, round(_HIST_WIDTH * frame.height / max(1, frame.width))))
                 hist = colour_histogram(small)
-                if previous is not None and event.index - shot_start >= MIN_SHOT_FRAMES and cut_score(previous, hist) > video.cut_threshold:
+                if (
+                    previous is not None
+                    and event.index - shot_start >= MIN_SHOT_FRAMES
+                    and cut_score(previous, hist) > video.cut_threshold
+                ):
                     close_shot(event.index, t)
                     shot_start, shot_time, sampler = event.index, t, _Sampler(video.route_samples)
                 previous = hist
                 if not video.route_per_frame:
                     h, w = route_hw  # type: ignore[misc]
-                    sampler.offer(event.index - shot_start, lambda f=frame, h=h, w=w: _rgb(f, src.deep, w if (h, w) != (f.height, f.width) else None, h if (h, w) != (f.height, f.width) else None))
+                    sampler.offer(
+                        event.index - shot_start,
+                        lambda f=frame, h=h, w=w: _rgb(
+                            f,
+                            src.deep,
+                            w if (h, w) != (f.height, f.width) else None,
+                            h if (h, w) != (f.height, f.width) else None,
+                        ),
+                    )
             if progress is not None:
                 progress(count)
         if count == 0:
-            raise VideoError(f"{path}: no frames in the range to restore" if video.start or video.end is not None else f"{path}: no decodable frames")
+            raise VideoError(
+                f"{path}: no frames in the range to restore"
+                if video.start or video.end is not None
+                else f"{path}: no decodable frames"
+            )
         if not width:
             raise VideoError(f"{path}: no frame could be decoded")
         close_shot(count, last_t + (float(1 / src.rate) if src.rate else 0.0))
@@ -612,7 +667,13 @@ class _Sink:
             raise VideoError(f"--video-codec {codec}: this PyAV build has no {encoder} encoder")
         out = av.open(str(tmp), "w", format=_MUXERS.get(suffix.lower(), "matroska"))
         try:
-            out.metadata.update({k: v for k, v in src.container.metadata.items() if k.lower() not in ("encoder", "major_brand", "minor_version", "compatible_brands")})
+            out.metadata.update(
+                {
+                    k: v
+                    for k, v in src.container.metadata.items()
+                    if k.lower() not in ("encoder", "major_brand", "minor_version", "compatible_brands")
+                }
+            )
             ctx_in = src.video.codec_context
             rate = src.rate or Fraction(25)
             stream = out.add_stream(encoder, rate=rate)
@@ -643,7 +704,9 @@ class _Sink:
             if codec == "ffv1":
                 options.update({"level": "3", "slicecrc": "1"})
             stream.options = options
-            stream.metadata.update({k: v for k, v in src.video.metadata.items() if k.lower() in ("language", "handler_name", "title")})
+            stream.metadata.update(
+                {k: v for k, v in src.video.metadata.items() if k.lower() in ("language", "handler_name", "title")}
+            )
             if analysis.display_matrix:
                 stream.set_display_matrix(analysis.display_matrix)
             elif src.video.metadata.get("rotate"):
@@ -656,8 +719,12 @@ class _Sink:
                 try:
                     copy = out.add_stream_from_template(a)
                 except (av.error.FFmpegError, ValueError) as exc:
-                    raise VideoError(f"{src.path}: its {a.codec_context.name} audio cannot be copied into {suffix} ({_av_message(exc)}); choose another container") from None
-                copy.metadata.update({k: v for k, v in a.metadata.items() if k.lower() in ("language", "handler_name", "title")})
+                    raise VideoError(
+                        f"{src.path}: its {a.codec_context.name} audio cannot be copied into {suffix} ({_av_message(exc)}); choose another container"
+                    ) from None
+                copy.metadata.update(
+                    {k: v for k, v in a.metadata.items() if k.lower() in ("language", "handler_name", "title")}
+                )
                 audio[a.index] = copy
             try:
                 out.start_encoding()
@@ -668,7 +735,9 @@ class _Sink:
             raise
         # A segment starts at 0 (video and audio shifted alike); a whole video keeps its timestamps as they are.
         offset = analysis.first_pts if video.start else 0
-        return cls(out, stream, audio, src.time_base, pix_fmt, src.deep, tags, offset, float(offset * src.time_base), codec)
+        return cls(
+            out, stream, audio, src.time_base, pix_fmt, src.deep, tags, offset, float(offset * src.time_base), codec
+        )
 
 
 class _Writer(threading.Thread):
@@ -882,7 +951,9 @@ def partial_path(dst: Path) -> Path:
     return dst.with_name(f"{dst.stem}.partial{dst.suffix}")
 
 
-def restore_video(src_path: Path, dst: Path, restorer: Any, video: VideoOptions, progress: Progress | None = None) -> VideoReport:
+def restore_video(
+    src_path: Path, dst: Path, restorer: Any, video: VideoOptions, progress: Progress | None = None
+) -> VideoReport:
     """Restore one video file to `dst` (see the module docstring). Raises VideoError for an unreadable input or
     an unwritable output, KeyboardInterrupt after cleaning up (or keeping a partial file); returns the report."""
     from . import io
@@ -893,7 +964,9 @@ def restore_video(src_path: Path, dst: Path, restorer: Any, video: VideoOptions,
     options = restorer.options
     if dst.exists() and not options.overwrite:
         raise VideoError(f"{dst}: already exists (pass --overwrite to replace it, or --skip-existing)")
-    analysis = analyse(src_path, restorer, video, None if progress is None else (lambda n: progress("analyse", n, None)))
+    analysis = analyse(
+        src_path, restorer, video, None if progress is None else (lambda n: progress("analyse", n, None))
+    )
     total = analysis.frames
     src = _Source.open(src_path)
     report = VideoReport(input=str(src_path), output=str(dst), width=analysis.width, height=analysis.height)
@@ -943,10 +1016,10 @@ def restore_video(src_path: Path, dst: Path, restorer: Any, video: VideoOptions,
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                 reader_error.append(exc)
             finally:
-                while not stop.is_set():
+                while not stop.is_set():  # the end marker, unless the main thread has stopped listening
                     try:
                         events.put(None, timeout=0.1)
-                        return
+                        break
                     except queue.Full:
                         continue
 
@@ -968,7 +1041,9 @@ def restore_video(src_path: Path, dst: Path, restorer: Any, video: VideoOptions,
             outcomes: list[Any] = []
             if frames:
                 shot = shots[shot_of(frames[0].index)]
-                outcomes = restorer.restore([e.frame for e in frames], routing=None if video.route_per_frame else shot.routing)
+                outcomes = restorer.restore(
+                    [e.frame for e in frames], routing=None if video.route_per_frame else shot.routing
+                )
             results = iter(outcomes)
             for e in pending:
                 if e.kind == "frame":
@@ -1004,7 +1079,9 @@ def restore_video(src_path: Path, dst: Path, restorer: Any, video: VideoOptions,
             if event.kind in ("frame", "damaged"):
                 nframes = sum(e.kind == "frame" for e in pending)
                 first = next((e for e in pending if e.kind == "frame"), None)
-                if first is not None and (nframes >= options.batch_size or shot_of(first.index) != shot_of(event.index)):
+                if first is not None and (
+                    nframes >= options.batch_size or shot_of(first.index) != shot_of(event.index)
+                ):
                     flush()
             pending.append(event)
             if len(pending) >= 8 * depth:  # a long run of audio packets: do not hold them
@@ -1021,7 +1098,10 @@ def restore_video(src_path: Path, dst: Path, restorer: Any, video: VideoOptions,
         if writer.dropped:
             report.warnings.append(f"{len(writer.dropped)} replacement frame(s) out of timestamp order were dropped")
         if report.damaged:
-            report.warnings.append(f"{len(report.damaged)} damaged frame(s) replaced by their restored neighbour: " + ", ".join(str(d["frame"]) for d in report.damaged[:10]))
+            report.warnings.append(
+                f"{len(report.damaged)} damaged frame(s) replaced by their restored neighbour: "
+                + ", ".join(str(d["frame"]) for d in report.damaged[:10])
+            )
         if video.route_per_frame:
             for k, shot in enumerate(shots):
                 counts = per_frame.get(k, Counter())
@@ -1075,12 +1155,20 @@ def _shot_index(shots: list[Shot]) -> Callable[[int], int]:
     return find
 
 
-def restore_videos(jobs: Sequence[Any], restorer: Any, video: VideoOptions, progress: Any = None) -> Iterator[VideoReport]:
+def restore_videos(
+    jobs: Sequence[Any], restorer: Any, video: VideoOptions, progress: Any = None
+) -> Iterator[VideoReport]:
     """Restore video jobs one after the other; one failure fails that video only. `progress`: a rich Progress to
     show a bar in frames (with fps and ETA) on, or None."""
     for job in jobs:
         if job.error or job.skip:
-            yield VideoReport(input=str(job.src or job.source), output=str(job.dst) if job.dst else None, status="failed" if job.error else "skipped", error=job.error, warnings=[job.skip] if job.skip else [])
+            yield VideoReport(
+                input=str(job.src or job.source),
+                output=str(job.dst) if job.dst else None,
+                status="failed" if job.error else "skipped",
+                error=job.error,
+                warnings=[job.skip] if job.skip else [],
+            )
             continue
         task = None
         if progress is not None:
@@ -1092,19 +1180,37 @@ def restore_videos(jobs: Sequence[Any], restorer: Any, video: VideoOptions, prog
                     started[0] = time.perf_counter()
                 elapsed = time.perf_counter() - started[0]
                 rate = f"{done / elapsed:.2f} fps" if elapsed > 0 and done else ""
-                progress.update(task, completed=done, total=total, what=f"{'restoring' if phase == 'restore' else 'analysing'} {name}", rate=rate)
+                progress.update(
+                    task,
+                    completed=done,
+                    total=total,
+                    what=f"{'restoring' if phase == 'restore' else 'analysing'} {name}",
+                    rate=rate,
+                )
 
         try:
             yield restore_video(job.src, job.dst, restorer, video, show if progress is not None else None)
         except IrtoolError as exc:
             message = str(exc)
-            yield VideoReport(input=str(job.src), output=str(job.dst), status="failed", error=message if message.startswith(str(job.src)) or message.startswith(str(job.dst)) else f"{job.src}: {message}")
+            yield VideoReport(
+                input=str(job.src),
+                output=str(job.dst),
+                status="failed",
+                error=message
+                if message.startswith(str(job.src)) or message.startswith(str(job.dst))
+                else f"{job.src}: {message}",
+            )
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - a bug on one odd file must not stop the run
             from .engine import _first_line
 
-            yield VideoReport(input=str(job.src), output=str(job.dst), status="failed", error=f"{job.src}: cannot be restored ({_first_line(exc)})")
+            yield VideoReport(
+                input=str(job.src),
+                output=str(job.dst),
+                status="failed",
+                error=f"{job.src}: cannot be restored ({_first_line(exc)})",
+            )
         finally:
             if task is not None:
                 progress.remove_task(task)
@@ -1114,7 +1220,16 @@ def video_progress_columns() -> list[Any]:
     """Columns of the frame progress bar: what, bar, frames done/total, fps, elapsed, ETA."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    return [TextColumn("{task.fields[what]}"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    return [
+        TextColumn("{task.fields[what]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("frames"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1156,14 +1271,37 @@ def shots_table(report: VideoReport) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(f"{report.input}: {report.frames} frames, {len(report.shots)} shot(s), routing per {'frame' if report.routing == 'per-frame' else 'shot'}"),
-                  title_justify="left", show_edge=False, pad_edge=False, box=None, header_style="bold")
+    table = Table(
+        title=Text(
+            f"{report.input}: {report.frames} frames, {len(report.shots)} shot(s), routing per {'frame' if report.routing == 'per-frame' else 'shot'}"
+        ),
+        title_justify="left",
+        show_edge=False,
+        pad_edge=False,
+        box=None,
+        header_style="bold",
+    )
     for column in ("shot", "frames", "time", "degradation", "experts", "routings"):
         table.add_column(column, justify="right" if column in ("shot", "routings") else "left", no_wrap=True)
     for n, shot in enumerate(report.shots):
         name = shot.degradation or "-"
         if shot.confidence is not None:
             name += f" {shot.confidence:.0%}"
-        experts = "-" if not shot.experts else (" ".join("+".join(map(str, layer)) for layer in shot.experts) if any(len(l) > 1 for l in shot.experts) else "".join(str(l[0]) for l in shot.experts))
-        table.add_row(str(n + 1), f"{shot.start}-{shot.end - 1}", f"{shot.start_time:.2f}-{shot.end_time:.2f}s", name, experts, str(shot.routings))
+        experts = (
+            "-"
+            if not shot.experts
+            else (
+                " ".join("+".join(map(str, layer)) for layer in shot.experts)
+                if any(len(l) > 1 for l in shot.experts)
+                else "".join(str(l[0]) for l in shot.experts)
+            )
+        )
+        table.add_row(
+            str(n + 1),
+            f"{shot.start}-{shot.end - 1}",
+            f"{shot.start_time:.2f}-{shot.end_time:.2f}s",
+            name,
+            experts,
+            str(shot.routings),
+        )
     return table

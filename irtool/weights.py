@@ -22,15 +22,16 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from .errors import (
-    ChecksumError,
     CheckpointError,
+    ChecksumError,
     DownloadError,
     IrtoolError,
     UnsafeCheckpointError,
@@ -47,8 +48,20 @@ ROLES = ("weights", "ir", "router")  # weights: one-file models (MoCE-IR); ir an
 _CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")  # as irtool.loading (which imports torch)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # File stems that say nothing about the model; such a file is named after its folder (MoCE_IR_S_AIO3/last.ckpt).
-_GENERIC_STEMS = {"last", "best", "final", "latest", "model", "model_best", "weights", "checkpoint", "ckpt", "net",
-                  "state_dict", "pytorch_model"}
+_GENERIC_STEMS = {
+    "last",
+    "best",
+    "final",
+    "latest",
+    "model",
+    "model_best",
+    "weights",
+    "checkpoint",
+    "ckpt",
+    "net",
+    "state_dict",
+    "pytorch_model",
+}
 
 #: progress(filename, bytes_done, bytes_total or None)
 FileProgress = Callable[[str, int, "int | None"], None]
@@ -362,8 +375,10 @@ def manual_steps(entry: Entry, spec: Mapping[str, Any]) -> str:
     role_option = f" --role {role}" if len(entry.files) > 1 else ""
     command = f"`irtool weights import {spec['filename']} --name {entry.name}{role_option}`"
     if spec.get("drive_folder"):
-        return (f"download {spec.get('drive_path') or spec['filename']} from the Google Drive folder "
-                f"{spec['drive_folder']} in a browser, then run {command}")
+        return (
+            f"download {spec.get('drive_path') or spec['filename']} from the Google Drive folder "
+            f"{spec['drive_folder']} in a browser, then run {command}"
+        )
     if spec.get("url"):
         return f"download {spec['url']} yourself, then run {command}"
     repo = (entry.data.get("source") or {}).get("repo")
@@ -397,12 +412,16 @@ def url_overrides(name: str, values: Sequence[str]) -> dict[str, str]:
         elif len(entry.files) == 1:
             urls[entry.roles[0]] = value
         else:
-            raise IrtoolError(f"--url {value}: {entry.name} has {len(entry.files)} files; write --url ROLE=URL "
-                              f"with ROLE one of {', '.join(entry.roles)}")
-    for role, url in urls.items():
+            raise IrtoolError(
+                f"--url {value}: {entry.name} has {len(entry.files)} files; write --url ROLE=URL "
+                f"with ROLE one of {', '.join(entry.roles)}"
+            )
+    for url in urls.values():
         if not url.lower().startswith(("http://", "https://")):
-            raise IrtoolError(f"--url {url}: only http:// and https:// URLs can be fetched; for a file on disk use "
-                              f"`irtool weights import {url} --name {entry.name}`")
+            raise IrtoolError(
+                f"--url {url}: only http:// and https:// URLs can be fetched; for a file on disk use "
+                f"`irtool weights import {url} --name {entry.name}`"
+            )
     return urls
 
 
@@ -434,8 +453,17 @@ def fetch(
         role = spec.get("role", "weights")
         if role in present and not force:
             path = present[role]
-            done.append(Fetched(entry.name, role, path, (entry.state().get(role) or {}).get("sha256"),
-                                path.stat().st_size, None, already=True))
+            done.append(
+                Fetched(
+                    entry.name,
+                    role,
+                    path,
+                    (entry.state().get(role) or {}).get("sha256"),
+                    path.stat().st_size,
+                    None,
+                    already=True,
+                )
+            )
             continue
         jobs.append((spec, source_url(entry, spec, urls)))  # every URL is known before anything is downloaded
     for spec, url in jobs:
@@ -443,8 +471,15 @@ def fetch(
     return done
 
 
-def _fetch_file(entry: Entry, spec: Mapping[str, Any], url: str, progress: FileProgress | None,
-                timeout: float, retries: int, trust: bool) -> Fetched:
+def _fetch_file(
+    entry: Entry,
+    spec: Mapping[str, Any],
+    url: str,
+    progress: FileProgress | None,
+    timeout: float,
+    retries: int,
+    trust: bool,
+) -> Fetched:
     role = spec.get("role", "weights")
     filename = spec["filename"]
     staged = entry.downloads / filename
@@ -452,8 +487,15 @@ def _fetch_file(entry: Entry, spec: Mapping[str, Any], url: str, progress: FileP
     from .download import download
 
     try:
-        got = download(url, staged, sha256=spec.get("sha256"), size=spec.get("size"), progress=report,
-                       timeout=timeout, retries=retries)
+        got = download(
+            url,
+            staged,
+            sha256=spec.get("sha256"),
+            size=spec.get("size"),
+            progress=report,
+            timeout=timeout,
+            retries=retries,
+        )
         if spec.get("sha256"):
             checked = "sha256 matches the manifest"
         else:
@@ -469,8 +511,9 @@ def _fetch_file(entry: Entry, spec: Mapping[str, Any], url: str, progress: FileP
                 ) from None
             except IrtoolError as exc:
                 staged.unlink(missing_ok=True)
-                raise CheckpointError(f"{entry.name}: the file from {url} is not this checkpoint ({exc}); "
-                                      "nothing was kept") from None
+                raise CheckpointError(
+                    f"{entry.name}: the file from {url} is not this checkpoint ({exc}); nothing was kept"
+                ) from None
         entry.folder.mkdir(parents=True, exist_ok=True)
         dest = entry.folder / filename
         os.replace(staged, dest)
@@ -484,10 +527,21 @@ def _fetch_file(entry: Entry, spec: Mapping[str, Any], url: str, progress: FileP
     copy = entry.folder / f"{role}.safetensors"
     if copy.is_file() and copy != dest:
         copy.unlink()  # an imported copy of an older file would shadow the fresh download
-    _record(entry, role, {
-        "file": filename, "how": "fetched", "sha256": got.sha256, "size": got.size, "source": url,
-        "source_sha256": got.sha256, "time": _now(), "arch": spec.get("arch", entry.arch), "variant": entry.variant,
-    })
+    _record(
+        entry,
+        role,
+        {
+            "file": filename,
+            "how": "fetched",
+            "sha256": got.sha256,
+            "size": got.size,
+            "source": url,
+            "source_sha256": got.sha256,
+            "time": _now(),
+            "arch": spec.get("arch", entry.arch),
+            "variant": entry.variant,
+        },
+    )
     return Fetched(entry.name, role, dest, got.sha256, got.size, got.url, got.resumed_from, checked=checked)
 
 
@@ -618,9 +672,13 @@ def derive_name(path: str | Path) -> str:
 def check_name(name: str) -> None:
     """Raise unless `name` can name a local entry (and its cache folder)."""
     if not _NAME.match(name) or name == LOCAL_MANIFEST_NAME:
-        raise IrtoolError(f"--name {name}: use letters, digits, '.', '_' and '-' (at most 100, starting with a letter or digit)")
+        raise IrtoolError(
+            f"--name {name}: use letters, digits, '.', '_' and '-' (at most 100, starting with a letter or digit)"
+        )
     if Path(name).suffix.lower() in _CHECKPOINT_SUFFIXES:
-        raise IrtoolError(f"--name {name}: a name must not end like a checkpoint file ({Path(name).suffix}), or it would be read as a path")
+        raise IrtoolError(
+            f"--name {name}: a name must not end like a checkpoint file ({Path(name).suffix}), or it would be read as a path"
+        )
 
 
 def _role_for(arch: str) -> tuple[str, str]:
@@ -633,7 +691,9 @@ def _role_for(arch: str) -> tuple[str, str]:
     return "weights", arch
 
 
-def _metadata(checked: Checked, config: Any, *, name: str, role: str, source: Path, source_sha256: str) -> dict[str, str]:
+def _metadata(
+    checked: Checked, config: Any, *, name: str, role: str, source: Path, source_sha256: str
+) -> dict[str, str]:
     metadata = {
         "irtool.arch": checked.arch,
         "irtool.config": json.dumps(config.to_dict()),
@@ -680,14 +740,17 @@ def _sort_metadata(path: Path) -> None:
         metadata = header.pop("__metadata__", None)
         if not metadata:
             return
-        text = json.dumps({"__metadata__": dict(sorted(metadata.items())), **header}, separators=(",", ":"),
-                          ensure_ascii=False).encode()
+        text = json.dumps(
+            {"__metadata__": dict(sorted(metadata.items())), **header}, separators=(",", ":"), ensure_ascii=False
+        ).encode()
         if len(text) <= length:  # always equal in practice; otherwise leave the file as written
             f.seek(8)
             f.write(text + b" " * (length - len(text)))
 
 
-def _import_target(entry: Entry | None, checked: Checked, role: str | None, src: Path, source_sha256: str) -> tuple[str, str | None]:
+def _import_target(
+    entry: Entry | None, checked: Checked, role: str | None, src: Path, source_sha256: str
+) -> tuple[str, str | None]:
     """(role, expected variant) of an import into `entry`; raises when the file is not what the entry holds."""
     from .archs import ARCHS
 
@@ -701,8 +764,10 @@ def _import_target(entry: Entry | None, checked: Checked, role: str | None, src:
     matching = [s for s in specs if s.get("arch", entry.arch) == checked.arch]
     if not matching:
         titles = known_archs()
-        wanted = " or ".join(f"{titles.get(s.get('arch', entry.arch), s.get('arch', entry.arch))} ({s.get('role', 'weights')})"
-                             for s in specs)
+        wanted = " or ".join(
+            f"{titles.get(s.get('arch', entry.arch), s.get('arch', entry.arch))} ({s.get('role', 'weights')})"
+            for s in specs
+        )
         raise CheckpointError(f"{src}: a {checked.title} checkpoint, but {entry.name} expects {wanted}")
     spec = matching[0]
     if spec.get("sha256") and source_sha256 != spec["sha256"]:
@@ -763,9 +828,20 @@ def import_checkpoint(
     if present is not None:
         previous = record.get("source_sha256") or sha256_file(present)
         if previous == source_sha256 and copy.is_file():
-            return Imported(entry_name, role, checked.arch, variant or checked.variant, stored.to_dict(), copy, src,
-                            source_sha256, record.get("sha256") or sha256_file(copy), copy.stat().st_size,
-                            entry.local, already=True)
+            return Imported(
+                entry_name,
+                role,
+                checked.arch,
+                variant or checked.variant,
+                stored.to_dict(),
+                copy,
+                src,
+                source_sha256,
+                record.get("sha256") or sha256_file(copy),
+                copy.stat().st_size,
+                entry.local,
+                already=True,
+            )
         if previous != source_sha256 and not force:
             origin = record.get("source") or str(present)
             raise IrtoolError(
@@ -781,14 +857,36 @@ def import_checkpoint(
     local = entry is None or entry.local
     if entry is None:
         entry = Entry(entry_name, {})
-    _record(entry, role, {
-        "file": copy.name, "how": "imported", "sha256": sha256, "size": size, "source": str(src.resolve()),
-        "source_sha256": source_sha256, "time": _now(), "arch": checked.arch, "variant": variant or checked.variant,
-    })
+    _record(
+        entry,
+        role,
+        {
+            "file": copy.name,
+            "how": "imported",
+            "sha256": sha256,
+            "size": size,
+            "source": str(src.resolve()),
+            "source_sha256": source_sha256,
+            "time": _now(),
+            "arch": checked.arch,
+            "variant": variant or checked.variant,
+        },
+    )
     if local:
         _add_local(entry_name, role, checked, src, sha256, size)
-    return Imported(entry_name, role, checked.arch, variant or checked.variant, stored.to_dict(), copy, src,
-                    source_sha256, sha256, size, local)
+    return Imported(
+        entry_name,
+        role,
+        checked.arch,
+        variant or checked.variant,
+        stored.to_dict(),
+        copy,
+        src,
+        source_sha256,
+        sha256,
+        size,
+        local,
+    )
 
 
 def _add_local(name: str, role: str, checked: Checked, src: Path, sha256: str, size: int) -> None:
@@ -796,11 +894,25 @@ def _add_local(name: str, role: str, checked: Checked, src: Path, sha256: str, s
     manifest = load_local_manifest()
     _, entry_arch = _role_for(checked.arch)
     entry = manifest["models"].get(name) or {
-        "arch": entry_arch, "variant": None, "setting": None, "tasks": [], "classes": None, "files": [],
-        "source": {"paper": None, "repo": None, "license": None}, "reported": {}, "local": True,
+        "arch": entry_arch,
+        "variant": None,
+        "setting": None,
+        "tasks": [],
+        "classes": None,
+        "files": [],
+        "source": {"paper": None, "repo": None, "license": None},
+        "reported": {},
+        "local": True,
     }
     entry["files"] = [f for f in entry["files"] if f["role"] != role] + [
-        {"role": role, "arch": checked.arch, "filename": f"{role}.safetensors", "url": None, "sha256": sha256, "size": size}
+        {
+            "role": role,
+            "arch": checked.arch,
+            "filename": f"{role}.safetensors",
+            "url": None,
+            "sha256": sha256,
+            "size": size,
+        }
     ]
     if checked.arch == entry_arch:
         entry["arch"] = entry_arch
@@ -815,8 +927,15 @@ def _add_local(name: str, role: str, checked: Checked, src: Path, sha256: str, s
 STORE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-def convert(path: str | Path, out: str | Path, *, trust: bool = False, force: bool = False,
-            dtype: str | None = None, config: Mapping[str, Any] | None = None) -> Imported:
+def convert(
+    path: str | Path,
+    out: str | Path,
+    *,
+    trust: bool = False,
+    force: bool = False,
+    dtype: str | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> Imported:
     """Write a checkpoint as `out` (.safetensors) with its detected architecture and config in the metadata, after
     loading it strictly; the cache is not touched. The result loads without pickle, and without --trust-checkpoint.
     `dtype` (fp32, fp16, bf16) stores the floating-point tensors in that precision; None keeps them as they are.
@@ -841,10 +960,22 @@ def convert(path: str | Path, out: str | Path, *, trust: bool = False, force: bo
 
         target = getattr(torch, STORE_DTYPES[dtype])
         sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
-    _write_safetensors(sd, _metadata(checked, checked.config, name=name, role=role, source=src,
-                                     source_sha256=source_sha256), out)
-    return Imported(name, role, checked.arch, checked.variant, checked.config.to_dict(), out, src, source_sha256,
-                    sha256_file(out), out.stat().st_size, local=False)
+    _write_safetensors(
+        sd, _metadata(checked, checked.config, name=name, role=role, source=src, source_sha256=source_sha256), out
+    )
+    return Imported(
+        name,
+        role,
+        checked.arch,
+        checked.variant,
+        checked.config.to_dict(),
+        out,
+        src,
+        source_sha256,
+        sha256_file(out),
+        out.stat().st_size,
+        local=False,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -895,8 +1026,10 @@ def _verify_file(entry: Entry, role: str, path: Path, record: Mapping[str, Any],
         expected, against = None, None
     problems = []
     if expected and actual != expected:
-        problems.append(f"sha256 {actual} differs from the {against}'s {expected} (changed or damaged since "
-                        f"{record.get('time', 'it was stored')}; fetch or import it again)")
+        problems.append(
+            f"sha256 {actual} differs from the {against}'s {expected} (changed or damaged since "
+            f"{record.get('time', 'it was stored')}; fetch or import it again)"
+        )
     official_sha = spec.get("sha256") if not entry.local else None
     if official_sha and record.get("source_sha256") and record["source_sha256"] != official_sha:
         problems.append(f"imported from a file that is not the released one (sha256 {record['source_sha256']})")

@@ -27,11 +27,16 @@ def make_moce_layout(root: Path, n: int = 3) -> dict[str, list[Path]]:
     gt id.png) and LOL-v1, as MoCE-IR's `--data_file_dir` holds them."""
     made: dict[str, list[Path]] = {"cbsd68": [], "rain100l": [], "sots": [], "lol": []}
     for i in range(n):
-        made["cbsd68"].append(save(root / f"denoising/cBSD68/original_png/{i:04d}.png", photo(37 + 5 * i, 53 + 3 * i, i)))
+        made["cbsd68"].append(
+            save(root / f"denoising/cBSD68/original_png/{i:04d}.png", photo(37 + 5 * i, 53 + 3 * i, i))
+        )
         clean = photo(40, 56, 10 + i)
         save(root / f"deraining/Rain100L/gt/norain-{i + 1:03d}.png", clean)
         made["rain100l"].append(
-            save(root / f"deraining/Rain100L/rainy/rain-{i + 1:03d}.png", np.clip(clean.astype(int) + 40, 0, 255).astype(np.uint8))
+            save(
+                root / f"deraining/Rain100L/rainy/rain-{i + 1:03d}.png",
+                np.clip(clean.astype(int) + 40, 0, 255).astype(np.uint8),
+            )
         )
         save(root / f"dehazing/SOTS/outdoor/gt/{i + 1:04d}.png", clean)
         made["sots"].append(
@@ -49,6 +54,9 @@ def make_promptir_layout(root: Path, n: int = 3) -> None:
         save(root / f"test/denoise/bsd68/{i:04d}.png", photo(48, 64, i))
         clean = photo(32, 48, 20 + i)
         save(root / f"test/derain/Rain100L/target/rain-{i + 1}.png", clean)
-        save(root / f"test/derain/Rain100L/input/rain-{i + 1}.png", np.clip(clean.astype(int) + 40, 0, 255).astype(np.uint8))
+        save(
+            root / f"test/derain/Rain100L/input/rain-{i + 1}.png",
+            np.clip(clean.astype(int) + 40, 0, 255).astype(np.uint8),
+        )
         save(root / f"test/dehaze/target/{i + 1:04d}.png", clean)
         save(root / f"test/dehaze/input/{i + 1:04d}_1_0.2.jpg", (clean // 2 + 110).astype(np.uint8))

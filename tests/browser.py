@@ -145,7 +145,9 @@ class Browser:
         for e in self.events:
             method, params = e.get("method"), e.get("params", {})
             if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "warning", "assert"):
-                out.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in params.get("args", [])))
+                out.append(
+                    "console: " + " ".join(str(a.get("value", a.get("description"))) for a in params.get("args", []))
+                )
             elif method == "Runtime.exceptionThrown":
                 out.append("exception: " + json.dumps(params.get("exceptionDetails", {}))[:400])
             elif method == "Log.entryAdded" and params.get("entry", {}).get("level") in ("error", "warning"):

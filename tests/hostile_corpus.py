@@ -74,11 +74,22 @@ def _png_bomb(width: int, height: int) -> bytes:
 
 def _tiff_slong(width: int, height: int) -> bytes:
     """A little TIFF whose width and height tags are SLONG (type 9), claiming a huge gray image."""
-    entries = [(256, 9, 1, width), (257, 9, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-               (273, 4, 1, 8), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, 16)]
+    entries = [
+        (256, 9, 1, width),
+        (257, 9, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 8),
+        (277, 3, 1, 1),
+        (278, 4, 1, height),
+        (279, 4, 1, 16),
+    ]
     ifd = struct.pack("<H", len(entries))
     for tag, typ, count, value in entries:
-        ifd += struct.pack("<HHI", tag, typ, count) + (struct.pack("<I", value) if typ in (4, 9) else struct.pack("<HH", value, 0))
+        ifd += struct.pack("<HHI", tag, typ, count) + (
+            struct.pack("<I", value) if typ in (4, 9) else struct.pack("<HH", value, 0)
+        )
     ifd += struct.pack("<I", 0)
     body = b"\x00" * 16
     return b"II*\x00" + struct.pack("<I", 8 + len(body)) + body + ifd
@@ -101,7 +112,9 @@ def _os2_bmp(width: int, height: int, seed: int) -> bytes:
 
 def _webp_claiming(width: int, height: int) -> bytes:
     vp8x = bytes([0, 0, 0, 0]) + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
-    body = b"WEBP" + b"VP8X" + struct.pack("<I", len(vp8x)) + vp8x + b"VP8L" + struct.pack("<I", 8) + b"\x2f" + b"\x00" * 7
+    body = (
+        b"WEBP" + b"VP8X" + struct.pack("<I", len(vp8x)) + vp8x + b"VP8L" + struct.pack("<I", 8) + b"\x2f" + b"\x00" * 7
+    )
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
@@ -112,7 +125,13 @@ def _jpeg_claiming(width: int, height: int) -> bytes:
 
 def _gif_claiming(width: int, height: int) -> bytes:
     """A real GIF of a huge blank canvas: a tiny file that Pillow would inflate to width*height bytes."""
-    return b"GIF89a" + struct.pack("<HHBBB", width, height, 0, 0, 0) + b"," + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00;"
+    return (
+        b"GIF89a"
+        + struct.pack("<HHBBB", width, height, 0, 0, 0)
+        + b","
+        + struct.pack("<HHHHB", 0, 0, 1, 1, 0)
+        + b"\x02\x02\x44\x01\x00;"
+    )
 
 
 def build(root: Path) -> dict[Path, Expect]:
@@ -120,7 +139,9 @@ def build(root: Path) -> dict[Path, Expect]:
     root.mkdir(parents=True, exist_ok=True)
     expect: dict[Path, Expect] = {}
 
-    def put(rel: str, data: bytes, outcome: str, size: tuple[int, int] | None = None, reason: str | None = None) -> Path:
+    def put(
+        rel: str, data: bytes, outcome: str, size: tuple[int, int] | None = None, reason: str | None = None
+    ) -> Path:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
@@ -142,7 +163,22 @@ def build(root: Path) -> dict[Path, Expect]:
     for ext, data in encoded.items():
         put(f"good/good.{ext}", data, OK, (32, 24))
         put(f"empty/empty.{ext}", b"", REFUSED, reason="empty")
-        for cut in (1, 2, 4, 8, 12, 16, 24, 30, 45, 60, 100, 150, *(len(data) * k // 8 for k in range(1, 8)), len(data) - 2):
+        for cut in (
+            1,
+            2,
+            4,
+            8,
+            12,
+            16,
+            24,
+            30,
+            45,
+            60,
+            100,
+            150,
+            *(len(data) * k // 8 for k in range(1, 8)),
+            len(data) - 2,
+        ):
             if 0 < cut < len(data):
                 # a cut inside a JPEG's or BMP's pixel data can decode to a partial picture; either is acceptable
                 lenient = ext in ("jpg", "bmp", "tiff") and cut > 200
@@ -202,9 +238,21 @@ def build(root: Path) -> dict[Path, Expect]:
 
     # animations and multi-page files: never cut to their first frame
     frames = [PILImage.fromarray(_photo(24, 32, s)) for s in range(3)]
-    put("frames/animated.png", _pil(frames[0], "PNG", save_all=True, append_images=frames[1:]), REFUSED, reason="frames")
-    put("frames/animated_gif_as.png", _pil(frames[0].convert("P"), "GIF", save_all=True, append_images=[f.convert("P") for f in frames[1:]]), REFUSED, reason="frames")
-    put("frames/animated.webp", _pil(frames[0], "WEBP", save_all=True, append_images=frames[1:]), REFUSED, reason="frames")
+    put(
+        "frames/animated.png", _pil(frames[0], "PNG", save_all=True, append_images=frames[1:]), REFUSED, reason="frames"
+    )
+    put(
+        "frames/animated_gif_as.png",
+        _pil(frames[0].convert("P"), "GIF", save_all=True, append_images=[f.convert("P") for f in frames[1:]]),
+        REFUSED,
+        reason="frames",
+    )
+    put(
+        "frames/animated.webp",
+        _pil(frames[0], "WEBP", save_all=True, append_images=frames[1:]),
+        REFUSED,
+        reason="frames",
+    )
     put("frames/pages.tiff", _pil(frames[0], "TIFF", save_all=True, append_images=frames[1:]), REFUSED, reason="frames")
 
     # EXIF orientations 1-8 on every format that carries them (BMP holds no EXIF)
@@ -226,7 +274,14 @@ def build(root: Path) -> dict[Path, Expect]:
     put("icc/short.png", _pil(rgb, "PNG", icc_profile=b"\x00" * 8), OK, (32, 24))
 
     # unicode and long names, and names rich would read as markup
-    for name in ("фото.png", "写真.jpg", "emoji_😀.webp", "space and [brackets] :smile:.png", "a" * 200 + ".png", "b" * 250 + ".png"):
+    for name in (
+        "фото.png",
+        "写真.jpg",
+        "emoji_😀.webp",
+        "space and [brackets] :smile:.png",
+        "a" * 200 + ".png",
+        "b" * 250 + ".png",
+    ):
         put(f"names/{name}", encoded["png" if name.endswith("png") else name.rsplit(".", 1)[1]], OK, (32, 24))
 
     # links: loops, broken, to a device; special files

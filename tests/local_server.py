@@ -8,14 +8,14 @@ import re
 import socket
 import threading
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 Route = Callable[["Handler", dict], None]
 
 
 class Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
     timeout = 5
     protocol_version = "HTTP/1.1"
 
@@ -40,7 +40,9 @@ class Handler(BaseHTTPRequestHandler):
         else:
             route(self, query)
 
-    def reply(self, code: int, body: bytes = b"", content_type: str = "text/plain", headers: dict | None = None) -> None:
+    def reply(
+        self, code: int, body: bytes = b"", content_type: str = "text/plain", headers: dict | None = None
+    ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -56,7 +58,7 @@ class Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    owner: "LocalServer"
+    owner: LocalServer
 
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
@@ -78,7 +80,7 @@ class LocalServer:
         self._httpd.owner = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         self._thread.start()
         return self
 
@@ -92,8 +94,17 @@ class LocalServer:
 
     # -- routes
 
-    def file(self, path: str, data: bytes, *, etag: str | None = '"v1"', cuts: list[int] | None = None,
-             ranges: bool = True, content_type: str = "application/octet-stream", headers: dict | None = None) -> None:
+    def file(
+        self,
+        path: str,
+        data: bytes,
+        *,
+        etag: str | None = '"v1"',
+        cuts: list[int] | None = None,
+        ranges: bool = True,
+        content_type: str = "application/octet-stream",
+        headers: dict | None = None,
+    ) -> None:
         """Serve `data`, honouring `Range`/`If-Range` (unless ranges=False). `cuts`: for the first requests, the
         number of body bytes sent before the connection is dropped (one per request, consumed in order)."""
         pending = list(cuts or [])

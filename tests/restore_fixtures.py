@@ -25,7 +25,13 @@ class LocalNet(nn.Module):
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 3, 3, padding=1))
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(8, 3, 3, padding=1),
+        )
         self.calls: list[tuple[tuple[int, ...], Routing | None]] = []
 
     def route(self, x: torch.Tensor) -> Routing:

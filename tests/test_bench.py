@@ -26,9 +26,24 @@ def _bench(*args: str) -> dict:
 
 
 def test_json_report_covers_the_grid_and_checks_itself():
-    report = _bench("--config", "moce_ir:tiny", "--sizes", "32,40x24", "--batch", "1,2", "--experts", "sparse,dense,e2",
-                    "--path", "fast,reference", "--breakdown")
-    assert report["device"] == "cpu" and report["model"]["arch"] == "moce_ir" and report["model"]["parameters"] == 1_283_176
+    report = _bench(
+        "--config",
+        "moce_ir:tiny",
+        "--sizes",
+        "32,40x24",
+        "--batch",
+        "1,2",
+        "--experts",
+        "sparse,dense,e2",
+        "--path",
+        "fast,reference",
+        "--breakdown",
+    )
+    assert (
+        report["device"] == "cpu"
+        and report["model"]["arch"] == "moce_ir"
+        and report["model"]["parameters"] == 1_283_176
+    )
     rows = report["rows"]
     assert len(rows) == 2 * 2 * 2 * 3
     assert {(r["height"], r["width"]) for r in rows} == {(32, 32), (24, 40)}
@@ -51,8 +66,9 @@ def test_json_report_covers_the_grid_and_checks_itself():
 
 
 def test_lora_ir_pair_benches_with_its_router():
-    report = _bench("--config", "lora_ir:tiny", "--sizes", "32", "--batch", "1,2", "--experts", "sparse,dense,e0",
-                    "--breakdown")
+    report = _bench(
+        "--config", "lora_ir:tiny", "--sizes", "32", "--batch", "1,2", "--experts", "sparse,dense,e0", "--breakdown"
+    )
     assert report["model"]["arch"] == "lora_ir"
     rows = {(r["batch"], r["experts"]): r for r in report["rows"]}
     for batch in (1, 2):
@@ -66,8 +82,26 @@ def test_lora_ir_pair_benches_with_its_router():
 
 
 def test_table_output_and_reduced_precision():
-    result = runner.invoke(app, ["bench", "--config", "moce_ir:tiny", "--sizes", "32", "--precision", "fp32,bf16",
-                                 "--experts", "sparse", "--threads", "1", "--runs", "1", "--warmup", "0"])
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "--config",
+            "moce_ir:tiny",
+            "--sizes",
+            "32",
+            "--precision",
+            "fp32,bf16",
+            "--experts",
+            "sparse",
+            "--threads",
+            "1",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     table = result.stdout
     assert "median ms" in table and "bf16" in table and " dB " in table  # bf16 row checked against fp32 in dB
@@ -158,16 +192,32 @@ def test_cuda_bf16_is_within_45_db_of_fp32():
 
 @pytest.mark.cuda
 def test_cuda_bench_reports_allocator_memory():
-    report = _bench("--gpu", "0", "--config", "moce_ir:tiny", "--sizes", "64", "--precision", "fp32,bf16",
-                    "--experts", "sparse,dense", "--cuda-graphs")
+    report = _bench(
+        "--gpu",
+        "0",
+        "--config",
+        "moce_ir:tiny",
+        "--sizes",
+        "64",
+        "--precision",
+        "fp32,bf16",
+        "--experts",
+        "sparse,dense",
+        "--cuda-graphs",
+    )
     rows = report["rows"]
     assert all(r["error"] is None and r["memory_kind"] == "cuda-allocator" for r in rows)
     assert any(r["cuda_graph"] for r in rows if r["experts"] == "dense")
 
 
 def test_case_count_follows_the_execution_modes():
-    plan = bench.BenchPlan(sizes=((32, 32), (16, 16)), experts=("sparse", "dense"), paths=("fast", "reference"), compile=True,
-                           cuda_graphs=True)
+    plan = bench.BenchPlan(
+        sizes=((32, 32), (16, 16)),
+        experts=("sparse", "dense"),
+        paths=("fast", "reference"),
+        compile=True,
+        cuda_graphs=True,
+    )
     # fast: 2 eager + 2 compiled; reference: 2 eager; CUDA adds a graph replay for dense (sparse needs the host)
     assert bench.count_cases(plan, torch.device("cpu")) == 2 * 6
     assert bench.count_cases(plan, torch.device("cuda")) == 2 * 7
@@ -178,7 +228,7 @@ def test_compiled_run_equals_eager():
     report = _bench("--config", "moce_ir:tiny", "--sizes", "32", "--experts", "sparse,dense", "--compile")
     rows = {(r["experts"], r["compiled"]): r for r in report["rows"]}
     assert set(rows) == {("sparse", False), ("dense", False), ("sparse", True), ("dense", True)}
-    for (experts, compiled), r in rows.items():
+    for (_experts, compiled), r in rows.items():
         assert r["error"] is None and r["max_abs_diff"] < 1e-5
         assert (r["compile_s"] is not None) == compiled
     assert set(report["summary"]["eager_over_compiled"]) == {"32x32 b1 fp32 sparse", "32x32 b1 fp32 dense"}

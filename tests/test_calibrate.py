@@ -84,7 +84,16 @@ def test_calibrating_a_tiny_moce_ir_names_degradations_of_unseen_photos():
     kinds = ["haze", "lowlight", "noise"]
     seen = []
     with torch.inference_mode():
-        fitted = cal.calibrate(model.route, photos, fingerprint="t", classes=kinds, levels=["heavy"], size=48, batch_size=9, progress=lambda d, t: seen.append((d, t)))
+        fitted = cal.calibrate(
+            model.route,
+            photos,
+            fingerprint="t",
+            classes=kinds,
+            levels=["heavy"],
+            size=48,
+            batch_size=9,
+            progress=lambda d, t: seen.append((d, t)),
+        )
         assert fitted.accuracy >= 0.9 and fitted.layers == 5 and fitted.experts == 4
         assert seen[-1] == (18, 18)
         fresh = photo(48, 48, seed=100)

@@ -27,7 +27,10 @@ def test_help_and_version_do_not_import_torch():
 
 
 def test_inspect_describes_a_checkpoint_as_json(tmp_path):
-    torch.save({"state_dict": {f"net.{k}": v for k, v in random_moce(VARIANTS["tiny"]).state_dict().items()}}, tmp_path / "m.ckpt")
+    torch.save(
+        {"state_dict": {f"net.{k}": v for k, v in random_moce(VARIANTS["tiny"]).state_dict().items()}},
+        tmp_path / "m.ckpt",
+    )
     result = runner.invoke(app, ["inspect", str(tmp_path / "m.ckpt"), "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)

@@ -18,7 +18,11 @@ def test_moce_ir_layout_is_found_and_paired_by_rule(tmp_path):
     sots = ds.locate(ds.get_spec("sots-outdoor"), tmp_path)
     assert [(p.lq.name, p.gt.name) for p in sots.pairs] == [(f"000{i}_0.9_0.16.jpg", f"000{i}.png") for i in (1, 2, 3)]
     noise = ds.locate(ds.get_spec("cbsd68-25"), tmp_path)
-    assert [p.lq for p in noise.pairs] == [None] * 3 and [p.gt.name for p in noise.pairs] == ["0000.png", "0001.png", "0002.png"]
+    assert [p.lq for p in noise.pairs] == [None] * 3 and [p.gt.name for p in noise.pairs] == [
+        "0000.png",
+        "0001.png",
+        "0002.png",
+    ]
     assert ds.locate(ds.get_spec("lol-v1"), tmp_path).layout.name == "moce-ir"
 
 
@@ -47,7 +51,10 @@ def test_pairing_never_zips_blindly(tmp_path):
     save(root / "gt/norain-003.png", photo(16, 16, 13))
     check = ds.check("rain100l", tmp_path)
     assert check.ok
-    assert [(p.lq.name, p.gt.name) for p in check.located.pairs] == [("rain-001.png", "norain-1.png"), ("rain-003.png", "norain-003.png")]
+    assert [(p.lq.name, p.gt.name) for p in check.located.pairs] == [
+        ("rain-001.png", "norain-1.png"),
+        ("rain-003.png", "norain-003.png"),
+    ]
     assert any("rain-002.png" in w and "no ground truth" in w for w in check.located.warnings)
     assert any("standard release has 100" in w for w in check.located.warnings)
 
@@ -61,9 +68,14 @@ def test_missing_data_messages_say_exactly_what_is_missing(tmp_path):
         save(tmp_path / f"deraining/Rain100L/rainy/rain-{i}.png", photo(16, 16, i))
     (tmp_path / "deraining/Rain100L/gt").mkdir()
     no_gt = ds.check("rain100l", tmp_path)
-    assert no_gt.summary == f"rain100l: found 4 inputs in {tmp_path}/deraining/Rain100L/rainy but 0 ground truths in {tmp_path}/deraining/Rain100L/gt"
+    assert (
+        no_gt.summary
+        == f"rain100l: found 4 inputs in {tmp_path}/deraining/Rain100L/rainy but 0 ground truths in {tmp_path}/deraining/Rain100L/gt"
+    )
     lines = "\n".join(no_gt.lines())
-    assert "moce-ir" in lines and "promptir" in lines and "missing" in lines and "source:" in lines and "licence:" in lines
+    assert (
+        "moce-ir" in lines and "promptir" in lines and "missing" in lines and "source:" in lines and "licence:" in lines
+    )
 
     save(tmp_path / "deraining/Rain100L/gt/clean-a.png", photo(16, 16, 9))
     unmatched = ds.check("rain100l", tmp_path)
@@ -84,7 +96,13 @@ def test_data_root_precedence(tmp_path, monkeypatch):
 
 def test_expand_families_settings_and_unknown_names():
     assert ds.expand(["cbsd68"]) == ["cbsd68-15", "cbsd68-25", "cbsd68-50"]
-    assert ds.expand(["rain100l", "cbsd68-25"], ["aio5"]) == ["sots-outdoor", "rain100l", "cbsd68-25", "gopro", "lol-v1"]
+    assert ds.expand(["rain100l", "cbsd68-25"], ["aio5"]) == [
+        "sots-outdoor",
+        "rain100l",
+        "cbsd68-25",
+        "gopro",
+        "lol-v1",
+    ]
     assert len(ds.expand(["cdd11"])) == 11 and ds.expand(settings=["allweather"])[0] == "snow100k-s"
     # comma-separated values, as people type them
     assert ds.expand(["rain100l, synthetic:noise25", "cbsd68-25,"]) == ["rain100l", "synthetic:noise25", "cbsd68-25"]
@@ -101,7 +119,15 @@ def test_registry_is_complete_and_keyed_like_the_manifest():
     for entry in weights.entries():
         for key in entry.data.get("reported") or {}:
             assert key == "average" or key in ds.DATASETS, key
-    for name in ("urban100-50", "kodak24-15", "rain100h", "cdd11-low-haze-snow", "snow100k-l", "outdoor-rain", "raindrop-a"):
+    for name in (
+        "urban100-50",
+        "kodak24-15",
+        "rain100h",
+        "cdd11-low-haze-snow",
+        "snow100k-l",
+        "outdoor-rain",
+        "raindrop-a",
+    ):
         spec = ds.DATASETS[name]
         assert spec.layouts and spec.source and spec.licence
     assert {ds.DATASETS[n].protocol for n in ds.SETTINGS["allweather"]} == {"y"}

@@ -28,13 +28,25 @@ EXAMPLES = REPO / "examples"
 CROP = 192
 #: (kind, level, held-out photo) of the per-kind checks
 CASES = {
-    "noise": ("noise", 25, "chelsea"), "rain": ("rain", 5, "coffee"), "haze": ("haze", 1.5, "chelsea"),
-    "blur": ("blur", 15, "coffee"), "defocus": ("defocus", 4, "motorcycle_left"), "lowlight": ("lowlight", 0.3, "chelsea"),
+    "noise": ("noise", 25, "chelsea"),
+    "rain": ("rain", 5, "coffee"),
+    "haze": ("haze", 1.5, "chelsea"),
+    "blur": ("blur", 15, "coffee"),
+    "defocus": ("defocus", 4, "motorcycle_left"),
+    "lowlight": ("lowlight", 0.3, "chelsea"),
     "jpeg": ("jpeg", 30, "grace_hopper"),
 }
 #: what each kind must gain over its degraded input on its held-out crop, in dB: about half of what the shipped
 #: model measured there (MEASURED_GAIN), so that a retrained default of the same quality passes too
-MEASURED_GAIN = {"noise": 8.14, "rain": 8.25, "haze": 1.72, "blur": 0.09, "defocus": 0.10, "lowlight": 16.60, "jpeg": 0.02}
+MEASURED_GAIN = {
+    "noise": 8.14,
+    "rain": 8.25,
+    "haze": 1.72,
+    "blur": 0.09,
+    "defocus": 0.10,
+    "lowlight": 16.60,
+    "jpeg": 0.02,
+}
 MARGIN_DB = {"noise": 4.0, "rain": 4.0, "haze": 0.8, "blur": 0.0, "defocus": 0.0, "lowlight": 8.0, "jpeg": 0.0}
 #: kinds the shipped model does not improve (strict expected failures; reason: the measured gap); none since issue 15
 #: (blur, defocus and JPEG are improved by 0.02-0.10 dB only: "not below the input", no more)
@@ -43,8 +55,14 @@ BELOW_INPUT: dict[str, str] = {}
 CLEAN_TARGET_DB = 40.0
 #: the classical tool of benchmarks/classical_baselines.py each kind is checked against on its crop, and the kinds
 #: where the shipped model is still behind it (strict expected failures with the gap measured on these crops)
-CLASSICAL = {"rain": "tophat_inpaint", "haze": "dark_channel_prior", "blur": "richardson_lucy_known",
-             "defocus": "richardson_lucy_known", "lowlight": "gain_to_half", "jpeg": "identity"}
+CLASSICAL = {
+    "rain": "tophat_inpaint",
+    "haze": "dark_channel_prior",
+    "blur": "richardson_lucy_known",
+    "defocus": "richardson_lucy_known",
+    "lowlight": "gain_to_half",
+    "jpeg": "identity",
+}
 BEHIND_CLASSICAL = {
     "haze": "the dark channel prior is 9.0 dB ahead on this crop (model 14.10, DCP 23.13 dB)",
     "blur": "Richardson-Lucy with the known kernel is 1.7 dB ahead on this crop (model 22.03, RL 23.69 dB)",
@@ -77,7 +95,9 @@ def heldout_photo(entry: weights.Entry, stem: str) -> np.ndarray:
 
 def centre(image: np.ndarray, size: int = CROP) -> np.ndarray:
     h, w = image.shape[:2]
-    return np.ascontiguousarray(image[(h - size) // 2 : (h - size) // 2 + size, (w - size) // 2 : (w - size) // 2 + size])
+    return np.ascontiguousarray(
+        image[(h - size) // 2 : (h - size) // 2 + size, (w - size) // 2 : (w - size) // 2 + size]
+    )
 
 
 def run(model, image: np.ndarray) -> np.ndarray:
@@ -108,7 +128,13 @@ def test_the_default_ships_inside_the_package_and_matches_the_manifest(entry):
     held_out = {(i["package"], i["path"]) for i in training["heldout"]}
     assert len(trained_on) == len(training["images"]) and trained_on and held_out and not trained_on & held_out
     assert all(i["license"] and i["author"] and i["version"] for i in training["images"] + training["heldout"])
-    assert {Path(i["path"]).stem for i in training["heldout"]} >= {"chelsea", "coffee", "ihc", "motorcycle_left", "grace_hopper"}
+    assert {Path(i["path"]).stem for i in training["heldout"]} >= {
+        "chelsea",
+        "coffee",
+        "ihc",
+        "motorcycle_left",
+        "grace_hopper",
+    }
     assert (REPO / "irtool" / "models" / "NOTICE.md").is_file(), "attribution for the CC-BY photos"
 
 
@@ -119,8 +145,10 @@ def test_the_default_loads_offline_as_moce_ir(model, entry):
 
 @pytest.mark.parametrize(
     "kind",
-    [pytest.param(k, marks=pytest.mark.xfail(reason=BELOW_INPUT[k], strict=True)) if k in BELOW_INPUT else k
-     for k in sorted(CASES)],
+    [
+        pytest.param(k, marks=pytest.mark.xfail(reason=BELOW_INPUT[k], strict=True)) if k in BELOW_INPUT else k
+        for k in sorted(CASES)
+    ],
 )
 def test_each_kind_beats_its_degraded_input_on_held_out_photos(model, entry, kind):
     degradation, level, stem = CASES[kind]
@@ -131,14 +159,21 @@ def test_each_kind_beats_its_degraded_input_on_held_out_photos(model, entry, kin
 
 
 def test_a_clean_photo_comes_back_at_the_issues_40_db(model, entry):
-    values = [psnr(run(model, centre(heldout_photo(entry, s))), centre(heldout_photo(entry, s))) for s in ("chelsea", "coffee", "grace_hopper")]
+    values = [
+        psnr(run(model, centre(heldout_photo(entry, s))), centre(heldout_photo(entry, s)))
+        for s in ("chelsea", "coffee", "grace_hopper")
+    ]
     assert min(values) >= CLEAN_TARGET_DB, values
 
 
 @pytest.mark.parametrize(
     "kind",
-    [pytest.param(k, marks=pytest.mark.xfail(reason=BEHIND_CLASSICAL[k], strict=True)) if k in BEHIND_CLASSICAL else k
-     for k in sorted(CLASSICAL)],
+    [
+        pytest.param(k, marks=pytest.mark.xfail(reason=BEHIND_CLASSICAL[k], strict=True))
+        if k in BEHIND_CLASSICAL
+        else k
+        for k in sorted(CLASSICAL)
+    ],
 )
 def test_each_kind_is_ahead_of_its_classical_tool(model, entry, kind):
     """The issue's bar, on one held-out crop per kind (the whole table: benchmarks/classical_baselines.py; noise's
@@ -151,7 +186,9 @@ def test_each_kind_is_ahead_of_its_classical_tool(model, entry, kind):
     degraded = cb.irtool_degrade(clean, degradation, level, 123)
     classical = getattr(cb, CLASSICAL[kind])(degraded.image, degraded)
     ours = np.rint(run(model, degraded.image.astype(np.float32) / 255) * 255).astype(np.uint8)
-    assert psnr(ours, clean) > psnr(classical, clean), f"{kind}: model {psnr(ours, clean):.2f} dB, {CLASSICAL[kind]} {psnr(classical, clean):.2f} dB"
+    assert psnr(ours, clean) > psnr(classical, clean), (
+        f"{kind}: model {psnr(ours, clean):.2f} dB, {CLASSICAL[kind]} {psnr(classical, clean):.2f} dB"
+    )
 
 
 def test_the_shipped_calibration_reports_unreliable_kinds_as_unknown(entry):
@@ -171,7 +208,9 @@ def test_restore_with_no_model_options_uses_the_default_on_the_examples(tmp_path
     assert len(examples) >= 3, "examples/ holds degraded test images"
     done = subprocess.run(
         [sys.executable, "-m", "irtool", "restore", str(EXAMPLES), str(tmp_path / "out"), "--json", "--device", "cpu"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     assert "irtool.default" in done.stderr
@@ -186,9 +225,9 @@ def test_restore_with_no_model_options_uses_the_default_on_the_examples(tmp_path
 
 
 def test_the_built_in_default_wins_over_a_cached_official_checkpoint(tmp_path):
-    from irtool import engine
-
     from restore_fixtures import tiny_checkpoint
+
+    from irtool import engine
 
     folder = weights.cache_dir() / "moce_ir.aio5"
     folder.mkdir(parents=True)

@@ -42,7 +42,10 @@ def test_every_kind_is_seeded_and_keeps_shape_dtype_and_alpha(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_heavier_levels_change_the_image_more(kind):
     clean = photo(64, 64).astype(np.float64)
-    errors = [np.mean((degrade(clean.astype(np.uint8), kind, level, seed=5) - clean) ** 2) for level in ("light", "medium", "heavy")]
+    errors = [
+        np.mean((degrade(clean.astype(np.uint8), kind, level, seed=5) - clean) ** 2)
+        for level in ("light", "medium", "heavy")
+    ]
     assert errors[0] < errors[1] < errors[2], errors
 
 

@@ -52,12 +52,29 @@ def _env(**more: str) -> dict[str, str]:
 
 
 def torchrun(*args: object, cwd: Path, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "irtool", *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "irtool",
+        *map(str, args),
+    ]
     return subprocess.run(cmd, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=timeout)
 
 
 def irtool(*args: object, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "irtool", *map(str, args)], cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "irtool", *map(str, args)],
+        cwd=cwd,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def json_lines(text: str) -> list[dict]:
@@ -107,8 +124,21 @@ def test_gpu_lists_and_the_worker_command_line():
         with pytest.raises(shard.IrtoolError, match="--gpu"):
             shard.parse_gpus(bad)
     argv = ["restore", "in", "out", "--gpu", "0,1", "-d", "cuda:3", "--json"]
-    assert _without_gpu_flags(argv, on_cpu=False, device_flags=("--device", "-d")) == ["restore", "in", "out", "--json", "--device", "cuda"]
-    assert _without_gpu_flags(["eval", "-d", "rain100l", "--gpu=0,1", "--device", "cpu"], on_cpu=True) == ["eval", "-d", "rain100l", "--device", "cpu"]
+    assert _without_gpu_flags(argv, on_cpu=False, device_flags=("--device", "-d")) == [
+        "restore",
+        "in",
+        "out",
+        "--json",
+        "--device",
+        "cuda",
+    ]
+    assert _without_gpu_flags(["eval", "-d", "rain100l", "--gpu=0,1", "--device", "cpu"], on_cpu=True) == [
+        "eval",
+        "-d",
+        "rain100l",
+        "--device",
+        "cpu",
+    ]
     bad = runner.invoke(app, ["restore", "a.png", "out", "--gpu", "zero"])
     assert bad.exit_code == 2 and "--gpu" in bad.output
 
@@ -126,7 +156,9 @@ def test_two_ranks_restore_a_mixed_folder_like_one_process(tmp_path, checkpoint)
 
     assert tree_hashes(tmp_path / "two") == tree_hashes(tmp_path / "one")  # every output, byte for byte, nothing else
     one, two = json_lines(single.stdout), json_lines(result.stdout)
-    assert [r["input"] for r in two] == [str(Path("in") / Path(r["input"]).relative_to(src)) for r in one]  # input order
+    assert [r["input"] for r in two] == [
+        str(Path("in") / Path(r["input"]).relative_to(src)) for r in one
+    ]  # input order
     assert [r["status"] for r in two] == [r["status"] for r in one]
     assert [r["experts"] for r in two] == [r["experts"] for r in one]
     # the broken file failed on its rank alone; both ranks restored everything else
@@ -181,7 +213,9 @@ def test_a_sigkilled_rank_loses_nothing_finished_and_a_skip_existing_rerun_compl
     tag = uuid.uuid4().hex
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "irtool",
            "restore", "in", "two", "-w", str(checkpoint), "--json"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(IRTOOL_TEST_TAG=tag), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=_env(IRTOOL_TEST_TAG=tag), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # kill rank 1 once it has written one of its files
@@ -214,7 +248,20 @@ def test_a_sigkilled_rank_loses_nothing_finished_and_a_skip_existing_rerun_compl
     assert all((tmp_path / "two" / Path(r["input"]).name).exists() == (r["status"] == "ok") for r in reports)
 
     missing = set(reference) - set(written)
-    rerun = irtool("restore", "in", "two", "-w", checkpoint, "--skip-existing", "--gpu", "0,1", "--device", "cpu", "--json", cwd=tmp_path)
+    rerun = irtool(
+        "restore",
+        "in",
+        "two",
+        "-w",
+        checkpoint,
+        "--skip-existing",
+        "--gpu",
+        "0,1",
+        "--device",
+        "cpu",
+        "--json",
+        cwd=tmp_path,
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert tree_hashes(tmp_path / "two") == reference  # complete, and no temp or marker file left behind
     statuses = {Path(r["input"]).name: r["status"] for r in json_lines(rerun.stdout)}
@@ -228,8 +275,20 @@ def test_ranks_that_cannot_see_the_folders_stop_the_run_at_start_naming_rank_and
         save(tmp_path / node / "in" / "a.png", photo(16, 16))
     (tmp_path / "node1").mkdir()
     script = tmp_path / "worker.sh"
-    script.write_text(f'cd "{tmp_path}/node$RANK" && exec "{sys.executable}" -m irtool restore in out -w "{checkpoint}" -q\n')
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3", "--no-python", "sh", str(script)]
+    script.write_text(
+        f'cd "{tmp_path}/node$RANK" && exec "{sys.executable}" -m irtool restore in out -w "{checkpoint}" -q\n'
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "3",
+        "--no-python",
+        "sh",
+        str(script),
+    ]
     result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -251,8 +310,20 @@ def test_a_rank_that_cannot_load_the_model_fails_its_files_and_the_other_rank_fi
     (node1 / "out").symlink_to(node0 / "out")
     shutil.copy(checkpoint, node0 / "tiny.pth")
     script = tmp_path / "worker.sh"
-    script.write_text(f'cd "{tmp_path}/node$RANK" && exec "{sys.executable}" -m irtool restore in out -w tiny.pth --json\n')
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--no-python", "sh", str(script)]
+    script.write_text(
+        f'cd "{tmp_path}/node$RANK" && exec "{sys.executable}" -m irtool restore in out -w tiny.pth --json\n'
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "--no-python",
+        "sh",
+        str(script),
+    ]
     result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
     assert result.returncode != 0
     reports = json_lines(result.stdout)
@@ -298,4 +369,6 @@ def test_eval_on_two_ranks_equals_one_rank(tmp_path, checkpoint):
         return [[c for k, c in enumerate(line.split(",")) if k != seconds] for line in lines]
 
     assert rows("one") == rows("two")
-    assert "32.73/0.917" in result.stdout and all(d["dataset"] in result.stdout for d in a["datasets"])  # rank 0's table
+    assert "32.73/0.917" in result.stdout and all(
+        d["dataset"] in result.stdout for d in a["datasets"]
+    )  # rank 0's table

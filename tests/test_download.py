@@ -31,7 +31,9 @@ def _get(dest, url, **kw):
 def test_download_checks_and_moves_into_place(server, tmp_path):
     server.file("/w.bin", DATA)
     seen = []
-    got = _get(tmp_path / "w.bin", server.url("/w.bin"), sha256=SHA, size=len(DATA), progress=lambda d, t: seen.append((d, t)))
+    got = _get(
+        tmp_path / "w.bin", server.url("/w.bin"), sha256=SHA, size=len(DATA), progress=lambda d, t: seen.append((d, t))
+    )
     assert (tmp_path / "w.bin").read_bytes() == DATA
     assert got.sha256 == SHA == sha256_file(got.path) and got.size == len(DATA) and got.resumed_from == 0
     assert seen[0] == (0, len(DATA)) and seen[-1] == (len(DATA), len(DATA))
@@ -41,7 +43,9 @@ def test_download_checks_and_moves_into_place(server, tmp_path):
 def test_a_cut_connection_keeps_the_part_and_the_next_call_resumes(server, tmp_path):
     server.file("/w.bin", DATA, cuts=[120_000])
     dest = tmp_path / "w.bin"
-    with pytest.raises(DownloadError, match=r"connection closed after 0\.1 MB of 0\.3 MB.*kept in .*w\.bin\.part.*resume") as exc:
+    with pytest.raises(
+        DownloadError, match=r"connection closed after 0\.1 MB of 0\.3 MB.*kept in .*w\.bin\.part.*resume"
+    ) as exc:
         _get(dest, server.url("/w.bin"), sha256=SHA, retries=0)
     assert "\n" not in str(exc.value) and not dest.exists()
     assert (tmp_path / "w.bin.part").read_bytes() == DATA[:120_000]
@@ -100,7 +104,9 @@ def test_redirects_are_followed(server, tmp_path):
     assert got.url == server.url("/cdn/w.bin") and got.path.read_bytes() == DATA
 
 
-@pytest.mark.parametrize("code,message", [(404, "HTTP 404 Not Found: no such file there"), (403, "HTTP 403 Forbidden: access denied")])
+@pytest.mark.parametrize(
+    "code,message", [(404, "HTTP 404 Not Found: no such file there"), (403, "HTTP 403 Forbidden: access denied")]
+)
 def test_client_errors_are_one_line_and_leave_nothing(server, tmp_path, code, message):
     server.status("/w.bin", code)
     with pytest.raises(DownloadError, match=message) as exc:
@@ -122,7 +128,9 @@ def test_offline_is_one_clear_line(tmp_path, monkeypatch):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(DownloadError, match=rf"127\.0\.0\.1:{port}/w\.bin: could not connect \(connection refused\); nothing was kept"):
+    with pytest.raises(
+        DownloadError, match=rf"127\.0\.0\.1:{port}/w\.bin: could not connect \(connection refused\); nothing was kept"
+    ):
         _get(tmp_path / "w.bin", f"http://127.0.0.1:{port}/w.bin", retries=0)
 
 
@@ -156,12 +164,15 @@ def _drive_blob(server, data):
 
 def test_drive_confirmation_form(server, tmp_path):
     blob = _drive_blob(server, DATA)
-    server.page("/uc", f"""<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>
+    server.page(
+        "/uc",
+        f"""<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>
         <p>last.ckpt (300K) is too large for Google Drive to scan for viruses.</p>
-        <form id="download-form" action="{server.url('/download')}" method="get">
+        <form id="download-form" action="{server.url("/download")}" method="get">
         <input type="submit" id="uc-download-link" class="goog-inline-block" value="Download anyway"/>
         <input type="hidden" name="id" value="1AbCdEfGhIjK"><input type="hidden" name="export" value="download">
-        <input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="5f1c-aa"></form></body></html>""")
+        <input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="5f1c-aa"></form></body></html>""",
+    )
 
     def usercontent(h, q):
         if q == {"id": "1AbCdEfGhIjK", "export": "download", "confirm": "t", "uuid": "5f1c-aa"}:
@@ -181,8 +192,12 @@ def test_drive_confirmation_token_in_a_cookie_and_in_a_link(server, tmp_path):
         if q.get("confirm") == "Xy12" and "download_warning_4711=Xy12" in h.headers.get("Cookie", ""):
             blob(h, q)
         else:
-            h.reply(200, b"<html><title>Google Drive - Virus scan warning</title>Download anyway?</html>",
-                    "text/html; charset=utf-8", {"Set-Cookie": "download_warning_4711=Xy12; Path=/"})
+            h.reply(
+                200,
+                b"<html><title>Google Drive - Virus scan warning</title>Download anyway?</html>",
+                "text/html; charset=utf-8",
+                {"Set-Cookie": "download_warning_4711=Xy12; Path=/"},
+            )
 
     server.routes["/uc"] = uc
     got = _get(tmp_path / "a.ckpt", server.url("/uc?export=download&id=AAA"), sha256=SHA)
@@ -192,8 +207,12 @@ def test_drive_confirmation_token_in_a_cookie_and_in_a_link(server, tmp_path):
         if q.get("confirm") == "Zz9":
             blob(h, q)
         else:
-            h.reply(200, b'<html><a id="uc-download-link" href="/uc2?export=download&amp;confirm=Zz9&amp;id=BBB">'
-                         b"Download anyway</a></html>", "text/html")
+            h.reply(
+                200,
+                b'<html><a id="uc-download-link" href="/uc2?export=download&amp;confirm=Zz9&amp;id=BBB">'
+                b"Download anyway</a></html>",
+                "text/html",
+            )
 
     server.routes["/uc2"] = uc_link
     got = _get(tmp_path / "b.ckpt", server.url("/uc2?export=download&id=BBB"), sha256=SHA)
@@ -201,14 +220,20 @@ def test_drive_confirmation_token_in_a_cookie_and_in_a_link(server, tmp_path):
 
 
 def test_drive_refusals_are_explained(server, tmp_path):
-    server.page("/quota", "<html><title>Google Drive - Quota exceeded</title>Too many users have viewed or "
-                          "downloaded this file recently.</html>")
+    server.page(
+        "/quota",
+        "<html><title>Google Drive - Quota exceeded</title>Too many users have viewed or "
+        "downloaded this file recently.</html>",
+    )
     with pytest.raises(DownloadError, match="too many downloads of this file recently"):
         _get(tmp_path / "w.bin", server.url("/quota"))
     server.page("/login", "<html><head><title>Sign in - Google Accounts</title></head><body>Email</body></html>")
     with pytest.raises(DownloadError, match=r"sent a web page \('Sign in - Google Accounts'\), not the file"):
         _get(tmp_path / "w.bin", server.url("/login"))
-    server.page("/loop", f'<form id="download-form" action="{server.url("/loop")}"><input type="hidden" name="confirm" value="t"></form>')
+    server.page(
+        "/loop",
+        f'<form id="download-form" action="{server.url("/loop")}"><input type="hidden" name="confirm" value="t"></form>',
+    )
     with pytest.raises(DownloadError, match="still a web page after 3 confirmation steps"):
         _get(tmp_path / "w.bin", server.url("/loop"))
     assert list(tmp_path.iterdir()) == []

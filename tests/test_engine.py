@@ -59,7 +59,9 @@ def test_tiles_of_a_moce_ir_all_run_with_the_whole_images_routing(monkeypatch):
     assert outcome.experts == expected.experts[0].tolist() and outcome.routing == "downscaled"
 
     calls.clear()
-    per_tile = engine.Restorer(model, engine.RestoreOptions(tile=48, tile_overlap=16, route_per_tile=True)).restore([image])[0]
+    per_tile = engine.Restorer(model, engine.RestoreOptions(tile=48, tile_overlap=16, route_per_tile=True)).restore(
+        [image]
+    )[0]
     assert per_tile.routing == "per-tile"
     assert all(r is None for _, r in calls) and len(calls) == per_tile.tiles + 1  # each tile routed itself
 
@@ -152,7 +154,12 @@ def test_plan_mirrors_trees_names_outputs_and_applies_the_rules(tmp_path):
     assert [j.dst.relative_to(out).as_posix() for j in globbed] == ["sub/deeper/c.jpg", "a.png"]
 
     two_folders = engine.plan([str(src / "sub"), str(src / "sub" / "deeper"), str(src / "a.png")], out)
-    assert [j.dst.relative_to(out).as_posix() for j in two_folders] == ["sub/b.png", "sub/deeper/c.jpg", "deeper/c.jpg", "a.png"]
+    assert [j.dst.relative_to(out).as_posix() for j in two_folders] == [
+        "sub/b.png",
+        "sub/deeper/c.jpg",
+        "deeper/c.jpg",
+        "a.png",
+    ]
 
     missing = engine.plan([str(tmp_path / "nope.png"), str(src / "*.webp")], out)
     assert [j.error.split(": ")[-1] for j in missing] == ["no such file or folder", "matches no images"]
@@ -216,7 +223,14 @@ def test_interrupting_a_run_leaves_only_complete_files(tmp_path):
 def test_default_model_chain(tmp_path, monkeypatch, no_builtin_default):
     ranked = [e.name for e in engine.rank_entries(weights.entries())]
     # AIO5 (noise, rain, haze, blur, low light) before AIO3 before CDD11 (weather, no noise); full before S
-    assert ranked[:6] == ["moce_ir.aio5", "moce_ir_s.aio5", "moce_ir.aio3", "moce_ir_s.aio3", "moce_ir.cdd11", "moce_ir_s.cdd11"]
+    assert ranked[:6] == [
+        "moce_ir.aio5",
+        "moce_ir_s.aio5",
+        "moce_ir.aio3",
+        "moce_ir_s.aio3",
+        "moce_ir.cdd11",
+        "moce_ir_s.cdd11",
+    ]
     with pytest.raises(WeightsNotFoundError) as info:
         engine.default_source()
     message = str(info.value)
@@ -240,9 +254,19 @@ def test_default_model_chain(tmp_path, monkeypatch, no_builtin_default):
     monkeypatch.setattr(weights, "_PACKAGE_DIR", package)
     manifest = no_builtin_default
     entry = {
-        "arch": "moce_ir", "variant": None, "setting": "Synthetic", "tasks": 5,
-        "files": [{"role": "weights", "arch": "moce_ir", "filename": "default.safetensors", "url": None,
-                   "packaged": "models/default.safetensors"}],
+        "arch": "moce_ir",
+        "variant": None,
+        "setting": "Synthetic",
+        "tasks": 5,
+        "files": [
+            {
+                "role": "weights",
+                "arch": "moce_ir",
+                "filename": "default.safetensors",
+                "url": None,
+                "packaged": "models/default.safetensors",
+            }
+        ],
     }
     manifest = {**manifest, "default": "test.default", "models": {"test.default": entry, **manifest["models"]}}
     monkeypatch.setattr(weights, "load_manifest", lambda: manifest)
@@ -267,7 +291,7 @@ def test_router_is_passed_through_only_when_load_model_takes_one(tmp_path):
 
 def test_python_api_returns_arrays_in_the_inputs_own_layout(tmp_path):
     net = LocalNet()
-    gray16 = (np.arange(32 * 40, dtype=np.uint16).reshape(32, 40) * 50)
+    gray16 = np.arange(32 * 40, dtype=np.uint16).reshape(32, 40) * 50
     rgba = np.dstack([photo(32, 40), np.full((32, 40), 77, np.uint8)])
     write_png(tmp_path / "p.png", photo(24, 24))
     results = irtool.restore([gray16, rgba, str(tmp_path / "p.png"), str(tmp_path / "missing.png")], model=net)
@@ -293,7 +317,11 @@ def test_a_model_error_on_one_image_fails_that_image_only(tmp_path):
                 raise ValueError("cannot handle 24 px\nsecond line")
             return super().run(x, routing)
 
-    reports = list(engine.restore_files(engine.plan([str(src)], tmp_path / "out"), engine.Restorer(Picky(), engine.RestoreOptions(batch_size=2))))
+    reports = list(
+        engine.restore_files(
+            engine.plan([str(src)], tmp_path / "out"), engine.Restorer(Picky(), engine.RestoreOptions(batch_size=2))
+        )
+    )
     assert [r.status for r in reports] == ["ok", "failed", "ok"]
     assert reports[1].error.endswith("model failed (ValueError: cannot handle 24 px)")
 
@@ -323,7 +351,9 @@ def test_a_single_global_gate_is_reported_as_one_layer_with_the_chosen_experts_g
 
     outcome = engine.Restorer(OneGate(), engine.RestoreOptions()).restore([as_image(photo(16, 16))])[0]
     assert outcome.experts == [[1]] and outcome.degradation == "rain" and outcome.confidence == 0.8
-    assert len(outcome.gates) == 1 and abs(outcome.gates[0][0] - torch.tensor([0.0, 2.0, 1.0]).softmax(0)[1].item()) < 1e-6
+    assert (
+        len(outcome.gates) == 1 and abs(outcome.gates[0][0] - torch.tensor([0.0, 2.0, 1.0]).softmax(0)[1].item()) < 1e-6
+    )
 
 
 class MoCEResultLike:

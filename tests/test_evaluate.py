@@ -71,12 +71,16 @@ def test_scores_equal_the_official_computation_on_the_same_images(tmp_path, tiny
             restored = tiny_model(x).clamp(0, 1)[0].permute(1, 2, 0).numpy()
         clean = torch.from_numpy(gt.transpose(2, 0, 1).copy()).float().div(255).permute(1, 2, 0).numpy()
         assert result.psnr == pytest.approx(sk_psnr(clean, restored, data_range=1), abs=1e-4)
-        assert result.ssim == pytest.approx(sk_ssim(clean, restored, channel_axis=2, gaussian_weights=True, data_range=1.0), abs=1e-5)
+        assert result.ssim == pytest.approx(
+            sk_ssim(clean, restored, channel_axis=2, gaussian_weights=True, data_range=1.0), abs=1e-5
+        )
         assert (result.height, result.width) == (32, 48)
         # the degraded input, scored the same way: the baseline the table shows beside the model's figure
         degraded = lq.astype(np.float32) / 255.0
         assert result.input_psnr == pytest.approx(sk_psnr(clean, degraded, data_range=1), abs=1e-4)
-        assert result.input_ssim == pytest.approx(sk_ssim(clean, degraded, channel_axis=2, gaussian_weights=True, data_range=1.0), abs=1e-5)
+        assert result.input_ssim == pytest.approx(
+            sk_ssim(clean, degraded, channel_axis=2, gaussian_weights=True, data_range=1.0), abs=1e-5
+        )
     assert d.psnr == pytest.approx(np.mean([r.psnr for r in d.images]))
     assert d.input_psnr == pytest.approx(np.mean([r.input_psnr for r in d.images]))
     assert d.reported == {"psnr": 38.57, "ssim": 0.984} and d.delta_psnr == pytest.approx(d.psnr - 38.57)
@@ -87,7 +91,10 @@ def test_expert_usage_counts_every_image_in_every_layer(tmp_path, tiny_model):
     report, _ = _evaluate(tiny_model, ["sots-outdoor", "lol-v1"], tmp_path)
     for d in report.datasets:
         counts = np.array(d.usage["counts"])
-        assert d.usage["kind"] == "experts" and counts.shape == (len(tiny_model.moce_layers), tiny_model.config.num_experts)
+        assert d.usage["kind"] == "experts" and counts.shape == (
+            len(tiny_model.moce_layers),
+            tiny_model.config.num_experts,
+        )
         assert (counts.sum(axis=1) == len(d.images)).all()
         # the per-image choices add up to the counts
         tally = np.zeros_like(counts)
@@ -101,7 +108,9 @@ def test_expert_usage_counts_every_image_in_every_layer(tmp_path, tiny_model):
 def test_noisy_inputs_saved_are_the_official_realisation(tmp_path, tiny_model):
     files = make_moce_layout(tmp_path / "data")["cbsd68"]
     out = tmp_path / "inputs"
-    report, _ = _evaluate(tiny_model, ds.expand(["cbsd68"]), tmp_path / "data", save_inputs=out, save_images=tmp_path / "restored")
+    report, _ = _evaluate(
+        tiny_model, ds.expand(["cbsd68"]), tmp_path / "data", save_inputs=out, save_images=tmp_path / "restored"
+    )
     np.random.seed(0)
     for name in ("cbsd68-15", "cbsd68-25", "cbsd68-50"):
         sigma = int(name.split("-")[1])
@@ -175,12 +184,20 @@ def test_cli_eval_end_to_end(tmp_path, checkpoint):
     assert result.exit_code == 0, result.output
     assert "cbsd68-50" in result.stdout and "32.73/0.917" in result.stdout  # the paper's average for this entry
     data = json.loads(json_path.read_text())
-    assert [d["dataset"] for d in data["datasets"]] == ["sots-outdoor", "rain100l", "cbsd68-15", "cbsd68-25", "cbsd68-50"]
+    assert [d["dataset"] for d in data["datasets"]] == [
+        "sots-outdoor",
+        "rain100l",
+        "cbsd68-15",
+        "cbsd68-25",
+        "cbsd68-50",
+    ]
     assert data["average"]["reported"] == {"psnr": 32.73, "ssim": 0.917}
     assert all(d["layout"] == "promptir" for d in data["datasets"])
     assert len(csv_path.read_text().splitlines()) == 1 + 10
 
-    stdout = runner.invoke(app, ["eval", "-w", str(checkpoint), "--data-root", str(tmp_path / "data"), "-d", "rain100l", "--json", "-"])
+    stdout = runner.invoke(
+        app, ["eval", "-w", str(checkpoint), "--data-root", str(tmp_path / "data"), "-d", "rain100l", "--json", "-"]
+    )
     assert stdout.exit_code == 0 and json.loads(stdout.stdout)["datasets"][0]["summary"]["n"] == 2
 
 
@@ -197,7 +214,21 @@ def test_cli_eval_errors(tmp_path, checkpoint):
     # one unreadable image fails alone: exit 1, the others are scored
     make_moce_layout(tmp_path)
     (tmp_path / "deraining/Rain100L/rainy/rain-002.png").write_bytes(b"broken")
-    partial = runner.invoke(app, ["eval", "-w", str(checkpoint), "--data-root", str(tmp_path), "-d", "rain100l", "-q", "--json", str(tmp_path / "r.json")])
+    partial = runner.invoke(
+        app,
+        [
+            "eval",
+            "-w",
+            str(checkpoint),
+            "--data-root",
+            str(tmp_path),
+            "-d",
+            "rain100l",
+            "-q",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert partial.exit_code == 1 and "rain-002.png: cannot be read as an image" in partial.stderr
     summary = json.loads((tmp_path / "r.json").read_text())["datasets"][0]["summary"]
     assert summary["n"] == 2 and summary["failed"] == 1
@@ -242,7 +273,10 @@ def test_classifier_routed_lora_ir_on_an_allweather_set(tmp_path):
     for i in range(2):
         clean = photo(30 + 4 * i, 44, 30 + i)
         save(tmp_path / f"data/allweather/test/RainDrop/gt/{i}_clean.png", clean)
-        save(tmp_path / f"data/allweather/test/RainDrop/input/{i}_rain.png", np.clip(clean.astype(int) + 25, 0, 255).astype(np.uint8))
+        save(
+            tmp_path / f"data/allweather/test/RainDrop/input/{i}_rain.png",
+            np.clip(clean.astype(int) + 25, 0, 255).astype(np.uint8),
+        )
     pair = build_pair("tiny").eval()
     torch.save({"params": pair.ir.state_dict()}, tmp_path / "ir.pth")
     torch.save({"params": pair.router.state_dict()}, tmp_path / "router.pth")
@@ -252,7 +286,10 @@ def test_classifier_routed_lora_ir_on_an_allweather_set(tmp_path):
     assert result.exit_code == 0, result.output
     d = json.loads(result.stdout)["datasets"][0]
     assert d["protocol"] == "y" and d["crop_multiple"] is None
-    assert [(r["file"], r["height"], r["width"]) for r in d["images"]] == [("0_rain.png", 30, 44), ("1_rain.png", 34, 44)]
+    assert [(r["file"], r["height"], r["width"]) for r in d["images"]] == [
+        ("0_rain.png", 30, 44),
+        ("1_rain.png", 34, 44),
+    ]
     assert d["usage"]["kind"] == "classes" and sum(d["usage"]["counts"].values()) == 2
     assert all(r["degradation"] in pair.classes for r in d["images"])
 
@@ -268,7 +305,11 @@ def test_synthetic_benchmark_is_offline_reproducible_and_made_by_degrade(tmp_pat
     runs = []
     for _ in range(2):
         report = evaluate.new_report(tiny_model, opts, source="tiny", device="cpu")
-        list(evaluate.run(tiny_model, evaluate.resolve(["synthetic:noise25"], clean_dir=tmp_path / "clean"), opts, report))
+        list(
+            evaluate.run(
+                tiny_model, evaluate.resolve(["synthetic:noise25"], clean_dir=tmp_path / "clean"), opts, report
+            )
+        )
         runs.append([(r.file, r.psnr, r.ssim) for r in report.datasets[0].images])
     assert runs[0] == runs[1] and len(runs[0]) == 2
     d = report.datasets[0]
@@ -338,7 +379,9 @@ def test_saved_images_recompute_the_reported_scores_as_their_format_promises(tmp
     report, _ = _evaluate(tiny_model, ["rain100l"], tmp_path / "data", save_images=out, save_format=save_format)
     assert report.saved_images["format"] == save_format and report.to_dict()["saved_images"] == report.saved_images
     d = report.datasets[0]
-    suffix, depth = {"tiff": (".tif", np.float32), "png16": (".png", np.uint16), "png8": (".png", np.uint8)}[save_format]
+    suffix, depth = {"tiff": (".tif", np.float32), "png16": (".png", np.uint16), "png8": (".png", np.uint8)}[
+        save_format
+    ]
     for result, lq_path in zip(d.images, made["rain100l"]):
         saved = image_io.read_image(out / "rain100l" / (Path(result.file).stem + suffix))
         assert saved.dtype == depth

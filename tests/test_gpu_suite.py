@@ -15,8 +15,13 @@ PARTS = ["cuda_tests", "bench", "bench_compile", "lora_ir", "official", "memory_
 
 def test_dry_run_records_every_part_and_target(tmp_path):
     out = tmp_path / "run"
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_suite.py"), "--dry-run", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_suite.py"), "--dry-run", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((out / "gpu_suite.json").read_text())
     table = (out / "gpu_suite.md").read_text()
@@ -28,15 +33,22 @@ def test_dry_run_records_every_part_and_target(tmp_path):
         assert f"| {name} | {part['status']}" in table
     parts = record["parts"]
     # without a GPU the CUDA tests are selected by the marker and skip; without --official-src that part says why
-    assert parts["cuda_tests"]["data"]["counts"]["skipped"] >= 4 and parts["cuda_tests"]["data"]["counts"]["failed"] == 0
+    assert (
+        parts["cuda_tests"]["data"]["counts"]["skipped"] >= 4 and parts["cuda_tests"]["data"]["counts"]["failed"] == 0
+    )
     assert "--official-src" in parts["official"]["reason"]
     rows = [r for rep in parts["bench"]["data"]["reports"] for r in rep["rows"]]
     assert rows and all(r["error"] is None and r["flops"] > 0 for r in rows)
-    assert {(r["precision"], r["experts"]) for r in rows} == {(p, e) for p in ("fp32", "bf16") for e in ("sparse", "dense")}
+    assert {(r["precision"], r["experts"]) for r in rows} == {
+        (p, e) for p in ("fp32", "bf16") for e in ("sparse", "dense")
+    }
     folder = parts["lora_ir"]["data"]["folder_of_8"]
     assert folder["max_abs_diff"] < 1e-4 and folder["ratio"] > 0
     memory = parts["memory_4k"]["data"]["rows"]
-    assert {(r["precision"], r["mode"]) for r in memory if r["model"] == "MoCE-IR"} >= {("bf16", "whole"), ("fp32", "whole")}
+    assert {(r["precision"], r["mode"]) for r in memory if r["model"] == "MoCE-IR"} >= {
+        ("bf16", "whole"),
+        ("fp32", "whole"),
+    }
     assert all(r.get("error") is None and r["peak_mb"] > 0 for r in memory)
     agreement = parts["agreement"]["data"]["rows"]
     assert agreement and all(r.get("error") is None and r["bf16_psnr_db"] > 30 for r in agreement)

@@ -46,7 +46,9 @@ _MEASURED = (
 )
 
 
-def _run_measured(args: list[str], rss_file: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, int, float]:
+def _run_measured(
+    args: list[str], rss_file: Path, env: dict[str, str]
+) -> tuple[subprocess.CompletedProcess, int, float]:
     """Run `irtool ARGS` in a subprocess under the ceiling and the timeout; (result, its peak RSS in bytes, seconds)."""
     cmd = [sys.executable, "-c", _MEASURED, str(rss_file), *args]
     started = time.monotonic()
@@ -56,7 +58,9 @@ def _run_measured(args: list[str], rss_file: Path, env: dict[str, str]) -> tuple
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        pytest.fail(f"irtool restore hung on the corpus (killed after {TIMEOUT_S} s); stderr tail: {err.decode()[-2000:]}")
+        pytest.fail(
+            f"irtool restore hung on the corpus (killed after {TIMEOUT_S} s); stderr tail: {err.decode()[-2000:]}"
+        )
     done = subprocess.CompletedProcess(cmd, proc.returncode, out.decode(), err.decode())
     peak = int(rss_file.read_text()) * 1024 if rss_file.exists() else 0
     return done, peak, time.monotonic() - started
@@ -70,7 +74,18 @@ def test_the_hostile_corpus_restores_or_refuses_every_file_in_one_run(tmp_path):
     checkpoint = tiny_checkpoint(tmp_path)
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a tiny model: one thread is fastest, also on a busy machine
-    args = ["restore", str(corpus), str(out), "-w", str(checkpoint), "--json", "--max-megapixels", str(MAX_MEGAPIXELS), "--workers", "2"]
+    args = [
+        "restore",
+        str(corpus),
+        str(out),
+        "-w",
+        str(checkpoint),
+        "--json",
+        "--max-megapixels",
+        str(MAX_MEGAPIXELS),
+        "--workers",
+        "2",
+    ]
     run, peak, seconds = _run_measured(args, tmp_path / "rss", env)
     assert peak > 0, run.stderr[-2000:]
 
@@ -110,5 +125,7 @@ def test_the_hostile_corpus_restores_or_refuses_every_file_in_one_run(tmp_path):
 
     assert {p: _hash(p) for p in regular} == regular  # inputs untouched
     assert not [p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".irtool-tmp")]
-    print(f"corpus: {len(expect)} files, {sum(r['status'] == 'ok' for r in reports)} restored, "
-          f"{sum(r['status'] == 'failed' for r in reports)} refused, {seconds:.1f} s, peak RSS {peak / 2**20:.0f} MB")
+    print(
+        f"corpus: {len(expect)} files, {sum(r['status'] == 'ok' for r in reports)} restored, "
+        f"{sum(r['status'] == 'failed' for r in reports)} refused, {seconds:.1f} s, peak RSS {peak / 2**20:.0f} MB"
+    )

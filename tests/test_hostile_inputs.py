@@ -7,9 +7,7 @@ import argparse
 import io as stdio
 import json
 import os
-import pickle
 import socket
-import struct
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_images, random_moce
+from helpers import random_moce
 from hostile_corpus import _gif_claiming, _os2_bmp, _tiff_slong
 from PIL import Image as PILImage
 from restore_fixtures import LocalNet, photo, tiny_checkpoint, tree_hashes
@@ -27,7 +25,7 @@ import irtool
 from irtool import io, jobs, jsonout, memory, safe_paths
 from irtool.archs.moce_ir import VARIANTS
 from irtool.cli import app
-from irtool.engine import Restorer, RestoreOptions, plan, restore_files
+from irtool.engine import RestoreOptions, Restorer, plan, restore_files
 from irtool.errors import CheckpointError, ImageError, UnsafeCheckpointError
 from irtool.loading import HARMLESS_GLOBALS, read_checkpoint
 
@@ -42,7 +40,12 @@ def checkpoint(tmp_path_factory):
 def save(path: Path, array: np.ndarray, fmt: str | None = None, **kwargs) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = stdio.BytesIO()
-    PILImage.fromarray(array).save(buf, format=fmt or path.suffix.lstrip(".").upper().replace("JPG", "JPEG").replace("TIF", "TIFF").replace("TIFFF", "TIFF"), **kwargs)
+    PILImage.fromarray(array).save(
+        buf,
+        format=fmt
+        or path.suffix.lstrip(".").upper().replace("JPG", "JPEG").replace("TIF", "TIFF").replace("TIFFF", "TIFF"),
+        **kwargs,
+    )
     path.write_bytes(buf.getvalue())
     return path
 
@@ -69,7 +72,9 @@ def _hostile_folder(root: Path) -> Path:
 def test_planning_never_follows_a_loop_nor_opens_special_files(tmp_path):
     root = _hostile_folder(tmp_path / "in")
     done: list = []
-    worker = threading.Thread(target=lambda: done.append(plan([str(root), str(root / "**" / "*")], tmp_path / "out")), daemon=True)
+    worker = threading.Thread(
+        target=lambda: done.append(plan([str(root), str(root / "**" / "*")], tmp_path / "out")), daemon=True
+    )
     worker.start()
     worker.join(20)
     assert done, "planning hung"
@@ -156,7 +161,11 @@ def _png_claiming_size(width: int, height: int) -> bytes:
 def test_large_images_restore_from_their_samples_as_the_float_tiled_path_does(gray, dtype):
     pixels = photo(150, 230, seed=3).astype(dtype) * (257 if dtype == np.uint16 else 1)
     image = io.from_array(pixels[..., 0] if gray else pixels)
-    restorer = Restorer(random_moce(VARIANTS["tiny"], 0), RestoreOptions(tile=64, tile_overlap=16, route_size=48), device=torch.device("cpu"))
+    restorer = Restorer(
+        random_moce(VARIANTS["tiny"], 0),
+        RestoreOptions(tile=64, tile_overlap=16, route_size=48),
+        device=torch.device("cpu"),
+    )
     tiled_float = io.to_array(image, restorer.restore([image])[0].rgb)
     image._rgb = None
     large = restorer.restore_large(image)
@@ -256,7 +265,9 @@ def test_weights_holding_nan_or_inf_are_refused_at_load(tmp_path):
 
 
 def test_json_output_is_always_valid_json():
-    report = jobs.RestoreReport(input="a.png", confidence=float("nan"), gates=[[float("inf"), 0.5]], seconds=float("-inf"))
+    report = jobs.RestoreReport(
+        input="a.png", confidence=float("nan"), gates=[[float("inf"), 0.5]], seconds=float("-inf")
+    )
     text = jsonout.dumps(report.to_json())
     back = json.loads(text)  # strict JSON: bare NaN/Infinity would not parse in other languages
     assert "NaN" not in text and "Infinity" not in text
@@ -318,12 +329,19 @@ def test_the_safe_unpickler_allows_exactly_the_listed_globals(tmp_path):
         torch.save({"state_dict": tensors, "extra": value}, tmp_path / f"{name}.pth")
         with pytest.raises(UnsafeCheckpointError, match="--trust-checkpoint"):
             read_checkpoint(tmp_path / f"{name}.pth")
-    assert not hasattr(np.dtypes, "irtool_pwned") and (set(np.sctypeDict) if hasattr(np, "sctypeDict") else set()) == before
+    assert (
+        not hasattr(np.dtypes, "irtool_pwned")
+        and (set(np.sctypeDict) if hasattr(np, "sctypeDict") else set()) == before
+    )
 
 
 def test_a_legacy_pickled_checkpoint_is_named_as_such_without_escape_codes(tmp_path):
     sd = random_moce(VARIANTS["tiny"], 0).state_dict()
-    torch.save({"state_dict": sd, "args": argparse.Namespace(lr=1)}, tmp_path / "old_ok.pth", _use_new_zipfile_serialization=False)
+    torch.save(
+        {"state_dict": sd, "args": argparse.Namespace(lr=1)},
+        tmp_path / "old_ok.pth",
+        _use_new_zipfile_serialization=False,
+    )
     assert irtool.load_model(tmp_path / "old_ok.pth", device="cpu").config.dim == 16
     torch.save({"state_dict": sd, "x": _System()}, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
     with pytest.raises(UnsafeCheckpointError) as info:
@@ -348,7 +366,7 @@ def test_tiff_sample_types_get_messages_that_say_what_they_are(tmp_path):
     tifffile.imwrite(tmp_path / "signed.tiff", np.arange(48, dtype=np.int16).reshape(6, 8))
     with pytest.raises(ImageError, match="signed 16-bit integer samples"):
         io.read_image(tmp_path / "signed.tiff")
-    bilevel = (photo(16, 24, seed=2)[..., 0] > 128)
+    bilevel = photo(16, 24, seed=2)[..., 0] > 128
     PILImage.fromarray(bilevel).save(tmp_path / "bilevel.tiff")  # mode "1"
     image = io.read_image(tmp_path / "bilevel.tiff")
     assert image.gray and image.dtype == np.uint8 and set(np.unique(image.pixels)) <= {0, 255}

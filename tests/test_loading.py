@@ -33,8 +33,14 @@ def _save(sd: dict, path: Path, layout: str) -> Path:
         save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
         return path
     wrapped = {
-        "lightning": lambda: {"state_dict": {f"net.{k}": v for k, v in sd.items()}, "epoch": 3, "global_step": 9,
-                              "pytorch-lightning_version": "2.4.0", "loops": {"fit": {"x": 1}}, "callbacks": {}},
+        "lightning": lambda: {
+            "state_dict": {f"net.{k}": v for k, v in sd.items()},
+            "epoch": 3,
+            "global_step": 9,
+            "pytorch-lightning_version": "2.4.0",
+            "loops": {"fit": {"x": 1}},
+            "callbacks": {},
+        },
         "plain": lambda: sd,
         "params": lambda: {"params": sd},
         "params_ema": lambda: {"params": {k: torch.zeros_like(v) for k, v in sd.items()}, "params_ema": sd},
@@ -166,7 +172,9 @@ def test_foreign_state_dict_is_named_as_such(tmp_path):
     foreign = {f"backbone.layer{i}.conv.weight": torch.zeros(2, 2, 3, 3) for i in range(312)}
     path = tmp_path / "resnet.pth"
     torch.save(foreign, path)
-    with pytest.raises(CheckpointError, match=r"not a MoCE-IR .*checkpoint: 312 unexpected keys such as 'backbone") as exc:
+    with pytest.raises(
+        CheckpointError, match=r"not a MoCE-IR .*checkpoint: 312 unexpected keys such as 'backbone"
+    ) as exc:
         irtool.load_model(path)
     _assert_one_line(exc, path)
 
@@ -189,7 +197,9 @@ def test_mismatched_checkpoints(tmp_path):
     shape = dict(sd)
     shape["refinement.layers.0.ffn.dwconv.weight"] = torch.zeros(64, 1, 5, 5)
     torch.save(shape, tmp_path / "shape.pth")
-    with pytest.raises(CheckpointError, match=r"wrong shape such as 'refinement.layers.0.ffn.dwconv.weight' \(\(64, 1, 5, 5\)"):
+    with pytest.raises(
+        CheckpointError, match=r"wrong shape such as 'refinement.layers.0.ffn.dwconv.weight' \(\(64, 1, 5, 5\)"
+    ):
         irtool.load_model(tmp_path / "shape.pth")
 
     broken = {k: v for k, v in sd.items() if k != "output.weight"}
@@ -220,7 +230,9 @@ def test_pickled_objects_are_refused_unless_trusted(tmp_path):
 def test_harmless_pickled_extras_load_without_trust(tmp_path):
     sd = random_moce(VARIANTS["tiny"]).state_dict()
     path = tmp_path / "with_args.pth"
-    torch.save({"state_dict": sd, "args": argparse.Namespace(lr=2e-4), "best": np.float64(31.2), "hist": np.zeros(3)}, path)
+    torch.save(
+        {"state_dict": sd, "args": argparse.Namespace(lr=2e-4), "best": np.float64(31.2), "hist": np.zeros(3)}, path
+    )
     assert irtool.load_model(path).config == VARIANTS["tiny"]
 
 

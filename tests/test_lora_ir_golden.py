@@ -19,7 +19,7 @@ from helpers import FP32_ATOL
 import irtool
 from irtool.archs.clip_router import VARIANTS as ROUTER_VARIANTS
 from irtool.archs.clip_router import CLIPRouterConfig, normalize_views
-from irtool.archs.lora_ir import VARIANTS, LoRARouting, LoRAIRNetConfig
+from irtool.archs.lora_ir import VARIANTS, LoRAIRNetConfig, LoRARouting
 
 ATOL = 1e-5  # fp32: router embeddings, prior, logits; IR outputs
 

@@ -68,8 +68,17 @@ def test_setting1_class_names_and_the_pair_config():
     "config",
     [
         MICRO_NET,
-        LoRAIRNetConfig(width=32, enc_blocks=(2, 1, 3), middle_blocks=2, dec_blocks=(1, 2, 1), rank=3, num_experts=5,
-                        prior_dim=24, dam_hidden=16, in_channels=1),
+        LoRAIRNetConfig(
+            width=32,
+            enc_blocks=(2, 1, 3),
+            middle_blocks=2,
+            dec_blocks=(1, 2, 1),
+            rank=3,
+            num_experts=5,
+            prior_dim=24,
+            dam_hidden=16,
+            in_channels=1,
+        ),
     ],
     ids=["micro", "odd"],
 )
@@ -84,8 +93,16 @@ def test_network_config_detection_round_trips(config):
 def test_router_config_detection_uses_variants_then_clip_conventions():
     with torch.device("meta"):
         tiny = CLIPRouter(clip_router.VARIANTS["tiny"]).state_dict()
-        odd_config = CLIPRouterConfig(hidden_size=128, num_layers=3, num_heads=8, intermediate_size=256,
-                                      image_size=56, patch_size=14, projection_dim=64, classes=("a", "b"))
+        odd_config = CLIPRouterConfig(
+            hidden_size=128,
+            num_layers=3,
+            num_heads=8,
+            intermediate_size=256,
+            image_size=56,
+            patch_size=14,
+            projection_dim=64,
+            classes=("a", "b"),
+        )
         odd = CLIPRouter(odd_config).state_dict()
     assert clip_router.detect(tiny) and not lora_ir.detect(tiny)
     assert clip_router.infer_config(tiny) == clip_router.VARIANTS["tiny"]  # 4 heads: from the variant
@@ -97,8 +114,17 @@ def test_router_config_detection_uses_variants_then_clip_conventions():
 
 
 def test_official_kwargs_and_bad_configs():
-    kw = {"img_channel": 3, "width": 64, "enc_blk_nums": [1, 1, 1, 28], "middle_blk_num": 1,
-          "dec_blk_nums": [1, 1, 1, 1], "train_size": [1, 3, 256, 256], "r": 8, "num_experts": 3, "top_k": 1}
+    kw = {
+        "img_channel": 3,
+        "width": 64,
+        "enc_blk_nums": [1, 1, 1, 28],
+        "middle_blk_num": 1,
+        "dec_blk_nums": [1, 1, 1, 1],
+        "train_size": [1, 3, 256, 256],
+        "r": 8,
+        "num_experts": 3,
+        "top_k": 1,
+    }
     assert LoRAIRNetConfig.from_official_kwargs(kw) == lora_ir.VARIANTS["setting1"]
     assert lora_ir.VARIANTS["setting1"].tlc_px == 384
     with pytest.raises(ValueError, match="same, non-zero number of levels"):
@@ -267,8 +293,9 @@ def test_local_pooling_is_global_for_small_images_and_local_for_large_ones():
     with torch.no_grad():
         # base 64 px: level 0 pools 64 px windows, level 1 32, the middle (stride 4) 16 feature px
         # box mean over the whole image vs the global mean: two paths, FP32_ATOL
-        torch.testing.assert_close(net(small, prior, logits, local_pool_px=64), net(small, prior, logits),
-                                   atol=FP32_ATOL, rtol=0)
+        torch.testing.assert_close(
+            net(small, prior, logits, local_pool_px=64), net(small, prior, logits), atol=FP32_ATOL, rtol=0
+        )
         local = net(large, prior, logits, local_pool_px=64)
         assert (local - net(large, prior, logits)).abs().max() > 1e-4
         # computed per call: an earlier, differently sized image changes nothing (the official pools keep the first)
@@ -346,8 +373,9 @@ def test_routing_subsets_moves_concatenates_and_can_be_imposed():
         assert moved.logits.device.type == "cpu" and moved.top_k == routing.top_k
         # one image's routing on many tiles: every tile runs with it
         tiles = x[:, :, :8, :8]
-        torch.testing.assert_close(model.run(tiles, routing[0]).output, model.run(tiles, routing[[0, 0, 0, 0]]).output,
-                                   atol=FP32_ATOL, rtol=0)  # broadcast vs per-image merge: FP32_ATOL
+        torch.testing.assert_close(
+            model.run(tiles, routing[0]).output, model.run(tiles, routing[[0, 0, 0, 0]]).output, atol=FP32_ATOL, rtol=0
+        )  # broadcast vs per-image merge: FP32_ATOL
         with pytest.raises(ValueError, match="routing is for 2 images but the batch has 4"):
             model.run(x, routing[:2])
 

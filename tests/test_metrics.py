@@ -41,7 +41,9 @@ def test_moce_equals_skimage_gaussian_ssim_on_float32_rgb(shape):
     assert abs(got_psnr - want_psnr) <= PSNR_TOL
     assert abs(got_ssim - want_ssim) <= SSIM_TOL
     # float64 arrays: skimage computes in float64 too, and then the agreement is at rounding level
-    want64 = sk_ssim(clean.astype(np.float64), restored.astype(np.float64), channel_axis=2, gaussian_weights=True, data_range=1.0)
+    want64 = sk_ssim(
+        clean.astype(np.float64), restored.astype(np.float64), channel_axis=2, gaussian_weights=True, data_range=1.0
+    )
     assert abs(got_ssim - want64) <= 1e-9
 
 

@@ -111,7 +111,9 @@ def test_a_batch_sharing_its_experts_runs_them_once_and_equals_one_by_one():
     with torch.no_grad():
         batched = model.run(images, routing)
         for i in range(3):
-            torch.testing.assert_close(batched.output[i : i + 1], model.run(images[i : i + 1], routing[i]).output, atol=ATOL, rtol=0)
+            torch.testing.assert_close(
+                batched.output[i : i + 1], model.run(images[i : i + 1], routing[i]).output, atol=ATOL, rtol=0
+            )
 
 
 def test_routing_keeps_a_host_copy_of_its_experts():

@@ -36,7 +36,9 @@ def _cases(tensors):
 
 
 def test_golden_checkpoint_loads_strictly_with_the_tiny_config(model, reference):
-    expected = MoCEIRConfig.from_official_kwargs(json.loads((reference / "moce-ir" / "configs.json").read_text())["tiny"])
+    expected = MoCEIRConfig.from_official_kwargs(
+        json.loads((reference / "moce-ir" / "configs.json").read_text())["tiny"]
+    )
     assert model.config == expected == VARIANTS["tiny"]
     assert sum(p.numel() for p in model.parameters()) == 1_283_176
 

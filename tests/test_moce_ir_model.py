@@ -11,6 +11,7 @@ from helpers import FP32_ATOL, ODD, diverse_routing_moce, make_images, random_mo
 
 from irtool.archs.moce_ir import VARIANTS, MoCEIR, MoCEIRConfig, Routing, infer_config
 
+
 @pytest.mark.parametrize("name", ["MoCE_IR", "MoCE_IR_S", "tiny"])
 def test_config_detection_recovers_the_named_variants(name):
     model = MoCEIR(VARIANTS[name])
@@ -21,9 +22,31 @@ def test_config_detection_recovers_the_named_variants(name):
     "config",
     [
         ODD,
-        MoCEIRConfig(dim=12, num_blocks=(2, 1, 1, 1, 1), num_dec_blocks=(1, 1, 1, 1), heads=(1, 1, 2, 2, 4), num_refinement_blocks=0),
-        MoCEIRConfig(dim=16, num_experts=5, rank_type="lin", rank=2, complexity_scale="min", num_blocks=(1, 1, 1, 1), num_dec_blocks=(1, 1, 1)),
-        MoCEIRConfig(dim=16, num_experts=2, rank_type="exp", rank=3, complexity_scale="none", num_blocks=(1, 1, 1, 1), num_dec_blocks=(1, 1, 1)),
+        MoCEIRConfig(
+            dim=12,
+            num_blocks=(2, 1, 1, 1, 1),
+            num_dec_blocks=(1, 1, 1, 1),
+            heads=(1, 1, 2, 2, 4),
+            num_refinement_blocks=0,
+        ),
+        MoCEIRConfig(
+            dim=16,
+            num_experts=5,
+            rank_type="lin",
+            rank=2,
+            complexity_scale="min",
+            num_blocks=(1, 1, 1, 1),
+            num_dec_blocks=(1, 1, 1),
+        ),
+        MoCEIRConfig(
+            dim=16,
+            num_experts=2,
+            rank_type="exp",
+            rank=3,
+            complexity_scale="none",
+            num_blocks=(1, 1, 1, 1),
+            num_dec_blocks=(1, 1, 1),
+        ),
     ],
     ids=["odd", "five-levels", "five-experts-lin-min", "two-experts-exp-none"],
 )
@@ -47,9 +70,21 @@ def test_complexity_buffers_are_expert_sizes_over_the_largest():
 
 
 def test_official_kwargs_map_onto_the_config():
-    official = {"dim": 32, "num_blocks": [4, 6, 6, 8], "num_dec_blocks": [2, 4, 4], "num_refinement_blocks": 4,
-                "heads": [1, 2, 4, 8], "topk": 1, "rank": 2, "rank_type": "spread", "depth_type": "constant",
-                "stage_depth": [1, 1, 1], "LayerNorm_type": "WithBias", "bias": False, "levels": 4}
+    official = {
+        "dim": 32,
+        "num_blocks": [4, 6, 6, 8],
+        "num_dec_blocks": [2, 4, 4],
+        "num_refinement_blocks": 4,
+        "heads": [1, 2, 4, 8],
+        "topk": 1,
+        "rank": 2,
+        "rank_type": "spread",
+        "depth_type": "constant",
+        "stage_depth": [1, 1, 1],
+        "LayerNorm_type": "WithBias",
+        "bias": False,
+        "levels": 4,
+    }
     assert MoCEIRConfig.from_official_kwargs(official) == VARIANTS["MoCE_IR_S"]
 
 
@@ -154,7 +189,9 @@ def _official_aux(logits: torch.Tensor, noisy: torch.Tensor, complexity: torch.T
     cv_imp = (importance.std(unbiased=True) / (importance.mean() + 1e-8)) ** 2
     threshold = noisy.max(dim=-1, keepdim=True).values
     std = 1.0 / logits.shape[-1]
-    normal_cdf = torch.tensor([[0.5 * (1 + math.erf(v / math.sqrt(2))) for v in row] for row in ((threshold - logits) / std).tolist()])
+    normal_cdf = torch.tensor(
+        [[0.5 * (1 + math.erf(v / math.sqrt(2))) for v in row] for row in ((threshold - logits) / std).tolist()]
+    )
     load = (1 - normal_cdf).mean(0)
     cv_load = (load.std(unbiased=True) / (load.mean() + 1e-8)) ** 2
     return 0.5 * cv_imp + 0.5 * cv_load
@@ -198,9 +235,7 @@ def test_eval_returns_no_aux_loss_and_reports_routing_per_layer():
     assert layers == 5 and model.moce_layer_names[0] == "dec.0.2.layers.0.adapter"
     assert result.routing.experts.shape == (2, layers, 1) and result.routing.gates.shape == (2, layers, 1)
     assert result.routing.logits.shape == (2, layers, 4)
-    torch.testing.assert_close(
-        result.routing.gates[..., 0], torch.softmax(result.routing.logits, -1).max(-1).values
-    )
+    torch.testing.assert_close(result.routing.gates[..., 0], torch.softmax(result.routing.logits, -1).max(-1).values)
 
 
 def test_bfloat16_weights_run():

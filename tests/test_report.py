@@ -9,7 +9,6 @@ import csv
 import io as stdio
 import json
 import re
-import shutil
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
@@ -83,7 +82,9 @@ def restored(tmp_path_factory):
         Image.fromarray(photo(48, 64, seed=seed)).save(src / name, format="PNG")
     (src / "broken.png").write_bytes(b"not a png")
     report = root / "out" / "report.html"
-    result = runner.invoke(app, ["restore", str(src), str(root / "out"), "-w", str(checkpoint), "--report", str(report), "--json", "-q"])
+    result = runner.invoke(
+        app, ["restore", str(src), str(root / "out"), "-w", str(checkpoint), "--report", str(report), "--json", "-q"]
+    )
     reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     return root, result, report, reports, checkpoint
 
@@ -109,7 +110,9 @@ def test_restore_report_lists_every_image_escaped_with_its_routing_and_failures(
     # the first preview is the input itself (64x48 is under the preview size: no resampling)
     first = next(r for r in reports if r["input"].endswith("a.png"))
     card_order = [Path(r["input"]).name for r in reports if r["status"] == "ok"]
-    decoded = np.asarray(Image.open(stdio.BytesIO(__import__("base64").b64decode(before[card_order.index("a.png")].split(",", 1)[1]))))
+    decoded = np.asarray(
+        Image.open(stdio.BytesIO(__import__("base64").b64decode(before[card_order.index("a.png")].split(",", 1)[1])))
+    )
     assert np.array_equal(decoded, images.as_uint8(io.read_image(first["input"]).rgb))
     # the failure is listed with its error, in the problems and in its card
     broken = next(r for r in reports if r["status"] == "failed")
@@ -137,7 +140,9 @@ def test_without_jinja2_report_is_one_line_naming_the_extra_before_any_work(tmp_
     monkeypatch.setitem(sys.modules, "jinja2", None)
     try:
         Image.fromarray(photo(16, 16)).save(tmp_path / "a.png")
-        result = runner.invoke(app, ["restore", str(tmp_path / "a.png"), str(tmp_path / "out"), "--report", str(tmp_path / "r.html")])
+        result = runner.invoke(
+            app, ["restore", str(tmp_path / "a.png"), str(tmp_path / "out"), "--report", str(tmp_path / "r.html")]
+        )
         assert result.exit_code == 1 and not (tmp_path / "out").exists()
         assert result.stderr.strip() == "error: --report needs Jinja2: pip install 'irtool[report]'"
     finally:
@@ -166,7 +171,9 @@ def test_eval_report_with_two_models(evaluated):
     assert [r["model"]["source"] for r in runs] == [str(root / "a.pth"), str(root / "b.pth")]
     rows = list(csv.DictReader((root / "e.csv").read_text().splitlines()))
     assert [r["model"] for r in rows] == ["a.pth"] * 4 + ["b.pth"] * 4
-    assert sorted(p.relative_to(root / "saved").as_posix() for p in (root / "saved").rglob("*.png"))[:1] == ["a.pth/rain100l/rain-001.png"]
+    assert sorted(p.relative_to(root / "saved").as_posix() for p in (root / "saved").rglob("*.png"))[:1] == [
+        "a.pth/rain100l/rain-001.png"
+    ]
     html = report.read_text(encoding="utf-8")
     page = _Page(html)
     _assert_offline(page, html)
@@ -186,7 +193,9 @@ def test_eval_report_with_two_models(evaluated):
     ordered = sorted(per_image, key=lambda i: i["psnr"])
     worst_heading = html.index("Worst images")
     assert html.index(ordered[0]["file"] + " · PSNR", worst_heading) < html.index("Best images")
-    assert len(page.all("img", alt=None)) == 0 and any("error heat-map" in (a.get("alt") or "") for a in page.all("img"))
+    assert len(page.all("img", alt=None)) == 0 and any(
+        "error heat-map" in (a.get("alt") or "") for a in page.all("img")
+    )
     # the figure: input, both models and the truth, each the asked crop, with each model's PSNR under it
     figure = root / "eval.rain100l.rain-002.png"
     assert figure.is_file() and Image.open(figure).size[0] > 4 * 256
@@ -200,7 +209,9 @@ def test_crops_are_the_pixels_of_the_saved_outputs_and_worst_window_finds_the_er
     out = truth.copy()
     out[22:30, 31:39] = 200  # the only error
     assert images.worst_window(out, truth, 8) == (31, 22, 8, 8)
-    assert images.clip_rect((45, 35, 20, 20), 50, 40) == (45, 35, 5, 5) and images.clip_rect((60, 0, 5, 5), 50, 40) is None
+    assert (
+        images.clip_rect((45, 35, 20, 20), 50, 40) == (45, 35, 5, 5) and images.clip_rect((60, 0, 5, 5), 50, 40) is None
+    )
     heat = images.heatmap(out, truth)
     assert heat[0, 0].tolist() == [13, 8, 60] and heat[25, 35].tolist() == [252, 255, 164]
     with pytest.raises(evaluation.IrtoolError, match=r"--figure x\.png:1,2: expected NAME:x,y,w,h"):
@@ -215,7 +226,18 @@ def test_report_command_merges_json_reports_with_their_saved_pictures(evaluated,
     (tmp_path / "a.json").write_text(json.dumps(runs[0]))
     (tmp_path / "b.json").write_text(json.dumps(runs[1]))
     out = tmp_path / "cmp.html"
-    result = runner.invoke(app, ["report", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "-o", str(out), "--figure", "rain-001.png:0,0,16,16"])
+    result = runner.invoke(
+        app,
+        [
+            "report",
+            str(tmp_path / "a.json"),
+            str(tmp_path / "b.json"),
+            "-o",
+            str(out),
+            "--figure",
+            "rain-001.png:0,0,16,16",
+        ],
+    )
     assert result.exit_code == 0, result.output
     html = out.read_text(encoding="utf-8")
     assert "a.pth" in html and "b.pth" in html and "The same crops side by side" in html
@@ -229,7 +251,11 @@ def test_report_command_merges_json_reports_with_their_saved_pictures(evaluated,
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     failed = runner.invoke(app, ["report", str(bad), "-o", str(tmp_path / "x.html")])
-    assert failed.exit_code == 1 and "not an irtool eval report" in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
+    assert (
+        failed.exit_code == 1
+        and "not an irtool eval report" in failed.stderr
+        and len(failed.stderr.strip().splitlines()) == 1
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -285,7 +311,9 @@ def test_restore_report_in_chromium(restored, browser, tmp_path_factory):
     assert browser.js("document.querySelector('.compare .divider').style.left") == "55%"
     browser.js("document.querySelector('.comparison button.toggle').click()")
     assert browser.js(clip) == "inset(0px 0px 0px 0%)"  # all "after"
-    browser.js("document.querySelector('.comparison input[type=range]').value = 50; document.querySelector('.comparison input[type=range]').dispatchEvent(new Event('input'))")
+    browser.js(
+        "document.querySelector('.comparison input[type=range]').value = 50; document.querySelector('.comparison input[type=range]').dispatchEvent(new Event('input'))"
+    )
     shot = browser.screenshot(_artefact(tmp_path_factory, "report_restore.png"), clip_height=1400)
     assert Image.open(shot).size[0] == 1280
     assert browser.problems() == []
@@ -298,12 +326,17 @@ def test_eval_report_in_chromium_sorts_by_clicking(evaluated, browser, tmp_path_
     _check_clean(browser, report)
     column = "Array.from(document.querySelectorAll('table.perimage tbody tr')).map(r => Number(r.cells[{}].dataset.v))"
     # click the first model's PSNR header like a user: ascending, then descending
-    box = browser.js("(() => { const b = document.querySelectorAll('table.perimage thead tr:last-child th button')[3];"
-                     " b.scrollIntoView(); const r = b.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+    box = browser.js(
+        "(() => { const b = document.querySelectorAll('table.perimage thead tr:last-child th button')[3];"
+        " b.scrollIntoView(); const r = b.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+    )
     browser.click(*box)
     values = browser.js(column.format(3))
     assert values == sorted(values) and len(values) == 4
-    assert browser.js("document.querySelectorAll('table.perimage thead tr:last-child th')[3].getAttribute('aria-sort')") == "ascending"
+    assert (
+        browser.js("document.querySelectorAll('table.perimage thead tr:last-child th')[3].getAttribute('aria-sort')")
+        == "ascending"
+    )
     browser.click(*box)
     assert browser.js(column.format(3)) == sorted(values, reverse=True)
     runs = json.loads((root / "e.json").read_text())
@@ -311,7 +344,9 @@ def test_eval_report_in_chromium_sorts_by_clicking(evaluated, browser, tmp_path_
     # keyboard: the header buttons are reachable and Enter sorts by file name
     browser.js("document.querySelector('table.perimage thead tr:last-child th button').focus()")
     browser.key("Enter", "Enter", 13, "\r")
-    files = browser.js("Array.from(document.querySelectorAll('table.perimage tbody tr')).map(r => r.cells[0].textContent)")
+    files = browser.js(
+        "Array.from(document.querySelectorAll('table.perimage tbody tr')).map(r => r.cells[0].textContent)"
+    )
     assert files == sorted(files)
     browser.js("window.scrollTo(0, 0)")
     browser.screenshot(_artefact(tmp_path_factory, "report_eval.png"), clip_height=1400)

@@ -22,8 +22,21 @@ from irtool.degrade import degrade
 runner = CliRunner()
 
 REPORT_KEYS = {
-    "input", "output", "status", "size", "degradation", "confidence", "experts", "gates", "routing", "tiles",
-    "tile_size", "precision", "seconds", "warnings", "error",
+    "input",
+    "output",
+    "status",
+    "size",
+    "degradation",
+    "confidence",
+    "experts",
+    "gates",
+    "routing",
+    "tiles",
+    "tile_size",
+    "precision",
+    "seconds",
+    "warnings",
+    "error",
 }
 
 
@@ -57,7 +70,9 @@ def test_restore_a_tree_mirrors_it_keeps_formats_and_never_touches_inputs(tmp_pa
     result = invoke("restore", src, out, "-w", checkpoint, "--suffix", "_fixed", "--json", "--batch-size", "2")
     assert result.exit_code == 0, result.output
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "a_fixed.png", "trip/b_fixed.jpg", "trip/day2/c_fixed.webp",
+        "a_fixed.png",
+        "trip/b_fixed.jpg",
+        "trip/day2/c_fixed.webp",
     ]
     assert io.read_image(out / "trip" / "b_fixed.jpg").format == "jpeg"
     assert tree_hashes(src) == before
@@ -77,14 +92,17 @@ def test_globs_mirror_the_tree_below_their_fixed_part(tmp_path, checkpoint):
     save(tmp_path / "shots" / "y" / "3.jpg", photo(16, 16, seed=3))
     result = invoke("restore", str(tmp_path / "shots" / "**" / "*.png"), tmp_path / "out", "-w", checkpoint, "-q")
     assert result.exit_code == 0, result.output
-    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.*")) == ["x/1.png", "y/2.png"]
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.*")) == [
+        "x/1.png",
+        "y/2.png",
+    ]
 
 
 def test_restore_keeps_16_bits_alpha_gray_orientation_icc_and_exif(tmp_path, checkpoint):
     src = tmp_path / "in"
     src.mkdir()
     rng = np.random.default_rng(0)
-    deep = (photo(24, 32).astype(np.uint16) * 257 + rng.integers(0, 256, (24, 32, 3), dtype=np.uint16))
+    deep = photo(24, 32).astype(np.uint16) * 257 + rng.integers(0, 256, (24, 32, 3), dtype=np.uint16)
     (src / "deep.png").write_bytes(cv2.imencode(".png", deep[..., ::-1])[1].tobytes())
     (src / "deep.tiff").write_bytes(tiff.write_tiff(deep))
     alpha = rng.integers(0, 256, (24, 32), dtype=np.uint8)
@@ -159,10 +177,18 @@ def test_a_corrupt_file_mid_batch_is_one_line_and_the_rest_is_written(tmp_path, 
 
 def test_table_tiles_and_exit_codes(tmp_path, checkpoint):
     save(tmp_path / "big.png", photo(80, 120, seed=1))
-    result = invoke("restore", tmp_path / "big.png", tmp_path / "out", "-w", checkpoint, "--tile", "64", "--tile-overlap", "16")
+    result = invoke(
+        "restore", tmp_path / "big.png", tmp_path / "out", "-w", checkpoint, "--tile", "64", "--tile-overlap", "16"
+    )
     assert result.exit_code == 0, result.output
-    assert "big.png" in result.stdout.replace("\n", "") and "unknown" in result.stdout and "restored 1 of 1" in result.stderr
-    tiled = json_lines(invoke("restore", tmp_path / "big.png", tmp_path / "out2", "-w", checkpoint, "-t", "64", "--json"))[0]
+    assert (
+        "big.png" in result.stdout.replace("\n", "")
+        and "unknown" in result.stdout
+        and "restored 1 of 1" in result.stderr
+    )
+    tiled = json_lines(
+        invoke("restore", tmp_path / "big.png", tmp_path / "out2", "-w", checkpoint, "-t", "64", "--json")
+    )[0]
     assert tiled["routing"] == "downscaled" and tiled["tiles"] == 6 and max(tiled["tile_size"]) <= 64
 
     # file names are shown literally, not read as rich markup or emoji codes
@@ -195,14 +221,21 @@ def test_without_weights_one_line_says_how_to_get_them(tmp_path, no_builtin_defa
 def test_degrade_makes_seeded_test_images_and_keeps_the_frame(tmp_path):
     clean = photo(32, 40, seed=1)
     save(tmp_path / "clean.png", clean)
-    result = invoke("degrade", tmp_path / "clean.png", tmp_path / "rainy.png", "--kind", "rain", "--level", "heavy", "--seed", "3")
+    result = invoke(
+        "degrade", tmp_path / "clean.png", tmp_path / "rainy.png", "--kind", "rain", "--level", "heavy", "--seed", "3"
+    )
     assert result.exit_code == 0, result.output
     got = io.to_array(io.read_image(tmp_path / "rainy.png"))
     assert np.array_equal(got, degrade(clean, "rain", "heavy", seed=3))
-    again = invoke("degrade", tmp_path / "clean.png", tmp_path / "rainy.png", "--kind", "rain", "--level", "heavy", "--seed", "3")
+    again = invoke(
+        "degrade", tmp_path / "clean.png", tmp_path / "rainy.png", "--kind", "rain", "--level", "heavy", "--seed", "3"
+    )
     assert again.exit_code == 1 and "already exists" in again.stderr
     folder = invoke("degrade", tmp_path, tmp_path / "noisy", "-k", "noise", "-l", "15")
-    assert folder.exit_code == 0 and sorted(p.name for p in (tmp_path / "noisy").iterdir()) == ["clean.png", "rainy.png"]
+    assert folder.exit_code == 0 and sorted(p.name for p in (tmp_path / "noisy").iterdir()) == [
+        "clean.png",
+        "rainy.png",
+    ]
     assert invoke("degrade", tmp_path / "clean.png", tmp_path / "x.png", "-k", "noise", "-l", "loud").exit_code == 2
 
 
@@ -211,8 +244,20 @@ def test_calibrate_then_restore_names_the_degradation(tmp_path, checkpoint):
     for s in range(6):
         save(clean / f"{s}.png", photo(64, 64, seed=s))
     result = invoke(
-        "calibrate", "-w", checkpoint, "--clean-dir", clean, "--classes", "haze,lowlight,noise", "--levels", "heavy",
-        "--size", "48", "--batch-size", "9", "--json",
+        "calibrate",
+        "-w",
+        checkpoint,
+        "--clean-dir",
+        clean,
+        "--classes",
+        "haze,lowlight,noise",
+        "--levels",
+        "heavy",
+        "--size",
+        "48",
+        "--batch-size",
+        "9",
+        "--json",
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -229,7 +274,21 @@ def test_calibrate_then_restore_names_the_degradation(tmp_path, checkpoint):
         name, confidence = named[f"{kind}.png"]
         assert name == kind and 0 < confidence <= 1
 
-    table = invoke("calibrate", "-w", checkpoint, "--clean-dir", clean, "--classes", "haze,lowlight", "--levels", "heavy", "--size", "48", "-o", tmp_path / "c.json")
+    table = invoke(
+        "calibrate",
+        "-w",
+        checkpoint,
+        "--clean-dir",
+        clean,
+        "--classes",
+        "haze,lowlight",
+        "--levels",
+        "heavy",
+        "--size",
+        "48",
+        "-o",
+        tmp_path / "c.json",
+    )
     assert table.exit_code == 0 and "held-out accuracy" in table.stdout and (tmp_path / "c.json").is_file()
     assert invoke("calibrate", "-w", checkpoint, "--clean-dir", clean, "--classes", "snow").exit_code == 1
 

@@ -30,11 +30,21 @@ HIDDEN, HEADS = 48, 3
 
 def _official_router(seed: int = 0):
     """(state dict in the official CLIPDeRouter's key names, function views -> (logits, prior)) of a random router."""
-    transformers = pytest.importorskip("transformers", reason="the official CLIP tower comes from transformers "
-                                       "(pip install -e '.[test]' installs transformers==4.37.2)")
+    transformers = pytest.importorskip(
+        "transformers",
+        reason="the official CLIP tower comes from transformers "
+        "(pip install -e '.[test]' installs transformers==4.37.2)",
+    )
     config = transformers.CLIPVisionConfig(
-        hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS, intermediate_size=96, image_size=28,
-        patch_size=14, projection_dim=32, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        intermediate_size=96,
+        image_size=28,
+        patch_size=14,
+        projection_dim=32,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
     )
     torch.manual_seed(seed)
     tower = transformers.CLIPVisionModelWithProjection(config).eval()
@@ -58,8 +68,13 @@ def _official_router(seed: int = 0):
         with torch.no_grad():
             emb = tower(pixel_values=views.flatten(0, 1)).image_embeds.view(b, v, -1)
             y = torch.cat([emb[:, 0], emb[:, 1:].mean(dim=1)], dim=1)
-            prior = F.gelu(F.linear(F.gelu(F.linear(y, head["de_extractor.0.weight"], head["de_extractor.0.bias"])),
-                                    head["de_extractor.2.weight"], head["de_extractor.2.bias"]))
+            prior = F.gelu(
+                F.linear(
+                    F.gelu(F.linear(y, head["de_extractor.0.weight"], head["de_extractor.0.bias"])),
+                    head["de_extractor.2.weight"],
+                    head["de_extractor.2.bias"],
+                )
+            )
             return F.linear(prior, head["cls_head.weight"], head["cls_head.bias"]), prior
 
     return sd, forward
@@ -77,8 +92,13 @@ def test_a_router_of_an_unreleased_config_loads_with_its_head_count_stated(unrel
     ir, router, official = unreleased_pair
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # everything the tensors cannot show is stated: nothing assumed, no warning
-        model = irtool.load_model(ir, router=router, device="cpu", config={"top_k": 1, "lora_scaling": 2.0},
-                                  router_config={"num_heads": HEADS, "hidden_act": "quick_gelu"})
+        model = irtool.load_model(
+            ir,
+            router=router,
+            device="cpu",
+            config={"top_k": 1, "lora_scaling": 2.0},
+            router_config={"num_heads": HEADS, "hidden_act": "quick_gelu"},
+        )
     assert model.router.config.num_heads == HEADS
     views = model.router.views(make_images(2, 40, 56))
     logits, prior = model.router(views)
@@ -89,7 +109,10 @@ def test_a_router_of_an_unreleased_config_loads_with_its_head_count_stated(unrel
 
 def test_left_to_detection_the_heads_are_assumed_with_a_warning_and_the_logits_are_off(unreleased_pair):
     ir, router, official = unreleased_pair
-    with pytest.warns(ConfigGuessWarning, match=r"router\.pth: LoRA-IR CLIP router num_heads=1, hidden_act=\"quick_gelu\" assumed.*--router-config num_heads=VALUE"):
+    with pytest.warns(
+        ConfigGuessWarning,
+        match=r"router\.pth: LoRA-IR CLIP router num_heads=1, hidden_act=\"quick_gelu\" assumed.*--router-config num_heads=VALUE",
+    ):
         model = irtool.load_model(ir, router=router, device="cpu")
     assert model.router.config.num_heads == 1
     views = model.router.views(make_images(2, 40, 56))
@@ -100,9 +123,14 @@ def test_a_stated_field_is_checked_against_the_tensors(unreleased_pair, tmp_path
     ir, router, _ = unreleased_pair
     with pytest.raises(CheckpointError, match=r"router\.pth: .*hidden_size 48 is not a multiple of num_heads 5"):
         irtool.load_model(ir, router=router, device="cpu", router_config={"num_heads": 5})
-    with pytest.raises(CheckpointError, match=r"router\.pth: a LoRA-IR CLIP router config has no field heads \(its fields: hidden_size"):
+    with pytest.raises(
+        CheckpointError, match=r"router\.pth: a LoRA-IR CLIP router config has no field heads \(its fields: hidden_size"
+    ):
         irtool.load_model(ir, router=router, device="cpu", router_config={"heads": 3})
-    with pytest.raises(CheckpointError, match=r"router\.pth: the stated LoRA-IR CLIP router config hidden_size=64 does not fit its tensors"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"router\.pth: the stated LoRA-IR CLIP router config hidden_size=64 does not fit its tensors",
+    ):
         irtool.load_model(ir, router=router, device="cpu", router_config={"hidden_size": 64})
     moce = random_moce(ODD, seed=1)
     torch.save(moce.state_dict(), tmp_path / "moce.pth")
@@ -182,7 +210,9 @@ def test_restore_warns_once_in_one_line_and_takes_the_stated_field(tmp_path):
 
     torch.save(random_moce(ODD, seed=1).state_dict(), tmp_path / "odd.pth")
     (tmp_path / "in").mkdir()
-    Image.fromarray((make_images(1, 24, 24)[0].permute(1, 2, 0).numpy() * 255).astype("uint8")).save(tmp_path / "in" / "a.png")
+    Image.fromarray((make_images(1, 24, 24)[0].permute(1, 2, 0).numpy() * 255).astype("uint8")).save(
+        tmp_path / "in" / "a.png"
+    )
     runner = CliRunner()
     base = ["restore", str(tmp_path / "in"), "--weights", str(tmp_path / "odd.pth"), "--device", "cpu", "--quiet"]
     got = runner.invoke(app, [*base, str(tmp_path / "out1")])

@@ -9,13 +9,16 @@ from torch import nn
 from irtool.tiling import pad_to_multiple, plan_tiles, span_weights, tile_spans, tiled_forward
 
 
-@pytest.mark.parametrize("length,tile,overlap,multiple", [(1200, 1024, 32, 8), (257, 64, 16, 1), (1000, 128, 32, 8), (64, 64, 16, 8), (130, 64, 60, 8)])
+@pytest.mark.parametrize(
+    "length,tile,overlap,multiple",
+    [(1200, 1024, 32, 8), (257, 64, 16, 1), (1000, 128, 32, 8), (64, 64, 16, 8), (130, 64, 60, 8)],
+)
 def test_spans_cover_evenly_and_weights_sum_to_one(length, tile, overlap, multiple):
     spans = tile_spans(length, tile, overlap, multiple)
     sizes = {end - start for start, end in spans}
     assert len(sizes) == 1 and max(sizes) <= max(tile, multiple)
     assert spans[0][0] == 0 and spans[-1][1] == length
-    for (s0, e0), (s1, e1) in zip(spans, spans[1:]):
+    for (_s0, e0), (s1, _e1) in zip(spans, spans[1:]):
         assert s1 < e0, "neighbours overlap"
         assert e0 - s1 >= min(overlap, tile // 4)
     total = torch.zeros(length, dtype=torch.float64)
@@ -31,7 +34,13 @@ def test_an_image_just_over_the_tile_size_is_split_in_halves_not_a_sliver():
 def local_net(seed: int = 0) -> nn.Module:
     """Three 3x3 convs: receptive field radius 3, well within a quarter of a 16 px overlap."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 3, 3, padding=1))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.GELU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.GELU(),
+        nn.Conv2d(8, 3, 3, padding=1),
+    )
 
 
 @pytest.mark.parametrize("height,width,tile,batch", [(200, 136, 64, 3), (96, 250, 48, 1), (64, 64, 64, 2)])

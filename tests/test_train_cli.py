@@ -23,15 +23,33 @@ def test_print_config_is_a_valid_config_file_and_needs_no_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.stderr.strip() == "False", done.stderr
     config = TrainConfig.from_dict(json.loads(done.stdout))
-    assert (config.preset, config.batch_size, config.reweight, config.model) == ("moce_ir-aio5", 4, "art", {"num_blocks": [1, 1, 1, 2]})
+    assert (config.preset, config.batch_size, config.reweight, config.model) == (
+        "moce_ir-aio5",
+        4,
+        "art",
+        {"num_blocks": [1, 1, 1, 2]},
+    )
     (tmp_path / "c.json").write_text(done.stdout)
     again = runner.invoke(app, ["train", "--config-file", str(tmp_path / "c.json"), "--print-config"])
     assert again.exit_code == 0 and TrainConfig.from_dict(json.loads(again.stdout)) == config
 
 
 def test_clean_dir_flags_make_the_sources(tmp_path):
-    result = runner.invoke(app, ["train", "--clean-dir", str(tmp_path), "--tasks", "noise,jpeg", "--config", "tiny",
-                                 "--steps", "50", "--print-config"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--clean-dir",
+            str(tmp_path),
+            "--tasks",
+            "noise,jpeg",
+            "--config",
+            "tiny",
+            "--steps",
+            "50",
+            "--print-config",
+        ],
+    )
     assert result.exit_code == 0, result.output
     config = TrainConfig.from_dict(json.loads(result.stdout))
     assert config.tasks == ["noise", "jpeg"] and config.variant == "tiny" and config.steps == 50

@@ -23,7 +23,9 @@ from irtool.archs.moce_ir import MoCEIRConfig
 from irtool.train.distributed import Dist, setup, teardown
 from irtool.train.loop import Trainer
 
-CONFIG = MoCEIRConfig(dim=8, num_blocks=(1, 1, 1, 1), num_dec_blocks=(1, 1, 2), num_refinement_blocks=1, heads=(1, 1, 2, 2))
+CONFIG = MoCEIRConfig(
+    dim=8, num_blocks=(1, 1, 1, 1), num_dec_blocks=(1, 1, 2), num_refinement_blocks=1, heads=(1, 1, 2, 2)
+)
 TASKS = ["noise", "lowlight"]
 WORLD = 2
 SEED = 19  # a network whose routers split this batch so that some experts run on one process only (checked below)
@@ -50,8 +52,9 @@ def train_config():
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     ctx = setup("cpu")
     try:
@@ -65,10 +68,12 @@ def _worker(rank: int, port: int, out: str) -> None:
             layer.routing.noise_std = 1.0 / len(layer.experts)
         trainer.optimizer.zero_grad(set_to_none=True)
         trainer.config = dataclasses.replace(trainer.config, balance_weight=0.01)
-        for i in range(2):
+        for _i in range(2):
             trainer.step(shard(make_batch(), rank, WORLD), lr=1e-3)
         weights = {n: p.detach().clone() for n, p in net.named_parameters()}
-        torch.save({"grads": grads, "stats": dataclasses.asdict(stats), "weights": weights}, Path(out) / f"rank{rank}.pt")
+        torch.save(
+            {"grads": grads, "stats": dataclasses.asdict(stats), "weights": weights}, Path(out) / f"rank{rank}.pt"
+        )
     finally:
         teardown(ctx)
 

@@ -99,7 +99,8 @@ def test_resume_continues_bit_exactly(tmp_path):
     straight, resumed = read_log(tmp_path / "straight" / "log.csv"), read_log(tmp_path / "stopped" / "log.csv")
     for a, b in zip(straight, resumed):
         assert {k: v for k, v in a.items() if k not in ("it_per_s", "seconds")} == {
-            k: v for k, v in b.items() if k not in ("it_per_s", "seconds")}
+            k: v for k, v in b.items() if k not in ("it_per_s", "seconds")
+        }
 
 
 def test_a_run_is_not_overwritten_and_a_resume_must_keep_the_recipe(tmp_path):
@@ -110,7 +111,9 @@ def test_a_run_is_not_overwritten_and_a_resume_must_keep_the_recipe(tmp_path):
     with pytest.raises(TrainError, match=r"different recipe \(lr changed\)"):
         train(micro_config(steps=3, ckpt_every=3, lr=0.5), tmp_path, dataset=micro_dataset(), resume=True)
     # weights and state from different steps (a kill between the two renames) are refused
-    checkpoint.save_weights(tmp_path / "last.safetensors", irtool.load_model(tmp_path / "last.safetensors"), {"step": 2})
+    checkpoint.save_weights(
+        tmp_path / "last.safetensors", irtool.load_model(tmp_path / "last.safetensors"), {"step": 2}
+    )
     with pytest.raises(CheckpointError, match="from step 2 but last.state.pt from step 3"):
         train(config, tmp_path, dataset=micro_dataset(), resume=True)
 
@@ -163,8 +166,11 @@ def test_an_unreadable_training_image_is_one_line(tmp_path, workers):
     from irtool.errors import ImageError
     from irtool.train.data import Pair, Source, TrainingSet
 
-    dataset = TrainingSet([Source(0, [Pair(tmp_path / "bad.png")] * 4), Source(1, [Pair(tmp_path / "bad.png")] * 4)],
-                          patch_size=32, reader=_broken_reader)
+    dataset = TrainingSet(
+        [Source(0, [Pair(tmp_path / "bad.png")] * 4), Source(1, [Pair(tmp_path / "bad.png")] * 4)],
+        patch_size=32,
+        reader=_broken_reader,
+    )
     with pytest.raises(ImageError) as caught:
         train(micro_config(num_workers=workers), tmp_path / "run", dataset=dataset)
     assert str(caught.value) == f"{tmp_path / 'bad.png'}: truncated PNG"
@@ -204,8 +210,12 @@ def test_routing_supervision_trains_its_read_out_and_resumes_bit_exactly(tmp_pat
     train(config, tmp_path / "stopped", dataset=micro_dataset(), resume=True)
     assert_same_run(tmp_path / "straight", tmp_path / "stopped")
     sa, sb = (checkpoint.load_state(tmp_path / run / "last.state.pt") for run in ("straight", "stopped"))
-    assert sa["readout"].keys() == sb["readout"].keys() and all(torch.equal(sa["readout"][k], sb["readout"][k]) for k in sa["readout"])
-    assert not any("readout" in k or k.startswith("maps.") for k in load_file(str(tmp_path / "straight" / "last.safetensors")))
+    assert sa["readout"].keys() == sb["readout"].keys() and all(
+        torch.equal(sa["readout"][k], sb["readout"][k]) for k in sa["readout"]
+    )
+    assert not any(
+        "readout" in k or k.startswith("maps.") for k in load_file(str(tmp_path / "straight" / "last.safetensors"))
+    )
     rows = read_log(tmp_path / "straight" / "log.csv")
     # two tasks: the cross-entropy starts near ln 2 and is part of the logged loss
     assert abs(float(rows[0]["route"]) - 0.693) < 0.25
@@ -215,10 +225,16 @@ def test_routing_supervision_trains_its_read_out_and_resumes_bit_exactly(tmp_pat
     # a state saved without the read-out cannot continue with it
     plain = micro_config(steps=3, ckpt_every=3, reweight="none")
     train(plain, tmp_path / "plain", dataset=micro_dataset())
-    (tmp_path / "plain" / "config.json").write_text(json.dumps(micro_config(steps=3, ckpt_every=3, reweight="none", route_task_weight=0.5).to_dict()))
+    (tmp_path / "plain" / "config.json").write_text(
+        json.dumps(micro_config(steps=3, ckpt_every=3, reweight="none", route_task_weight=0.5).to_dict())
+    )
     with pytest.raises(CheckpointError, match="no routing read-out"):
-        train(micro_config(steps=3, ckpt_every=3, reweight="none", route_task_weight=0.5), tmp_path / "plain",
-              dataset=micro_dataset(), resume=True)
+        train(
+            micro_config(steps=3, ckpt_every=3, reweight="none", route_task_weight=0.5),
+            tmp_path / "plain",
+            dataset=micro_dataset(),
+            resume=True,
+        )
 
 
 def test_without_routing_supervision_the_step_is_the_papers(tmp_path):

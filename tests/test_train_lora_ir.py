@@ -29,9 +29,21 @@ def _one_thread():
 
 def lora_config(stage: str, **overrides):
     # a 112-px router (8x8 CLIP tokens) keeps the router's five views cheap
-    values = dict(arch="lora_ir", variant="tiny", model={"image_size": 112} if stage == "router" else {}, stage=stage, reweight="none", fft_weight=0.0,
-                  balance_weight=0.0, with_complexity=False, pixel_loss="ce" if stage == "router" else "psnr",
-                  steps=8, ckpt_every=8, log_every=1, lr=2e-3)
+    values = dict(
+        arch="lora_ir",
+        variant="tiny",
+        model={"image_size": 112} if stage == "router" else {},
+        stage=stage,
+        reweight="none",
+        fft_weight=0.0,
+        balance_weight=0.0,
+        with_complexity=False,
+        pixel_loss="ce" if stage == "router" else "psnr",
+        steps=8,
+        ckpt_every=8,
+        log_every=1,
+        lr=2e-3,
+    )
     values.update(overrides)
     return micro_config(**values)
 
@@ -56,13 +68,20 @@ def stages(tmp_path_factory, released_router):
     """The three stages run one after the other, as a user would."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("lora_stages")
-    train(lora_config("router", init=str(released_router), steps=16, ckpt_every=16, lr=1e-3), root / "router",
-          dataset=micro_dataset())
+    train(
+        lora_config("router", init=str(released_router), steps=16, ckpt_every=16, lr=1e-3),
+        root / "router",
+        dataset=micro_dataset(),
+    )
     router = root / "router" / "last.safetensors"
     train(lora_config("base", router=str(router)), root / "base", dataset=micro_dataset())
     base = root / "base" / "last.safetensors"
     train(lora_config("experts", router=str(router), init=str(base)), root / "experts", dataset=micro_dataset())
-    train(lora_config("experts", router=str(router), init=str(base), train_all=True), root / "all", dataset=micro_dataset())
+    train(
+        lora_config("experts", router=str(router), init=str(base), train_all=True),
+        root / "all",
+        dataset=micro_dataset(),
+    )
     return root
 
 
@@ -97,8 +116,9 @@ def test_expert_stage_trains_lora_only_unless_train_all(stages):
     assert any(experts[k].any() for k in lora if k.endswith("lora_B_list"))
     assert not all(torch.equal(base[k], everything[k]) for k in rest)
 
-    model = irtool.load_model(stages / "experts" / "last.safetensors", router=stages / "router" / "last.safetensors",
-                              device="cpu")
+    model = irtool.load_model(
+        stages / "experts" / "last.safetensors", router=stages / "router" / "last.safetensors", device="cpu"
+    )
     assert model.arch == "lora_ir" and model.classes == ("noise", "lowlight")
     x = torch.rand(1, 3, 40, 48)
     with torch.no_grad():
@@ -118,8 +138,25 @@ def test_stage_errors_are_one_line(tmp_path, released_router):
 def test_the_official_stage_recipes():
     router, base, experts = PRESETS["lora_ir-router"], PRESETS["lora_ir-base"], PRESETS["lora_ir-experts"]
     assert router.tasks == base.tasks == ["snow", "rain", "raindrop"]
-    assert (router.lr, router.lr_min, router.weight_decay, router.epochs, router.pixel_loss) == (2e-4, 1e-5, 0.0, 10, "ce")
+    assert (router.lr, router.lr_min, router.weight_decay, router.epochs, router.pixel_loss) == (
+        2e-4,
+        1e-5,
+        0.0,
+        10,
+        "ce",
+    )
     assert (base.lr, base.lr_min, base.steps, base.betas, base.weight_decay, base.grad_clip) == (
-        1e-3, 5e-4, 200_000, (0.9, 0.9), 1e-3, 0.01)
+        1e-3,
+        5e-4,
+        200_000,
+        (0.9, 0.9),
+        1e-3,
+        0.01,
+    )
     assert (experts.lr, experts.lr_min, experts.steps, experts.train_all, experts.pixel_loss) == (
-        1e-4, 1e-5, 100_000, False, "psnr")
+        1e-4,
+        1e-5,
+        100_000,
+        False,
+        "psnr",
+    )

@@ -83,10 +83,23 @@ def test_dihedral_modes_are_the_eight_symmetries():
 def test_presets_carry_the_official_recipes():
     aio3, aio5 = PRESETS["moce_ir-aio3"], PRESETS["moce_ir-aio5"]
     assert {s.task: s.repeat for s in aio5.sources} == {
-        "denoise_15": 3, "denoise_25": 3, "denoise_50": 3, "derain": 120, "dehaze": 1, "deblur": 5, "lowlight": 20}
+        "denoise_15": 3,
+        "denoise_25": 3,
+        "denoise_50": 3,
+        "derain": 120,
+        "dehaze": 1,
+        "deblur": 5,
+        "lowlight": 20,
+    }
     assert aio3.tasks == ["denoise_15", "denoise_25", "denoise_50", "derain", "dehaze"]
     assert (aio3.lr, aio3.weight_decay, aio3.warmup, aio3.schedule_length, aio3.epochs) == (2e-4, 0.01, 15, 150, 120)
-    assert (aio3.fft_weight, aio3.balance_weight, aio3.with_complexity, aio3.patch_size, aio3.batch_size) == (0.1, 0.01, True, 128, 8)
+    assert (aio3.fft_weight, aio3.balance_weight, aio3.with_complexity, aio3.patch_size, aio3.batch_size) == (
+        0.1,
+        0.01,
+        True,
+        128,
+        8,
+    )
     assert PRESETS["moce_ir_s-aio3"].variant == "MoCE_IR_S" and aio3.variant == "MoCE_IR"
 
 
@@ -99,7 +112,7 @@ def test_the_default_model_presets_train_one_recipe_on_cpu_and_on_a_gpu(tmp_path
     assert all(getattr(cpu, f) == getattr(gpu, f) for f in recipe)
     assert (cpu.fft_weight, cpu.balance_weight, cpu.with_complexity, cpu.patch_size) == (0.1, 0.01, True, 128)
     assert cpu.route_task_weight > 0 and (cpu.precision, gpu.precision, gpu.channels_last) == ("auto", "bf16", True)
-    assert gpu.batch_size == 32 * cpu.batch_size and gpu.lr == pytest.approx(cpu.lr * 32 ** 0.5)
+    assert gpu.batch_size == 32 * cpu.batch_size and gpu.lr == pytest.approx(cpu.lr * 32**0.5)
     config = resolve("irtool_default-cpu", None, {}, clean_dir=str(tmp_path), tasks=None)
     assert config.tasks == list(SYNTHETIC_TASKS) and "clean" in config.tasks and "defocus" in config.tasks
 
@@ -111,7 +124,7 @@ def test_toml_configs_read_on_pythons_without_tomllib(tmp_path, monkeypatch):
 
     from irtool.train.presets import ConfigError, read_config_file
 
-    (tmp_path / "c.toml").write_text('batch_size = 2\nmodel = { dim = 24 }\n')
+    (tmp_path / "c.toml").write_text("batch_size = 2\nmodel = { dim = 24 }\n")
     calls = []
     backport = types.ModuleType("tomli")
     backport.loads = lambda text: calls.append(text) or {"batch_size": 2, "model": {"dim": 24}}
@@ -127,8 +140,16 @@ def test_toml_configs_read_on_pythons_without_tomllib(tmp_path, monkeypatch):
 
 def test_config_layers_and_round_trip(tmp_path):
     (tmp_path / "c.toml").write_text('batch_size = 2\nmodel = { dim = 24 }\nreweight = "art"\n')
-    config = resolve(None, tmp_path / "c.toml", {"lr": 1e-3, "steps": 10}, clean_dir=str(tmp_path), tasks=["noise", "rain"])
-    assert (config.batch_size, config.model, config.reweight, config.lr, config.steps) == (2, {"dim": 24}, "art", 1e-3, 10)
+    config = resolve(
+        None, tmp_path / "c.toml", {"lr": 1e-3, "steps": 10}, clean_dir=str(tmp_path), tasks=["noise", "rain"]
+    )
+    assert (config.batch_size, config.model, config.reweight, config.lr, config.steps) == (
+        2,
+        {"dim": 24},
+        "art",
+        1e-3,
+        10,
+    )
     assert config.tasks == ["noise", "rain"]
     assert TrainConfig.from_dict(json.loads(config.to_json())) == config
     (tmp_path / "c.json").write_text(config.to_json())

@@ -37,8 +37,12 @@ def write_photos(folder: Path, names=PHOTOS, size: int = 96) -> list[Path]:
 
 def test_clean_photos_hold_out_the_same_images_for_every_task(tmp_path):
     write_photos(tmp_path / "photos")
-    config = resolve(None, overrides={"variant": "tiny", "patch_size": 64, "val_count": 2, "val_size": 64},
-                     clean_dir=str(tmp_path / "photos"), tasks=["noise", "rain", "lowlight"])
+    config = resolve(
+        None,
+        overrides={"variant": "tiny", "patch_size": 64, "val_count": 2, "val_size": 64},
+        clean_dir=str(tmp_path / "photos"),
+        tasks=["noise", "rain", "lowlight"],
+    )
     dataset, val = build_datasets(config)
     held = {p.name for p in val}
     assert len(held) == 2 and len(val) == 2 * 3
@@ -57,8 +61,12 @@ def test_clean_photos_hold_out_the_same_images_for_every_task(tmp_path):
 def test_val_dir_validates_the_synthetic_tasks(tmp_path):
     write_photos(tmp_path / "photos", PHOTOS[:3])
     write_photos(tmp_path / "val", PHOTOS[3:])
-    config = resolve(None, overrides={"val_dir": str(tmp_path / "val"), "val_size": 64},
-                     clean_dir=str(tmp_path / "photos"), tasks=["haze", "jpeg"])
+    config = resolve(
+        None,
+        overrides={"val_dir": str(tmp_path / "val"), "val_size": 64},
+        clean_dir=str(tmp_path / "photos"),
+        tasks=["haze", "jpeg"],
+    )
     dataset, val = build_datasets(config)
     assert all(len(s.pairs) == 3 for s in dataset.sources)  # nothing held out of training
     assert sorted(v.name for v in val) == sorted(["rocket.png", "hubble_deep_field.png"] * 2)
@@ -72,7 +80,10 @@ def make_data_root(root: Path) -> None:
         (root / "deraining/RainTrainL/gt").mkdir(parents=True, exist_ok=True)
         (root / "deraining/RainTrainL/rainy").mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(root / f"deraining/RainTrainL/gt/norain-{i}.png"), clean)
-        cv2.imwrite(str(root / f"deraining/RainTrainL/rainy/rain-{i}.png"), np.clip(clean.astype(int) + 40, 0, 255).astype(np.uint8))
+        cv2.imwrite(
+            str(root / f"deraining/RainTrainL/rainy/rain-{i}.png"),
+            np.clip(clean.astype(int) + 40, 0, 255).astype(np.uint8),
+        )
     write_photos(root / "denoising/BSD400", PHOTOS[:3], size=48)
     (root / "denoising/WaterlooED").mkdir(parents=True)
     for i in range(2):
@@ -82,10 +93,19 @@ def make_data_root(root: Path) -> None:
 def test_registry_training_splits_with_official_noise_and_repeats(tmp_path):
     make_data_root(tmp_path)
     config = TrainConfig(
-        variant="tiny", data_root=str(tmp_path), patch_size=32, val_count=0, augment="none",
+        variant="tiny",
+        data_root=str(tmp_path),
+        patch_size=32,
+        val_count=0,
+        augment="none",
         sources=(
-            TaskSource("denoise_25", datasets=("wed-train", "bsd400-train"), degrade="noise",
-                       params={"level": 25, "uint8": True}, repeat=3),
+            TaskSource(
+                "denoise_25",
+                datasets=("wed-train", "bsd400-train"),
+                degrade="noise",
+                params={"level": 25, "uint8": True},
+                repeat=3,
+            ),
             TaskSource("derain", datasets=("rain100l-train",), repeat=2),
         ),
     )
@@ -103,7 +123,9 @@ def test_registry_training_splits_with_official_noise_and_repeats(tmp_path):
 def test_a_missing_training_set_is_one_line(tmp_path):
     from irtool.errors import IrtoolError
 
-    config = TrainConfig(variant="tiny", data_root=str(tmp_path), sources=(TaskSource("derain", datasets=("rain100l-train",)),))
+    config = TrainConfig(
+        variant="tiny", data_root=str(tmp_path), sources=(TaskSource("derain", datasets=("rain100l-train",)),)
+    )
     with pytest.raises(IrtoolError, match=r"rain100l-train: not found under .* \(tried deraining/RainTrainL/rainy"):
         build_datasets(config)
 
@@ -111,10 +133,38 @@ def test_a_missing_training_set_is_one_line(tmp_path):
 def test_cli_trains_on_clean_photos_and_the_weights_load(tmp_path):
     write_photos(tmp_path / "photos", size=64)
     out = tmp_path / "run"
-    args = ["train", "--clean-dir", str(tmp_path / "photos"), "--tasks", "noise,blur", "--config", "tiny", "--dim", "8",
-            "--patch-size", "32", "--batch-size", "2", "--steps", "4", "--warmup", "1", "--val-count", "1",
-            "--val-size", "32", "--ckpt-every", "2", "--num-workers", "0", "--reweight", "art", "--out", str(out),
-            "--json"]
+    args = [
+        "train",
+        "--clean-dir",
+        str(tmp_path / "photos"),
+        "--tasks",
+        "noise,blur",
+        "--config",
+        "tiny",
+        "--dim",
+        "8",
+        "--patch-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--steps",
+        "4",
+        "--warmup",
+        "1",
+        "--val-count",
+        "1",
+        "--val-size",
+        "32",
+        "--ckpt-every",
+        "2",
+        "--num-workers",
+        "0",
+        "--reweight",
+        "art",
+        "--out",
+        str(out),
+        "--json",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -125,12 +175,36 @@ def test_cli_trains_on_clean_photos_and_the_weights_load(tmp_path):
     assert (out / "val.csv").read_text().splitlines()[0] == "step,psnr/mean,psnr/noise,psnr/blur"
     # the trained weights work in restore and eval
     photo = tmp_path / "photos" / "chelsea.png"
-    restored = CliRunner().invoke(app, ["restore", str(photo), str(tmp_path / "restored"), "--weights",
-                                        str(out / "best.safetensors"), "--device", "cpu"])
+    restored = CliRunner().invoke(
+        app,
+        [
+            "restore",
+            str(photo),
+            str(tmp_path / "restored"),
+            "--weights",
+            str(out / "best.safetensors"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert restored.exit_code == 0, restored.output
     assert (tmp_path / "restored" / "chelsea.png").is_file()
-    scored = CliRunner().invoke(app, ["eval", "--dataset", "synthetic:noise25", "--clean-dir", str(tmp_path / "photos"),
-                                      "--weights", str(out / "last.safetensors"), "--limit", "1", "--device", "cpu"])
+    scored = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--dataset",
+            "synthetic:noise25",
+            "--clean-dir",
+            str(tmp_path / "photos"),
+            "--weights",
+            str(out / "last.safetensors"),
+            "--limit",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
     assert scored.exit_code == 0, scored.output
     # the same command again refuses to overwrite; with --resume it has nothing left to do
     again = CliRunner().invoke(app, args)
@@ -144,7 +218,9 @@ def test_training_splits_are_in_the_registry_apart_from_the_benchmarks(tmp_path)
     from irtool import datasets
 
     make_data_root(tmp_path)
-    assert {"wed-train", "bsd400-train", "rain100l-train", "lol-v1-train", "raindrop-train"} <= set(datasets.TRAINING_SETS)
+    assert {"wed-train", "bsd400-train", "rain100l-train", "lol-v1-train", "raindrop-train"} <= set(
+        datasets.TRAINING_SETS
+    )
     assert not set(datasets.TRAINING_SETS) & set(datasets.DATASETS)
     assert all(s.split == "train" for s in datasets.TRAINING_SETS.values())
     # OTS: 35 hazy images per clean one, paired by the stem up to the first '_'
@@ -156,7 +232,10 @@ def test_training_splits_are_in_the_registry_apart_from_the_benchmarks(tmp_path)
         cv2.imwrite(str(tmp_path / "dehazing/RESIDE/part2" / name), np.zeros((8, 8, 3), np.uint8))
     located = datasets.locate(datasets.get_spec("ots-train-part2"), tmp_path)
     assert sorted((p.lq.name, p.gt.name) for p in located.pairs) == [
-        ("0001_0.8_0.2.jpg", "0001.jpg"), ("0001_1_0.04.jpg", "0001.jpg"), ("0002_0.9_0.1.jpg", "0002.jpg")]
+        ("0001_0.8_0.2.jpg", "0001.jpg"),
+        ("0001_1_0.04.jpg", "0001.jpg"),
+        ("0002_0.9_0.1.jpg", "0002.jpg"),
+    ]
     checked = CliRunner().invoke(app, ["datasets", "check", "rain100l-train", "--data-root", str(tmp_path)])
     assert checked.exit_code == 0 and "found 3 pairs" in checked.output
 
@@ -187,8 +266,14 @@ def test_clean_and_defocus_tasks_make_identity_and_disk_blurred_pairs(tmp_path):
         assert sample["task"] == 1 and (sample["lq"] - sample["gt"]).abs().mean() > 0.05  # noise photos blur a lot
         assert sample["lq"].std() < sample["gt"].std()
     with pytest.raises(ConfigError, match="clean photos take no level"):
-        build_datasets(resolve(None, None, {"sources": ({"task": "clean", "clean_dir": str(folder), "degrade": "clean",
-                                                          "params": {"level": 3}},)}), with_val=False)
+        build_datasets(
+            resolve(
+                None,
+                None,
+                {"sources": ({"task": "clean", "clean_dir": str(folder), "degrade": "clean", "params": {"level": 3}},)},
+            ),
+            with_val=False,
+        )
 
 
 def test_decoded_photos_are_cached_read_only(tmp_path):

@@ -19,7 +19,7 @@ from video_fixtures import audio_packets, frame_times, make_clip
 from irtool import video
 from irtool.archs.moce_ir import MoCEResult, Routing
 from irtool.cli import app
-from irtool.engine import Restorer, RestoreOptions
+from irtool.engine import RestoreOptions, Restorer
 
 runner = CliRunner()
 
@@ -73,7 +73,7 @@ def test_restore_keeps_frames_timestamps_rotation_colour_and_audio(tmp_path, cli
     assert len(set(np.round(np.diff(frame_times(out)), 4))) == 2
     assert audio_packets(out) == audio_packets(clip) and audio_packets(clip)  # copied packet for packet
     with av.open(str(out)) as c, av.open(str(clip)) as ref:
-        s, r = c.streams.video[0], ref.streams.video[0]
+        s, _r = c.streams.video[0], ref.streams.video[0]
         first = next(c.decode(s))
         assert (s.codec_context.width, s.codec_context.height) == (48, 32)
         assert first.rotation == 90 and s.codec_context.name == "h264"
@@ -106,7 +106,9 @@ def test_per_frame_routing_flickers_and_shot_routing_does_not(tmp_path):
     model = ExpertNet(threshold=float(np.median(means)))  # frames fall on both sides of it
     restorer = Restorer(model, RestoreOptions())
     shot = video.restore_video(noisy, tmp_path / "shot.mkv", restorer, video.VideoOptions(lossless=True))
-    frame = video.restore_video(noisy, tmp_path / "frame.mkv", restorer, video.VideoOptions(lossless=True, route_per_frame=True))
+    frame = video.restore_video(
+        noisy, tmp_path / "frame.mkv", restorer, video.VideoOptions(lossless=True, route_per_frame=True)
+    )
     clean_change, n = video.frame_change(clean)
     shot_change, _ = video.frame_change(tmp_path / "shot.mkv")
     frame_change, _ = video.frame_change(tmp_path / "frame.mkv")
@@ -123,7 +125,9 @@ def test_lossless_output_is_the_restored_pixels_exactly(tmp_path, clip):
     frames = decoded(tmp_path / "o.mkv")
     src = decoded(clip)
     x = torch.from_numpy(src[3].astype(np.float32) / 255).permute(2, 0, 1)[None]
-    expected = np.round(LocalNet().run(x).output[0].clamp(0, 1).permute(1, 2, 0).detach().numpy() * 255).astype(np.uint8)
+    expected = np.round(LocalNet().run(x).output[0].clamp(0, 1).permute(1, 2, 0).detach().numpy() * 255).astype(
+        np.uint8
+    )
     assert report.codec == "ffv1" and len(frames) == 16
     assert np.abs(frames[3].astype(int) - expected).max() <= 1  # float32 reruns of one net; rounding at most 1 level
 
@@ -139,7 +143,9 @@ def test_interruption_leaves_nothing_or_a_playable_partial_file(tmp_path, clip):
         video.restore_video(clip, tmp_path / "a" / "clip.mp4", restorer, video.VideoOptions(), stop_after)
     assert list((tmp_path / "a").iterdir()) == []  # no output, no temp file
     with pytest.raises(KeyboardInterrupt):
-        video.restore_video(clip, tmp_path / "b" / "clip.mp4", restorer, video.VideoOptions(keep_partial=True), stop_after)
+        video.restore_video(
+            clip, tmp_path / "b" / "clip.mp4", restorer, video.VideoOptions(keep_partial=True), stop_after
+        )
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["clip.partial.mp4"]
     kept = frame_times(tmp_path / "b" / "clip.partial.mp4")
     assert 1 <= len(kept) < 16 and kept == frame_times(clip)[: len(kept)]
@@ -171,7 +177,9 @@ def test_a_segment_starts_at_zero_with_its_audio(tmp_path, clip):
     assert np.allclose(np.array(times) + source[0], source)
     audio = audio_packets(tmp_path / "s.mp4")
     assert audio and audio[0][0] >= 0 and audio[-1][0] < 0.7 + 0.07
-    assert {payload for _, payload in audio} <= {payload for _, payload in audio_packets(clip)}  # copied, not re-encoded
+    assert {payload for _, payload in audio} <= {
+        payload for _, payload in audio_packets(clip)
+    }  # copied, not re-encoded
 
 
 def test_dry_run_lists_streams_and_a_folder_holds_videos_beside_images(tmp_path, clip, checkpoint):

@@ -22,7 +22,14 @@ import irtool
 from irtool import weights
 from irtool.archs.moce_ir import VARIANTS
 from irtool.cli import app
-from irtool.errors import ChecksumError, CheckpointError, DownloadError, IrtoolError, UnsafeCheckpointError, WeightsNotFoundError
+from irtool.errors import (
+    CheckpointError,
+    ChecksumError,
+    DownloadError,
+    IrtoolError,
+    UnsafeCheckpointError,
+    WeightsNotFoundError,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -66,23 +73,59 @@ class FakeManifest:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.data = {"schema_version": 1, "default": None, "models": {
-            "tiny.aio3": {
-                "aliases": ["Tiny_AIO3"], "arch": "moce_ir", "variant": "tiny", "setting": "AIO3",
-                "tasks": ["noise", "rain", "haze"], "classes": None,
-                "files": [{"role": "weights", "arch": "moce_ir", "filename": "last.ckpt", "url": None, "sha256": None, "size": None}],
-                "source": {"paper": "test", "repo": "https://example.org/repo", "license": "CC0"}, "reported": {},
+        self.data = {
+            "schema_version": 1,
+            "default": None,
+            "models": {
+                "tiny.aio3": {
+                    "aliases": ["Tiny_AIO3"],
+                    "arch": "moce_ir",
+                    "variant": "tiny",
+                    "setting": "AIO3",
+                    "tasks": ["noise", "rain", "haze"],
+                    "classes": None,
+                    "files": [
+                        {
+                            "role": "weights",
+                            "arch": "moce_ir",
+                            "filename": "last.ckpt",
+                            "url": None,
+                            "sha256": None,
+                            "size": None,
+                        }
+                    ],
+                    "source": {"paper": "test", "repo": "https://example.org/repo", "license": "CC0"},
+                    "reported": {},
+                },
+                "pair.test": {
+                    "arch": "moce_ir",
+                    "variant": None,
+                    "setting": "AllWeather",
+                    "tasks": ["snow", "rain", "raindrop"],
+                    "classes": ["snow", "rain", "raindrop"],
+                    "files": [
+                        {
+                            "role": "ir",
+                            "arch": "moce_ir",
+                            "filename": "ir.pth",
+                            "url": None,
+                            "sha256": None,
+                            "size": None,
+                        },
+                        {
+                            "role": "router",
+                            "arch": "future_router",
+                            "filename": "router.pth",
+                            "url": None,
+                            "sha256": None,
+                            "size": None,
+                        },
+                    ],
+                    "source": {"paper": "test", "repo": "https://example.org/repo", "license": "CC0"},
+                    "reported": {},
+                },
             },
-            "pair.test": {
-                "arch": "moce_ir", "variant": None, "setting": "AllWeather", "tasks": ["snow", "rain", "raindrop"],
-                "classes": ["snow", "rain", "raindrop"],
-                "files": [
-                    {"role": "ir", "arch": "moce_ir", "filename": "ir.pth", "url": None, "sha256": None, "size": None},
-                    {"role": "router", "arch": "future_router", "filename": "router.pth", "url": None, "sha256": None, "size": None},
-                ],
-                "source": {"paper": "test", "repo": "https://example.org/repo", "license": "CC0"}, "reported": {},
-            },
-        }}
+        }
         self.write()
 
     def file(self, name: str, **fields) -> None:
@@ -121,20 +164,27 @@ def _validator():
 
 
 def test_the_manifest_follows_its_schema():
-    errors = [f"{list(e.absolute_path)}: {e.message}" for e in _validator().iter_errors(json.loads((REPO / "weights_manifest.json").read_text()))]
+    errors = [
+        f"{list(e.absolute_path)}: {e.message}"
+        for e in _validator().iter_errors(json.loads((REPO / "weights_manifest.json").read_text()))
+    ]
     assert errors == []
 
 
-@pytest.mark.parametrize("break_it,complaint", [
-    (lambda m: m["models"]["moce_ir.aio3"]["files"][0].pop("sha256"), "'sha256' is a required property"),
-    (lambda m: m["models"]["moce_ir.aio3"]["files"][0].update(sha256="abc"), "does not match"),
-    (lambda m: m["models"]["moce_ir.aio3"].update(setting="AIO4"), "is not one of"),
-    (lambda m: m["models"]["moce_ir.aio3"].update(tasks=["noise", "rain"]), "was expected"),
-    (lambda m: m["models"]["moce_ir.aio3"]["reported"]["rain100l"].update(ssim=98.4), "greater than the maximum"),
-    (lambda m: m["models"]["moce_ir.aio3"]["files"][0].update(url="ftp://x/last.ckpt"), "does not match"),
-    (lambda m: m["models"].update({"../evil": m["models"]["moce_ir.aio3"]}), "does not match"),
-    (lambda m: m["models"]["lora_ir.setting1"]["files"][0].update(role="backbone"), "is not one of"),
-], ids=["no-sha256-key", "bad-sha256", "setting", "aio3-tasks", "ssim-range", "url-scheme", "name", "role"])
+@pytest.mark.parametrize(
+    "break_it,complaint",
+    [
+        (lambda m: m["models"]["moce_ir.aio3"]["files"][0].pop("sha256"), "'sha256' is a required property"),
+        (lambda m: m["models"]["moce_ir.aio3"]["files"][0].update(sha256="abc"), "does not match"),
+        (lambda m: m["models"]["moce_ir.aio3"].update(setting="AIO4"), "is not one of"),
+        (lambda m: m["models"]["moce_ir.aio3"].update(tasks=["noise", "rain"]), "was expected"),
+        (lambda m: m["models"]["moce_ir.aio3"]["reported"]["rain100l"].update(ssim=98.4), "greater than the maximum"),
+        (lambda m: m["models"]["moce_ir.aio3"]["files"][0].update(url="ftp://x/last.ckpt"), "does not match"),
+        (lambda m: m["models"].update({"../evil": m["models"]["moce_ir.aio3"]}), "does not match"),
+        (lambda m: m["models"]["lora_ir.setting1"]["files"][0].update(role="backbone"), "is not one of"),
+    ],
+    ids=["no-sha256-key", "bad-sha256", "setting", "aio3-tasks", "ssim-range", "url-scheme", "name", "role"],
+)
 def test_the_schema_rejects_broken_entries(break_it, complaint):
     broken = json.loads((REPO / "weights_manifest.json").read_text())
     break_it(broken)
@@ -183,7 +233,9 @@ def test_manifest_facts_the_schema_cannot_state():
             assert not absolute, f"{name}: machine-specific paths {absolute} in {command!r}; use PHOTOS/..., RUN"
     lora = models["lora_ir.setting1"]
     assert {f["role"]: f["arch"] for f in lora["files"]} == {"ir": "lora_ir", "router": "clip_router"}
-    assert all(f["url"].startswith("https://huggingface.co/shallowdream204/LoRA-IR/resolve/main/") for f in lora["files"])
+    assert all(
+        f["url"].startswith("https://huggingface.co/shallowdream204/LoRA-IR/resolve/main/") for f in lora["files"]
+    )
     assert lora["classes"] == ["snow", "rain", "raindrop"]
 
 
@@ -236,9 +288,12 @@ def test_fetch_from_the_manifest_url_and_from_a_mirror(manifest, server, tiny_ck
 def test_fetch_through_a_drive_confirmation_page(manifest, server, tiny_ckpt):
     server.file("/blob", tiny_ckpt.read_bytes())
     blob = server.routes.pop("/blob")
-    server.page("/uc", f'<html><title>Google Drive - Virus scan warning</title><form id="download-form" '
-                       f'action="{server.url("/download")}" method="get"><input type="hidden" name="id" value="XYZ">'
-                       '<input type="hidden" name="confirm" value="t"></form></html>')
+    server.page(
+        "/uc",
+        f'<html><title>Google Drive - Virus scan warning</title><form id="download-form" '
+        f'action="{server.url("/download")}" method="get"><input type="hidden" name="id" value="XYZ">'
+        '<input type="hidden" name="confirm" value="t"></form></html>',
+    )
     server.routes["/download"] = lambda h, q: blob(h, q) if q.get("confirm") == "t" else h.reply(403)
     (got,) = weights.fetch("tiny.aio3", urls={"weights": server.url("/uc?export=download&id=XYZ")})
     assert got.path.read_bytes() == tiny_ckpt.read_bytes()
@@ -257,7 +312,10 @@ def test_fetch_of_a_file_that_is_not_the_checkpoint_keeps_nothing(manifest, serv
     other = tmp_path / "odd.ckpt"  # a MoCE-IR, but not the `tiny` variant the entry promises
     torch.save(_lightning(random_moce(ODD).state_dict()), other)
     server.file("/last.ckpt", other.read_bytes())
-    with pytest.raises(CheckpointError, match=r"tiny\.aio3: the file from .* is not this checkpoint .*dim=8 instead of 16.*not tiny\); nothing was kept"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"tiny\.aio3: the file from .* is not this checkpoint .*dim=8 instead of 16.*not tiny\); nothing was kept",
+    ):
         weights.fetch("tiny.aio3", urls={"weights": server.url("/last.ckpt")})
     assert not any(weights.cache_dir().rglob("*.ckpt*"))
 
@@ -267,7 +325,9 @@ def test_fetch_of_an_unsafe_pickle_keeps_it_out_of_the_cache_but_on_disk(manifes
     torch.save({**_lightning(tiny_model.state_dict()), "extra": NotAllowed()}, unsafe)
     server.file("/last.ckpt", unsafe.read_bytes())
     url = server.url("/last.ckpt")
-    with pytest.raises(UnsafeCheckpointError, match=r"not checked; it is kept at (\S+)\. If you trust .*--trust-checkpoint`$") as exc:
+    with pytest.raises(
+        UnsafeCheckpointError, match=r"not checked; it is kept at (\S+)\. If you trust .*--trust-checkpoint`$"
+    ) as exc:
         weights.fetch("tiny.aio3", urls={"weights": url})
     kept = Path(re.search(r"kept at (\S+)\. ", str(exc.value)).group(1))
     assert kept.read_bytes() == unsafe.read_bytes() and weights.find_entry("tiny.aio3").local_files() == {}
@@ -286,7 +346,10 @@ def test_fetch_failures_give_the_manual_steps(manifest, server):
     assert f"download {server.url('/gone.ckpt')}" not in message  # the URL came from --url, the manifest has none
     assert message.endswith("then run `irtool weights import last.ckpt --name tiny.aio3`")
     assert not (weights.cache_dir() / ".downloads").exists()  # no empty folders left behind either
-    with pytest.raises(WeightsNotFoundError, match="tiny.aio3: no direct download link is published; get last.ckpt from https://example.org/repo"):
+    with pytest.raises(
+        WeightsNotFoundError,
+        match="tiny.aio3: no direct download link is published; get last.ckpt from https://example.org/repo",
+    ):
         weights.fetch("tiny.aio3")  # no URL anywhere
 
 
@@ -324,7 +387,9 @@ def test_source_urls(manifest, monkeypatch):
     assert weights.source_url(entry, spec) == "http://mirror.lan/irtool/tiny.aio3/last.ckpt"
     assert weights.source_url(entry, spec, {"weights": "http://b.lan/w"}) == "http://b.lan/w"
     assert weights.url_overrides("pair.test", ["router=http://h/r.pth?a=b", "ir=http://h/i.pth"]) == {
-        "router": "http://h/r.pth?a=b", "ir": "http://h/i.pth"}
+        "router": "http://h/r.pth?a=b",
+        "ir": "http://h/i.pth",
+    }
     assert weights.url_overrides("tiny.aio3", ["http://h/x?y=z"]) == {"weights": "http://h/x?y=z"}
     with pytest.raises(IrtoolError, match="pair.test has 2 files; write --url ROLE=URL with ROLE one of ir, router"):
         weights.url_overrides("pair.test", ["http://h/x"])
@@ -353,7 +418,11 @@ def test_import_under_a_manifest_name_round_trips(manifest, tiny_ckpt, tiny_mode
     loaded = irtool.load_model("tiny.aio3", device="cpu")
     assert loaded.config == tiny_model.config and _same_weights(loaded, tiny_model)
     (check,) = weights.verify("tiny.aio3")
-    assert check.ok and check.against == "record" and check.message == "sha256 matches the record; loads strictly as MoCE-IR tiny"
+    assert (
+        check.ok
+        and check.against == "record"
+        and check.message == "sha256 matches the record; loads strictly as MoCE-IR tiny"
+    )
     # importing the very same file again changes nothing
     again = weights.import_checkpoint(tiny_ckpt, name="tiny.aio3")
     assert again.already and again.sha256 == got.sha256
@@ -362,14 +431,19 @@ def test_import_under_a_manifest_name_round_trips(manifest, tiny_ckpt, tiny_mode
 def test_import_refuses_what_an_entry_is_not(manifest, tmp_path, tiny_ckpt):
     odd = tmp_path / "odd.pth"
     torch.save(random_moce(ODD).state_dict(), odd)
-    with pytest.raises(CheckpointError, match=r"odd\.pth: MoCE-IR not a released config \(dim=8 instead of 16, .*\), not tiny"):
+    with pytest.raises(
+        CheckpointError, match=r"odd\.pth: MoCE-IR not a released config \(dim=8 instead of 16, .*\), not tiny"
+    ):
         weights.import_checkpoint(odd, name="tiny.aio3")
     foreign = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3)}, foreign)
     with pytest.raises(CheckpointError, match=r"resnet\.pth: not a MoCE-IR"):
         weights.import_checkpoint(foreign, name="tiny.aio3")
     manifest.file("tiny.aio3", sha256="1" * 64)
-    with pytest.raises(ChecksumError, match=r"not the released tiny\.aio3 file \(sha256 [0-9a-f]{64}, the manifest says 1{64}\); import it without --name"):
+    with pytest.raises(
+        ChecksumError,
+        match=r"not the released tiny\.aio3 file \(sha256 [0-9a-f]{64}, the manifest says 1{64}\); import it without --name",
+    ):
         weights.import_checkpoint(tiny_ckpt, name="tiny.aio3")
     assert not weights.cache_dir().exists() or not any(weights.cache_dir().rglob("*.safetensors"))
 
@@ -427,7 +501,10 @@ def test_import_names(manifest, tmp_path, tiny_ckpt):
     with pytest.MonkeyPatch.context() as mp:  # the real manifest, where MoCE_IR_S_AIO3 is an official id
         mp.setattr(weights, "manifest_path", lambda: REPO / "weights_manifest.json")
         weights.load_manifest.cache_clear()
-        with pytest.raises(IrtoolError, match=r"its name MoCE_IR_S_AIO3 is the official entry moce_ir_s\.aio3; pass --name moce_ir_s\.aio3"):
+        with pytest.raises(
+            IrtoolError,
+            match=r"its name MoCE_IR_S_AIO3 is the official entry moce_ir_s\.aio3; pass --name moce_ir_s\.aio3",
+        ):
             weights.import_checkpoint(official)  # a folder names its last.ckpt
     weights.load_manifest.cache_clear()
     for bad in ("a/b", ".hidden", "x" * 101, "net.pth", "local_manifest.json"):
@@ -530,9 +607,11 @@ def test_remove(manifest, tiny_ckpt):
 
 
 def test_weights_list_is_instant_and_torch_free():
-    probe = ("import sys; from irtool.cli import app; from typer.testing import CliRunner; "
-             "r = CliRunner().invoke(app, ['weights', 'list', '--json']); assert r.exit_code == 0, r.output; "
-             "sys.exit(1 if 'torch' in sys.modules else 0)")
+    probe = (
+        "import sys; from irtool.cli import app; from typer.testing import CliRunner; "
+        "r = CliRunner().invoke(app, ['weights', 'list', '--json']); assert r.exit_code == 0, r.output; "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
 
 
@@ -559,7 +638,10 @@ def test_cli_fetch_import_verify_convert_remove(manifest, server, tiny_ckpt, tmp
     assert json.loads(result.stdout)["name"] == "mine"
 
     result = runner.invoke(app, ["weights", "verify", "--json"])
-    assert result.exit_code == 0 and {(r["name"], r["ok"]) for r in json.loads(result.stdout)} == {("tiny.aio3", True), ("mine", True)}
+    assert result.exit_code == 0 and {(r["name"], r["ok"]) for r in json.loads(result.stdout)} == {
+        ("tiny.aio3", True),
+        ("mine", True),
+    }
     mine = weights.find_entry("mine").folder / "weights.safetensors"
     mine.write_bytes(mine.read_bytes()[:-10] + b"0123456789")
     result = runner.invoke(app, ["weights", "verify"])
@@ -573,7 +655,11 @@ def test_cli_fetch_import_verify_convert_remove(manifest, server, tiny_ckpt, tmp
     assert again.exit_code == 1 and again.stderr.count("\n") == 1 and "exists; pass --force" in again.stderr
 
     shown = json.loads(runner.invoke(app, ["weights", "show", "Tiny_AIO3", "--json"]).stdout)
-    assert shown["name"] == "tiny.aio3" and shown["status"]["status"] == "cached" and shown["state"]["weights"]["how"] == "fetched"
+    assert (
+        shown["name"] == "tiny.aio3"
+        and shown["status"]["status"] == "cached"
+        and shown["state"]["weights"]["how"] == "fetched"
+    )
     assert runner.invoke(app, ["weights", "show", "tiny.aio3"]).exit_code == 0
 
     result = runner.invoke(app, ["weights", "remove", "mine"])

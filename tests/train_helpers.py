@@ -8,7 +8,13 @@ from irtool.train.data import Pair, Source, TrainingSet
 from irtool.train.presets import TaskSource, TrainConfig
 
 #: a MoCE-IR small enough for a CPU step in ~0.1 s at 32 px
-MICRO = {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_dec_blocks": [1, 1, 1], "num_refinement_blocks": 1, "heads": [1, 1, 2, 2]}
+MICRO = {
+    "dim": 8,
+    "num_blocks": [1, 1, 1, 1],
+    "num_dec_blocks": [1, 1, 1],
+    "num_refinement_blocks": 1,
+    "heads": [1, 1, 2, 2],
+}
 
 
 def clean_images(n: int, size: int = 40, seed: int = 0) -> list[np.ndarray]:

@@ -14,9 +14,13 @@ def scene(index: int, height: int, width: int, shot: int) -> np.ndarray:
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
     x = xx + index
     if shot == 0:
-        base = np.stack([0.15 + 0.1 * np.sin(x / 5), 0.3 + 0.15 * np.sin(yy / 4 + x / 9), 0.4 + 0.2 * np.cos(x / 7)], axis=2)
+        base = np.stack(
+            [0.15 + 0.1 * np.sin(x / 5), 0.3 + 0.15 * np.sin(yy / 4 + x / 9), 0.4 + 0.2 * np.cos(x / 7)], axis=2
+        )
     else:
-        base = np.stack([0.8 + 0.15 * np.sin(x / 6), 0.65 + 0.2 * np.cos(yy / 5 - x / 8), 0.2 + 0.1 * np.sin(x / 4)], axis=2)
+        base = np.stack(
+            [0.8 + 0.15 * np.sin(x / 6), 0.65 + 0.2 * np.cos(yy / 5 - x / 8), 0.2 + 0.1 * np.sin(x / 4)], axis=2
+        )
     return np.clip(base, 0, 1)
 
 
@@ -71,7 +75,9 @@ def make_clip(
     pts = 0
     for shot, n in enumerate(frames):
         for i in range(n):
-            pixels = scene(i, height, width, shot) if clean else degraded(scene(i, height, width, shot), rng, kind, sigma)
+            pixels = (
+                scene(i, height, width, shot) if clean else degraded(scene(i, height, width, shot), rng, kind, sigma)
+            )
             frame = av.VideoFrame.from_ndarray(np.round(pixels * 255).astype(np.uint8), format="rgb24")
             frame = frame.reformat(format="yuv420p", dst_colorspace=1, dst_color_range=1)
             frame.color_range, frame.colorspace = 1, 1
@@ -116,4 +122,8 @@ def audio_packets(path: Path) -> list[tuple[int | None, bytes]]:
         if not c.streams.audio:
             return []
         s = c.streams.audio[0]
-        return [(round(float(p.pts * p.time_base), 4) if p.pts is not None else None, bytes(p)) for p in c.demux(s) if p.size]
+        return [
+            (round(float(p.pts * p.time_base), 4) if p.pts is not None else None, bytes(p))
+            for p in c.demux(s)
+            if p.size
+        ]

@@ -6,8 +6,9 @@ released file (restoration network, CLIP router); `irtool.load_model` joins them
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from torch import Tensor, nn
 

@@ -23,8 +23,9 @@ definition of the views.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -409,6 +410,7 @@ _SIGNATURE = (
     "de_extractor.0.weight",
     "cls_head.weight",
 )
+
 
 def detect(sd: Mapping[str, Tensor]) -> bool:
     """True when the (canonical) state dict has the router's signature keys."""

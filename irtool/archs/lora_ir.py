@@ -33,8 +33,9 @@ This module imports torch only: no I/O, no device choice.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -483,9 +484,7 @@ class LoRAIRNet(nn.Module):
         self.intro = LoRAConv2d(cfg.in_channels, cfg.width, 3, padding=1, **lora)
         self.ending = LoRAConv2d(cfg.width, cfg.in_channels, 3, padding=1, **lora)
         # Official Sequential(conv, GELU, conv, GELU); indexing keeps its keys (`intro_de.0.*`, `intro_de.2.*`).
-        self.intro_de = nn.ModuleList(
-            [LoRAConv2d(p, p, 1, **lora), nn.GELU(), LoRAConv2d(p, p, 1, **lora), nn.GELU()]
-        )
+        self.intro_de = nn.ModuleList([LoRAConv2d(p, p, 1, **lora), nn.GELU(), LoRAConv2d(p, p, 1, **lora), nn.GELU()])
         self.encoders = nn.ModuleList()
         self.decoders = nn.ModuleList()
         c = cfg.width * 2**cfg.levels
@@ -538,8 +537,12 @@ class LoRAIRNet(nn.Module):
         if self.config.top_k > 1:
             # Gated merges differ per image: one image at a time (no cache; no released model routes top-k > 1).
             gates = routing.gates
-            return torch.cat([self._forward(x[i : i + 1], prior[i : i + 1], _Pass(gates=gates[i : i + 1], pool_px=pool))
-                              for i in range(b)])
+            return torch.cat(
+                [
+                    self._forward(x[i : i + 1], prior[i : i + 1], _Pass(gates=gates[i : i + 1], pool_px=pool))
+                    for i in range(b)
+                ]
+            )
         experts = routing.experts[:, 0]
         chosen = experts.unique().tolist()
         if len(chosen) == 1:

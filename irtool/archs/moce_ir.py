@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -93,9 +94,9 @@ class MoCEIRConfig:
         if not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"MoCE-IR config: top_k must be in 1..{self.num_experts}, got {self.top_k}")
         if self.layernorm_type not in ("WithBias", "BiasFree"):
-            raise ValueError(f"MoCE-IR config: layernorm_type must be 'WithBias' or 'BiasFree'")
+            raise ValueError("MoCE-IR config: layernorm_type must be 'WithBias' or 'BiasFree'")
         if self.complexity_scale not in ("max", "min", "none"):
-            raise ValueError(f"MoCE-IR config: complexity_scale must be 'max', 'min' or 'none'")
+            raise ValueError("MoCE-IR config: complexity_scale must be 'max', 'min' or 'none'")
 
     @property
     def levels(self) -> int:
@@ -537,8 +538,12 @@ class FFTAttention(nn.Module):
             # Large images: q and k a quarter of the channels at a time, straight into the correlation, then v; at full
             # resolution the complex spectra are the widest tensors of the network.
             chunks = (
-                (lo, hi, _pointwise_depthwise(x, self.q.weight, None, self.q_dwconv, lo, hi),
-                 _pointwise_depthwise(x, self.kv.weight, None, self.kv_dwconv, lo, hi))
+                (
+                    lo,
+                    hi,
+                    _pointwise_depthwise(x, self.q.weight, None, self.q_dwconv, lo, hi),
+                    _pointwise_depthwise(x, self.kv.weight, None, self.kv_dwconv, lo, hi),
+                )
                 for lo, hi in _ranges(r, 4)
             )
             out = self._correlate(chunks, b, r, h, w, x)
@@ -593,7 +598,11 @@ class ComplexityExpert(nn.Module):
     def __init__(self, dim: int, rank: int, patch_size: int) -> None:
         super().__init__()
         self.proj = nn.ModuleList(
-            [nn.Conv2d(dim, rank, 1, bias=False), nn.Conv2d(dim, rank, 1, bias=False), nn.Conv2d(rank, dim, 1, bias=False)]
+            [
+                nn.Conv2d(dim, rank, 1, bias=False),
+                nn.Conv2d(dim, rank, 1, bias=False),
+                nn.Conv2d(rank, dim, 1, bias=False),
+            ]
         )
         self.body = FFTAttention(rank, patch_size)
 
@@ -840,7 +849,9 @@ class MoCEIR(nn.Module):
         self.patch_embed = PatchEmbed(cfg.in_channels, cfg.dim)
         self.freq_embed = FrequencyEmbedding(cfg.freq_dim)
         self.enc = nn.ModuleList(
-            nn.ModuleList([TransformerGroup(dims[i], cfg.heads[i], cfg.num_blocks[i], f, norm_bias), Downsample(dims[i])])
+            nn.ModuleList(
+                [TransformerGroup(dims[i], cfg.heads[i], cfg.num_blocks[i], f, norm_bias), Downsample(dims[i])]
+            )
             for i in range(cfg.levels - 1)
         )
         self.latent = TransformerGroup(dims[-1], cfg.heads[-1], cfg.num_blocks[-1], f, norm_bias)
@@ -872,7 +883,9 @@ class MoCEIR(nn.Module):
     @property
     def moce_layer_names(self) -> list[str]:
         return [
-            f"dec.{i}.2.layers.{j}.adapter" for i, (_, _, group) in enumerate(self.dec) for j in range(len(group.layers))
+            f"dec.{i}.2.layers.{j}.adapter"
+            for i, (_, _, group) in enumerate(self.dec)
+            for j in range(len(group.layers))
         ]
 
     @property
@@ -1029,10 +1042,14 @@ def infer_config(sd: Mapping[str, Tensor]) -> MoCEIRConfig:
 
 def _infer_expansion(sd: Mapping[str, Tensor], dim: int, levels: int) -> float:
     """The FFN factor f with int(C * f) equal to every level's hidden width (2.66 stays 2.66, not 127/48)."""
-    widths = {dim * 2**i: sd[key].shape[0] // 2 for i, key in enumerate(
-        [f"enc.{i}.0.layers.0.ffn.project_in.weight" for i in range(levels - 1)]
-        + ["latent.layers.0.ffn.project_in.weight"]
-    ) if key in sd}
+    widths = {
+        dim * 2**i: sd[key].shape[0] // 2
+        for i, key in enumerate(
+            [f"enc.{i}.0.layers.0.ffn.project_in.weight" for i in range(levels - 1)]
+            + ["latent.layers.0.ffn.project_in.weight"]
+        )
+        if key in sd
+    }
     # the widest level pins f down most precisely; prefer short decimals (2.0, 2.66) over exact fractions
     for c, hidden in sorted(widths.items(), reverse=True):
         for f in (round(hidden / c, 1), round(hidden / c, 2), round(hidden / c, 3), (hidden + 0.5) / c):
@@ -1043,7 +1060,7 @@ def _infer_expansion(sd: Mapping[str, Tensor], dim: int, levels: int) -> float:
 
 def _match_rank_rule(ranks: list[int], channels: int, num_experts: int) -> tuple[str, int]:
     for rule in RANK_RULES:
-        for base in ([2] if rule == "spread" else range(1, max(ranks) + 1)):
+        for base in [2] if rule == "spread" else range(1, max(ranks) + 1):
             probe = MoCEIRConfig(num_experts=num_experts, rank_type=rule, rank=base)
             if probe.expert_ranks(channels) == ranks:
                 return rule, base

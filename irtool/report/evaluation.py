@@ -11,10 +11,11 @@ from __future__ import annotations
 import heapq
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -112,7 +113,11 @@ class Gallery:
         h, w = kept.gt.shape[:2]
         inside = images.clip_rect(rect, w, h)
         if inside is None:
-            self.crops[key] = {"kind": kind, "rect": rect, "error": f"the crop {rect} lies outside the {w}x{h} px image"}
+            self.crops[key] = {
+                "kind": kind,
+                "rect": rect,
+                "error": f"the crop {rect} lies outside the {w}x{h} px image",
+            }
             return
         self.crops[key] = {
             "kind": kind,
@@ -261,7 +266,15 @@ def build(reports: Sequence[dict[str, Any]], galleries: Sequence[Gallery | None]
                 "seconds": s.get("seconds_per_image"),
             })  # fmt: skip
         section_id = "ds-" + _slug(name)
-        table.append({"name": name, "title": first.get("title"), "protocol": first.get("protocol"), "cells": cells, "id": section_id})
+        table.append(
+            {
+                "name": name,
+                "title": first.get("title"),
+                "protocol": first.get("protocol"),
+                "cells": cells,
+                "id": section_id,
+            }
+        )
         sections.append(_section(name, section_id, first, present, labels, showcases, galleries))
     averages = [r.get("average") for r in reports]
     return {
@@ -278,11 +291,16 @@ def build(reports: Sequence[dict[str, Any]], galleries: Sequence[Gallery | None]
     }
 
 
-def _section(name: str, section_id: str, first: dict, present: list, labels: list[str], showcases: list, galleries: list) -> dict[str, Any]:
+def _section(
+    name: str, section_id: str, first: dict, present: list, labels: list[str], showcases: list, galleries: list
+) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     for k, d in enumerate(present):
         for image in (d or {}).get("images", []):
-            row = rows.setdefault(image["file"], {"file": image["file"], "input_psnr": None, "input_ssim": None, "runs": [None] * len(present)})
+            row = rows.setdefault(
+                image["file"],
+                {"file": image["file"], "input_psnr": None, "input_ssim": None, "runs": [None] * len(present)},
+            )
             if row["input_psnr"] is None:
                 row["input_psnr"], row["input_ssim"] = _number(image.get("input_psnr")), image.get("input_ssim")
             psnr = _number(image.get("psnr"))
@@ -305,7 +323,9 @@ def _section(name: str, section_id: str, first: dict, present: list, labels: lis
     noise = first.get("noise")
     if noise:
         follows = ", ".join(noise.get("follows") or []) or "nothing (as if run alone)"
-        notes.append(f"AWGN σ{noise.get('sigma')}, seed {noise.get('seed')}, {noise.get('stream')} stream after {follows}: {noise.get('recipe')}")
+        notes.append(
+            f"AWGN σ{noise.get('sigma')}, seed {noise.get('seed')}, {noise.get('stream')} stream after {follows}: {noise.get('recipe')}"
+        )
     synthetic = first.get("synthetic")
     if synthetic:
         notes.append(f"inputs made by {synthetic.get('generator')} ({synthetic.get('kind')} {synthetic.get('level')}, seed {synthetic.get('seed')}) "
@@ -351,14 +371,33 @@ def _comparisons(name: str, present: list, labels: list[str], rows: dict, galler
         first = next((g.crops[key] for g in live if key in g.crops and "gt" in g.crops[key]), None)
         errors = [g.crops[key]["error"] for g in live if key in g.crops and "error" in g.crops[key]]
         if first is None:
-            out.append({"file": file, "figure": key[2] if len(key) > 2 else None, "error": errors[0] if errors else "not evaluated"})
+            out.append(
+                {
+                    "file": file,
+                    "figure": key[2] if len(key) > 2 else None,
+                    "error": errors[0] if errors else "not evaluated",
+                }
+            )
             continue
         lq = first["lq"]
-        panels = [{"label": "input", "uri": None if lq is None else images.data_uri(lq, "png"), "caption": _db(first["input_psnr"]) if lq is not None else "input not saved"}]
+        panels = [
+            {
+                "label": "input",
+                "uri": None if lq is None else images.data_uri(lq, "png"),
+                "caption": _db(first["input_psnr"]) if lq is not None else "input not saved",
+            }
+        ]
         for label, g in zip(labels, galleries):
             crop = g.crops.get(key) if g is not None else None
             if crop and "out" in crop:
-                panels.append({"label": label, "uri": images.data_uri(crop["out"], "png"), "caption": _db(crop["psnr"]), "array": crop["out"]})
+                panels.append(
+                    {
+                        "label": label,
+                        "uri": images.data_uri(crop["out"], "png"),
+                        "caption": _db(crop["psnr"]),
+                        "array": crop["out"],
+                    }
+                )
             else:
                 panels.append({"label": label, "uri": None, "caption": "not evaluated on this image"})
         panels.append({"label": "ground truth", "uri": images.data_uri(first["gt"], "png"), "caption": ""})
@@ -393,7 +432,9 @@ def write_figures(context: dict[str, Any], report_path: str | Path) -> list[Path
     return written
 
 
-def replay(report: dict[str, Any], *, wanted: dict | None = None, figures: Sequence[FigureSpec] = (), keep: int = 2) -> Gallery | None:
+def replay(
+    report: dict[str, Any], *, wanted: dict | None = None, figures: Sequence[FigureSpec] = (), keep: int = 2
+) -> Gallery | None:
     """A Gallery for a report read from JSON, from the images its run saved (`eval --save-images`, and
     `--save-inputs` for inputs synthesised at test time) and the ground truths in its data root. None when the run
     saved no images."""
@@ -417,8 +458,19 @@ def replay(report: dict[str, Any], *, wanted: dict | None = None, figures: Seque
 
     for d in report.get("datasets", []):
         name, folder = d["dataset"], d["dataset"].replace(":", "-")
-        scored = sorted((i for i in d.get("images", []) if i.get("psnr") is not None and not i.get("error")), key=lambda i: _number(i["psnr"]))
-        chosen = scored[:keep] + scored[-keep:] + [i for i in scored if (name, i["file"]) in gallery.wanted or any(f.matches(name, i["file"]) for f in figures)]
+        scored = sorted(
+            (i for i in d.get("images", []) if i.get("psnr") is not None and not i.get("error")),
+            key=lambda i: _number(i["psnr"]),
+        )
+        chosen = (
+            scored[:keep]
+            + scored[-keep:]
+            + [
+                i
+                for i in scored
+                if (name, i["file"]) in gallery.wanted or any(f.matches(name, i["file"]) for f in figures)
+            ]
+        )
         try:
             located = resolve([name], d.get("root"), d.get("root"))[0]
         except IrtoolError:
@@ -430,7 +482,10 @@ def replay(report: dict[str, Any], *, wanted: dict | None = None, figures: Seque
                 continue
             seen.add(image["file"])
             stem = Path(image["file"]).stem
-            out = next((a for a in (read(Path(saved) / folder / f"{stem}.{ext}") for ext in ("png", "tif")) if a is not None), None)
+            out = next(
+                (a for a in (read(Path(saved) / folder / f"{stem}.{ext}") for ext in ("png", "tif")) if a is not None),
+                None,
+            )
             if out is None:
                 continue
             pair = pairs[image["file"]]
@@ -438,7 +493,12 @@ def replay(report: dict[str, Any], *, wanted: dict | None = None, figures: Seque
             lq = read(Path(inputs) / folder / f"{stem}.png") if inputs else None
             if lq is None and pair.lq is not None:
                 lq = ds.centre_crop(ds.read_rgb(pair.lq), d.get("crop_multiple"))
-            result = SimpleNamespace(file=image["file"], psnr=_number(image["psnr"]), ssim=image.get("ssim"), input_psnr=_number(image.get("input_psnr")))
+            result = SimpleNamespace(
+                file=image["file"],
+                psnr=_number(image["psnr"]),
+                ssim=image.get("ssim"),
+                input_psnr=_number(image.get("input_psnr")),
+            )
             gallery(name, result, SimpleNamespace(lq=lq, gt=gt), out)
     return gallery
 
@@ -455,7 +515,9 @@ def merge(reports: Sequence[dict[str, Any]], figures: Sequence[FigureSpec] = ())
     return galleries
 
 
-def write_report(path: str | Path, reports: Sequence[dict[str, Any]], galleries: Sequence[Gallery | None] | None = None) -> tuple[Path, list[Path]]:
+def write_report(
+    path: str | Path, reports: Sequence[dict[str, Any]], galleries: Sequence[Gallery | None] | None = None
+) -> tuple[Path, list[Path]]:
     """Render and write the eval page; returns it and the PNG figures written beside it."""
     render.environment()
     context = build(reports, galleries)

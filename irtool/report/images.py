@@ -122,7 +122,11 @@ def figure(panels: list[tuple[np.ndarray, str, str]], path: str | Path, *, cell:
     for rgb, _, _ in panels:
         h, w = rgb.shape[:2]
         scale = cell / max(h, w)
-        scaled.append(cv2.resize(as_uint8(rgb), (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_NEAREST))
+        scaled.append(
+            cv2.resize(
+                as_uint8(rgb), (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_NEAREST
+            )
+        )
     height = max(s.shape[0] for s in scaled)
     width = sum(s.shape[1] for s in scaled) + pad * (len(scaled) + 1)
     canvas = Image.new("RGB", (width, height + text_h + 2 * pad), "white")

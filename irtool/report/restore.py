@@ -7,10 +7,11 @@ preview opens the full-size file, linked relative to the report.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import quote
 
 from .. import io
@@ -64,7 +65,9 @@ def _model_info(restorer: Any) -> dict[str, Any]:
     }
 
 
-def build(reports: Sequence[Any], *, restorer: Any, seconds: float, report_path: str | Path, workers: int = 2) -> dict[str, Any]:
+def build(
+    reports: Sequence[Any], *, restorer: Any, seconds: float, report_path: str | Path, workers: int = 2
+) -> dict[str, Any]:
     """The page's context: a summary, the problems, and one entry per input in run order (failures included)."""
     report_dir = Path(report_path).resolve().parent
     model = _model_info(restorer)
@@ -79,8 +82,12 @@ def build(reports: Sequence[Any], *, restorer: Any, seconds: float, report_path:
             "name": r.input,
             "status": r.status,
             "input_href": relative_href(r.input, report_dir) if Path(r.input).exists() else None,
-            "output_href": relative_href(r.output, report_dir) if r.ok and r.output and Path(r.output).exists() else None,
-            "previews": next(shown) if r.status != "skipped" else {"before": None, "after": None, "note": None, "size": None},
+            "output_href": relative_href(r.output, report_dir)
+            if r.ok and r.output and Path(r.output).exists()
+            else None,
+            "previews": next(shown)
+            if r.status != "skipped"
+            else {"before": None, "after": None, "note": None, "size": None},
             "routing_svg": svg.routing_grid(r.experts, r.gates, model.get("layers")) if r.experts else None,
             "megapixels": r.megapixels,
         }

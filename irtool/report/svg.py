@@ -6,7 +6,8 @@ Colours are fixed per expert index so that a reader learns them once per page.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from markupsafe import Markup, escape
 
@@ -19,10 +20,14 @@ def colour(expert: int) -> str:
 
 
 def _text_colour(expert: int) -> str:
-    return "#000" if PALETTE[expert % len(PALETTE)] in ("#e69f00", "#f0e442", "#56b4e9", "#bbbbbb", "#999999") else "#fff"
+    return (
+        "#000" if PALETTE[expert % len(PALETTE)] in ("#e69f00", "#f0e442", "#56b4e9", "#bbbbbb", "#999999") else "#fff"
+    )
 
 
-def routing_grid(experts: Sequence[Sequence[int]], gates: Sequence[Sequence[float]] | None, layers: Sequence[str] | None = None) -> Markup:
+def routing_grid(
+    experts: Sequence[Sequence[int]], gates: Sequence[Sequence[float]] | None, layers: Sequence[str] | None = None
+) -> Markup:
     """One image's routing: a column per layer, a row per chosen expert (top-k); the cell shows the expert number
     in its colour, its opacity the gate; hovering names the layer and gives the gate."""
     cell, gap, label_h = 24, 2, 14
@@ -46,7 +51,9 @@ def routing_grid(experts: Sequence[Sequence[int]], gates: Sequence[Sequence[floa
                 f'<text x="{x + cell / 2}" y="{y + cell / 2 + 4}" text-anchor="middle" font-size="12" '
                 f'fill="{_text_colour(int(expert))}">{int(expert)}</text></g>'
             )
-        parts.append(f'<text x="{x + cell / 2}" y="{height - 3}" text-anchor="middle" font-size="9" fill="#666">L{i}</text>')
+        parts.append(
+            f'<text x="{x + cell / 2}" y="{height - 3}" text-anchor="middle" font-size="9" fill="#666">L{i}</text>'
+        )
     parts.append("</svg>")
     return Markup("".join(parts))
 
@@ -78,9 +85,15 @@ def usage_chart(usage: dict[str, Any]) -> Markup:
                 continue
             y -= h
             tip = f"{layers[i] if i < len(layers) else i}: expert {expert} chosen {count} times ({count / total:.0%})"
-            parts.append(f'<rect x="{x}" y="{y:.2f}" width="{bar}" height="{h:.2f}" fill="{colour(expert)}"><title>{escape(tip)}</title></rect>')
-        parts.append(f'<text x="{x + bar / 2}" y="{top + plot_h + 14}" text-anchor="middle" font-size="10" fill="#555">L{i}</text>')
-    parts.append(f'<text x="{left}" y="{top + plot_h + 30}" font-size="10" fill="#555">MoCE layer (forward order); bar: share of choices</text>')
+            parts.append(
+                f'<rect x="{x}" y="{y:.2f}" width="{bar}" height="{h:.2f}" fill="{colour(expert)}"><title>{escape(tip)}</title></rect>'
+            )
+        parts.append(
+            f'<text x="{x + bar / 2}" y="{top + plot_h + 14}" text-anchor="middle" font-size="10" fill="#555">L{i}</text>'
+        )
+    parts.append(
+        f'<text x="{left}" y="{top + plot_h + 30}" font-size="10" fill="#555">MoCE layer (forward order); bar: share of choices</text>'
+    )
     lx = left
     for expert in range(n_experts):
         parts.append(f'<rect x="{lx}" y="{height - 12}" width="10" height="10" fill="{colour(expert)}"/>'
@@ -96,7 +109,9 @@ def _class_bars(counts: dict[str, int]) -> Markup:
     row, label_w, bar_w = 20, 110, 260
     height = row * len(names) + 4
     width = label_w + bar_w + 50
-    parts = [f'<svg class="usage" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}" aria-label="images per class">']
+    parts = [
+        f'<svg class="usage" role="img" width="{width}" height="{height}" viewBox="0 0 {width} {height}" aria-label="images per class">'
+    ]
     for i, name in enumerate(names):
         y = i * row
         w = bar_w * counts[name] / most

@@ -22,14 +22,16 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import CheckpointError
+
 
 def _file_mode() -> int:
     mask = os.umask(0o022)
@@ -87,8 +89,10 @@ def save_weights(path: str | Path, model: nn.Module, train_info: Mapping[str, An
     from safetensors.torch import save_file
 
     path = Path(path)
-    sd = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
-          for k, v in bare_model(model).state_dict().items()}
+    sd = {
+        k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in bare_model(model).state_dict().items()
+    }
     tmp = _tmp_name(path)
     save_file(sd, str(tmp), metadata=weights_metadata(model, train_info))
     _replace_atomically(tmp, path)
@@ -139,8 +143,13 @@ def capture_rng(generators: Mapping[str, torch.Generator] | None = None) -> dict
     version, py_state, gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "python": {"version": version, "state": list(py_state), "gauss": gauss},
         "generators": {name: g.get_state() for name, g in (generators or {}).items()},
     }

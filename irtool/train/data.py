@@ -15,9 +15,10 @@ Imports numpy and torch; images are read by `irtool.io` and degraded by `irtool.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +83,7 @@ def random_crop(images: Sequence[np.ndarray], size: int, rng: np.random.Generato
         h, w = images[0].shape[:2]
     top = int(rng.integers(0, h - size + 1))
     left = int(rng.integers(0, w - size + 1))
-    return [im[top:top + size, left:left + size] for im in images]
+    return [im[top : top + size, left : left + size] for im in images]
 
 
 def to_tensor(image: np.ndarray) -> Tensor:
@@ -145,8 +146,10 @@ class TrainingSet(torch.utils.data.Dataset):
         gt = self._load(pair.gt)
         images = [gt] if pair.lq is None else [self._load(pair.lq), gt]
         if pair.lq is not None and images[0].shape[:2] != gt.shape[:2]:
-            raise ImageError(f"{pair.lq}: {images[0].shape[1]}x{images[0].shape[0]} px but its clean image {pair.gt} is "
-                             f"{gt.shape[1]}x{gt.shape[0]} px")
+            raise ImageError(
+                f"{pair.lq}: {images[0].shape[1]}x{images[0].shape[0]} px but its clean image {pair.gt} is "
+                f"{gt.shape[1]}x{gt.shape[0]} px"
+            )
         if pair.lq is None and source.degrade is not None:
             # Degrade a wider window than the patch, upright, then cut the patch from it: rain streaks, blur that
             # reaches in from outside the patch and the haze depth ramp then look as they do on whole photos
@@ -219,7 +222,9 @@ def _worker_init(_: int) -> None:
         pass
 
 
-def make_loader(dataset: TrainingSet, sampler: EpochBatchSampler, *, num_workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
+def make_loader(
+    dataset: TrainingSet, sampler: EpochBatchSampler, *, num_workers: int, pin_memory: bool
+) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -32,10 +32,11 @@ import csv
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -100,8 +101,9 @@ class Trainer:
 
     router: LoRA-IR's frozen router for the network stages (it rides along on the device, outside the optimiser)."""
 
-    def __init__(self, config: TrainConfig, net: nn.Module, ctx: Dist, tasks: Sequence[str],
-                 router: nn.Module | None = None) -> None:
+    def __init__(
+        self, config: TrainConfig, net: nn.Module, ctx: Dist, tasks: Sequence[str], router: nn.Module | None = None
+    ) -> None:
         self.config = config
         self.ctx = ctx
         self.tasks = list(tasks)
@@ -119,14 +121,17 @@ class Trainer:
         self.num_experts = getattr(self.forward_module, "num_experts", 0)
         module: nn.Module = self.forward_module
         if ctx.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
             import inspect
+
+            from torch.nn.parallel import DistributedDataParallel
 
             # The only buffers are the constant expert complexities: no need to re-send them every forward.
             # (torch >= 2.13 renamed the option.)
-            no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
-                DistributedDataParallel).parameters else "broadcast_buffers"
+            no_sync = (
+                "forward_sync_buffers"
+                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                else "broadcast_buffers"
+            )
             module = DistributedDataParallel(
                 module,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -143,7 +148,10 @@ class Trainer:
             self.readout.to(self.device)
             params += list(self.readout.parameters())
         self.optimizer = torch.optim.AdamW(
-            params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
+            params,
+            lr=config.lr,
+            betas=tuple(config.betas),
+            weight_decay=config.weight_decay,
             fused=self.device.type == "cuda" or None,
         )
         self.art = (
@@ -184,14 +192,19 @@ class Trainer:
         if experts is not None and self.groups:
             flat = experts.reshape(experts.shape[0], experts.shape[1], -1)
             layer = torch.arange(flat.shape[1], device=flat.device).view(1, -1, 1)
-            usage.index_add_(0, (layer * self.num_experts + flat).flatten(),
-                             torch.ones(flat.numel(), dtype=torch.float64, device=self.device))
+            usage.index_add_(
+                0,
+                (layer * self.num_experts + flat).flatten(),
+                torch.ones(flat.numel(), dtype=torch.float64, device=self.device),
+            )
         nothing = torch.zeros((), dtype=torch.float64, device=self.device)
-        extras = torch.stack([
-            fft.detach().double().sum() if fft is not None else nothing,
-            aux.detach().double() if aux is not None else nothing,
-            route.detach().double().sum() if route is not None else nothing,
-        ])
+        extras = torch.stack(
+            [
+                fft.detach().double().sum() if fft is not None else nothing,
+                aux.detach().double() if aux is not None else nothing,
+                route.detach().double().sum() if route is not None else nothing,
+            ]
+        )
         packed = all_reduce_sum(ctx, torch.cat([sums, counts.to(self.device), extras, usage]))
         sums, counts = packed[:K], packed[K : 2 * K]
         fft_sum, aux_sum, route_sum = packed[2 * K], packed[2 * K + 1], packed[2 * K + 2]
@@ -272,8 +285,10 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.readout is not None:
             if not state.get("readout"):
-                raise CheckpointError("the training state has no routing read-out (it was saved without "
-                                      "route_task_weight); resume is not possible with routing supervision on")
+                raise CheckpointError(
+                    "the training state has no routing read-out (it was saved without "
+                    "route_task_weight); resume is not possible with routing supervision on"
+                )
             self.readout.load_state_dict(state["readout"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.art is not None and state.get("art"):
@@ -290,8 +305,14 @@ def val_metric(config: TrainConfig) -> str:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, pairs: Sequence[Any], tasks: Sequence[str], device: torch.device, autocast_dtype=None,
-             metric: str = "psnr") -> dict[str, float]:
+def validate(
+    model: nn.Module,
+    pairs: Sequence[Any],
+    tasks: Sequence[str],
+    device: torch.device,
+    autocast_dtype=None,
+    metric: str = "psnr",
+) -> dict[str, float]:
     """Per task and averaged over tasks: mean PSNR (RGB, data range 1, outputs clamped, as MoCE-IR's test; routing
     deterministic), or the percentage of images a router classifies as their task."""
     from ..metrics import psnr
@@ -325,7 +346,9 @@ class RunLog:
     """`log.csv` / `val.csv` (and TensorBoard when installed) of the main process; resuming drops rows after the
     checkpoint, so a killed run's log does not count steps twice."""
 
-    def __init__(self, out: Path, tasks: Sequence[str], art: bool, resume_step: int | None, metric: str = "psnr") -> None:
+    def __init__(
+        self, out: Path, tasks: Sequence[str], art: bool, resume_step: int | None, metric: str = "psnr"
+    ) -> None:
         self.train_path, self.val_path = out / "log.csv", out / "val.csv"
         self.train_cols = ["step", "epoch", "lr", "loss", "pixel", "fft", "balance", "route"]
         self.train_cols += [f"loss/{t}" for t in tasks] + ([f"weight/{t}" for t in tasks] if art else [])
@@ -463,7 +486,9 @@ def _agree(ctx: Dist, problem: str | None) -> None:
         raise TrainError(problem)
 
 
-def _run(config: TrainConfig, out: Path, resume: bool, ctx: Dist, emit: EventSink, dataset, val_pairs) -> dict[str, Any]:
+def _run(
+    config: TrainConfig, out: Path, resume: bool, ctx: Dist, emit: EventSink, dataset, val_pairs
+) -> dict[str, Any]:
     from .data import EpochBatchSampler, make_loader
 
     main = ctx.is_main
@@ -486,13 +511,19 @@ def _run(config: TrainConfig, out: Path, resume: bool, ctx: Dist, emit: EventSin
     if resume:
         state = _check_resume(out, config)
     else:
-        _agree(ctx, f"{out}: already holds a run; pass --resume to continue it or choose another --out"
-               if main and (out / checkpoint.STATE).exists() else None)
+        _agree(
+            ctx,
+            f"{out}: already holds a run; pass --resume to continue it or choose another --out"
+            if main and (out / checkpoint.STATE).exists()
+            else None,
+        )
     if main:
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.write_json(out / "config.json", config.to_dict())
 
-    sampler = EpochBatchSampler(len(dataset), config.batch_size, seed=config.seed, rank=ctx.rank, world_size=ctx.world_size)
+    sampler = EpochBatchSampler(
+        len(dataset), config.batch_size, seed=config.seed, rank=ctx.rank, world_size=ctx.world_size
+    )
     spe = sampler.batches_per_epoch
     if spe == 0:
         raise TrainError(
@@ -516,8 +547,13 @@ def _run(config: TrainConfig, out: Path, resume: bool, ctx: Dist, emit: EventSin
         if len(rngs) == ctx.world_size:
             checkpoint.restore_rng(rngs[ctx.rank], {"noise": trainer.noise})
         elif main:
-            emit("warning", {"message": f"resumed with {ctx.world_size} processes instead of {len(rngs)}: "
-                                        "routing noise is reseeded, the run is no longer bit-exact"})
+            emit(
+                "warning",
+                {
+                    "message": f"resumed with {ctx.world_size} processes instead of {len(rngs)}: "
+                    "routing noise is reseeded, the run is no longer bit-exact"
+                },
+            )
     log = RunLog(out, tasks, trainer.art is not None, step if state is not None else None, metric) if main else None
     val_every = config.val_every or config.ckpt_every
 
@@ -525,27 +561,59 @@ def _run(config: TrainConfig, out: Path, resume: bool, ctx: Dist, emit: EventSin
         for warning in getattr(dataset, "warnings", []):
             emit("warning", {"message": warning})
         if config.stage == "router" and not config.init:
-            emit("warning", {"message": "router stage without --init: the CLIP tower is random (pass the released "
-                                        "router file or another router checkpoint to start from CLIP's weights)"})
-        emit("start", {
-            "out": str(out), "total_steps": total, "steps_per_epoch": spe, "start_step": step, "samples": len(dataset),
-            "val_pairs": len(val_pairs), "tasks": tasks, "world_size": ctx.world_size, "device": str(ctx.device),
-            "parameters": sum(p.numel() for p in net.parameters()),
-            "trainable": sum(p.numel() for p in net.parameters() if p.requires_grad), "metric": metric,
-        })
+            emit(
+                "warning",
+                {
+                    "message": "router stage without --init: the CLIP tower is random (pass the released "
+                    "router file or another router checkpoint to start from CLIP's weights)"
+                },
+            )
+        emit(
+            "start",
+            {
+                "out": str(out),
+                "total_steps": total,
+                "steps_per_epoch": spe,
+                "start_step": step,
+                "samples": len(dataset),
+                "val_pairs": len(val_pairs),
+                "tasks": tasks,
+                "world_size": ctx.world_size,
+                "device": str(ctx.device),
+                "parameters": sum(p.numel() for p in net.parameters()),
+                "trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
+                "metric": metric,
+            },
+        )
 
     def save(step: int) -> None:
         rngs = gather_objects(ctx, checkpoint.capture_rng({"noise": trainer.noise}))
         if main:
             checkpoint.save_weights(out / checkpoint.WEIGHTS, net, _train_info(config, step, step // spe))
-            checkpoint.save_state(out / checkpoint.STATE, {
-                "format": 1, "step": step, "epoch": step // spe, "total_steps": total, "steps_per_epoch": spe,
-                "world_size": ctx.world_size, "rng": rngs, "metric": metric,
-                "best": None if best == -math.inf else best, "best_step": best_step,
-                "schedule": {"unit": config.schedule_unit, "warmup": config.warmup, "length": config.schedule_length,
-                             "lr": config.lr, "lr_min": config.lr_min, "last_lr": lr_at(config, max(0, step - 1), spe, total)},
-                **trainer.state_dict(),
-            })
+            checkpoint.save_state(
+                out / checkpoint.STATE,
+                {
+                    "format": 1,
+                    "step": step,
+                    "epoch": step // spe,
+                    "total_steps": total,
+                    "steps_per_epoch": spe,
+                    "world_size": ctx.world_size,
+                    "rng": rngs,
+                    "metric": metric,
+                    "best": None if best == -math.inf else best,
+                    "best_step": best_step,
+                    "schedule": {
+                        "unit": config.schedule_unit,
+                        "warmup": config.warmup,
+                        "length": config.schedule_length,
+                        "lr": config.lr,
+                        "lr_min": config.lr_min,
+                        "last_lr": lr_at(config, max(0, step - 1), spe, total),
+                    },
+                    **trainer.state_dict(),
+                },
+            )
             emit("checkpoint", {"step": step, "path": str(out / checkpoint.WEIGHTS)})
         barrier(ctx)
 
@@ -566,21 +634,41 @@ def _run(config: TrainConfig, out: Path, resume: bool, ctx: Dist, emit: EventSin
             step += 1
             last_stats = stats
             window_steps += 1
-            for k, v in (("loss", stats.loss), ("pixel", stats.pixel), ("fft", stats.fft), ("balance", stats.balance),
-                         ("route", stats.route)):
+            for k, v in (
+                ("loss", stats.loss),
+                ("pixel", stats.pixel),
+                ("fft", stats.fft),
+                ("balance", stats.balance),
+                ("route", stats.route),
+            ):
                 sums[k] = sums.get(k, 0.0) + v
             if main and (step % config.log_every == 0 or step == total):
                 now = time.perf_counter()
                 rate = window_steps / max(now - window_start, 1e-9)
-                row = {"step": step, "epoch": step / spe, "lr": lr, "it_per_s": rate, "seconds": now - started,
-                       "grad_norm": stats.grad_norm if stats.grad_norm is not None else ""}
+                row = {
+                    "step": step,
+                    "epoch": step / spe,
+                    "lr": lr,
+                    "it_per_s": rate,
+                    "seconds": now - started,
+                    "grad_norm": stats.grad_norm if stats.grad_norm is not None else "",
+                }
                 row.update({k: v / window_steps for k, v in sums.items()})
                 row.update({f"loss/{t}": v for t, v in zip(tasks, stats.task_loss)})
                 if stats.weights is not None:
                     row.update({f"weight/{t}": v for t, v in zip(tasks, stats.weights)})
                 log.train_row(row)
-                emit("step", {**row, "total_steps": total, "eta_s": (total - step) / max(rate, 1e-9),
-                              "tasks": tasks, "task_loss": stats.task_loss, "weights": stats.weights})
+                emit(
+                    "step",
+                    {
+                        **row,
+                        "total_steps": total,
+                        "eta_s": (total - step) / max(rate, 1e-9),
+                        "tasks": tasks,
+                        "task_loss": stats.task_loss,
+                        "weights": stats.weights,
+                    },
+                )
                 window_start, window_steps, sums = now, 0, {}
             if has_val and (step % val_every == 0 or step == total):
                 result = None
@@ -589,9 +677,12 @@ def _run(config: TrainConfig, out: Path, resume: bool, ctx: Dist, emit: EventSin
                     log.val_row({"step": step, **{f"{metric}/{t}": v for t, v in result.items()}})
                     if result["mean"] > best:
                         best, best_step = result["mean"], step
-                        checkpoint.save_weights(out / checkpoint.BEST, net,
-                                                _train_info(config, step, step // spe, {f"val_{metric}": best}))
-                    emit("val", {"step": step, "metric": metric, "result": result, "best": best, "best_step": best_step})
+                        checkpoint.save_weights(
+                            out / checkpoint.BEST, net, _train_info(config, step, step // spe, {f"val_{metric}": best})
+                        )
+                    emit(
+                        "val", {"step": step, "metric": metric, "result": result, "best": best, "best_step": best_step}
+                    )
                 last_val = broadcast_object(ctx, result)
                 best = broadcast_object(ctx, best)
             if step % config.ckpt_every == 0 or step == total:

@@ -42,6 +42,8 @@ PIXEL_LOSSES = {"l1": l1, "psnr": psnr_loss}
 def task_sums(values: Tensor, task_ids: Tensor, num_tasks: int) -> tuple[Tensor, Tensor]:
     """Per-task sum of `values` (B,) and per-task sample count, both (num_tasks,) float64 (no gradient)."""
     ids = task_ids.to(values.device, torch.long)
-    sums = torch.zeros(num_tasks, dtype=torch.float64, device=values.device).index_add_(0, ids, values.detach().double())
+    sums = torch.zeros(num_tasks, dtype=torch.float64, device=values.device).index_add_(
+        0, ids, values.detach().double()
+    )
     counts = torch.bincount(ids, minlength=num_tasks).to(torch.float64)
     return sums, counts

@@ -43,17 +43,26 @@ def network_config(config: TrainConfig) -> Any:
         if config.arch == "moce_ir":
             from ..archs import moce_ir
 
-            return dataclasses.replace(moce_ir.VARIANTS[config.variant], **_overrides(config, moce_ir.MoCEIRConfig),
-                                       with_complexity=config.with_complexity)
+            return dataclasses.replace(
+                moce_ir.VARIANTS[config.variant],
+                **_overrides(config, moce_ir.MoCEIRConfig),
+                with_complexity=config.with_complexity,
+            )
         if config.stage == "router":
             from ..archs import clip_router
 
-            return dataclasses.replace(clip_router.VARIANTS[config.variant],
-                                       **_overrides(config, clip_router.CLIPRouterConfig), classes=tuple(config.tasks))
+            return dataclasses.replace(
+                clip_router.VARIANTS[config.variant],
+                **_overrides(config, clip_router.CLIPRouterConfig),
+                classes=tuple(config.tasks),
+            )
         from ..archs import lora_ir
 
-        return dataclasses.replace(lora_ir.VARIANTS[config.variant], **_overrides(config, lora_ir.LoRAIRNetConfig),
-                                   num_experts=len(config.tasks))
+        return dataclasses.replace(
+            lora_ir.VARIANTS[config.variant],
+            **_overrides(config, lora_ir.LoRAIRNetConfig),
+            num_experts=len(config.tasks),
+        )
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from None
 
@@ -96,8 +105,10 @@ def build_network(config: TrainConfig) -> nn.Module:
     torch.manual_seed(config.seed)
     net = ARCHS[arch].build(net_cfg)
     if config.stage == "experts" and not config.init and not config.train_all:
-        raise ConfigError("LoRA-IR's experts stage trains LoRA updates of the base network: pass --init BASE_WEIGHTS "
-                          "(or --train-all to train everything from scratch)")
+        raise ConfigError(
+            "LoRA-IR's experts stage trains LoRA updates of the base network: pass --init BASE_WEIGHTS "
+            "(or --train-all to train everything from scratch)"
+        )
     if config.init:
         _load_init(net, config)
     if config.stage == "router":
@@ -130,8 +141,10 @@ def load_router(config: TrainConfig) -> nn.Module | None:
     classes, tasks = tuple(router.config.classes), tuple(config.tasks)
     named = not all(c.startswith("class") for c in classes)
     if len(classes) != len(tasks) or (named and classes != tasks):
-        raise ConfigError(f"{config.router}: the router's classes ({', '.join(classes)}) are not the tasks "
-                          f"({', '.join(tasks)}); class i must be task i")
+        raise ConfigError(
+            f"{config.router}: the router's classes ({', '.join(classes)}) are not the tasks "
+            f"({', '.join(tasks)}); class i must be task i"
+        )
     router.requires_grad_(False)
     return router.eval()
 
@@ -151,8 +164,10 @@ class RouteReadout(nn.Module):
 
     def forward(self, logits: Tensor, task: Tensor) -> Tensor:
         """(B,) mean over layers of the cross-entropy of each layer's read-out; logits (B, L, E)."""
-        per_layer = [nn.functional.cross_entropy(m(logits[:, i].float()), task, reduction="none")
-                     for i, m in enumerate(self.maps)]
+        per_layer = [
+            nn.functional.cross_entropy(m(logits[:, i].float()), task, reduction="none")
+            for i, m in enumerate(self.maps)
+        ]
         return torch.stack(per_layer, dim=1).mean(dim=1)
 
 
@@ -169,7 +184,9 @@ class MoCEForward(nn.Module):
         self.net = net
         self.zero_term = zero_term
         self.readout = readout
-        self.groups = [list(layer.expert(e).parameters()) for layer in net.moce_layers for e in range(len(layer.experts))]
+        self.groups = [
+            list(layer.expert(e).parameters()) for layer in net.moce_layers for e in range(len(layer.experts))
+        ]
         self.num_experts = len(net.moce_layers[0].experts)
 
     def forward(self, batch: dict[str, Tensor], noise: torch.Generator | None):

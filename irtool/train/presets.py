@@ -9,9 +9,10 @@ Imports the standard library only (no torch), so the CLI can print and check con
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import IrtoolError
 
@@ -59,13 +60,19 @@ class TaskSource:
 
     def __post_init__(self) -> None:
         if isinstance(self.datasets, (str, list)):
-            object.__setattr__(self, "datasets", (self.datasets,) if isinstance(self.datasets, str) else tuple(self.datasets))
+            object.__setattr__(
+                self, "datasets", (self.datasets,) if isinstance(self.datasets, str) else tuple(self.datasets)
+            )
         if bool(self.datasets) == (self.clean_dir is not None):
             raise ConfigError(f"task {self.task!r}: give exactly one of datasets or clean_dir")
         if self.clean_dir is not None and self.degrade is None:
-            raise ConfigError(f"task {self.task!r}: clean photos need a degradation (one of {', '.join(SYNTHETIC_TASKS)})")
+            raise ConfigError(
+                f"task {self.task!r}: clean photos need a degradation (one of {', '.join(SYNTHETIC_TASKS)})"
+            )
         if self.degrade is not None and self.degrade not in SYNTHETIC_TASKS:
-            raise ConfigError(f"task {self.task!r}: unknown degradation {self.degrade!r}; one of {', '.join(SYNTHETIC_TASKS)}")
+            raise ConfigError(
+                f"task {self.task!r}: unknown degradation {self.degrade!r}; one of {', '.join(SYNTHETIC_TASKS)}"
+            )
         if self.repeat < 1:
             raise ConfigError(f"task {self.task!r}: repeat must be at least 1, got {self.repeat}")
 
@@ -259,8 +266,10 @@ def toml_loads(text: str) -> dict[str, Any]:
         try:
             import tomli as tomllib  # type: ignore[no-redef]
         except ImportError:
-            raise ConfigError("TOML config files need Python 3.11, or the tomli package on older Pythons "
-                              "(pip install tomli); JSON config files need neither") from None
+            raise ConfigError(
+                "TOML config files need Python 3.11, or the tomli package on older Pythons "
+                "(pip install tomli); JSON config files need neither"
+            ) from None
     return tomllib.loads(text)
 
 
@@ -294,8 +303,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 def _denoise(sigma: int) -> TaskSource:
     # noise added to the uint8 patch and truncated back to uint8, as the official training loader does
-    return TaskSource(task=f"denoise_{sigma}", datasets=("wed-train", "bsd400-train"), degrade="noise",
-                      params={"level": sigma, "uint8": True}, repeat=3)
+    return TaskSource(
+        task=f"denoise_{sigma}",
+        datasets=("wed-train", "bsd400-train"),
+        degrade="noise",
+        params={"level": sigma, "uint8": True},
+        repeat=3,
+    )
 
 
 _AIO3 = (
@@ -335,12 +349,26 @@ _MOCE_OFFICIAL = dict(
 # clipped at 0.01, PSNRLoss. Experts: `Setting1_Ft.yml`, AdamW 1e-4, cosine to 1e-5 over 100k iterations, the rest as
 # the base stage.
 _SETTING1 = tuple(
-    TaskSource(task=t, datasets=(f"{d}-train",)) for t, d in (("snow", "snow100k"), ("rain", "outdoor-rain"),
-                                                             ("raindrop", "raindrop"))
+    TaskSource(task=t, datasets=(f"{d}-train",))
+    for t, d in (("snow", "snow100k"), ("rain", "outdoor-rain"), ("raindrop", "raindrop"))
 )
-_LORA_IR = dict(arch="lora_ir", variant="setting1", sources=_SETTING1, with_complexity=False, balance_weight=0.0,
-                schedule_unit="step", warmup=0, betas=(0.9, 0.9), weight_decay=1e-3, grad_clip=0.01,
-                pixel_loss="psnr", patch_size=256, batch_size=8, ckpt_every=2000, val_every=2000)
+_LORA_IR = dict(
+    arch="lora_ir",
+    variant="setting1",
+    sources=_SETTING1,
+    with_complexity=False,
+    balance_weight=0.0,
+    schedule_unit="step",
+    warmup=0,
+    betas=(0.9, 0.9),
+    weight_decay=1e-3,
+    grad_clip=0.01,
+    pixel_loss="psnr",
+    patch_size=256,
+    batch_size=8,
+    ckpt_every=2000,
+    val_every=2000,
+)
 
 # irtool's built-in default model (issue 15): a small MoCE-IR on clean photos (--clean-dir, all of SYNTHETIC_TASKS
 # unless --tasks says otherwise), the papers' losses (L1 + 0.1 FFT-L1 + 0.01 balance loss with the complexity bias),
@@ -350,31 +378,73 @@ _LORA_IR = dict(arch="lora_ir", variant="setting1", sources=_SETTING1, with_comp
 # 15 loader workers feeding it). Neither names the photos: pass --clean-dir (and --val-dir, --init).
 _DEFAULT_NET = {"dim": 16, "num_blocks": (1, 2, 2, 3), "num_dec_blocks": (1, 2, 2), "num_refinement_blocks": 1}
 _IRTOOL_DEFAULT = dict(
-    arch="moce_ir", variant="MoCE_IR_S", model=_DEFAULT_NET, with_complexity=True, patch_size=128, batch_size=4,
-    fft_weight=0.1, balance_weight=0.01, route_task_weight=0.1, lr=1e-3, warmup=100, schedule_unit="step",
-    steps=4000, num_workers=1, val_size=192, ckpt_every=100, val_every=250, log_every=20,
+    arch="moce_ir",
+    variant="MoCE_IR_S",
+    model=_DEFAULT_NET,
+    with_complexity=True,
+    patch_size=128,
+    batch_size=4,
+    fft_weight=0.1,
+    balance_weight=0.01,
+    route_task_weight=0.1,
+    lr=1e-3,
+    warmup=100,
+    schedule_unit="step",
+    steps=4000,
+    num_workers=1,
+    val_size=192,
+    ckpt_every=100,
+    val_every=250,
+    log_every=20,
 )
 
 PRESETS: dict[str, TrainConfig] = {
     "custom": TrainConfig(),
     "irtool_default-cpu": TrainConfig(preset="irtool_default-cpu", **_IRTOOL_DEFAULT),
-    "irtool_default-h200": TrainConfig(**{
-        **_IRTOOL_DEFAULT, "preset": "irtool_default-h200", "batch_size": 128, "lr": 1e-3 * (128 / 4) ** 0.5,
-        "warmup": 150, "steps": 2400, "num_workers": 15, "precision": "bf16", "channels_last": True,
-        "ckpt_every": 400, "val_every": 400, "log_every": 50}),
+    "irtool_default-h200": TrainConfig(
+        **{
+            **_IRTOOL_DEFAULT,
+            "preset": "irtool_default-h200",
+            "batch_size": 128,
+            "lr": 1e-3 * (128 / 4) ** 0.5,
+            "warmup": 150,
+            "steps": 2400,
+            "num_workers": 15,
+            "precision": "bf16",
+            "channels_last": True,
+            "ckpt_every": 400,
+            "val_every": 400,
+            "log_every": 50,
+        }
+    ),
     "moce_ir_s-aio3": TrainConfig(preset="moce_ir_s-aio3", variant="MoCE_IR_S", sources=_AIO3, **_MOCE_OFFICIAL),
     "moce_ir-aio3": TrainConfig(preset="moce_ir-aio3", variant="MoCE_IR", sources=_AIO3, **_MOCE_OFFICIAL),
     "moce_ir_s-aio5": TrainConfig(preset="moce_ir_s-aio5", variant="MoCE_IR_S", sources=_AIO5, **_MOCE_OFFICIAL),
     "moce_ir-aio5": TrainConfig(preset="moce_ir-aio5", variant="MoCE_IR", sources=_AIO5, **_MOCE_OFFICIAL),
-    "lora_ir-router": TrainConfig(**{
-        **_LORA_IR, "preset": "lora_ir-router", "stage": "router", "pixel_loss": "ce", "lr": 2e-4, "lr_min": 1e-5,
-        "weight_decay": 0.0, "betas": (0.9, 0.999), "grad_clip": 0.0, "schedule_unit": "epoch", "epochs": 10,
-        "steps": None, "batch_size": 24, "patch_size": 336}),
-    "lora_ir-base": TrainConfig(**{
-        **_LORA_IR, "preset": "lora_ir-base", "stage": "base", "lr": 1e-3,
-        "lr_min": 5e-4, "steps": 200_000}),
-    "lora_ir-experts": TrainConfig(**{
-        **_LORA_IR, "preset": "lora_ir-experts", "stage": "experts", "lr": 1e-4, "lr_min": 1e-5, "steps": 100_000}),
+    "lora_ir-router": TrainConfig(
+        **{
+            **_LORA_IR,
+            "preset": "lora_ir-router",
+            "stage": "router",
+            "pixel_loss": "ce",
+            "lr": 2e-4,
+            "lr_min": 1e-5,
+            "weight_decay": 0.0,
+            "betas": (0.9, 0.999),
+            "grad_clip": 0.0,
+            "schedule_unit": "epoch",
+            "epochs": 10,
+            "steps": None,
+            "batch_size": 24,
+            "patch_size": 336,
+        }
+    ),
+    "lora_ir-base": TrainConfig(
+        **{**_LORA_IR, "preset": "lora_ir-base", "stage": "base", "lr": 1e-3, "lr_min": 5e-4, "steps": 200_000}
+    ),
+    "lora_ir-experts": TrainConfig(
+        **{**_LORA_IR, "preset": "lora_ir-experts", "stage": "experts", "lr": 1e-4, "lr_min": 1e-5, "steps": 100_000}
+    ),
 }
 
 

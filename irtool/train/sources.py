@@ -18,20 +18,20 @@ Imports numpy and torch; `irtool.io`, `irtool.degrade`, `irtool.datasets`.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .data import Pair, Source, TrainingSet, ValPair, to_tensor
 from .presets import ConfigError, TaskSource, TrainConfig
 
-
 #: decoded photos kept per process (bytes): a training sample cuts one window from a whole photo, and decoding a
 #: 1024-px PNG for every sample cost more than degrading and training on it
 CACHE_BYTES = 1 << 30
-_cache: "OrderedDict[tuple[str, int, int], np.ndarray]" = OrderedDict()
+_cache: OrderedDict[tuple[str, int, int], np.ndarray] = OrderedDict()
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -155,14 +155,18 @@ def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
     return image[top : top + th, left : left + tw]
 
 
-def _val_pair(source: TaskSource, task_id: int, pair: Pair, degrader: SyntheticDegrader | None, config: TrainConfig,
-              index: int) -> ValPair:
+def _val_pair(
+    source: TaskSource, task_id: int, pair: Pair, degrader: SyntheticDegrader | None, config: TrainConfig, index: int
+) -> ValPair:
     gt = _centre_crop(read_rgb(pair.gt), config.val_size)
     if pair.lq is not None:
         lq = _centre_crop(read_rgb(pair.lq), config.val_size)
     else:
-        fixed = degrader if degrader is None or degrader.level is not None else SyntheticDegrader(
-            degrader.kind, _medium(degrader.kind), degrader.uint8)
+        fixed = (
+            degrader
+            if degrader is None or degrader.level is not None
+            else SyntheticDegrader(degrader.kind, _medium(degrader.kind), degrader.uint8)
+        )
         lq = fixed(np.ascontiguousarray(gt), np.random.default_rng([config.seed, 0x5A1, task_id, index]))
     return ValPair(to_tensor(lq), to_tensor(gt), task_id, pair.gt.name)
 
@@ -175,8 +179,9 @@ def _medium(kind: str) -> float:
     return float(LEVELS[kind]["medium"])
 
 
-def build_datasets(config: TrainConfig, *, with_val: bool = True, views: tuple[int, int] | None = None
-                   ) -> tuple[TrainingSet, list[ValPair]]:
+def build_datasets(
+    config: TrainConfig, *, with_val: bool = True, views: tuple[int, int] | None = None
+) -> tuple[TrainingSet, list[ValPair]]:
     """The training set of `config.sources` and (when `with_val`) its validation pairs; `views`: see TrainingSet."""
     all_pairs, warnings = [], []
     for source in config.sources:
@@ -190,11 +195,11 @@ def build_datasets(config: TrainConfig, *, with_val: bool = True, views: tuple[i
     val_items: list[tuple[int, Pair]] = []
     if config.val_dir is not None:
         photos = [Pair(p) for p in list_photos(config.val_dir)]
-        for k, source in enumerate(config.sources):
+        for k in range(len(config.sources)):
             if degraders[k] is not None:
                 val_items += [(k, p) for p in photos[: config.val_count or len(photos)]]
     if config.val_count:
-        for k, (source, pairs) in enumerate(zip(config.sources, all_pairs)):
+        for k, pairs in enumerate(all_pairs):
             if config.val_dir is not None and degraders[k] is not None:
                 continue
             picked = _held_out(pairs, config.val_count, config.seed)
@@ -211,8 +216,9 @@ def build_datasets(config: TrainConfig, *, with_val: bool = True, views: tuple[i
         if not train_pairs:
             raise ConfigError(f"task {source.task!r}: every image is held out for validation; lower --val-count")
         sources.append(Source(k, train_pairs, source.repeat, degraders[k]))
-    dataset = TrainingSet(sources, patch_size=config.patch_size, augment=config.augment, seed=config.seed,
-                          reader=read_rgb, views=views)
+    dataset = TrainingSet(
+        sources, patch_size=config.patch_size, augment=config.augment, seed=config.seed, reader=read_rgb, views=views
+    )
     dataset.warnings = warnings  # what the registry noticed while pairing (unpaired files, unexpected counts)
     val = []
     if with_val:
