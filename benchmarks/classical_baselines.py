@@ -77,7 +77,7 @@ def package_file(package: str, relative: str) -> Path | None:
 
 
 def read_rgb8(path: Path) -> np.ndarray:
-    from irtool import io
+    from irtool.images import files as io
 
     return np.rint(io.read_image(path).rgb * 255.0).astype(np.uint8)
 
@@ -93,7 +93,7 @@ def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 def held_out_photos(folder: str | None) -> list[tuple[str, Path]]:
     if folder:
-        from irtool.io import IMAGE_SUFFIXES
+        from irtool.images.files import IMAGE_SUFFIXES
 
         paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:

@@ -210,7 +210,7 @@ def _photos(side: int, count: int, size: tuple[int, int] | None = None) -> list[
     import cv2
     import numpy as np
 
-    from irtool import io
+    from irtool.images import files as io
 
     files = sorted((REPO / "examples").glob("*.png"))
     if not files:
@@ -377,7 +377,8 @@ def part_lora_ir(part: Part) -> None:
     import numpy as np
     import torch
 
-    from irtool import bench, engine, io
+    from irtool import bench, engine
+    from irtool.images import files as io
 
     s = part.scale
     model = _model(part, s.lora)
@@ -605,7 +606,8 @@ def part_official(part: Part) -> None:
 
 
 def part_memory_4k(part: Part) -> None:
-    from irtool import bench, engine, io
+    from irtool import bench, engine
+    from irtool.images import files as io
     from irtool.jobs import RestoreOptions
 
     s = part.scale
@@ -658,12 +660,13 @@ def part_agreement(part: Part) -> None:
     import numpy as np
     import torch
 
-    from irtool import engine, io, loading, runtime
+    from irtool import engine, loading, runtime
+    from irtool.images import files as io
     from irtool.jobs import RestoreOptions
 
     s = part.scale
     photos = _photos(s.photo_side, 2 if part.args.dry_run else 5)
-    path, router, how = engine.default_source()
+    path, router, how = loading.default_source()
     trained = runtime.prepare(loading.load_model(path, device=str(part.device)), part.device)
     models: list[tuple[str, Any]] = [("irtool.default (trained)", trained)]
     models += [(f"{label} (random weights)", config) for label, config in s.moce[:1] + (("LoRA-IR Setting I", s.lora),)]

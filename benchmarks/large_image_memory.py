@@ -35,7 +35,7 @@ def make(path: str, side: int = 12000) -> None:
 
 
 def io_phases(src: str, dst: str) -> None:
-    from irtool import io
+    from irtool.images import files as io
 
     started = time.time()
     image = io.read_image(src)

@@ -177,7 +177,7 @@ class Calibration:
         }
 
     def save(self, path: str | Path) -> Path:
-        from .io import write_bytes_atomic
+        from .images.files import write_bytes_atomic
 
         path = Path(path)
         write_bytes_atomic(path, (json.dumps(self.to_dict(), indent=1) + "\n").encode(), overwrite=True)
@@ -329,7 +329,7 @@ def skimage_photos() -> list[Path]:
 
 def clean_photos(clean_dir: str | Path | None = None) -> list[Path]:
     """Clean photos to calibrate on: the images in `clean_dir` (recursively), else scikit-image's sample photos."""
-    from .io import IMAGE_SUFFIXES
+    from .images.files import IMAGE_SUFFIXES
 
     if clean_dir is not None:
         folder = Path(clean_dir)

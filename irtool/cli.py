@@ -1495,9 +1495,9 @@ def degrade(
     """Make test images: add seeded synthetic noise, rain, haze, blur, low light or JPEG artefacts."""
     from dataclasses import replace
 
-    from . import io
     from .degrade import degrade as apply
     from .degrade import resolve_level
+    from .images import files as io
     from .jobs import expand_inputs
 
     try:
@@ -1580,11 +1580,11 @@ def calibrate(
     import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from . import io
     from .calibrate import Calibration, calibration_path, clean_photos, fingerprint
     from .calibrate import calibrate as run_calibration
     from .degrade import LEVEL_NAMES
     from .engine import Restorer
+    from .images import files as io
     from .jobs import RestoreOptions
 
     wanted = [c.strip() for c in classes.split(",") if c.strip()]
@@ -1825,7 +1825,7 @@ def eval_command(
 
     With several --model/--weights, each is scored in turn; --json then holds a list of reports, --csv gains a model column, --save-images writes DIR/<model>/<dataset>/.
     """
-    from . import datasets as ds
+    from .evaluation import datasets as ds
 
     if not dataset and not setting:
         fail("name a benchmark with --dataset NAME or --setting aio3 (see `irtool datasets list`)", 2)
@@ -1837,8 +1837,8 @@ def eval_command(
         fail(f"--protocol {protocol}: one of {', '.join(_PROTOCOL_NAMES)}", 2)
     names = ds.expand(dataset or [], setting or [])
 
-    from . import evaluate
     from . import weights as manifest
+    from .evaluation import evaluate
     from .loading import load_model
     from .shard import world_size
 
@@ -1884,7 +1884,7 @@ def eval_command(
         entry = manifest.find_entry(entry_name) if entry_name else None
         source = name
         if source is None:  # as `irtool restore` does: the default model
-            from .engine import default_source
+            from .loading import default_source
 
             source, default_router, how = default_source()
             router = router or default_router
@@ -2181,7 +2181,7 @@ def datasets_list(
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="One JSON object instead of a table.")] = False,
 ) -> None:
     """Every benchmark irtool knows: found or missing under the data root, with counts."""
-    from . import datasets as ds
+    from .evaluation import datasets as ds
 
     root = ds.data_root(data_root)
     rows = []
@@ -2229,7 +2229,7 @@ def datasets_check(
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="One JSON object instead of text.")] = False,
 ) -> None:
     """Explain where a benchmark was looked for, what was found, and exactly what is missing."""
-    from . import datasets as ds
+    from .evaluation import datasets as ds
 
     names = ds.expand([name])
     if names[0].startswith("synthetic:"):

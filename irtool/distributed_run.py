@@ -621,7 +621,7 @@ class RankedEval:
     ) -> RankedEval:
         """Join the run; every rank finds the datasets itself and must find the same images as rank 0 (one line
         naming the rank and what it could not see otherwise)."""
-        from . import evaluate
+        from .evaluation import evaluate
 
         ctx = setup(device)
         channel = Channel()
@@ -685,7 +685,7 @@ class RankedEval:
         self, model: Any, options: Any, report: Any, emit: Callable[[Any], None], stop: threading.Event | None
     ) -> None:
         """Evaluate this rank's items, emitting {"d", "i", "result"} for each (i: the item's place in its dataset)."""
-        from . import evaluate
+        from .evaluation import evaluate
 
         index = {t.spec.name: d for d, t in enumerate(self.targets)}
         taken = [0] * len(self.targets)
@@ -728,7 +728,7 @@ class RankedEval:
     def run(self, model: Any, options: Any, report: Any) -> Iterator[tuple[Any, Any]]:
         """Rank 0: evaluate everything with the other ranks, filling `report` as one process would; yields
         (dataset progress, result) for each image as it arrives from any rank (`.dataset`, `.psnr`: running mean)."""
-        from . import evaluate
+        from .evaluation import evaluate
 
         merged: list[list[Any]] = [[None] * len(owner) for owner in self.owners]
         arrivals: list[tuple[int, Any]] = []

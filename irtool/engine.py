@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import io, weights
-from .errors import ImageError, IrtoolError, WeightsNotFoundError
+from . import weights
+from .errors import ImageError, IrtoolError
+from .images import files as io
 from .jobs import PRECISIONS, Job, RestoreOptions, RestoreReport, expand_inputs, output_path, plan, report_unrunnable
 from .tiling import pad_to_multiple, tiled_forward
 
@@ -49,8 +50,6 @@ __all__ = [
     "restore_files",
     "restore",
     "Restored",
-    "default_source",
-    "rank_entries",
     "resolve_precision",
     "PRECISIONS",
 ]
@@ -69,66 +68,6 @@ class OutOfMemory(IrtoolError):
 
 # --------------------------------------------------------------------------------------------------------------------
 # Choosing and loading the model
-
-
-#: training settings, best everyday default first: AIO5 covers noise, rain, haze, blur and low light; AIO3 noise, rain
-#: and haze; CDD11 weather (low light, haze, rain, snow and their mixtures) but no noise
-DEFAULT_SETTINGS = ("AIO5", "AIO3", "CDD11")
-
-
-def _variant_is_small(entry: weights.Entry) -> bool:
-    return str(entry.data.get("variant", "")).upper().endswith("_S")
-
-
-def rank_entries(entries: Iterable[weights.Entry]) -> list[weights.Entry]:
-    """Official checkpoints, best default first: by setting (`DEFAULT_SETTINGS` order, others after), then the full
-    model before the small one, then manifest order. The user's own (local) entries and the built-in model (which
-    `default_source` takes first when it is the manifest's default) are left out."""
-    listed = [e for e in entries if not e.local and not e.built_in]
-    order = {name: i for i, name in enumerate(DEFAULT_SETTINGS)}
-
-    def key(e: weights.Entry) -> tuple[int, bool, int]:
-        return order.get(str(e.data.get("setting", "")).upper(), len(order)), _variant_is_small(e), listed.index(e)
-
-    return sorted(listed, key=key)
-
-
-def default_source() -> tuple[Path, Path | None, str]:
-    """(weights file, router file or None, how it was chosen) when neither --model nor --weights is given.
-
-    1. The manifest's `default` entry, when its files are here (shipped inside the package, or in the cache).
-    2. The best official checkpoint already in the cache (see `rank_entries`: AIO5, AIO3, CDD11; full before S).
-    3. Otherwise WeightsNotFoundError with the exact commands to get weights.
-    """
-    from .archs import ARCHS
-
-    manifest = weights.load_manifest()
-    default = manifest.get("default")
-    if isinstance(default, str) and default:
-        entry = weights.find_entry(default)
-        if entry is not None:
-            files = entry.local_files()
-            if all(spec.get("role", "weights") in files for spec in entry.files):
-                return (
-                    files.get("weights") or files.get("ir") or next(iter(files.values())),
-                    files.get("router"),
-                    f"the default model {entry.name}",
-                )
-    ranked = rank_entries(weights.entries())
-    for entry in ranked:
-        if entry.arch not in ARCHS:
-            continue
-        files = entry.local_files()
-        if files and all(spec.get("role", "weights") in files for spec in entry.files):
-            main = files.get("weights") or files.get("ir") or next(iter(files.values()))
-            return main, files.get("router"), f"{entry.name} (the best downloaded checkpoint)"
-    best = next((e for e in ranked if e.arch in ARCHS), None) or ranked[0]
-    first = best.files[0] if best.files else {}
-    hint = f" (or {weights.manual_steps(best, first)})" if first else ""
-    raise WeightsNotFoundError(
-        f"no model given and no weights downloaded: run `irtool weights fetch {best.name}`{hint}, "
-        "or pass --weights FILE or --model NAME"
-    )
 
 
 def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, list[str]]:
@@ -249,7 +188,7 @@ class Restorer:
     def load(cls, options: RestoreOptions) -> Restorer:
         """Load the model named by the options (or the default one) once, with its calibration."""
         from .calibrate import find_calibration
-        from .loading import load_model, resolve_device, resolve_source
+        from .loading import default_source, load_model, resolve_device, resolve_source
 
         options.check()
         notes: list[str] = []

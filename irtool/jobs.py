@@ -3,7 +3,7 @@
 `irtool restore --dry-run` and `irtool degrade` use this module alone, so they start instantly; the engine
 (irtool.engine, which re-exports these names) runs the jobs.
 
-Imports the standard library and irtool.io only.
+Imports the standard library and irtool.images.files only.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import io, safe_paths
+from . import safe_paths
 from .errors import IrtoolError, UsageError
+from .images import files as io
 from .video import VIDEO_SUFFIXES
 
 #: what a folder walk or a glob picks up: images, and videos (restored by irtool.video)

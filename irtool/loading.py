@@ -25,11 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import weights
 from .archs import ARCHS, ArchSpec
 from .errors import CheckpointError, ConfigGuessWarning, UnsafeCheckpointError
-
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
+from .weights import catalogue as weights
+from .weights.catalogue import CHECKPOINT_SUFFIXES
 
 # Containers that wrap a state dict, in order of preference (EMA weights win over raw ones, as in BasicSR).
 _WRAPPERS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net", "module")
@@ -402,6 +401,12 @@ def build_model(
 
 # --------------------------------------------------------------------------------------------------------------------
 # Devices and the public entry point
+
+
+def default_source() -> tuple[Path, Path | None, str]:
+    """(weights file, router file or None, how it was chosen) when the caller names no model: the manifest's default
+    model, else the best official checkpoint in the cache (`irtool.weights.catalogue.default_source`)."""
+    return weights.default_source(ARCHS)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

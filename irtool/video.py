@@ -956,8 +956,8 @@ def restore_video(
 ) -> VideoReport:
     """Restore one video file to `dst` (see the module docstring). Raises VideoError for an unreadable input or
     an unwritable output, KeyboardInterrupt after cleaning up (or keeping a partial file); returns the report."""
-    from . import io
     from .engine import _precision_name
+    from .images import files as io
 
     video.check()
     started = time.perf_counter()

@@ -55,5 +55,5 @@ def no_builtin_default(monkeypatch):
     from irtool import weights
 
     manifest = {**weights.load_manifest(), "default": None}
-    monkeypatch.setattr(weights, "load_manifest", lambda: manifest)
+    monkeypatch.setattr(weights.catalogue, "load_manifest", lambda: manifest)
     return manifest

@@ -7,7 +7,7 @@ import pytest
 from benchmark_data import make_moce_layout, make_promptir_layout, photo, save
 from PIL import Image
 
-from irtool import datasets as ds
+from irtool.evaluation import datasets as ds
 
 
 def test_moce_ir_layout_is_found_and_paired_by_rule(tmp_path):

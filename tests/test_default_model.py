@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 import irtool
-from irtool import io as image_io
-from irtool import weights
+from irtool import loading, weights
 from irtool.degrade import degrade
+from irtool.images import files as image_io
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -227,12 +227,10 @@ def test_restore_with_no_model_options_uses_the_default_on_the_examples(tmp_path
 def test_the_built_in_default_wins_over_a_cached_official_checkpoint(tmp_path):
     from restore_fixtures import tiny_checkpoint
 
-    from irtool import engine
-
     folder = weights.cache_dir() / "moce_ir.aio5"
     folder.mkdir(parents=True)
     tiny_checkpoint(folder, name="last.ckpt")
-    path, router, how = engine.default_source()
+    path, router, how = loading.default_source()
     assert "irtool.default" in how and path == weights.find_entry("irtool.default").packaged_files()["weights"]
 
 

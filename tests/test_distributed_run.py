@@ -23,9 +23,10 @@ from PIL import Image
 from restore_fixtures import photo, tiny_checkpoint, tree_hashes
 from typer.testing import CliRunner
 
-from irtool import io, shard
+from irtool import shard
 from irtool.cli import app
 from irtool.distributed_run import _without_gpu_flags
+from irtool.images import files as io
 from irtool.jobs import plan
 
 runner = CliRunner()

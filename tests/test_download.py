@@ -1,4 +1,4 @@
-"""irtool.download against a local HTTP server (127.0.0.1 only): resume, redirects, errors, checksums, Drive pages."""
+"""irtool.weights.download against a local HTTP server (127.0.0.1 only): resume, redirects, errors, checksums, Drive pages."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import socket
 import pytest
 from local_server import LocalServer, without_proxies
 
-from irtool.download import download, sha256_file
 from irtool.errors import ChecksumError, DownloadError
+from irtool.weights.download import download, sha256_file
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()

@@ -11,9 +11,10 @@ from helpers import random_moce
 from restore_fixtures import LocalNet, photo, tiny_checkpoint, tree_hashes
 
 import irtool
-from irtool import engine, io, weights
+from irtool import engine, loading, weights
 from irtool.archs.moce_ir import VARIANTS
 from irtool.errors import IrtoolError, WeightsNotFoundError
+from irtool.images import files as io
 
 
 def as_image(array: np.ndarray) -> io.Image:
@@ -221,7 +222,7 @@ def test_interrupting_a_run_leaves_only_complete_files(tmp_path):
 
 
 def test_default_model_chain(tmp_path, monkeypatch, no_builtin_default):
-    ranked = [e.name for e in engine.rank_entries(weights.entries())]
+    ranked = [e.name for e in weights.rank_entries(weights.entries())]
     # AIO5 (noise, rain, haze, blur, low light) before AIO3 before CDD11 (weather, no noise); full before S
     assert ranked[:6] == [
         "moce_ir.aio5",
@@ -232,26 +233,26 @@ def test_default_model_chain(tmp_path, monkeypatch, no_builtin_default):
         "moce_ir_s.cdd11",
     ]
     with pytest.raises(WeightsNotFoundError) as info:
-        engine.default_source()
+        loading.default_source()
     message = str(info.value)
     assert "irtool weights fetch moce_ir.aio5" in message and "--weights" in message and "\n" not in message
 
     folder = weights.cache_dir() / "moce_ir_s.aio3"
     folder.mkdir(parents=True)
     tiny_checkpoint(folder, name="last.ckpt")
-    path, router, how = engine.default_source()
+    path, router, how = loading.default_source()
     assert path == folder / "last.ckpt" and router is None and "moce_ir_s.aio3" in how
     better = weights.cache_dir() / "moce_ir_s.aio5"
     better.mkdir(parents=True)
     tiny_checkpoint(better, name="last.ckpt")
-    assert engine.default_source()[0] == better / "last.ckpt"
+    assert loading.default_source()[0] == better / "last.ckpt"
 
     # the manifest's default entry wins once its file is here (shipped inside the package)
     package = tmp_path / "pkg"
     (package / "models").mkdir(parents=True)
     packaged = package / "models" / "default.safetensors"
     packaged.write_bytes(b"x")
-    monkeypatch.setattr(weights, "_PACKAGE_DIR", package)
+    monkeypatch.setattr(weights.catalogue, "_PACKAGE_DIR", package)
     manifest = no_builtin_default
     entry = {
         "arch": "moce_ir",
@@ -269,12 +270,12 @@ def test_default_model_chain(tmp_path, monkeypatch, no_builtin_default):
         ],
     }
     manifest = {**manifest, "default": "test.default", "models": {"test.default": entry, **manifest["models"]}}
-    monkeypatch.setattr(weights, "load_manifest", lambda: manifest)
-    path, router, how = engine.default_source()
+    monkeypatch.setattr(weights.catalogue, "load_manifest", lambda: manifest)
+    path, router, how = loading.default_source()
     assert path == packaged and router is None and "test.default" in how
     # a default whose file is missing falls back to the ranked cache
     packaged.unlink()
-    assert engine.default_source()[0] == better / "last.ckpt"
+    assert loading.default_source()[0] == better / "last.ckpt"
 
 
 def test_router_is_passed_through_only_when_load_model_takes_one(tmp_path):

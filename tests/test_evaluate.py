@@ -18,11 +18,11 @@ from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim
 from typer.testing import CliRunner
 
-from irtool import datasets as ds
-from irtool import evaluate
 from irtool.archs.moce_ir import VARIANTS
 from irtool.cli import app
 from irtool.errors import IrtoolError
+from irtool.evaluation import datasets as ds
+from irtool.evaluation import evaluate
 
 runner = CliRunner()
 
@@ -371,8 +371,8 @@ def test_saved_images_recompute_the_reported_scores_as_their_format_promises(tmp
     """The protocols score the float output: a float32 TIFF gives back exactly those scores (bit for bit: the same
     values through the same metric code), a 16-bit PNG within 1e-4 dB (1/65535 quantisation), an 8-bit PNG is for
     viewing; the report says which was written."""
-    from irtool import io as image_io
-    from irtool import metrics
+    from irtool.evaluation import metrics
+    from irtool.images import files as image_io
 
     made = make_moce_layout(tmp_path / "data")
     out = tmp_path / "restored"

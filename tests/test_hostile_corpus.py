@@ -17,7 +17,7 @@ import pytest
 from hostile_corpus import MAX_MEGAPIXELS, OK, REFUSED, build
 from restore_fixtures import tiny_checkpoint
 
-from irtool import io
+from irtool.images import files as io
 
 #: address-space ceiling of the restore process: torch reserves a few GB of address space it never touches, and a
 #: file that slipped past the limits (a decompression bomb, /dev/zero) would go far beyond it

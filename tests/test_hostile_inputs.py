@@ -22,11 +22,12 @@ from restore_fixtures import LocalNet, photo, tiny_checkpoint, tree_hashes
 from typer.testing import CliRunner
 
 import irtool
-from irtool import io, jobs, jsonout, memory, safe_paths
+from irtool import jobs, jsonout, memory, safe_paths
 from irtool.archs.moce_ir import VARIANTS
 from irtool.cli import app
 from irtool.engine import RestoreOptions, Restorer, plan, restore_files
 from irtool.errors import CheckpointError, ImageError, UnsafeCheckpointError
+from irtool.images import files as io
 from irtool.loading import HARMLESS_GLOBALS, read_checkpoint
 
 runner = CliRunner()

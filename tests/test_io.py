@@ -14,8 +14,9 @@ import pytest
 from PIL import Image as PILImage
 from PIL import ImageCms, ImageOps
 
-from irtool import io, tiff
 from irtool.errors import ImageError
+from irtool.images import files as io
+from irtool.images import tiff
 
 RNG = np.random.default_rng(0)
 

@@ -87,13 +87,13 @@ def test_manifest_class_names_override_the_defaults(files, monkeypatch):
     shutil.copy(ir, entry.folder / "setting1_ir.pth")
     shutil.copy(router, entry.folder / "setting1_router.pth")
     renamed = {**entry.data, "classes": ["desnow", "derain", "deraindrop"]}
-    monkeypatch.setattr(weights, "find_entry", lambda name: weights.Entry(entry.name, renamed))
+    monkeypatch.setattr(weights.catalogue, "find_entry", lambda name: weights.Entry(entry.name, renamed))
     model = irtool.load_model("lora_ir.setting1", device="cpu")
     assert model.classes == ("desnow", "derain", "deraindrop")
     with torch.no_grad():
         assert model.classify(model.route(make_images(1, 16, 16)))[0][0] in model.classes
     two = {**entry.data, "classes": ["a", "b"]}
-    monkeypatch.setattr(weights, "find_entry", lambda name: weights.Entry(entry.name, two))
+    monkeypatch.setattr(weights.catalogue, "find_entry", lambda name: weights.Entry(entry.name, two))
     with pytest.raises(CheckpointError, match="manifest names 2 classes but the router has 3"):
         irtool.load_model("lora_ir.setting1", device="cpu")
 

@@ -1,4 +1,4 @@
-"""irtool.metrics against scikit-image on the same arrays, per protocol, as the official scripts call it."""
+"""irtool.evaluation.metrics against scikit-image on the same arrays, per protocol, as the official scripts call it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim
 
-from irtool import metrics
-from irtool.metrics import BT601_Y, MetricError
+from irtool.evaluation import metrics
+from irtool.evaluation.metrics import BT601_Y, MetricError
 
 PSNR_TOL = 1e-4  # dB
 SSIM_TOL = 1e-5

@@ -22,8 +22,8 @@ from PIL import Image
 from restore_fixtures import photo, tiny_checkpoint
 from typer.testing import CliRunner
 
-from irtool import io
 from irtool.cli import app
+from irtool.images import files as io
 from irtool.report import evaluation, images, render
 
 runner = CliRunner()

@@ -15,9 +15,10 @@ from PIL import ImageCms
 from restore_fixtures import photo, tiny_checkpoint, tree_hashes
 from typer.testing import CliRunner
 
-from irtool import io, tiff
 from irtool.cli import app
 from irtool.degrade import degrade
+from irtool.images import files as io
+from irtool.images import tiff
 
 runner = CliRunner()
 

@@ -215,7 +215,7 @@ def test_cli_trains_on_clean_photos_and_the_weights_load(tmp_path):
 
 
 def test_training_splits_are_in_the_registry_apart_from_the_benchmarks(tmp_path):
-    from irtool import datasets
+    from irtool.evaluation import datasets
 
     make_data_root(tmp_path)
     assert {"wed-train", "bsd400-train", "rain100l-train", "lol-v1-train", "raindrop-train"} <= set(

@@ -1,4 +1,4 @@
-"""irtool.weights: the manifest and its schema, fetch into the cache (127.0.0.1 server), import/convert/verify/remove
+"""irtool.weights.catalogue: the manifest and its schema, fetch into the cache (127.0.0.1 server), import/convert/verify/remove
 with random-weight checkpoints, and the `irtool weights` commands."""
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class FakeManifest:
 @pytest.fixture
 def manifest(tmp_path, monkeypatch):
     test = FakeManifest(tmp_path / "manifest.json")
-    monkeypatch.setattr(weights, "manifest_path", lambda: test.path)
+    monkeypatch.setattr(weights.catalogue, "manifest_path", lambda: test.path)
     yield test
     weights.load_manifest.cache_clear()
 
@@ -499,7 +499,7 @@ def test_import_names(manifest, tmp_path, tiny_ckpt):
     shutil.copy(tiny_ckpt, official / "last.ckpt")
     weights.load_manifest.cache_clear()
     with pytest.MonkeyPatch.context() as mp:  # the real manifest, where MoCE_IR_S_AIO3 is an official id
-        mp.setattr(weights, "manifest_path", lambda: REPO / "weights_manifest.json")
+        mp.setattr(weights.catalogue, "manifest_path", lambda: REPO / "weights_manifest.json")
         weights.load_manifest.cache_clear()
         with pytest.raises(
             IrtoolError,

@@ -440,9 +440,9 @@ def replay(
     saved no images."""
     from types import SimpleNamespace
 
-    from .. import datasets as ds
-    from .. import io as image_io
-    from ..evaluate import resolve
+    from ..evaluation import datasets as ds
+    from ..evaluation.evaluate import resolve
+    from ..images import files as image_io
 
     saved = (report.get("options") or {}).get("save_images")
     if not saved:

@@ -141,7 +141,7 @@ def figure(panels: list[tuple[np.ndarray, str, str]], path: str | Path, *, cell:
     path = Path(path)
     buf = BytesIO()
     canvas.save(buf, format="PNG")
-    from ..io import write_bytes_atomic
+    from ..images.files import write_bytes_atomic
 
     write_bytes_atomic(path, buf.getvalue(), overwrite=True)
     return path

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IrtoolError
-from ..io import write_bytes_atomic
+from ..images.files import write_bytes_atomic
 
 MISSING = "--report needs Jinja2: pip install 'irtool[report]'"
 

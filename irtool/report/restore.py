@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .. import io
 from .._version import __version__
 from ..errors import IrtoolError
+from ..images import files as io
 from . import images, render, svg
 
 

@@ -9,7 +9,7 @@ positions r, r + world, ...), so the images of global batch j are the same whate
 processes of batch b they are the positions [j·N·b, (j+1)·N·b) of the epoch's permutation, as for one process of
 batch N·b.
 
-Imports numpy and torch; images are read by `irtool.io` and degraded by `irtool.degrade`.
+Imports numpy and torch; images are read by `irtool.images.files` and degraded by `irtool.degrade`.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ process (a zero gradient would still decay the weights and move them along their
 two strategies cost the same (benchmarks/train_ddp_sparse.py); the traversal they save matters more next to fast
 GPU steps. LoRA-IR keeps all experts of a conv in one tensor, so none of its parameters goes unused.
 
-Imports torch; data through `irtool.train.data`, images and degradations through `irtool.io`/`irtool.degrade`,
-PSNR through `irtool.metrics`.
+Imports torch; data through `irtool.train.data`, images and degradations through `irtool.images.files`/`irtool.degrade`,
+PSNR through `irtool.evaluation.metrics`.
 """
 
 from __future__ import annotations
@@ -315,7 +315,7 @@ def validate(
 ) -> dict[str, float]:
     """Per task and averaged over tasks: mean PSNR (RGB, data range 1, outputs clamped, as MoCE-IR's test; routing
     deterministic), or the percentage of images a router classifies as their task."""
-    from ..metrics import psnr
+    from ..evaluation.metrics import psnr
 
     was_training = model.training
     model.eval()

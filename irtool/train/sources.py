@@ -3,7 +3,7 @@
 - `clean_dir` sources: the image files of a folder (not recursive, sorted), each degraded on the fly by
   `irtool.degrade` with a per-sample seeded generator; without a fixed level, each sample draws its level uniformly
   between the kind's named "light" and "heavy" levels, so the network sees the whole range.
-- `datasets` sources: the training splits of the benchmark registry (`irtool.datasets`, under `--data-root`), as
+- `datasets` sources: the training splits of the benchmark registry (`irtool.evaluation.datasets`, under `--data-root`), as
   real pairs, or as clean images degraded on the fly (the official denoising: uint8 images plus Gaussian noise,
   truncated to uint8, as MoCE-IR/PromptIR's training loaders do).
 
@@ -12,7 +12,7 @@ permutation; sources that share their images hold out the same ones, and a held-
 with `val_dir`, that folder's photos validate the synthetic tasks. Each validation pair is centre-cropped to
 `val_size` and, when synthetic, degraded once with a fixed seed at the kind's "medium" level (or the source's level).
 
-Imports numpy and torch; `irtool.io`, `irtool.degrade`, `irtool.datasets`.
+Imports numpy and torch; `irtool.images.files`, `irtool.degrade`, `irtool.evaluation.datasets`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def read_rgb(path: Path) -> np.ndarray:
     """HxWx3 float32 RGB in [0, 1] (EXIF orientation applied; gray repeated; alpha dropped), read-only.
 
     Decoded images are kept (least recently used first out, `CACHE_BYTES` in all), keyed by path, size and mtime."""
-    from ..io import read_image
+    from ..images.files import read_image
 
     stat = Path(path).stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
@@ -111,7 +111,7 @@ def _degrader(source: TaskSource) -> SyntheticDegrader | None:
 
 
 def list_photos(folder: str | Path) -> list[Path]:
-    from ..io import IMAGE_SUFFIXES
+    from ..images.files import IMAGE_SUFFIXES
 
     folder = Path(folder).expanduser()
     if not folder.is_dir():
@@ -123,7 +123,7 @@ def list_photos(folder: str | Path) -> list[Path]:
 
 
 def _registry_pairs(source: TaskSource, data_root: str | None, warnings: list[str]) -> list[Pair]:
-    from .. import datasets
+    from ..evaluation import datasets
 
     pairs: list[Pair] = []
     for name in source.datasets:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import IrtoolError
+from ..errors import IrtoolError
 
 # BT.601 luma as MATLAB's rgb2ycbcr computes it (BasicSR `bgr2ycbcr`, the papers' "Y channel"): weights for R, G, B
 # on [0, 255] values, plus an offset of 16.

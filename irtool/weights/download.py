@@ -27,8 +27,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import BinaryIO
 
-from ._version import __version__
-from .errors import ChecksumError, DownloadError
+from .._version import __version__
+from ..errors import ChecksumError, DownloadError
 
 CHUNK_BYTES = 1 << 20
 #: progress(bytes_done, bytes_total or None)

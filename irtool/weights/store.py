@@ -1,19 +1,8 @@
-"""The weights manifest and the local weights cache: list, fetch, import, convert, verify, remove.
+"""The local weights store: fetch, import, convert, verify and remove checkpoints in the cache.
 
-`weights_manifest.json` names every official checkpoint irtool knows (arch, variant, setting, files, source, the
-paper's figures); `<cache>/local_manifest.json` adds the user's own imports, in the same format, marked `"local"`.
-Both are validated by `weights_manifest.schema.json` in the tests.
-
-Cache layout (`cache_dir()`: `$IRTOOL_HOME/weights`, else the platformdirs user cache dir plus `weights/`):
-
-    <cache>/<name>/<filename>                 a fetched file, under its manifest filename (e.g. last.ckpt)
-    <cache>/<name>/<role>.safetensors         an imported copy (role: weights, ir, router); used when present
-    <cache>/<name>/state.json                 per role: sha256, size, where the file came from, when
-    <cache>/.downloads/<name>/<filename>.part an interrupted download, resumed by the next fetch
-    <cache>/local_manifest.json               the user's own imported checkpoints
-
-Importing this module needs the standard library and platformdirs only, never torch, so `irtool weights list` is
-instant. Import, convert and verify read checkpoints through irtool.loading (torch) inside the functions.
+Reads the catalogue (`irtool.weights.catalogue`, which never imports torch) and checks files through the loader
+(`irtool.loading`, torch, imported inside the functions so `irtool weights fetch --help` stays instant). Dependencies
+run one way: catalogue <- loading <- store.
 """
 
 from __future__ import annotations
@@ -22,14 +11,13 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import (
+from ..errors import (
     CheckpointError,
     ChecksumError,
     DownloadError,
@@ -37,294 +25,17 @@ from .errors import (
     UnsafeCheckpointError,
     WeightsNotFoundError,
 )
-
-_PACKAGE_DIR = Path(__file__).resolve().parent
-MANIFEST_NAME = "weights_manifest.json"
-SCHEMA_NAME = "weights_manifest.schema.json"
-LOCAL_MANIFEST_NAME = "local_manifest.json"
-STATE_NAME = "state.json"
-MIRROR_ENV = "IRTOOL_WEIGHTS_MIRROR"
-ROLES = ("weights", "ir", "router")  # weights: one-file models (MoCE-IR); ir and router: LoRA-IR's two files
-_CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")  # as irtool.loading (which imports torch)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-# File stems that say nothing about the model; such a file is named after its folder (MoCE_IR_S_AIO3/last.ckpt).
-_GENERIC_STEMS = {
-    "last",
-    "best",
-    "final",
-    "latest",
-    "model",
-    "model_best",
-    "weights",
-    "checkpoint",
-    "ckpt",
-    "net",
-    "state_dict",
-    "pytorch_model",
-}
-
-#: progress(filename, bytes_done, bytes_total or None)
-FileProgress = Callable[[str, int, "int | None"], None]
-
-
-def manifest_path() -> Path:
-    """The manifest shipped in the package (a source checkout keeps it at the top level too)."""
-    packaged = _PACKAGE_DIR / MANIFEST_NAME
-    return packaged if packaged.is_file() else _PACKAGE_DIR.parent / MANIFEST_NAME
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file (see irtool.download, imported here lazily: urllib is slow to import)."""
-    from .download import sha256_file as digest
-
-    return digest(path)
-
-
-def schema_path() -> Path:
-    return _PACKAGE_DIR / SCHEMA_NAME
-
-
-@lru_cache(maxsize=1)
-def load_manifest() -> dict[str, Any]:
-    with open(manifest_path(), encoding="utf-8") as f:
-        return json.load(f)
-
-
-def cache_dir() -> Path:
-    """Where downloaded and imported weights live: $IRTOOL_HOME/weights, else the user cache dir."""
-    home = os.environ.get("IRTOOL_HOME")
-    if home:
-        return Path(home).expanduser() / "weights"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("irtool")) / "weights"
-
-
-def local_manifest_path() -> Path:
-    return cache_dir() / LOCAL_MANIFEST_NAME
-
-
-def load_local_manifest() -> dict[str, Any]:
-    """The user's imported entries ({"schema_version": 1, "models": {}} when there are none)."""
-    path = local_manifest_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {"schema_version": 1, "default": None, "models": {}}
-    except (OSError, ValueError) as exc:
-        raise IrtoolError(f"{path}: unreadable ({exc}); delete it and import your checkpoints again") from None
-    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
-        raise IrtoolError(f"{path}: not an irtool manifest; delete it and import your checkpoints again")
-    return data
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Entries
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One manifest entry (official, or the user's own when `local`)."""
-
-    name: str
-    data: dict[str, Any]
-
-    @property
-    def arch(self) -> str:
-        return self.data["arch"]
-
-    @property
-    def variant(self) -> str | None:
-        return self.data.get("variant")
-
-    @property
-    def setting(self) -> str | None:
-        return self.data.get("setting")
-
-    @property
-    def aliases(self) -> list[str]:
-        return list(self.data.get("aliases", []))
-
-    @property
-    def local(self) -> bool:
-        return bool(self.data.get("local"))
-
-    @property
-    def files(self) -> list[dict[str, Any]]:
-        return self.data.get("files", [])
-
-    @property
-    def roles(self) -> list[str]:
-        return [spec.get("role", "weights") for spec in self.files]
-
-    @property
-    def folder(self) -> Path:
-        return cache_dir() / self.name
-
-    @property
-    def downloads(self) -> Path:
-        """Where this entry's unfinished downloads wait."""
-        return cache_dir() / ".downloads" / self.name
-
-    def file_spec(self, role: str) -> dict[str, Any] | None:
-        return next((spec for spec in self.files if spec.get("role", "weights") == role), None)
-
-    @property
-    def built_in(self) -> bool:
-        """True for a model that ships inside the package (its files name a `packaged` path)."""
-        return any(spec.get("packaged") for spec in self.files)
-
-    def packaged_files(self) -> dict[str, Path]:
-        """role -> path of each file of this entry shipped inside the irtool package (the built-in default)."""
-        found: dict[str, Path] = {}
-        for spec in self.files:
-            if spec.get("packaged") and (_PACKAGE_DIR / spec["packaged"]).is_file():
-                found[spec.get("role", "weights")] = _PACKAGE_DIR / spec["packaged"]
-        return found
-
-    def local_files(self) -> dict[str, Path]:
-        """role -> path of each file of this entry on this machine: in the cache (an imported safetensors copy,
-        `<role>.safetensors`, stands in for its original), else shipped inside the package."""
-        found: dict[str, Path] = {}
-        for spec in self.files:
-            role = spec.get("role", "weights")
-            for candidate in (self.folder / f"{role}.safetensors", self.folder / spec["filename"]):
-                if candidate.is_file():
-                    found[role] = candidate
-                    break
-        return {**self.packaged_files(), **found}
-
-    def state(self) -> dict[str, dict[str, Any]]:
-        """role -> what the cache recorded about that file (see `_record`); {} when nothing was recorded."""
-        try:
-            data = json.loads((self.folder / STATE_NAME).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        files = data.get("files") if isinstance(data, dict) else None
-        return files if isinstance(files, dict) else {}
-
-
-def entries() -> list[Entry]:
-    """Official entries first, then the user's local ones."""
-    official = [Entry(name, data) for name, data in load_manifest()["models"].items()]
-    taken = {e.name.lower() for e in official}
-    local = [Entry(name, data) for name, data in load_local_manifest()["models"].items() if name.lower() not in taken]
-    return official + local
-
-
-def find_entry(name: str) -> Entry | None:
-    """The entry called `name` or having it as an alias (case-insensitive)."""
-    wanted = name.strip().lower()
-    for entry in entries():
-        if entry.name.lower() == wanted or wanted in (a.lower() for a in entry.aliases):
-            return entry
-    return None
-
-
-def _entry(name: str) -> Entry:
-    entry = find_entry(name)
-    if entry is None:
-        known = ", ".join(e.name for e in entries())
-        raise WeightsNotFoundError(f"{name}: not a known model name (known: {known})")
-    return entry
-
-
-def resolve(name: str) -> dict[str, Path]:
-    """role -> local path for a manifest name; raises WeightsNotFoundError with the way to get the files."""
-    entry = find_entry(name)
-    if entry is None:
-        known = ", ".join(e.name for e in entries())
-        raise WeightsNotFoundError(f"{name}: neither a file nor a known model name (known: {known})")
-    found = entry.local_files()
-    missing = [spec["filename"] for spec in entry.files if spec.get("role", "weights") not in found]
-    if missing and entry.local:
-        raise WeightsNotFoundError(
-            f"{entry.name}: {', '.join(missing)} missing from {entry.folder}; import it again with "
-            f"`irtool weights import FILE --name {entry.name}`"
-        )
-    if missing:
-        raise WeightsNotFoundError(
-            f"{entry.name}: not downloaded yet ({', '.join(missing)} missing from {entry.folder}); "
-            f"run `irtool weights fetch {entry.name}`, or download it yourself and run "
-            f"`irtool weights import FILE --name {entry.name}`"
-        )
-    return found
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Status (what `irtool weights list` shows)
-
-
-@dataclass(frozen=True)
-class EntryStatus:
-    name: str
-    aliases: list[str]
-    arch: str
-    variant: str | None
-    setting: str | None
-    local: bool
-    #: "cached" (fetched files), "imported" (safetensors copies), "built-in" (shipped in the package), "partial"
-    #: (some roles missing), "missing"
-    status: str
-    #: bytes on disk when present, else the manifest's size (approximate when `size_is_approx`), else None
-    size: int | None
-    size_is_approx: bool
-    files: dict[str, str]  #: role -> path of each present file
-    partial_bytes: int  #: bytes of unfinished downloads waiting to be resumed
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def entry_status(entry: Entry) -> EntryStatus:
-    found = entry.local_files()
-    if not found:
-        status = "missing"
-    elif len(found) < len(entry.files):
-        status = "partial"
-    elif found == entry.packaged_files():
-        status = "built-in"
-    elif any(path.name == f"{role}.safetensors" for role, path in found.items()):
-        status = "imported"
-    else:
-        status = "cached"
-    approx = False
-    if found and len(found) == len(entry.files):
-        size: int | None = sum(p.stat().st_size for p in found.values())
-    elif all(spec.get("size") for spec in entry.files):
-        size = sum(spec["size"] for spec in entry.files)
-    elif all(spec.get("size") or spec.get("approx_size") for spec in entry.files):
-        size, approx = sum(spec.get("size") or spec["approx_size"] for spec in entry.files), True
-    else:
-        size = None
-    parts = entry.downloads.glob("*.part") if entry.downloads.is_dir() else []
-    return EntryStatus(
-        name=entry.name,
-        aliases=entry.aliases,
-        arch=entry.arch,
-        variant=entry.variant,
-        setting=entry.setting,
-        local=entry.local,
-        status=status,
-        size=size,
-        size_is_approx=approx,
-        files={role: str(path) for role, path in found.items()},
-        partial_bytes=sum(p.stat().st_size for p in parts),
-    )
-
-
-def statuses() -> list[EntryStatus]:
-    return [entry_status(entry) for entry in entries()]
-
-
-def describe(name: str) -> dict[str, Any]:
-    """Everything known about one entry: its manifest data, its status and what the cache recorded."""
-    entry = _entry(name)
-    return {"name": entry.name, **entry.data, "status": entry_status(entry).to_dict(), "state": entry.state()}
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Recording what the cache holds
+from . import catalogue
+from .catalogue import (
+    _GENERIC_STEMS,
+    _NAME,
+    CHECKPOINT_SUFFIXES,
+    LOCAL_MANIFEST_NAME,
+    ROLES,
+    STATE_NAME,
+    Entry,
+    FileProgress,
+)
 
 
 def _now() -> str:
@@ -369,62 +80,6 @@ class Fetched:
         return {**asdict(self), "path": str(self.path)}
 
 
-def manual_steps(entry: Entry, spec: Mapping[str, Any]) -> str:
-    """How to get one file by hand, as a sentence ending in the import command."""
-    role = spec.get("role", "weights")
-    role_option = f" --role {role}" if len(entry.files) > 1 else ""
-    command = f"`irtool weights import {spec['filename']} --name {entry.name}{role_option}`"
-    if spec.get("drive_folder"):
-        return (
-            f"download {spec.get('drive_path') or spec['filename']} from the Google Drive folder "
-            f"{spec['drive_folder']} in a browser, then run {command}"
-        )
-    if spec.get("url"):
-        return f"download {spec['url']} yourself, then run {command}"
-    repo = (entry.data.get("source") or {}).get("repo")
-    return f"get {spec['filename']}{' from ' + repo if repo else ''}, then run {command}"
-
-
-def source_url(entry: Entry, spec: Mapping[str, Any], urls: Mapping[str, str] | None = None) -> str:
-    """Where to download one file from: an explicit URL for its role, else $IRTOOL_WEIGHTS_MIRROR/<name>/<filename>,
-    else the manifest's url, else its Google Drive id. Raises WeightsNotFoundError with the manual steps."""
-    role = spec.get("role", "weights")
-    if urls and role in urls:
-        return urls[role]
-    mirror = os.environ.get(MIRROR_ENV, "").strip()
-    if mirror:
-        return f"{mirror.rstrip('/')}/{entry.name}/{spec['filename']}"
-    if spec.get("url"):
-        return spec["url"]
-    if spec.get("drive_id"):
-        return f"https://drive.google.com/uc?export=download&id={spec['drive_id']}"
-    raise WeightsNotFoundError(f"{entry.name}: no direct download link is published; {manual_steps(entry, spec)}")
-
-
-def url_overrides(name: str, values: Sequence[str]) -> dict[str, str]:
-    """`--url` values -> {role: url}: `URL` for a one-file entry, `ROLE=URL` for any."""
-    entry = _entry(name)
-    urls: dict[str, str] = {}
-    for value in values:
-        role, sep, rest = value.partition("=")
-        if sep and role in entry.roles:
-            urls[role] = rest
-        elif len(entry.files) == 1:
-            urls[entry.roles[0]] = value
-        else:
-            raise IrtoolError(
-                f"--url {value}: {entry.name} has {len(entry.files)} files; write --url ROLE=URL "
-                f"with ROLE one of {', '.join(entry.roles)}"
-            )
-    for url in urls.values():
-        if not url.lower().startswith(("http://", "https://")):
-            raise IrtoolError(
-                f"--url {url}: only http:// and https:// URLs can be fetched; for a file on disk use "
-                f"`irtool weights import {url} --name {entry.name}`"
-            )
-    return urls
-
-
 def fetch(
     name: str,
     *,
@@ -443,7 +98,7 @@ def fetch(
     A file with a known sha256 must match it; one without is loaded strictly and must be the entry's architecture
     and variant (this needs torch). What fails a check is deleted; an interrupted download is kept and resumed.
     """
-    entry = _entry(name)
+    entry = catalogue.get_entry(name)
     if entry.local:
         raise WeightsNotFoundError(f"{entry.name}: your own import, not a published checkpoint; nothing to fetch")
     present = entry.local_files()
@@ -465,7 +120,7 @@ def fetch(
                 )
             )
             continue
-        jobs.append((spec, source_url(entry, spec, urls)))  # every URL is known before anything is downloaded
+        jobs.append((spec, catalogue.source_url(entry, spec, urls)))  # every URL is known before anything is downloaded
     for spec, url in jobs:
         done.append(_fetch_file(entry, spec, url, progress, timeout, retries, trust))
     return done
@@ -520,7 +175,7 @@ def _fetch_file(
     except ChecksumError as exc:
         raise ChecksumError(f"{entry.name}: {exc}") from None
     except DownloadError as exc:
-        raise DownloadError(f"{entry.name}: {exc}. To do it by hand: {manual_steps(entry, spec)}") from None
+        raise DownloadError(f"{entry.name}: {exc}. To do it by hand: {catalogue.manual_steps(entry, spec)}") from None
     finally:
         _prune(entry.downloads)  # gone unless a partial download waits there
         _prune(entry.downloads.parent)
@@ -572,7 +227,7 @@ class Checked:
 
 def known_archs() -> dict[str, str]:
     """ARCHS key -> title of the networks this irtool can build (imports torch)."""
-    from .archs import ARCHS
+    from ..archs import ARCHS
 
     return {name: spec.title for name, spec in ARCHS.items()}
 
@@ -580,8 +235,8 @@ def known_archs() -> dict[str, str]:
 def check_checkpoint(path: str | Path, *, trust: bool = False, config: Mapping[str, Any] | None = None) -> Checked:
     """Read a checkpoint safely, detect its architecture and config (with the caller's stated `config` fields), and
     load it strictly (raises CheckpointError)."""
-    from . import loading
-    from .archs import ARCHS
+    from .. import loading
+    from ..archs import ARCHS
 
     path = Path(path)
     sd, metadata = loading.read_state_dict(path, trust=trust)
@@ -595,7 +250,7 @@ def check_checkpoint(path: str | Path, *, trust: bool = False, config: Mapping[s
 def _expect(checked: Checked, arch: str, variant: str | None) -> None:
     """Raise CheckpointError unless `checked` is architecture `arch` in released config `variant` (when given and
     known to that architecture)."""
-    from .archs import ARCHS
+    from ..archs import ARCHS
 
     if checked.arch != arch:
         want = ARCHS[arch].title if arch in ARCHS else arch
@@ -650,7 +305,7 @@ def checkpoint_file(path: str | Path) -> Path:
     if path.is_dir():
         if (path / "last.ckpt").is_file():
             return path / "last.ckpt"
-        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _CHECKPOINT_SUFFIXES)
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES)
         if len(found) != 1:
             what = "no checkpoint file" if not found else f"{len(found)} checkpoint files"
             raise CheckpointError(f"{path}: a folder with {what}; name the file")
@@ -675,7 +330,7 @@ def check_name(name: str) -> None:
         raise IrtoolError(
             f"--name {name}: use letters, digits, '.', '_' and '-' (at most 100, starting with a letter or digit)"
         )
-    if Path(name).suffix.lower() in _CHECKPOINT_SUFFIXES:
+    if Path(name).suffix.lower() in CHECKPOINT_SUFFIXES:
         raise IrtoolError(
             f"--name {name}: a name must not end like a checkpoint file ({Path(name).suffix}), or it would be read as a path"
         )
@@ -684,7 +339,7 @@ def check_name(name: str) -> None:
 def _role_for(arch: str) -> tuple[str, str]:
     """(role, entry arch) that the manifest uses for a file of architecture `arch`: ("weights", "moce_ir"),
     ("ir", "lora_ir"), ("router", "lora_ir"); ("weights", arch) for an architecture no entry has."""
-    for data in load_manifest()["models"].values():
+    for data in catalogue.load_manifest()["models"].values():
         for spec in data["files"]:
             if spec.get("arch", data["arch"]) == arch:
                 return spec.get("role", "weights"), data["arch"]
@@ -752,7 +407,7 @@ def _import_target(
     entry: Entry | None, checked: Checked, role: str | None, src: Path, source_sha256: str
 ) -> tuple[str, str | None]:
     """(role, expected variant) of an import into `entry`; raises when the file is not what the entry holds."""
-    from .archs import ARCHS
+    from ..archs import ARCHS
 
     if role is not None and role not in ROLES:
         raise IrtoolError(f"--role {role}: one of {', '.join(ROLES)}")
@@ -806,27 +461,27 @@ def import_checkpoint(
         name = derive_name(src)
         if not name:
             raise IrtoolError(f"{src}: no name can be made from the file's name; pass --name NAME")
-        entry = find_entry(name)
+        entry = catalogue.find_entry(name)
         if entry is not None and not entry.local:
             raise IrtoolError(
                 f"{src}: its name {name} is the official entry {entry.name}; pass --name {entry.name} to import it as "
                 f"that checkpoint, or --name OTHER to keep it as your own"
             )
     else:
-        entry = find_entry(name)
+        entry = catalogue.find_entry(name)
     if entry is None:
         check_name(name)
-    source_sha256 = sha256_file(src)
+    source_sha256 = catalogue.sha256_file(src)
     checked = check_checkpoint(src, trust=trust, config=config)
     role, variant = _import_target(entry, checked, role, src, source_sha256)
     stored = checked.config  # as detected (a released variant's values) plus what the caller stated
     entry_name = entry.name if entry is not None else name
-    folder = cache_dir() / entry_name
+    folder = catalogue.cache_dir() / entry_name
     copy = folder / f"{role}.safetensors"
     record = (entry.state().get(role) if entry is not None else None) or {}
     present = entry.local_files().get(role) if entry is not None else None
     if present is not None:
-        previous = record.get("source_sha256") or sha256_file(present)
+        previous = record.get("source_sha256") or catalogue.sha256_file(present)
         if previous == source_sha256 and copy.is_file():
             return Imported(
                 entry_name,
@@ -837,7 +492,7 @@ def import_checkpoint(
                 copy,
                 src,
                 source_sha256,
-                record.get("sha256") or sha256_file(copy),
+                record.get("sha256") or catalogue.sha256_file(copy),
                 copy.stat().st_size,
                 entry.local,
                 already=True,
@@ -852,7 +507,7 @@ def import_checkpoint(
             present.unlink()  # the fetched original is another file now; keep the cache consistent
     metadata = _metadata(checked, stored, name=entry_name, role=role, source=src, source_sha256=source_sha256)
     _write_safetensors(checked.state_dict, metadata, copy)
-    sha256 = sha256_file(copy)
+    sha256 = catalogue.sha256_file(copy)
     size = copy.stat().st_size
     local = entry is None or entry.local
     if entry is None:
@@ -891,7 +546,7 @@ def import_checkpoint(
 
 def _add_local(name: str, role: str, checked: Checked, src: Path, sha256: str, size: int) -> None:
     """Record (or update) a local entry in the user's manifest."""
-    manifest = load_local_manifest()
+    manifest = catalogue.load_local_manifest()
     _, entry_arch = _role_for(checked.arch)
     entry = manifest["models"].get(name) or {
         "arch": entry_arch,
@@ -919,7 +574,7 @@ def _add_local(name: str, role: str, checked: Checked, src: Path, sha256: str, s
         entry["variant"] = checked.variant
     entry["source"]["file"] = str(src.resolve())
     manifest["models"][name] = entry
-    _write_json(local_manifest_path(), manifest)
+    _write_json(catalogue.local_manifest_path(), manifest)
 
 
 #: `convert --dtype` choices: floating-point tensors are stored in this precision (loading casts them back to the
@@ -950,7 +605,7 @@ def convert(
         raise IrtoolError(f"{out}: is the input; choose another output file")
     if out.exists() and not force:
         raise IrtoolError(f"{out}: exists; pass --force to overwrite it")
-    source_sha256 = sha256_file(src)
+    source_sha256 = catalogue.sha256_file(src)
     checked = check_checkpoint(src, trust=trust, config=config)
     role, _ = _role_for(checked.arch)
     name = derive_name(src) or out.stem
@@ -972,7 +627,7 @@ def convert(
         out,
         src,
         source_sha256,
-        sha256_file(out),
+        catalogue.sha256_file(out),
         out.stat().st_size,
         local=False,
     )
@@ -1001,11 +656,11 @@ def verify(name: str | None = None, *, trust: bool = False) -> list[Verified]:
     """Re-hash every cached file (of `name`, or of all entries) against the manifest's sha256 where it has one,
     else against the one recorded at fetch/import time, and load it strictly as the entry's architecture."""
     if name is not None:
-        targets = [_entry(name)]
+        targets = [catalogue.get_entry(name)]
         if not targets[0].local_files():
             raise WeightsNotFoundError(f"{targets[0].name}: nothing in the cache to verify ({targets[0].folder})")
     else:
-        targets = [e for e in entries() if e.local_files()]
+        targets = [e for e in catalogue.entries() if e.local_files()]
     results = []
     for entry in targets:
         state = entry.state()
@@ -1016,7 +671,7 @@ def verify(name: str | None = None, *, trust: bool = False) -> list[Verified]:
 
 def _verify_file(entry: Entry, role: str, path: Path, record: Mapping[str, Any], trust: bool) -> Verified:
     spec = entry.file_spec(role) or {}
-    actual = sha256_file(path)
+    actual = catalogue.sha256_file(path)
     is_original = path.name == spec.get("filename") and not entry.local
     if is_original and spec.get("sha256"):
         expected, against = spec["sha256"], "manifest"
@@ -1060,7 +715,7 @@ class Removed:
 
 def remove(name: str) -> Removed:
     """Delete an entry's files (fetched, imported, partial downloads) from the cache; a local entry is forgotten."""
-    entry = _entry(name)
+    entry = catalogue.get_entry(name)
     paths = [p for p in (entry.folder, entry.downloads) if p.exists()]
     if not paths and entry.packaged_files():
         raise WeightsNotFoundError(f"{entry.name}: built into irtool, not in the cache; nothing to remove")
@@ -1071,7 +726,7 @@ def remove(name: str) -> Removed:
         shutil.rmtree(path)
     _prune(entry.downloads.parent)
     if entry.local:
-        manifest = load_local_manifest()
+        manifest = catalogue.load_local_manifest()
         manifest["models"].pop(entry.name, None)
-        _write_json(local_manifest_path(), manifest)
+        _write_json(catalogue.local_manifest_path(), manifest)
     return Removed(entry.name, paths, freed)

@@ -18,7 +18,7 @@ Decisions, each made here once:
   existing file is only replaced with `overwrite=True`.
 
 Imports numpy, OpenCV (5.x: `imdecodeWithMetadata` / `imencodeWithMetadata`), Pillow (8-bit TIFF with alpha only)
-and irtool.tiff.
+and irtool.images.tiff.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import safe_paths, tiff
-from .errors import ImageError
+from .. import safe_paths
+from ..errors import ImageError
+from . import tiff
 
 # OpenCV logs decoder trouble on stderr; irtool reports it as one line of its own instead.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -451,7 +452,7 @@ _FILE_SLACK = 64 << 20
 
 def resolve_max_megapixels(max_megapixels: float | None) -> float:
     """The limit to apply: the given one, or the machine's default (see irtool.memory)."""
-    from .memory import default_max_megapixels
+    from ..memory import default_max_megapixels
 
     return default_max_megapixels() if max_megapixels is None else float(max_megapixels)
 

@@ -10,12 +10,12 @@
 
 Each image runs alone (batch 1, full resolution, centre-cropped to 16 for the RGB protocols, as the official test
 scripts do) through `model.run` in eval mode under `torch.inference_mode()`; the output is clamped to [0, 1] and
-scored by `irtool.metrics` on the model's device. The report keeps, per dataset, the per-image scores, the mean,
+scored by `irtool.evaluation.metrics` on the model's device. The report keeps, per dataset, the per-image scores, the mean,
 the paper's figure for the checkpoint (from the manifest), the protocol and every departure from it (tiling,
 reduced precision, a subset of images), the realisation of the test noise, and how often the router picked each
 expert in each layer (or each class, for classifier-routed models).
 
-Imports torch, numpy, irtool.metrics and irtool.datasets.
+Imports torch, numpy, irtool.evaluation.metrics and irtool.evaluation.datasets.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._version import __version__
+from ..errors import IrtoolError
+from ..images.files import FILE_MODE
 from . import datasets as ds
 from . import metrics
-from ._version import __version__
-from .errors import IrtoolError
-from .io import FILE_MODE
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 NOISE_STREAMS = ("shared", "fresh")
@@ -404,9 +404,9 @@ def _folder(dataset: str) -> str:
 
 
 def _write_image(path: Path, array: np.ndarray, protected: set[Path], fmt: str = "png") -> None:
-    """Write an RGB image (uint8, uint16 or float32 in [0, 1]) atomically through irtool.io, never over one of the
+    """Write an RGB image (uint8, uint16 or float32 in [0, 1]) atomically through irtool.images.files, never over one of the
     dataset's own files (outputs of an earlier eval run are replaced)."""
-    from . import io as image_io
+    from ..images import files as image_io
 
     if path.resolve() in protected:
         raise IrtoolError(f"{path}: refusing to overwrite a dataset file; choose another output folder")
@@ -425,8 +425,8 @@ def _saved(restored: torch.Tensor, save_format: str) -> np.ndarray:
 
 def _tiled_restorer(model: nn.Module, options: EvalOptions, device: torch.device) -> Any:
     """The restore engine, for --tile: the same tiles, blending and shared routing as `irtool restore`."""
-    from .engine import Restorer
-    from .jobs import RestoreOptions
+    from ..engine import Restorer
+    from ..jobs import RestoreOptions
 
     return Restorer(model, RestoreOptions(tile=options.tile, precision=options.precision), device=device)
 
@@ -625,7 +625,7 @@ def _restore_tiled(
     restorer: Any, lq: np.ndarray, device: torch.device, usage: _Usage, result: ImageResult
 ) -> torch.Tensor:
     """(1, 3, H, W) restored by the engine in tiles; records its time, routing summary and warnings."""
-    from . import io as image_io
+    from ..images import files as image_io
 
     outcome = restorer.restore([image_io.from_array(lq)])[0]
     result.seconds = outcome.seconds

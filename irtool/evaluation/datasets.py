@@ -2,7 +2,7 @@
 
 One `DatasetSpec` per benchmark, as plain data: the folder layouts it can be found in (the MoCE-IR layout under
 `--data_file_dir`, the PromptIR/AdaIR `test/...` layout, the original releases), the rule that pairs an input with
-its ground truth, the metric protocol the papers use for it (`irtool.metrics`), the noise level for sets whose
+its ground truth, the metric protocol the papers use for it (`irtool.evaluation.metrics`), the noise level for sets whose
 inputs are synthesised at test time, the download source and licence. The training sets of `irtool train`'s presets
 are further specs with `split="train"`, in `TRAINING_SETS` (`get_spec` and `irtool datasets check` find them).
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError, IrtoolError
+from ..errors import ImageError, IrtoolError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SIGMAS = (15, 25, 50)
@@ -62,7 +62,7 @@ class DatasetSpec:
     title: str  #: as the papers print it
     task: str  #: noise, rain, haze, blur, lowlight, composite, snow, raindrop
     layouts: tuple[Layout, ...]
-    protocol: str  #: default metric protocol (irtool.metrics.PROTOCOLS)
+    protocol: str  #: default metric protocol (irtool.evaluation.metrics.PROTOCOLS)
     source: str  #: where to download it
     licence: str
     split: str = "test"
@@ -828,7 +828,7 @@ class NoiseStream:
     def add(self, clean: np.ndarray, sigma: float) -> np.ndarray:
         """`clip(clean + randn(*clean.shape) * sigma, 0, 255).astype(uint8)` (truncation, not rounding), drawn from
         this stream: irtool.degrade's noise on uint8, which is that recipe (tests check it against the scripts)."""
-        from .degrade import degrade
+        from ..degrade import degrade
 
         return degrade(clean, "noise", sigma, seed=self.rng)
 
@@ -870,7 +870,7 @@ def load_sample(
             raise DatasetError(f"{spec.name}: a noise stream is needed to synthesise its inputs")
         lq = noise.add(gt, spec.sigma)
     elif spec.degradation is not None:
-        from .degrade import degrade
+        from ..degrade import degrade
 
         kind, level = spec.degradation
         lq = degrade(gt, kind, level, seed=synthetic_seed(kind, level, pair.name))
@@ -974,7 +974,7 @@ def clean_photos(clean_dir: str | Path | None = None) -> tuple[list[Path], str]:
 def parse_synthetic(name: str) -> tuple[str, float]:
     """("noise", 25.0) for "synthetic:noise25"; the level may be a number or light/medium/heavy, and defaults to
     medium ("synthetic:rain", "synthetic:haze-heavy", "synthetic:jpeg10")."""
-    from . import degrade
+    from .. import degrade
 
     body = name.strip().lower().split(":", 1)[1] if ":" in name else name.strip().lower()
     kinds = "|".join(sorted(degrade.KINDS, key=len, reverse=True))  # "lowlight" before any shorter kind
