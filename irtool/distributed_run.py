@@ -80,6 +80,7 @@ class Channel:
         run = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'none')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
         self.prefix = f"irtool/{run}/"
         host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+        base: dist.Store
         if host and port:
             base = dist.TCPStore(host, int(port), is_master=False, timeout=timedelta(seconds=timeout))
         else:  # a process group made some other way: its own store
@@ -523,7 +524,7 @@ class RankedRestore:
             i, report = message["index"], message["report"]
             if slots[i] is None:
                 slots[i] = report if isinstance(report, RestoreReport) else RestoreReport(**report)
-                note(slots[i])  # type: ignore[arg-type]
+                note(slots[i])
 
         for i, job in enumerate(jobs):
             if owner[i] < 0:

@@ -107,7 +107,7 @@ class Gallery:
         if key in self.wanted:
             self._crop(key, self.wanted[key], kept, "auto")
         for spec in figures:
-            self._crop(key + (spec.name,), spec.rect, kept, "figure")  # type: ignore[arg-type]
+            self._crop(key + (spec.name,), spec.rect, kept, "figure")
 
     def _crop(self, key: tuple, rect: tuple[int, int, int, int], kept: _Kept, kind: str) -> None:
         h, w = kept.gt.shape[:2]
@@ -253,7 +253,7 @@ def build(reports: Sequence[dict[str, Any]], galleries: Sequence[Gallery | None]
     for name in order:
         present = [m.get(name) for m in by_run]
         first = next(d for d in present if d is not None)
-        cells = []
+        cells: list[dict[str, Any] | None] = []
         for d in present:
             if d is None:
                 cells.append(None)

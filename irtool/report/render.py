@@ -21,7 +21,7 @@ MISSING = "--report needs Jinja2: pip install 'irtool[report]'"
 
 
 def _static(name: str) -> str:
-    return resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")
+    return resources.files(__package__).joinpath("templates").joinpath(name).read_text(encoding="utf-8")
 
 
 def _sha256(text: str) -> str:

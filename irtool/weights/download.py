@@ -97,6 +97,7 @@ def download(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    problem: str | None = None  # the last transient failure, then what is wrong with the finished file
     with open(part, "ab") as handle:
         _lock(handle, part)
         for attempt in range(retries + 1):
@@ -124,7 +125,7 @@ def download(
             _forget_empty(handle, part)
             raise DownloadError(f"{problem}{tries}; {where}")
         got = _size_of(handle)
-    problem = None
+        problem = None
     if size is not None and got != size:
         problem = f"{got} bytes instead of {size}"
     elif sha256 is not None and digest != sha256.lower():
@@ -408,8 +409,8 @@ def _confirmation(page: bytes, page_url: str, jar: http.cookiejar.CookieJar) -> 
     token = next((c.value for c in jar if c.name.startswith("download_warning")), None)
     if token:
         parts = urllib.parse.urlsplit(page_url)
-        query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "confirm"] + [("confirm", token)]
-        return parts._replace(query=urllib.parse.urlencode(query)).geturl(), None
+        pairs = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "confirm"] + [("confirm", token)]
+        return parts._replace(query=urllib.parse.urlencode(pairs)).geturl(), None
     title = " ".join(reader.title.split())[:80] or "untitled"
     raise DownloadError(
         f"{page_url}: the server sent a web page ({title!r}), not the file; open the URL in a browser to see why"

@@ -481,6 +481,7 @@ def import_checkpoint(
     record = (entry.state().get(role) if entry is not None else None) or {}
     present = entry.local_files().get(role) if entry is not None else None
     if present is not None:
+        assert entry is not None  # a file present means an entry that holds it
         previous = record.get("source_sha256") or catalogue.sha256_file(present)
         if previous == source_sha256 and copy.is_file():
             return Imported(
