@@ -457,6 +457,48 @@ def import_checkpoint(
         the tensors and recorded in the copy's metadata, so later loads need not state them again.
     """
     src = checkpoint_file(path)
+    entry, name = _import_entry(src, name)
+    source_sha256 = catalogue.sha256_file(src)
+    checked = check_checkpoint(src, trust=trust, config=config)
+    role, variant = _import_target(entry, checked, role, src, source_sha256)
+    entry_name = entry.name if entry is not None else name
+    copy = catalogue.cache_dir() / entry_name / f"{role}.safetensors"
+
+    def imported(sha256: str, size: int, local: bool, already: bool = False) -> Imported:
+        stored = checked.config  # as detected (a released variant's values) plus what the caller stated
+        arch, shown = checked.arch, variant or checked.variant
+        return Imported(entry_name, role, arch, shown, stored.to_dict(), copy, src, source_sha256, sha256, size, local,
+                        already=already)  # fmt: skip
+
+    if entry is not None and (present := entry.local_files().get(role)) is not None:
+        record = entry.state().get(role) or {}
+        previous = record.get("source_sha256") or catalogue.sha256_file(present)
+        if previous == source_sha256 and copy.is_file():
+            return imported(record.get("sha256") or catalogue.sha256_file(copy), copy.stat().st_size, entry.local, True)
+        if previous != source_sha256 and not force:
+            origin = record.get("source") or str(present)
+            raise IrtoolError(
+                f"{entry_name}: already holds a different {role} file (from {origin}); pass --force to replace it, "
+                "or --name OTHER to import this one beside it"
+            )
+        if previous != source_sha256 and present != copy:
+            present.unlink()  # the fetched original is another file now; keep the cache consistent
+    metadata = _metadata(checked, checked.config, name=entry_name, role=role, source=src, source_sha256=source_sha256)
+    _write_safetensors(checked.state_dict, metadata, copy)
+    sha256, size = catalogue.sha256_file(copy), copy.stat().st_size
+    local = entry is None or entry.local
+    record = {"file": copy.name, "how": "imported", "sha256": sha256, "size": size, "source": str(src.resolve()),
+              "source_sha256": source_sha256, "time": _now(), "arch": checked.arch,
+              "variant": variant or checked.variant}  # fmt: skip
+    _record(entry if entry is not None else Entry(entry_name, {}), role, record)
+    if local:
+        _add_local(entry_name, role, checked, src, sha256, size)
+    return imported(sha256, size, local)
+
+
+def _import_entry(src: Path, name: str | None) -> tuple[Entry | None, str]:
+    """The entry an import goes into (None: a new local one) and its name; a name made from the file must not be
+    an official entry's (that import would have to match the release)."""
     if name is None:
         name = derive_name(src)
         if not name:
@@ -467,82 +509,11 @@ def import_checkpoint(
                 f"{src}: its name {name} is the official entry {entry.name}; pass --name {entry.name} to import it as "
                 f"that checkpoint, or --name OTHER to keep it as your own"
             )
-    else:
-        entry = catalogue.find_entry(name)
+        return entry, name
+    entry = catalogue.find_entry(name)
     if entry is None:
         check_name(name)
-    source_sha256 = catalogue.sha256_file(src)
-    checked = check_checkpoint(src, trust=trust, config=config)
-    role, variant = _import_target(entry, checked, role, src, source_sha256)
-    stored = checked.config  # as detected (a released variant's values) plus what the caller stated
-    entry_name = entry.name if entry is not None else name
-    folder = catalogue.cache_dir() / entry_name
-    copy = folder / f"{role}.safetensors"
-    record = (entry.state().get(role) if entry is not None else None) or {}
-    present = entry.local_files().get(role) if entry is not None else None
-    if present is not None:
-        assert entry is not None  # a file present means an entry that holds it
-        previous = record.get("source_sha256") or catalogue.sha256_file(present)
-        if previous == source_sha256 and copy.is_file():
-            return Imported(
-                entry_name,
-                role,
-                checked.arch,
-                variant or checked.variant,
-                stored.to_dict(),
-                copy,
-                src,
-                source_sha256,
-                record.get("sha256") or catalogue.sha256_file(copy),
-                copy.stat().st_size,
-                entry.local,
-                already=True,
-            )
-        if previous != source_sha256 and not force:
-            origin = record.get("source") or str(present)
-            raise IrtoolError(
-                f"{entry_name}: already holds a different {role} file (from {origin}); pass --force to replace it, "
-                "or --name OTHER to import this one beside it"
-            )
-        if previous != source_sha256 and present != copy:
-            present.unlink()  # the fetched original is another file now; keep the cache consistent
-    metadata = _metadata(checked, stored, name=entry_name, role=role, source=src, source_sha256=source_sha256)
-    _write_safetensors(checked.state_dict, metadata, copy)
-    sha256 = catalogue.sha256_file(copy)
-    size = copy.stat().st_size
-    local = entry is None or entry.local
-    if entry is None:
-        entry = Entry(entry_name, {})
-    _record(
-        entry,
-        role,
-        {
-            "file": copy.name,
-            "how": "imported",
-            "sha256": sha256,
-            "size": size,
-            "source": str(src.resolve()),
-            "source_sha256": source_sha256,
-            "time": _now(),
-            "arch": checked.arch,
-            "variant": variant or checked.variant,
-        },
-    )
-    if local:
-        _add_local(entry_name, role, checked, src, sha256, size)
-    return Imported(
-        entry_name,
-        role,
-        checked.arch,
-        variant or checked.variant,
-        stored.to_dict(),
-        copy,
-        src,
-        source_sha256,
-        sha256,
-        size,
-        local,
-    )
+    return entry, name
 
 
 def _add_local(name: str, role: str, checked: Checked, src: Path, sha256: str, size: int) -> None:
