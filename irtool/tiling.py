@@ -104,6 +104,25 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, multiple: int =
     )
 
 
+def layout_note(height: int, width: int, tile: int, overlap: int, multiple: int = 1) -> str | None:
+    """One line for the user when keeping `overlap` takes more tiles than `tile` alone asks for (240x160 in 128 px
+    tiles with a 32 px overlap is 3x2 tiles of 104x96, not 2x2): what was laid out, and the overlap that gives the
+    fewer tiles. None when the layout is the one the tile size suggests."""
+    grid = plan_tiles(height, width, tile, overlap, multiple)
+    side = max(multiple, tile - tile % multiple)
+    asked = [max(1, math.ceil(n / side)) for n in (height, width)]
+    got = [len(grid.rows), len(grid.cols)]
+    if got == asked:
+        return None
+    fits = [(c * side - n) // (c - 1) for n, c in zip((height, width), asked) if c > 1]
+    fewer = max(0, min(fits)) if fits else 0
+    th, tw = grid.tile_size
+    return (
+        f"--tile {tile} on {width}x{height}: {got[1]}x{got[0]} tiles of {tw}x{th}, the fewest that overlap by "
+        f"{min(overlap, side // 4)} px; --tile-overlap {fewer} gives {asked[1]}x{asked[0]} tiles of up to {side} px"
+    )
+
+
 def tiled_forward(
     fn: Callable[[Tensor], Tensor],
     x: Tensor,

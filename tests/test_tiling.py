@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from irtool.tiling import pad_to_multiple, plan_tiles, span_weights, tile_spans, tiled_forward
+from irtool.tiling import layout_note, pad_to_multiple, plan_tiles, span_weights, tile_spans, tiled_forward
 
 
 @pytest.mark.parametrize(
@@ -29,6 +29,15 @@ def test_spans_cover_evenly_and_weights_sum_to_one(length, tile, overlap, multip
 
 def test_an_image_just_over_the_tile_size_is_split_in_halves_not_a_sliver():
     assert tile_spans(1200, 1024, 32, 8) == [(0, 616), (584, 1200)]
+
+
+def test_a_layout_with_more_tiles_than_the_size_asks_for_is_explained_with_the_overlap_that_avoids_it():
+    note = layout_note(160, 240, 128, 32, 8)
+    assert note is not None and "3x2 tiles of 104x96" in note and "--tile-overlap 16 gives 2x2" in note
+    fewer = int(note.split("--tile-overlap ")[1].split()[0])
+    assert len(plan_tiles(160, 240, 128, fewer, 8)) == 4  # the advice holds
+    assert layout_note(160, 240, 128, 16, 8) is None
+    assert layout_note(100, 100, 128, 32, 8) is None  # one tile
 
 
 def local_net(seed: int = 0) -> nn.Module:
