@@ -24,6 +24,10 @@ SYNTHETIC_TASKS = ("noise", "rain", "haze", "blur", "defocus", "lowlight", "jpeg
 MODEL_VARIANTS = {"moce_ir": ("MoCE_IR", "MoCE_IR_S", "tiny"), "lora_ir": ("setting1", "tiny")}
 #: LoRA-IR's training stages (official: classification/train_setting1.py, Setting1_Pre.yml, Setting1_Ft.yml)
 STAGES = ("router", "base", "experts")
+#: validation images held out per source when `val_count` is not given, and the largest share of a source's images
+#: that default may take (1/4): with few photos, validation must not eat the training set
+DEFAULT_VAL_COUNT = 4
+DEFAULT_VAL_SHARE = 4
 #: explicit model fields the CLI exposes, as `--flag`: config field
 MODEL_FIELDS = {
     "dim": "dim",
@@ -110,7 +114,8 @@ class TrainConfig:
     #: folder of clean photos to validate on, degraded like the training tasks; else `val_count` images per task are
     #: held out of the training data
     val_dir: str | None = None
-    val_count: int = 4
+    #: validation images per source; None: `DEFAULT_VAL_COUNT`, but at most a quarter of a source's images
+    val_count: int | None = None
     #: validation images are centre-cropped to this many pixels a side (0: whole images)
     val_size: int = 256
     # -- losses
@@ -204,7 +209,7 @@ class TrainConfig:
             raise bad(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.ckpt_every < 1 or self.log_every < 1 or (self.val_every is not None and self.val_every < 1):
             raise bad("ckpt_every, val_every and log_every must be at least 1")
-        if self.val_count < 0 or self.val_size < 0 or self.val_size % 16:
+        if (self.val_count or 0) < 0 or self.val_size < 0 or self.val_size % 16:
             raise bad(f"val_count must be >= 0 and val_size a multiple of 16, got {self.val_count}, {self.val_size}")
         if self.stage not in ("", *STAGES):
             raise bad(f"stage must be router, base or experts, got {self.stage!r}")
