@@ -418,7 +418,7 @@ def train(
         int | None,
         typer.Option(
             "--val-count",
-            help="Images held out per task for validation (4; 0: no validation, no best).",
+            help="Images held out per task for validation (4, at most a quarter of them; 0: no validation, no best).",
             rich_help_panel="Data",
         ),
     ] = None,
@@ -648,12 +648,9 @@ def train(
         overrides["model"] = model
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None
     if resume:
-        if preset or config_file or clean_dir or task_list or model:
-            fail(
-                "--resume continues the recipe saved in --out; drop --preset/--config-file/--clean-dir/--tasks/network flags",
-                2,
-            )
-        cfg = presets.resume_config(out, overrides)
+        cfg = presets.resume_config(
+            out, overrides, preset_name=preset, config_file=config_file, clean_dir=clean_dir, tasks=task_list
+        )
     else:
         cfg = presets.resolve(preset, config_file, overrides, clean_dir=clean_dir, tasks=task_list)
     if print_config:

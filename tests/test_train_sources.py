@@ -72,6 +72,44 @@ def test_val_dir_validates_the_synthetic_tasks(tmp_path):
     assert sorted(v.name for v in val) == sorted(["rocket.png", "hubble_deep_field.png"] * 2)
 
 
+def test_few_photos_hold_out_at_most_a_quarter_for_validation_and_say_so(tmp_path):
+    def held_out(folder: Path, **overrides):
+        config = resolve(
+            None,
+            overrides={"patch_size": 32, "val_size": 32, **overrides},
+            clean_dir=str(folder),
+            tasks=["noise", "rain"],
+        )
+        dataset, val = build_datasets(config)
+        return len({v.name for v in val}), [len(s.pairs) for s in dataset.sources], dataset.warnings
+
+    write_photos(tmp_path / "five", size=32)
+    assert held_out(tmp_path / "five") == (
+        1,
+        [4, 4],
+        [
+            "1 of the 5 images of noise, rain held out for validation, 4 left for training (the default holds out at "
+            "most a quarter of a task's images; --val-count N or --val-dir to choose)"
+        ],
+    )
+    assert held_out(tmp_path / "five", val_count=1) == (1, [4, 4], [])
+    assert held_out(tmp_path / "five", val_count=3) == (
+        3,
+        [2, 2],
+        ["3 of the 5 images of noise, rain held out for validation, 2 left for training (--val-count 3)"],
+    )
+    write_photos(tmp_path / "three", PHOTOS[:3], size=32)
+    count, sizes, warnings = held_out(tmp_path / "three")
+    assert (count, sizes) == (0, [3, 3]) and len(warnings) == 1
+    assert warnings[0].startswith("none of the 3 images of noise, rain held out for validation, 3 left")
+    # plenty of photos: the default four, nothing to say
+    rng = np.random.default_rng(0)
+    (tmp_path / "many").mkdir()
+    for i in range(16):
+        cv2.imwrite(str(tmp_path / "many" / f"{i:02d}.png"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    assert held_out(tmp_path / "many") == (4, [12, 12], [])
+
+
 def make_data_root(root: Path) -> None:
     """The MoCE-IR layout, a few images each: RainTrainL pairs, BSD400 and WED clean images."""
     rng = np.random.default_rng(0)

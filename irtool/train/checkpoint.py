@@ -33,13 +33,15 @@ from torch import nn
 from ..errors import CheckpointError
 
 
-def _file_mode() -> int:
-    mask = os.umask(0o022)
+def file_mode() -> int:
+    """The mode a new file gets under the process's umask now (0644 under the usual 022). Read at every write, so a
+    umask set after import counts; the probe sets the strictest mask for the instant it takes, so a file another
+    thread creates meanwhile is at worst private, never more open than asked."""
+    mask = os.umask(0o077)
     os.umask(mask)
     return 0o666 & ~mask
 
 
-_FILE_MODE = _file_mode()
 WEIGHTS = "last.safetensors"
 STATE = "last.state.pt"
 BEST = "best.safetensors"
@@ -49,7 +51,7 @@ def _replace_atomically(tmp: Path, path: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     # the mode any new file gets under the user's umask (some writers create owner-only 0600 temp files)
-    os.chmod(tmp, _FILE_MODE)
+    os.chmod(tmp, file_mode())
     os.replace(tmp, path)
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
@@ -75,10 +77,11 @@ def bare_model(model: nn.Module) -> nn.Module:
 
 
 def weights_metadata(model: nn.Module, train_info: Mapping[str, Any]) -> dict[str, str]:
-    net = bare_model(model)
+    """safetensors metadata of an irtool network: its architecture, its config and how it was trained."""
+    net: Any = bare_model(model)  # an irtool network: `arch` and `config` are class attributes, not submodules
     return {
         "format": "pt",
-        "irtool.arch": net.arch,
+        "irtool.arch": str(net.arch),
         "irtool.config": json.dumps(net.config.to_dict()),
         "irtool.train": json.dumps(dict(train_info)),
     }
@@ -145,7 +148,7 @@ def capture_rng(generators: Mapping[str, torch.Generator] | None = None) -> dict
         "torch": torch.get_rng_state(),
         "numpy": {
             "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "cached": float(cached),

@@ -78,8 +78,13 @@ def random_crop(images: Sequence[np.ndarray], size: int, rng: np.random.Generato
     h, w = images[0].shape[:2]
     if h < size or w < size:
         ph, pw = max(0, size - h), max(0, size - w)
-        mode = "reflect" if ph < h and pw < w else "symmetric"
-        images = [np.pad(im, ((0, ph), (0, pw), (0, 0)), mode=mode) for im in images]
+        # reflection needs the image larger than the padding; else mirror with the edge repeated
+        images = [
+            np.pad(im, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+            if ph < h and pw < w
+            else np.pad(im, ((0, ph), (0, pw), (0, 0)), mode="symmetric")
+            for im in images
+        ]
         h, w = images[0].shape[:2]
     top = int(rng.integers(0, h - size + 1))
     left = int(rng.integers(0, w - size + 1))
@@ -120,6 +125,8 @@ class TrainingSet(torch.utils.data.Dataset):
         #: (size, tiles): also give each sample LoRA-IR's CLIP views of its degraded patch (uint8, made here so that
         #: loader workers do the PIL resizing, as the official `AllInOneCLIPDataset` does)
         self.views = views
+        #: one-line notes for the run's log (what the registry noticed while pairing, a large validation hold-out)
+        self.warnings: list[str] = []
         self.offsets = [0]
         for s in self.sources:
             self.offsets.append(self.offsets[-1] + len(s.pairs) * s.repeat)
@@ -161,7 +168,7 @@ class TrainingSet(torch.utils.data.Dataset):
         mode = augment_mode(rng, self.augment)
         images = [dihedral(im, mode) for im in images]
         lq, gt = images if len(images) == 2 else images * 2  # to_tensor makes the contiguous float32 copies
-        sample = {"lq": to_tensor(lq), "gt": to_tensor(gt), "task": source.task_id}
+        sample: dict[str, Any] = {"lq": to_tensor(lq), "gt": to_tensor(gt), "task": source.task_id}
         if self.views is not None:
             from ..archs.clip_router import router_views_uint8
 

@@ -29,14 +29,13 @@ PSNR through `irtool.evaluation.metrics`.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -45,8 +44,11 @@ from ..errors import CheckpointError, IrtoolError
 from . import checkpoint, losses
 from .distributed import Dist, all_reduce_sum, barrier, broadcast_object, gather_objects, setup, teardown
 from .models import build_network, forward_module, load_router, restorer, router_views_spec
-from .presets import RUNTIME_FIELDS, TrainConfig
+from .presets import TrainConfig, absolute_paths, recipe_changes, saved_config
 from .reweight import ArtReweighter
+
+if TYPE_CHECKING:
+    from ..archs.clip_router import CLIPRouter
 
 #: callback for progress events: (kind, info) with kind in start, step, val, checkpoint, end
 EventSink = Callable[[str, dict[str, Any]], None]
@@ -66,9 +68,14 @@ def lr_at(config: TrainConfig, step: int, steps_per_epoch: int, total_steps: int
     Warm-up unit u (0-based) gets lr·(u+1)/warmup, so the last warm-up unit reaches lr. The official schedule
     (pl_bolts' LinearWarmupCosineAnnealingLR stepped per epoch, warmup_start_lr 0) starts at lr·u/(warmup-1), i.e. it
     trains the whole first epoch at lr 0; the rest, from the end of the warm-up on, is the same curve.
+
+    The rate is a function of the step and the run's length only, never of the past: a run resumed with more (or
+    fewer) steps or epochs follows, from its resume step on, the curve of a run started with the new length (so
+    after a finished cosine the rate rises back to where the longer curve is at that step); with `schedule_length`
+    set the curve does not depend on the length at all and a longer run stays at `lr_min` past its end.
     """
     if config.schedule_unit == "epoch":
-        unit, length = step // steps_per_epoch, config.schedule_length or config.epochs
+        unit, length = step // steps_per_epoch, config.schedule_length or config.epochs or 1
     else:
         unit, length = step, config.schedule_length or total_steps
     if unit < config.warmup:
@@ -96,13 +103,39 @@ class StepStats:
     grad_norm: float | None = None
 
 
+@dataclass
+class _Terms:
+    """The loss terms of one process's batch: per-sample pixel loss (B,) with the task ids, per-sample FFT-L1,
+    MoCE-IR's balance loss, per-sample routing cross-entropy, DDP's zero term (each None when not computed)."""
+
+    pixel: Tensor
+    task: Tensor
+    fft: Tensor | None
+    aux: Tensor | None
+    route: Tensor | None
+    zero: Tensor | None
+
+
+@dataclass
+class _GlobalSums:
+    """`_Terms` summed over all processes: per-task pixel-loss sums and sample counts, FFT, balance and routing
+    sums, and how many images chose each (layer, expert) group."""
+
+    task_sums: Tensor
+    counts: Tensor
+    fft: Tensor
+    aux: Tensor
+    route: Tensor
+    usage: Tensor
+
+
 class Trainer:
     """Network, optimiser, Art state and noise generator of one process; `step(batch, lr)` trains on one batch.
 
     router: LoRA-IR's frozen router for the network stages (it rides along on the device, outside the optimiser)."""
 
     def __init__(
-        self, config: TrainConfig, net: nn.Module, ctx: Dist, tasks: Sequence[str], router: nn.Module | None = None
+        self, config: TrainConfig, net: nn.Module, ctx: Dist, tasks: Sequence[str], router: CLIPRouter | None = None
     ) -> None:
         self.config = config
         self.ctx = ctx
@@ -112,35 +145,15 @@ class Trainer:
         self.router = router.to(self.device).eval() if router is not None else None
         self.channels_last = config.channels_last if config.channels_last is not None else self.device.type == "cuda"
         if self.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format at run time; torch's overloads for it omit the keyword
+            self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if bf16 else None
 
         self.forward_module = forward_module(self.net, self.router, config, distributed=ctx.enabled)
         self.groups = getattr(self.forward_module, "groups", [])  # MoCE-IR's (layer, expert) parameter groups
         self.num_experts = getattr(self.forward_module, "num_experts", 0)
-        module: nn.Module = self.forward_module
-        if ctx.enabled:
-            import inspect
-
-            from torch.nn.parallel import DistributedDataParallel
-
-            # The only buffers are the constant expert complexities: no need to re-send them every forward.
-            # (torch >= 2.13 renamed the option.)
-            no_sync = (
-                "forward_sync_buffers"
-                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                else "broadcast_buffers"
-            )
-            module = DistributedDataParallel(
-                module,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=False,
-                **{no_sync: False},
-            )
-        if config.compile:
-            module = torch.compile(module, dynamic=False)
-        self.module = module
+        self.module = self._wrap(self.forward_module)
 
         params = [p for p in self.net.parameters() if p.requires_grad]
         self.readout = getattr(self.forward_module, "readout", None)
@@ -150,7 +163,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             params,
             lr=config.lr,
-            betas=tuple(config.betas),
+            betas=(config.betas[0], config.betas[1]),
             weight_decay=config.weight_decay,
             fused=self.device.type == "cuda" or None,
         )
@@ -163,16 +176,42 @@ class Trainer:
         # that its state can be saved and restored; one stream per process.
         self.noise = torch.Generator(device=self.device).manual_seed(config.seed * 7919 + 1 + ctx.rank)
 
+    def _wrap(self, module: nn.Module) -> Callable[..., Any]:
+        """The forward module under DDP (several processes) and torch.compile (when asked for)."""
+        wrapped: Callable[..., Any] = module
+        if self.ctx.enabled:
+            import inspect
+
+            from torch.nn.parallel import DistributedDataParallel
+
+            # The only buffers are the constant expert complexities: no need to re-send them every forward.
+            # (torch >= 2.13 renamed the option.)
+            no_sync = (
+                "forward_sync_buffers"
+                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                else "broadcast_buffers"
+            )
+            options: dict[str, Any] = {no_sync: False}
+            wrapped = DistributedDataParallel(
+                module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=False,
+                **options,
+            )
+        if self.config.compile:
+            wrapped = torch.compile(wrapped, dynamic=False)
+        return wrapped
+
     # -- the step
 
-    def _autocast(self):
+    def _autocast(self) -> AbstractContextManager[Any]:
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def forward_backward(self, batch: dict[str, Tensor]) -> StepStats:
         """Losses and gradients for one batch (this process's share of the global batch); no parameter update."""
-        cfg, ctx, K = self.config, self.ctx, len(self.tasks)
+        cfg = self.config
         memory = torch.channels_last if self.channels_last else torch.contiguous_format
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         batch["lq"] = batch["lq"].contiguous(memory_format=memory)
@@ -184,77 +223,90 @@ class Trainer:
             pixel = torch.nn.functional.cross_entropy(out.float(), task, reduction="none")
         else:
             pixel = losses.PIXEL_LOSSES[cfg.pixel_loss](out, gt)
-        fft = losses.fft_l1(out, gt) if cfg.fft_weight else None
+        terms = _Terms(pixel, task, losses.fft_l1(out, gt) if cfg.fft_weight else None, aux, route, zero)
+        sums = self._global_sums(terms, experts)
+        loss, stats = self._objective(terms, sums)
+        loss.backward()
 
-        # One all-reduce for everything global: per-task sums and counts, FFT sum, balance loss, expert usage.
-        sums, counts = losses.task_sums(pixel, task, K)
-        usage = torch.zeros(len(self.groups), dtype=torch.float64, device=self.device)
+        if self.ctx.enabled:
+            # Experts no image of any process chose: back to "no gradient", as on one process (see module docstring).
+            for g in (sums.usage == 0).nonzero().flatten().tolist():
+                for p in self.groups[g]:
+                    p.grad = None
+        return stats
+
+    def _global_sums(self, terms: _Terms, experts: Tensor | None) -> _GlobalSums:
+        """One all-reduce for everything global: per-task sums and counts, FFT sum, balance loss, expert usage."""
+        K, device = len(self.tasks), self.device
+        sums, counts = losses.task_sums(terms.pixel, terms.task, K)
+        usage = torch.zeros(len(self.groups), dtype=torch.float64, device=device)
         if experts is not None and self.groups:
             flat = experts.reshape(experts.shape[0], experts.shape[1], -1)
             layer = torch.arange(flat.shape[1], device=flat.device).view(1, -1, 1)
             usage.index_add_(
                 0,
                 (layer * self.num_experts + flat).flatten(),
-                torch.ones(flat.numel(), dtype=torch.float64, device=self.device),
+                torch.ones(flat.numel(), dtype=torch.float64, device=device),
             )
-        nothing = torch.zeros((), dtype=torch.float64, device=self.device)
+        nothing = torch.zeros((), dtype=torch.float64, device=device)
         extras = torch.stack(
             [
-                fft.detach().double().sum() if fft is not None else nothing,
-                aux.detach().double() if aux is not None else nothing,
-                route.detach().double().sum() if route is not None else nothing,
+                terms.fft.detach().double().sum() if terms.fft is not None else nothing,
+                terms.aux.detach().double() if terms.aux is not None else nothing,
+                terms.route.detach().double().sum() if terms.route is not None else nothing,
             ]
         )
-        packed = all_reduce_sum(ctx, torch.cat([sums, counts.to(self.device), extras, usage]))
-        sums, counts = packed[:K], packed[K : 2 * K]
-        fft_sum, aux_sum, route_sum = packed[2 * K], packed[2 * K + 1], packed[2 * K + 2]
-        usage = packed[2 * K + 3 :]
-        n_total = counts.sum()
-        present = counts > 0
-        task_mean = sums / counts.clamp_min(1)
+        packed = all_reduce_sum(self.ctx, torch.cat([sums, counts.to(device), extras, usage]))
+        return _GlobalSums(
+            task_sums=packed[:K],
+            counts=packed[K : 2 * K],
+            fft=packed[2 * K],
+            aux=packed[2 * K + 1],
+            route=packed[2 * K + 2],
+            usage=packed[2 * K + 3 :],
+        )
 
+    def _objective(self, terms: _Terms, g: _GlobalSums) -> tuple[Tensor, StepStats]:
+        """This process's share of the loss to back-propagate (see the module docstring), and the step's numbers."""
+        cfg, world = self.config, self.ctx.world_size
+        n_total = g.counts.sum()
+        present = g.counts > 0
+        task_mean = g.task_sums / g.counts.clamp_min(1)
         if self.art is not None:
             w = self.art.step(task_mean.cpu(), present.cpu()).to(self.device)
-            coeff = (w / counts.clamp_min(1))[task]
+            coeff = (w / g.counts.clamp_min(1))[terms.task]
             pixel_value = float((w * task_mean).sum())
         else:
             w = None
-            coeff = torch.full_like(pixel, 1.0, dtype=torch.float64) / n_total
-            pixel_value = float(sums.sum() / n_total)
-        loss = (coeff.to(pixel.dtype) * pixel).sum() * ctx.world_size
+            coeff = torch.full_like(terms.pixel, 1.0, dtype=torch.float64) / n_total
+            pixel_value = float(g.task_sums.sum() / n_total)
+        loss = (coeff.to(terms.pixel.dtype) * terms.pixel).sum() * world
         value = pixel_value
-        fft_value = float(fft_sum / n_total) if fft is not None else 0.0
-        if fft is not None:
-            loss = loss + cfg.fft_weight * fft.sum() * (ctx.world_size / float(n_total))
+        fft_value = float(g.fft / n_total) if terms.fft is not None else 0.0
+        if terms.fft is not None:
+            loss = loss + cfg.fft_weight * terms.fft.sum() * (world / float(n_total))
             value += cfg.fft_weight * fft_value
-        balance_value = float(aux_sum) / ctx.world_size
-        if cfg.balance_weight and aux is not None:
-            loss = loss + cfg.balance_weight * aux.float()
+        balance_value = float(g.aux) / world
+        if cfg.balance_weight and terms.aux is not None:
+            loss = loss + cfg.balance_weight * terms.aux.float()
             value += cfg.balance_weight * balance_value
-        route_value = float(route_sum / n_total) if route is not None else 0.0
-        if route is not None:
-            loss = loss + cfg.route_task_weight * route.sum() * (ctx.world_size / float(n_total))
+        route_value = float(g.route / n_total) if terms.route is not None else 0.0
+        if terms.route is not None:
+            loss = loss + cfg.route_task_weight * terms.route.sum() * (world / float(n_total))
             value += cfg.route_task_weight * route_value
-        if zero is not None:
-            loss = loss + zero
-        loss.backward()
-
-        if ctx.enabled:
-            # Experts no image of any process chose: back to "no gradient", as on one process (see module docstring).
-            for g in (usage == 0).nonzero().flatten().tolist():
-                for p in self.groups[g]:
-                    p.grad = None
-
-        return StepStats(
+        if terms.zero is not None:
+            loss = loss + terms.zero
+        stats = StepStats(
             loss=value,
             pixel=pixel_value,
             fft=fft_value,
             balance=balance_value,
             route=route_value,
-            task_loss=[float(x) if c > 0 else math.nan for x, c in zip(task_mean.tolist(), counts.tolist())],
-            task_count=[int(c) for c in counts.tolist()],
+            task_loss=[float(x) if c > 0 else math.nan for x, c in zip(task_mean.tolist(), g.counts.tolist())],
+            task_count=[int(c) for c in g.counts.tolist()],
             weights=None if w is None else w.tolist(),
         )
+        return loss, stats
 
     def update(self, lr: float) -> float | None:
         """Apply the gradients with learning rate `lr` (after clipping, when enabled); returns the gradient norm."""
@@ -310,13 +362,16 @@ def validate(
     pairs: Sequence[Any],
     tasks: Sequence[str],
     device: torch.device,
-    autocast_dtype=None,
+    autocast_dtype: torch.dtype | None = None,
     metric: str = "psnr",
 ) -> dict[str, float]:
     """Per task and averaged over tasks: mean PSNR (RGB, data range 1, outputs clamped, as MoCE-IR's test; routing
     deterministic), or the percentage of images a router classifies as their task."""
+    from ..archs.clip_router import CLIPRouter
     from ..evaluation.metrics import psnr
 
+    if metric == "accuracy" and not isinstance(model, CLIPRouter):
+        raise TypeError(f"accuracy validates a LoRA-IR router, not a {type(model).__name__}")
     was_training = model.training
     model.eval()
     per_task: dict[str, list[float]] = {}
@@ -324,7 +379,7 @@ def validate(
         for pair in pairs:
             lq = pair.lq.unsqueeze(0).to(device)
             with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
-                if metric == "accuracy":
+                if isinstance(model, CLIPRouter) and metric == "accuracy":
                     logits, _ = model.route(lq)
                     value = 100.0 * float(int(logits.argmax(dim=1)[0]) == pair.task_id)
                 else:
@@ -415,10 +470,9 @@ def _train_info(config: TrainConfig, step: int, epoch: int, extra: dict[str, Any
 
 
 def _check_resume(out: Path, config: TrainConfig) -> dict[str, Any]:
-    saved_config = out / "config.json"
-    if saved_config.is_file():
-        saved = TrainConfig.from_dict(json.loads(saved_config.read_text())).to_dict()
-        diff = [k for k, v in config.to_dict().items() if saved.get(k) != v and k not in RUNTIME_FIELDS]
+    """The training state to resume from, once the saved recipe and files are known to fit `config`."""
+    if (out / "config.json").is_file():
+        diff = recipe_changes(saved_config(out), config)
         if diff:
             raise TrainError(f"{out}: --resume with a different recipe ({', '.join(diff)} changed); start a new --out")
     state = checkpoint.load_state(out / checkpoint.STATE)
@@ -434,6 +488,18 @@ def _check_resume(out: Path, config: TrainConfig) -> dict[str, Any]:
     return state
 
 
+def warmup_warning(config: TrainConfig, total_steps: int, steps_per_epoch: int) -> str | None:
+    """A line for a warm-up at least as long as the run (the rate would only climb, never anneal), else None."""
+    unit = config.schedule_unit
+    length = total_steps // steps_per_epoch if unit == "epoch" else total_steps
+    if not config.warmup or config.warmup < length:
+        return None
+    return (
+        f"the warm-up ({config.warmup} {unit}s) is not shorter than the run ({length} {unit}s): the learning rate "
+        "only climbs and never anneals; lower --warmup"
+    )
+
+
 def train(
     config: TrainConfig,
     out: str | Path,
@@ -447,6 +513,9 @@ def train(
 ) -> dict[str, Any]:
     """Run `config` into the folder `out` (see `irtool.train.checkpoint` for its files); returns the summary.
 
+    The config's paths are stored absolute (against the working folder), so the run resumes from any folder.
+    resume: continue the run in `out`; the recipe must be the saved one but for `RESUMABLE_FIELDS` (a new length
+    is followed as `lr_at` describes).
     dataset / val_pairs: a prebuilt `TrainingSet` and validation pairs instead of those the config's sources make.
     Under torchrun every process calls this; only rank 0 writes files and emits events.
     """
@@ -456,12 +525,14 @@ def train(
         torch.set_num_threads(threads)
     ctx = setup(device)
     try:
-        return _run(config, out, resume, ctx, emit, dataset, val_pairs)
+        run = _Run(absolute_paths(config), out, resume, ctx, emit, dataset, val_pairs)
+        run.train_steps()
+        return run.finish()
     finally:
         teardown(ctx)
 
 
-def _batches(loader: Any):
+def _batches(loader: Any) -> Iterator[dict[str, Tensor]]:
     """The loader's batches; an irtool error raised in a loader worker comes back as its own one-line message
     (the DataLoader re-raises it with the worker's traceback as the message)."""
     iterator = iter(loader)
@@ -486,228 +557,322 @@ def _agree(ctx: Dist, problem: str | None) -> None:
         raise TrainError(problem)
 
 
-def _run(
-    config: TrainConfig, out: Path, resume: bool, ctx: Dist, emit: EventSink, dataset, val_pairs
-) -> dict[str, Any]:
-    from .data import EpochBatchSampler, make_loader
+@dataclass
+class _LogWindow:
+    """The steps since the last log row: when it began, how many, and their summed losses."""
 
-    main = ctx.is_main
-    net = build_network(config)
-    router = load_router(config)
-    views = router_views_spec(config, net, router)
-    if dataset is None:
-        from .sources import build_datasets
+    start: float
+    steps: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
 
-        dataset, built_val = build_datasets(config, with_val=main, views=views)
-        val_pairs = built_val if val_pairs is None else val_pairs
-    else:
-        dataset.views = views
-    val_pairs = list(val_pairs or []) if main else []
-    has_val = bool(broadcast_object(ctx, bool(val_pairs)))
-    tasks = config.tasks or [f"task{i}" for i in range(1 + max((s.task_id for s in dataset.sources), default=0))]
-    metric = val_metric(config)
+    def add(self, stats: StepStats) -> None:
+        self.steps += 1
+        for k in ("loss", "pixel", "fft", "balance", "route"):
+            self.sums[k] = self.sums.get(k, 0.0) + getattr(stats, k)
 
-    state = None
-    if resume:
-        state = _check_resume(out, config)
-    else:
+
+class _Run:
+    """One call of `train` on one process: `__init__` builds the run in named steps (data, run folder, schedule,
+    trainer, resumed state, logs), `train_steps` trains to the end, `finish` writes the summary."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        out: Path,
+        resume: bool,
+        ctx: Dist,
+        emit: EventSink,
+        dataset: Any,
+        val_pairs: Sequence[Any] | None,
+    ) -> None:
+        from .data import make_loader
+
+        self.config, self.out, self.ctx, self.emit = config, out, ctx, emit
+        self.main = ctx.is_main
+        self.net = build_network(config)
+        router = load_router(config)
+        self.dataset, self.val_pairs = self._data(router, dataset, val_pairs)
+        self.has_val = bool(broadcast_object(ctx, bool(self.val_pairs)))
+        ids = (s.task_id for s in self.dataset.sources)
+        self.tasks = config.tasks or [f"task{i}" for i in range(1 + max(ids, default=0))]
+        self.metric = val_metric(config)
+        state = self._open_folder(resume)
+        self._schedule()
+        self.loader = make_loader(
+            self.dataset, self.sampler, num_workers=config.num_workers, pin_memory=ctx.device.type == "cuda"
+        )
+        self.trainer = Trainer(config, self.net, ctx, self.tasks, router)
+        self.model_for_val = restorer(self.net, self.trainer.router)
+        self.step, self.best = 0, -math.inf
+        self.best_step: int | None = None
+        if state is not None:
+            self._restore(state)
+        self.first_step = self.step
+        self.log: RunLog | None = None
+        if self.main:
+            checkpoint.write_json(out / "config.json", config.to_dict())
+            self.log = RunLog(out, self.tasks, self.trainer.art is not None, self.step if resume else None, self.metric)
+            self._announce()
+        self.val_every = config.val_every or config.ckpt_every
+        self.last_stats: StepStats | None = None
+        self.last_val: dict[str, float] | None = None
+        self.started = time.perf_counter()
+        self.window = _LogWindow(self.started)
+
+    # -- building
+
+    def _data(self, router: CLIPRouter | None, dataset: Any, val_pairs: Sequence[Any] | None) -> tuple[Any, list[Any]]:
+        """The training set and (on the main process) the validation pairs: given, or made from the sources."""
+        views = router_views_spec(self.config, self.net, router)
+        if dataset is None:
+            from .sources import build_datasets
+
+            dataset, built_val = build_datasets(self.config, with_val=self.main, views=views)
+            val_pairs = built_val if val_pairs is None else val_pairs
+        else:
+            dataset.views = views
+        return dataset, list(val_pairs or []) if self.main else []
+
+    def _open_folder(self, resume: bool) -> dict[str, Any] | None:
+        """The state to resume from (checked against the saved run), or None for a new run in an unused folder."""
+        if resume:
+            return _check_resume(self.out, self.config)
+        busy = self.main and (self.out / checkpoint.STATE).exists()
         _agree(
-            ctx,
-            f"{out}: already holds a run; pass --resume to continue it or choose another --out"
-            if main and (out / checkpoint.STATE).exists()
-            else None,
+            self.ctx,
+            f"{self.out}: already holds a run; pass --resume to continue it or choose another --out" if busy else None,
         )
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_json(out / "config.json", config.to_dict())
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        return None
 
-    sampler = EpochBatchSampler(
-        len(dataset), config.batch_size, seed=config.seed, rank=ctx.rank, world_size=ctx.world_size
-    )
-    spe = sampler.batches_per_epoch
-    if spe == 0:
-        raise TrainError(
-            f"{len(dataset)} training samples are fewer than one batch of {config.batch_size} x {ctx.world_size} "
-            "process(es); add images or lower --batch-size"
+    def _schedule(self) -> None:
+        """The epoch sampler of this process, the steps per epoch and the run's length in steps."""
+        from .data import EpochBatchSampler
+
+        cfg, ctx = self.config, self.ctx
+        self.sampler = EpochBatchSampler(
+            len(self.dataset), cfg.batch_size, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size
         )
-    total = config.epochs * spe if config.epochs is not None else config.steps
-    loader = make_loader(dataset, sampler, num_workers=config.num_workers, pin_memory=ctx.device.type == "cuda")
+        self.spe = self.sampler.batches_per_epoch
+        if self.spe == 0:
+            raise TrainError(
+                f"{len(self.dataset)} training samples are fewer than one batch of {cfg.batch_size} x "
+                f"{ctx.world_size} process(es); add images or lower --batch-size"
+            )
+        self.total = cfg.total_steps(self.spe)
 
-    trainer = Trainer(config, net, ctx, tasks, router)
-    model_for_val = restorer(net, trainer.router)
-    step, best, best_step = 0, -math.inf, None
-    if state is not None:
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Weights, optimiser, Art and RNG states of the checkpoint; a new length must not end before its step."""
         from safetensors.torch import load_file
 
-        net.load_state_dict(load_file(str(out / checkpoint.WEIGHTS)), strict=True)
-        trainer.load_state_dict(state)
-        step, best_step = state["step"], state.get("best_step")
-        best = state["best"] if state.get("best") is not None else -math.inf
+        self.net.load_state_dict(load_file(str(self.out / checkpoint.WEIGHTS)), strict=True)
+        self.trainer.load_state_dict(state)
+        self.step, self.best_step = state["step"], state.get("best_step")
+        self.best = state["best"] if state.get("best") is not None else -math.inf
+        if self.total < self.step:
+            more = f"--epochs {math.ceil(self.step / self.spe)}" if self.config.epochs else f"--steps {self.step}"
+            raise TrainError(
+                f"{self.out}: the run is already at step {self.step}, past the end of this one (step {self.total}); "
+                f"pass {more} or more"
+            )
         rngs = state["rng"]
-        if len(rngs) == ctx.world_size:
-            checkpoint.restore_rng(rngs[ctx.rank], {"noise": trainer.noise})
-        elif main:
-            emit(
+        if len(rngs) == self.ctx.world_size:
+            checkpoint.restore_rng(rngs[self.ctx.rank], {"noise": self.trainer.noise})
+        elif self.main:
+            self.emit(
                 "warning",
                 {
-                    "message": f"resumed with {ctx.world_size} processes instead of {len(rngs)}: "
+                    "message": f"resumed with {self.ctx.world_size} processes instead of {len(rngs)}: "
                     "routing noise is reseeded, the run is no longer bit-exact"
                 },
             )
-    log = RunLog(out, tasks, trainer.art is not None, step if state is not None else None, metric) if main else None
-    val_every = config.val_every or config.ckpt_every
-
-    if main:
-        for warning in getattr(dataset, "warnings", []):
-            emit("warning", {"message": warning})
-        if config.stage == "router" and not config.init:
-            emit(
+        saved_total = state.get("total_steps", self.total)
+        if saved_total != self.total and self.main:
+            last_lr = state.get("schedule", {}).get("last_lr", math.nan)
+            next_lr = lr_at(self.config, self.step, self.spe, self.total)
+            self.emit(
                 "warning",
                 {
-                    "message": "router stage without --init: the CLIP tower is random (pass the released "
-                    "router file or another router checkpoint to start from CLIP's weights)"
+                    "message": f"resumed at step {self.step} with a run of {self.total} steps instead of "
+                    f"{saved_total}: the learning rate follows the schedule of a run of {self.total} steps from here "
+                    f"({last_lr:.3g} at step {self.step}, {next_lr:.3g} at step {self.step + 1})"
                 },
             )
-        emit(
+
+    def _announce(self) -> None:
+        """The run's warnings, then the start event (main process)."""
+        cfg = self.config
+        warnings = list(getattr(self.dataset, "warnings", []))
+        if cfg.stage == "router" and not cfg.init:
+            warnings.append(
+                "router stage without --init: the CLIP tower is random (pass the released router file or another "
+                "router checkpoint to start from CLIP's weights)"
+            )
+        warmup = warmup_warning(cfg, self.total, self.spe)
+        warnings += [warmup] if warmup else []
+        for warning in warnings:
+            self.emit("warning", {"message": warning})
+        self.emit(
             "start",
             {
-                "out": str(out),
-                "total_steps": total,
-                "steps_per_epoch": spe,
-                "start_step": step,
-                "samples": len(dataset),
-                "val_pairs": len(val_pairs),
-                "tasks": tasks,
-                "world_size": ctx.world_size,
-                "device": str(ctx.device),
-                "parameters": sum(p.numel() for p in net.parameters()),
-                "trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
-                "metric": metric,
+                "out": str(self.out),
+                "total_steps": self.total,
+                "steps_per_epoch": self.spe,
+                "start_step": self.step,
+                "samples": len(self.dataset),
+                "val_pairs": len(self.val_pairs),
+                "tasks": self.tasks,
+                "world_size": self.ctx.world_size,
+                "device": str(self.ctx.device),
+                "parameters": sum(p.numel() for p in self.net.parameters()),
+                "trainable": sum(p.numel() for p in self.net.parameters() if p.requires_grad),
+                "metric": self.metric,
             },
         )
 
-    def save(step: int) -> None:
-        rngs = gather_objects(ctx, checkpoint.capture_rng({"noise": trainer.noise}))
-        if main:
-            checkpoint.save_weights(out / checkpoint.WEIGHTS, net, _train_info(config, step, step // spe))
-            checkpoint.save_state(
-                out / checkpoint.STATE,
+    # -- training
+
+    def train_steps(self) -> None:
+        """Steps from the current one to the end, with logs, validations and checkpoints on their schedules."""
+        cfg = self.config
+        while self.step < self.total:
+            epoch, offset = divmod(self.step, self.spe)
+            self.sampler.set_position(epoch, offset)
+            for batch in _batches(self.loader):
+                lr = lr_at(cfg, self.step, self.spe, self.total)
+                stats = self.trainer.step(batch, lr)
+                if not math.isfinite(stats.loss):
+                    raise TrainError(
+                        f"step {self.step + 1}: the loss is {stats.loss}; lower --lr or enable --grad-clip"
+                    )
+                self.step += 1
+                self.last_stats = stats
+                self.window.add(stats)
+                end = self.step == self.total
+                if self.step % cfg.log_every == 0 or end:
+                    self._log_step(stats, lr)
+                if self.has_val and (self.step % self.val_every == 0 or end):
+                    self._validate()
+                if self.step % cfg.ckpt_every == 0 or end:
+                    self._save()
+                if self.step >= self.total:
+                    break
+
+    def _log_step(self, stats: StepStats, lr: float) -> None:
+        """A row of log.csv and a step event for the steps since the last one (main process)."""
+        if self.log is None:
+            return
+        now, window, tasks = time.perf_counter(), self.window, self.tasks
+        rate = window.steps / max(now - window.start, 1e-9)
+        row: dict[str, Any] = {
+            "step": self.step,
+            "epoch": self.step / self.spe,
+            "lr": lr,
+            "it_per_s": rate,
+            "seconds": now - self.started,
+            "grad_norm": stats.grad_norm if stats.grad_norm is not None else "",
+        }
+        row.update({k: v / window.steps for k, v in window.sums.items()})
+        row.update({f"loss/{t}": v for t, v in zip(tasks, stats.task_loss)})
+        if stats.weights is not None:
+            row.update({f"weight/{t}": v for t, v in zip(tasks, stats.weights)})
+        self.log.train_row(row)
+        self.emit(
+            "step",
+            {
+                **row,
+                "total_steps": self.total,
+                "eta_s": (self.total - self.step) / max(rate, 1e-9),
+                "tasks": tasks,
+                "task_loss": stats.task_loss,
+                "weights": stats.weights,
+            },
+        )
+        self.window = _LogWindow(now)
+
+    def _validate(self) -> None:
+        """Validate (main process), keep the best weights, and share the result with every process."""
+        result = None
+        if self.log is not None:
+            result = validate(
+                self.model_for_val,
+                self.val_pairs,
+                self.tasks,
+                self.ctx.device,
+                self.trainer.autocast_dtype,
+                self.metric,
+            )
+            self.log.val_row({"step": self.step, **{f"{self.metric}/{t}": v for t, v in result.items()}})
+            if result["mean"] > self.best:
+                self.best, self.best_step = result["mean"], self.step
+                info = _train_info(self.config, self.step, self.step // self.spe, {f"val_{self.metric}": self.best})
+                checkpoint.save_weights(self.out / checkpoint.BEST, self.net, info)
+            self.emit(
+                "val",
                 {
-                    "format": 1,
-                    "step": step,
-                    "epoch": step // spe,
-                    "total_steps": total,
-                    "steps_per_epoch": spe,
-                    "world_size": ctx.world_size,
-                    "rng": rngs,
-                    "metric": metric,
-                    "best": None if best == -math.inf else best,
-                    "best_step": best_step,
-                    "schedule": {
-                        "unit": config.schedule_unit,
-                        "warmup": config.warmup,
-                        "length": config.schedule_length,
-                        "lr": config.lr,
-                        "lr_min": config.lr_min,
-                        "last_lr": lr_at(config, max(0, step - 1), spe, total),
-                    },
-                    **trainer.state_dict(),
+                    "step": self.step,
+                    "metric": self.metric,
+                    "result": result,
+                    "best": self.best,
+                    "best_step": self.best_step,
                 },
             )
-            emit("checkpoint", {"step": step, "path": str(out / checkpoint.WEIGHTS)})
-        barrier(ctx)
+        self.last_val = broadcast_object(self.ctx, result)
+        self.best = broadcast_object(self.ctx, self.best)
 
-    started = time.perf_counter()
-    window_start, window_steps = time.perf_counter(), 0
-    sums: dict[str, float] = {}
-    first_step = step
-    last_stats: StepStats | None = None
-    last_val: dict[str, float] | None = None
-    while step < total:
-        epoch, offset = divmod(step, spe)
-        sampler.set_position(epoch, offset)
-        for batch in _batches(loader):
-            lr = lr_at(config, step, spe, total)
-            stats = trainer.step(batch, lr)
-            if not math.isfinite(stats.loss):
-                raise TrainError(f"step {step + 1}: the loss is {stats.loss}; lower --lr or enable --grad-clip")
-            step += 1
-            last_stats = stats
-            window_steps += 1
-            for k, v in (
-                ("loss", stats.loss),
-                ("pixel", stats.pixel),
-                ("fft", stats.fft),
-                ("balance", stats.balance),
-                ("route", stats.route),
-            ):
-                sums[k] = sums.get(k, 0.0) + v
-            if main and (step % config.log_every == 0 or step == total):
-                now = time.perf_counter()
-                rate = window_steps / max(now - window_start, 1e-9)
-                row = {
-                    "step": step,
-                    "epoch": step / spe,
-                    "lr": lr,
-                    "it_per_s": rate,
-                    "seconds": now - started,
-                    "grad_norm": stats.grad_norm if stats.grad_norm is not None else "",
-                }
-                row.update({k: v / window_steps for k, v in sums.items()})
-                row.update({f"loss/{t}": v for t, v in zip(tasks, stats.task_loss)})
-                if stats.weights is not None:
-                    row.update({f"weight/{t}": v for t, v in zip(tasks, stats.weights)})
-                log.train_row(row)
-                emit(
-                    "step",
-                    {
-                        **row,
-                        "total_steps": total,
-                        "eta_s": (total - step) / max(rate, 1e-9),
-                        "tasks": tasks,
-                        "task_loss": stats.task_loss,
-                        "weights": stats.weights,
-                    },
-                )
-                window_start, window_steps, sums = now, 0, {}
-            if has_val and (step % val_every == 0 or step == total):
-                result = None
-                if main:
-                    result = validate(model_for_val, val_pairs, tasks, ctx.device, trainer.autocast_dtype, metric)
-                    log.val_row({"step": step, **{f"{metric}/{t}": v for t, v in result.items()}})
-                    if result["mean"] > best:
-                        best, best_step = result["mean"], step
-                        checkpoint.save_weights(
-                            out / checkpoint.BEST, net, _train_info(config, step, step // spe, {f"val_{metric}": best})
-                        )
-                    emit(
-                        "val", {"step": step, "metric": metric, "result": result, "best": best, "best_step": best_step}
-                    )
-                last_val = broadcast_object(ctx, result)
-                best = broadcast_object(ctx, best)
-            if step % config.ckpt_every == 0 or step == total:
-                save(step)
-            if step >= total:
-                break
+    def _save(self) -> None:
+        """The checkpoint of this step: weights first, then the training state (main process; all processes wait)."""
+        cfg, step, spe = self.config, self.step, self.spe
+        rngs = gather_objects(self.ctx, checkpoint.capture_rng({"noise": self.trainer.noise}))
+        if self.main:
+            checkpoint.save_weights(self.out / checkpoint.WEIGHTS, self.net, _train_info(cfg, step, step // spe))
+            state = {
+                "format": 1,
+                "step": step,
+                "epoch": step // spe,
+                "total_steps": self.total,
+                "steps_per_epoch": spe,
+                "world_size": self.ctx.world_size,
+                "rng": rngs,
+                "metric": self.metric,
+                "best": None if self.best == -math.inf else self.best,
+                "best_step": self.best_step,
+                "schedule": {
+                    "unit": cfg.schedule_unit,
+                    "warmup": cfg.warmup,
+                    "length": cfg.schedule_length,
+                    "lr": cfg.lr,
+                    "lr_min": cfg.lr_min,
+                    "last_lr": lr_at(cfg, max(0, step - 1), spe, self.total),
+                },
+                **self.trainer.state_dict(),
+            }
+            checkpoint.save_state(self.out / checkpoint.STATE, state)
+            self.emit("checkpoint", {"step": step, "path": str(self.out / checkpoint.WEIGHTS)})
+        barrier(self.ctx)
 
-    summary = {
-        "out": str(out),
-        "steps": step,
-        "epochs": step / spe,
-        "trained_steps": step - first_step,
-        "seconds": time.perf_counter() - started,
-        "final_loss": last_stats.loss if last_stats else None,
-        "final_task_loss": dict(zip(tasks, last_stats.task_loss)) if last_stats else None,
-        "art_weights": dict(zip(tasks, last_stats.weights)) if last_stats and last_stats.weights else None,
-        "metric": metric,
-        "val": last_val,
-        "best": None if best == -math.inf else best,
-        "best_step": best_step,
-        "weights": str(out / checkpoint.WEIGHTS),
-        "best_weights": str(out / checkpoint.BEST) if best_step is not None else None,
-    }
-    if main:
-        log.close()
-        checkpoint.write_json(out / "summary.json", summary)
-        emit("end", summary)
-    return summary
+    def finish(self) -> dict[str, Any]:
+        """The run's summary (written to summary.json and sent as the end event by the main process)."""
+        last, tasks, out = self.last_stats, self.tasks, self.out
+        summary = {
+            "out": str(out),
+            "steps": self.step,
+            "epochs": self.step / self.spe,
+            "trained_steps": self.step - self.first_step,
+            "seconds": time.perf_counter() - self.started,
+            "final_loss": last.loss if last else None,
+            "final_task_loss": dict(zip(tasks, last.task_loss)) if last else None,
+            "art_weights": dict(zip(tasks, last.weights)) if last and last.weights else None,
+            "metric": self.metric,
+            "val": self.last_val,
+            "best": None if self.best == -math.inf else self.best,
+            "best_step": self.best_step,
+            "weights": str(out / checkpoint.WEIGHTS),
+            "best_weights": str(out / checkpoint.BEST) if self.best_step is not None else None,
+        }
+        if self.log is not None:
+            self.log.close()
+            checkpoint.write_json(out / "summary.json", summary)
+            self.emit("end", summary)
+        return summary

@@ -19,13 +19,17 @@ Imports torch and `irtool.archs`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from .presets import ConfigError, TrainConfig
+
+if TYPE_CHECKING:
+    from ..archs.clip_router import CLIPRouter
+    from ..archs.moce_ir import MoCEIR
 
 
 def _overrides(config: TrainConfig, cls: type) -> dict[str, Any]:
@@ -71,10 +75,10 @@ def _is_lora(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in ("lora_A_list", "lora_B_list")
 
 
-def _load_init(net: nn.Module, config: TrainConfig) -> None:
+def _load_init(net: nn.Module, config: TrainConfig, init: str) -> None:
     from ..loading import read_state_dict
 
-    sd, _ = read_state_dict(config.init)
+    sd, _ = read_state_dict(init)
     own = net.state_dict()
     if config.stage == "router":
         # only the CLIP tower; the MLP and head are what this stage trains (for its own classes)
@@ -110,7 +114,7 @@ def build_network(config: TrainConfig) -> nn.Module:
             "(or --train-all to train everything from scratch)"
         )
     if config.init:
-        _load_init(net, config)
+        _load_init(net, config, config.init)
     if config.stage == "router":
         net.requires_grad_(True)
         net.clip_model.requires_grad_(False)
@@ -126,17 +130,18 @@ def build_network(config: TrainConfig) -> nn.Module:
     return net
 
 
-def load_router(config: TrainConfig) -> nn.Module | None:
+def load_router(config: TrainConfig) -> CLIPRouter | None:
     """LoRA-IR's frozen router for the network stages (None otherwise), checked against the tasks."""
     if config.stage not in ("base", "experts"):
         return None
     if not config.router:
         raise ConfigError(f"LoRA-IR's {config.stage} stage needs --router, the trained router checkpoint")
+    from ..archs.clip_router import CLIPRouter
     from ..loading import build_model, read_state_dict
 
     sd, metadata = read_state_dict(config.router)
     router = build_model(sd, metadata, config.router)
-    if router.arch != "clip_router":
+    if not isinstance(router, CLIPRouter):
         raise CheckpointError(f"{config.router}: given as the router but it is not a LoRA-IR CLIP router")
     classes, tasks = tuple(router.config.classes), tuple(config.tasks)
     named = not all(c.startswith("class") for c in classes)
@@ -179,7 +184,7 @@ class MoCEForward(nn.Module):
     routing supervision (`RouteReadout`), when the recipe asks for it.
     """
 
-    def __init__(self, net: nn.Module, zero_term: bool, readout: RouteReadout | None = None) -> None:
+    def __init__(self, net: MoCEIR, zero_term: bool, readout: RouteReadout | None = None) -> None:
         super().__init__()
         self.net = net
         self.zero_term = zero_term
@@ -200,7 +205,7 @@ class MoCEForward(nn.Module):
         return result.output, result.aux_loss, result.routing.experts, zero, route
 
 
-def _views(router: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+def _views(router: CLIPRouter, batch: dict[str, Tensor]) -> Tensor:
     from ..archs.clip_router import normalize_views
 
     return normalize_views(batch["views"], router.config.image_mean, router.config.image_std)
@@ -210,7 +215,7 @@ class LoRAIRForward(nn.Module):
     """LoRA-IR's restoration network with its frozen router: (output, None, None, None). The router reads the CLIP
     views the data loader made from each degraded patch (as the official `AllInOneCLIPDataset`)."""
 
-    def __init__(self, net: nn.Module, router: nn.Module) -> None:
+    def __init__(self, net: nn.Module, router: CLIPRouter) -> None:
         super().__init__()
         self.net = net
         self.router = router
@@ -224,7 +229,7 @@ class LoRAIRForward(nn.Module):
 class RouterForward(nn.Module):
     """LoRA-IR's router: (class logits, None, None, None)."""
 
-    def __init__(self, router: nn.Module) -> None:
+    def __init__(self, router: CLIPRouter) -> None:
         super().__init__()
         self.router = router
 
@@ -233,8 +238,14 @@ class RouterForward(nn.Module):
         return logits, None, None, None, None
 
 
-def forward_module(net: nn.Module, router: nn.Module | None, config: TrainConfig, distributed: bool) -> nn.Module:
-    if config.arch == "moce_ir":
+def forward_module(
+    net: nn.Module, router: CLIPRouter | None, config: TrainConfig, distributed: bool
+) -> MoCEForward | RouterForward | LoRAIRForward:
+    """The training forward of `net` (see the classes above); `router`: LoRA-IR's frozen router (network stages)."""
+    from ..archs.clip_router import CLIPRouter
+    from ..archs.moce_ir import MoCEIR
+
+    if isinstance(net, MoCEIR):
         readout = None
         if config.route_task_weight:
             # seeded apart from the network, so that switching the supervision on leaves the network's init alone
@@ -242,23 +253,27 @@ def forward_module(net: nn.Module, router: nn.Module | None, config: TrainConfig
                 torch.manual_seed(config.seed * 7919 + 17)
                 readout = RouteReadout(len(net.moce_layers), len(net.moce_layers[0].experts), len(config.tasks))
         return MoCEForward(net, zero_term=distributed, readout=readout)
-    if config.stage == "router":
+    if isinstance(net, CLIPRouter):
         return RouterForward(net)
+    if router is None:
+        raise ConfigError(f"LoRA-IR's {config.stage} stage needs --router, the trained router checkpoint")
     return LoRAIRForward(net, router)
 
 
-def router_views_spec(config: TrainConfig, net: nn.Module, router: nn.Module | None) -> tuple[int, int] | None:
+def router_views_spec(config: TrainConfig, net: nn.Module, router: CLIPRouter | None) -> tuple[int, int] | None:
     """(size, tiles) of the CLIP views the loader must add to each sample, or None."""
-    if config.arch != "lora_ir":
+    from ..archs.clip_router import CLIPRouter
+
+    clip = net if isinstance(net, CLIPRouter) else router
+    if config.arch != "lora_ir" or clip is None:
         return None
-    cfg = (net if config.stage == "router" else router).config
-    return cfg.image_size, cfg.tiles
+    return clip.config.image_size, clip.config.tiles
 
 
-def restorer(net: nn.Module, router: nn.Module | None) -> nn.Module:
+def restorer(net: nn.Module, router: CLIPRouter | None) -> nn.Module:
     """The model validation restores with: the network itself, or LoRA-IR's network joined with its router."""
-    if router is None:
-        return net
-    from ..archs.lora_ir import LoRAIR
+    from ..archs.lora_ir import LoRAIR, LoRAIRNet
 
+    if router is None or not isinstance(net, LoRAIRNet):
+        return net
     return LoRAIR(net, router)

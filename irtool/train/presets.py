@@ -9,6 +9,7 @@ Imports the standard library only (no torch), so the CLI can print and check con
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -24,6 +25,10 @@ SYNTHETIC_TASKS = ("noise", "rain", "haze", "blur", "defocus", "lowlight", "jpeg
 MODEL_VARIANTS = {"moce_ir": ("MoCE_IR", "MoCE_IR_S", "tiny"), "lora_ir": ("setting1", "tiny")}
 #: LoRA-IR's training stages (official: classification/train_setting1.py, Setting1_Pre.yml, Setting1_Ft.yml)
 STAGES = ("router", "base", "experts")
+#: validation images held out per source when `val_count` is not given, and the largest share of a source's images
+#: that default may take (1/4): with few photos, validation must not eat the training set
+DEFAULT_VAL_COUNT = 4
+DEFAULT_VAL_SHARE = 4
 #: explicit model fields the CLI exposes, as `--flag`: config field
 MODEL_FIELDS = {
     "dim": "dim",
@@ -110,7 +115,8 @@ class TrainConfig:
     #: folder of clean photos to validate on, degraded like the training tasks; else `val_count` images per task are
     #: held out of the training data
     val_dir: str | None = None
-    val_count: int = 4
+    #: validation images per source; None: `DEFAULT_VAL_COUNT`, but at most a quarter of a source's images
+    val_count: int | None = None
     #: validation images are centre-cropped to this many pixels a side (0: whole images)
     val_size: int = 256
     # -- losses
@@ -204,7 +210,7 @@ class TrainConfig:
             raise bad(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.ckpt_every < 1 or self.log_every < 1 or (self.val_every is not None and self.val_every < 1):
             raise bad("ckpt_every, val_every and log_every must be at least 1")
-        if self.val_count < 0 or self.val_size < 0 or self.val_size % 16:
+        if (self.val_count or 0) < 0 or self.val_size < 0 or self.val_size % 16:
             raise bad(f"val_count must be >= 0 and val_size a multiple of 16, got {self.val_count}, {self.val_size}")
         if self.stage not in ("", *STAGES):
             raise bad(f"stage must be router, base or experts, got {self.stage!r}")
@@ -220,6 +226,10 @@ class TrainConfig:
     def tasks(self) -> list[str]:
         """Task labels in id order (the loader labels each sample with its index in this list)."""
         return [s.task for s in self.sources]
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The run's length in optimiser steps: `steps`, or `epochs` passes of `steps_per_epoch` batches."""
+        return self.epochs * steps_per_epoch if self.epochs is not None else int(self.steps or 0)
 
     # -- (de)serialisation
 
@@ -264,7 +274,7 @@ def toml_loads(text: str) -> dict[str, Any]:
         import tomllib
     except ImportError:
         try:
-            import tomli as tomllib  # type: ignore[no-redef]
+            import tomli as tomllib
         except ImportError:
             raise ConfigError(
                 "TOML config files need Python 3.11, or the tomli package on older Pythons "
@@ -325,7 +335,7 @@ _AIO5 = (
     TaskSource(task="lowlight", datasets=("lol-v1-train",), repeat=20),
 )
 
-_MOCE_OFFICIAL = dict(
+_MOCE_OFFICIAL: dict[str, Any] = dict(
     arch="moce_ir",
     with_complexity=True,
     patch_size=128,
@@ -352,7 +362,7 @@ _SETTING1 = tuple(
     TaskSource(task=t, datasets=(f"{d}-train",))
     for t, d in (("snow", "snow100k"), ("rain", "outdoor-rain"), ("raindrop", "raindrop"))
 )
-_LORA_IR = dict(
+_LORA_IR: dict[str, Any] = dict(
     arch="lora_ir",
     variant="setting1",
     sources=_SETTING1,
@@ -376,8 +386,13 @@ _LORA_IR = dict(
 # the shipped weights were trained with on 2 shared CPU cores; "-h200" the same recipe sized for one H200 for about
 # 9 minutes (bf16 autocast, channels-last, a batch 32x larger with the learning rate scaled by its square root,
 # 15 loader workers feeding it). Neither names the photos: pass --clean-dir (and --val-dir, --init).
-_DEFAULT_NET = {"dim": 16, "num_blocks": (1, 2, 2, 3), "num_dec_blocks": (1, 2, 2), "num_refinement_blocks": 1}
-_IRTOOL_DEFAULT = dict(
+_DEFAULT_NET: dict[str, Any] = {
+    "dim": 16,
+    "num_blocks": (1, 2, 2, 3),
+    "num_dec_blocks": (1, 2, 2),
+    "num_refinement_blocks": 1,
+}
+_IRTOOL_DEFAULT: dict[str, Any] = dict(
     arch="moce_ir",
     variant="MoCE_IR_S",
     model=_DEFAULT_NET,
@@ -467,19 +482,47 @@ def synthetic_sources(clean_dir: str | Path, tasks: list[str] | tuple[str, ...])
 
 #: fields that change how a run is watched or fed, not what it computes: a resumed run may change them
 RUNTIME_FIELDS = ("num_workers", "log_every", "ckpt_every", "val_every")
+#: fields a resumed run may change: the runtime ones and the run's length (see `irtool.train.loop.lr_at` for how the
+#: learning-rate schedule follows a new length)
+RESUMABLE_FIELDS = (*RUNTIME_FIELDS, "steps", "epochs")
 
 
-def resolve(
-    preset_name: str | None = None,
-    config_file: str | Path | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    *,
-    clean_dir: str | Path | None = None,
-    tasks: list[str] | tuple[str, ...] | None = None,
+def _absolute(path: str | None, base: Path) -> str | None:
+    if path is None:
+        return None
+    return os.path.abspath(base / Path(path).expanduser())  # an absolute path stays as it is, ".." is resolved
+
+
+def absolute_paths(config: TrainConfig, base: str | Path | None = None) -> TrainConfig:
+    """`config` with its file and folder paths (data_root, val_dir, init, router, the sources' clean_dir) made
+    absolute against `base` (the working folder when None), so that the saved run resumes from any folder."""
+    where = Path(base if base is not None else Path.cwd()).absolute()
+    sources = tuple(replace(s, clean_dir=_absolute(s.clean_dir, where)) for s in config.sources)
+    return replace(
+        config,
+        sources=sources,
+        data_root=_absolute(config.data_root, where),
+        val_dir=_absolute(config.val_dir, where),
+        init=_absolute(config.init, where),
+        router=_absolute(config.router, where),
+    )
+
+
+def recipe_changes(saved: TrainConfig, config: TrainConfig) -> list[str]:
+    """The fields in which `config` computes something else than `saved` (those a resume may not change), compared
+    as their JSON (a network flag's tuple equals the saved file's list)."""
+    new, old = (json.loads(json.dumps(c.to_dict())) for c in (config, saved))
+    return [k for k in new if new[k] != old[k] and k not in RESUMABLE_FIELDS]
+
+
+def _lay_over(
+    config: TrainConfig,
+    config_file: str | Path | None,
+    overrides: Mapping[str, Any] | None,
+    clean_dir: str | Path | None,
+    tasks: list[str] | tuple[str, ...] | None,
 ) -> TrainConfig:
-    """Preset (default "custom"), then the config file, then explicit overrides (flags); `clean_dir` + `tasks`
-    replace the sources with synthetic ones."""
-    config = preset(preset_name or "custom")
+    """`config` with the config file, then the explicit overrides (flags), then `clean_dir` + `tasks` laid over it."""
     if config_file is not None:
         config = TrainConfig.from_dict(read_config_file(config_file), base=config)
     values = dict(overrides or {})
@@ -501,20 +544,74 @@ def resolve(
         values["variant"] = "setting1"
     if values.get("stage") == "router" and "pixel_loss" not in values:
         values["pixel_loss"] = "ce"
-    config = TrainConfig.from_dict(values, base=config)
+    return TrainConfig.from_dict(values, base=config)
+
+
+def resolve(
+    preset_name: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    clean_dir: str | Path | None = None,
+    tasks: list[str] | tuple[str, ...] | None = None,
+) -> TrainConfig:
+    """Preset (default "custom"), then the config file, then explicit overrides (flags); `clean_dir` + `tasks`
+    replace the sources with synthetic ones."""
+    config = _lay_over(preset(preset_name or "custom"), config_file, overrides, clean_dir, tasks)
     if not config.sources:
         raise ConfigError("no training data: pass --clean-dir DIR (with --tasks) or a --preset with datasets")
     return config
 
 
-def resume_config(out: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
-    """The recipe saved in a run folder, with only the runtime fields (`RUNTIME_FIELDS`) changed."""
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _shown(value: Any) -> str:
+    """A config value for a one-line message (task sources by task and data, long values shortened)."""
+    if isinstance(value, list) and value and isinstance(value[0], dict) and "task" in value[0]:
+        value = ", ".join(f"{s['task']} <- {s['clean_dir'] or '+'.join(s['datasets'])}" for s in value)
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def saved_config(out: str | Path) -> TrainConfig:
+    """The recipe a run folder holds (config.json), its paths made absolute (runs saved before paths were stored
+    absolute resolve them against the working folder, as they did when they ran)."""
     path = Path(out) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{path}: not found; --resume continues a run started with --out {out}")
-    extra = sorted(set(overrides or {}) - set(RUNTIME_FIELDS))
-    if extra:
-        flags = ", ".join("--" + k.replace("_", "-") for k in extra)
-        allowed = ", ".join("--" + k.replace("_", "-") for k in RUNTIME_FIELDS)
-        raise ConfigError(f"--resume continues the recipe saved in {path}; {flags} cannot change (only {allowed})")
-    return TrainConfig.from_dict({**read_config_file(path), **dict(overrides or {})})
+    return absolute_paths(TrainConfig.from_dict(read_config_file(path)))
+
+
+def resume_config(
+    out: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    preset_name: str | None = None,
+    config_file: str | Path | None = None,
+    clean_dir: str | Path | None = None,
+    tasks: list[str] | tuple[str, ...] | None = None,
+) -> TrainConfig:
+    """The recipe saved in the run folder `out`, with what the command line states laid over it.
+
+    The command line may repeat the run's original flags (the preset's name, the config file, --clean-dir and
+    --tasks, any field), the same way they started it: what they state is laid over the saved recipe (not over the
+    preset's defaults), so repeating them changes nothing. Stated values that differ from the saved ones are refused
+    in one line naming each field, except `RESUMABLE_FIELDS` (the runtime fields and the run's length).
+    """
+    saved = saved_config(out)
+    config = saved
+    if preset_name is not None:
+        config = replace(config, preset=preset(preset_name).preset)
+    config = absolute_paths(_lay_over(config, config_file, overrides, clean_dir, tasks))
+    changed = recipe_changes(saved, config)
+    if changed:
+        old, new = saved.to_dict(), config.to_dict()
+        values = "; ".join(f"{k}: saved {_shown(old[k])}, given {_shown(new[k])}" for k in changed)
+        allowed = ", ".join(_flag(k) for k in RESUMABLE_FIELDS)
+        raise ConfigError(
+            f"{Path(out) / 'config.json'}: --resume continues the recipe saved there; "
+            f"{', '.join(_flag(k) for k in changed)} cannot change ({values}); only {allowed} may"
+        )
+    return config

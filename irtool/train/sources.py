@@ -9,7 +9,9 @@
 
 Validation (what decides `best`): `val_count` clean images per source are held out of training (picked by a seeded
 permutation; sources that share their images hold out the same ones, and a held-out image leaves every source), or,
-with `val_dir`, that folder's photos validate the synthetic tasks. Each validation pair is centre-cropped to
+with `val_dir`, that folder's photos validate the synthetic tasks. Without a `val_count`, a source holds out
+`DEFAULT_VAL_COUNT` images but never more than a quarter of them (none from fewer than four), so that a few photos are
+not mostly spent on validation; a capped or explicitly large hold-out is reported in one warning line. Each validation pair is centre-cropped to
 `val_size` and, when synthetic, degraded once with a fixed seed at the kind's "medium" level (or the source's level).
 
 Imports numpy and torch; `irtool.images.files`, `irtool.degrade`, `irtool.evaluation.datasets`.
@@ -19,14 +21,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .data import Pair, Source, TrainingSet, ValPair, to_tensor
-from .presets import ConfigError, TaskSource, TrainConfig
+from .presets import DEFAULT_VAL_COUNT, DEFAULT_VAL_SHARE, ConfigError, TaskSource, TrainConfig
 
 #: decoded photos kept per process (bytes): a training sample cuts one window from a whole photo, and decoding a
 #: 1024-px PNG for every sample cost more than degrading and training on it
@@ -138,9 +140,17 @@ def _registry_pairs(source: TaskSource, data_root: str | None, warnings: list[st
     return pairs
 
 
+def _file(image: Path | np.ndarray) -> Path:
+    """The file of an image this module paired (folder and registry pairs are files; arrays come from callers of
+    `TrainingSet` only)."""
+    if not isinstance(image, Path):
+        raise TypeError(f"expected an image file, got {type(image).__name__}")
+    return image
+
+
 def _held_out(pairs: Sequence[Pair], count: int, seed: int) -> set[Path]:
     """The clean images of `count` pairs picked by a seeded permutation (the same list gives the same picks)."""
-    gts = sorted({p.gt for p in pairs})
+    gts = sorted({_file(p.gt) for p in pairs})
     order = np.random.default_rng([seed, 0x7A1]).permutation(len(gts))
     return {gts[i] for i in order[: min(count, max(0, len(gts) - 1))]}  # always leave something to train on
 
@@ -158,17 +168,15 @@ def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
 def _val_pair(
     source: TaskSource, task_id: int, pair: Pair, degrader: SyntheticDegrader | None, config: TrainConfig, index: int
 ) -> ValPair:
-    gt = _centre_crop(read_rgb(pair.gt), config.val_size)
+    gt = _centre_crop(read_rgb(_file(pair.gt)), config.val_size)
     if pair.lq is not None:
-        lq = _centre_crop(read_rgb(pair.lq), config.val_size)
-    else:
-        fixed = (
-            degrader
-            if degrader is None or degrader.level is not None
-            else SyntheticDegrader(degrader.kind, _medium(degrader.kind), degrader.uint8)
-        )
+        lq = _centre_crop(read_rgb(_file(pair.lq)), config.val_size)
+    elif degrader is not None:
+        fixed = degrader if degrader.level is not None else replace(degrader, level=_medium(degrader.kind))
         lq = fixed(np.ascontiguousarray(gt), np.random.default_rng([config.seed, 0x5A1, task_id, index]))
-    return ValPair(to_tensor(lq), to_tensor(gt), task_id, pair.gt.name)
+    else:
+        raise ConfigError(f"task {source.task!r}: {pair.name} has no degraded image and the task no degradation")
+    return ValPair(to_tensor(lq), to_tensor(gt), task_id, pair.name)
 
 
 def _medium(kind: str) -> float:
@@ -179,36 +187,79 @@ def _medium(kind: str) -> float:
     return float(LEVELS[kind]["medium"])
 
 
+def _hold_out_count(config: TrainConfig, images: int) -> int:
+    """How many of a source's `images` its validation takes: `val_count`, else the default capped at a quarter."""
+    if config.val_count is not None:
+        return config.val_count
+    return min(DEFAULT_VAL_COUNT, images // DEFAULT_VAL_SHARE)
+
+
+def _hold_out_warning(config: TrainConfig, held: list[tuple[str, int, int]]) -> str | None:
+    """One line on hold-outs that take more than a quarter of a source's images, or that the default cap cut (per
+    (task, held out, images)); None when there is nothing to say."""
+    groups: dict[tuple[int, int], list[str]] = {}
+    for task, n, images in held:
+        capped = config.val_count is None and n < DEFAULT_VAL_COUNT
+        if capped or n > images // DEFAULT_VAL_SHARE:
+            groups.setdefault((n, images), []).append(task)
+    if not groups:
+        return None
+    parts = [
+        f"{n or 'none'} of the {images} images of {', '.join(tasks)} held out for validation, {images - n} left "
+        "for training"
+        for (n, images), tasks in groups.items()
+    ]
+    why = (
+        "the default holds out at most a quarter of a task's images; --val-count N or --val-dir to choose"
+        if config.val_count is None
+        else f"--val-count {config.val_count}"
+    )
+    return f"{'; '.join(parts)} ({why})"
+
+
+def _validation_items(
+    config: TrainConfig, all_pairs: list[list[Pair]], degraders: list[SyntheticDegrader | None]
+) -> tuple[set[Path], list[tuple[int, Pair]], str | None]:
+    """The clean images held out of training, the (source, pair) items to validate on and the hold-out warning."""
+    held: set[Path] = set()
+    val_items: list[tuple[int, Pair]] = []
+    if config.val_dir is not None:
+        photos = [Pair(p) for p in list_photos(config.val_dir)]
+        count = config.val_count if config.val_count is not None else DEFAULT_VAL_COUNT
+        for k in range(len(config.sources)):
+            if degraders[k] is not None:
+                val_items += [(k, p) for p in photos[: count or len(photos)]]
+    counts: list[tuple[str, int, int]] = []
+    for k, pairs in enumerate(all_pairs):
+        if config.val_dir is not None and degraders[k] is not None:
+            continue
+        images = len({_file(p.gt) for p in pairs})
+        picked = _held_out(pairs, _hold_out_count(config, images), config.seed)
+        counts.append((config.sources[k].task, len(picked), images))
+        held |= picked
+        first: dict[Path, Pair] = {}  # one validation pair per held-out image (RESIDE has 35 hazy per clean)
+        for p in pairs:
+            if _file(p.gt) in picked:
+                first.setdefault(_file(p.gt), p)
+        val_items += [(k, p) for p in first.values()]
+    return held, val_items, _hold_out_warning(config, counts)
+
+
 def build_datasets(
     config: TrainConfig, *, with_val: bool = True, views: tuple[int, int] | None = None
 ) -> tuple[TrainingSet, list[ValPair]]:
     """The training set of `config.sources` and (when `with_val`) its validation pairs; `views`: see TrainingSet."""
-    all_pairs, warnings = [], []
+    all_pairs: list[list[Pair]] = []
+    warnings: list[str] = []
     for source in config.sources:
         if source.clean_dir is not None:
             all_pairs.append([Pair(p) for p in list_photos(source.clean_dir)])
         else:
             all_pairs.append(_registry_pairs(source, config.data_root, warnings))
     degraders = [_degrader(s) for s in config.sources]
-
-    held: set[Path] = set()
-    val_items: list[tuple[int, Pair]] = []
-    if config.val_dir is not None:
-        photos = [Pair(p) for p in list_photos(config.val_dir)]
-        for k in range(len(config.sources)):
-            if degraders[k] is not None:
-                val_items += [(k, p) for p in photos[: config.val_count or len(photos)]]
-    if config.val_count:
-        for k, pairs in enumerate(all_pairs):
-            if config.val_dir is not None and degraders[k] is not None:
-                continue
-            picked = _held_out(pairs, config.val_count, config.seed)
-            held |= picked
-            first: dict[Path, Pair] = {}  # one validation pair per held-out image (RESIDE has 35 hazy per clean)
-            for p in pairs:
-                if p.gt in picked:
-                    first.setdefault(p.gt, p)
-            val_items += [(k, p) for p in first.values()]
+    held, val_items, hold_out_warning = _validation_items(config, all_pairs, degraders)
+    if hold_out_warning:
+        warnings.append(hold_out_warning)
 
     sources = []
     for k, (source, pairs) in enumerate(zip(config.sources, all_pairs)):
@@ -219,7 +270,7 @@ def build_datasets(
     dataset = TrainingSet(
         sources, patch_size=config.patch_size, augment=config.augment, seed=config.seed, reader=read_rgb, views=views
     )
-    dataset.warnings = warnings  # what the registry noticed while pairing (unpaired files, unexpected counts)
+    dataset.warnings = warnings  # what the registry noticed while pairing, and a hold-out that takes many images
     val = []
     if with_val:
         seen: dict[int, int] = {}
