@@ -89,14 +89,12 @@ class TrainConfig:
 
     preset: str = "custom"
     # -- network
-    arch: str = field(
-        default="moce_ir", metadata=_flag("Network: moce_ir (default) or lora_ir (with --stage).", "Network")
-    )
+    arch: str = field(default="moce_ir", metadata=_flag("Network: moce_ir or lora_ir (with --stage).", "Network"))
     #: a named config of `arch` (MoCE_IR, MoCE_IR_S, tiny), then `model` overrides single fields (e.g. {"dim": 24})
     variant: str = field(
         default="MoCE_IR_S",
         metadata=_flag(
-            "Network config: MoCE_IR, MoCE_IR_S (default), tiny; LoRA-IR: setting1, tiny.", "Network", "--config", "-c"
+            "Network config: MoCE_IR, MoCE_IR_S, tiny; LoRA-IR: setting1, tiny.", "Network", "--config", "-c"
         ),
     )
     model: dict[str, Any] = field(default_factory=dict)
