@@ -8,12 +8,11 @@ import typer
 
 from ..errors import IrtoolError
 from . import output
-from .options import DEVICE_HELP, Trust, json_flag
+from .options import Device, GpuNumber, Trust, json_flag
 
 _HELP = {
     "weights": "Checkpoint file, folder or manifest name. Default: random weights of --config.",
     "config": "Named config for random weights: MoCE_IR_S, MoCE_IR, or arch:variant (moce_ir:tiny).",
-    "gpu": "Run on CUDA device N (same as --device cuda:N).",
     "sizes": "Image sizes: N for N x N, WxH otherwise. Default 256,512,1024 on GPUs, 256 on CPUs.",
     "batch": "Batch sizes, e.g. 1,4.",
     "precision": "fp32, bf16, fp16 (autocast). Default fp32,bf16 on GPUs, fp32 on CPUs.",
@@ -32,8 +31,8 @@ _HELP = {
 def bench(
     weights: Annotated[str | None, typer.Option("--weights", "--model", "-m", help=_HELP["weights"])] = None,
     config: Annotated[str, typer.Option(help=_HELP["config"])] = "MoCE_IR_S",
-    gpu: Annotated[int | None, typer.Option("--gpu", "-g", help=_HELP["gpu"])] = None,
-    device: Annotated[str, typer.Option("--device", "-d", help=DEVICE_HELP)] = "auto",
+    gpu: GpuNumber = None,
+    device: Device = "auto",
     sizes: Annotated[str | None, typer.Option(help=_HELP["sizes"])] = None,
     batch: Annotated[str, typer.Option(help=_HELP["batch"])] = "1",
     precision: Annotated[str | None, typer.Option(help=_HELP["precision"])] = None,

@@ -15,6 +15,7 @@ from .options import (
     GpuNumber,
     Model,
     Precision,
+    PrecisionOption,
     Trust,
     Weights,
     config_fields,
@@ -51,7 +52,7 @@ def calibrate(
     ] = None,
     device: Device = "auto",
     gpu: GpuNumber = None,
-    precision: Annotated[Precision, typer.Option("--precision", help="As for restore.")] = Precision.auto,
+    precision: PrecisionOption = Precision.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Crops per forward pass.")] = 4,
     min_accuracy: Annotated[
         float,

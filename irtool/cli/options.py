@@ -26,9 +26,9 @@ class Precision(str, enum.Enum):
     fp16 = "fp16"
 
 
-def json_flag(help: str = "Print JSON on stdout instead of text.") -> Any:
+def json_flag(help: str = "Print JSON on stdout instead of text.", **settings: Any) -> Any:
     """`--json`: in every command a flag that prints JSON on stdout (files are written by options of their own)."""
-    return typer.Option("--json", help=help)
+    return typer.Option("--json", help=help, **settings)
 
 
 Trust = Annotated[
@@ -39,9 +39,16 @@ JsonFlag = Annotated[bool, json_flag()]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no table.")]
 
 DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
-Device = Annotated[str, typer.Option("--device", "-d", help=DEVICE_HELP)]
+
+
+def device_option(help: str = DEVICE_HELP, short: bool = True, **settings: Any) -> Any:
+    """`--device/-d`: the torch device a command runs on."""
+    return typer.Option("--device", *(["-d"] if short else []), help=help, **settings)
+
+
+Device = Annotated[str, device_option()]
 #: `eval` keeps `-d` for its deprecated spelling of --dataset for now: there --device has no short form yet
-DeviceLongOnly = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
+DeviceLongOnly = Annotated[str, device_option(short=False)]
 GpuNumber = Annotated[int | None, typer.Option("--gpu", "-g", help="Same as --device cuda:N.", show_default=False)]
 
 

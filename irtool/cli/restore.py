@@ -16,6 +16,7 @@ from .options import (
     ConfigFields,
     Device,
     Model,
+    Precision,
     PrecisionOption,
     Quiet,
     Router,
@@ -28,7 +29,6 @@ from .options import (
     gpu_numbers,
     json_flag,
 )
-from .options import Precision as Precision
 
 
 class OutputFormat(str, enum.Enum):

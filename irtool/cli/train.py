@@ -18,7 +18,7 @@ import typer
 
 from ..train import presets
 from . import output
-from .options import DEVICE_HELP, int_list
+from .options import DEVICE_HELP, device_option, int_list, json_flag
 
 # -- the flags made from the config's fields
 
@@ -184,19 +184,12 @@ def train(
     ] = False,
     device: Annotated[
         str,
-        typer.Option(
-            "--device",
-            "-d",
-            help=f"{DEVICE_HELP} Under torchrun each process takes cuda:LOCAL_RANK.",
-            rich_help_panel="Run",
-        ),
+        device_option(f"{DEVICE_HELP} Under torchrun each process takes cuda:LOCAL_RANK.", rich_help_panel="Run"),
     ] = "auto",
     threads: Annotated[
         int | None, typer.Option("--threads", help="CPU threads for torch.", rich_help_panel="Run")
     ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the final summary as one JSON object.", rich_help_panel="Run")
-    ] = False,
+    as_json: Annotated[bool, json_flag("Print the final summary as one JSON object.", rich_help_panel="Run")] = False,
     clean_dir: Annotated[
         str | None,
         typer.Option(
