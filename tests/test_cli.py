@@ -52,3 +52,161 @@ def test_a_bad_checkpoint_is_one_line_and_exit_1(tmp_path):
 def test_usage_errors_exit_2():
     assert runner.invoke(app, ["inspect"]).exit_code == 2
     assert runner.invoke(app, ["no-such-command"]).exit_code == 2
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One CLI that behaves the same everywhere
+
+#: every flag each command had before irtool/cli.py became a package: they all keep working
+FLAGS_BEFORE = {
+    "bench": "--batch --breakdown --compile --config --cuda-graphs --device --experts --gpu --json --model "
+    "--no-tune-allocator --path --precision --profile --runs --sizes --threads --trust-checkpoint --tune-allocator "
+    "--warmup --weights -m",
+    "calibrate": "--batch-size --classes --clean-dir --config --crops --device --gpu --json --levels --min-accuracy "
+    "--model --output --precision --seed --size --trust-checkpoint --weights -b -d -g -m -o -w",
+    "datasets check": "--data-root --json",
+    "datasets list": "--data-root --json",
+    "degrade": "--kind --level --overwrite --seed -k -l",
+    # eval's -d (now --dataset) and --json FILE are read through deprecated spellings (tests/test_evaluate.py)
+    "eval": "--clean-dir --config --crop-border --csv --data-root --dataset --device --figure --gpu --json --limit "
+    "--model --noise-stream --plot --precision --protocol --quiet --report --reported --router --router-config "
+    "--routing-noise --save-format --save-images --save-inputs --setting --tile --trust-checkpoint --weights -g -m -q "
+    "-w",
+    "inspect": "--config --json --router-config --trust-checkpoint",
+    "report": "--figure --output -o",
+    "restore": "--batch-size --calibration --config --crf --cut-threshold --device --dry-run --end --format --gpu "
+    "--json --keep-partial --lossless --max-megapixels --model --overwrite --precision --quality --quiet --report "
+    "--route-per-frame --route-per-tile --route-size --router --router-config --skip-existing --start --suffix --tile "
+    "--tile-overlap --trust-checkpoint --video-codec --weights --workers -b -d -f -g -m -q -t -w",
+    "train": "--arch --art-ema --art-tau --augment --balance-weight --batch-size --blocks --channels-last --ckpt-every "
+    "--clean-dir --compile --complexity --config --config-file --data-root --dec-blocks --device --dim --epochs "
+    "--experts --fft-weight --grad-clip --heads --init --json --log-every --loss --lr --lr-min --no-channels-last "
+    "--no-complexity --num-workers --out --patch-size --precision --preset --print-config --refinement-blocks "
+    "--resume --reweight --route-task-weight --router --schedule-length --schedule-unit --seed --stage --steps --tasks "
+    "--threads --top-k --train-all --val-count --val-dir --val-every --val-size --warmup --weight-decay -c -o -p",
+    "weights convert": "--config --dtype --force --json --trust-checkpoint",
+    "weights fetch": "--force --json --retries --timeout --trust-checkpoint --url",
+    "weights import": "--config --force --json --name --role --trust-checkpoint",
+    "weights list": "--json",
+    "weights remove": "--json",
+    "weights show": "--json",
+    "weights verify": "--json --trust-checkpoint",
+}
+
+
+def commands():
+    """(command path, click command) of every leaf command."""
+    import typer.main
+
+    def walk(command, path):
+        if hasattr(command, "commands"):
+            for name, sub in sorted(command.commands.items()):
+                yield from walk(sub, [*path, name])
+        else:
+            yield " ".join(path), command
+
+    return dict(walk(typer.main.get_command(app), []))
+
+
+def option_names(command) -> set[str]:
+    return {name for p in command.params for name in (*p.opts, *getattr(p, "secondary_opts", ())) if name[0] == "-"}
+
+
+def test_every_flag_of_before_still_works():
+    found = commands()
+    assert set(found) == set(FLAGS_BEFORE)
+    for path, flags in FLAGS_BEFORE.items():
+        assert set(flags.split()) <= option_names(found[path]), path
+
+
+def test_json_is_a_flag_in_every_command():
+    for path, command in commands().items():
+        (json_option,) = [p for p in command.params if "--json" in p.opts]
+        assert json_option.is_flag, path
+
+
+def test_no_short_flag_has_two_meanings():
+    meanings: dict[str, list[set[str]]] = {}
+    for command in commands().values():
+        for p in command.params:
+            longs = {n for n in (*p.opts, *getattr(p, "secondary_opts", ())) if n.startswith("--")}
+            for short in (n for n in p.opts if n[0] == "-" and n[1] != "-"):
+                meanings.setdefault(short, []).append(longs)
+    for short, options in meanings.items():
+        assert set.intersection(*options), (short, options)  # one long name they all share
+
+
+def test_flags_show_as_flags_and_help_texts_literally():
+    for path in ["", *commands()]:
+        shown = runner.invoke(app, [*path.split(), "--help"], env={"COLUMNS": "200"})
+        assert shown.exit_code == 0 and "<bool>" not in shown.stdout, path
+    restore_help = runner.invoke(app, ["restore", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "[hh:]mm:ss" in restore_help  # rich would read "[hh:]" as markup and drop it
+    train_help = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "--compile" in train_help and "--no-compile" in train_help
+
+
+def test_a_flag_followed_by_a_boolean_word_is_refused_not_read_as_a_path(tmp_path):
+    cases = [
+        ["restore", str(tmp_path / "a.png"), str(tmp_path / "out"), "--skip-existing", "true"],
+        ["restore", "--overwrite", "yes", str(tmp_path / "a.png"), str(tmp_path / "out")],
+        ["degrade", str(tmp_path / "a.png"), str(tmp_path / "out"), "--overwrite", "1"],
+        ["weights", "fetch", "moce_ir.aio3", "--force", "false"],
+        ["train", "--compile", "on", "--print-config"],
+    ]
+    for args in cases:
+        result = runner.invoke(app, args)
+        flag, word = next(
+            (a, b) for a, b in zip(args, args[1:]) if a.startswith("--") and b.lower() in "true yes 1 false on"
+        )
+        assert result.exit_code == 2, args
+        assert f"{flag} {word}: flags take no value; leave out '{word}'" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert "--no-compile off" in runner.invoke(app, ["train", "--compile", "on"]).stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_error_lines_are_printed_literally(tmp_path):
+    odd = tmp_path / "in" / "[bold red]bad :smile:.png"
+    odd.parent.mkdir()
+    odd.write_bytes(b"not a png")
+    result = runner.invoke(app, ["degrade", str(tmp_path / "in"), str(tmp_path / "out")])
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "[bold red]bad :smile:.png" in line
+
+
+def test_no_command_function_is_over_80_lines():
+    import ast
+    from pathlib import Path
+
+    import irtool.cli
+
+    for path in Path(irtool.cli.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = node.end_lineno - node.body[0].lineno + 1  # the body: a signature of options does not count
+                assert body <= 80, f"{path.name}: {node.name} is {body} lines"
+
+
+def test_help_is_instant():
+    """`irtool --help` under 0.5 s: counted in the CPU time the process uses (the wall time on a busy machine also
+    counts other processes), and with none of the heavy modules imported."""
+    import resource
+
+    probe = (
+        "import sys\nfrom irtool.cli import main\nsys.argv = ['irtool', 'restore', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'numpy', 'cv2', 'PIL', 'rich.progress') if m in sys.modules]\n"
+        "sys.exit(f'imported {heavy}' if heavy else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    best = float("inf")
+    for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        done = subprocess.run([sys.executable, "-m", "irtool", "--help"], capture_output=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        best = min(best, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        assert done.returncode == 0
+    assert best < 0.5, f"irtool --help took {best:.2f} s of CPU time"

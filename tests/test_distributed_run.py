@@ -355,9 +355,9 @@ def _without_timing(obj):
 def test_eval_on_two_ranks_equals_one_rank(tmp_path, checkpoint):
     make_promptir_layout(tmp_path / "data", n=3)  # dehaze, derain and the three shared-stream noise levels
     args = ["eval", "-w", checkpoint, "--data-root", "data", "--setting", "aio3", "--reported", "moce_ir.aio3", "-q"]
-    single = irtool(*args, "--json", "one.json", "--csv", "one.csv", cwd=tmp_path)
+    single = irtool(*args, "--json-file", "one.json", "--csv", "one.csv", cwd=tmp_path)
     assert single.returncode == 0, single.stderr
-    result = torchrun(*args, "--json", "two.json", "--csv", "two.csv", cwd=tmp_path)
+    result = torchrun(*args, "--json-file", "two.json", "--csv", "two.csv", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert _without_timing(a) == _without_timing(b)  # bit-identical per-image scores, means, average, usage

@@ -179,7 +179,7 @@ def test_cli_eval_end_to_end(tmp_path, checkpoint):
     make_promptir_layout(tmp_path / "data", n=2)
     json_path, csv_path = tmp_path / "r.json", tmp_path / "r.csv"
     args = ["eval", "--weights", str(checkpoint), "--data-root", str(tmp_path / "data"), "--setting", "aio3",
-            "--reported", "moce_ir.aio3", "--json", str(json_path), "--csv", str(csv_path), "-q"]  # fmt: skip
+            "--reported", "moce_ir.aio3", "--json-file", str(json_path), "--csv", str(csv_path), "-q"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "cbsd68-50" in result.stdout and "32.73/0.917" in result.stdout  # the paper's average for this entry
@@ -196,21 +196,24 @@ def test_cli_eval_end_to_end(tmp_path, checkpoint):
     assert len(csv_path.read_text().splitlines()) == 1 + 10
 
     stdout = runner.invoke(
-        app, ["eval", "-w", str(checkpoint), "--data-root", str(tmp_path / "data"), "-d", "rain100l", "--json", "-"]
+        app, ["eval", "-w", str(checkpoint), "--data-root", str(tmp_path / "data"), "--dataset", "rain100l", "--json"]
     )
     assert stdout.exit_code == 0 and json.loads(stdout.stdout)["datasets"][0]["summary"]["n"] == 2
 
 
 def test_cli_eval_errors(tmp_path, checkpoint):
-    missing = runner.invoke(app, ["eval", "-w", str(checkpoint), "--data-root", str(tmp_path), "-d", "gopro"])
+    missing = runner.invoke(app, ["eval", "-w", str(checkpoint), "--data-root", str(tmp_path), "--dataset", "gopro"])
     assert missing.exit_code == 1
     assert "gopro: not found under" in missing.stderr and "irtool datasets check gopro" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
     # --figure only makes sense with the HTML report it is saved beside
-    lonely = runner.invoke(app, ["eval", "-w", str(checkpoint), "-d", "rain100l", "--figure", "a.png:0,0,8,8"])
+    lonely = runner.invoke(app, ["eval", "-w", str(checkpoint), "--dataset", "rain100l", "--figure", "a.png:0,0,8,8"])
     assert lonely.exit_code == 2 and "--figure needs --report FILE" in lonely.stderr
     assert runner.invoke(app, ["eval", "-w", str(checkpoint)]).exit_code == 2  # no dataset
-    assert runner.invoke(app, ["eval", "-w", str(checkpoint), "-d", "rain100l", "--protocol", "matlab"]).exit_code == 2
+    assert (
+        runner.invoke(app, ["eval", "-w", str(checkpoint), "--dataset", "rain100l", "--protocol", "matlab"]).exit_code
+        == 2
+    )
     # one unreadable image fails alone: exit 1, the others are scored
     make_moce_layout(tmp_path)
     (tmp_path / "deraining/Rain100L/rainy/rain-002.png").write_bytes(b"broken")
@@ -222,10 +225,10 @@ def test_cli_eval_errors(tmp_path, checkpoint):
             str(checkpoint),
             "--data-root",
             str(tmp_path),
-            "-d",
+            "--dataset",
             "rain100l",
             "-q",
-            "--json",
+            "--json-file",
             str(tmp_path / "r.json"),
         ],
     )
@@ -236,7 +239,7 @@ def test_cli_eval_errors(tmp_path, checkpoint):
 
 def test_cli_eval_without_a_model_uses_the_default_one_as_restore_does(tmp_path):
     make_moce_layout(tmp_path)
-    result = runner.invoke(app, ["eval", "--data-root", str(tmp_path), "-d", "rain100l", "-q", "--json", "-"])
+    result = runner.invoke(app, ["eval", "--data-root", str(tmp_path), "--dataset", "rain100l", "-q", "--json"])
     assert result.exit_code == 0, result.output
     assert "using the default model irtool.default" in result.stderr
     assert json.loads(result.stdout)["datasets"][0]["summary"]["n"] == 3
@@ -244,7 +247,7 @@ def test_cli_eval_without_a_model_uses_the_default_one_as_restore_does(tmp_path)
 
 def test_cli_eval_without_any_model_says_how_to_get_one(tmp_path, no_builtin_default):
     make_moce_layout(tmp_path)
-    result = runner.invoke(app, ["eval", "--data-root", str(tmp_path), "-d", "rain100l"])
+    result = runner.invoke(app, ["eval", "--data-root", str(tmp_path), "--dataset", "rain100l"])
     assert result.exit_code == 1 and "irtool weights fetch" in result.stderr
 
 
@@ -280,8 +283,8 @@ def test_classifier_routed_lora_ir_on_an_allweather_set(tmp_path):
     pair = build_pair("tiny").eval()
     torch.save({"params": pair.ir.state_dict()}, tmp_path / "ir.pth")
     torch.save({"params": pair.router.state_dict()}, tmp_path / "router.pth")
-    args = ["eval", "-w", str(tmp_path / "ir.pth"), "--router", str(tmp_path / "router.pth"), "-d", "raindrop-a",
-            "--data-root", str(tmp_path / "data"), "--json", "-"]  # fmt: skip
+    args = ["eval", "-w", str(tmp_path / "ir.pth"), "--router", str(tmp_path / "router.pth"), "--dataset", "raindrop-a",
+            "--data-root", str(tmp_path / "data"), "--json"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     d = json.loads(result.stdout)["datasets"][0]
@@ -357,8 +360,8 @@ def test_ctrl_c_keeps_the_finished_images_in_the_report_files(tmp_path, checkpoi
         return real(*args, **kwargs)
 
     monkeypatch.setattr(evaluate, "_evaluate_sample", interrupt_second)
-    args = ["eval", "-w", str(checkpoint), "--data-root", str(tmp_path), "-d", "rain100l", "-q",
-            "--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv")]  # fmt: skip
+    args = ["eval", "-w", str(checkpoint), "--data-root", str(tmp_path), "--dataset", "rain100l", "-q",
+            "--json-file", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv")]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 130 and "interrupted" in result.stderr
     data = json.loads((tmp_path / "r.json").read_text())
@@ -397,3 +400,23 @@ def test_saved_images_recompute_the_reported_scores_as_their_format_promises(tmp
             assert abs(psnr - result.psnr) < bound and abs(ssim - result.ssim) < bound
     with pytest.raises(IrtoolError, match="--save-format jpeg: one of png8, png16, tiff"):
         evaluate.EvalOptions(save_format="jpeg").check()
+
+
+def test_cli_eval_old_spellings_still_work_with_a_warning(tmp_path, checkpoint):
+    make_moce_layout(tmp_path / "data", n=2)
+    base = ["eval", "-w", str(checkpoint), "--data-root", str(tmp_path / "data"), "-q"]
+
+    def scores(result):
+        assert result.exit_code == 0, result.output
+        return [(d["dataset"], d["summary"]["psnr"]) for d in json.loads(result.stdout)["datasets"]]
+
+    new = runner.invoke(app, [*base, "--dataset", "rain100l", "--json"])
+    assert "warning" not in new.stderr
+    old = runner.invoke(app, [*base, "-d", "rain100l", "--json", "-"])
+    assert scores(old) == scores(new)
+    assert "eval -d is deprecated: use --dataset" in old.stderr and "use --json (a flag" in old.stderr
+    to_file = runner.invoke(app, [*base, "-drain100l", "--json", str(tmp_path / "r.json")])
+    assert to_file.exit_code == 0 and "use --json-file" in to_file.stderr
+    assert [
+        (d["dataset"], d["summary"]["psnr"]) for d in json.loads((tmp_path / "r.json").read_text())["datasets"]
+    ] == scores(new)

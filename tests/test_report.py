@@ -157,8 +157,8 @@ def evaluated(tmp_path_factory):
     make_moce_layout(root / "data", n=4)
     a, b = tiny_checkpoint(root, seed=0, name="a.pth"), tiny_checkpoint(root, seed=1, name="b.pth")
     report = root / "eval.html"
-    args = ["eval", "-w", str(a), "-w", str(b), "--data-root", str(root / "data"), "-d", "rain100l", "--reported", "moce_ir.aio3",
-            "--report", str(report), "--figure", "rain100l/rain-002.png:8,4,24,20", "--json", str(root / "e.json"),
+    args = ["eval", "-w", str(a), "-w", str(b), "--data-root", str(root / "data"), "--dataset", "rain100l", "--reported", "moce_ir.aio3",
+            "--report", str(report), "--figure", "rain100l/rain-002.png:8,4,24,20", "--json-file", str(root / "e.json"),
             "--csv", str(root / "e.csv"), "--save-images", str(root / "saved"), "-q"]  # fmt: skip
     result = runner.invoke(app, args)
     return root, result, report

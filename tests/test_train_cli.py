@@ -70,3 +70,43 @@ def test_bad_options_are_one_line_errors(tmp_path):
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, done.stderr)
     assert runner.invoke(app, ["train", "--blocks", "1,x"]).exit_code == 2
+
+
+def test_flags_are_made_from_the_config_fields(tmp_path, monkeypatch):
+    from dataclasses import dataclass, field, fields
+
+    from irtool.cli import train as train_cli
+    from irtool.train import presets
+
+    made = {f.field for f in train_cli.CONFIG_FLAGS if f.field}
+    # every field is a flag, but the preset (--preset), the sources (--clean-dir/--tasks) and the network mapping
+    # (--dim, --blocks, ...: presets.MODEL_FIELDS)
+    assert made == {f.name for f in fields(TrainConfig)} - {"preset", "sources", "model"}
+    assert {f.model_key for f in train_cli.CONFIG_FLAGS if f.model_key} == set(presets.MODEL_FIELDS.values())
+
+    args = ["train", "--clean-dir", str(tmp_path), "--betas", "0.8,0.99", "--art-init", "0.2", "--compile",
+            "--no-complexity", "--loss", "l1", "-c", "tiny", "--print-config"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = TrainConfig.from_dict(json.loads(result.stdout))
+    assert (config.betas, config.art_init, config.compile, config.with_complexity, config.variant) == (
+        (0.8, 0.99),
+        0.2,
+        True,
+        False,
+        "tiny",
+    )
+    assert runner.invoke(app, ["train", "--betas", "0.9"]).exit_code == 2  # two values
+
+    @dataclass(frozen=True)
+    class Grown(TrainConfig):  # a field added to the config is a flag at once, typed and with its help
+        ema_decay: float | None = field(default=None, metadata={"help": "EMA of the weights.", "panel": "Optimisation"})
+
+    monkeypatch.setattr(presets, "TrainConfig", Grown)
+    (grown,) = [f for f in train_cli.config_flags() if f.field == "ema_decay"]
+    assert (grown.names, grown.kind, grown.help, grown.panel) == (
+        ("--ema-decay",),
+        float,
+        "EMA of the weights.",
+        "Optimisation",
+    )

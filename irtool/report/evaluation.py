@@ -207,7 +207,9 @@ def load_reports(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         items = data if isinstance(data, list) else [data]
         for item in items:
             if not isinstance(item, dict) or "datasets" not in item or "model" not in item:
-                raise IrtoolError(f"{path}: not an irtool eval report (write one with `irtool eval ... --json FILE`)")
+                raise IrtoolError(
+                    f"{path}: not an irtool eval report (write one with `irtool eval ... --json-file FILE`)"
+                )
             out.append(item)
     if not out:
         raise IrtoolError("no eval reports given")

@@ -82,89 +82,149 @@ class TaskSource:
             raise ConfigError(f"task {self.task!r}: repeat must be at least 1, got {self.repeat}")
 
 
+def _flag(help: str, panel: str, *names: str) -> dict[str, Any]:
+    """Field metadata for `irtool train`, which makes a flag of every field (irtool.cli.train): the flag's help line,
+    the --help panel that lists it, and its names where they are not `--field-name` (kept from older releases)."""
+    return {"help": help, "panel": panel, "names": names}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides what a training run computes. Defaults: the custom `--clean-dir` recipe."""
 
     preset: str = "custom"
     # -- network
-    arch: str = "moce_ir"
+    arch: str = field(default="moce_ir", metadata=_flag("Network: moce_ir or lora_ir (with --stage).", "Network"))
     #: a named config of `arch` (MoCE_IR, MoCE_IR_S, tiny), then `model` overrides single fields (e.g. {"dim": 24})
-    variant: str = "MoCE_IR_S"
+    variant: str = field(
+        default="MoCE_IR_S",
+        metadata=_flag(
+            "Network config: MoCE_IR, MoCE_IR_S, tiny; LoRA-IR: setting1, tiny.", "Network", "--config", "-c"
+        ),
+    )
     model: dict[str, Any] = field(default_factory=dict)
     #: MoCE-IR's complexity bias on the importance loss (the paper's method; the official README command omits
     #: `--with_complexity`, which turns it off)
-    with_complexity: bool = True
+    with_complexity: bool = field(
+        default=True,
+        metadata=_flag("MoCE-IR's complexity bias in the balance loss (on by default).", "Network", "--complexity"),
+    )
     #: start from these weights (a checkpoint irtool can load); LoRA-IR's expert stage starts from the base stage's,
     #: its router stage takes the CLIP tower of a router checkpoint (e.g. the released setting1_router.pth)
-    init: str | None = None
+    init: str | None = field(
+        default=None,
+        metadata=_flag(
+            "Start from these weights (LoRA-IR experts: the base stage's; router: a router file's CLIP tower).",
+            "Network",
+        ),
+    )
     #: LoRA-IR base and expert stages: the trained (frozen) router that gives each patch its prior and expert
-    router: str | None = None
+    router: str | None = field(
+        default=None, metadata=_flag("LoRA-IR base/experts stages: the trained router checkpoint (frozen).", "Network")
+    )
     # -- data
     sources: tuple[TaskSource, ...] = ()
     #: root folder of the benchmark datasets, for sources that name a registry dataset
-    data_root: str | None = None
-    patch_size: int = 128
+    data_root: str | None = field(
+        default=None, metadata=_flag("Root folder of the benchmark datasets (presets).", "Data")
+    )
+    patch_size: int = field(default=128, metadata=_flag("Training patch side in px.", "Data"))
     #: "dihedral": one of the 8 flips/rotations, identity included; "official": one of the 7 non-identity ones,
     #: always applied, as MoCE-IR/PromptIR's `random_augmentation`; "none"
-    augment: str = "dihedral"
+    augment: str = field(
+        default="dihedral",
+        metadata=_flag("dihedral (8 flips/rotations, identity included), official (7, never identity), none.", "Data"),
+    )
     #: per process (the official recipes: 8 per GPU on 4 GPUs)
-    batch_size: int = 8
-    num_workers: int = 2
+    batch_size: int = field(default=8, metadata=_flag("Patches per process and step.", "Data"))
+    num_workers: int = field(default=2, metadata=_flag("Data loader processes.", "Data"))
     # -- validation (decides `best`)
     #: folder of clean photos to validate on, degraded like the training tasks; else `val_count` images per task are
     #: held out of the training data
-    val_dir: str | None = None
+    val_dir: str | None = field(
+        default=None,
+        metadata=_flag("Clean photos to validate on (else --val-count images per task are held out).", "Data"),
+    )
     #: validation images per source; None: `DEFAULT_VAL_COUNT`, but at most a quarter of a source's images
-    val_count: int | None = None
+    val_count: int | None = field(
+        default=None,
+        metadata=_flag(
+            "Images held out per task for validation (4, at most a quarter of them; 0: no validation, no best).", "Data"
+        ),
+    )
     #: validation images are centre-cropped to this many pixels a side (0: whole images)
-    val_size: int = 256
+    val_size: int = field(default=256, metadata=_flag("Centre crop of validation images in px (0: whole).", "Data"))
     # -- losses
     #: "l1" (MoCE-IR), "psnr" (LoRA-IR's PSNRLoss), "ce" (LoRA-IR's router: cross-entropy over the tasks)
-    pixel_loss: str = "l1"
+    pixel_loss: str = field(
+        default="l1", metadata=_flag("Pixel loss: l1, psnr (LoRA-IR), ce (LoRA-IR router).", "Losses", "--loss")
+    )
     #: FFT-L1 weight, 0 turns it off (MoCE-IR's author used 0.1; the README's `--loss_type FFT` silently disabled it)
-    fft_weight: float = 0.0
+    fft_weight: float = field(default=0.0, metadata=_flag("FFT-L1 weight (presets 0.1; 0 off).", "Losses"))
     #: MoCE-IR routing balance (importance + load) loss weight
-    balance_weight: float = 0.01
+    balance_weight: float = field(default=0.01, metadata=_flag("Routing balance loss weight.", "Losses"))
     #: weight of the routing supervision: per MoCE layer, a linear read-out of the router's clean gate logits is
     #: trained with cross-entropy against the sample's task label (mean over layers), which makes the routing
     #: task-discriminative; the read-outs are training-only (not part of the weights). 0: off (the papers' recipe)
-    route_task_weight: float = 0.0
+    route_task_weight: float = field(
+        default=0.0,
+        metadata=_flag(
+            "MoCE-IR: weight of the routing supervision, a cross-entropy of each layer's gate logits (read out linearly) against the task label (0: off).",
+            "Losses",
+        ),
+    )
     #: "none" or "art": Art's active task reweighting of the per-task L1
-    reweight: str = "none"
-    art_tau: float = 0.1
-    art_ema: float = 0.01
-    art_init: float = 0.1
+    reweight: str = field(default="none", metadata=_flag("none, or art: Art's active task reweighting.", "Losses"))
+    art_tau: float = field(default=0.1, metadata=_flag("Art temperature.", "Losses"))
+    art_ema: float = field(default=0.01, metadata=_flag("Art moving-average coefficient.", "Losses"))
+    art_init: float = field(default=0.1, metadata=_flag("Art's starting state for every task.", "Losses"))
     # -- optimisation
-    lr: float = 2e-4
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr: float = field(default=2e-4, metadata=_flag("AdamW learning rate.", "Optimisation"))
+    weight_decay: float = field(default=0.01, metadata=_flag("AdamW weight decay.", "Optimisation"))
+    betas: tuple[float, float] = field(
+        default=(0.9, 0.999), metadata=_flag("AdamW betas, e.g. 0.9,0.999.", "Optimisation")
+    )
     #: linear warm-up then cosine to `lr_min`, counted in "epoch"s (stepped per epoch, as MoCE-IR) or "step"s
-    schedule_unit: str = "step"
-    warmup: int = 500
+    schedule_unit: str = field(
+        default="step", metadata=_flag("Count warm-up and cosine in epoch or step.", "Optimisation")
+    )
+    warmup: int = field(default=500, metadata=_flag("Linear warm-up length (schedule units).", "Optimisation"))
     #: where the cosine reaches `lr_min`; None: the end of training (MoCE-IR: 150 epochs, but it stops at 120)
-    schedule_length: int | None = None
-    lr_min: float = 0.0
+    schedule_length: int | None = field(
+        default=None, metadata=_flag("Where the cosine ends (default: the end of training).", "Optimisation")
+    )
+    lr_min: float = field(default=0.0, metadata=_flag("Learning rate at the end of the cosine.", "Optimisation"))
     #: length of the run: `steps` optimiser steps, or `epochs` passes over the (repeated) training list
-    steps: int | None = 20_000
-    epochs: int | None = None
+    steps: int | None = field(default=20_000, metadata=_flag("Optimiser steps to train.", "Optimisation"))
+    epochs: int | None = field(default=None, metadata=_flag("Epochs to train (instead of --steps).", "Optimisation"))
     #: clip the gradient norm to this value (0: off)
-    grad_clip: float = 0.0
+    grad_clip: float = field(default=0.0, metadata=_flag("Clip the gradient norm (0: off).", "Optimisation"))
     #: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "fp32"
-    precision: str = "auto"
+    precision: str = field(default="auto", metadata=_flag("auto (bf16 autocast on CUDA), bf16, fp32.", "Optimisation"))
     #: None: on for CUDA
-    channels_last: bool | None = None
-    compile: bool = False
-    seed: int = 0
+    channels_last: bool | None = field(
+        default=None, metadata=_flag("Channels-last memory layout (default: on for CUDA).", "Optimisation")
+    )
+    compile: bool = field(default=False, metadata=_flag("torch.compile the training step.", "Optimisation"))
+    seed: int = field(
+        default=0, metadata=_flag("Seed of the initialisation, the data order and the degradations.", "Optimisation")
+    )
     # -- LoRA-IR stages ("router", "base", "experts"); empty for MoCE-IR
-    stage: str = ""
+    stage: str = field(default="", metadata=_flag("LoRA-IR stage: router, base, experts.", "Network"))
     #: LoRA-IR expert stage: train every parameter (the released code) instead of the LoRA ones (the paper)
-    train_all: bool = False
+    train_all: bool = field(
+        default=False,
+        metadata=_flag(
+            "LoRA-IR expert stage: train every parameter (released code), not only LoRA (paper).", "Network"
+        ),
+    )
     # -- bookkeeping
-    ckpt_every: int = 1000
+    ckpt_every: int = field(default=1000, metadata=_flag("Checkpoint every N steps (and at the end).", "Run"))
     #: validate every this many steps (None: at every checkpoint)
-    val_every: int | None = None
-    log_every: int = 10
+    val_every: int | None = field(
+        default=None, metadata=_flag("Validate every N steps (default: at checkpoints).", "Run")
+    )
+    log_every: int = field(default=10, metadata=_flag("Log every N steps.", "Run"))
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> ConfigError:
