@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .spec import ArchSpec, Capabilities, Tiling
+
 ARCH = "clip_router"
 
 #: Class names of the released Setting I router (official `Setting1/README.md`, labels of `train_setting1.py`).
@@ -318,6 +320,10 @@ class CLIPRouter(nn.Module):
         self.clip_model.requires_grad_(False)  # frozen, as in the official code; only the head is trained
 
     @property
+    def spec(self) -> ArchSpec:
+        return SPEC
+
+    @property
     def classes(self) -> tuple[str, ...]:
         return self.config.classes
 
@@ -450,3 +456,19 @@ def infer_config(sd: Mapping[str, Tensor]) -> CLIPRouterConfig:
             return replace(variant, **seen)
     heads = max(1, seen["hidden_size"] // 64)
     return CLIPRouterConfig(**seen, num_heads=heads, classes=default_classes(num_classes))
+
+
+SPEC = ArchSpec(
+    name=ARCH,
+    title="LoRA-IR CLIP router",
+    detect=detect,
+    infer_config=infer_config,
+    config_from_dict=CLIPRouterConfig.from_dict,
+    build=CLIPRouter,
+    variants=VARIANTS,
+    obsolete_keys=OBSOLETE_KEYS,
+    unseen_fields=UNSEEN_FIELDS,
+    # the second file of a LoRA-IR model (see `lora_ir.SPEC.join`); it restores nothing by itself
+    capabilities=Capabilities(tiling=Tiling(supported=False)),
+    standalone=False,
+)
