@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from . import runtime
-from .archs.spec import RoutingRecord, spec_of
+from .archs.spec import RoutingRecord, restoring, spec_of
 from .errors import IrtoolError
 from .tiling import pad_to_multiple
 
@@ -400,7 +400,7 @@ def run_bench(
             x = pad_to_multiple(torch.rand(batch, 3, h, w, generator=gen), multiple).to(device)
             try:  # what every row is compared with: fp32, the model's own routing, the fast path
                 with torch.inference_mode():
-                    reference: Tensor | None = model.run(x).output.float()
+                    reference: Tensor | None = restoring(model).run(x).output.float()
             except RuntimeError:  # e.g. out of memory in fp32 where reduced precision still fits
                 reference = None
                 if device.type == "cuda":
@@ -488,7 +488,7 @@ def _measure(model: nn.Module, device: torch.device, plan: BenchPlan, x: Tensor,
 
     def eager() -> Any:
         with torch.inference_mode(), runtime.autocast(device, row.precision):
-            return model.run(x, routing, dense=dense, **path)
+            return restoring(model).run(x, routing, dense=dense, **path)
 
     call = eager
     if row.cuda_graph:
@@ -510,7 +510,8 @@ def _measure(model: nn.Module, device: torch.device, plan: BenchPlan, x: Tensor,
         times = _time_runs(call, device, plan.warmup, plan.runs)
         result = call()
         _sync(device)
-    row.memory_kind, row.peak_memory_mb = probe.kind, round(probe.peak_mb, 1)
+    row.memory_kind = probe.kind
+    row.peak_memory_mb = None if probe.peak_mb is None else round(probe.peak_mb, 1)
     ms = np.array(times) * 1000
     row.runs = len(times)
     row.median_ms = round(float(np.median(ms)), 3)

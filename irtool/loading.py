@@ -469,7 +469,7 @@ def resolve_source(source: str | Path) -> Path:
     if path.exists():
         return path
     if _is_name(source, path):
-        files = weights.resolve(source)
+        files = weights.resolve(str(source))
         return files.get("weights") or files.get("ir") or next(iter(files.values()))
     raise CheckpointError(f"{path}: no such file")
 

@@ -46,14 +46,15 @@ def run_padded(model: nn.Module, x: Tensor, *, padding: str | None = None, **kwa
     """`model.run(x, **kwargs)` for any H and W: x padded to the model's size multiple (its spec's `padding` unless
     given), the result's output cropped back to H x W. A model whose router is a pass of its own (LoRA-IR) routes
     the image as given and restores the padded one with that routing, as the official code does."""
-    from .archs.spec import spec_of
+    from .archs.spec import restoring, spec_of
 
     caps = spec_of(model).capabilities
+    net = restoring(model)
     h, w = x.shape[-2:]
     padded = pad_to_multiple(x, caps.size_multiple(model), padding or caps.padding)
     if padded is not x and kwargs.get("routing") is None and caps.routing is not None and caps.routing.separate:
-        kwargs["routing"] = model.route(x)
-    result = model.run(padded, **kwargs)
+        kwargs["routing"] = net.route(x)
+    result = net.run(padded, **kwargs)
     if padded is x:
         return result
     return dataclasses.replace(result, output=result.output[..., :h, :w].contiguous())

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._keys import config_fields
 from .spec import ArchSpec, Capabilities, Tiling
 
 ARCH = "clip_router"
@@ -117,8 +118,7 @@ class CLIPRouterConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CLIPRouterConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+        return cls(**config_fields(cls, d))
 
     @classmethod
     def from_official_kwargs(cls, kw: Mapping[str, Any], classes: tuple[str, ...] | None = None) -> CLIPRouterConfig:
@@ -340,7 +340,7 @@ class CLIPRouter(nn.Module):
         emb = self.embed(views.flatten(0, 1)).view(b, v, -1)
         features = torch.cat([emb[:, 0], emb[:, 1:].mean(dim=1)], dim=1)
         lin1, act1, lin2, act2 = self.de_extractor
-        prior = act2(_linear(lin2, act1(_linear(lin1, features))))
+        prior = act2(_linear(cast(nn.Linear, lin2), act1(_linear(cast(nn.Linear, lin1), features))))
         logits = _linear(self.cls_head, prior)
         return logits.float(), prior.float()
 
@@ -441,7 +441,7 @@ def infer_config(sd: Mapping[str, Tensor]) -> CLIPRouterConfig:
         layers += 1
     if layers == 0:
         raise ValueError("no encoder layers")
-    seen = dict(
+    seen: dict[str, Any] = dict(
         hidden_size=int(hidden),
         num_layers=layers,
         intermediate_size=int(sd[f"{vm}.encoder.layers.0.mlp.fc1.weight"].shape[0]),

@@ -35,13 +35,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._keys import count_children
+from ._keys import config_fields, count_children
 from .clip_router import VARIANTS as ROUTER_VARIANTS
 from .clip_router import CLIPRouter, CLIPRouterConfig
 from .spec import ArchSpec, Capabilities, Classifier, Join, RoutingReport, Tiling
@@ -112,8 +112,7 @@ class LoRAIRNetConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LoRAIRNetConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+        return cls(**config_fields(cls, d))
 
     @classmethod
     def from_official_kwargs(cls, kw: Mapping[str, Any]) -> LoRAIRNetConfig:
@@ -490,7 +489,7 @@ class LoRAIRNet(nn.Module):
         super().__init__()
         cfg = config or LoRAIRNetConfig()
         self.config = cfg
-        lora = dict(rank=cfg.rank, num_experts=cfg.num_experts, scaling=cfg.lora_scaling)
+        lora: dict[str, Any] = dict(rank=cfg.rank, num_experts=cfg.num_experts, scaling=cfg.lora_scaling)
         p = cfg.prior_dim
         # Registration order follows the official class, so state dicts list keys in the official order.
         self.intro = LoRAConv2d(cfg.in_channels, cfg.width, 3, padding=1, **lora)
@@ -590,8 +589,9 @@ class LoRAIRNet(nn.Module):
             skips.append(x)
             x = down(x, state)
         x = self.middle_blks(x, e, state)
-        for decoder, (up, shuffle), skip in zip(self.decoders, self.ups, reversed(skips)):
-            x = decoder(shuffle(up(x, state)) + skip, state)
+        for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
+            conv, shuffle = cast(nn.ModuleList, up)  # (LoRAConv2d, PixelShuffle): the official `ups.{i}.{0,1}` keys
+            x = decoder(shuffle(conv(x, state)) + skip, state)
         return self.ending(x, state) + inp
 
 

@@ -35,13 +35,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._keys import count_children
+from ._keys import config_fields, count_children
 from .spec import ArchSpec, Capabilities, RoutingReport, Tiling
 
 ARCH = "moce_ir"
@@ -133,8 +133,7 @@ class MoCEIRConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MoCEIRConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+        return cls(**config_fields(cls, d))
 
     @classmethod
     def from_official_kwargs(cls, kw: Mapping[str, Any]) -> MoCEIRConfig:
@@ -226,9 +225,10 @@ class Routing:
 
     @staticmethod
     def cat(parts: list[Routing]) -> Routing:
-        logits = None if any(p.logits is None for p in parts) else torch.cat([p.logits for p in parts])
-        hosts = [p._host() for p in parts]
-        host = None if any(h is None for h in hosts) else torch.cat(hosts)
+        logit_parts = [p.logits for p in parts if p.logits is not None]
+        logits = torch.cat(logit_parts) if len(logit_parts) == len(parts) else None
+        hosts = [h for h in (p._host() for p in parts) if h is not None]
+        host = torch.cat(hosts) if len(hosts) == len(parts) else None
         return Routing(torch.cat([p.experts for p in parts]), torch.cat([p.gates for p in parts]), logits, host)
 
 
@@ -477,6 +477,7 @@ class GatedFFN(nn.Module):
             part = F.conv2d(gated, weight[:, lo:hi])
             del gated
             out = part if out is None else _add(out, part)
+        assert out is not None  # _ranges gives at least one slice
         bias = self.project_out.bias
         return out if bias is None else _add(out, bias.view(1, -1, 1, 1).to(out.dtype))
 
@@ -637,6 +638,8 @@ class Router(nn.Module):
     complexity bias is on.
     """
 
+    complexity: Tensor
+
     def __init__(self, dim: int, freq_dim: int, num_experts: int, complexity: Tensor) -> None:
         super().__init__()
         # Sequential indices match the official keys (`gate.2.weight`); index 1 was an einops Rearrange.
@@ -691,7 +694,7 @@ class MoCELayer(nn.Module):
         self.routing = Router(dim, cfg.freq_dim, cfg.num_experts, complexity)
 
     def expert(self, e: int) -> ComplexityExpert:
-        return self.experts[e][0]
+        return cast(ComplexityExpert, cast(nn.ModuleList, self.experts[e])[0])
 
     def _decide(self, x: Tensor, freq_emb: Tensor, state: _Pass) -> tuple[Tensor, Tensor, Tensor | None]:
         """Top-k experts (B, k) and gates (B, k) for this layer, recorded in `state`, and a CPU copy of the experts
@@ -898,15 +901,30 @@ class MoCEIR(nn.Module):
     @property
     def moce_layers(self) -> list[MoCELayer]:
         """The MoCE layers in forward order (lowest-resolution decoder first)."""
-        return [block.adapter for _, _, group in self.dec for block in group.layers]
+        return [cast(MoCEBlock, block).adapter for _, _, group in self._decoder() for block in group.layers]
 
     @property
     def moce_layer_names(self) -> list[str]:
         return [
             f"dec.{i}.2.layers.{j}.adapter"
-            for i, (_, _, group) in enumerate(self.dec)
+            for i, (_, _, group) in enumerate(self._decoder())
             for j in range(len(group.layers))
         ]
+
+    def _encoder(self) -> list[tuple[TransformerGroup, Downsample]]:
+        """The encoder levels, full resolution first (ModuleLists keep the official keys `enc.{i}.{0,1}`)."""
+        return [(cast(TransformerGroup, level[0]), cast(Downsample, level[1])) for level in self._levels(self.enc)]
+
+    def _decoder(self) -> list[tuple[Upsample, nn.Conv2d, MoCEGroup]]:
+        """The decoder levels, lowest resolution first (`dec.{i}.{0,1,2}`)."""
+        return [
+            (cast(Upsample, level[0]), cast(nn.Conv2d, level[1]), cast(MoCEGroup, level[2]))
+            for level in self._levels(self.dec)
+        ]
+
+    @staticmethod
+    def _levels(stages: nn.ModuleList) -> list[nn.ModuleList]:
+        return [cast(nn.ModuleList, level) for level in stages]
 
     @property
     def size_multiple(self) -> int:
@@ -927,7 +945,7 @@ class MoCEIR(nn.Module):
         layers = self.moce_layers
         return {
             "router": [self.freq_embed, *(layer.routing for layer in layers)],
-            "experts": [expert[0] for layer in layers for expert in layer.experts],
+            "experts": [layer.expert(e) for layer in layers for e in range(len(layer.experts))],
         }
 
     # -- forward
@@ -969,15 +987,15 @@ class MoCEIR(nn.Module):
         x = x.contiguous(memory_format=self.memory_format if fast else torch.contiguous_format)
         feats = self.patch_embed(x)
         skips = []
-        for group, down in self.enc:
+        for group, down in self._encoder():
             feats = group(feats, fast)
             skips.append(feats)
             feats = down(feats)
         feats = self.latent(feats, fast)
         freq_emb = self.freq_embed(feats)
-        for up, fuse, group in self.dec:
+        for up, fuse, moce_group in self._decoder():
             feats = fuse(torch.cat([up(feats), skips.pop()], dim=1))
-            feats = group(feats, freq_emb, state)
+            feats = moce_group(feats, freq_emb, state)
         out = (self.output(self.refinement(feats, fast)) + x).contiguous()
 
         decided = Routing(

@@ -143,6 +143,14 @@ class _Described(Protocol):
     config: Any
 
 
+class Restoring(Protocol):
+    """The calls every architecture's model answers (see the module docstring); `restoring(model)` gives this view."""
+
+    def run(self, x: Tensor, routing: Any = None, **options: Any) -> Any: ...
+
+    def route(self, x: Tensor) -> Any: ...
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     """One architecture: how to recognise its checkpoints, read their config, build the network, and what it can do."""
@@ -176,6 +184,12 @@ class ArchSpec:
             "config": self.config_of(model).to_dict(),
             "parameters": sum(p.numel() for p in model.parameters()),
         }
+
+
+def restoring(model: nn.Module) -> Restoring:
+    """`model` typed by its contract (`run`, `route`), once `spec_of` has accepted it."""
+    spec_of(model)
+    return cast(Restoring, model)
 
 
 def spec_of(model: nn.Module) -> ArchSpec:

@@ -586,7 +586,7 @@ def _evaluate_sample(
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
-                kwargs = {"routing_noise": True} if options.routing_noise else {}
+                kwargs: dict[str, Any] = {"routing_noise": True} if options.routing_noise else {}
                 with _autocast(device, options.precision):
                     out = run_padded(model, x, **kwargs)  # padded as the official code pads, cropped back
                 restored = out.output.float().clamp(0, 1)
