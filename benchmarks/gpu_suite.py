@@ -663,6 +663,7 @@ def part_agreement(part: Part) -> None:
     from irtool import engine, loading, runtime
     from irtool.images import files as io
     from irtool.jobs import RestoreOptions
+    from irtool.tiling import run_padded
 
     s = part.scale
     photos = _photos(s.photo_side, 2 if part.args.dry_run else 5)
@@ -692,7 +693,7 @@ def part_agreement(part: Part) -> None:
                 # fp16 without the engine's safety net: how many output values overflow to NaN/Inf
                 x = torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous().to(part.device)
                 with torch.inference_mode(), runtime.autocast(part.device, "fp16"):
-                    raw = model.run(x).output
+                    raw = run_padded(model, x).output  # any photo size: padded to the multiple
                 row["fp16_raw_nonfinite"] = int((~torch.isfinite(raw)).sum())
             except Exception as exc:  # noqa: BLE001 - recorded per row
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"

@@ -1,10 +1,10 @@
 """`irtool bench`: latency, throughput and peak memory of a restoration model per image size, batch, precision, expert
 mode and code path, with an optional router / trunk / experts time breakdown.
 
-Any model with irtool's `run(x, routing=None, *, dense=False)` method works (MoCE-IR's and LoRA-IR's). Optional hooks add
-rows: `reference_path()` (a context manager running the plain formulation, to show what the fast paths gain),
-`uniform_routing(batch, expert)` (one expert everywhere, to show each expert's cost) and `profile_parts()` (modules
-per part for the breakdown). Timings use CUDA events on GPUs and `perf_counter` on CPUs, after warm-up runs; each row
+Any irtool model works (MoCE-IR's and LoRA-IR's): what it can do comes from its spec's capabilities, which add rows:
+the reference path (`run(x, reference=True)`, the plain formulation, to show what the fast paths gain), a uniform
+routing (one expert everywhere, to show each expert's cost) and the profile parts (modules per part for the
+breakdown). Inputs are random images of each size, reflect-padded to the model's size multiple. Timings use CUDA events on GPUs and `perf_counter` on CPUs, after warm-up runs; each row
 also checks its output against the fp32 sparse fast-path output of the same input. Imports torch.
 """
 
@@ -25,7 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from . import runtime
+from .archs.spec import RoutingRecord, restoring, spec_of
 from .errors import IrtoolError
+from .tiling import pad_to_multiple
 
 EXPERT_MODES = ("sparse", "dense")  # plus "e<N>": expert N imposed in every layer
 PATHS = ("fast", "reference")
@@ -218,37 +220,34 @@ class BenchReport:
 
 def random_model(config: str, seed: int = 0) -> nn.Module:
     """A network of a named config with random weights: 'MoCE_IR_S', or 'arch:variant' (e.g. 'moce_ir:tiny')."""
-    from .archs import ARCHS, build
+    from .archs import ARCHS
 
     arch, _, name = config.rpartition(":")
+    runnable = {a: spec for a, spec in ARCHS.items() if spec.standalone}  # not a companion file's network alone
     if arch:
-        if arch not in ARCHS:
-            raise IrtoolError(f"--config {config}: unknown architecture {arch!r} (one of {', '.join(ARCHS)})")
-        candidates = [arch] if name in ARCHS[arch].variants else []
+        if arch not in runnable:
+            raise IrtoolError(f"--config {config}: unknown architecture {arch!r} (one of {', '.join(runnable)})")
+        candidates = [arch] if name in runnable[arch].variants else []
     else:
-        candidates = [a for a, spec in ARCHS.items() if name in spec.variants]
+        candidates = [a for a, spec in runnable.items() if name in spec.variants]
     if not candidates:
-        known = ", ".join(f"{a}:{v}" for a, spec in ARCHS.items() for v in spec.variants)
+        known = ", ".join(f"{a}:{v}" for a, spec in runnable.items() for v in spec.variants)
         raise IrtoolError(f"--config {config}: no such config (known: {known})")
     if len(candidates) > 1:
         spelled = " or ".join(f"{a}:{name}" for a in candidates)
         raise IrtoolError(f"--config {config}: several architectures have it; write {spelled}")
     torch.manual_seed(seed)
-    if candidates[0] == "lora_ir":  # LoRA-IR runs as a pair: the network and the CLIP router that picks its expert
-        from .archs.lora_ir import build_pair
-
-        return build_pair(name)
-    return build(candidates[0], name)
+    spec = ARCHS[candidates[0]]
+    model = spec.build(spec.variants[name])
+    if spec.join is None:
+        return model
+    # a two-file model runs joined: e.g. LoRA-IR's network with the CLIP router (same variant name) that routes it
+    companion = ARCHS[spec.join.companion]
+    return spec.join.join(model, companion.build(companion.variants[name]), None)
 
 
 def describe_model(model: nn.Module, source: str) -> dict[str, Any]:
-    config = getattr(model, "config", None)
-    return {
-        "source": source,
-        "arch": getattr(model, "arch", type(model).__name__),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "config": config.to_dict() if hasattr(config, "to_dict") else None,
-    }
+    return {"source": source, **spec_of(model).describe(model)}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -328,7 +327,8 @@ class _MemoryProbe:
 @contextlib.contextmanager
 def _part_timer(model: nn.Module, device: torch.device) -> Iterator[dict[str, float]]:
     """Accumulates seconds spent inside each part's modules (hooks, synchronised on GPUs)."""
-    parts: Mapping[str, list[nn.Module]] = model.profile_parts() if hasattr(model, "profile_parts") else {}
+    profile = spec_of(model).capabilities.profile_parts
+    parts: Mapping[str, list[nn.Module]] = profile(model) if profile is not None else {}
     spent = {name: 0.0 for name in parts}
     started: dict[int, float] = {}
     handles = []
@@ -355,12 +355,11 @@ def _part_timer(model: nn.Module, device: torch.device) -> Iterator[dict[str, fl
             h.remove()
 
 
-def _routing_counts(result: Any) -> dict[str, int] | None:
-    routing = getattr(result, "routing", None)
-    experts = getattr(routing, "experts", None)
-    if not isinstance(experts, Tensor):
+def _routing_counts(model: nn.Module, result: Any) -> dict[str, int] | None:
+    if spec_of(model).capabilities.routing is None:
         return None
-    values, counts = torch.unique(experts.cpu(), return_counts=True)
+    routing: RoutingRecord = result.routing
+    values, counts = torch.unique(routing.experts.cpu(), return_counts=True)
     return {f"e{int(v)}": int(c) for v, c in zip(values, counts)}
 
 
@@ -394,13 +393,14 @@ def run_bench(
         model=describe_model(model, source),
         load_average=_load() if device.type == "cpu" else None,
     )
+    multiple = spec_of(model).capabilities.size_multiple(model)
     gen = torch.Generator().manual_seed(plan.seed)
     for h, w in plan.sizes:
         for batch in plan.batches:
-            x = torch.rand(batch, 3, h, w, generator=gen).to(device)
+            x = pad_to_multiple(torch.rand(batch, 3, h, w, generator=gen), multiple).to(device)
             try:  # what every row is compared with: fp32, the model's own routing, the fast path
                 with torch.inference_mode():
-                    reference: Tensor | None = model.run(x).output.float()
+                    reference: Tensor | None = restoring(model).run(x).output.float()
             except RuntimeError:  # e.g. out of memory in fp32 where reduced precision still fits
                 reference = None
                 if device.type == "cuda":
@@ -466,25 +466,29 @@ def _first_line(exc: BaseException) -> str:
 
 def _measure(model: nn.Module, device: torch.device, plan: BenchPlan, x: Tensor, row: BenchRow) -> Tensor | None:
     """Fill `row` with the timings of one case; returns the case's output (fp32, on the device)."""
+    spec = spec_of(model)
+    caps = spec.capabilities
     routing = None
     if row.experts.startswith("e") and row.experts[1:].isdigit():
-        if not hasattr(model, "uniform_routing"):
-            raise IrtoolError(f"{getattr(model, 'arch', 'this model')} cannot impose one expert everywhere")
+        if caps.uniform_routing is None:
+            raise IrtoolError(f"{spec.title} cannot impose one expert everywhere")
         try:
-            routing = model.uniform_routing(x.shape[0], int(row.experts[1:])).to(device)
+            routing = caps.uniform_routing(model, x.shape[0], int(row.experts[1:])).to(device)
         except ValueError as exc:
             raise IrtoolError(str(exc)) from None
     dense = row.experts == "dense"
+    if dense and not caps.dense:
+        raise IrtoolError(f"{spec.title} has no dense mode")
+    # the reference path is an argument of `run`, given only to models that have one
+    path: dict[str, bool] = {}
     if row.path == "reference":
-        if not hasattr(model, "reference_path"):
-            raise IrtoolError(f"{getattr(model, 'arch', 'this model')} has no reference path")
-        path_context: Callable[[], Any] = model.reference_path
-    else:
-        path_context = contextlib.nullcontext
+        if not caps.reference_path:
+            raise IrtoolError(f"{spec.title} has no reference path")
+        path["reference"] = True
 
     def eager() -> Any:
-        with path_context(), torch.inference_mode(), runtime.autocast(device, row.precision):
-            return model.run(x, routing, dense=dense)
+        with torch.inference_mode(), runtime.autocast(device, row.precision):
+            return restoring(model).run(x, routing, dense=dense, **path)
 
     call = eager
     if row.cuda_graph:
@@ -506,7 +510,8 @@ def _measure(model: nn.Module, device: torch.device, plan: BenchPlan, x: Tensor,
         times = _time_runs(call, device, plan.warmup, plan.runs)
         result = call()
         _sync(device)
-    row.memory_kind, row.peak_memory_mb = probe.kind, round(probe.peak_mb, 1)
+    row.memory_kind = probe.kind
+    row.peak_memory_mb = None if probe.peak_mb is None else round(probe.peak_mb, 1)
     ms = np.array(times) * 1000
     row.runs = len(times)
     row.median_ms = round(float(np.median(ms)), 3)
@@ -516,7 +521,7 @@ def _measure(model: nn.Module, device: torch.device, plan: BenchPlan, x: Tensor,
     # 4 significant figures, not 4 decimals: a slow case (0.0017 MP/s) keeps its precision too
     row.megapixels_per_s = float(f"{pixels / 1e6 / (row.median_ms / 1000):.4g}")
     row.images_per_s = float(f"{x.shape[0] / (row.median_ms / 1000):.4g}")
-    row.routing = _routing_counts(result)
+    row.routing = _routing_counts(model, result)
     output = result.output.float().clone()
 
     if plan.breakdown and not row.compiled and not row.cuda_graph:

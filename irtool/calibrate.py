@@ -85,7 +85,7 @@ def fingerprint(model: nn.Module) -> str:
 
 def signatures(routing: Any) -> np.ndarray:
     """(B, L*E) routing signatures: per MoCE layer, the softmax of the clean router logits."""
-    logits = getattr(routing, "logits", None)
+    logits = routing.logits
     if logits is None:
         raise CalibrationError("this routing has no router logits (it was imposed, not decided)")
     return torch.softmax(logits.float(), dim=-1).reshape(logits.shape[0], -1).cpu().numpy().astype(np.float64)

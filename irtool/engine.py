@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import weights
+from .archs.spec import RoutingRecord, spec_of
 from .errors import ImageError, IrtoolError
 from .images import files as io
 from .jobs import PRECISIONS, Job, RestoreOptions, RestoreReport, expand_inputs, output_path, plan, report_unrunnable
@@ -125,19 +126,16 @@ class Outcome:
     samples: np.ndarray | None = None
 
 
-def _routing_summary(routing: Any) -> tuple[list[list[int]] | None, list[list[float]] | None]:
-    """One image's chosen experts and their gates as (layers, k) lists, whatever the routing's own layout:
-    MoCE-IR has (L, k) experts and gates; a single global gate (LoRA-IR) has (k,) experts and a gate per expert."""
-    if not (hasattr(routing, "experts") and hasattr(routing, "gates")):
+def _routing_summary(routing: RoutingRecord | None) -> tuple[list[list[int]] | None, list[list[float]] | None]:
+    """One image's chosen experts and their gates as (layers, k) lists (each routing type knows its own layout)."""
+    if routing is None:
         return None, None
-    experts, gates = routing.experts[0], routing.gates[0].float()
-    if experts.dim() == 1:
-        experts = experts[None]
-    if gates.dim() == 1:
-        gates = gates[None]
-    if gates.shape[-1] != experts.shape[-1]:  # a gate for every expert: keep the chosen ones
-        gates = gates.gather(-1, experts.to(gates.device))
-    return experts.tolist(), gates.tolist()
+    return routing.summary()
+
+
+def _image_routing(routing: RoutingRecord | None, i: int) -> RoutingRecord | None:
+    """Image i's routing of a batch's (None for a network without routing)."""
+    return None if routing is None else routing[i]
 
 
 @dataclass
@@ -171,6 +169,12 @@ class Restorer:
     ) -> None:
         self.options = options or RestoreOptions()
         self.options.check()
+        try:
+            self.spec = spec_of(model)
+        except TypeError as exc:
+            raise IrtoolError(str(exc)) from None
+        #: H and W the network takes are multiples of this; the engine pads (reflect) and crops back
+        self.multiple = self.spec.capabilities.size_multiple(model)
         self.model = model.eval()
         self.device = device or next(model.parameters()).device
         self.amp_dtype, precision_notes = resolve_precision(self.options.precision, self.device)
@@ -219,7 +223,7 @@ class Restorer:
             router_config=options.router_config,
         )
         calibration = None
-        if not hasattr(model, "classify"):
+        if spec_of(model).capabilities.classifier is None:
             calibration, warning = find_calibration(path, model, options.calibration)
             if warning:
                 notes.append(warning)
@@ -238,7 +242,13 @@ class Restorer:
         """The model's routing for x (B, 3, H, W) on this device, at this precision."""
         dtype = self.amp_dtype if dtype == "default" else dtype
         with torch.inference_mode(), self._autocast(dtype):  # type: ignore[arg-type]
-            return self.model.route(x)
+            return self.model.route(self._route_input(x))
+
+    def _route_input(self, x: Tensor) -> Tensor:
+        """x as the router takes it: a router of its own (LoRA-IR's classifier) reads the image as given; a network
+        that routes inside its restoration pass (MoCE-IR) needs the size multiple."""
+        routing = self.spec.capabilities.routing
+        return x if routing is not None and routing.separate else pad_to_multiple(x, self.multiple)
 
     def _downscaled(self, x: Tensor) -> Tensor:
         """x with its longer side shrunk to `route_size` (area averaging), sides kept multiples of the model's."""
@@ -246,7 +256,7 @@ class Restorer:
         h, w = x.shape[-2:]
         if not size or max(h, w) <= size:
             return x
-        m = int(getattr(self.model, "size_multiple", 1))
+        m = self.multiple
         scale = size / max(h, w)
         nh = max(m, int(round(h * scale / m)) * m)
         nw = max(m, int(round(w * scale / m)) * m)
@@ -257,7 +267,7 @@ class Restorer:
         routing for every image of the batch (e.g. one shot's, for its video frames) instead of routing them."""
         model, options = self.model, self.options
         b, _, h, w = x.shape
-        multiple = int(getattr(model, "size_multiple", 1))
+        multiple = self.multiple
         with torch.inference_mode(), self._autocast(dtype):
             # Whole or tiled, the network sees the same reflect-padded canvas, so the two agree at the borders.
             padded = pad_to_multiple(x, multiple)
@@ -267,11 +277,18 @@ class Restorer:
                     return _Pass(result.output[..., :h, :w].float(), imposed, "imposed", 1, None)
                 result = model.run(padded)
                 return _Pass(result.output[..., :h, :w].float(), result.routing, "whole", 1, None)
-            # MoCE-IR's router and channel attention are global: by default the whole image decides once.
-            shared = imposed if imposed is not None else model.route(self._downscaled(x))
+            # Global routers (MoCE-IR's, LoRA-IR's) and attention: by default the whole image decides once.
+            caps = self.spec.capabilities
+            per_tile = imposed is None and (
+                caps.routing is None or options.route_per_tile or not caps.tiling.shared_routing
+            )
+            if imposed is not None or caps.routing is None:
+                shared = imposed
+            else:
+                shared = model.route(self._route_input(self._downscaled(x)))
             outputs, tiles, tile_size = [], 1, None
             for i in range(b):
-                if options.route_per_tile and imposed is None:
+                if per_tile:
                     run = lambda t: model.run(t).output  # noqa: E731
                 else:
                     mine = shared[i]
@@ -281,7 +298,7 @@ class Restorer:
                 )
                 outputs.append(out[..., :h, :w])
                 tiles, tile_size = len(grid), list(grid.tile_size)
-            mode = "imposed" if imposed is not None else "per-tile" if options.route_per_tile else "downscaled"
+            mode = "imposed" if imposed is not None else "per-tile" if per_tile else "downscaled"
             return _Pass(torch.cat(outputs), shared, mode, tiles, tile_size)
 
     def _start_tile(self, h: int, w: int) -> int:
@@ -309,7 +326,7 @@ class Restorer:
                     passes += self._fit(x[i : i + 1], dtype, sub, None if imposed is None else imposed[i])
                 return passes
             side = tile if tile and tile < max(h, w) else max(h, w)
-            multiple = int(getattr(self.model, "size_multiple", 1))
+            multiple = self.multiple
             smaller = (side // 2) // multiple * multiple
             if smaller < max(MIN_TILE, multiple):
                 raise OutOfMemory(f"out of memory even with {side} px tiles; try --device cpu, or free GPU memory")
@@ -341,12 +358,12 @@ class Restorer:
             per_image += [(p, i) for i in range(p.output.shape[0])]
         outcomes: list[Outcome] = []
         for k, (p, i) in enumerate(per_image):
-            output, dtype, routing = p.output[i : i + 1], self.amp_dtype, p.routing[i]
+            output, dtype, routing = p.output[i : i + 1], self.amp_dtype, _image_routing(p.routing, i)
             if dtype is not None and not bool(torch.isfinite(output).all()):
                 # Reduced precision overflowed: this image again, in fp32.
                 warnings[k].append(f"{_precision_name(dtype)} output had NaN/Inf; redone in fp32")
                 redo = self._fit(x[k : k + 1], None, [warnings[k]], None if imposed is None else imposed[k])[0]
-                output, dtype, routing, p = redo.output, None, redo.routing[0], redo
+                output, dtype, routing, p = redo.output, None, _image_routing(redo.routing, 0), redo
             outcomes.append(self._outcome(output, routing, p, dtype, warnings[k]))
         seconds = (time.perf_counter() - started) / len(images)
         for outcome in outcomes:
@@ -387,7 +404,7 @@ class Restorer:
         started = time.perf_counter()
         model, options = self.model, self.options
         h, w = image.height, image.width
-        multiple = int(getattr(model, "size_multiple", 1))
+        multiple = self.multiple
         notes: list[str] = []
         tile = self._start_tile(h, w)
         if not tile:
@@ -396,7 +413,7 @@ class Restorer:
                 f"{w}x{h} is too large to restore in one piece in this machine's memory; restored in {tile} px tiles"
             )
         shared = None
-        if not options.route_per_tile:
+        if not options.route_per_tile and self.spec.capabilities.routing is not None:
             size = options.route_size or 512
             if not options.route_size:
                 notes.append("--route-size 0 (full size) is not possible for an image this large; routed at 512 px")
@@ -463,13 +480,16 @@ class Restorer:
             warnings=notes,
         )
 
-    def name_degradation(self, routing: Any) -> tuple[str, float | None]:
+    def name_degradation(self, routing: RoutingRecord | None) -> tuple[str, float | None]:
         """(name, confidence) for one image's routing: the model's own classifier (LoRA-IR), else the routing
         calibration (MoCE-IR), else ("unknown", None)."""
+        classifier = self.spec.capabilities.classifier
+        if routing is None:  # a network without routing
+            return "unknown", None
         try:
-            if hasattr(self.model, "classify"):
-                return self.model.classify(routing)[0]
-            if self.calibration is not None and getattr(routing, "logits", None) is not None:
+            if classifier is not None:
+                return classifier.classify(self.model, routing)[0]
+            if self.calibration is not None and routing.logits is not None:
                 return self.calibration.classify(routing)[0]
         except (ValueError, RuntimeError):
             pass

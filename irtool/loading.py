@@ -6,7 +6,8 @@ unless those are a few known-harmless ones (argparse.Namespace, numpy scalars an
 
 The architecture and its full config are read off the keys and shapes (see each arch's `infer_config`); the network
 is then built and loaded with `strict=True`, so a checkpoint either loads exactly or is refused with one line saying
-why. LoRA-IR comes as two files (restoration network and CLIP router); `load_model` loads both and joins them.
+why. Everything architecture-specific comes from the spec (`irtool.archs.spec.ArchSpec`), including how a
+two-file model (LoRA-IR: restoration network and CLIP router) joins its second file.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .archs import ARCHS, ArchSpec
+from .archs import ARCHS, ArchSpec, spec_of
 from .errors import CheckpointError, ConfigGuessWarning, UnsafeCheckpointError
 from .weights import catalogue as weights
 from .weights.catalogue import CHECKPOINT_SUFFIXES
@@ -468,7 +469,7 @@ def resolve_source(source: str | Path) -> Path:
     if path.exists():
         return path
     if _is_name(source, path):
-        files = weights.resolve(source)
+        files = weights.resolve(str(source))
         return files.get("weights") or files.get("ir") or next(iter(files.values()))
     raise CheckpointError(f"{path}: no such file")
 
@@ -515,32 +516,20 @@ def resolve_model_files(source: str | Path, router: str | Path | None = None) ->
     raise CheckpointError(f"{path}: no such file")
 
 
-def _join_lora_ir(
-    ir: nn.Module, files: ModelFiles, *, trust: bool, router_config: Mapping[str, Any] | None = None
-) -> nn.Module:
-    """LoRA-IR's restoration network and its router, as one model."""
-    from dataclasses import replace
-
-    from .archs.lora_ir import LoRAIR
-
+def _join(model: nn.Module, spec: ArchSpec, files: ModelFiles, trust: bool, companion_config: Any) -> nn.Module:
+    """A two-file model: `model` (the main file's network) joined with its companion file's network, as the spec's
+    `join` says."""
+    join = spec.join
+    assert join is not None
     if files.router is None:
-        raise CheckpointError(
-            f"{files.main}: a LoRA-IR restoration network needs its CLIP router file too: pass it as "
-            "router='setting1_router.pth' (--router FILE), or load both by the manifest name 'lora_ir.setting1'"
-        )
+        raise CheckpointError(f"{files.main}: {join.missing}")
     sd, metadata = read_state_dict(files.router, trust=trust)
-    router = build_model(sd, metadata, files.router, router_config, option="router_config")
-    if router.arch != "clip_router":
-        raise CheckpointError(f"{files.router}: given as the router but it is a {ARCHS[router.arch].title} checkpoint")
-    if files.classes is not None:
-        if len(files.classes) != router.config.num_classes:
-            raise CheckpointError(
-                f"{files.router}: the manifest names {len(files.classes)} classes but the router has "
-                f"{router.config.num_classes}"
-            )
-        router.config = replace(router.config, classes=files.classes)
+    companion = build_model(sd, metadata, files.router, companion_config, option=f"{join.role}_config")
+    got = spec_of(companion)
+    if got.name != join.companion:
+        raise CheckpointError(f"{files.router}: given as the {join.role} but it is a {got.title} checkpoint")
     try:
-        return LoRAIR(ir, router)
+        return join.join(model, companion, files.classes)
     except ValueError as exc:
         raise CheckpointError(f"{files.router}: does not fit {files.main}: {_first_line(exc)}") from None
 
@@ -555,7 +544,8 @@ def load_model(
     config: Mapping[str, Any] | None = None,
     router_config: Mapping[str, Any] | None = None,
 ) -> nn.Module:
-    """Load a MoCE-IR or LoRA-IR model ready for inference (eval mode, no gradients needed).
+    """Load a model of any registered architecture (MoCE-IR, LoRA-IR) ready for inference (eval mode, no gradients
+    needed). Its spec (`irtool.archs.spec_of(model)`) says what it can do.
 
     source: a checkpoint file (`.ckpt` Lightning, `.pth`/`.pt` plain or wrapped state dict, `.safetensors`), a folder
         holding one (or LoRA-IR's two), or a name from `weights_manifest.json` that is in the cache.
@@ -574,20 +564,22 @@ def load_model(
     sd, metadata = read_state_dict(files.main, trust=trust)
     model = build_model(sd, metadata, files.main, config)
     del sd
-    if model.arch == "clip_router":
-        raise CheckpointError(
-            f"{files.main}: a LoRA-IR CLIP router alone restores nothing; load the restoration network "
-            "(setting1_ir.pth) and pass this file as its router"
+    spec = spec_of(model)
+    if not spec.standalone:
+        main = next((s for s in ARCHS.values() if s.join is not None and s.join.companion == spec.name), None)
+        hint = (
+            main.join.alone if main is not None and main.join is not None else f"a {spec.title} alone restores nothing"
         )
-    if model.arch == "lora_ir":
-        model = _join_lora_ir(model, files, trust=trust, router_config=router_config)
+        raise CheckpointError(f"{files.main}: {hint}")
+    if spec.join is not None:
+        model = _join(model, spec, files, trust, router_config)
     elif files.router is not None:
-        raise CheckpointError(f"{files.main}: a {ARCHS[model.arch].title} checkpoint takes no router file")
+        raise CheckpointError(f"{files.main}: a {spec.title} checkpoint takes no router file")
     elif router_config:
-        raise CheckpointError(f"{files.main}: a {ARCHS[model.arch].title} checkpoint has no router to configure")
+        raise CheckpointError(f"{files.main}: a {spec.title} checkpoint has no router to configure")
     model.requires_grad_(False)
     dev = resolve_device(device)
     model = model.to(device=dev, dtype=dtype or torch.float32)
-    if model.arch == "lora_ir":
-        model.router.to(dtype=torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    if spec.join is not None and spec.join.place is not None:
+        spec.join.place(model, dev)
     return model.eval()

@@ -44,11 +44,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import IrtoolError
+
+if TYPE_CHECKING:
+    from .archs.spec import RoutingRecord
 
 #: file extensions restored as videos
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
@@ -349,27 +352,11 @@ class _Sampler:
         return [self.kept[min(m - 1, int((i + 0.5) * m / self.n))] for i in range(self.n)]
 
 
-def shared_routing(routing: Any) -> Any:
-    """One routing (batch 1) for a shot from the routing of its sample frames.
-
-    MoCE-IR: per layer, the mean of the frames' router probabilities; its top-k are the experts, their mean
-    probabilities the gates (as the model's own gates are probabilities), and its log the logits, so that the
-    routing calibration names the shot from the mean routing signature. LoRA-IR: mean class logits and prior.
-    Other layouts: the routing of the middle sample."""
-    from .archs.moce_ir import Routing
-
-    if isinstance(routing, Routing) and routing.logits is not None:
-        probs = routing.logits.float().softmax(dim=-1).mean(dim=0, keepdim=True)
-        gates, experts = probs.topk(routing.experts.shape[-1], dim=-1)
-        return Routing(experts.cpu(), gates.cpu(), probs.clamp_min(1e-12).log().cpu())
-    if hasattr(routing, "prior") and hasattr(routing, "logits") and hasattr(routing, "top_k"):
-        return type(routing)(
-            routing.logits.float().mean(0, keepdim=True).cpu(),
-            routing.prior.float().mean(0, keepdim=True).cpu(),
-            routing.top_k,
-        )
-    n = len(routing) if hasattr(routing, "__len__") else routing.experts.shape[0]
-    return routing[n // 2]
+def shared_routing(routing: RoutingRecord) -> RoutingRecord:
+    """One routing (batch 1) for a shot from the routing of its sample frames: each routing type's `consensus()`
+    (MoCE-IR: per layer, the mean of the frames' router probabilities, so that the routing calibration names the shot
+    from the mean routing signature; LoRA-IR: mean class logits and prior)."""
+    return routing.consensus()
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,19 +12,30 @@ from helpers import random_moce
 from torch import nn
 
 from irtool.archs.moce_ir import VARIANTS, MoCEResult, Routing
+from irtool.archs.spec import ArchSpec, Capabilities, RoutingReport, Tiling
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return {"seed": self.seed}
 
 
 class LocalNet(nn.Module):
     """A purely local network (three 3x3 convs, receptive-field radius 3) with the model contract:
-    `run(x, routing)` -> result with `.output` and `.routing`, `route(x)`, `size_multiple`.
+    `spec` (its `LOCAL_SPEC`), `config`, `run(x, routing)` -> result with `.output` and `.routing`, `route(x)`.
 
     Its "routing" is one fake layer whose expert is 0 or 1 by mean brightness, so routing can be checked."""
 
-    arch = "test_local"
-    size_multiple = 8
+    @property
+    def spec(self) -> ArchSpec:
+        return LOCAL_SPEC
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
+        self.config = LocalConfig(seed)
         torch.manual_seed(seed)
         self.body = nn.Sequential(
             nn.Conv2d(3, 8, 3, padding=1),
@@ -46,6 +58,23 @@ class LocalNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x).output
+
+
+LOCAL_SPEC = ArchSpec(
+    name="test_local",
+    title="local test network",
+    detect=lambda sd: False,
+    infer_config=lambda sd: LocalConfig(),
+    config_from_dict=lambda d: LocalConfig(**d),
+    build=lambda config: LocalNet(config.seed),
+    variants={},
+    capabilities=Capabilities(
+        size_multiple=lambda model: 8,
+        routing=RoutingReport(per_layer=True, separate=False, layer_names=lambda m: ["body"], num_experts=lambda m: 2),
+        imposed_routing=True,
+        tiling=Tiling(shared_routing=True),
+    ),
+)
 
 
 def tiny_checkpoint(folder: Path, seed: int = 0, name: str = "tiny.pth") -> Path:

@@ -4,15 +4,19 @@ job planning rules, the default model chain, and the Python API."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from helpers import random_moce
-from restore_fixtures import LocalNet, photo, tiny_checkpoint, tree_hashes
+from restore_fixtures import LOCAL_SPEC, LocalNet, photo, tiny_checkpoint, tree_hashes
 
 import irtool
 from irtool import engine, loading, weights
+from irtool.archs.lora_ir import LoRARouting
 from irtool.archs.moce_ir import VARIANTS
+from irtool.archs.spec import Classifier, RoutingReport
 from irtool.errors import IrtoolError, WeightsNotFoundError
 from irtool.images import files as io
 
@@ -330,19 +334,25 @@ def test_a_model_error_on_one_image_fails_that_image_only(tmp_path):
 def test_a_single_global_gate_is_reported_as_one_layer_with_the_chosen_experts_gate():
     """LoRA-IR's routing: experts (B, k) and a gate per expert (B, E); reports keep the (layers, k) layout."""
 
-    class GlobalGate:
-        def __init__(self, logits):
-            self.logits = logits
+    class GlobalGate(LoRARouting):
+        """A classifier's routing whose gates are its whole softmax (a gate for every expert, not only the chosen)."""
 
-        experts = property(lambda self: self.logits.topk(1, dim=-1).indices)
         gates = property(lambda self: self.logits.softmax(dim=-1))
 
-        def __getitem__(self, index):
-            return GlobalGate(self.logits[index if not isinstance(index, int) else slice(index, index + 1)])
+    one_gate_spec = replace(
+        LOCAL_SPEC,
+        capabilities=replace(
+            LOCAL_SPEC.capabilities,
+            routing=RoutingReport(per_layer=False, separate=True, layer_names=lambda m: [], num_experts=lambda m: 3),
+            classifier=Classifier(names=lambda m: ("rain",), classify=lambda m, routing: m.classify(routing)),
+        ),
+    )
 
     class OneGate(LocalNet):
+        spec = one_gate_spec
+
         def route(self, x):
-            return GlobalGate(torch.tensor([[0.0, 2.0, 1.0]]).repeat(x.shape[0], 1))
+            return GlobalGate(torch.tensor([[0.0, 2.0, 1.0]]).repeat(x.shape[0], 1), torch.zeros(x.shape[0], 1))
 
         def run(self, x, routing=None, *, dense=False):
             return MoCEResultLike(super().run(x).output, routing or self.route(x))

@@ -20,6 +20,7 @@ import irtool
 from irtool.archs.clip_router import VARIANTS as ROUTER_VARIANTS
 from irtool.archs.clip_router import CLIPRouterConfig, normalize_views
 from irtool.archs.lora_ir import VARIANTS, LoRAIRNetConfig, LoRARouting
+from irtool.tiling import pad_to_multiple, run_padded
 
 ATOL = 1e-5  # fp32: router embeddings, prior, logits; IR outputs
 
@@ -56,6 +57,13 @@ def model_bf16_router(folder):
 
 
 IMAGES = ["img0", "img1"]
+
+
+def _ir(model, x, prior, logits, **kwargs):
+    """The restoration network on x of any size: zero-padded to its multiple and cropped back, as the official
+    `check_image_size` does inside the network (here the caller pads)."""
+    out = model.ir(pad_to_multiple(x, model.ir.size_multiple, "zeros"), prior, logits, **kwargs)
+    return out[..., : x.shape[-2], : x.shape[-1]]
 
 
 def test_golden_checkpoints_load_strictly_with_the_tiny_configs(model, folder):
@@ -123,8 +131,8 @@ def test_ir_outputs_given_the_stored_prior_and_logits(model, golden, img, router
     x = golden[f"{img}.input"]
     prior, logits = golden[f"{img}.router.{router_mode}.de_prior"], golden[f"{img}.router.{router_mode}.logits"]
     with torch.no_grad():
-        out = model.ir(x, prior, logits, dense=dense)
-        imposed = model.run(x, LoRARouting(logits, prior), dense=dense).output
+        out = _ir(model, x, prior, logits, dense=dense)
+        imposed = run_padded(model, x, routing=LoRARouting(logits, prior), dense=dense).output
     torch.testing.assert_close(out, golden[f"{img}.ir.{output}"], atol=ATOL, rtol=0)
     torch.testing.assert_close(imposed, out, atol=FP32_ATOL, rtol=0)  # run() vs ir(): another path, FP32_ATOL
 
@@ -137,7 +145,7 @@ def test_degradation_embedding_of_the_prior(model, golden, img, router_mode, sto
     try:
         with torch.no_grad():
             prefix = f"{img}.router.{router_mode}"
-            model.ir(golden[f"{img}.input"], golden[f"{prefix}.de_prior"], golden[f"{prefix}.logits"])
+            _ir(model, golden[f"{img}.input"], golden[f"{prefix}.de_prior"], golden[f"{prefix}.logits"])
     finally:
         hook.remove()
     torch.testing.assert_close(seen["e"], golden[f"{img}.ir.intro_de_out_{stored}"], atol=ATOL, rtol=0)
@@ -162,7 +170,7 @@ def test_the_experts_really_differ(golden):
 @pytest.mark.parametrize("img", IMAGES)
 def test_end_to_end_restore_routes_and_restores_like_the_official_fp32_pipeline(model, golden, img):
     with torch.no_grad():
-        result = model.run(golden[f"{img}.input"])
+        result = run_padded(model, golden[f"{img}.input"])
     torch.testing.assert_close(result.routing.logits, golden[f"{img}.router.fp32.logits"], atol=ATOL, rtol=0)
     torch.testing.assert_close(result.output, golden[f"{img}.ir.output_fp32"], atol=ATOL, rtol=0)
     [(name, probability)] = model.classify(result.routing)

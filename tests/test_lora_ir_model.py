@@ -15,6 +15,7 @@ from irtool.archs import clip_router, lora_ir
 from irtool.archs.clip_router import CLIPRouter, CLIPRouterConfig, router_views_uint8, to_uint8
 from irtool.archs.lora_ir import LoRAIR, LoRAIRConfig, LoRAIRNet, LoRAIRNetConfig, LoRARouting, box_mean
 from irtool.loading import build_model
+from irtool.tiling import pad_to_multiple
 
 # --------------------------------------------------------------------------------------------------------------------
 # Released key lists (built on the meta device: no memory, no time)
@@ -257,10 +258,17 @@ def test_top2_routing_merges_per_image_and_equals_dense():
 
 @pytest.mark.parametrize("size", [(16, 16), (17, 30), (5, 9)])
 def test_any_size_is_zero_padded_to_16_and_cropped_back(size):
+    """The network takes multiples of its size multiple and refuses others; the caller zero-pads (as the official
+    `check_image_size` does inside) and crops back."""
     net = random_lora_net()
     x = make_images(1, *size)
+    if size[0] % 4 or size[1] % 4:
+        with pytest.raises(ValueError, match="not a multiple of 4 px"):
+            net(x, _prior(1), one_hot_logits([1]))
     with torch.no_grad():
-        out = net(x, _prior(1), one_hot_logits([1]))
+        out = net(pad_to_multiple(x, net.size_multiple, "zeros"), _prior(1), one_hot_logits([1]))[
+            ..., : size[0], : size[1]
+        ]
         padded = F.pad(x, (0, -size[1] % 4, 0, -size[0] % 4))  # MICRO_NET has 2 levels: multiple of 4
         manual = net._forward(padded, _prior(1), lora_ir._Pass(expert=1))[..., : size[0], : size[1]]
     assert out.shape == x.shape

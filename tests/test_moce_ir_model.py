@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from helpers import FP32_ATOL, ODD, diverse_routing_moce, make_images, random_moce
 
 from irtool.archs.moce_ir import VARIANTS, MoCEIR, MoCEIRConfig, Routing, infer_config
+from irtool.tiling import run_padded
 
 
 @pytest.mark.parametrize("name", ["MoCE_IR", "MoCE_IR_S", "tiny"])
@@ -141,12 +142,16 @@ def test_an_imposed_routing_reproduces_the_routers_own_choice():
 
 @pytest.mark.parametrize("size", [(37, 53), (8, 8), (5, 3), (64, 24), (1, 1)])
 def test_any_size_is_padded_and_cropped_back(size):
+    """The network takes multiples of 8 and refuses other sizes; `run_padded` pads (reflect) and crops back."""
     model = random_moce(VARIANTS["tiny"], seed=1)
     x = make_images(1, *size)
-    with torch.no_grad():
-        out = model(x)
-    assert out.shape == x.shape and torch.isfinite(out).all()
     h, w = size
+    if h % 8 or w % 8:
+        with pytest.raises(ValueError, match="not a multiple of 8 px"):
+            model(x)
+    with torch.no_grad():
+        out = run_padded(model, x).output
+    assert out.shape == x.shape and torch.isfinite(out).all()
     if h > 7 and w > 7:  # reflect padding to a multiple of 8, then a crop: same as padding by hand
         padded = F.pad(x, (0, -w % 8, 0, -h % 8), mode="reflect")
         with torch.no_grad():

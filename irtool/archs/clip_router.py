@@ -25,11 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ._keys import config_fields
+from .spec import ArchSpec, Capabilities, Tiling
 
 ARCH = "clip_router"
 
@@ -115,8 +118,7 @@ class CLIPRouterConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CLIPRouterConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+        return cls(**config_fields(cls, d))
 
     @classmethod
     def from_official_kwargs(cls, kw: Mapping[str, Any], classes: tuple[str, ...] | None = None) -> CLIPRouterConfig:
@@ -318,6 +320,10 @@ class CLIPRouter(nn.Module):
         self.clip_model.requires_grad_(False)  # frozen, as in the official code; only the head is trained
 
     @property
+    def spec(self) -> ArchSpec:
+        return SPEC
+
+    @property
     def classes(self) -> tuple[str, ...]:
         return self.config.classes
 
@@ -334,7 +340,7 @@ class CLIPRouter(nn.Module):
         emb = self.embed(views.flatten(0, 1)).view(b, v, -1)
         features = torch.cat([emb[:, 0], emb[:, 1:].mean(dim=1)], dim=1)
         lin1, act1, lin2, act2 = self.de_extractor
-        prior = act2(_linear(lin2, act1(_linear(lin1, features))))
+        prior = act2(_linear(cast(nn.Linear, lin2), act1(_linear(cast(nn.Linear, lin1), features))))
         logits = _linear(self.cls_head, prior)
         return logits.float(), prior.float()
 
@@ -435,7 +441,7 @@ def infer_config(sd: Mapping[str, Tensor]) -> CLIPRouterConfig:
         layers += 1
     if layers == 0:
         raise ValueError("no encoder layers")
-    seen = dict(
+    seen: dict[str, Any] = dict(
         hidden_size=int(hidden),
         num_layers=layers,
         intermediate_size=int(sd[f"{vm}.encoder.layers.0.mlp.fc1.weight"].shape[0]),
@@ -450,3 +456,19 @@ def infer_config(sd: Mapping[str, Tensor]) -> CLIPRouterConfig:
             return replace(variant, **seen)
     heads = max(1, seen["hidden_size"] // 64)
     return CLIPRouterConfig(**seen, num_heads=heads, classes=default_classes(num_classes))
+
+
+SPEC = ArchSpec(
+    name=ARCH,
+    title="LoRA-IR CLIP router",
+    detect=detect,
+    infer_config=infer_config,
+    config_from_dict=CLIPRouterConfig.from_dict,
+    build=CLIPRouter,
+    variants=VARIANTS,
+    obsolete_keys=OBSOLETE_KEYS,
+    unseen_fields=UNSEEN_FIELDS,
+    # the second file of a LoRA-IR model (see `lora_ir.SPEC.join`); it restores nothing by itself
+    capabilities=Capabilities(tiling=Tiling(supported=False)),
+    standalone=False,
+)

@@ -34,16 +34,17 @@ This module imports torch only: no I/O, no device choice.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._keys import count_children
+from ._keys import config_fields, count_children
 from .clip_router import VARIANTS as ROUTER_VARIANTS
 from .clip_router import CLIPRouter, CLIPRouterConfig
+from .spec import ArchSpec, Capabilities, Classifier, Join, RoutingReport, Tiling
 
 ARCH = "lora_ir"
 
@@ -98,7 +99,7 @@ class LoRAIRNetConfig:
 
     @property
     def size_multiple(self) -> int:
-        """The network zero-pads H and W to a multiple of this (one stride-2 conv per level)."""
+        """H and W must be multiples of this (one stride-2 conv per level); the official code zero-pads to it."""
         return 2**self.levels
 
     @property
@@ -111,8 +112,7 @@ class LoRAIRNetConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LoRAIRNetConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+        return cls(**config_fields(cls, d))
 
     @classmethod
     def from_official_kwargs(cls, kw: Mapping[str, Any]) -> LoRAIRNetConfig:
@@ -216,14 +216,25 @@ class LoRARouting:
         """(B, E) float: the classifier's softmax over all classes (its confidence in each degradation)."""
         return self.logits.float().softmax(dim=-1)
 
+    def summary(self) -> tuple[list[list[int]], list[list[float]]]:
+        """The first image's experts and their gates, as one "layer": ([[e, ...]], [[g, ...]])."""
+        experts = self.experts[:1]
+        return experts.tolist(), self.gates[:1].gather(-1, experts.to(self.logits.device)).tolist()
+
+    def consensus(self) -> LoRARouting:
+        """One routing for the whole batch: the mean class logits and the mean prior."""
+        return LoRARouting(
+            self.logits.float().mean(0, keepdim=True).cpu(), self.prior.float().mean(0, keepdim=True).cpu(), self.top_k
+        )
+
     def __getitem__(self, index: int | slice | Tensor | list[int]) -> LoRARouting:
         """The routing of a subset of the batch (keeps the batch dimension)."""
         if isinstance(index, int):
             index = slice(index, index + 1)
-        return LoRARouting(self.logits[index], self.prior[index], self.top_k)
+        return type(self)(self.logits[index], self.prior[index], self.top_k)
 
     def to(self, device: torch.device | str) -> LoRARouting:
-        return LoRARouting(self.logits.to(device), self.prior.to(device), self.top_k)
+        return type(self)(self.logits.to(device), self.prior.to(device), self.top_k)
 
     @staticmethod
     def cat(parts: list[LoRARouting]) -> LoRARouting:
@@ -478,7 +489,7 @@ class LoRAIRNet(nn.Module):
         super().__init__()
         cfg = config or LoRAIRNetConfig()
         self.config = cfg
-        lora = dict(rank=cfg.rank, num_experts=cfg.num_experts, scaling=cfg.lora_scaling)
+        lora: dict[str, Any] = dict(rank=cfg.rank, num_experts=cfg.num_experts, scaling=cfg.lora_scaling)
         p = cfg.prior_dim
         # Registration order follows the official class, so state dicts list keys in the official order.
         self.intro = LoRAConv2d(cfg.in_channels, cfg.width, 3, padding=1, **lora)
@@ -498,6 +509,10 @@ class LoRAIRNet(nn.Module):
             self.ups.append(nn.ModuleList([LoRAConv2d(c, 2 * c, 1, bias=False, **lora), nn.PixelShuffle(2)]))
             c //= 2
             self.decoders.append(Stage(c, blocks, 2 ** (cfg.levels - 1 - i), lora))
+
+    @property
+    def spec(self) -> ArchSpec:
+        return SPEC
 
     @property
     def size_multiple(self) -> int:
@@ -520,14 +535,21 @@ class LoRAIRNet(nn.Module):
         dense: bool = False,
         local_pool_px: int | None = None,
     ) -> Tensor:
-        """Restore x (B, C, H, W) with the router's prior (B, P) and logits (B, E).
+        """Restore x (B, C, H, W), H and W multiples of `size_multiple`, with the router's prior (B, P) and logits
+        (B, E). The official code zero-pads to the multiple inside (`check_image_size`); here the caller pads (zeros
+        and a crop of the output give the official numbers: `irtool.tiling.run_padded`).
 
         dense: run every expert on every image, gated (the official batched path): same result, for checks and
             benchmarks. Otherwise each image runs its top-1 expert merged into the weights, grouped by expert.
         local_pool_px: local channel-attention pooling with this base size in input pixels (NAFNet's TLC; see
             `config.tlc_px`); None or 0 pools globally.
         """
-        b = x.shape[0]
+        b, _, h, w = x.shape
+        m = self.config.size_multiple
+        if h % m or w % m:
+            raise ValueError(
+                f"LoRA-IR: input {w}x{h} px is not a multiple of {m} px; pad it first (irtool.tiling.pad_to_multiple)"
+            )
         if prior.shape[0] != b or logits.shape[0] != b:
             raise ValueError(f"prior/logits are for {prior.shape[0]}/{logits.shape[0]} images, the batch has {b}")
         routing = LoRARouting(logits, prior, self.config.top_k)
@@ -558,10 +580,6 @@ class LoRAIRNet(nn.Module):
         return out
 
     def _forward(self, inp: Tensor, prior: Tensor, state: _Pass) -> Tensor:
-        h, w = inp.shape[-2:]
-        m = self.config.size_multiple
-        # Zero padding right and bottom, as the official `check_image_size`; the global residual adds the padded input.
-        inp = F.pad(inp, (0, -w % m, 0, -h % m))
         x = self.intro(inp, state)
         e = prior.to(inp.dtype)[:, :, None, None]
         e = self.intro_de[3](self.intro_de[2](self.intro_de[1](self.intro_de[0](e, state)), state))
@@ -571,10 +589,10 @@ class LoRAIRNet(nn.Module):
             skips.append(x)
             x = down(x, state)
         x = self.middle_blks(x, e, state)
-        for decoder, (up, shuffle), skip in zip(self.decoders, self.ups, reversed(skips)):
-            x = decoder(shuffle(up(x, state)) + skip, state)
-        x = self.ending(x, state) + inp
-        return x[..., :h, :w]
+        for decoder, up, skip in zip(self.decoders, self.ups, reversed(skips)):
+            conv, shuffle = cast(nn.ModuleList, up)  # (LoRAConv2d, PixelShuffle): the official `ups.{i}.{0,1}` keys
+            x = decoder(shuffle(conv(x, state)) + skip, state)
+        return self.ending(x, state) + inp
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -597,6 +615,10 @@ class LoRAIR(nn.Module):
         self.router = router
         #: default for `run(local_pool_px=None)`: None pools SCA globally, a size in px pools locally (TLC)
         self.local_pool_px: int | None = None
+
+    @property
+    def spec(self) -> ArchSpec:
+        return SPEC
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -630,10 +652,11 @@ class LoRAIR(nn.Module):
         dense: bool = False,
         local_pool_px: int | None = None,
     ) -> LoRAIRResult:
-        """Restore x (B, 3, H, W), RGB in [0, 1], any H and W.
+        """Restore x (B, 3, H, W), RGB in [0, 1], H and W multiples of `size_multiple` (see `LoRAIRNet.forward`).
 
-        routing: impose this routing (e.g. a whole image's, on its tiles) instead of running the router; a routing
-            of one image applies to every image of the batch.
+        routing: impose this routing (e.g. a whole image's, on its tiles) instead of running the router on x; a
+            routing of one image applies to every image of the batch. (The official test routes the unpadded image:
+            route it, then run the padded one with that routing, as `irtool.tiling.run_padded` does.)
         dense: every expert on every image, gated (same result; for checks and benchmarks).
         local_pool_px: local channel-attention pooling base size in px (see `LoRAIRNetConfig.tlc_px`); None uses
             `self.local_pool_px`, 0 forces global pooling.
@@ -701,3 +724,65 @@ def build_pair(ir_config: LoRAIRNetConfig | str, router_config: CLIPRouterConfig
     if isinstance(router_config, str):
         router_config = ROUTER_VARIANTS[router_config]
     return LoRAIR(LoRAIRNet(ir_config), CLIPRouter(router_config or CLIPRouterConfig()))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The two files as one model, and what the rest of irtool reads about LoRA-IR
+
+
+def join(ir: LoRAIRNet, router: CLIPRouter, classes: tuple[str, ...] | None = None) -> LoRAIR:
+    """The restoration network and its router as one model; `classes` (from the manifest) name the router's classes.
+    ValueError when they do not fit together."""
+    if classes is not None:
+        if len(classes) != router.config.num_classes:
+            raise ValueError(
+                f"the manifest names {len(classes)} classes but the router has {router.config.num_classes}"
+            )
+        router.config = replace(router.config, classes=tuple(classes))
+    return LoRAIR(ir, router)
+
+
+def _place_router(model: LoRAIR, device: torch.device) -> None:
+    """The router runs in bfloat16 on CUDA, as the official code does, and in float32 elsewhere."""
+    model.router.to(dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
+SPEC = ArchSpec(
+    name=ARCH,
+    title="LoRA-IR",
+    detect=detect,
+    infer_config=infer_config,
+    config_from_dict=LoRAIRNetConfig.from_dict,
+    build=LoRAIRNet,
+    variants=VARIANTS,
+    unseen_fields=UNSEEN_FIELDS,
+    # what a loaded (joined) LoRA-IR model can do; `build` gives the restoration network alone
+    capabilities=Capabilities(
+        size_multiple=lambda model: model.config.size_multiple,
+        padding="zeros",
+        routing=RoutingReport(
+            per_layer=False,
+            separate=True,
+            layer_names=lambda model: [],
+            num_experts=lambda model: model.config.ir.num_experts,
+        ),
+        dense=True,
+        imposed_routing=True,
+        classifier=Classifier(
+            names=lambda model: model.classes, classify=lambda model, routing: model.classify(routing)
+        ),
+        # the router sees the whole image: its tiles share the whole image's routing
+        tiling=Tiling(supported=True, shared_routing=True),
+        profile_parts=lambda model: model.profile_parts(),
+    ),
+    join=Join(
+        companion="clip_router",
+        role="router",
+        join=join,
+        missing="a LoRA-IR restoration network needs its CLIP router file too: pass it as "
+        "router='setting1_router.pth' (--router FILE), or load both by the manifest name 'lora_ir.setting1'",
+        alone="a LoRA-IR CLIP router alone restores nothing; load the restoration network (setting1_ir.pth) and pass "
+        "this file as its router",
+        place=_place_router,
+    ),
+)

@@ -14,12 +14,14 @@ Deliberate departures from the official code (github.com/eduardzamfir/MoCE-IR, `
   issue #19), so expert choice is random at test time; `run(..., routing_noise=...)` re-enables it on request.
 - Each image of a batch runs only its own top-k experts. The official eval path gives every image the gated sum of
   the experts chosen by *all* images of the batch, so it is only correct at batch 1.
-- Any H x W works: the input is reflect-padded to a multiple of 2^(levels-1) and the output cropped back.
+- `run` takes H and W multiples of 2^(levels-1) (`size_multiple`) and refuses others: the official code pads inside
+  its forward, here the caller pads once (the engine and `irtool.tiling.run_padded` reflect-pad and crop back, which
+  gives the official numbers).
 - The official `stage_depth`/`depth_type` options repeat the very same expert computation `depth` times and keep the
   last result; they change neither the weights nor the output, so they are not modelled here.
 
-Inference is faster than the official code without changing its numbers (all within 1e-5; `reference_path()` runs
-the plain formulation the tests and `irtool bench` compare against): activations stay channels-last, where
+Inference is faster than the official code without changing its numbers (all within 1e-5; `run(x, reference=True)`
+runs the plain formulation the tests and `irtool bench` compare against): activations stay channels-last, where
 LayerNorm is one fused kernel on a free view and depthwise convs are fast; channel attention divides a small Gram
 matrix by the q/k norms instead of normalising q and k, and folds `attn @ v` into its output conv; wide
 intermediates are freed early, or made in channel slices on large images. Which experts run is decided on the
@@ -30,17 +32,17 @@ This module imports torch only: no I/O, no device choice.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._keys import count_children
+from ._keys import config_fields, count_children
+from .spec import ArchSpec, Capabilities, RoutingReport, Tiling
 
 ARCH = "moce_ir"
 
@@ -131,8 +133,7 @@ class MoCEIRConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> MoCEIRConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+        return cls(**config_fields(cls, d))
 
     @classmethod
     def from_official_kwargs(cls, kw: Mapping[str, Any]) -> MoCEIRConfig:
@@ -179,6 +180,24 @@ class Routing:
     def num_layers(self) -> int:
         return self.experts.shape[1]
 
+    def __len__(self) -> int:
+        return self.experts.shape[0]
+
+    def summary(self) -> tuple[list[list[int]], list[list[float]]]:
+        """The first image's experts and gates, (layers, k) each."""
+        return self.experts[0].tolist(), self.gates[0].float().tolist()
+
+    def consensus(self) -> Routing:
+        """One routing for the whole batch: per layer, the mean of the images' router probabilities; its top-k are
+        the experts, their mean probabilities the gates (as the model's own gates are probabilities), and its log the
+        logits, so that a routing calibration names it from the mean routing signature. An imposed routing (no
+        logits) gives its middle image's."""
+        if self.logits is None:
+            return self[len(self) // 2]
+        probs = self.logits.float().softmax(dim=-1).mean(dim=0, keepdim=True)
+        gates, experts = probs.topk(self.experts.shape[-1], dim=-1)
+        return Routing(experts.cpu(), gates.cpu(), probs.clamp_min(1e-12).log().cpu())
+
     def _host(self) -> Tensor | None:
         if self.host_experts is not None:
             return self.host_experts
@@ -206,9 +225,10 @@ class Routing:
 
     @staticmethod
     def cat(parts: list[Routing]) -> Routing:
-        logits = None if any(p.logits is None for p in parts) else torch.cat([p.logits for p in parts])
-        hosts = [p._host() for p in parts]
-        host = None if any(h is None for h in hosts) else torch.cat(hosts)
+        logit_parts = [p.logits for p in parts if p.logits is not None]
+        logits = torch.cat(logit_parts) if len(logit_parts) == len(parts) else None
+        hosts = [h for h in (p._host() for p in parts) if h is not None]
+        host = torch.cat(hosts) if len(hosts) == len(parts) else None
         return Routing(torch.cat([p.experts for p in parts]), torch.cat([p.gates for p in parts]), logits, host)
 
 
@@ -228,6 +248,8 @@ class _Pass:
     imposed: Routing | None = None
     noise: bool | torch.Generator = False
     dense: bool = False
+    #: the fast paths (default) or the plain reference formulation (`run(..., reference=True)`)
+    fast: bool = True
     layer: int = 0
     experts: list[Tensor] = field(default_factory=list)
     gates: list[Tensor] = field(default_factory=list)
@@ -248,24 +270,6 @@ class _NormParams(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if with_bias else None
 
 
-# Fast paths on (default) or the plain reference formulation; see `reference_path`.
-_FAST = True
-
-
-@contextlib.contextmanager
-def reference_path() -> Iterator[None]:
-    """Run MoCE-IR the plain way inside this block: NCHW activations, LayerNorm from `var_mean`, attention with
-    explicitly normalised q and k, `attn @ v` then the output conv, whole-width intermediates. This is the
-    formulation of the official code, kept as the yardstick the fast paths are tested and benchmarked against.
-    (Not thread-safe: it flips a module-level switch.)"""
-    global _FAST
-    previous, _FAST = _FAST, False
-    try:
-        yield
-    finally:
-        _FAST = previous
-
-
 def _channels_last(x: Tensor) -> bool:
     """True when the channels are the fastest-moving dimension (a channels-last tensor or a channel slice of one)."""
     return x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1
@@ -283,9 +287,9 @@ class ChannelLayerNorm(nn.Module):
         super().__init__()
         self.body = _NormParams(dim, with_bias)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, fast: bool) -> Tensor:
         w, b = self.body.weight, self.body.bias
-        if _FAST and b is not None and _channels_last(x) and x.dtype == w.dtype:
+        if fast and b is not None and _channels_last(x) and x.dtype == w.dtype:
             return F.layer_norm(x.permute(0, 2, 3, 1), w.shape, w, b, 1e-5).permute(0, 3, 1, 2)
         var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
         if b is None:
@@ -312,13 +316,13 @@ def _l2_norms(t: Tensor, heads: int) -> Tensor:
     return torch.linalg.vector_norm(t.reshape(b, heads, c // heads, h * w), dim=-1, keepdim=True)
 
 
-def _channel_attention_map(q: Tensor, k: Tensor, heads: int, temperature: Tensor) -> Tensor:
+def _channel_attention_map(q: Tensor, k: Tensor, heads: int, temperature: Tensor, fast: bool) -> Tensor:
     """softmax(q̂ k̂ᵀ · temperature) per head, q̂ and k̂ L2-normalised over H·W: (B, heads, C/h, C/h).
 
     The official code normalises q and k (two full-size copies) before the product. Dividing the small Gram
     matrix by the outer product of the norms gives the same numbers (F.normalize's eps 1e-12 kept) without them.
     """
-    if not _FAST:
+    if not fast:
         qn = F.normalize(_split_heads(q, heads), dim=-1)
         kn = F.normalize(_split_heads(k, heads), dim=-1)
         return torch.softmax((qn @ kn.transpose(-2, -1)) * temperature, dim=-1)
@@ -327,7 +331,7 @@ def _channel_attention_map(q: Tensor, k: Tensor, heads: int, temperature: Tensor
     return torch.softmax(gram / norms * temperature, dim=-1)
 
 
-def _attend_and_project(attn: Tensor, v: Tensor, project_out: nn.Conv2d) -> Tensor:
+def _attend_and_project(attn: Tensor, v: Tensor, project_out: nn.Conv2d, fast: bool) -> Tensor:
     """project_out(attn @ v) for channel attention maps `attn` (B, heads, d, d) and values `v` (B, C, H, W).
 
     Both steps are linear in v, so they fold into one (C x C) matrix per image, W_out · blockdiag(attn): one pass
@@ -335,7 +339,7 @@ def _attend_and_project(attn: Tensor, v: Tensor, project_out: nn.Conv2d) -> Tens
     """
     b, c, h, w = v.shape
     heads, d = attn.shape[1], attn.shape[2]
-    if not _FAST:
+    if not fast:
         return project_out((attn @ _split_heads(v, heads)).reshape(b, c, h, w))
     weight = project_out.weight.view(c, c)
     if heads == 1:
@@ -401,8 +405,8 @@ class ChannelAttention(nn.Module):
         self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=bias)
         self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if _FAST and _low_memory(x):
+    def forward(self, x: Tensor, fast: bool) -> Tensor:
+        if fast and _low_memory(x):
             # q, k and v one at a time: never the 3-channel-group projection and its depthwise output together
             c = self.project_out.in_channels
             q, k, v = (
@@ -413,7 +417,8 @@ class ChannelAttention(nn.Module):
             qkv = self.qkv(x)
             q, k, v = self.qkv_dwconv(qkv).chunk(3, dim=1)
             del qkv  # free the projection before the attention itself
-        return _attend_and_project(_channel_attention_map(q, k, self.num_heads, self.temperature), v, self.project_out)
+        attn = _channel_attention_map(q, k, self.num_heads, self.temperature, fast)
+        return _attend_and_project(attn, v, self.project_out, fast)
 
 
 class CrossChannelAttention(nn.Module):
@@ -429,9 +434,9 @@ class CrossChannelAttention(nn.Module):
         self.kv_dwconv = nn.Conv2d(dim * 2, dim * 2, 7, padding=3, groups=dim * 2, bias=bias)
         self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor, fast: bool) -> Tensor:
         q = self.q_dwconv(self.q(x))
-        if _FAST and _low_memory(y):
+        if fast and _low_memory(y):
             c = self.q.out_channels
             k, v = (
                 _pointwise_depthwise(y, self.kv.weight, self.kv.bias, self.kv_dwconv, i * c, (i + 1) * c)
@@ -439,7 +444,8 @@ class CrossChannelAttention(nn.Module):
             )
         else:
             k, v = self.kv_dwconv(self.kv(y)).chunk(2, dim=1)
-        return _attend_and_project(_channel_attention_map(q, k, self.num_heads, self.temperature), v, self.project_out)
+        attn = _channel_attention_map(q, k, self.num_heads, self.temperature, fast)
+        return _attend_and_project(attn, v, self.project_out, fast)
 
 
 class GatedFFN(nn.Module):
@@ -452,8 +458,8 @@ class GatedFFN(nn.Module):
         self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2, bias=bias)
         self.project_out = nn.Conv2d(hidden, dim, 1, bias=bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not _FAST:
+    def forward(self, x: Tensor, fast: bool) -> Tensor:
+        if not fast:
             x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
             return self.project_out(F.gelu(x1) * x2)
         n = self.project_out.in_channels
@@ -471,6 +477,7 @@ class GatedFFN(nn.Module):
             part = F.conv2d(gated, weight[:, lo:hi])
             del gated
             out = part if out is None else _add(out, part)
+        assert out is not None  # _ranges gives at least one slice
         bias = self.project_out.bias
         return out if bias is None else _add(out, bias.view(1, -1, 1, 1).to(out.dtype))
 
@@ -488,9 +495,9 @@ class TransformerBlock(nn.Module):
         self.mixer = ChannelAttention(dim, heads, bias)
         self.ffn = GatedFFN(dim, expansion, bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.mixer(self.norms[0](x))
-        return x + self.ffn(self.norms[1](x))
+    def forward(self, x: Tensor, fast: bool) -> Tensor:
+        x = x + self.mixer(self.norms[0](x, fast), fast)
+        return x + self.ffn(self.norms[1](x, fast), fast)
 
 
 class TransformerGroup(nn.Module):
@@ -499,9 +506,9 @@ class TransformerGroup(nn.Module):
         # The official encoder-style groups always use biased convs, whatever the model's `bias` flag.
         self.layers = nn.ModuleList(TransformerBlock(dim, heads, expansion, True, norm_bias) for _ in range(blocks))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, fast: bool) -> Tensor:
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, fast)
         return x
 
 
@@ -531,10 +538,10 @@ class FFTAttention(nn.Module):
             return x.permute(0, 2, 3, 1).reshape(b, hp, p, wp, p, c).permute(0, 5, 1, 3, 2, 4)
         return x.view(b, c, hp, p, wp, p).permute(0, 1, 2, 4, 3, 5)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, fast: bool) -> Tensor:
         r = self.q.out_channels
         b, _, h, w = x.shape
-        if _FAST and _low_memory(x):
+        if fast and _low_memory(x):
             # Large images: q and k a quarter of the channels at a time, straight into the correlation, then v; at full
             # resolution the complex spectra are the widest tensors of the network.
             chunks = (
@@ -546,12 +553,12 @@ class FFTAttention(nn.Module):
                 )
                 for lo, hi in _ranges(r, 4)
             )
-            out = self._correlate(chunks, b, r, h, w, x)
+            out = self._correlate(chunks, b, r, h, w, x, fast)
             v = _pointwise_depthwise(x, self.kv.weight, None, self.kv_dwconv, r, 2 * r)
             # normalise and gate a band of rows at a time: no second float32 copy of the correlation
             gated = torch.empty_like(v)
             for top, bottom in _ranges(h, 8):
-                gated[:, :, top:bottom] = self.norm(out[:, :, top:bottom]).to(v.dtype) * v[:, :, top:bottom]
+                gated[:, :, top:bottom] = self.norm(out[:, :, top:bottom], fast).to(v.dtype) * v[:, :, top:bottom]
             del out, v
             return self.proj_out(gated)
         else:
@@ -559,18 +566,25 @@ class FFTAttention(nn.Module):
             q = self.q_dwconv(q)
             k, v = self.kv_dwconv(kv).chunk(2, dim=1)
             del kv  # the projection (freed once the depthwise conv has read it)
-            out = self._correlate(iter([(0, r, q, k)]), b, r, h, w, x)
+            out = self._correlate(iter([(0, r, q, k)]), b, r, h, w, x, fast)
             del q, k
-        return self.proj_out(self.norm(out).to(v.dtype) * v)
+        return self.proj_out(self.norm(out, fast).to(v.dtype) * v)
 
     def _correlate(
-        self, chunks: Iterator[tuple[int, int, Tensor, Tensor]], b: int, c: int, h: int, w: int, like: Tensor
+        self,
+        chunks: Iterator[tuple[int, int, Tensor, Tensor]],
+        b: int,
+        c: int,
+        h: int,
+        w: int,
+        like: Tensor,
+        fast: bool,
     ) -> Tensor:
         """The per-window circular correlation of q and k, given as channel chunks (lo, hi, q[:, lo:hi], k[:, lo:hi]):
         (B, C, H, W) float32 in the layout of `like` (the official code runs these FFTs in float32 whatever the
         working precision)."""
         p = self.patch_size
-        if not _FAST:
+        if not fast:
             _, _, q, k = next(chunks)
             qw, kw = self._windows(q), self._windows(k)
             hp, wp = qw.shape[2], qw.shape[3]
@@ -606,12 +620,12 @@ class ComplexityExpert(nn.Module):
         )
         self.body = FFTAttention(rank, patch_size)
 
-    def forward(self, x: Tensor, shared: Tensor) -> Tensor:
-        if not _FAST:
-            h = self.body(self.proj[0](x)) * F.silu(self.proj[1](shared))
+    def forward(self, x: Tensor, shared: Tensor, fast: bool) -> Tensor:
+        if not fast:
+            h = self.body(self.proj[0](x), fast) * F.silu(self.proj[1](shared))
             return self.proj[2](h) + x
         # (in place only into tensors made here: submodule outputs may be held by hooks)
-        body = self.body(self.proj[0](x))
+        body = self.body(self.proj[0](x), fast)
         h = _mul(F.silu(self.proj[1](shared)), body)
         del body
         return self.proj[2](h) + x
@@ -623,6 +637,8 @@ class Router(nn.Module):
     The `complexity` buffer holds each expert's parameter count, normalised; it weights the importance loss when the
     complexity bias is on.
     """
+
+    complexity: Tensor
 
     def __init__(self, dim: int, freq_dim: int, num_experts: int, complexity: Tensor) -> None:
         super().__init__()
@@ -678,7 +694,7 @@ class MoCELayer(nn.Module):
         self.routing = Router(dim, cfg.freq_dim, cfg.num_experts, complexity)
 
     def expert(self, e: int) -> ComplexityExpert:
-        return self.experts[e][0]
+        return cast(ComplexityExpert, cast(nn.ModuleList, self.experts[e])[0])
 
     def _decide(self, x: Tensor, freq_emb: Tensor, state: _Pass) -> tuple[Tensor, Tensor, Tensor | None]:
         """Top-k experts (B, k) and gates (B, k) for this layer, recorded in `state`, and a CPU copy of the experts
@@ -713,7 +729,9 @@ class MoCELayer(nn.Module):
             # Every expert on every image; unchosen experts get gate 0, so the sum equals the sparse result.
             full = torch.zeros(x.shape[0], len(self.experts), dtype=x.dtype, device=x.device)
             full.scatter_(1, experts, gates)
-            out = sum(full[:, e].view(-1, 1, 1, 1) * self.expert(e)(x, shared) for e in range(len(self.experts)))
+            out = sum(
+                full[:, e].view(-1, 1, 1, 1) * self.expert(e)(x, shared, state.fast) for e in range(len(self.experts))
+            )
             return self.proj_out(out)
         if host is None:
             host = experts.cpu()  # which experts to run is decided on the host: one sync per layer on accelerators
@@ -721,7 +739,7 @@ class MoCELayer(nn.Module):
             # The whole batch (always so at batch 1) runs the same experts: no regrouping, only per-image gates.
             out = None
             for slot, e in enumerate(host[0].tolist()):
-                y = gates[:, slot].view(-1, 1, 1, 1) * self.expert(e)(x, shared)
+                y = gates[:, slot].view(-1, 1, 1, 1) * self.expert(e)(x, shared, state.fast)
                 out = y if out is None else out + y
             return self.proj_out(out)
         # Group the batch by expert: each image runs only its own experts and receives only their outputs.
@@ -729,7 +747,7 @@ class MoCELayer(nn.Module):
         for e in torch.unique(host).tolist():
             rows, slot = (host == e).nonzero(as_tuple=True)
             rows, slot = rows.to(x.device), slot.to(x.device)
-            y = self.expert(e)(x[rows], shared[rows]) * gates[rows, slot].view(-1, 1, 1, 1)
+            y = self.expert(e)(x[rows], shared[rows], state.fast) * gates[rows, slot].view(-1, 1, 1, 1)
             out = out.index_add(0, rows, y)
         return self.proj_out(out)
 
@@ -749,14 +767,15 @@ class MoCEBlock(nn.Module):
         self.adapter = MoCELayer(dim, cfg)
 
     def forward(self, x: Tensor, freq_emb: Tensor, state: _Pass) -> Tensor:
-        h = self.norms[0](x)
-        shared = self.shared(self.proj[0](h))
+        fast = state.fast
+        h = self.norms[0](x, fast)
+        shared = self.shared(self.proj[0](h), fast)
         h = self.proj[1](h)  # rebinding frees the normalised input before the experts run
         routed = self.adapter(h, freq_emb, shared, state)
         del h
-        x = x + self.mixer(routed, shared)
+        x = x + self.mixer(routed, shared, fast)
         del routed, shared  # not needed by the feed-forward part, the widest of the block
-        return x + self.ffn(self.norms[1](x))
+        return x + self.ffn(self.norms[1](x, fast), fast)
 
 
 class MoCEGroup(nn.Module):
@@ -873,29 +892,45 @@ class MoCEIR(nn.Module):
         #: memory layout of the activations inside `run`
         self.memory_format = torch.channels_last
 
-    # -- introspection used by the engine, reports and tests
+    # -- introspection used by the engine, reports and tests (through `SPEC`)
+
+    @property
+    def spec(self) -> ArchSpec:
+        return SPEC
 
     @property
     def moce_layers(self) -> list[MoCELayer]:
         """The MoCE layers in forward order (lowest-resolution decoder first)."""
-        return [block.adapter for _, _, group in self.dec for block in group.layers]
+        return [cast(MoCEBlock, block).adapter for _, _, group in self._decoder() for block in group.layers]
 
     @property
     def moce_layer_names(self) -> list[str]:
         return [
             f"dec.{i}.2.layers.{j}.adapter"
-            for i, (_, _, group) in enumerate(self.dec)
+            for i, (_, _, group) in enumerate(self._decoder())
             for j in range(len(group.layers))
         ]
+
+    def _encoder(self) -> list[tuple[TransformerGroup, Downsample]]:
+        """The encoder levels, full resolution first (ModuleLists keep the official keys `enc.{i}.{0,1}`)."""
+        return [(cast(TransformerGroup, level[0]), cast(Downsample, level[1])) for level in self._levels(self.enc)]
+
+    def _decoder(self) -> list[tuple[Upsample, nn.Conv2d, MoCEGroup]]:
+        """The decoder levels, lowest resolution first (`dec.{i}.{0,1,2}`)."""
+        return [
+            (cast(Upsample, level[0]), cast(nn.Conv2d, level[1]), cast(MoCEGroup, level[2]))
+            for level in self._levels(self.dec)
+        ]
+
+    @staticmethod
+    def _levels(stages: nn.ModuleList) -> list[nn.ModuleList]:
+        return [cast(nn.ModuleList, level) for level in stages]
 
     @property
     def size_multiple(self) -> int:
         return self.config.size_multiple
 
-    # -- hooks for `irtool bench` (optional parts of the model contract)
-
-    #: `with model.reference_path(): ...` runs the plain formulation (see the module-level function)
-    reference_path = staticmethod(reference_path)
+    # -- hooks for `irtool bench` (`SPEC.capabilities` names them)
 
     def uniform_routing(self, batch: int, expert: int) -> Routing:
         """A routing that sends every image to `expert` in every MoCE layer with gate 1, to measure one expert's cost."""
@@ -910,7 +945,7 @@ class MoCEIR(nn.Module):
         layers = self.moce_layers
         return {
             "router": [self.freq_embed, *(layer.routing for layer in layers)],
-            "experts": [expert[0] for layer in layers for expert in layer.experts],
+            "experts": [layer.expert(e) for layer in layers for e in range(len(layer.experts))],
         }
 
     # -- forward
@@ -922,40 +957,46 @@ class MoCEIR(nn.Module):
         *,
         dense: bool = False,
         routing_noise: bool | torch.Generator = False,
+        reference: bool = False,
     ) -> MoCEResult:
-        """Restore `x` (B, C, H, W), any H and W.
+        """Restore `x` (B, C, H, W); H and W must be multiples of `size_multiple` (pad with
+        `irtool.tiling.pad_to_multiple`, or call `irtool.tiling.run_padded`).
 
         routing: impose these experts and gates instead of routing (e.g. the routing of a whole image, for its tiles).
         dense: run every expert on every image (gates 0 for the unchosen ones); same result, for benchmarks.
         routing_noise: add the official N(0, (1/E)^2) noise to the router logits at inference too. True draws from
             torch's global RNG, as the official test does after `torch.manual_seed(0)`; a Generator draws from it.
             (Training always adds the noise, as the official training does.)
+        reference: the plain formulation of the official code (NCHW activations, LayerNorm from `var_mean`,
+            attention with explicitly normalised q and k, `attn @ v` then the output conv, whole-width
+            intermediates), the yardstick the fast paths are tested and benchmarked against.
         """
         if routing is not None and routing.experts.shape[0] != x.shape[0]:
             raise ValueError(f"routing is for {routing.experts.shape[0]} images but the batch has {x.shape[0]}")
-        state = _Pass(imposed=None if routing is None else routing.to(x.device), noise=routing_noise, dense=dense)
         h, w = x.shape[-2:]
         m = self.config.size_multiple
-        pad_h, pad_w = -h % m, -w % m
-        if pad_h or pad_w:
-            # Reflection needs a pad smaller than the side; tiny images fall back to edge replication.
-            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        if h % m or w % m:
+            raise ValueError(
+                f"MoCE-IR: input {w}x{h} px is not a multiple of {m} px; pad it first (irtool.tiling.pad_to_multiple)"
+            )
+        fast = not reference
+        state = _Pass(
+            imposed=None if routing is None else routing.to(x.device), noise=routing_noise, dense=dense, fast=fast
+        )
 
-        x = x.contiguous(memory_format=self.memory_format if _FAST else torch.contiguous_format)
+        x = x.contiguous(memory_format=self.memory_format if fast else torch.contiguous_format)
         feats = self.patch_embed(x)
         skips = []
-        for group, down in self.enc:
-            feats = group(feats)
+        for group, down in self._encoder():
+            feats = group(feats, fast)
             skips.append(feats)
             feats = down(feats)
-        feats = self.latent(feats)
+        feats = self.latent(feats, fast)
         freq_emb = self.freq_embed(feats)
-        for up, fuse, group in self.dec:
+        for up, fuse, moce_group in self._decoder():
             feats = fuse(torch.cat([up(feats), skips.pop()], dim=1))
-            feats = group(feats, freq_emb, state)
-        out = self.output(self.refinement(feats)) + x
-        out = out[..., :h, :w].contiguous()
+            feats = moce_group(feats, freq_emb, state)
+        out = (self.output(self.refinement(feats, fast)) + x).contiguous()
 
         decided = Routing(
             experts=torch.stack(state.experts, dim=1),
@@ -969,8 +1010,9 @@ class MoCEIR(nn.Module):
         return self.run(x, routing, dense=dense).output
 
     def route(self, x: Tensor) -> Routing:
-        """The routing the network picks for `x` (B, C, H, W). MoCE-IR's routers read decoder features, so this is
-        a full forward pass; route a downscaled copy to decide for a large image cheaply."""
+        """The routing the network picks for `x` (B, C, H, W), sides multiples of `size_multiple`. MoCE-IR's routers
+        read decoder features, so this is a full forward pass; route a downscaled copy to decide for a large image
+        cheaply."""
         return self.run(x).routing
 
 
@@ -1065,3 +1107,37 @@ def _match_rank_rule(ranks: list[int], channels: int, num_experts: int) -> tuple
             if probe.expert_ranks(channels) == ranks:
                 return rule, base
     raise ValueError(f"expert ranks {ranks} follow none of the rank rules ({', '.join(RANK_RULES)})")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What the rest of irtool reads about MoCE-IR
+
+
+SPEC = ArchSpec(
+    name=ARCH,
+    title="MoCE-IR",
+    detect=detect,
+    infer_config=infer_config,
+    config_from_dict=MoCEIRConfig.from_dict,
+    build=MoCEIR,
+    variants=VARIANTS,
+    unseen_fields=UNSEEN_FIELDS,
+    capabilities=Capabilities(
+        size_multiple=lambda model: model.config.size_multiple,
+        padding="reflect",
+        routing=RoutingReport(
+            per_layer=True,
+            separate=False,
+            layer_names=lambda model: model.moce_layer_names,
+            num_experts=lambda model: model.config.num_experts,
+        ),
+        dense=True,
+        imposed_routing=True,
+        uniform_routing=lambda model, batch, expert: model.uniform_routing(batch, expert),
+        routing_noise=True,
+        # the routers and the channel attention see the whole image: its tiles share the whole image's routing
+        tiling=Tiling(supported=True, shared_routing=True),
+        reference_path=True,
+        profile_parts=lambda model: model.profile_parts(),
+    ),
+)

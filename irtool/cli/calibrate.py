@@ -86,7 +86,7 @@ def calibrate(
                              precision=precision.value, trust=trust_checkpoint, config=config_fields(config))  # fmt: skip
     photo_paths = clean_photos(clean_dir)
     restorer = Restorer.load(options)
-    if getattr(restorer.model, "classify", None) is not None:
+    if restorer.spec.capabilities.classifier is not None:
         output.fail("this model names degradations itself (it has a degradation classifier); no calibration needed")
     for note in restorer.notes:
         if "calibration" not in note:

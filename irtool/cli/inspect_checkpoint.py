@@ -32,14 +32,18 @@ def inspect(
         output.fail(f"--router-config: {path} is not a LoRA-IR router file", 2)
     else:
         model = build_model(sd, metadata, path, fields)
+    from ..archs import spec_of
+
+    spec = spec_of(model)
+    routing = spec.capabilities.routing
     params = sum(p.numel() for p in model.parameters())
     info = {
         "path": str(path),
-        "arch": model.arch,
+        "arch": spec.name,
         "config": model.config.to_dict(),
         "parameters": params,
         "tensors": len(sd),
-        "moce_layers": getattr(model, "moce_layer_names", []),
+        "moce_layers": routing.layer_names(model) if routing is not None else [],
     }
     if as_json:
         output.echo_json(info)

@@ -39,8 +39,10 @@ import torch
 from torch import nn
 
 from .._version import __version__
+from ..archs.spec import spec_of
 from ..errors import IrtoolError
 from ..images.files import FILE_MODE
+from ..tiling import run_padded
 from . import datasets as ds
 from . import metrics
 
@@ -287,13 +289,7 @@ def new_report(
     reported: dict[str, dict[str, float]] | None = None,
 ) -> EvalReport:
     options.check()
-    config = getattr(model, "config", None)
-    info = {
-        "source": source,
-        "arch": getattr(model, "arch", type(model).__name__),
-        "config": config.to_dict() if hasattr(config, "to_dict") else None,
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
+    info = {"source": source, **spec_of(model).describe(model)}
     return EvalReport(
         model=info,
         device=str(device),
@@ -334,21 +330,23 @@ class _Usage:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.layers: list[str] | None = getattr(model, "moce_layer_names", None)
-        config = getattr(model, "config", None)
-        self.num_experts: int | None = getattr(config, "num_experts", None)
+        caps = spec_of(model).capabilities
+        self.classifier = caps.classifier
+        #: per-layer routing: the layer names and how many experts each chooses from
+        self.per_layer = caps.routing is not None and caps.routing.per_layer
+        self.layers: list[str] | None = caps.routing.layer_names(model) if caps.routing and self.per_layer else None
+        self.num_experts: int | None = caps.routing.num_experts(model) if caps.routing and self.per_layer else None
         self.counts: np.ndarray | None = None
         self.classes: dict[str, int] = {}
 
     def add(self, routing: Any, result: ImageResult) -> None:
-        # Written against the model contract, not one network: a classifier router (LoRA-IR) names a class per image
-        # (its `experts` are per image, not per layer); otherwise `routing.experts` is (B, layers, k).
-        if hasattr(self.model, "classify"):
-            self.record(None, self.model.classify(routing)[0][0], result)
+        # Written against the spec, not one network: a classifier router (LoRA-IR) names a class per image (its
+        # experts are per image, not per layer); per-layer routing counts `routing.experts` (B, layers, k).
+        if self.classifier is not None:
+            self.record(None, self.classifier.classify(self.model, routing)[0][0], result)
             return
-        experts = getattr(routing, "experts", None)
-        if experts is not None and experts.dim() == 3:
-            self.record(experts[0].detach().cpu().tolist(), None, result)
+        if self.per_layer:
+            self.record(routing.experts[0].detach().cpu().tolist(), None, result)
 
     def record(self, experts: list[list[int]] | None, degradation: str | None, result: ImageResult) -> None:
         """Count one image: its (layers, k) experts, or its class."""
@@ -493,7 +491,7 @@ def run(
         raise IrtoolError(f"--precision {options.precision}: one of {', '.join(PRECISIONS)}")
     if options.noise_stream not in NOISE_STREAMS:
         raise IrtoolError(f"--noise-stream {options.noise_stream}: one of {', '.join(NOISE_STREAMS)}")
-    if options.routing_noise and getattr(model, "arch", None) != "moce_ir":
+    if options.routing_noise and not spec_of(model).capabilities.routing_noise:
         raise IrtoolError("--routing-noise: only MoCE-IR's router draws noise")
     if options.routing_noise and options.tile:
         raise IrtoolError("--routing-noise reproduces the official whole-image test; it cannot be combined with --tile")
@@ -588,9 +586,9 @@ def _evaluate_sample(
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
-                kwargs = {"routing_noise": True} if options.routing_noise else {}
+                kwargs: dict[str, Any] = {"routing_noise": True} if options.routing_noise else {}
                 with _autocast(device, options.precision):
-                    out = model.run(x, **kwargs)
+                    out = run_padded(model, x, **kwargs)  # padded as the official code pads, cropped back
                 restored = out.output.float().clamp(0, 1)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -629,7 +627,7 @@ def _restore_tiled(
 
     outcome = restorer.restore([image_io.from_array(lq)])[0]
     result.seconds = outcome.seconds
-    usage.record(outcome.experts, outcome.degradation if hasattr(usage.model, "classify") else None, result)
+    usage.record(outcome.experts, outcome.degradation if usage.classifier is not None else None, result)
     result.notes = [f"{outcome.tiles} tiles of {outcome.tile_size} px" if outcome.tile_size else "whole image"] + list(
         outcome.warnings
     )

@@ -48,20 +48,23 @@ def _previews(report: Any) -> dict[str, Any]:
 def _model_info(restorer: Any) -> dict[str, Any]:
     if restorer is None:
         return {"source": "none loaded (nothing to restore)", "arch": None, "parameters": None, "fingerprint": None}
+    from ..archs.spec import spec_of
     from ..calibrate import fingerprint
     from ..engine import _precision_name
 
     model = restorer.model
+    spec = spec_of(model)
+    routing = spec.capabilities.routing
     return {
         "source": restorer.source or type(model).__name__,
         "weights": str(restorer.weights_path) if restorer.weights_path else None,
-        "arch": getattr(model, "arch", type(model).__name__),
+        "arch": spec.name,
         "parameters": sum(p.numel() for p in model.parameters()),
         "fingerprint": fingerprint(model),
-        "calibrated": restorer.calibration is not None or hasattr(model, "classify"),
+        "calibrated": restorer.calibration is not None or spec.capabilities.classifier is not None,
         "device": str(restorer.device),
         "precision": _precision_name(restorer.amp_dtype),
-        "layers": list(getattr(model, "moce_layer_names", []) or []),
+        "layers": routing.layer_names(model) if routing is not None else [],
     }
 
 
@@ -95,7 +98,7 @@ def build(
     ok = [r for r in reports if r.ok]
     megapixels = sum(r.megapixels for r in ok)
     precisions = sorted({r.precision for r in ok if r.precision})
-    notes = list(getattr(restorer, "notes", []) or [])
+    notes = list(restorer.notes) if restorer is not None else []
     return {
         "title": "irtool restore report",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

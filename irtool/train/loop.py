@@ -41,9 +41,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, IrtoolError
+from ..tiling import run_padded
 from . import checkpoint, losses
 from .distributed import Dist, all_reduce_sum, barrier, broadcast_object, gather_objects, setup, teardown
-from .models import build_network, forward_module, load_router, restorer, router_views_spec
+from .models import MoCEForward, build_network, forward_module, load_router, restorer, router_views_spec
 from .presets import TrainConfig, absolute_paths, recipe_changes, saved_config
 from .reweight import ArtReweighter
 
@@ -151,12 +152,13 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if bf16 else None
 
         self.forward_module = forward_module(self.net, self.router, config, distributed=ctx.enabled)
-        self.groups = getattr(self.forward_module, "groups", [])  # MoCE-IR's (layer, expert) parameter groups
-        self.num_experts = getattr(self.forward_module, "num_experts", 0)
+        moce = self.forward_module if isinstance(self.forward_module, MoCEForward) else None
+        self.groups = moce.groups if moce is not None else []  # MoCE-IR's (layer, expert) parameter groups
+        self.num_experts = moce.num_experts if moce is not None else 0
         self.module = self._wrap(self.forward_module)
 
         params = [p for p in self.net.parameters() if p.requires_grad]
-        self.readout = getattr(self.forward_module, "readout", None)
+        self.readout = moce.readout if moce is not None else None
         if self.readout is not None:
             self.readout.to(self.device)
             params += list(self.readout.parameters())
@@ -383,7 +385,7 @@ def validate(
                     logits, _ = model.route(lq)
                     value = 100.0 * float(int(logits.argmax(dim=1)[0]) == pair.task_id)
                 else:
-                    out = model(lq).float().clamp(0, 1)[0].cpu()
+                    out = run_padded(model, lq).output.float().clamp(0, 1)[0].cpu()
                     value = float(psnr(out, pair.gt))
             per_task.setdefault(tasks[pair.task_id], []).append(value)
     finally:

@@ -623,8 +623,11 @@ def resolve(
     return config
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _flag_name(name: str) -> str:
+    """How `irtool train` spells the field `name` (its first flag name)."""
+    found = next((f for f in fields(TrainConfig) if f.name == name), None)
+    names = found.metadata.get("names", ()) if found is not None else ()
+    return names[0] if names else "--" + name.replace("_", "-")
 
 
 def _shown(value: Any) -> str:
@@ -669,9 +672,9 @@ def resume_config(
     if changed:
         old, new = saved.to_dict(), config.to_dict()
         values = "; ".join(f"{k}: saved {_shown(old[k])}, given {_shown(new[k])}" for k in changed)
-        allowed = ", ".join(_flag(k) for k in RESUMABLE_FIELDS)
+        allowed = ", ".join(_flag_name(k) for k in RESUMABLE_FIELDS)
         raise ConfigError(
             f"{Path(out) / 'config.json'}: --resume continues the recipe saved there; "
-            f"{', '.join(_flag(k) for k in changed)} cannot change ({values}); only {allowed} may"
+            f"{', '.join(_flag_name(k) for k in changed)} cannot change ({values}); only {allowed} may"
         )
     return config
