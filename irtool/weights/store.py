@@ -236,12 +236,12 @@ def check_checkpoint(path: str | Path, *, trust: bool = False, config: Mapping[s
     """Read a checkpoint safely, detect its architecture and config (with the caller's stated `config` fields), and
     load it strictly (raises CheckpointError)."""
     from .. import loading
-    from ..archs import ARCHS
+    from ..archs import spec_of
 
     path = Path(path)
     sd, metadata = loading.read_state_dict(path, trust=trust)
     model = loading.build_model(sd, metadata, path, config)
-    spec = ARCHS[model.arch]
+    spec = spec_of(model)
     # a released variant only if the whole config is one (a stated top_k=2 on MoCE_IR's shapes is not MoCE_IR)
     variant = next((name for name, c in spec.variants.items() if c == model.config), None)
     return Checked(path, spec.name, spec.title, model.config, variant, sum(p.numel() for p in model.parameters()), sd)
