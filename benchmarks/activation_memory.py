@@ -24,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from irtool.archs import moce_ir  # noqa: E402
 from irtool.bench import parse_sizes, random_model  # noqa: E402
+from irtool.tiling import run_padded  # noqa: E402
 
 
 class LiveBytes(TorchDispatchMode):
@@ -72,7 +73,7 @@ def main() -> None:
     amp = torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
     tracker = LiveBytes(weights)
     with torch.inference_mode(), amp, tracker:
-        model.run(x, routing)
+        run_padded(model, x, routing=routing)  # sizes that are not a multiple of 8 are padded, as the engine does
     per_px = tracker.peak / (h * w)
     weights_mb = sum(t.numel() * t.element_size() for t in model.parameters()) / 2**20
     print(
