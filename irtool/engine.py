@@ -33,10 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import weights
-from .errors import ImageError, IrtoolError
+from . import policy, weights
+from .errors import ImageError, IrtoolError, first_line
 from .images import files as io
-from .jobs import PRECISIONS, Job, RestoreOptions, RestoreReport, expand_inputs, output_path, plan, report_unrunnable
+from .images.tensors import from_tensor, to_tensor
+from .jobs import Job, RestoreOptions, RestoreReport, expand_inputs, output_path, plan, report_unrunnable
+from .policy import PRECISIONS, resolve_precision  # re-exported: the precision rule is irtool.policy's
 from .tiling import pad_to_multiple, tiled_forward
 
 __all__ = [
@@ -54,7 +56,6 @@ __all__ = [
     "PRECISIONS",
 ]
 
-_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: the smallest tile the out-of-memory fallback tries before giving up
 MIN_TILE = 64
 _OOM_ERRORS = tuple(
@@ -68,28 +69,6 @@ class OutOfMemory(IrtoolError):
 
 # --------------------------------------------------------------------------------------------------------------------
 # Choosing and loading the model
-
-
-def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, list[str]]:
-    """The autocast dtype for a `--precision` on a device (None = plain fp32), and warnings about the choice."""
-    notes: list[str] = []
-    if precision == "auto":
-        if device.type == "cuda":
-            return (torch.bfloat16, notes) if torch.cuda.is_bf16_supported() else (None, notes)
-        return None, notes  # fp32 on CPU (bf16/fp16 are slower there) and on MPS
-    if precision == "fp32":
-        return None, notes
-    dtype = _AMP[precision]
-    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        notes.append("this GPU has no bf16; running in fp32")
-        return None, notes
-    if device.type == "cpu" and dtype == torch.float16:
-        notes.append("fp16 on CPU is very slow (no fp16 kernels); bf16 or fp32 is faster")
-    return dtype, notes
-
-
-def _precision_name(dtype: torch.dtype | None) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -188,7 +167,7 @@ class Restorer:
     def load(cls, options: RestoreOptions) -> Restorer:
         """Load the model named by the options (or the default one) once, with its calibration."""
         from .calibrate import find_calibration
-        from .loading import default_source, load_model, resolve_device, resolve_source
+        from .loading import default_source, load_model, resolve_source
 
         options.check()
         notes: list[str] = []
@@ -209,7 +188,7 @@ class Restorer:
             path, default_router, how = default_source()
             router = router or (str(default_router) if default_router else None)
             notes.append(f"using {how}")
-        device = resolve_device(options.device)
+        device = policy.resolve_device(options.device)
         model = load_model(
             path,
             device=device,
@@ -229,10 +208,8 @@ class Restorer:
 
     # -- routing and forward passes
 
-    def _autocast(self, dtype: torch.dtype | None):
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+    def _autocast(self, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+        return policy.autocast(self.device, dtype)
 
     def route(self, x: Tensor, dtype: torch.dtype | None | str = "default") -> Any:
         """The model's routing for x (B, 3, H, W) on this device, at this precision."""
@@ -329,10 +306,7 @@ class Restorer:
         if len(sizes) != 1:
             raise ValueError(f"a batch must hold images of one size, got {sorted(sizes)}")
         started = time.perf_counter()
-        stacked = torch.from_numpy(np.stack([im.rgb for im in images])).permute(0, 3, 1, 2).contiguous()
-        if self.device.type == "cuda":
-            stacked = stacked.pin_memory()
-        x = stacked.to(self.device, non_blocking=True)
+        x = to_tensor(np.stack([im.rgb for im in images]), self.device, pin=self.device.type == "cuda")
         warnings: list[list[str]] = [[] for _ in images]
         imposed = None if routing is None else routing[torch.zeros(len(images), dtype=torch.long)]
         passes = self._fit(x, self.amp_dtype, warnings, imposed)
@@ -344,7 +318,7 @@ class Restorer:
             output, dtype, routing = p.output[i : i + 1], self.amp_dtype, p.routing[i]
             if dtype is not None and not bool(torch.isfinite(output).all()):
                 # Reduced precision overflowed: this image again, in fp32.
-                warnings[k].append(f"{_precision_name(dtype)} output had NaN/Inf; redone in fp32")
+                warnings[k].append(f"{policy.precision_name(dtype)} output had NaN/Inf; redone in fp32")
                 redo = self._fit(x[k : k + 1], None, [warnings[k]], None if imposed is None else imposed[k])[0]
                 output, dtype, routing, p = redo.output, None, redo.routing[0], redo
             outcomes.append(self._outcome(output, routing, p, dtype, warnings[k]))
@@ -356,7 +330,7 @@ class Restorer:
     def _outcome(
         self, output: Tensor, routing: Any, p: _Pass, dtype: torch.dtype | None, warnings: list[str]
     ) -> Outcome:
-        rgb = output[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
+        rgb = from_tensor(output[0])
         name, confidence = self.name_degradation(routing)
         experts, gates = _routing_summary(routing)
         return Outcome(
@@ -368,7 +342,7 @@ class Restorer:
             routing=p.mode,
             tiles=p.tiles,
             tile_size=p.tile_size,
-            precision=_precision_name(dtype),
+            precision=policy.precision_name(dtype),
             warnings=list(warnings),
         )
 
@@ -403,7 +377,7 @@ class Restorer:
             scale = size / max(h, w)
             nh = max(multiple, int(round(h * scale / multiple)) * multiple)
             nw = max(multiple, int(round(w * scale / multiple)) * multiple)
-            small = torch.from_numpy(area_downscale(image.pixels, (nh, nw))).permute(2, 0, 1)[None].to(self.device)
+            small = to_tensor(area_downscale(image.pixels, (nh, nw))[None], self.device)
             shared = self.route(small)
         dtype_used = [self.amp_dtype]
 
@@ -416,7 +390,7 @@ class Restorer:
 
             out = once(dtype_used[0])
             if dtype_used[0] is not None and not bool(torch.isfinite(out).all()):
-                notes.append(f"{_precision_name(dtype_used[0])} output had NaN/Inf; redone in fp32")
+                notes.append(f"{policy.precision_name(dtype_used[0])} output had NaN/Inf; redone in fp32")
                 dtype_used[0] = None
                 out = once(None)
             return out
@@ -458,7 +432,7 @@ class Restorer:
             routing="per-tile" if options.route_per_tile else "downscaled",
             tiles=tiles,
             tile_size=list(tile_size),
-            precision=_precision_name(dtype_used[0]),
+            precision=policy.precision_name(dtype_used[0]),
             seconds=time.perf_counter() - started,
             warnings=notes,
         )
@@ -497,13 +471,13 @@ def _read(job: Job, max_megapixels: float) -> _Decoded:
     except MemoryError:
         return _Decoded(job, None, time.perf_counter() - started, f"{job.src}: too large to decode in memory")
     except Exception as exc:  # noqa: BLE001 - a decoder bug on one odd file must not stop the run
-        return _Decoded(job, None, time.perf_counter() - started, f"{job.src}: cannot be decoded ({_first_line(exc)})")
+        return _Decoded(
+            job,
+            None,
+            time.perf_counter() - started,
+            f"{job.src}: cannot be decoded ({first_line(exc, with_type=True)})",
+        )
     return _Decoded(job, image, time.perf_counter() - started)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
 def _failed(job: Job, error: str, image: io.Image | None = None) -> RestoreReport:
@@ -552,13 +526,13 @@ def _write(job: Job, image: io.Image, outcome: Outcome, read_seconds: float, opt
     except ImageError as exc:
         return _failed(job, str(exc), image)
     except Exception as exc:  # noqa: BLE001 - an encoder failure fails this image only
-        return _failed(job, f"{job.dst}: cannot be written ({_first_line(exc)})", image)
+        return _failed(job, f"{job.dst}: cannot be written ({first_line(exc, with_type=True)})", image)
     seconds = read_seconds + outcome.seconds + time.perf_counter() - started
     return _report(job, image, outcome, seconds, notes)
 
 
 def _model_error(exc: BaseException) -> str:
-    return f"model failed ({_first_line(exc)})"
+    return f"model failed ({first_line(exc, with_type=True)})"
 
 
 def restore_files(jobs: Sequence[Job], restorer: Restorer) -> Iterator[RestoreReport]:

@@ -6,7 +6,6 @@ Everything here works with any model of the model contract (`run(x, routing=None
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import sys
@@ -17,9 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import policy
 from .errors import IrtoolError
-
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -64,19 +62,17 @@ def release_cpu_memory() -> None:
 
 
 def precision_dtype(precision: str) -> torch.dtype:
-    try:
-        return PRECISIONS[precision]
-    except KeyError:
-        raise IrtoolError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}") from None
+    """The dtype of an explicit precision name (fp32, bf16, fp16; see irtool.policy); IrtoolError for others."""
+    return policy.dtype_of(precision, label=f"precision {precision!r}")
 
 
 def autocast(device: torch.device, precision: str, *, cache: bool = True) -> ContextManager:
-    """Mixed precision for `precision` on `device`: convolutions and matmuls in bf16/fp16, normalisations and
-    softmax in fp32 (torch.autocast's lists); fp32 runs as is. `cache=False` for CUDA graph capture."""
-    dtype = precision_dtype(precision)
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
+    """Mixed precision for an explicit `precision` on `device` as irtool.policy decides it: convolutions and matmuls
+    in bf16/fp16, normalisations and softmax in fp32 (torch.autocast's lists); fp32 runs as is. `cache=False` for
+    CUDA graph capture."""
+    precision_dtype(precision)  # only explicit names: a benchmark row measures one precision
+    dtype, _notes = policy.resolve_precision(precision, device)
+    return policy.autocast(device, dtype, cache=cache)
 
 
 def prepare(model: nn.Module, device: torch.device) -> nn.Module:

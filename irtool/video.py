@@ -25,8 +25,8 @@ A frame the decoder cannot decode (or marks corrupt) is reported and replaced by
 is written under a temp name and renamed when complete: an interruption leaves nothing, or with `keep_partial` a
 playable `<name>.partial<ext>` holding the frames done.
 
-Imports the standard library and numpy at import time (irtool.jobs reads VIDEO_SUFFIXES); PyAV, torch and the
-engine only inside the functions that need them.
+Imports the standard library, numpy and irtool.jobs (the report and the file suffixes) at import time; PyAV, torch
+and the engine only inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -48,10 +48,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import IrtoolError
+from .errors import IrtoolError, first_line
+from .jobs import VIDEO_SUFFIXES, RestoreReport
 
-#: file extensions restored as videos
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
 #: --video-codec names -> the FFmpeg encoder PyAV's wheel bundles
 ENCODERS = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1", "ffv1": "ffv1"}
 #: --crf defaults: visually transparent for the x264/x265 scales, the encoders' usual good quality for VP9/AV1
@@ -188,8 +187,7 @@ def _open(path: Path) -> Any:
 
 
 def _av_message(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc)
-    return str(text).strip().splitlines()[0][:160] if str(text).strip() else type(exc).__name__
+    return first_line(exc, text=str(getattr(exc, "strerror", None) or exc))
 
 
 def _rate(stream: Any) -> Fraction | None:
@@ -857,25 +855,10 @@ class _Writer(threading.Thread):
 
 
 @dataclass
-class VideoReport:
-    """What happened to one video; the fields of `RestoreReport` plus the video's own (`video`)."""
+class VideoReport(RestoreReport):
+    """What happened to one video: a `RestoreReport` (degradation: the longest shot's; routing: "shot" or
+    "per-frame") plus the video's own fields, reported under "video"."""
 
-    input: str
-    output: str | None = None
-    status: str = "ok"
-    width: int | None = None
-    height: int | None = None
-    degradation: str | None = None  #: of the longest shot
-    confidence: float | None = None
-    experts: list[list[int]] | None = None
-    gates: list[list[float]] | None = None
-    routing: str | None = None  #: "shot" or "per-frame"
-    tiles: int = 0
-    tile_size: list[int] | None = None
-    precision: str | None = None
-    seconds: float | None = None
-    warnings: list[str] = field(default_factory=list)
-    error: str | None = None
     frames: int = 0
     fps: float | None = None
     duration: float | None = None
@@ -886,34 +869,12 @@ class VideoReport:
     partial: bool = False
 
     @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def failed(self) -> bool:
-        return self.status == "failed"
-
-    @property
     def megapixels(self) -> float:
         return 0.0  # the image progress counts images; videos have their own bar in frames
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "input": self.input,
-            "output": self.output,
-            "status": self.status,
-            "size": [self.width, self.height] if self.width is not None else None,
-            "degradation": self.degradation,
-            "confidence": None if self.confidence is None else round(self.confidence, 4),
-            "experts": self.experts,
-            "gates": None if self.gates is None else [[round(g, 4) for g in layer] for layer in self.gates],
-            "routing": self.routing,
-            "tiles": self.tiles,
-            "tile_size": self.tile_size,
-            "precision": self.precision,
-            "seconds": None if self.seconds is None else round(self.seconds, 3),
-            "warnings": self.warnings,
-            "error": self.error,
+            **super().to_json(),
             "video": {
                 "frames": self.frames,
                 "fps": None if self.fps is None else round(self.fps, 4),
@@ -931,22 +892,6 @@ class VideoReport:
 Progress = Callable[[str, int, "int | None"], None]
 
 
-def _publish(tmp: Path, dst: Path, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, dst)
-        return
-    try:
-        os.link(tmp, dst)
-    except FileExistsError:
-        raise VideoError(f"{dst}: already exists (pass --overwrite to replace it, or --skip-existing)") from None
-    except OSError:
-        if dst.exists():
-            raise VideoError(f"{dst}: already exists (pass --overwrite to replace it, or --skip-existing)") from None
-        os.replace(tmp, dst)
-        return
-    tmp.unlink()
-
-
 def partial_path(dst: Path) -> Path:
     return dst.with_name(f"{dst.stem}.partial{dst.suffix}")
 
@@ -956,8 +901,8 @@ def restore_video(
 ) -> VideoReport:
     """Restore one video file to `dst` (see the module docstring). Raises VideoError for an unreadable input or
     an unwritable output, KeyboardInterrupt after cleaning up (or keeping a partial file); returns the report."""
-    from .engine import _precision_name
     from .images import files as io
+    from .policy import precision_name
 
     video.check()
     started = time.perf_counter()
@@ -971,7 +916,7 @@ def restore_video(
     src = _Source.open(src_path)
     report = VideoReport(input=str(src_path), output=str(dst), width=analysis.width, height=analysis.height)
     report.routing = "per-frame" if video.route_per_frame else "shot"
-    report.precision = _precision_name(restorer.amp_dtype)
+    report.precision = precision_name(restorer.amp_dtype)
     report.frames, report.fps = total, float(src.rate) if src.rate else None
     report.audio = [a.codec_context.name for a in src.audio]
     report.warnings += [f"stream #{s.index} ({s.type}) is not copied" for s in src.others]
@@ -1093,7 +1038,7 @@ def restore_video(
         writer.join()
         if writer.error is not None:
             raise writer.error
-        _publish(tmp, dst, options.overwrite)
+        io.publish(tmp, dst, options.overwrite, error=VideoError)
         published = True
         if writer.dropped:
             report.warnings.append(f"{len(writer.dropped)} replacement frame(s) out of timestamp order were dropped")
@@ -1203,13 +1148,11 @@ def restore_videos(
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - a bug on one odd file must not stop the run
-            from .engine import _first_line
-
             yield VideoReport(
                 input=str(job.src),
                 output=str(job.dst),
                 status="failed",
-                error=f"{job.src}: cannot be restored ({_first_line(exc)})",
+                error=f"{job.src}: cannot be restored ({first_line(exc, with_type=True)})",
             )
         finally:
             if task is not None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ImageError, IrtoolError
+from ..errors import ImageError, IrtoolError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SIGMAS = (15, 25, 50)
@@ -798,9 +798,7 @@ def read_rgb(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             return np.array(im.convert("RGB"))
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise ImageError(
-            f"{path}: cannot be read as an image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-        ) from None
+        raise ImageError(f"{path}: cannot be read as an image ({first_line(exc, None)})") from None
 
 
 def centre_crop(image: np.ndarray, multiple: int | None) -> np.ndarray:

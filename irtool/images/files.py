@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from .. import safe_paths
-from ..errors import ImageError
+from ..errors import ImageError, IrtoolError, first_line
 from . import tiff
 
 # OpenCV logs decoder trouble on stderr; irtool reports it as one line of its own instead.
@@ -277,12 +277,7 @@ def _pillow_header(data: bytes, what: str) -> Header:
             f"its header claims more than {2 * (PILImage.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} MP (a decompression bomb)"
         ) from None
     except Exception as exc:  # noqa: BLE001 - Pillow reports damaged headers with many exception types
-        raise ImageError(f"corrupt {what} header ({_short(exc)})") from None
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:100] if text else type(exc).__name__
+        raise ImageError(f"corrupt {what} header ({first_line(exc, 100)})") from None
 
 
 def _header(data: bytes, fmt: str | None, directory: tiff.Directory | None) -> Header:
@@ -746,19 +741,20 @@ def _encode(
     return memoryview(buffer), warnings
 
 
-def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
-    """Move a finished temp file into place; without `overwrite`, never replace an existing file (even in a race)."""
+def publish(tmp: Path, path: Path, overwrite: bool, *, error: type[IrtoolError] = ImageError) -> None:
+    """Move a finished temp file into place; without `overwrite`, never replace an existing file (even in a race):
+    then `error` says it exists. Used for images here and for videos by irtool.video."""
     if overwrite:
         os.replace(tmp, path)
         return
     try:
         os.link(tmp, path)  # atomic and fails if `path` exists
     except FileExistsError:
-        raise ImageError(f"{path}: already exists (pass --overwrite to replace it, or --skip-existing)") from None
+        raise error(f"{path}: already exists (pass --overwrite to replace it, or --skip-existing)") from None
     except OSError:
         # file systems without hard links: a check then a rename (a tiny race window)
         if path.exists():
-            raise ImageError(f"{path}: already exists (pass --overwrite to replace it, or --skip-existing)") from None
+            raise error(f"{path}: already exists (pass --overwrite to replace it, or --skip-existing)") from None
         os.replace(tmp, path)
         return
     tmp.unlink()
@@ -775,18 +771,21 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
-def write_bytes_atomic(path: str | Path, data: bytes | memoryview, *, overwrite: bool = False) -> None:
-    """Write `data` to `path` through a temp file in the same folder; see `_publish` for the replace rule."""
+def write_bytes_atomic(
+    path: str | Path, data: bytes | memoryview, *, overwrite: bool = False, error: type[IrtoolError] = ImageError
+) -> None:
+    """Write `data` to `path` through a temp file in the same folder; see `publish` for the replace rule. A failure
+    is one line as `error` (ImageError for images; reports pass their own)."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise ImageError(f"{path}: already exists (pass --overwrite to replace it, or --skip-existing)")
+        raise error(f"{path}: already exists (pass --overwrite to replace it, or --skip-existing)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # the temp name stays within the 255 bytes a file name can hold, however long the target's name is
         stem = os.fsdecode(os.fsencode(path.name)[:120]).rstrip("\ufffd")
         fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".irtool-tmp", dir=path.parent)
     except OSError as exc:
-        raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise error(f"{path}: cannot write ({exc.strerror or exc})") from None
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -794,9 +793,9 @@ def write_bytes_atomic(path: str | Path, data: bytes | memoryview, *, overwrite:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        _publish(tmp, path, overwrite)
+        publish(tmp, path, overwrite, error=error)
     except OSError as exc:
-        raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise error(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:
         if tmp.exists():
             tmp.unlink()
