@@ -527,7 +527,7 @@ class Analysis:
 
 def analyse(path: Path, restorer: Any, video: VideoOptions, progress: Callable[[int], None] | None = None) -> Analysis:
     """Pass 1: decode the restored range once, find the cuts, count frames, and (shot routing) route each shot."""
-    import torch
+    from .images.tensors import to_tensor
 
     src = _Source.open(path)
     shots: list[Shot] = []
@@ -545,13 +545,8 @@ def analyse(path: Path, restorer: Any, video: VideoOptions, progress: Callable[[
             picked = sampler.pick()
             if not video.route_per_frame and picked:
                 shots[-1].samples = [shot_start + k for k, _ in picked]
-                scale = 65535.0 if src.deep else 255.0
-                batch = (
-                    torch.from_numpy(np.stack([a for _, a in picked]).astype(np.float32) / scale)
-                    .permute(0, 3, 1, 2)
-                    .contiguous()
-                )
-                routing = restorer.route(batch.to(restorer.device))
+                batch = to_tensor(np.stack([a for _, a in picked]), restorer.device)
+                routing = restorer.route(batch)
                 _describe(shots[-1], shared_routing(routing), restorer)
 
         for event in _events(src, video, with_audio=False):
@@ -902,6 +897,7 @@ def restore_video(
     """Restore one video file to `dst` (see the module docstring). Raises VideoError for an unreadable input or
     an unwritable output, KeyboardInterrupt after cleaning up (or keeping a partial file); returns the report."""
     from .images import files as io
+    from .images.pixels import from_float
     from .policy import precision_name
 
     video.check()
@@ -977,7 +973,6 @@ def restore_video(
         names: dict[int, Counter] = {}
         done = 0
         tiles, tile_size = 0, None
-        scale_out = 65535.0 if src.deep else 255.0
         out_dtype = np.uint16 if src.deep else np.uint8
 
         def flush() -> None:
@@ -993,7 +988,7 @@ def restore_video(
             for e in pending:
                 if e.kind == "frame":
                     outcome = next(results)
-                    rgb = np.round(outcome.rgb * scale_out).astype(out_dtype)
+                    rgb = from_float(outcome.rgb, out_dtype)
                     writer.put(("video", e.pts, rgb, e.duration))  # type: ignore[union-attr]
                     k = shot_of(e.index)
                     per_frame.setdefault(k, Counter())[_key(outcome.experts)] += 1

@@ -35,7 +35,9 @@ import numpy as np
 
 from .. import safe_paths
 from ..errors import ImageError, IrtoolError, first_line
+from . import pixels as px
 from . import tiff
+from .pixels import luma
 
 # OpenCV logs decoder trouble on stderr; irtool reports it as one line of its own instead.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -115,10 +117,7 @@ class Image:
 
 def float_rgb(pixels: np.ndarray) -> np.ndarray:
     """(H, W, 3) float32 RGB in [0, 1] of colour samples (RGB or gray; uint8, uint16 or float32): one copy."""
-    rgb = _to_float(pixels)
-    if rgb.ndim == 2:
-        rgb = np.repeat(rgb[..., None], 3, axis=2)
-    return np.ascontiguousarray(rgb)
+    return np.ascontiguousarray(px.gray_to_rgb(px.to_float(pixels)))
 
 
 def normalize_format(name: str | None) -> str | None:
@@ -322,14 +321,6 @@ def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------------------------------
 # Reading
-
-
-def _to_float(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
-    return np.clip(np.nan_to_num(array.astype(np.float32), nan=0.0), 0.0, 1.0)
 
 
 def _pillow_applies_tiff_orientation() -> bool:
@@ -595,23 +586,11 @@ def read_image(path: str | Path, *, max_megapixels: float | None = None) -> Imag
 # Writing
 
 
-def _quantize(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    rgb = np.nan_to_num(rgb, nan=0.0, posinf=1.0, neginf=0.0)
-    if dtype == np.float32:
-        return np.clip(rgb, 0.0, 1.0).astype(np.float32)
-    top = 255.0 if dtype == np.uint8 else 65535.0
-    return np.rint(np.clip(rgb, 0.0, 1.0) * top).astype(dtype)
-
-
-def _convert_alpha(alpha: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if alpha.dtype == dtype:
-        return alpha
-    return _quantize(_to_float(alpha), dtype)
-
-
-def luma(rgb: np.ndarray) -> np.ndarray:
-    """BT.601 luma of (H, W, 3) RGB, as OpenCV's RGB2GRAY computes it."""
-    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+def _convert_samples(samples: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Samples (alpha, or restored colour) in another sample type; as they are when already of it."""
+    if samples.dtype == dtype:
+        return samples
+    return px.from_float(px.to_float(samples), dtype)
 
 
 def icc_colour_space(icc: bytes) -> bytes:
@@ -684,13 +663,11 @@ def _encode(
         icc = None
 
     if samples is not None:
-        color = samples if samples.dtype == dtype else _quantize(_to_float(samples), dtype)
-    elif image.gray:
-        color = _quantize(luma(rgb), dtype)
+        color = _convert_samples(samples, dtype)
     else:
-        color = _quantize(rgb, dtype)
+        color = px.from_float(luma(rgb) if image.gray else rgb, dtype)  # type: ignore[arg-type]
     if alpha is not None:
-        alpha = _convert_alpha(alpha, dtype)
+        alpha = _convert_samples(alpha, dtype)
 
     if fmt == "tiff":
         planes = color if alpha is None else np.dstack([color, alpha])
@@ -852,10 +829,10 @@ def to_array(image: Image, rgb: np.ndarray | None = None, samples: np.ndarray | 
         color = samples
     else:
         rgb = image.rgb if rgb is None else rgb
-        color = _quantize(luma(rgb) if image.gray else rgb, dtype)
+        color = px.from_float(luma(rgb) if image.gray else rgb, dtype)
     if image.alpha is None:
         return color
-    alpha = _convert_alpha(image.alpha, dtype)
+    alpha = _convert_samples(image.alpha, dtype)
     return np.dstack([color, alpha])
 
 
