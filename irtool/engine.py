@@ -267,6 +267,16 @@ class Restorer:
             tile = min(tile, self.learned_tile) if tile else self.learned_tile
         return tile
 
+    def _smaller_tile(self, side: int) -> int:
+        """After an out-of-memory error at tiles of `side` px: half that (a multiple of the model's), remembered for
+        later images; OutOfMemory when that is below the smallest tile."""
+        multiple = int(getattr(self.model, "size_multiple", 1))
+        smaller = (side // 2) // multiple * multiple
+        if smaller < max(MIN_TILE, multiple):
+            raise OutOfMemory(f"out of memory even with {side} px tiles; try --device cpu, or free GPU memory")
+        self.learned_tile = smaller if not self.learned_tile else min(self.learned_tile, smaller)
+        return smaller
+
     def _fit(self, x: Tensor, dtype: torch.dtype | None, warnings: list[list[str]], imposed: Any = None) -> list[_Pass]:
         """Forward passes for the batch, splitting it and then tiling (halving) on out-of-memory errors.
         Returns one pass for the whole batch, or one per image after a split."""
@@ -285,14 +295,8 @@ class Restorer:
                     sub: list[list[str]] = [warnings[i]]
                     passes += self._fit(x[i : i + 1], dtype, sub, None if imposed is None else imposed[i])
                 return passes
-            side = tile if tile and tile < max(h, w) else max(h, w)
-            multiple = int(getattr(self.model, "size_multiple", 1))
-            smaller = (side // 2) // multiple * multiple
-            if smaller < max(MIN_TILE, multiple):
-                raise OutOfMemory(f"out of memory even with {side} px tiles; try --device cpu, or free GPU memory")
-            tile = smaller
-            self.learned_tile = smaller if not self.learned_tile else min(self.learned_tile, smaller)
-            warnings[0].append(f"out of memory: retried with {smaller} px tiles")
+            tile = self._smaller_tile(tile if tile and tile < max(h, w) else max(h, w))
+            warnings[0].append(f"out of memory: retried with {tile} px tiles")
 
     def restore(self, images: Sequence[io.Image], routing: Any = None) -> list[Outcome]:
         """Restore same-size images in one batch (see the module docstring). Raises OutOfMemory or the model's
@@ -356,29 +360,60 @@ class Restorer:
         """Restore one large image tile by tile from `image.pixels` (see irtool.large): the result comes back as
         samples in the image's type. Same tiling, blending and shared routing as the tiled float path; an
         out-of-memory error halves the tile, as there."""
-        from .large import AUTO_TILE, area_downscale, restore_tiled
-
         started = time.perf_counter()
-        model, options = self.model, self.options
-        h, w = image.height, image.width
-        multiple = int(getattr(model, "size_multiple", 1))
         notes: list[str] = []
-        tile = self._start_tile(h, w)
+        tile = self._start_tile(image.height, image.width)
         if not tile:
+            from .large import AUTO_TILE
+
             tile = AUTO_TILE
             notes.append(
-                f"{w}x{h} is too large to restore in one piece in this machine's memory; restored in {tile} px tiles"
+                f"{image.width}x{image.height} is too large to restore in one piece in this machine's memory; "
+                f"restored in {tile} px tiles"
             )
-        shared = None
-        if not options.route_per_tile:
-            size = options.route_size or 512
-            if not options.route_size:
-                notes.append("--route-size 0 (full size) is not possible for an image this large; routed at 512 px")
-            scale = size / max(h, w)
-            nh = max(multiple, int(round(h * scale / multiple)) * multiple)
-            nw = max(multiple, int(round(w * scale / multiple)) * multiple)
-            small = to_tensor(area_downscale(image.pixels, (nh, nw))[None], self.device)
-            shared = self.route(small)
+        shared = None if self.options.route_per_tile else self._route_large(image, notes)
+        samples, tiles, tile_size, dtype = self._tiles_from_samples(image, tile, shared, notes)
+        routing = shared[0] if shared is not None else None
+        name, confidence = self.name_degradation(routing) if routing is not None else ("unknown", None)
+        experts, gates = _routing_summary(routing) if routing is not None else (None, None)
+        return Outcome(
+            rgb=None,
+            samples=samples,
+            degradation=name,
+            confidence=confidence,
+            experts=experts,
+            gates=gates,
+            routing="per-tile" if self.options.route_per_tile else "downscaled",
+            tiles=tiles,
+            tile_size=list(tile_size),
+            precision=policy.precision_name(dtype),
+            seconds=time.perf_counter() - started,
+            warnings=notes,
+        )
+
+    def _route_large(self, image: io.Image, notes: list[str]) -> Any:
+        """The routing of a large image, decided on its samples area-downscaled to `route_size` (512 when 0)."""
+        from .large import area_downscale
+
+        h, w = image.height, image.width
+        multiple = int(getattr(self.model, "size_multiple", 1))
+        size = self.options.route_size or 512
+        if not self.options.route_size:
+            notes.append("--route-size 0 (full size) is not possible for an image this large; routed at 512 px")
+        scale = size / max(h, w)
+        nh = max(multiple, int(round(h * scale / multiple)) * multiple)
+        nw = max(multiple, int(round(w * scale / multiple)) * multiple)
+        return self.route(to_tensor(area_downscale(image.pixels, (nh, nw))[None], self.device))
+
+    def _tiles_from_samples(
+        self, image: io.Image, tile: int, shared: Any, notes: list[str]
+    ) -> tuple[np.ndarray, int, tuple[int, int], torch.dtype | None]:
+        """(restored samples, tile count, tile size, the precision that ran) for `restore_large`: every tile at this
+        run's precision until one overflows (then fp32 from there on), halving the tile on out-of-memory errors."""
+        from .large import restore_tiled
+
+        model, options = self.model, self.options
+        multiple = int(getattr(model, "size_multiple", 1))
         dtype_used = [self.amp_dtype]
 
         def run(t: Tensor) -> Tensor:
@@ -408,34 +443,13 @@ class Restorer:
                     device=self.device,
                     out_dtype=np.dtype(image.dtype),
                 )
-                break
+                return samples, tiles, tile_size, dtype_used[0]
             except RuntimeError as exc:
                 if not _is_oom(exc):
                     raise
             _free_memory(self.device)
-            smaller = (tile // 2) // multiple * multiple
-            if smaller < max(MIN_TILE, multiple):
-                raise OutOfMemory(f"out of memory even with {tile} px tiles; try --device cpu, or free GPU memory")
-            tile = smaller
-            self.learned_tile = smaller if not self.learned_tile else min(self.learned_tile, smaller)
-            notes.append(f"out of memory: retried with {smaller} px tiles")
-        routing = shared[0] if shared is not None else None
-        name, confidence = self.name_degradation(routing) if routing is not None else ("unknown", None)
-        experts, gates = _routing_summary(routing) if routing is not None else (None, None)
-        return Outcome(
-            rgb=None,
-            samples=samples,
-            degradation=name,
-            confidence=confidence,
-            experts=experts,
-            gates=gates,
-            routing="per-tile" if options.route_per_tile else "downscaled",
-            tiles=tiles,
-            tile_size=list(tile_size),
-            precision=policy.precision_name(dtype_used[0]),
-            seconds=time.perf_counter() - started,
-            warnings=notes,
-        )
+            tile = self._smaller_tile(tile)
+            notes.append(f"out of memory: retried with {tile} px tiles")
 
     def name_degradation(self, routing: Any) -> tuple[str, float | None]:
         """(name, confidence) for one image's routing: the model's own classifier (LoRA-IR), else the routing
@@ -543,107 +557,133 @@ def restore_files(jobs: Sequence[Job], restorer: Restorer) -> Iterator[RestoreRe
     A failure (unreadable file, model error, write error) fails that job only. Interrupting the iteration
     cancels queued work; writes already started finish atomically, so no partial file is left.
     """
-    options = restorer.options
-    slots: list[RestoreReport | Future | None] = [None] * len(jobs)
-    runnable: list[int] = []
-    for k, job in enumerate(jobs):
-        if job.error or job.skip:
-            slots[k] = report_unrunnable(job)
-        else:
-            runnable.append(k)
+    yield from _FileRun(jobs, restorer).reports()
 
-    readers = ThreadPoolExecutor(options.workers, thread_name_prefix="irtool-read")
-    writers = ThreadPoolExecutor(options.workers, thread_name_prefix="irtool-write")
-    prefetch = max(2, options.batch_size + options.workers)
-    reading: deque[tuple[int, Future]] = deque()
-    writing: deque[Future] = deque()
-    queue = iter(runnable)
-    next_out = 0
 
-    def top_up() -> None:
-        while len(reading) < prefetch:
-            k = next(queue, None)
+_Batch = list[tuple[int, _Decoded]]
+
+
+class _FileRun:
+    """One `restore_files` run: the reader and writer threads, and a slot per job that holds its report (or the
+    future of its write) until every job before it is done."""
+
+    def __init__(self, jobs: Sequence[Job], restorer: Restorer) -> None:
+        self.jobs, self.restorer, self.options = jobs, restorer, restorer.options
+        self.slots: list[RestoreReport | Future | None] = [None] * len(jobs)
+        runnable: list[int] = []
+        for k, job in enumerate(jobs):
+            if job.error or job.skip:
+                self.slots[k] = report_unrunnable(job)
+            else:
+                runnable.append(k)
+        self.queue = iter(runnable)
+        self.readers = ThreadPoolExecutor(self.options.workers, thread_name_prefix="irtool-read")
+        self.writers = ThreadPoolExecutor(self.options.workers, thread_name_prefix="irtool-write")
+        self.prefetch = max(2, self.options.batch_size + self.options.workers)
+        self.reading: deque[tuple[int, Future]] = deque()
+        self.writing: deque[Future] = deque()
+        self.next_out = 0
+
+    def reports(self) -> Iterator[RestoreReport]:
+        """Decode, batch, restore and write; yield the reports in job order."""
+        try:
+            self._top_up()
+            batch: _Batch = []
+            while self.reading or batch:
+                item = self._next_decoded()
+                if item is not None:
+                    if batch and not self._joins(batch, item[1]):
+                        self._run_batch(batch)
+                        batch = []
+                    batch.append(item)
+                if batch and (not self.reading or self._full(batch)):
+                    self._run_batch(batch)
+                    batch = []
+                yield from self._ready()
+            for future in list(self.writing):
+                future.result()
+            yield from self._ready()
+        finally:
+            self.readers.shutdown(wait=True, cancel_futures=True)
+            self.writers.shutdown(wait=True, cancel_futures=True)
+
+    def _top_up(self) -> None:
+        while len(self.reading) < self.prefetch:
+            k = next(self.queue, None)
             if k is None:
                 return
-            reading.append((k, readers.submit(_read, jobs[k], options.max_megapixels)))
+            self.reading.append((k, self.readers.submit(_read, self.jobs[k], self.options.max_megapixels)))
 
-    def ready() -> Iterator[RestoreReport]:
-        nonlocal next_out
-        while next_out < len(slots):
-            slot = slots[next_out]
+    def _next_decoded(self) -> tuple[int, _Decoded] | None:
+        """The next decoded image in job order, or None (nothing read yet, or it failed: its slot has the report)."""
+        if not self.reading:
+            return None
+        k, future = self.reading.popleft()
+        decoded: _Decoded = future.result()
+        self._top_up()
+        if decoded.image is None:
+            self.slots[k] = _failed(decoded.job, decoded.error or "unreadable")
+            return None
+        return k, decoded
+
+    def _image(self, decoded: _Decoded) -> io.Image:
+        assert decoded.image is not None  # only decoded images are batched
+        return decoded.image
+
+    def _full(self, batch: _Batch) -> bool:
+        """A batch runs now when it is as large as allowed, or holds an image restored alone from its samples."""
+        return len(batch) >= self.options.batch_size or self.restorer.needs_tiled_samples(self._image(batch[0][1]))
+
+    def _joins(self, batch: _Batch, decoded: _Decoded) -> bool:
+        """Whether an image can join a batch: the same size, room left, and not one for the tiled-samples path."""
+        image, first = self._image(decoded), self._image(batch[0][1])
+        return (
+            not self.restorer.needs_tiled_samples(image)
+            and (image.height, image.width) == (first.height, first.width)
+            and len(batch) < self.options.batch_size
+        )
+
+    def _ready(self) -> Iterator[RestoreReport]:
+        """The reports that are done, from the first not yet yielded, in job order."""
+        while self.next_out < len(self.slots):
+            slot = self.slots[self.next_out]
             if isinstance(slot, Future):
                 if not slot.done():
                     return
                 slot = slot.result()
             if slot is None:
                 return
-            slots[next_out] = None
-            next_out += 1
+            self.slots[self.next_out] = None
+            self.next_out += 1
             yield slot
 
-    def run_batch(batch: list[tuple[int, _Decoded]]) -> None:
+    def _run_batch(self, batch: _Batch) -> None:
+        """Restore a batch and queue its writes; a failure is retried image by image to find the culprit."""
         try:
-            if len(batch) == 1 and restorer.needs_tiled_samples(batch[0][1].image):  # type: ignore[arg-type]
-                outcomes = [restorer.restore_large(batch[0][1].image)]  # type: ignore[arg-type]
+            if len(batch) == 1 and self.restorer.needs_tiled_samples(self._image(batch[0][1])):
+                outcomes = [self.restorer.restore_large(self._image(batch[0][1]))]
             else:
-                outcomes = restorer.restore([d.image for _, d in batch])  # type: ignore[misc]
+                outcomes = self.restorer.restore([self._image(d) for _, d in batch])
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the run
             if len(batch) > 1:
                 for item in batch:  # isolate the culprit
-                    run_batch([item])
+                    self._run_batch([item])
                 return
             k, decoded = batch[0]
             error = str(exc) if isinstance(exc, IrtoolError) else _model_error(exc)
-            slots[k] = _failed(
-                decoded.job,
-                f"{decoded.job.src}: {error}" if not error.startswith(str(decoded.job.src)) else error,
-                decoded.image,
-            )
+            src = str(decoded.job.src)
+            self.slots[k] = _failed(decoded.job, error if error.startswith(src) else f"{src}: {error}", decoded.image)
             return
         for (k, decoded), outcome in zip(batch, outcomes):
-            while len(writing) > 2 * options.workers + options.batch_size:  # bound memory held by pending writes
-                writing.popleft().result()
-            future = writers.submit(_write, decoded.job, decoded.image, outcome, decoded.seconds, options)
-            writing.append(future)
-            slots[k] = future
-
-    try:
-        top_up()
-        batch: list[tuple[int, _Decoded]] = []
-        while reading or batch:
-            decoded = None
-            if reading:
-                k, future = reading.popleft()
-                decoded = future.result()
-                top_up()
-                if decoded.image is None:
-                    slots[k] = _failed(decoded.job, decoded.error or "unreadable")
-                    decoded = None
-            if decoded is not None:
-                shape = (decoded.image.height, decoded.image.width)  # type: ignore[union-attr]
-                large = restorer.needs_tiled_samples(decoded.image)  # type: ignore[arg-type]
-                if batch and (
-                    large
-                    or shape != (batch[0][1].image.height, batch[0][1].image.width)
-                    or len(batch) >= options.batch_size
-                ):  # type: ignore[union-attr]
-                    run_batch(batch)
-                    batch = []
-                batch.append((k, decoded))
-            if batch and (
-                not reading or len(batch) >= options.batch_size or restorer.needs_tiled_samples(batch[0][1].image)
-            ):  # type: ignore[arg-type]
-                run_batch(batch)
-                batch = []
-            yield from ready()
-        for future in list(writing):
-            future.result()
-        yield from ready()
-    finally:
-        readers.shutdown(wait=True, cancel_futures=True)
-        writers.shutdown(wait=True, cancel_futures=True)
+            while len(self.writing) > 2 * self.options.workers + self.options.batch_size:  # bound pending writes
+                self.writing.popleft().result()
+            future = self.writers.submit(
+                _write, decoded.job, self._image(decoded), outcome, decoded.seconds, self.options
+            )
+            self.writing.append(future)
+            self.slots[k] = future
 
 
 # --------------------------------------------------------------------------------------------------------------------
