@@ -112,8 +112,8 @@ def _line_kernel(length: int, angle_deg: float) -> np.ndarray:
     p0 = (int(round(c - dx * half)), int(round(c - dy * half)))
     p1 = (int(round(c + dx * half)), int(round(c + dy * half)))
     cv2.line(kernel, p0, p1, 1.0, thickness=4, lineType=cv2.LINE_AA)
-    kernel = cv2.resize(kernel, (size, size), interpolation=cv2.INTER_AREA)
-    return kernel / max(float(kernel.sum()), 1e-12)
+    resized = cv2.resize(kernel, (size, size), interpolation=cv2.INTER_AREA)
+    return resized / max(float(resized.sum()), 1e-12)
 
 
 def _rain(rgb: np.ndarray, per_thousand: float, rng) -> np.ndarray:
@@ -181,7 +181,9 @@ def _jpeg(color: np.ndarray, quality: float) -> np.ndarray:
     as8 = color if dtype == np.uint8 else from_float(to_float(color), np.uint8)
     bgr = as8[..., ::-1] if as8.ndim == 3 else as8
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(bgr), [cv2.IMWRITE_JPEG_QUALITY, int(round(quality))])
-    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else None
+    if decoded is None:
+        raise ValueError(f"OpenCV could not round-trip a {as8.shape} image through JPEG")
     decoded = decoded[..., ::-1] if decoded.ndim == 3 else decoded
     if dtype == np.uint8:
         return np.ascontiguousarray(decoded)

@@ -476,10 +476,11 @@ class _Decoded:
     error: str | None = None
 
 
-def _read(job: Job, max_megapixels: float) -> _Decoded:
+def _read(job: Job, max_megapixels: float | None) -> _Decoded:
     started = time.perf_counter()
+    assert job.src is not None, "only jobs with an input are read"
     try:
-        image = io.read_image(job.src, max_megapixels=max_megapixels)  # type: ignore[arg-type]
+        image = io.read_image(job.src, max_megapixels=max_megapixels)
     except ImageError as exc:
         return _Decoded(job, None, time.perf_counter() - started, str(exc))
     except MemoryError:
@@ -527,6 +528,7 @@ def _report(job: Job, image: io.Image, outcome: Outcome, seconds: float, warning
 
 def _write(job: Job, image: io.Image, outcome: Outcome, read_seconds: float, options: RestoreOptions) -> RestoreReport:
     started = time.perf_counter()
+    assert job.dst is not None, "only jobs with an output are written"
     try:
         notes = io.write_image(
             job.dst,
@@ -536,7 +538,7 @@ def _write(job: Job, image: io.Image, outcome: Outcome, read_seconds: float, opt
             quality=options.quality,
             overwrite=options.overwrite,
             samples=outcome.samples,
-        )  # type: ignore[arg-type]
+        )
     except ImageError as exc:
         return _failed(job, str(exc), image)
     except Exception as exc:  # noqa: BLE001 - an encoder failure fails this image only
@@ -728,7 +730,7 @@ def restore(
         >>> results[0].report.degradation, results[0].image.shape
     """
     loaded = model if isinstance(model, nn.Module) else None
-    given = {
+    given: dict[str, Any] = {
         "device": device,
         "precision": precision,
         "tile": tile,

@@ -31,6 +31,7 @@ and the engine only inside the functions that need them.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import queue
@@ -422,8 +423,15 @@ class _Source:
     def close(self) -> None:
         self.container.close()
 
-    def seconds(self, pts: int) -> float:
-        return float((pts - self.first_pts) * self.time_base)
+    def seconds(self, pts: int | None) -> float:
+        """Seconds from the restored range's start; an event without a timestamp (never a frame) counts as 0."""
+        return 0.0 if pts is None else float((pts - self.first_pts) * self.time_base)
+
+
+def _routing_rgb(frame: Any, deep: bool, height: int, width: int) -> np.ndarray:
+    """A frame as `_rgb` makes it, scaled to the routing size (height, width) unless it has that size already."""
+    resize = (height, width) != (frame.height, frame.width)
+    return _rgb(frame, deep, width if resize else None, height if resize else None)
 
 
 def _rgb(frame: Any, deep: bool, width: int | None = None, height: int | None = None) -> np.ndarray:
@@ -574,15 +582,7 @@ def analyse(path: Path, restorer: Any, video: VideoOptions, progress: Callable[[
                 previous = hist
                 if not video.route_per_frame:
                     h, w = route_hw  # type: ignore[misc]
-                    sampler.offer(
-                        event.index - shot_start,
-                        lambda f=frame, h=h, w=w: _rgb(
-                            f,
-                            src.deep,
-                            w if (h, w) != (f.height, f.width) else None,
-                            h if (h, w) != (f.height, f.width) else None,
-                        ),
-                    )
+                    sampler.offer(event.index - shot_start, functools.partial(_routing_rgb, frame, src.deep, h, w))
             if progress is not None:
                 progress(count)
         if count == 0:

@@ -152,7 +152,7 @@ class DatasetReport:
     @property
     def worst(self) -> ImageResult | None:
         scored = self.scored
-        return min(scored, key=lambda r: r.psnr) if scored else None
+        return min(scored, key=lambda r: math.inf if r.psnr is None else r.psnr) if scored else None
 
     def summary(self) -> dict[str, Any]:
         seconds = [r.seconds for r in self.scored if r.seconds is not None]
@@ -735,7 +735,7 @@ def plot_usage(report: EvalReport, path: str | Path) -> Path:
         raise IrtoolError("--plot: no routing was recorded (no image was evaluated)")
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.2 * len(panels) + 0.6), squeeze=False)
     for ax, d in zip(axes[:, 0], panels):
-        usage = d.usage
+        usage = d.usage or {}
         if usage["kind"] == "experts":
             counts = np.asarray(usage["counts"], dtype=float)
             shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -751,7 +751,7 @@ def plot_usage(report: EvalReport, path: str | Path) -> Path:
             ax.bar(names, [usage["counts"][n] for n in names])
             ax.set_ylabel("images")
         ax.set_title(f"{d.title} ({len(d.images)} images)", fontsize=10)
-    if panels[-1].usage["kind"] == "experts":
+    if (panels[-1].usage or {}).get("kind") == "experts":
         axes[-1, 0].set_xlabel("MoCE layer (forward order)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if handles:

@@ -720,7 +720,7 @@ def _encode_opencv(image: Image, fmt: str, array: np.ndarray, icc: bytes | None,
         raise ImageError(f"cannot encode as {fmt.upper()} ({str(exc).strip().splitlines()[-1][:120]})") from None
     if not ok:
         raise ImageError(f"cannot encode as {fmt.upper()}")
-    return memoryview(buffer)
+    return buffer.data
 
 
 def _encode(
