@@ -71,6 +71,15 @@ class OutOfMemory(IrtoolError):
 # Choosing and loading the model
 
 
+def _shrunk(h: int, w: int, size: int, multiple: int) -> tuple[int, int]:
+    """(h, w) scaled so the longer side is about `size`, both sides rounded to multiples of `multiple`: the size a
+    large image is routed at (the same for the float and the samples paths)."""
+    scale = size / max(h, w)
+    return max(multiple, int(round(h * scale / multiple)) * multiple), max(
+        multiple, int(round(w * scale / multiple)) * multiple
+    )
+
+
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, _OOM_ERRORS):
         return True
@@ -223,11 +232,7 @@ class Restorer:
         h, w = x.shape[-2:]
         if not size or max(h, w) <= size:
             return x
-        m = int(getattr(self.model, "size_multiple", 1))
-        scale = size / max(h, w)
-        nh = max(m, int(round(h * scale / m)) * m)
-        nw = max(m, int(round(w * scale / m)) * m)
-        return F.interpolate(x, size=(nh, nw), mode="area")
+        return F.interpolate(x, size=_shrunk(h, w, size, int(getattr(self.model, "size_multiple", 1))), mode="area")
 
     def _forward(self, x: Tensor, tile: int, dtype: torch.dtype | None, imposed: Any = None) -> _Pass:
         """One pass over a same-size batch at one precision, whole or tiled (no error handling). `imposed`: a
@@ -395,15 +400,12 @@ class Restorer:
         """The routing of a large image, decided on its samples area-downscaled to `route_size` (512 when 0)."""
         from .large import area_downscale
 
-        h, w = image.height, image.width
-        multiple = int(getattr(self.model, "size_multiple", 1))
-        size = self.options.route_size or 512
         if not self.options.route_size:
             notes.append("--route-size 0 (full size) is not possible for an image this large; routed at 512 px")
-        scale = size / max(h, w)
-        nh = max(multiple, int(round(h * scale / multiple)) * multiple)
-        nw = max(multiple, int(round(w * scale / multiple)) * multiple)
-        return self.route(to_tensor(area_downscale(image.pixels, (nh, nw))[None], self.device))
+        size = _shrunk(
+            image.height, image.width, self.options.route_size or 512, int(getattr(self.model, "size_multiple", 1))
+        )
+        return self.route(to_tensor(area_downscale(image.pixels, size)[None], self.device))
 
     def _tiles_from_samples(
         self, image: io.Image, tile: int, shared: Any, notes: list[str]

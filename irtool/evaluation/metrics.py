@@ -161,7 +161,8 @@ def _as_batch(image: Any) -> Tensor:
 
 
 def _to_unit_float(image: Tensor) -> Tensor:
-    """Float64 in [0, 1]. uint8 goes through float32 first, as torchvision's ToTensor makes the official tensors."""
+    """Float64 in [0, 1]. uint8 goes through float32 first, as torchvision's ToTensor makes the official tensors.
+    (The protocols fix this arithmetic, in torch on the metric's device: not irtool.images.pixels, which is numpy.)"""
     if image.dtype == torch.uint8:
         return (image.to(torch.float32) / 255).to(torch.float64)
     return image.to(torch.float64).clamp(0, 1)
