@@ -49,7 +49,7 @@ def _model_info(restorer: Any) -> dict[str, Any]:
     if restorer is None:
         return {"source": "none loaded (nothing to restore)", "arch": None, "parameters": None, "fingerprint": None}
     from ..calibrate import fingerprint
-    from ..engine import _precision_name
+    from ..policy import precision_name
 
     model = restorer.model
     return {
@@ -60,7 +60,7 @@ def _model_info(restorer: Any) -> dict[str, Any]:
         "fingerprint": fingerprint(model),
         "calibrated": restorer.calibration is not None or hasattr(model, "classify"),
         "device": str(restorer.device),
-        "precision": _precision_name(restorer.amp_dtype),
+        "precision": precision_name(restorer.amp_dtype),
         "layers": list(getattr(model, "moce_layer_names", []) or []),
     }
 
