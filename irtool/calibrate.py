@@ -13,7 +13,7 @@ A calibration file (`<weights file>.calibration.json`) records the fingerprint o
 (sha256 over the state dict's names, dtypes, shapes and bytes, so it survives conversion between .ckpt and
 .safetensors); restore ignores a calibration whose fingerprint does not match.
 
-Imports numpy and torch; the model and the way it is run (device, precision) come from the caller.
+Imports numpy, torch and irtool.images.tensors; the model and the way it is run (device, precision) come from the caller.
 """
 
 from __future__ import annotations

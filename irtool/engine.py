@@ -14,7 +14,7 @@
 Each fact is decided once and carried forward: the bit depth and metadata found by `io.read_image` go back out
 through `io.write_image`; the routing decided on the whole (downscaled) image is imposed on its tiles.
 
-Imports torch, numpy and irtool's io, jobs, tiling, loading, calibrate and weights modules.
+Imports torch, numpy and irtool's images (files, tensors), jobs, policy, tiling, loading, calibrate and weights modules.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ The blending weights and the shared routing (the whole image, area-downscaled to
 by band) are those of `tiling.tiled_forward` and `Restorer._forward`, so the two paths agree to within one step
 of the output's quantization.
 
-Imports numpy, torch and irtool.tiling.
+Imports numpy, torch, irtool.tiling and irtool.images (pixels, tensors).
 """
 
 from __future__ import annotations

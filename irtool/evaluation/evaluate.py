@@ -15,7 +15,7 @@ the paper's figure for the checkpoint (from the manifest), the protocol and ever
 reduced precision, a subset of images), the realisation of the test noise, and how often the router picked each
 expert in each layer (or each class, for classifier-routed models).
 
-Imports torch, numpy, irtool.evaluation.metrics and irtool.evaluation.datasets.
+Imports torch, numpy, irtool.evaluation.metrics and .datasets, irtool.images (pixels, tensors, files) and irtool.policy.
 """
 
 from __future__ import annotations
