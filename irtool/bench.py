@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from . import runtime
 from .archs.spec import RoutingRecord, restoring, spec_of
-from .errors import IrtoolError
+from .errors import IrtoolError, first_line
 from .tiling import pad_to_multiple
 
 EXPERT_MODES = ("sparse", "dense")  # plus "e<N>": expert N imposed in every layer
@@ -416,7 +416,7 @@ def run_bench(
                             row.error = str(exc)
                             output = None
                         except (RuntimeError, ValueError) as exc:  # out of memory, unsupported dtype on a device, ...
-                            row.error = _first_line(exc)
+                            row.error = first_line(exc, 200)
                             output = None
                             if device.type == "cuda":
                                 torch.cuda.empty_cache()
@@ -457,11 +457,6 @@ def count_cases(plan: BenchPlan, device: torch.device) -> int:
 def _load() -> tuple[float, float]:
     one = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (one, one)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
 
 
 def _measure(model: nn.Module, device: torch.device, plan: BenchPlan, x: Tensor, row: BenchRow) -> Tensor | None:

@@ -13,13 +13,12 @@ A calibration file (`<weights file>.calibration.json`) records the fingerprint o
 (sha256 over the state dict's names, dtypes, shapes and bytes, so it survives conversion between .ckpt and
 .safetensors); restore ignores a calibration whose fingerprint does not match.
 
-Imports numpy and torch; the model and the way it is run (device, precision) come from the caller.
+Imports numpy, torch and irtool.images.tensors; the model and the way it is run (device, precision) come from the caller.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 import time
@@ -35,6 +34,8 @@ from torch import nn
 from . import __version__
 from .degrade import KINDS, LEVEL_NAMES, degrade
 from .errors import IrtoolError
+from .images.pixels import gray_to_rgb
+from .images.tensors import to_tensor
 
 FORMAT = "irtool.calibration"
 VERSION = 1
@@ -320,11 +321,10 @@ def fit(
 
 def skimage_photos() -> list[Path]:
     """The CC0 / public-domain photos inside an installed scikit-image wheel (found without importing skimage)."""
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    folder = Path(list(spec.submodule_search_locations)[0]) / "data"
-    return [folder / name for name in SKIMAGE_PHOTOS if (folder / name).is_file()]
+    from .evaluation.datasets import skimage_photo_dir
+
+    folder = skimage_photo_dir()
+    return [folder / name for name in SKIMAGE_PHOTOS if (folder / name).is_file()] if folder else []
 
 
 def clean_photos(clean_dir: str | Path | None = None) -> list[Path]:
@@ -429,8 +429,7 @@ def calibrate(
     for group in _same_size_groups(samples, range(len(samples))):  # equal sizes stack into batches
         for first in range(0, len(group), batch_size):
             sub = group[first : first + batch_size]
-            batch = np.stack([_as_rgb(samples[i].array) for i in sub]).astype(np.float32) / 255.0
-            routing = route(torch.from_numpy(batch).permute(0, 3, 1, 2).to(device))
+            routing = route(to_tensor(np.stack([_as_rgb(samples[i].array) for i in sub]), device))
             layers, experts = int(routing.logits.shape[1]), int(routing.logits.shape[2])
             for i, row in zip(sub, signatures(routing)):
                 features[i] = row
@@ -473,7 +472,7 @@ def _same_size_groups(samples: list[Sample], indices: Iterable[int]) -> list[lis
 
 
 def _as_rgb(array: np.ndarray) -> np.ndarray:
-    return np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array[..., :3]
+    return gray_to_rgb(array)[..., :3]
 
 
 def find_calibration(

@@ -26,13 +26,15 @@ over unsorted `os.listdir` order, so its realisation depends on the filesystem t
 RandomState(seed). The other kinds are plausible synthetic stand-ins (for calibration, training on clean photos and
 test images), not reproductions of any benchmark's data.
 
-Imports numpy and OpenCV only.
+Imports numpy, OpenCV and irtool.images.pixels (the one integer <-> float scaling).
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from .images.pixels import from_float, to_float
 
 KINDS = ("noise", "rain", "haze", "blur", "defocus", "lowlight", "jpeg")
 LEVELS: dict[str, dict[str, float]] = {
@@ -88,23 +90,6 @@ def _uniform(rng: np.random.RandomState | np.random.Generator, low: float, high:
     return rng.uniform(low, high, shape)
 
 
-def _to_float(color: np.ndarray) -> np.ndarray:
-    if color.dtype == np.uint8:
-        return color.astype(np.float32) / 255.0
-    if color.dtype == np.uint16:
-        return color.astype(np.float32) / 65535.0
-    return color.astype(np.float32)
-
-
-def _from_float(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    values = np.clip(values, 0.0, 1.0)
-    if dtype == np.uint8:
-        return np.rint(values * 255.0).astype(np.uint8)
-    if dtype == np.uint16:
-        return np.rint(values * 65535.0).astype(np.uint16)
-    return values.astype(dtype)
-
-
 def _noise(color: np.ndarray, sigma: float, rng) -> np.ndarray:
     noise = _normal(rng, color.shape)
     if color.dtype == np.uint8:
@@ -127,8 +112,8 @@ def _line_kernel(length: int, angle_deg: float) -> np.ndarray:
     p0 = (int(round(c - dx * half)), int(round(c - dy * half)))
     p1 = (int(round(c + dx * half)), int(round(c + dy * half)))
     cv2.line(kernel, p0, p1, 1.0, thickness=4, lineType=cv2.LINE_AA)
-    kernel = cv2.resize(kernel, (size, size), interpolation=cv2.INTER_AREA)
-    return kernel / max(float(kernel.sum()), 1e-12)
+    resized = cv2.resize(kernel, (size, size), interpolation=cv2.INTER_AREA)
+    return resized / max(float(resized.sum()), 1e-12)
 
 
 def _rain(rgb: np.ndarray, per_thousand: float, rng) -> np.ndarray:
@@ -193,14 +178,16 @@ def _lowlight(rgb: np.ndarray, exposure: float, rng) -> np.ndarray:
 
 def _jpeg(color: np.ndarray, quality: float) -> np.ndarray:
     dtype = color.dtype
-    as8 = color if dtype == np.uint8 else _from_float(_to_float(color), np.dtype(np.uint8))
+    as8 = color if dtype == np.uint8 else from_float(to_float(color), np.uint8)
     bgr = as8[..., ::-1] if as8.ndim == 3 else as8
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(bgr), [cv2.IMWRITE_JPEG_QUALITY, int(round(quality))])
-    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else None
+    if decoded is None:
+        raise ValueError(f"OpenCV could not round-trip a {as8.shape} image through JPEG")
     decoded = decoded[..., ::-1] if decoded.ndim == 3 else decoded
     if dtype == np.uint8:
         return np.ascontiguousarray(decoded)
-    return _from_float(_to_float(decoded), dtype) if dtype == np.uint16 else _to_float(decoded).astype(dtype)
+    return from_float(to_float(decoded), dtype)
 
 
 def blur_kernel(kind: str, level: float | str | None = None, seed: Seed = 0) -> np.ndarray:
@@ -234,7 +221,7 @@ def degrade(image: np.ndarray, kind: str, level: float | str | None = None, seed
     elif kind == "jpeg":
         out = _jpeg(color, value)
     else:
-        rgb = _to_float(color)
+        rgb = to_float(color)
         step = {"rain": _rain, "haze": _haze, "blur": _blur, "defocus": _defocus, "lowlight": _lowlight}[kind]
-        out = _from_float(step(rgb, value, rng), color.dtype)
+        out = from_float(step(rgb, value, rng), color.dtype)
     return out if alpha is None else np.concatenate([out, alpha], axis=2)

@@ -14,7 +14,7 @@
 Each fact is decided once and carried forward: the bit depth and metadata found by `io.read_image` go back out
 through `io.write_image`; the routing decided on the whole (downscaled) image is imposed on its tiles.
 
-Imports torch, numpy and irtool's io, jobs, tiling, loading, calibrate and weights modules.
+Imports torch, numpy and irtool's images (files, tensors), jobs, policy, tiling, loading, calibrate and weights modules.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,11 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import weights
-from .archs.spec import RoutingRecord, spec_of
-from .errors import ImageError, IrtoolError
+from . import policy, weights
+from .archs.spec import Restoring, RoutingRecord, restoring, spec_of
+from .errors import ImageError, IrtoolError, first_line
 from .images import files as io
-from .jobs import PRECISIONS, Job, RestoreOptions, RestoreReport, expand_inputs, output_path, plan, report_unrunnable
+from .images.tensors import from_tensor, to_tensor
+from .jobs import Job, RestoreOptions, RestoreReport, expand_inputs, output_path, plan, report_unrunnable
+from .policy import PRECISIONS, resolve_precision  # re-exported: the precision rule is irtool.policy's
 from .tiling import pad_to_multiple, tiled_forward
 
 __all__ = [
@@ -55,7 +57,6 @@ __all__ = [
     "PRECISIONS",
 ]
 
-_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: the smallest tile the out-of-memory fallback tries before giving up
 MIN_TILE = 64
 _OOM_ERRORS = tuple(
@@ -71,26 +72,13 @@ class OutOfMemory(IrtoolError):
 # Choosing and loading the model
 
 
-def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, list[str]]:
-    """The autocast dtype for a `--precision` on a device (None = plain fp32), and warnings about the choice."""
-    notes: list[str] = []
-    if precision == "auto":
-        if device.type == "cuda":
-            return (torch.bfloat16, notes) if torch.cuda.is_bf16_supported() else (None, notes)
-        return None, notes  # fp32 on CPU (bf16/fp16 are slower there) and on MPS
-    if precision == "fp32":
-        return None, notes
-    dtype = _AMP[precision]
-    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        notes.append("this GPU has no bf16; running in fp32")
-        return None, notes
-    if device.type == "cpu" and dtype == torch.float16:
-        notes.append("fp16 on CPU is very slow (no fp16 kernels); bf16 or fp32 is faster")
-    return dtype, notes
-
-
-def _precision_name(dtype: torch.dtype | None) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+def _shrunk(h: int, w: int, size: int, multiple: int) -> tuple[int, int]:
+    """(h, w) scaled so the longer side is about `size`, both sides rounded to multiples of `multiple`: the size a
+    large image is routed at (the same for the float and the samples paths)."""
+    scale = size / max(h, w)
+    return max(multiple, int(round(h * scale / multiple)) * multiple), max(
+        multiple, int(round(w * scale / multiple)) * multiple
+    )
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -176,6 +164,7 @@ class Restorer:
         #: H and W the network takes are multiples of this; the engine pads (reflect) and crops back
         self.multiple = self.spec.capabilities.size_multiple(model)
         self.model = model.eval()
+        self.net: Restoring = restoring(self.model)  #: the model seen through its contract (run, route)
         self.device = device or next(model.parameters()).device
         self.amp_dtype, precision_notes = resolve_precision(self.options.precision, self.device)
         self.calibration = calibration
@@ -192,7 +181,7 @@ class Restorer:
     def load(cls, options: RestoreOptions) -> Restorer:
         """Load the model named by the options (or the default one) once, with its calibration."""
         from .calibrate import find_calibration
-        from .loading import default_source, load_model, resolve_device, resolve_source
+        from .loading import default_source, load_model, resolve_source
 
         options.check()
         notes: list[str] = []
@@ -213,7 +202,7 @@ class Restorer:
             path, default_router, how = default_source()
             router = router or (str(default_router) if default_router else None)
             notes.append(f"using {how}")
-        device = resolve_device(options.device)
+        device = policy.resolve_device(options.device)
         model = load_model(
             path,
             device=device,
@@ -233,16 +222,14 @@ class Restorer:
 
     # -- routing and forward passes
 
-    def _autocast(self, dtype: torch.dtype | None):
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+    def _autocast(self, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+        return policy.autocast(self.device, dtype)
 
     def route(self, x: Tensor, dtype: torch.dtype | None | str = "default") -> Any:
         """The model's routing for x (B, 3, H, W) on this device, at this precision."""
         dtype = self.amp_dtype if dtype == "default" else dtype
         with torch.inference_mode(), self._autocast(dtype):  # type: ignore[arg-type]
-            return self.model.route(self._route_input(x))
+            return self.net.route(self._route_input(x))
 
     def _route_input(self, x: Tensor) -> Tensor:
         """x as the router takes it: a router of its own (LoRA-IR's classifier) reads the image as given; a network
@@ -256,16 +243,12 @@ class Restorer:
         h, w = x.shape[-2:]
         if not size or max(h, w) <= size:
             return x
-        m = self.multiple
-        scale = size / max(h, w)
-        nh = max(m, int(round(h * scale / m)) * m)
-        nw = max(m, int(round(w * scale / m)) * m)
-        return F.interpolate(x, size=(nh, nw), mode="area")
+        return F.interpolate(x, size=_shrunk(h, w, size, self.multiple), mode="area")
 
     def _forward(self, x: Tensor, tile: int, dtype: torch.dtype | None, imposed: Any = None) -> _Pass:
         """One pass over a same-size batch at one precision, whole or tiled (no error handling). `imposed`: a
         routing for every image of the batch (e.g. one shot's, for its video frames) instead of routing them."""
-        model, options = self.model, self.options
+        model, options = self.net, self.options
         b, _, h, w = x.shape
         multiple = self.multiple
         with torch.inference_mode(), self._autocast(dtype):
@@ -288,11 +271,13 @@ class Restorer:
                 shared = model.route(self._route_input(self._downscaled(x)))
             outputs, tiles, tile_size = [], 1, None
             for i in range(b):
-                if per_tile:
-                    run = lambda t: model.run(t).output  # noqa: E731
-                else:
-                    mine = shared[i]
-                    run = lambda t, r=mine: model.run(t, routing=r[torch.zeros(t.shape[0], dtype=torch.long)]).output  # noqa: E731
+                mine = None if per_tile else shared[i]
+
+                def run(t: Tensor, r: Any = mine) -> Tensor:  # one image's routing, imposed on each of its tiles
+                    if r is None:
+                        return model.run(t).output
+                    return model.run(t, routing=r[torch.zeros(t.shape[0], dtype=torch.long)]).output
+
                 out, grid = tiled_forward(
                     run, padded[i : i + 1], tile, options.tile_overlap, multiple, options.batch_size
                 )
@@ -306,6 +291,16 @@ class Restorer:
         if self.learned_tile and max(h, w) > self.learned_tile:
             tile = min(tile, self.learned_tile) if tile else self.learned_tile
         return tile
+
+    def _smaller_tile(self, side: int) -> int:
+        """After an out-of-memory error at tiles of `side` px: half that (a multiple of the model's), remembered for
+        later images; OutOfMemory when that is below the smallest tile."""
+        multiple = self.multiple
+        smaller = (side // 2) // multiple * multiple
+        if smaller < max(MIN_TILE, multiple):
+            raise OutOfMemory(f"out of memory even with {side} px tiles; try --device cpu, or free GPU memory")
+        self.learned_tile = smaller if not self.learned_tile else min(self.learned_tile, smaller)
+        return smaller
 
     def _fit(self, x: Tensor, dtype: torch.dtype | None, warnings: list[list[str]], imposed: Any = None) -> list[_Pass]:
         """Forward passes for the batch, splitting it and then tiling (halving) on out-of-memory errors.
@@ -325,14 +320,8 @@ class Restorer:
                     sub: list[list[str]] = [warnings[i]]
                     passes += self._fit(x[i : i + 1], dtype, sub, None if imposed is None else imposed[i])
                 return passes
-            side = tile if tile and tile < max(h, w) else max(h, w)
-            multiple = self.multiple
-            smaller = (side // 2) // multiple * multiple
-            if smaller < max(MIN_TILE, multiple):
-                raise OutOfMemory(f"out of memory even with {side} px tiles; try --device cpu, or free GPU memory")
-            tile = smaller
-            self.learned_tile = smaller if not self.learned_tile else min(self.learned_tile, smaller)
-            warnings[0].append(f"out of memory: retried with {smaller} px tiles")
+            tile = self._smaller_tile(tile if tile and tile < max(h, w) else max(h, w))
+            warnings[0].append(f"out of memory: retried with {tile} px tiles")
 
     def restore(self, images: Sequence[io.Image], routing: Any = None) -> list[Outcome]:
         """Restore same-size images in one batch (see the module docstring). Raises OutOfMemory or the model's
@@ -346,10 +335,7 @@ class Restorer:
         if len(sizes) != 1:
             raise ValueError(f"a batch must hold images of one size, got {sorted(sizes)}")
         started = time.perf_counter()
-        stacked = torch.from_numpy(np.stack([im.rgb for im in images])).permute(0, 3, 1, 2).contiguous()
-        if self.device.type == "cuda":
-            stacked = stacked.pin_memory()
-        x = stacked.to(self.device, non_blocking=True)
+        x = to_tensor(np.stack([im.rgb for im in images]), self.device, pin=self.device.type == "cuda")
         warnings: list[list[str]] = [[] for _ in images]
         imposed = None if routing is None else routing[torch.zeros(len(images), dtype=torch.long)]
         passes = self._fit(x, self.amp_dtype, warnings, imposed)
@@ -361,7 +347,7 @@ class Restorer:
             output, dtype, routing = p.output[i : i + 1], self.amp_dtype, _image_routing(p.routing, i)
             if dtype is not None and not bool(torch.isfinite(output).all()):
                 # Reduced precision overflowed: this image again, in fp32.
-                warnings[k].append(f"{_precision_name(dtype)} output had NaN/Inf; redone in fp32")
+                warnings[k].append(f"{policy.precision_name(dtype)} output had NaN/Inf; redone in fp32")
                 redo = self._fit(x[k : k + 1], None, [warnings[k]], None if imposed is None else imposed[k])[0]
                 output, dtype, routing, p = redo.output, None, _image_routing(redo.routing, 0), redo
             outcomes.append(self._outcome(output, routing, p, dtype, warnings[k]))
@@ -373,7 +359,7 @@ class Restorer:
     def _outcome(
         self, output: Tensor, routing: Any, p: _Pass, dtype: torch.dtype | None, warnings: list[str]
     ) -> Outcome:
-        rgb = output[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
+        rgb = from_tensor(output[0])
         name, confidence = self.name_degradation(routing)
         experts, gates = _routing_summary(routing)
         return Outcome(
@@ -385,7 +371,7 @@ class Restorer:
             routing=p.mode,
             tiles=p.tiles,
             tile_size=p.tile_size,
-            precision=_precision_name(dtype),
+            precision=policy.precision_name(dtype),
             warnings=list(warnings),
         )
 
@@ -399,29 +385,56 @@ class Restorer:
         """Restore one large image tile by tile from `image.pixels` (see irtool.large): the result comes back as
         samples in the image's type. Same tiling, blending and shared routing as the tiled float path; an
         out-of-memory error halves the tile, as there."""
-        from .large import AUTO_TILE, area_downscale, restore_tiled
-
         started = time.perf_counter()
-        model, options = self.model, self.options
-        h, w = image.height, image.width
-        multiple = self.multiple
         notes: list[str] = []
-        tile = self._start_tile(h, w)
+        tile = self._start_tile(image.height, image.width)
         if not tile:
+            from .large import AUTO_TILE
+
             tile = AUTO_TILE
             notes.append(
-                f"{w}x{h} is too large to restore in one piece in this machine's memory; restored in {tile} px tiles"
+                f"{image.width}x{image.height} is too large to restore in one piece in this machine's memory; "
+                f"restored in {tile} px tiles"
             )
-        shared = None
-        if not options.route_per_tile and self.spec.capabilities.routing is not None:
-            size = options.route_size or 512
-            if not options.route_size:
-                notes.append("--route-size 0 (full size) is not possible for an image this large; routed at 512 px")
-            scale = size / max(h, w)
-            nh = max(multiple, int(round(h * scale / multiple)) * multiple)
-            nw = max(multiple, int(round(w * scale / multiple)) * multiple)
-            small = torch.from_numpy(area_downscale(image.pixels, (nh, nw))).permute(2, 0, 1)[None].to(self.device)
-            shared = self.route(small)
+        routed = not self.options.route_per_tile and self.spec.capabilities.routing is not None
+        shared = self._route_large(image, notes) if routed else None
+        samples, tiles, tile_size, dtype = self._tiles_from_samples(image, tile, shared, notes)
+        routing = shared[0] if shared is not None else None
+        name, confidence = self.name_degradation(routing) if routing is not None else ("unknown", None)
+        experts, gates = _routing_summary(routing) if routing is not None else (None, None)
+        return Outcome(
+            rgb=None,
+            samples=samples,
+            degradation=name,
+            confidence=confidence,
+            experts=experts,
+            gates=gates,
+            routing="per-tile" if self.options.route_per_tile else "downscaled",
+            tiles=tiles,
+            tile_size=list(tile_size),
+            precision=policy.precision_name(dtype),
+            seconds=time.perf_counter() - started,
+            warnings=notes,
+        )
+
+    def _route_large(self, image: io.Image, notes: list[str]) -> Any:
+        """The routing of a large image, decided on its samples area-downscaled to `route_size` (512 when 0)."""
+        from .large import area_downscale
+
+        if not self.options.route_size:
+            notes.append("--route-size 0 (full size) is not possible for an image this large; routed at 512 px")
+        size = _shrunk(image.height, image.width, self.options.route_size or 512, self.multiple)
+        return self.route(to_tensor(area_downscale(image.pixels, size)[None], self.device))
+
+    def _tiles_from_samples(
+        self, image: io.Image, tile: int, shared: Any, notes: list[str]
+    ) -> tuple[np.ndarray, int, tuple[int, int], torch.dtype | None]:
+        """(restored samples, tile count, tile size, the precision that ran) for `restore_large`: every tile at this
+        run's precision until one overflows (then fp32 from there on), halving the tile on out-of-memory errors."""
+        from .large import restore_tiled
+
+        model, options = self.net, self.options
+        multiple = self.multiple
         dtype_used = [self.amp_dtype]
 
         def run(t: Tensor) -> Tensor:
@@ -433,7 +446,7 @@ class Restorer:
 
             out = once(dtype_used[0])
             if dtype_used[0] is not None and not bool(torch.isfinite(out).all()):
-                notes.append(f"{_precision_name(dtype_used[0])} output had NaN/Inf; redone in fp32")
+                notes.append(f"{policy.precision_name(dtype_used[0])} output had NaN/Inf; redone in fp32")
                 dtype_used[0] = None
                 out = once(None)
             return out
@@ -451,34 +464,13 @@ class Restorer:
                     device=self.device,
                     out_dtype=np.dtype(image.dtype),
                 )
-                break
+                return samples, tiles, tile_size, dtype_used[0]
             except RuntimeError as exc:
                 if not _is_oom(exc):
                     raise
             _free_memory(self.device)
-            smaller = (tile // 2) // multiple * multiple
-            if smaller < max(MIN_TILE, multiple):
-                raise OutOfMemory(f"out of memory even with {tile} px tiles; try --device cpu, or free GPU memory")
-            tile = smaller
-            self.learned_tile = smaller if not self.learned_tile else min(self.learned_tile, smaller)
-            notes.append(f"out of memory: retried with {smaller} px tiles")
-        routing = shared[0] if shared is not None else None
-        name, confidence = self.name_degradation(routing) if routing is not None else ("unknown", None)
-        experts, gates = _routing_summary(routing) if routing is not None else (None, None)
-        return Outcome(
-            rgb=None,
-            samples=samples,
-            degradation=name,
-            confidence=confidence,
-            experts=experts,
-            gates=gates,
-            routing="per-tile" if options.route_per_tile else "downscaled",
-            tiles=tiles,
-            tile_size=list(tile_size),
-            precision=_precision_name(dtype_used[0]),
-            seconds=time.perf_counter() - started,
-            warnings=notes,
-        )
+            tile = self._smaller_tile(tile)
+            notes.append(f"out of memory: retried with {tile} px tiles")
 
     def name_degradation(self, routing: RoutingRecord | None) -> tuple[str, float | None]:
         """(name, confidence) for one image's routing: the model's own classifier (LoRA-IR), else the routing
@@ -508,22 +500,23 @@ class _Decoded:
     error: str | None = None
 
 
-def _read(job: Job, max_megapixels: float) -> _Decoded:
+def _read(job: Job, max_megapixels: float | None) -> _Decoded:
     started = time.perf_counter()
+    assert job.src is not None, "only jobs with an input are read"
     try:
-        image = io.read_image(job.src, max_megapixels=max_megapixels)  # type: ignore[arg-type]
+        image = io.read_image(job.src, max_megapixels=max_megapixels)
     except ImageError as exc:
         return _Decoded(job, None, time.perf_counter() - started, str(exc))
     except MemoryError:
         return _Decoded(job, None, time.perf_counter() - started, f"{job.src}: too large to decode in memory")
     except Exception as exc:  # noqa: BLE001 - a decoder bug on one odd file must not stop the run
-        return _Decoded(job, None, time.perf_counter() - started, f"{job.src}: cannot be decoded ({_first_line(exc)})")
+        return _Decoded(
+            job,
+            None,
+            time.perf_counter() - started,
+            f"{job.src}: cannot be decoded ({first_line(exc, with_type=True)})",
+        )
     return _Decoded(job, image, time.perf_counter() - started)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
 def _failed(job: Job, error: str, image: io.Image | None = None) -> RestoreReport:
@@ -559,6 +552,7 @@ def _report(job: Job, image: io.Image, outcome: Outcome, seconds: float, warning
 
 def _write(job: Job, image: io.Image, outcome: Outcome, read_seconds: float, options: RestoreOptions) -> RestoreReport:
     started = time.perf_counter()
+    assert job.dst is not None, "only jobs with an output are written"
     try:
         notes = io.write_image(
             job.dst,
@@ -568,20 +562,20 @@ def _write(job: Job, image: io.Image, outcome: Outcome, read_seconds: float, opt
             quality=options.quality,
             overwrite=options.overwrite,
             samples=outcome.samples,
-        )  # type: ignore[arg-type]
+        )
     except ImageError as exc:
         return _failed(job, str(exc), image)
     except Exception as exc:  # noqa: BLE001 - an encoder failure fails this image only
-        return _failed(job, f"{job.dst}: cannot be written ({_first_line(exc)})", image)
+        return _failed(job, f"{job.dst}: cannot be written ({first_line(exc, with_type=True)})", image)
     seconds = read_seconds + outcome.seconds + time.perf_counter() - started
     return _report(job, image, outcome, seconds, notes)
 
 
 def _model_error(exc: BaseException) -> str:
-    return f"model failed ({_first_line(exc)})"
+    return f"model failed ({first_line(exc, with_type=True)})"
 
 
-def restore_files(jobs: Sequence[Job], restorer: Restorer) -> Iterator[RestoreReport]:
+def restore_files(jobs: Sequence[Job], restorer: Restorer) -> Generator[RestoreReport, None, None]:
     """Run the jobs; yields one report per job, in job order, as soon as it and all before it are done.
 
     Images are decoded ahead by `options.workers` threads and encoded/written by as many, so the model rarely
@@ -589,107 +583,133 @@ def restore_files(jobs: Sequence[Job], restorer: Restorer) -> Iterator[RestoreRe
     A failure (unreadable file, model error, write error) fails that job only. Interrupting the iteration
     cancels queued work; writes already started finish atomically, so no partial file is left.
     """
-    options = restorer.options
-    slots: list[RestoreReport | Future | None] = [None] * len(jobs)
-    runnable: list[int] = []
-    for k, job in enumerate(jobs):
-        if job.error or job.skip:
-            slots[k] = report_unrunnable(job)
-        else:
-            runnable.append(k)
+    yield from _FileRun(jobs, restorer).reports()
 
-    readers = ThreadPoolExecutor(options.workers, thread_name_prefix="irtool-read")
-    writers = ThreadPoolExecutor(options.workers, thread_name_prefix="irtool-write")
-    prefetch = max(2, options.batch_size + options.workers)
-    reading: deque[tuple[int, Future]] = deque()
-    writing: deque[Future] = deque()
-    queue = iter(runnable)
-    next_out = 0
 
-    def top_up() -> None:
-        while len(reading) < prefetch:
-            k = next(queue, None)
+_Batch = list[tuple[int, _Decoded]]
+
+
+class _FileRun:
+    """One `restore_files` run: the reader and writer threads, and a slot per job that holds its report (or the
+    future of its write) until every job before it is done."""
+
+    def __init__(self, jobs: Sequence[Job], restorer: Restorer) -> None:
+        self.jobs, self.restorer, self.options = jobs, restorer, restorer.options
+        self.slots: list[RestoreReport | Future | None] = [None] * len(jobs)
+        runnable: list[int] = []
+        for k, job in enumerate(jobs):
+            if job.error or job.skip:
+                self.slots[k] = report_unrunnable(job)
+            else:
+                runnable.append(k)
+        self.queue = iter(runnable)
+        self.readers = ThreadPoolExecutor(self.options.workers, thread_name_prefix="irtool-read")
+        self.writers = ThreadPoolExecutor(self.options.workers, thread_name_prefix="irtool-write")
+        self.prefetch = max(2, self.options.batch_size + self.options.workers)
+        self.reading: deque[tuple[int, Future]] = deque()
+        self.writing: deque[Future] = deque()
+        self.next_out = 0
+
+    def reports(self) -> Iterator[RestoreReport]:
+        """Decode, batch, restore and write; yield the reports in job order."""
+        try:
+            self._top_up()
+            batch: _Batch = []
+            while self.reading or batch:
+                item = self._next_decoded()
+                if item is not None:
+                    if batch and not self._joins(batch, item[1]):
+                        self._run_batch(batch)
+                        batch = []
+                    batch.append(item)
+                if batch and (not self.reading or self._full(batch)):
+                    self._run_batch(batch)
+                    batch = []
+                yield from self._ready()
+            for future in list(self.writing):
+                future.result()
+            yield from self._ready()
+        finally:
+            self.readers.shutdown(wait=True, cancel_futures=True)
+            self.writers.shutdown(wait=True, cancel_futures=True)
+
+    def _top_up(self) -> None:
+        while len(self.reading) < self.prefetch:
+            k = next(self.queue, None)
             if k is None:
                 return
-            reading.append((k, readers.submit(_read, jobs[k], options.max_megapixels)))
+            self.reading.append((k, self.readers.submit(_read, self.jobs[k], self.options.max_megapixels)))
 
-    def ready() -> Iterator[RestoreReport]:
-        nonlocal next_out
-        while next_out < len(slots):
-            slot = slots[next_out]
+    def _next_decoded(self) -> tuple[int, _Decoded] | None:
+        """The next decoded image in job order, or None (nothing read yet, or it failed: its slot has the report)."""
+        if not self.reading:
+            return None
+        k, future = self.reading.popleft()
+        decoded: _Decoded = future.result()
+        self._top_up()
+        if decoded.image is None:
+            self.slots[k] = _failed(decoded.job, decoded.error or "unreadable")
+            return None
+        return k, decoded
+
+    def _image(self, decoded: _Decoded) -> io.Image:
+        assert decoded.image is not None  # only decoded images are batched
+        return decoded.image
+
+    def _full(self, batch: _Batch) -> bool:
+        """A batch runs now when it is as large as allowed, or holds an image restored alone from its samples."""
+        return len(batch) >= self.options.batch_size or self.restorer.needs_tiled_samples(self._image(batch[0][1]))
+
+    def _joins(self, batch: _Batch, decoded: _Decoded) -> bool:
+        """Whether an image can join a batch: the same size, room left, and not one for the tiled-samples path."""
+        image, first = self._image(decoded), self._image(batch[0][1])
+        return (
+            not self.restorer.needs_tiled_samples(image)
+            and (image.height, image.width) == (first.height, first.width)
+            and len(batch) < self.options.batch_size
+        )
+
+    def _ready(self) -> Iterator[RestoreReport]:
+        """The reports that are done, from the first not yet yielded, in job order."""
+        while self.next_out < len(self.slots):
+            slot = self.slots[self.next_out]
             if isinstance(slot, Future):
                 if not slot.done():
                     return
                 slot = slot.result()
             if slot is None:
                 return
-            slots[next_out] = None
-            next_out += 1
+            self.slots[self.next_out] = None
+            self.next_out += 1
             yield slot
 
-    def run_batch(batch: list[tuple[int, _Decoded]]) -> None:
+    def _run_batch(self, batch: _Batch) -> None:
+        """Restore a batch and queue its writes; a failure is retried image by image to find the culprit."""
         try:
-            if len(batch) == 1 and restorer.needs_tiled_samples(batch[0][1].image):  # type: ignore[arg-type]
-                outcomes = [restorer.restore_large(batch[0][1].image)]  # type: ignore[arg-type]
+            if len(batch) == 1 and self.restorer.needs_tiled_samples(self._image(batch[0][1])):
+                outcomes = [self.restorer.restore_large(self._image(batch[0][1]))]
             else:
-                outcomes = restorer.restore([d.image for _, d in batch])  # type: ignore[misc]
+                outcomes = self.restorer.restore([self._image(d) for _, d in batch])
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the run
             if len(batch) > 1:
                 for item in batch:  # isolate the culprit
-                    run_batch([item])
+                    self._run_batch([item])
                 return
             k, decoded = batch[0]
             error = str(exc) if isinstance(exc, IrtoolError) else _model_error(exc)
-            slots[k] = _failed(
-                decoded.job,
-                f"{decoded.job.src}: {error}" if not error.startswith(str(decoded.job.src)) else error,
-                decoded.image,
-            )
+            src = str(decoded.job.src)
+            self.slots[k] = _failed(decoded.job, error if error.startswith(src) else f"{src}: {error}", decoded.image)
             return
         for (k, decoded), outcome in zip(batch, outcomes):
-            while len(writing) > 2 * options.workers + options.batch_size:  # bound memory held by pending writes
-                writing.popleft().result()
-            future = writers.submit(_write, decoded.job, decoded.image, outcome, decoded.seconds, options)
-            writing.append(future)
-            slots[k] = future
-
-    try:
-        top_up()
-        batch: list[tuple[int, _Decoded]] = []
-        while reading or batch:
-            decoded = None
-            if reading:
-                k, future = reading.popleft()
-                decoded = future.result()
-                top_up()
-                if decoded.image is None:
-                    slots[k] = _failed(decoded.job, decoded.error or "unreadable")
-                    decoded = None
-            if decoded is not None:
-                shape = (decoded.image.height, decoded.image.width)  # type: ignore[union-attr]
-                large = restorer.needs_tiled_samples(decoded.image)  # type: ignore[arg-type]
-                if batch and (
-                    large
-                    or shape != (batch[0][1].image.height, batch[0][1].image.width)
-                    or len(batch) >= options.batch_size
-                ):  # type: ignore[union-attr]
-                    run_batch(batch)
-                    batch = []
-                batch.append((k, decoded))
-            if batch and (
-                not reading or len(batch) >= options.batch_size or restorer.needs_tiled_samples(batch[0][1].image)
-            ):  # type: ignore[arg-type]
-                run_batch(batch)
-                batch = []
-            yield from ready()
-        for future in list(writing):
-            future.result()
-        yield from ready()
-    finally:
-        readers.shutdown(wait=True, cancel_futures=True)
-        writers.shutdown(wait=True, cancel_futures=True)
+            while len(self.writing) > 2 * self.options.workers + self.options.batch_size:  # bound pending writes
+                self.writing.popleft().result()
+            future = self.writers.submit(
+                _write, decoded.job, self._image(decoded), outcome, decoded.seconds, self.options
+            )
+            self.writing.append(future)
+            self.slots[k] = future
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -734,7 +754,7 @@ def restore(
         >>> results[0].report.degradation, results[0].image.shape
     """
     loaded = model if isinstance(model, nn.Module) else None
-    given = {
+    given: dict[str, Any] = {
         "device": device,
         "precision": precision,
         "tile": tile,

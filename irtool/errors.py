@@ -2,8 +2,23 @@
 
 Each carries a one-line message that names the thing and the problem (and, where there is one, the fix).
 The library raises them and never prints or exits; the CLI turns them into one line on stderr.
-Imports nothing.
+Imports the standard library's re only.
 """
+
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def first_line(exc: BaseException, limit: int | None = 160, *, with_type: bool = False, text: str | None = None) -> str:
+    """An exception as a fragment of a one-line message: the first line of its text (terminal colour codes removed,
+    cut at `limit` characters), or its type's name when it has no text. with_type: "TypeError: text".
+    text: use this instead of str(exc) (e.g. an OSError's strerror)."""
+    lines = _ANSI.sub("", str(exc) if text is None else text).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    line = lines[0] if limit is None else lines[0][:limit]
+    return f"{type(exc).__name__}: {line}" if with_type else line
 
 
 class ConfigGuessWarning(UserWarning):

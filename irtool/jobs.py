@@ -17,12 +17,12 @@ from typing import Any
 from . import safe_paths
 from .errors import IrtoolError, UsageError
 from .images import files as io
-from .video import VIDEO_SUFFIXES
+from .policy import check_precision
 
+#: containers irtool.video restores (it re-exports this): kept here so planning needs neither PyAV nor irtool.video
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
 #: what a folder walk or a glob picks up: images, and videos (restored by irtool.video)
 INPUT_SUFFIXES = io.IMAGE_SUFFIXES | VIDEO_SUFFIXES
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,7 @@ class RestoreOptions:
     workers: int = 2  #: decoding and encoding threads
 
     def check(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise IrtoolError(f"--precision {self.precision}: one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         if self.tile < 0 or self.tile_overlap < 0 or self.batch_size < 1 or self.workers < 1 or self.route_size < 0:
             raise IrtoolError("--tile, --tile-overlap and --route-size must be >= 0; --batch-size and --workers >= 1")
         if self.tile and self.tile < 16:

@@ -10,7 +10,7 @@ The blending weights and the shared routing (the whole image, area-downscaled to
 by band) are those of `tiling.tiled_forward` and `Restorer._forward`, so the two paths agree to within one step
 of the output's quantization.
 
-Imports numpy, torch and irtool.tiling.
+Imports numpy, torch, irtool.tiling and irtool.images (pixels, tensors).
 """
 
 from __future__ import annotations
@@ -21,26 +21,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .images import pixels
+from .images.tensors import from_tensor, to_tensor
 from .tiling import plan_tiles, span_weights
 
 #: the tile side used when an image is too large for a whole pass and no --tile was given
 AUTO_TILE = 512
 
 
-def _scale(dtype: np.dtype) -> float:
-    return 255.0 if dtype == np.uint8 else 65535.0 if dtype == np.uint16 else 1.0
-
-
 def _as_float(samples: np.ndarray) -> np.ndarray:
     """(h, w[, 3]) samples -> (h, w, 3) float32 in [0, 1], as `io.float_rgb` converts them."""
-    out = samples.astype(np.float32)
-    if samples.dtype in (np.uint8, np.uint16):
-        out /= _scale(samples.dtype)
-    else:
-        out = np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0)
-    if out.ndim == 2:
-        out = np.repeat(out[..., None], 3, axis=2)
-    return out
+    return pixels.gray_to_rgb(pixels.to_float(samples))
 
 
 def padded_index(length: int, padded: int, reflect: bool) -> np.ndarray:
@@ -96,7 +87,6 @@ def restore_tiled(
     for (x0, x1), weight in zip(grid.cols, col_w):
         col_sum[x0:x1] += weight
     out = np.empty((h, w) if gray else (h, w, 3), out_dtype)
-    top = _scale(np.dtype(out_dtype))
 
     def finish(band: np.ndarray, y0: int, y1: int) -> None:
         """Rows [y0, y1) of the canvas are complete: normalise, crop, clamp, convert and quantize them."""
@@ -105,12 +95,7 @@ def restore_tiled(
             return
         rgb = band[: y1 - y0, :w] / (row_sum[y0:y1, None, None] * col_sum[None, :w, None]).clip(1e-12)
         rgb = np.clip(np.nan_to_num(rgb, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
-        if gray:
-            rgb = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-        if out_dtype == np.float32:
-            out[y0:y1] = np.clip(rgb, 0.0, 1.0)
-        else:
-            out[y0:y1] = np.rint(np.clip(rgb, 0.0, 1.0) * top)
+        out[y0:y1] = pixels.from_float(pixels.luma(rgb) if gray else rgb, out_dtype)
 
     band: np.ndarray | None = None
     band_y0 = 0
@@ -127,8 +112,7 @@ def restore_tiled(
             tiles = np.stack(
                 [_as_float(samples[np.ix_(ri, cols_index[grid.cols[c][0] : grid.cols[c][1]])]) for c in cols]
             )
-            x = torch.from_numpy(tiles).permute(0, 3, 1, 2).to(device)
-            result = run(x).float().permute(0, 2, 3, 1).cpu().numpy()
+            result = from_tensor(run(to_tensor(tiles, device)), clamp=False)  # blended first, clamped in `finish`
             for k, c in enumerate(cols):
                 x0, x1 = grid.cols[c]
                 band[:, x0:x1] += result[k] * (rw[:, None] * col_w[c][None, :])[..., None]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib
 import json
 import pickle
-import re
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -27,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from .archs import ARCHS, ArchSpec, spec_of
-from .errors import CheckpointError, ConfigGuessWarning, UnsafeCheckpointError
+from .errors import CheckpointError, ConfigGuessWarning, UnsafeCheckpointError, first_line
+from .policy import resolve_device  # re-exported: device choice lives in irtool.policy
 from .weights import catalogue as weights
 from .weights.catalogue import CHECKPOINT_SUFFIXES
 
@@ -98,14 +98,6 @@ def _resolve_global(name: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = _ANSI.sub("", str(exc)).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__
-
-
 def _legacy_globals(path: Path) -> list[str]:
     """The globals a legacy (pre-1.6, not zip) torch.save file names, read off its pickle opcodes without running
     them: the file is a few pickles in a row (magic, protocol, system info, the object)."""
@@ -166,7 +158,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
             metadata = f.metadata() or {}
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: truncated or not a safetensors file ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: truncated or not a safetensors file ({first_line(exc)})") from None
     return tensors, metadata
 
 
@@ -177,10 +169,10 @@ def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
     if head.startswith(b"PK\x03\x04"):
         if not zipfile.is_zipfile(path):
             return CheckpointError(f"{path}: truncated checkpoint (its zip archive has no end; download it again)")
-        return CheckpointError(f"{path}: corrupt checkpoint ({_first_line(exc)})")
+        return CheckpointError(f"{path}: corrupt checkpoint ({first_line(exc)})")
     if not head.startswith(b"\x80"):
         return CheckpointError(f"{path}: not a checkpoint (neither safetensors nor a PyTorch file)")
-    return CheckpointError(f"{path}: truncated or corrupt checkpoint ({_first_line(exc)})")
+    return CheckpointError(f"{path}: truncated or corrupt checkpoint ({first_line(exc)})")
 
 
 def _read_pickle(path: Path, *, trust: bool) -> Any:
@@ -206,7 +198,7 @@ def _read_pickle(path: Path, *, trust: bool) -> Any:
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001 - unpickling arbitrary objects can fail in arbitrary ways
-            raise CheckpointError(f"{path}: could not be unpickled even when trusted ({_first_line(exc)})") from None
+            raise CheckpointError(f"{path}: could not be unpickled even when trusted ({first_line(exc)})") from None
     unsafe = [g for g in wanted if not _is_harmless(g)]
     if unsafe:
         shown = ", ".join(unsafe[:5]) + (f" and {len(unsafe) - 5} more" if len(unsafe) > 5 else "")
@@ -282,7 +274,7 @@ def detect(sd: Mapping[str, Tensor], path: str | Path = "checkpoint") -> tuple[A
                 return spec, spec.infer_config(sd)
             except (KeyError, ValueError, IndexError, TypeError) as exc:
                 raise CheckpointError(
-                    f"{path}: looks like {spec.title} but its config cannot be read ({_first_line(exc)})"
+                    f"{path}: looks like {spec.title} but its config cannot be read ({first_line(exc)})"
                 ) from None
     titles = " or ".join(s.title for s in ARCHS.values())
     raise CheckpointError(f"{path}: not a {titles} checkpoint: {len(sd)} unexpected keys such as {_examples(list(sd))}")
@@ -326,7 +318,7 @@ def _with_fields(spec: ArchSpec, config: Any, fields: Mapping[str, Any], path: s
     try:
         return spec.config_from_dict({**known, **fields})
     except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: {spec.title} config {_stated(fields)}: {_first_line(exc)}") from None
+        raise CheckpointError(f"{path}: {spec.title} config {_stated(fields)}: {first_line(exc)}") from None
 
 
 def _stated(fields: Mapping[str, Any]) -> str:
@@ -408,32 +400,6 @@ def default_source() -> tuple[Path, Path | None, str]:
     """(weights file, router file or None, how it was chosen) when the caller names no model: the manifest's default
     model, else the best official checkpoint in the cache (`irtool.weights.catalogue.default_source`)."""
     return weights.default_source(ARCHS)
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """`None`/"auto": CUDA, then MPS, then CPU. Otherwise the named device, checked to exist."""
-    from .errors import IrtoolError
-
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise IrtoolError(f"--device {device}: not a device name (auto, cpu, cuda, cuda:N, mps)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise IrtoolError(f"--device {device}: CUDA is not available on this machine")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise IrtoolError(f"--device {device}: this machine has {count} GPU(s) (cuda:0..cuda:{count - 1})")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise IrtoolError(f"--device {device}: MPS is not available on this machine")
-    return dev
 
 
 def _checkpoint_files(folder: Path) -> list[Path]:
@@ -531,7 +497,7 @@ def _join(model: nn.Module, spec: ArchSpec, files: ModelFiles, trust: bool, comp
     try:
         return join.join(model, companion, files.classes)
     except ValueError as exc:
-        raise CheckpointError(f"{files.router}: does not fit {files.main}: {_first_line(exc)}") from None
+        raise CheckpointError(f"{files.router}: does not fit {files.main}: {first_line(exc)}") from None
 
 
 def load_model(

@@ -6,7 +6,6 @@ Everything here works with any model of the model contract (`run(x, routing=None
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import sys
@@ -17,9 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import policy
 from .errors import IrtoolError
-
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -64,19 +62,17 @@ def release_cpu_memory() -> None:
 
 
 def precision_dtype(precision: str) -> torch.dtype:
-    try:
-        return PRECISIONS[precision]
-    except KeyError:
-        raise IrtoolError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}") from None
+    """The dtype of an explicit precision name (fp32, bf16, fp16; see irtool.policy); IrtoolError for others."""
+    return policy.dtype_of(precision, label=f"precision {precision!r}")
 
 
 def autocast(device: torch.device, precision: str, *, cache: bool = True) -> ContextManager:
-    """Mixed precision for `precision` on `device`: convolutions and matmuls in bf16/fp16, normalisations and
-    softmax in fp32 (torch.autocast's lists); fp32 runs as is. `cache=False` for CUDA graph capture."""
-    dtype = precision_dtype(precision)
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
+    """Mixed precision for an explicit `precision` on `device` as irtool.policy decides it: convolutions and matmuls
+    in bf16/fp16, normalisations and softmax in fp32 (torch.autocast's lists); fp32 runs as is. `cache=False` for
+    CUDA graph capture."""
+    precision_dtype(precision)  # only explicit names: a benchmark row measures one precision
+    dtype, _notes = policy.resolve_precision(precision, device)
+    return policy.autocast(device, dtype, cache=cache)
 
 
 def prepare(model: nn.Module, device: torch.device) -> nn.Module:
@@ -85,7 +81,7 @@ def prepare(model: nn.Module, device: torch.device) -> nn.Module:
     reorders weights itself and it measured no faster)."""
     model = model.eval().requires_grad_(False).to(device)
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes it; stubs lack it
     return model
 
 
@@ -106,7 +102,9 @@ def compile_run(model: nn.Module, *, mode: str | None = None) -> Callable[..., A
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
     dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 1024)
     inductor_config.freezing = True
-    return torch.compile(model.run, dynamic=False, mode=mode)
+    from .archs.spec import restoring
+
+    return torch.compile(restoring(model).run, dynamic=False, mode=mode)
 
 
 class CudaGraphRun:
@@ -139,8 +137,11 @@ class CudaGraphRun:
             if not bool((host == host[:1]).all()):
                 raise IrtoolError("CUDA graphs need the same imposed experts for every image of the batch")
             routing = routing.to(example.device)
-        self._run = lambda: model.run(self.static_input, routing, dense=dense)
-        self.static_input = example.clone()
+        from .archs.spec import restoring
+
+        net = restoring(model)
+        self.static_input: Tensor = example.clone()
+        self._run = lambda: net.run(self.static_input, routing, dense=dense)
         side = torch.cuda.Stream(example.device)
         side.wait_stream(torch.cuda.current_stream(example.device))
         with torch.cuda.stream(side), torch.inference_mode(), autocast(example.device, precision, cache=False):

@@ -25,12 +25,13 @@ A frame the decoder cannot decode (or marks corrupt) is reported and replaced by
 is written under a temp name and renamed when complete: an interruption leaves nothing, or with `keep_partial` a
 playable `<name>.partial<ext>` holding the frames done.
 
-Imports the standard library and numpy at import time (irtool.jobs reads VIDEO_SUFFIXES); PyAV, torch and the
-engine only inside the functions that need them.
+Imports the standard library, numpy and irtool.jobs (the report and the file suffixes) at import time; PyAV, torch
+and the engine only inside the functions that need them.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import queue
@@ -48,13 +49,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import IrtoolError
+from .errors import IrtoolError, first_line
+from .images.pixels import from_float
+from .jobs import VIDEO_SUFFIXES, RestoreReport
 
 if TYPE_CHECKING:
     from .archs.spec import RoutingRecord
 
-#: file extensions restored as videos
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
 #: --video-codec names -> the FFmpeg encoder PyAV's wheel bundles
 ENCODERS = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1", "ffv1": "ffv1"}
 #: --crf defaults: visually transparent for the x264/x265 scales, the encoders' usual good quality for VP9/AV1
@@ -191,8 +192,7 @@ def _open(path: Path) -> Any:
 
 
 def _av_message(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc)
-    return str(text).strip().splitlines()[0][:160] if str(text).strip() else type(exc).__name__
+    return first_line(exc, text=str(getattr(exc, "strerror", None) or exc))
 
 
 def _rate(stream: Any) -> Fraction | None:
@@ -410,8 +410,15 @@ class _Source:
     def close(self) -> None:
         self.container.close()
 
-    def seconds(self, pts: int) -> float:
-        return float((pts - self.first_pts) * self.time_base)
+    def seconds(self, pts: int | None) -> float:
+        """Seconds from the restored range's start; an event without a timestamp (never a frame) counts as 0."""
+        return 0.0 if pts is None else float((pts - self.first_pts) * self.time_base)
+
+
+def _routing_rgb(frame: Any, deep: bool, height: int, width: int) -> np.ndarray:
+    """A frame as `_rgb` makes it, scaled to the routing size (height, width) unless it has that size already."""
+    resize = (height, width) != (frame.height, frame.width)
+    return _rgb(frame, deep, width if resize else None, height if resize else None)
 
 
 def _rgb(frame: Any, deep: bool, width: int | None = None, height: int | None = None) -> np.ndarray:
@@ -516,7 +523,7 @@ class Analysis:
 
 def analyse(path: Path, restorer: Any, video: VideoOptions, progress: Callable[[int], None] | None = None) -> Analysis:
     """Pass 1: decode the restored range once, find the cuts, count frames, and (shot routing) route each shot."""
-    import torch
+    from .images.tensors import to_tensor
 
     src = _Source.open(path)
     shots: list[Shot] = []
@@ -534,13 +541,8 @@ def analyse(path: Path, restorer: Any, video: VideoOptions, progress: Callable[[
             picked = sampler.pick()
             if not video.route_per_frame and picked:
                 shots[-1].samples = [shot_start + k for k, _ in picked]
-                scale = 65535.0 if src.deep else 255.0
-                batch = (
-                    torch.from_numpy(np.stack([a for _, a in picked]).astype(np.float32) / scale)
-                    .permute(0, 3, 1, 2)
-                    .contiguous()
-                )
-                routing = restorer.route(batch.to(restorer.device))
+                batch = to_tensor(np.stack([a for _, a in picked]), restorer.device)
+                routing = restorer.route(batch)
                 _describe(shots[-1], shared_routing(routing), restorer)
 
         for event in _events(src, video, with_audio=False):
@@ -567,15 +569,7 @@ def analyse(path: Path, restorer: Any, video: VideoOptions, progress: Callable[[
                 previous = hist
                 if not video.route_per_frame:
                     h, w = route_hw  # type: ignore[misc]
-                    sampler.offer(
-                        event.index - shot_start,
-                        lambda f=frame, h=h, w=w: _rgb(
-                            f,
-                            src.deep,
-                            w if (h, w) != (f.height, f.width) else None,
-                            h if (h, w) != (f.height, f.width) else None,
-                        ),
-                    )
+                    sampler.offer(event.index - shot_start, functools.partial(_routing_rgb, frame, src.deep, h, w))
             if progress is not None:
                 progress(count)
         if count == 0:
@@ -844,25 +838,10 @@ class _Writer(threading.Thread):
 
 
 @dataclass
-class VideoReport:
-    """What happened to one video; the fields of `RestoreReport` plus the video's own (`video`)."""
+class VideoReport(RestoreReport):
+    """What happened to one video: a `RestoreReport` (degradation: the longest shot's; routing: "shot" or
+    "per-frame") plus the video's own fields, reported under "video"."""
 
-    input: str
-    output: str | None = None
-    status: str = "ok"
-    width: int | None = None
-    height: int | None = None
-    degradation: str | None = None  #: of the longest shot
-    confidence: float | None = None
-    experts: list[list[int]] | None = None
-    gates: list[list[float]] | None = None
-    routing: str | None = None  #: "shot" or "per-frame"
-    tiles: int = 0
-    tile_size: list[int] | None = None
-    precision: str | None = None
-    seconds: float | None = None
-    warnings: list[str] = field(default_factory=list)
-    error: str | None = None
     frames: int = 0
     fps: float | None = None
     duration: float | None = None
@@ -873,34 +852,12 @@ class VideoReport:
     partial: bool = False
 
     @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def failed(self) -> bool:
-        return self.status == "failed"
-
-    @property
     def megapixels(self) -> float:
         return 0.0  # the image progress counts images; videos have their own bar in frames
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "input": self.input,
-            "output": self.output,
-            "status": self.status,
-            "size": [self.width, self.height] if self.width is not None else None,
-            "degradation": self.degradation,
-            "confidence": None if self.confidence is None else round(self.confidence, 4),
-            "experts": self.experts,
-            "gates": None if self.gates is None else [[round(g, 4) for g in layer] for layer in self.gates],
-            "routing": self.routing,
-            "tiles": self.tiles,
-            "tile_size": self.tile_size,
-            "precision": self.precision,
-            "seconds": None if self.seconds is None else round(self.seconds, 3),
-            "warnings": self.warnings,
-            "error": self.error,
+            **super().to_json(),
             "video": {
                 "frames": self.frames,
                 "fps": None if self.fps is None else round(self.fps, 4),
@@ -918,22 +875,6 @@ class VideoReport:
 Progress = Callable[[str, int, "int | None"], None]
 
 
-def _publish(tmp: Path, dst: Path, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, dst)
-        return
-    try:
-        os.link(tmp, dst)
-    except FileExistsError:
-        raise VideoError(f"{dst}: already exists (pass --overwrite to replace it, or --skip-existing)") from None
-    except OSError:
-        if dst.exists():
-            raise VideoError(f"{dst}: already exists (pass --overwrite to replace it, or --skip-existing)") from None
-        os.replace(tmp, dst)
-        return
-    tmp.unlink()
-
-
 def partial_path(dst: Path) -> Path:
     return dst.with_name(f"{dst.stem}.partial{dst.suffix}")
 
@@ -942,8 +883,10 @@ def restore_video(
     src_path: Path, dst: Path, restorer: Any, video: VideoOptions, progress: Progress | None = None
 ) -> VideoReport:
     """Restore one video file to `dst` (see the module docstring). Raises VideoError for an unreadable input or
-    an unwritable output, KeyboardInterrupt after cleaning up (or keeping a partial file); returns the report."""
-    from .engine import _precision_name
+    an unwritable output, KeyboardInterrupt after cleaning up (or keeping a partial file); returns the report.
+
+    Pass 1 (`analyse`) finds the shots; pass 2 decodes again in a reader thread, restores batches of one shot's
+    frames here (`_FramePass`) and encodes in a writer thread (`_Writer`) into a temp file published at the end."""
     from .images import files as io
 
     video.check()
@@ -954,25 +897,9 @@ def restore_video(
     analysis = analyse(
         src_path, restorer, video, None if progress is None else (lambda n: progress("analyse", n, None))
     )
-    total = analysis.frames
     src = _Source.open(src_path)
-    report = VideoReport(input=str(src_path), output=str(dst), width=analysis.width, height=analysis.height)
-    report.routing = "per-frame" if video.route_per_frame else "shot"
-    report.precision = _precision_name(restorer.amp_dtype)
-    report.frames, report.fps = total, float(src.rate) if src.rate else None
-    report.audio = [a.codec_context.name for a in src.audio]
-    report.warnings += [f"stream #{s.index} ({s.type}) is not copied" for s in src.others]
-    shots = analysis.shots
-    report.shots = shots
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=f".irtool-tmp{dst.suffix}", dir=dst.parent)
-        os.close(fd)
-        os.chmod(name, io.FILE_MODE)
-    except OSError as exc:
-        src.close()
-        raise VideoError(f"{dst}: cannot write ({exc.strerror or exc})") from None
-    tmp = Path(name)
+    report = _new_report(src_path, dst, src, analysis, restorer, video)
+    tmp = _temp_beside(dst, src)
     published = False
     stop = threading.Event()
     writer: _Writer | None = None
@@ -985,124 +912,21 @@ def restore_video(
         writer.start()
         events: queue.Queue = queue.Queue(depth)
         reader_error: list[BaseException] = []
-
-        def read() -> None:
-            try:
-                for event in _events(src, video, with_audio=True, stop=stop):
-                    if event.kind == "frame":
-                        rgb = _rgb(event.frame, src.deep)  # uint8/uint16: the float copy is made in the model thread
-                        event.frame = io.Image(pixels=rgb, dtype=rgb.dtype)
-                    while not stop.is_set():
-                        try:
-                            events.put(event, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                reader_error.append(exc)
-            finally:
-                while not stop.is_set():  # the end marker, unless the main thread has stopped listening
-                    try:
-                        events.put(None, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-
-        reader = threading.Thread(target=read, name="irtool-video-read", daemon=True)
+        reader = threading.Thread(
+            target=_read_events, args=(src, video, stop, events, reader_error), name="irtool-video-read", daemon=True
+        )
         reader.start()
-
-        shot_of = _shot_index(shots)
-        pending: list[_Event] = []
-        per_frame: dict[int, Counter] = {}
-        names: dict[int, Counter] = {}
-        done = 0
-        tiles, tile_size = 0, None
-        scale_out = 65535.0 if src.deep else 255.0
-        out_dtype = np.uint16 if src.deep else np.uint8
-
-        def flush() -> None:
-            nonlocal done, tiles, tile_size
-            frames = [e for e in pending if e.kind == "frame"]
-            outcomes: list[Any] = []
-            if frames:
-                shot = shots[shot_of(frames[0].index)]
-                outcomes = restorer.restore(
-                    [e.frame for e in frames], routing=None if video.route_per_frame else shot.routing
-                )
-            results = iter(outcomes)
-            for e in pending:
-                if e.kind == "frame":
-                    outcome = next(results)
-                    rgb = np.round(outcome.rgb * scale_out).astype(out_dtype)
-                    writer.put(("video", e.pts, rgb, e.duration))  # type: ignore[union-attr]
-                    k = shot_of(e.index)
-                    per_frame.setdefault(k, Counter())[_key(outcome.experts)] += 1
-                    names.setdefault(k, Counter())[(outcome.degradation, outcome.experts is None)] += 1
-                    if video.route_per_frame and shots[k].experts is None:
-                        shots[k].experts, shots[k].gates = outcome.experts, outcome.gates
-                    tiles, tile_size = outcome.tiles, outcome.tile_size
-                    for w in outcome.warnings:
-                        if w not in report.warnings:
-                            report.warnings.append(w)
-                    done += 1
-                elif e.kind == "damaged":
-                    writer.put(("damaged", e.pts))  # type: ignore[union-attr]
-                    report.damaged.append({"frame": e.index, "time": round(src.seconds(e.pts), 4), "error": e.error})
-                    done += 1
-                else:
-                    writer.put(("audio", e.packet))  # type: ignore[union-attr]
-            pending.clear()
-            if progress is not None and frames:
-                progress("restore", done, total)
-
-        if progress is not None:
-            progress("restore", 0, total)
-        while True:
-            event = events.get()
-            if event is None:
-                break
-            if event.kind in ("frame", "damaged"):
-                nframes = sum(e.kind == "frame" for e in pending)
-                first = next((e for e in pending if e.kind == "frame"), None)
-                if first is not None and (
-                    nframes >= options.batch_size or shot_of(first.index) != shot_of(event.index)
-                ):
-                    flush()
-            pending.append(event)
-            if len(pending) >= 8 * depth:  # a long run of audio packets: do not hold them
-                flush()
-        flush()
+        frames = _FramePass(restorer, video, analysis, src, writer, report, progress)
+        frames.run(events, depth)
         if reader_error:
             raise reader_error[0]
         writer.put(_Writer.END)
         writer.join()
         if writer.error is not None:
             raise writer.error
-        _publish(tmp, dst, options.overwrite)
+        io.publish(tmp, dst, options.overwrite, error=VideoError)
         published = True
-        if writer.dropped:
-            report.warnings.append(f"{len(writer.dropped)} replacement frame(s) out of timestamp order were dropped")
-        if report.damaged:
-            report.warnings.append(
-                f"{len(report.damaged)} damaged frame(s) replaced by their restored neighbour: "
-                + ", ".join(str(d["frame"]) for d in report.damaged[:10])
-            )
-        if video.route_per_frame:
-            for k, shot in enumerate(shots):
-                counts = per_frame.get(k, Counter())
-                shot.routings = len(counts)
-                if counts:
-                    common = counts.most_common(1)[0][0]
-                    shot.experts = [list(layer) for layer in common] if common else None
-                (name, _), _ = (names.get(k) or Counter({(None, True): 1})).most_common(1)[0]
-                shot.degradation = name
-        longest = max(shots, key=lambda s: s.end - s.start)
-        report.degradation, report.confidence = longest.degradation, longest.confidence
-        report.experts, report.gates = longest.experts, longest.gates
-        report.tiles, report.tile_size = tiles, tile_size
-        report.duration = shots[-1].end_time - shots[0].start_time if shots else None
+        frames.finish(writer)
         report.seconds = time.perf_counter() - started
         return report
     except KeyboardInterrupt:
@@ -1125,6 +949,180 @@ def restore_video(
         src.close()
         if not published and tmp.exists():
             tmp.unlink()
+
+
+def _new_report(
+    src_path: Path, dst: Path, src: _Source, analysis: Analysis, restorer: Any, video: VideoOptions
+) -> VideoReport:
+    """The report as pass 2 starts: what pass 1 found and how the video will be restored."""
+    from .policy import precision_name
+
+    report = VideoReport(input=str(src_path), output=str(dst), width=analysis.width, height=analysis.height)
+    report.routing = "per-frame" if video.route_per_frame else "shot"
+    report.precision = precision_name(restorer.amp_dtype)
+    report.frames, report.fps = analysis.frames, float(src.rate) if src.rate else None
+    report.audio = [a.codec_context.name for a in src.audio]
+    report.warnings += [f"stream #{s.index} ({s.type}) is not copied" for s in src.others]
+    report.shots = analysis.shots
+    return report
+
+
+def _temp_beside(dst: Path, src: _Source) -> Path:
+    """A new hidden temp file in `dst`'s folder, with the mode a new file gets; VideoError (closing `src`) if the
+    folder cannot be written."""
+    from .images import files as io
+
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=f".irtool-tmp{dst.suffix}", dir=dst.parent)
+        os.close(fd)
+        os.chmod(name, io.FILE_MODE)
+    except OSError as exc:
+        src.close()
+        raise VideoError(f"{dst}: cannot write ({exc.strerror or exc})") from None
+    return Path(name)
+
+
+def _read_events(
+    src: _Source, video: VideoOptions, stop: threading.Event, events: queue.Queue, errors: list[BaseException]
+) -> None:
+    """Pass 2's reader thread: decoded frames (as 8/16-bit `Image`s), damaged-frame markers and audio packets into
+    `events`, then None; an exception is handed over in `errors`. Stops when `stop` is set."""
+    from .images import files as io
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                events.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    try:
+        for event in _events(src, video, with_audio=True, stop=stop):
+            if event.kind == "frame":
+                rgb = _rgb(event.frame, src.deep)  # uint8/uint16: the float copy is made in the model thread
+                event.frame = io.Image(pixels=rgb, dtype=rgb.dtype)
+            if not put(event) or stop.is_set():
+                return
+    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+        errors.append(exc)
+    finally:
+        put(None)  # the end marker, unless the main thread has stopped listening
+
+
+class _FramePass:
+    """Pass 2's model side: batches of one shot's frames through the restorer, every event handed to the writer in
+    order, and what the report needs counted on the way."""
+
+    def __init__(
+        self,
+        restorer: Any,
+        video: VideoOptions,
+        analysis: Analysis,
+        src: _Source,
+        writer: _Writer,
+        report: VideoReport,
+        progress: Progress | None,
+    ) -> None:
+        self.restorer, self.video, self.src, self.writer = restorer, video, src, writer
+        self.report, self.progress, self.total = report, progress, analysis.frames
+        self.shots = analysis.shots
+        self.shot_of = _shot_index(self.shots)
+        self.out_dtype = np.uint16 if src.deep else np.uint8
+        self.pending: list[_Event] = []
+        self.per_frame: dict[int, Counter] = {}  #: per shot: how often each expert choice was made
+        self.names: dict[int, Counter] = {}  #: per shot: how often each degradation was named
+        self.done = 0
+        self.tiles, self.tile_size = 0, None
+
+    def run(self, events: queue.Queue, depth: int) -> None:
+        """Consume the reader's events until its end marker."""
+        if self.progress is not None:
+            self.progress("restore", 0, self.total)
+        while True:
+            event = events.get()
+            if event is None:
+                break
+            if event.kind in ("frame", "damaged") and self._batch_ends_before(event):
+                self.flush()
+            self.pending.append(event)
+            if len(self.pending) >= 8 * depth:  # a long run of audio packets: do not hold them
+                self.flush()
+        self.flush()
+
+    def _batch_ends_before(self, event: _Event) -> bool:
+        """The pending frames form a batch: it is full, or `event` belongs to another shot."""
+        frames = [e for e in self.pending if e.kind == "frame"]
+        if not frames:
+            return False
+        return len(frames) >= self.restorer.options.batch_size or self.shot_of(frames[0].index) != self.shot_of(
+            event.index
+        )
+
+    def flush(self) -> None:
+        """Restore the pending frames in one batch and hand every pending event to the writer, in order."""
+        frames = [e for e in self.pending if e.kind == "frame"]
+        outcomes: list[Any] = []
+        if frames:
+            shot = self.shots[self.shot_of(frames[0].index)]
+            outcomes = self.restorer.restore(
+                [e.frame for e in frames], routing=None if self.video.route_per_frame else shot.routing
+            )
+        results = iter(outcomes)
+        for e in self.pending:
+            if e.kind == "frame":
+                self._frame_done(e, next(results))
+            elif e.kind == "damaged":
+                self.writer.put(("damaged", e.pts))
+                self.report.damaged.append(
+                    {"frame": e.index, "time": round(self.src.seconds(e.pts), 4), "error": e.error}
+                )
+                self.done += 1
+            else:
+                self.writer.put(("audio", e.packet))
+        self.pending.clear()
+        if self.progress is not None and frames:
+            self.progress("restore", self.done, self.total)
+
+    def _frame_done(self, e: _Event, outcome: Any) -> None:
+        self.writer.put(("video", e.pts, from_float(outcome.rgb, self.out_dtype), e.duration))
+        k = self.shot_of(e.index)
+        self.per_frame.setdefault(k, Counter())[_key(outcome.experts)] += 1
+        self.names.setdefault(k, Counter())[(outcome.degradation, outcome.experts is None)] += 1
+        if self.video.route_per_frame and self.shots[k].experts is None:
+            self.shots[k].experts, self.shots[k].gates = outcome.experts, outcome.gates
+        self.tiles, self.tile_size = outcome.tiles, outcome.tile_size
+        for w in outcome.warnings:
+            if w not in self.report.warnings:
+                self.report.warnings.append(w)
+        self.done += 1
+
+    def finish(self, writer: _Writer) -> None:
+        """Fill the report once the video is written: warnings, each shot's routing, the longest shot's reading."""
+        report, shots = self.report, self.shots
+        if writer.dropped:
+            report.warnings.append(f"{len(writer.dropped)} replacement frame(s) out of timestamp order were dropped")
+        if report.damaged:
+            report.warnings.append(
+                f"{len(report.damaged)} damaged frame(s) replaced by their restored neighbour: "
+                + ", ".join(str(d["frame"]) for d in report.damaged[:10])
+            )
+        if self.video.route_per_frame:
+            for k, shot in enumerate(shots):
+                counts = self.per_frame.get(k, Counter())
+                shot.routings = len(counts)
+                if counts:
+                    common = counts.most_common(1)[0][0]
+                    shot.experts = [list(layer) for layer in common] if common else None
+                (name, _), _ = (self.names.get(k) or Counter({(None, True): 1})).most_common(1)[0]
+                shot.degradation = name
+        longest = max(shots, key=lambda s: s.end - s.start)
+        report.degradation, report.confidence = longest.degradation, longest.confidence
+        report.experts, report.gates = longest.experts, longest.gates
+        report.tiles, report.tile_size = self.tiles, self.tile_size
+        report.duration = shots[-1].end_time - shots[0].start_time if shots else None
 
 
 def _key(experts: list[list[int]] | None) -> tuple:
@@ -1190,13 +1188,11 @@ def restore_videos(
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - a bug on one odd file must not stop the run
-            from .engine import _first_line
-
             yield VideoReport(
                 input=str(job.src),
                 output=str(job.dst),
                 status="failed",
-                error=f"{job.src}: cannot be restored ({_first_line(exc)})",
+                error=f"{job.src}: cannot be restored ({first_line(exc, with_type=True)})",
             )
         finally:
             if task is not None:

@@ -215,7 +215,7 @@ def test_skimage_photos_are_found_without_importing_skimage():
     import sys
 
     probe = (
-        "import sys; from irtool import datasets as ds; photos, origin = ds.clean_photos(); "
+        "import sys; from irtool.evaluation import datasets as ds; photos, origin = ds.clean_photos(); "
         "assert 'skimage' not in sys.modules; print(len(photos), sorted(p.name for p in photos))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)

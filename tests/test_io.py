@@ -319,3 +319,60 @@ def test_a_lossless_webp_stays_lossless(tmp_path):
     assert back.lossless and np.array_equal(io.to_array(back), pixels)
     (tmp_path / "c.webp").write_bytes(pil_bytes(pixels, "WEBP", quality=80))
     assert not io.read_image(tmp_path / "c.webp").lossless
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The one scaling (images.pixels) and the one image <-> tensor pair (images.tensors)
+
+
+def test_integer_samples_survive_the_float_round_trip_exactly():
+    from irtool.images import pixels
+
+    for dtype, top in ((np.uint8, 255), (np.uint16, 65535)):
+        every = np.arange(top + 1, dtype=dtype)
+        values = pixels.to_float(every)
+        assert values.dtype == np.float32 and values.min() == 0.0 and values.max() == 1.0
+        assert np.array_equal(pixels.from_float(values, dtype), every)
+    # uint8 scaling is torchvision's ToTensor bit for bit: float32 division by 255
+    assert np.array_equal(pixels.to_float(np.arange(256, dtype=np.uint8)), np.arange(256, dtype=np.float32) / 255)
+    # floats are clipped, NaN is 0 and +Inf is 1 on the way out
+    assert pixels.to_float(np.array([-0.5, 0.25, 2.0, np.nan], np.float32)).tolist() == [0.0, 0.25, 1.0, 0.0]
+    assert pixels.from_float(np.array([np.nan, np.inf, -1.0, 0.5]), np.uint8).tolist() == [0, 255, 0, 128]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("layout", ["gray", "rgb", "rgba", "gray+alpha"])
+def test_array_image_tensor_and_back_is_exact(dtype, layout):
+    import torch
+
+    from irtool.images.tensors import from_tensor, to_tensor
+
+    top = np.iinfo(dtype).max
+    channels = {"gray": None, "rgb": 3, "rgba": 4, "gray+alpha": 2}[layout]
+    shape = (7, 9) if channels is None else (7, 9, channels)
+    array = RNG.integers(0, top + 1, size=shape, dtype=dtype)
+    array.flat[:2] = (0, top)
+    image = io.from_array(array)
+    x = to_tensor(image.rgb[None])
+    assert x.shape == (1, 3, 7, 9) and x.dtype == torch.float32 and x.is_contiguous()
+    assert torch.equal(to_tensor(image.rgb), x[0])  # one image is the batch's first, without the batch axis
+    back = from_tensor(x[0])
+    assert back.shape == (7, 9, 3) and back.dtype == np.float32
+    restored = io.to_array(image, back)
+    assert restored.dtype == array.dtype and np.array_equal(restored, array)  # gray from luma, alpha untouched
+
+
+def test_tensors_keep_layout_and_clamp_only_on_the_way_out():
+    import torch
+
+    from irtool.images.tensors import channels_first, from_tensor, to_tensor
+
+    u8 = RNG.integers(0, 256, size=(2, 5, 6, 3), dtype=np.uint8)
+    assert channels_first(u8).dtype == torch.uint8 and channels_first(u8).shape == (2, 3, 5, 6)
+    assert torch.equal(channels_first(u8)[1, 2], torch.from_numpy(u8[1, ..., 2]))
+    assert torch.equal(to_tensor(u8), channels_first(u8).float() / 255)
+    raw = torch.tensor([[[-0.5, 1.5]]])
+    assert from_tensor(raw).tolist() == [[[0.0], [1.0]]]
+    assert from_tensor(raw, clamp=False).tolist() == [[[-0.5], [1.5]]]
+    with pytest.raises(ValueError, match="expected"):
+        from_tensor(torch.zeros(3, 4))

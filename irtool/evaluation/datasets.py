@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ImageError, IrtoolError
+from ..errors import ImageError, IrtoolError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SIGMAS = (15, 25, 50)
@@ -543,8 +543,7 @@ def expand(names: list[str] | tuple[str, ...] = (), settings: list[str] | tuple[
             out.extend(FAMILIES[key])
         else:
             out.append(get_spec(key).name)
-    seen: set[str] = set()
-    return [n for n in out if not (n in seen or seen.add(n))]
+    return list(dict.fromkeys(out))  # each once, in first-named order
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -798,9 +797,7 @@ def read_rgb(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             return np.array(im.convert("RGB"))
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise ImageError(
-            f"{path}: cannot be read as an image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-        ) from None
+        raise ImageError(f"{path}: cannot be read as an image ({first_line(exc, None)})") from None
 
 
 def centre_crop(image: np.ndarray, multiple: int | None) -> np.ndarray:
@@ -865,7 +862,7 @@ def load_sample(
 ) -> Sample:
     """One test sample in the official order of operations: read, centre-crop, then (noise sets) add noise."""
     gt = centre_crop(read_rgb(pair.gt), crop_multiple)
-    if spec.synthesised:
+    if spec.sigma is not None:  # a noise set (spec.synthesised), with its sigma
         if noise is None:
             raise DatasetError(f"{spec.name}: a noise stream is needed to synthesise its inputs")
         lq = noise.add(gt, spec.sigma)
@@ -961,14 +958,14 @@ def clean_photos(clean_dir: str | Path | None = None) -> tuple[list[Path], str]:
         if not photos:
             raise DatasetError(f"--clean-dir {folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
         return photos, str(folder)
-    folder = skimage_photo_dir()
-    photos = [folder / name for name in SKIMAGE_PHOTOS if (folder / name).is_file()] if folder else []
+    photo_dir = skimage_photo_dir()
+    photos = [photo_dir / name for name in SKIMAGE_PHOTOS if (photo_dir / name).is_file()] if photo_dir else []
     if not photos:
         raise DatasetError(
             "synthetic datasets need clean photos: pass --clean-dir DIR, or install scikit-image, whose wheel ships "
             "a few public-domain/CC0 photos (pip install scikit-image)"
         )
-    return sorted(photos, key=lambda p: p.name), f"scikit-image {folder}"
+    return sorted(photos, key=lambda p: p.name), f"scikit-image {photo_dir}"
 
 
 def parse_synthetic(name: str) -> tuple[str, float]:

@@ -15,18 +15,15 @@ the paper's figure for the checkpoint (from the manifest), the protocol and ever
 reduced precision, a subset of images), the realisation of the test noise, and how often the router picked each
 expert in each layer (or each class, for classifier-routed models).
 
-Imports torch, numpy, irtool.evaluation.metrics and irtool.evaluation.datasets.
+Imports torch, numpy, irtool.evaluation.metrics and .datasets, irtool.images (pixels, tensors, files) and irtool.policy.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -41,12 +38,16 @@ from torch import nn
 from .._version import __version__
 from ..archs.spec import spec_of
 from ..errors import IrtoolError
-from ..images.files import FILE_MODE
+from ..images import pixels
+from ..images.files import write_bytes_atomic
+from ..images.tensors import channels_first, from_tensor, to_tensor
+from ..policy import EXPLICIT_PRECISIONS, autocast, check_precision, precision_name, resolve_precision
 from ..tiling import run_padded
 from . import datasets as ds
 from . import metrics
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+#: --precision: the names that say what runs (irtool.policy decides what each means on a device)
+PRECISIONS = EXPLICIT_PRECISIONS
 NOISE_STREAMS = ("shared", "fresh")
 #: --save-format: how restored images are written. The protocols score the float output, so only a float32 TIFF
 #: lets the figures be recomputed exactly from the files; a 16-bit PNG is within about 1e-5 dB, an 8-bit PNG (for
@@ -153,7 +154,7 @@ class DatasetReport:
     @property
     def worst(self) -> ImageResult | None:
         scored = self.scored
-        return min(scored, key=lambda r: r.psnr) if scored else None
+        return min(scored, key=lambda r: math.inf if r.psnr is None else r.psnr) if scored else None
 
     def summary(self) -> dict[str, Any]:
         seconds = [r.seconds for r in self.scored if r.seconds is not None]
@@ -311,18 +312,9 @@ def new_report(
 # Running
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise IrtoolError(f"--precision fp16: only on CUDA (this run is on {device.type}); use bf16 or fp32")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _to_input(lq: np.ndarray, device: torch.device) -> torch.Tensor:
     """(1, 3, H, W) float32 in [0, 1], made as torchvision's ToTensor makes it (uint8 -> float32 / 255, on the CPU)."""
-    return (torch.from_numpy(np.ascontiguousarray(lq.transpose(2, 0, 1))).to(torch.float32).div(255))[None].to(device)
+    return to_tensor(lq[None], device)
 
 
 class _Usage:
@@ -413,12 +405,8 @@ def _write_image(path: Path, array: np.ndarray, protected: set[Path], fmt: str =
 
 def _saved(restored: torch.Tensor, save_format: str) -> np.ndarray:
     """The (1, 3, H, W) float output in [0, 1] as the (H, W, 3) array --save-format writes."""
-    hwc = restored[0].permute(1, 2, 0).float().cpu()
-    if save_format == "tiff":
-        return hwc.numpy().astype(np.float32)
-    if save_format == "png16":
-        return (hwc.double() * 65535.0).round().to(torch.int32).numpy().astype(np.uint16)
-    return (hwc * 255.0).round().to(torch.uint8).numpy()
+    hwc = from_tensor(restored[0])
+    return pixels.from_float(hwc, {"tiff": np.float32, "png16": np.uint16}.get(save_format, np.uint8))
 
 
 def _tiled_restorer(model: nn.Module, options: EvalOptions, device: torch.device) -> Any:
@@ -430,8 +418,10 @@ def _tiled_restorer(model: nn.Module, options: EvalOptions, device: torch.device
 
 
 def _dataset_report(
-    located: ds.Located, protocol: metrics.Protocol, options: EvalOptions, reported: dict | None
+    located: ds.Located, protocol: metrics.Protocol, options: EvalOptions, reported: dict | None, precision: str
 ) -> DatasetReport:
+    """A dataset's report before its images: protocol, layout, the paper's figure, and every departure (precision:
+    what runs, as irtool.policy resolved the option)."""
     spec = located.spec
     crop = protocol.crop_multiple if spec.crop else None
     report = DatasetReport(
@@ -465,11 +455,47 @@ def _dataset_report(
             f"tiled inference ({options.tile} px tiles blended by the restore engine, one routing per image decided on "
             "a downscaled copy): the papers run whole images"
         )
-    if options.precision != "fp32":
-        report.departures.append(f"{options.precision} autocast: the papers run fp32")
+    if precision != "fp32":
+        report.departures.append(f"{precision} autocast: the papers run fp32")
     if options.crop_border and protocol.space == "rgb":
         report.warnings.append("--crop-border applies to the Y protocols only; ignored")
     return report
+
+
+def _check_run(model: nn.Module, options: EvalOptions, device: torch.device) -> tuple[torch.dtype | None, list[str]]:
+    """The options' one-line errors before anything runs; the autocast dtype and the notes about it (irtool.policy)."""
+    check_precision(options.precision, PRECISIONS)
+    if options.noise_stream not in NOISE_STREAMS:
+        raise IrtoolError(f"--noise-stream {options.noise_stream}: one of {', '.join(NOISE_STREAMS)}")
+    if options.routing_noise and not spec_of(model).capabilities.routing_noise:
+        raise IrtoolError("--routing-noise: only MoCE-IR's router draws noise")
+    if options.routing_noise and options.tile:
+        raise IrtoolError("--routing-noise reproduces the official whole-image test; it cannot be combined with --tile")
+    return resolve_precision(options.precision, device)
+
+
+def _noise_record(spec: ds.DatasetSpec, options: EvalOptions, stream: ds.NoiseStream) -> dict[str, Any]:
+    """How a noise set's inputs were drawn, for the report (before its images advance the stream)."""
+    return {
+        "sigma": spec.sigma,
+        "seed": 0,
+        "stream": options.noise_stream,
+        "follows": list(stream.history),
+        "recipe": "np.random.seed(0) once; files in sorted order; after the centre crop, "
+        "clip(clean + randn(*shape) * sigma, 0, 255).astype(uint8)",
+    }
+
+
+def _synthetic_record(spec: ds.DatasetSpec, kind: str, level: float) -> dict[str, Any]:
+    """How a synthetic benchmark's inputs (`kind` at `level`) were made, for the report."""
+    return {
+        "generator": "irtool.degrade",
+        "kind": kind,
+        "level": level,
+        "seed": "zlib.crc32(f'{kind}:{level:g}:{file name}') per image",
+        "photos": spec.source,
+        "licence": spec.licence,
+    }
 
 
 def run(
@@ -487,16 +513,8 @@ def run(
     `observer(dataset, result, sample, restored)`, when given, sees every scored image with its pixels (the sample's
     uint8 input and ground truth, the restored (1, 3, H, W) tensor in [0, 1]): the HTML report keeps a few of them.
     """
-    if options.precision not in PRECISIONS:
-        raise IrtoolError(f"--precision {options.precision}: one of {', '.join(PRECISIONS)}")
-    if options.noise_stream not in NOISE_STREAMS:
-        raise IrtoolError(f"--noise-stream {options.noise_stream}: one of {', '.join(NOISE_STREAMS)}")
-    if options.routing_noise and not spec_of(model).capabilities.routing_noise:
-        raise IrtoolError("--routing-noise: only MoCE-IR's router draws noise")
-    if options.routing_noise and options.tile:
-        raise IrtoolError("--routing-noise reproduces the official whole-image test; it cannot be combined with --tile")
     device = next(model.parameters()).device
-    _autocast(device, options.precision)  # fail early on an impossible precision
+    amp_dtype, precision_notes = _check_run(model, options, device)
     model.eval()
     restorer = _tiled_restorer(model, options, device) if options.tile else None
     if options.routing_noise:
@@ -506,31 +524,17 @@ def run(
     for located in targets:
         spec = located.spec
         protocol = metrics.get_protocol(options.protocol or spec.protocol)
-        dreport = _dataset_report(located, protocol, options, report.reported.get(spec.name))
+        dreport = _dataset_report(located, protocol, options, report.reported.get(spec.name), precision_name(amp_dtype))
+        dreport.warnings += precision_notes
         report.datasets.append(dreport)
         noise = None
         if spec.synthesised:
             if options.noise_stream == "fresh":
                 stream = ds.NoiseStream(0)
             noise = stream
-            dreport.noise = {
-                "sigma": spec.sigma,
-                "seed": 0,
-                "stream": options.noise_stream,
-                "follows": list(stream.history),
-                "recipe": "np.random.seed(0) once; files in sorted order; after the centre crop, "
-                "clip(clean + randn(*shape) * sigma, 0, 255).astype(uint8)",
-            }
+            dreport.noise = _noise_record(spec, options, stream)
         if spec.degradation is not None:
-            kind, level = spec.degradation
-            dreport.synthetic = {
-                "generator": "irtool.degrade",
-                "kind": kind,
-                "level": level,
-                "seed": "zlib.crc32(f'{kind}:{level:g}:{file name}') per image",
-                "photos": spec.source,
-                "licence": spec.licence,
-            }
+            dreport.synthetic = _synthetic_record(spec, *spec.degradation)
         usage = _Usage(model)
         protected = {p.resolve() for pair in located.pairs for p in (pair.gt, pair.lq) if p is not None}
         started = time.perf_counter()
@@ -545,7 +549,7 @@ def run(
                 yield dreport, result
                 continue
             result = _evaluate_sample(
-                model, restorer, item, protocol, options, device, usage, protected, spec.name, observer
+                model, restorer, item, protocol, options, device, amp_dtype, usage, protected, spec.name, observer
             )
             dreport.images.append(result)
             dreport.usage = usage.to_dict()
@@ -562,6 +566,7 @@ def _evaluate_sample(
     protocol: metrics.Protocol,
     options: EvalOptions,
     device: torch.device,
+    amp_dtype: torch.dtype | None,
     usage: _Usage,
     protected: set[Path],
     dataset: str,
@@ -587,14 +592,14 @@ def _evaluate_sample(
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
                 kwargs: dict[str, Any] = {"routing_noise": True} if options.routing_noise else {}
-                with _autocast(device, options.precision):
+                with autocast(device, amp_dtype):
                     out = run_padded(model, x, **kwargs)  # padded as the official code pads, cropped back
                 restored = out.output.float().clamp(0, 1)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 result.seconds = time.perf_counter() - t0
                 usage.add(out.routing, result)
-            gt = torch.from_numpy(np.ascontiguousarray(sample.gt.transpose(2, 0, 1))).to(device)
+            gt = channels_first(sample.gt).to(device)  # uint8 kept: the protocols quantize it their own way
             border = options.crop_border if protocol.space == "y" else 0
             result.psnr, result.ssim = metrics.psnr_ssim(restored, gt, protocol, crop_border=border)
             result.input_psnr, result.input_ssim = metrics.psnr_ssim(
@@ -631,7 +636,7 @@ def _restore_tiled(
     result.notes = [f"{outcome.tiles} tiles of {outcome.tile_size} px" if outcome.tile_size else "whole image"] + list(
         outcome.warnings
     )
-    return torch.from_numpy(outcome.rgb).permute(2, 0, 1)[None].to(device)
+    return to_tensor(outcome.rgb[None], device)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -639,18 +644,8 @@ def _restore_tiled(
 
 
 def _atomic_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            os.fchmod(f.fileno(), FILE_MODE)
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write a report file atomically (irtool.images.files' writer); a failure is one IrtoolError line."""
+    write_bytes_atomic(path, text.encode("utf-8"), overwrite=True, error=IrtoolError)
 
 
 def to_json(report: EvalReport) -> str:
@@ -738,7 +733,7 @@ def plot_usage(report: EvalReport, path: str | Path) -> Path:
         raise IrtoolError("--plot: no routing was recorded (no image was evaluated)")
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.2 * len(panels) + 0.6), squeeze=False)
     for ax, d in zip(axes[:, 0], panels):
-        usage = d.usage
+        usage = d.usage or {}
         if usage["kind"] == "experts":
             counts = np.asarray(usage["counts"], dtype=float)
             shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -754,22 +749,17 @@ def plot_usage(report: EvalReport, path: str | Path) -> Path:
             ax.bar(names, [usage["counts"][n] for n in names])
             ax.set_ylabel("images")
         ax.set_title(f"{d.title} ({len(d.images)} images)", fontsize=10)
-    if panels[-1].usage["kind"] == "experts":
+    if (panels[-1].usage or {}).get("kind") == "experts":
         axes[-1, 0].set_xlabel("MoCE layer (forward order)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="upper right", ncol=len(labels), fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.fchmod(fd, FILE_MODE)
-    os.close(fd)
+    picture = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
+        fig.savefig(picture, dpi=110, format="png")
     finally:
         plt.close(fig)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    write_bytes_atomic(path, picture.getbuffer(), overwrite=True, error=IrtoolError)
     return path

@@ -146,12 +146,9 @@ def _as_batch(image: Any) -> Tensor:
     if not isinstance(image, Tensor):
         import numpy as np
 
-        array = np.asarray(image)
-        if array.ndim == 2:
-            array = array[..., None]
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-        tensor = tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
-        image = tensor
+        from ..images.tensors import channels_first
+
+        image = channels_first(np.asarray(image))  # the sample type is kept: uint8 is quantized differently
     if image.ndim == 2:
         image = image[None]
     if image.ndim == 3:
@@ -164,7 +161,8 @@ def _as_batch(image: Any) -> Tensor:
 
 
 def _to_unit_float(image: Tensor) -> Tensor:
-    """Float64 in [0, 1]. uint8 goes through float32 first, as torchvision's ToTensor makes the official tensors."""
+    """Float64 in [0, 1]. uint8 goes through float32 first, as torchvision's ToTensor makes the official tensors.
+    (The protocols fix this arithmetic, in torch on the metric's device: not irtool.images.pixels, which is numpy.)"""
     if image.dtype == torch.uint8:
         return (image.to(torch.float32) / 255).to(torch.float64)
     return image.to(torch.float64).clamp(0, 1)

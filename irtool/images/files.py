@@ -34,8 +34,10 @@ import cv2
 import numpy as np
 
 from .. import safe_paths
-from ..errors import ImageError
+from ..errors import ImageError, IrtoolError, first_line
+from . import pixels as px
 from . import tiff
+from .pixels import luma
 
 # OpenCV logs decoder trouble on stderr; irtool reports it as one line of its own instead.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -115,10 +117,7 @@ class Image:
 
 def float_rgb(pixels: np.ndarray) -> np.ndarray:
     """(H, W, 3) float32 RGB in [0, 1] of colour samples (RGB or gray; uint8, uint16 or float32): one copy."""
-    rgb = _to_float(pixels)
-    if rgb.ndim == 2:
-        rgb = np.repeat(rgb[..., None], 3, axis=2)
-    return np.ascontiguousarray(rgb)
+    return np.ascontiguousarray(px.gray_to_rgb(px.to_float(pixels)))
 
 
 def normalize_format(name: str | None) -> str | None:
@@ -277,12 +276,7 @@ def _pillow_header(data: bytes, what: str) -> Header:
             f"its header claims more than {2 * (PILImage.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} MP (a decompression bomb)"
         ) from None
     except Exception as exc:  # noqa: BLE001 - Pillow reports damaged headers with many exception types
-        raise ImageError(f"corrupt {what} header ({_short(exc)})") from None
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:100] if text else type(exc).__name__
+        raise ImageError(f"corrupt {what} header ({first_line(exc, 100)})") from None
 
 
 def _header(data: bytes, fmt: str | None, directory: tiff.Directory | None) -> Header:
@@ -327,14 +321,6 @@ def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------------------------------
 # Reading
-
-
-def _to_float(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
-    return np.clip(np.nan_to_num(array.astype(np.float32), nan=0.0), 0.0, 1.0)
 
 
 def _pillow_applies_tiff_orientation() -> bool:
@@ -484,66 +470,85 @@ def read_header(data: bytes, name: str = "image") -> tuple[str | None, Header, t
     return fmt, header, directory
 
 
-def decode_image(data: bytes, name: str = "image", *, max_megapixels: float | None = None) -> Image:
-    """Decode encoded image bytes into an `Image` (see `read_image`). The size comes from the header (or Pillow's
-    lazy open) and is checked against `max_megapixels` (default: from this machine's memory) before decoding."""
-    fmt, header, directory = read_header(data, name)
-    limit = resolve_max_megapixels(max_megapixels)
+@dataclass
+class _Decoded:
+    """What a decoder hands over: samples in OpenCV's layout (gray, BGR or BGRA), the metadata it found, and whether
+    it already turned the pixels by their orientation tag."""
+
+    pixels: np.ndarray | None
+    fmt: str | None
+    icc: bytes | None = None
+    exif: bytes | None = None
+    oriented: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_size(header: Header, name: str, limit: float) -> None:
     megapixels = header.width * header.height / 1e6
     if megapixels > limit:
         raise ImageError(
             f"{name}: {header.width}x{header.height} pixels ({megapixels:.0f} MP) is over the {limit:.0f} MP limit "
             "(raise it with --max-megapixels)"
         )
-    icc = exif = None
-    if directory is not None:
-        icc_entry = directory.entries.get(tiff.ICC_PROFILE)
-        icc, exif = (icc_entry.data if icc_entry else None), tiff.exif_from_directory(directory)
 
-    warnings: list[str] = []
-    decoder_oriented = False
+
+def _decode_pixels(data: bytes, fmt: str | None, directory: tiff.Directory | None, name: str) -> _Decoded:
+    """Run the decoder for the format: TIFF (irtool's own container reading), GIF and unknown formats (Pillow), the
+    rest (OpenCV, with its ICC and EXIF)."""
     if fmt == "tiff" and directory is not None:
-        pixels, decoder_oriented = _decode_tiff(data, directory, name)
+        icc_entry = directory.entries.get(tiff.ICC_PROFILE)
+        pixels, oriented = _decode_tiff(data, directory, name)
+        decoded = _Decoded(pixels, fmt, icc_entry.data if icc_entry else None, tiff.exif_from_directory(directory))
+        decoded.oriented = oriented
         if (directory.value(258) or 1) < 8 and pixels is not None:
-            warnings.append(f"{directory.value(258) or 1}-bit TIFF samples are written back as 8-bit")
-    elif fmt is None or fmt == "gif":
-        pixels = _decode_gif(data)
-        fmt = None
-    else:
-        try:
-            pixels, types, chunks = cv2.imdecodeWithMetadata(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        except cv2.error:
-            pixels, types, chunks = None, None, None
-        for kind, chunk in zip(() if types is None else types, () if chunks is None else chunks):
-            blob = np.asarray(chunk, dtype=np.uint8).tobytes()
-            if int(kind) == cv2.IMAGE_METADATA_ICCP:
-                icc = blob or None
-            elif int(kind) == cv2.IMAGE_METADATA_EXIF:
-                exif = tiff.strip_exif_header(blob) or None
+            decoded.warnings.append(f"{directory.value(258) or 1}-bit TIFF samples are written back as 8-bit")
+        return decoded
+    if fmt is None or fmt == "gif":
+        return _Decoded(_decode_gif(data), None)
+    try:
+        pixels, types, chunks = cv2.imdecodeWithMetadata(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        pixels, types, chunks = None, None, None
+    decoded = _Decoded(pixels, fmt)
+    for kind, chunk in zip(() if types is None else types, () if chunks is None else chunks):
+        blob = np.asarray(chunk, dtype=np.uint8).tobytes()
+        if int(kind) == cv2.IMAGE_METADATA_ICCP:
+            decoded.icc = blob or None
+        elif int(kind) == cv2.IMAGE_METADATA_EXIF:
+            decoded.exif = tiff.strip_exif_header(blob) or None
+    return decoded
+
+
+def _checked_samples(decoded: _Decoded, header: Header, name: str) -> np.ndarray:
+    """The decoded samples, refused when missing, of another size than the header's, or of an unsupported type."""
+    pixels = decoded.pixels
     if pixels is None or pixels.size == 0:
-        what = fmt.upper() if fmt else "image"
+        what = decoded.fmt.upper() if decoded.fmt else "image"
         raise ImageError(f"{name}: truncated or corrupt {what} file")
     if pixels.shape[:2] != (header.height, header.width) and not (
-        decoder_oriented and pixels.shape[:2] == (header.width, header.height)
+        decoded.oriented and pixels.shape[:2] == (header.width, header.height)
     ):
         raise ImageError(
             f"{name}: decoded {pixels.shape[1]}x{pixels.shape[0]} pixels, its header says {header.width}x{header.height}"
         )
-
     if pixels.dtype not in (np.uint8, np.uint16, np.float32):
-        if pixels.dtype == np.float64:
-            pixels = pixels.astype(np.float32)
-        else:
+        if pixels.dtype != np.float64:
             raise ImageError(f"{name}: {pixels.dtype} samples are not supported (8-bit, 16-bit or float32 only)")
-
+        pixels = pixels.astype(np.float32)
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[..., 0]
+    return pixels
+
+
+def _split_channels(
+    pixels: np.ndarray, data: bytes, fmt: str | None, directory: tiff.Directory | None, name: str
+) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """(colour as RGB or gray, alpha or None, gray) from OpenCV-layout samples."""
     gray = pixels.ndim == 2
     if fmt == "png" and len(data) > 25 and data[25] == 4:
         gray = True  # gray + alpha: OpenCV hands it over as BGRA with equal colour channels
     if directory is not None and directory.value(262) in (0, 1):
         gray = True
-
     if pixels.ndim == 2:
         color, alpha = pixels, None
     elif pixels.shape[2] == 4:
@@ -556,28 +561,41 @@ def decode_image(data: bytes, name: str = "image", *, max_megapixels: float | No
         color = color[..., ::-1]  # BGR -> RGB
         if gray:
             color = color[..., 0]
+    return color, alpha, gray
 
-    orientation = tiff.orientation(exif) if exif else 1
+
+def _orientation(exif: bytes | None, fmt: str | None, directory: tiff.Directory | None) -> int:
+    """The EXIF orientation (1-8) to apply: a TIFF's own tag, else the EXIF's."""
     if fmt == "tiff" and directory is not None:
         orientation = directory.value(tiff.ORIENTATION) or 1
-        orientation = orientation if 1 <= orientation <= 8 else 1
-    if orientation != 1 and not decoder_oriented:
+        return orientation if 1 <= orientation <= 8 else 1
+    return tiff.orientation(exif) if exif else 1
+
+
+def decode_image(data: bytes, name: str = "image", *, max_megapixels: float | None = None) -> Image:
+    """Decode encoded image bytes into an `Image` (see `read_image`). The size comes from the header (or Pillow's
+    lazy open) and is checked against `max_megapixels` (default: from this machine's memory) before decoding."""
+    fmt, header, directory = read_header(data, name)
+    _check_size(header, name, resolve_max_megapixels(max_megapixels))
+    decoded = _decode_pixels(data, fmt, directory, name)
+    samples = _checked_samples(decoded, header, name)
+    color, alpha, gray = _split_channels(samples, data, decoded.fmt, directory, name)
+    orientation = _orientation(decoded.exif, decoded.fmt, directory)
+    if orientation != 1 and not decoded.oriented:
         color = apply_orientation(color, orientation)
         alpha = apply_orientation(alpha, orientation) if alpha is not None else None
-    if exif:
-        exif = tiff.drop_thumbnail(tiff.reset_orientation(exif))
-
+    exif = tiff.drop_thumbnail(tiff.reset_orientation(decoded.exif)) if decoded.exif else decoded.exif
     return Image(
         pixels=color,
-        dtype=pixels.dtype,
+        dtype=samples.dtype,
         alpha=None if alpha is None else np.ascontiguousarray(alpha),
         gray=gray,
-        icc=icc,
+        icc=decoded.icc,
         exif=exif,
-        format=fmt,
+        format=decoded.fmt,
         orientation=orientation,
-        lossless=fmt == "webp" and _webp_is_lossless(data),
-        warnings=warnings,
+        lossless=decoded.fmt == "webp" and _webp_is_lossless(data),
+        warnings=decoded.warnings,
     )
 
 
@@ -600,23 +618,11 @@ def read_image(path: str | Path, *, max_megapixels: float | None = None) -> Imag
 # Writing
 
 
-def _quantize(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    rgb = np.nan_to_num(rgb, nan=0.0, posinf=1.0, neginf=0.0)
-    if dtype == np.float32:
-        return np.clip(rgb, 0.0, 1.0).astype(np.float32)
-    top = 255.0 if dtype == np.uint8 else 65535.0
-    return np.rint(np.clip(rgb, 0.0, 1.0) * top).astype(dtype)
-
-
-def _convert_alpha(alpha: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if alpha.dtype == dtype:
-        return alpha
-    return _quantize(_to_float(alpha), dtype)
-
-
-def luma(rgb: np.ndarray) -> np.ndarray:
-    """BT.601 luma of (H, W, 3) RGB, as OpenCV's RGB2GRAY computes it."""
-    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+def _convert_samples(samples: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Samples (alpha, or restored colour) in another sample type; as they are when already of it."""
+    if samples.dtype == dtype:
+        return samples
+    return px.from_float(px.to_float(samples), dtype)
 
 
 def icc_colour_space(icc: bytes) -> bytes:
@@ -656,15 +662,9 @@ def encode_image(
     return bytes(data), warnings
 
 
-def _encode(
-    image: Image, rgb: np.ndarray | None, fmt: str | None, *, quality: int, samples: np.ndarray | None
-) -> tuple[bytes | memoryview, list[str]]:
-    fmt = fmt or image.format or "png"
-    if samples is None:
-        rgb = image.rgb if rgb is None else rgb
-    shape = (samples if samples is not None else rgb).shape[:2]  # type: ignore[union-attr]
-    if shape != (image.height, image.width):
-        raise ValueError(f"restored pixels are {shape}, the image is {(image.height, image.width)}")
+def _frame_for(image: Image, fmt: str) -> tuple[np.dtype, np.ndarray | None, bytes | None, list[str]]:
+    """What of `image`'s frame the output format can hold: (sample type, alpha, ICC profile, warnings about the
+    rest)."""
     warnings: list[str] = []
     dtype = np.dtype(image.dtype)
     if image.bit_depth not in _DEPTHS[fmt]:
@@ -687,15 +687,56 @@ def _encode(
             f"the {space or 'unknown'} ICC profile does not fit the {'gray' if image.gray else 'RGB'} output; dropped"
         )
         icc = None
+    return dtype, alpha, icc, warnings
 
+
+def _opencv_params(fmt: str, quality: int, lossless: bool) -> list[int]:
+    if fmt == "jpeg":
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+        if quality >= 90:  # keep full chroma resolution at high quality
+            params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+        return params
+    if fmt == "webp":
+        return [cv2.IMWRITE_WEBP_QUALITY, 101 if lossless else int(quality)]  # above 100: lossless
+    if fmt == "png":
+        return [cv2.IMWRITE_PNG_COMPRESSION, 6]
+    return []
+
+
+def _encode_opencv(image: Image, fmt: str, array: np.ndarray, icc: bytes | None, quality: int) -> memoryview:
+    """Encode OpenCV-layout samples (gray, BGR or BGRA) with the ICC profile and `image`'s EXIF."""
+    types, chunks = [], []
+    if fmt in _METADATA:
+        if icc and not (fmt == "webp" and image.gray and icc_colour_space(icc) == b"GRAY"):  # WebP stores gray as RGB
+            types.append(cv2.IMAGE_METADATA_ICCP)
+            chunks.append(np.frombuffer(icc, np.uint8))
+        if image.exif:
+            types.append(cv2.IMAGE_METADATA_EXIF)
+            chunks.append(np.frombuffer(image.exif, np.uint8))
+    params = _opencv_params(fmt, quality, image.lossless)
+    try:
+        ok, buffer = cv2.imencodeWithMetadata(EXTENSIONS[fmt], array, types, chunks, params)
+    except cv2.error as exc:
+        raise ImageError(f"cannot encode as {fmt.upper()} ({str(exc).strip().splitlines()[-1][:120]})") from None
+    if not ok:
+        raise ImageError(f"cannot encode as {fmt.upper()}")
+    return buffer.data
+
+
+def _encode(
+    image: Image, rgb: np.ndarray | None, fmt: str | None, *, quality: int, samples: np.ndarray | None
+) -> tuple[bytes | memoryview, list[str]]:
+    fmt = fmt or image.format or "png"
+    restored = samples if samples is not None else image.rgb if rgb is None else rgb
+    if restored.shape[:2] != (image.height, image.width):
+        raise ValueError(f"restored pixels are {restored.shape[:2]}, the image is {(image.height, image.width)}")
+    dtype, alpha, icc, warnings = _frame_for(image, fmt)
     if samples is not None:
-        color = samples if samples.dtype == dtype else _quantize(_to_float(samples), dtype)
-    elif image.gray:
-        color = _quantize(luma(rgb), dtype)
+        color = _convert_samples(samples, dtype)
     else:
-        color = _quantize(rgb, dtype)
+        color = px.from_float(luma(restored) if image.gray else restored, dtype)
     if alpha is not None:
-        alpha = _convert_alpha(alpha, dtype)
+        alpha = _convert_samples(alpha, dtype)
 
     if fmt == "tiff":
         planes = color if alpha is None else np.dstack([color, alpha])
@@ -720,45 +761,23 @@ def _encode(
             array = np.ascontiguousarray(color[..., ::-1])
     else:
         array = np.ascontiguousarray(color)
-    params: list[int] = []
-    if fmt == "jpeg":
-        params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
-        if quality >= 90:  # keep full chroma resolution at high quality
-            params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
-    elif fmt == "webp":
-        params = [cv2.IMWRITE_WEBP_QUALITY, 101 if image.lossless else int(quality)]  # above 100: lossless
-    elif fmt == "png":
-        params = [cv2.IMWRITE_PNG_COMPRESSION, 6]
-    types, chunks = [], []
-    if fmt in _METADATA:
-        if icc and not (fmt == "webp" and image.gray and icc_colour_space(icc) == b"GRAY"):  # WebP stores gray as RGB
-            types.append(cv2.IMAGE_METADATA_ICCP)
-            chunks.append(np.frombuffer(icc, np.uint8))
-        if image.exif:
-            types.append(cv2.IMAGE_METADATA_EXIF)
-            chunks.append(np.frombuffer(image.exif, np.uint8))
-    try:
-        ok, buffer = cv2.imencodeWithMetadata(EXTENSIONS[fmt], array, types, chunks, params)
-    except cv2.error as exc:
-        raise ImageError(f"cannot encode as {fmt.upper()} ({str(exc).strip().splitlines()[-1][:120]})") from None
-    if not ok:
-        raise ImageError(f"cannot encode as {fmt.upper()}")
-    return memoryview(buffer), warnings
+    return _encode_opencv(image, fmt, array, icc, quality), warnings
 
 
-def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
-    """Move a finished temp file into place; without `overwrite`, never replace an existing file (even in a race)."""
+def publish(tmp: Path, path: Path, overwrite: bool, *, error: type[IrtoolError] = ImageError) -> None:
+    """Move a finished temp file into place; without `overwrite`, never replace an existing file (even in a race):
+    then `error` says it exists. Used for images here and for videos by irtool.video."""
     if overwrite:
         os.replace(tmp, path)
         return
     try:
         os.link(tmp, path)  # atomic and fails if `path` exists
     except FileExistsError:
-        raise ImageError(f"{path}: already exists (pass --overwrite to replace it, or --skip-existing)") from None
+        raise error(f"{path}: already exists (pass --overwrite to replace it, or --skip-existing)") from None
     except OSError:
         # file systems without hard links: a check then a rename (a tiny race window)
         if path.exists():
-            raise ImageError(f"{path}: already exists (pass --overwrite to replace it, or --skip-existing)") from None
+            raise error(f"{path}: already exists (pass --overwrite to replace it, or --skip-existing)") from None
         os.replace(tmp, path)
         return
     tmp.unlink()
@@ -775,18 +794,21 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
-def write_bytes_atomic(path: str | Path, data: bytes | memoryview, *, overwrite: bool = False) -> None:
-    """Write `data` to `path` through a temp file in the same folder; see `_publish` for the replace rule."""
+def write_bytes_atomic(
+    path: str | Path, data: bytes | memoryview, *, overwrite: bool = False, error: type[IrtoolError] = ImageError
+) -> None:
+    """Write `data` to `path` through a temp file in the same folder; see `publish` for the replace rule. A failure
+    is one line as `error` (ImageError for images; reports pass their own)."""
     path = Path(path)
     if path.exists() and not overwrite:
-        raise ImageError(f"{path}: already exists (pass --overwrite to replace it, or --skip-existing)")
+        raise error(f"{path}: already exists (pass --overwrite to replace it, or --skip-existing)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # the temp name stays within the 255 bytes a file name can hold, however long the target's name is
         stem = os.fsdecode(os.fsencode(path.name)[:120]).rstrip("\ufffd")
         fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".irtool-tmp", dir=path.parent)
     except OSError as exc:
-        raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise error(f"{path}: cannot write ({exc.strerror or exc})") from None
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -794,9 +816,9 @@ def write_bytes_atomic(path: str | Path, data: bytes | memoryview, *, overwrite:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        _publish(tmp, path, overwrite)
+        publish(tmp, path, overwrite, error=error)
     except OSError as exc:
-        raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise error(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -853,10 +875,10 @@ def to_array(image: Image, rgb: np.ndarray | None = None, samples: np.ndarray | 
         color = samples
     else:
         rgb = image.rgb if rgb is None else rgb
-        color = _quantize(luma(rgb) if image.gray else rgb, dtype)
+        color = px.from_float(luma(rgb) if image.gray else rgb, dtype)
     if image.alpha is None:
         return color
-    alpha = _convert_alpha(image.alpha, dtype)
+    alpha = _convert_samples(image.alpha, dtype)
     return np.dstack([color, alpha])
 
 

@@ -149,7 +149,7 @@ def page_count(buf: bytes, limit: int = 10000) -> int:
         order, offset = _header(buf)
     except (TiffFormatError, struct.error):
         return 1
-    pages, seen = 0, set()
+    pages, seen = 0, set[int]()
     while offset and offset not in seen and len(seen) < limit and offset + 2 <= len(buf):
         seen.add(offset)
         (count,) = struct.unpack(f"{order}H", buf[offset : offset + 2])
@@ -323,7 +323,9 @@ def write_tiff(
         if integer:
             # Horizontal differencing (predictor 2) makes photographs compress far better; it wraps modulo 2^bits.
             chunk[:, 1:] -= pixels[r : r + rows_per_strip, :-1]
-        return zlib.compress(chunk.astype(chunk.dtype.newbyteorder(order), copy=False).tobytes(), level)
+        return zlib.compress(
+            chunk.astype(chunk.dtype.newbyteorder("<" if order == "<" else ">"), copy=False).tobytes(), level
+        )
 
     strips = [strip(r) for r in range(0, height, rows_per_strip)]
 

@@ -50,7 +50,7 @@ def _model_info(restorer: Any) -> dict[str, Any]:
         return {"source": "none loaded (nothing to restore)", "arch": None, "parameters": None, "fingerprint": None}
     from ..archs.spec import spec_of
     from ..calibrate import fingerprint
-    from ..engine import _precision_name
+    from ..policy import precision_name
 
     model = restorer.model
     spec = spec_of(model)
@@ -63,7 +63,7 @@ def _model_info(restorer: Any) -> dict[str, Any]:
         "fingerprint": fingerprint(model),
         "calibrated": restorer.calibration is not None or spec.capabilities.classifier is not None,
         "device": str(restorer.device),
-        "precision": _precision_name(restorer.amp_dtype),
+        "precision": precision_name(restorer.amp_dtype),
         "layers": routing.layer_names(model) if routing is not None else [],
     }
 

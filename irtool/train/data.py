@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ImageError
+from ..images import tensors
 
 #: (clean HxWx3 float32 in [0, 1], rng) -> degraded HxWx3 float32 in [0, 1]
 Degrader = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -92,8 +93,8 @@ def random_crop(images: Sequence[np.ndarray], size: int, rng: np.random.Generato
 
 
 def to_tensor(image: np.ndarray) -> Tensor:
-    """HxWx3 float array -> 3xHxW float32 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+    """HxWx3 float array -> 3xHxW float32 tensor (irtool.images.tensors' layout change)."""
+    return tensors.to_tensor(np.asarray(image, dtype=np.float32))
 
 
 # --------------------------------------------------------------------------------------------------------------------

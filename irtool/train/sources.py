@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..images.pixels import from_float, to_float
 from .data import Pair, Source, TrainingSet, ValPair, to_tensor
 from .presets import DEFAULT_VAL_COUNT, DEFAULT_VAL_SHARE, ConfigError, TaskSource, TrainConfig
 
@@ -88,8 +89,8 @@ class SyntheticDegrader:
         if self.kind == CLEAN_TASK:
             return np.array(image, dtype=np.float32, copy=True)  # identity: the clean photo is its own target
         if self.uint8:
-            u8 = np.rint(np.clip(image, 0, 1) * 255.0).astype(np.uint8)
-            return degrade(u8, self.kind, level, seed=rng).astype(np.float32) / 255.0
+            u8 = from_float(image, np.uint8)
+            return to_float(degrade(u8, self.kind, level, seed=rng))
         return degrade(image, self.kind, level, seed=rng).astype(np.float32)
 
 
