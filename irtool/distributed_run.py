@@ -42,7 +42,7 @@ from typing import Any
 import torch.distributed as dist
 
 from . import shard
-from .errors import IrtoolError
+from .errors import IrtoolError, first_line
 from .jobs import Job, RestoreOptions, RestoreReport, plan, report_unrunnable
 from .train.distributed import Dist, setup, teardown
 
@@ -105,9 +105,7 @@ class Channel:
         try:
             return fn(*args)
         except (RuntimeError, dist.DistError) as exc:  # DistStoreError, connection reset
-            raise LostContact(
-                f"{shard.where()}: lost contact with the run's store ({str(exc).splitlines()[0][:120]})"
-            ) from None
+            raise LostContact(f"{shard.where()}: lost contact with the run's store ({first_line(exc, 120)})") from None
 
 
 class Heartbeat:
@@ -241,11 +239,7 @@ class _RankState:
 def _tell_fatal(channel: Channel, rank: int, exc: BaseException) -> int:
     """Tell rank 0 why this rank stopped (it reports the rank's unfinished items with the reason, and exits 1).
     Returns this process's exit status: 0 once told, so that the launcher does not stop the healthy ranks too."""
-    text = (
-        str(exc)
-        if isinstance(exc, IrtoolError)
-        else f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
-    )
+    text = str(exc) if isinstance(exc, IrtoolError) else first_line(exc, with_type=True)
     try:
         channel.put(f"fatal/{rank}", {"error": text if text.startswith("rank ") else f"{shard.where()}: {text}"})
     except LostContact:
@@ -287,9 +281,7 @@ class _Gather:
             try:
                 own(local.put, stop_own)  # type: ignore[misc]
             except BaseException as exc:  # noqa: BLE001 - reported as rank 0's unfinished items
-                self.own_error = (
-                    f"rank 0 failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
-                )
+                self.own_error = f"rank 0 failed: {first_line(exc, with_type=True)}"
             finally:
                 local.put(None)
 

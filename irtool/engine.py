@@ -40,7 +40,7 @@ from .images import files as io
 from .images.tensors import from_tensor, to_tensor
 from .jobs import Job, RestoreOptions, RestoreReport, expand_inputs, output_path, plan, report_unrunnable
 from .policy import PRECISIONS, resolve_precision  # re-exported: the precision rule is irtool.policy's
-from .tiling import pad_to_multiple, tiled_forward
+from .tiling import layout_note, pad_to_multiple, tiled_forward
 
 __all__ = [
     "RestoreOptions",
@@ -135,6 +135,7 @@ class _Pass:
     mode: str
     tiles: int
     tile_size: list[int] | None
+    layout: str | None = None  #: tiling.layout_note for this pass's tiles, when the overlap took more than asked
 
 
 class Restorer:
@@ -172,6 +173,7 @@ class Restorer:
         self.weights_path = weights_path  #: the checkpoint file, when loaded from one
         self.notes = list(notes) + precision_notes  #: things to tell the user once per run
         self.learned_tile: int | None = None
+        self._told: set[str] = set()  # layout notes already given: once per run, not once per image
         from .memory import whole_image_pixels
 
         #: images above this many pixels are restored in tiles from their samples (see `restore_large`)
@@ -284,7 +286,8 @@ class Restorer:
                 outputs.append(out[..., :h, :w])
                 tiles, tile_size = len(grid), list(grid.tile_size)
             mode = "imposed" if imposed is not None else "per-tile" if per_tile else "downscaled"
-            return _Pass(torch.cat(outputs), shared, mode, tiles, tile_size)
+            layout = layout_note(padded.shape[-2], padded.shape[-1], tile, options.tile_overlap, multiple)
+            return _Pass(torch.cat(outputs), shared, mode, tiles, tile_size, layout)
 
     def _start_tile(self, h: int, w: int) -> int:
         tile = self.options.tile
@@ -362,6 +365,9 @@ class Restorer:
         rgb = from_tensor(output[0])
         name, confidence = self.name_degradation(routing)
         experts, gates = _routing_summary(routing)
+        if p.layout is not None and p.layout not in self._told:
+            self._told.add(p.layout)
+            warnings = [*warnings, p.layout]
         return Outcome(
             rgb=rgb,
             degradation=name,

@@ -134,12 +134,13 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, multiple: int =
 def layout_note(height: int, width: int, tile: int, overlap: int, multiple: int = 1) -> str | None:
     """One line for the user when keeping `overlap` takes more tiles than `tile` alone asks for (240x160 in 128 px
     tiles with a 32 px overlap is 3x2 tiles of 104x96, not 2x2): what was laid out, and the overlap that gives the
-    fewer tiles. None when the layout is the one the tile size suggests."""
+    fewer tiles. None when the layout is the one the tile size suggests, or close to it (under a quarter more tiles:
+    a large photo in 512 px tiles, where one more row is no surprise)."""
     grid = plan_tiles(height, width, tile, overlap, multiple)
     side = max(multiple, tile - tile % multiple)
     asked = [max(1, math.ceil(n / side)) for n in (height, width)]
     got = [len(grid.rows), len(grid.cols)]
-    if got == asked:
+    if got[0] * got[1] < 1.25 * asked[0] * asked[1]:
         return None
     fits = [(c * side - n) // (c - 1) for n, c in zip((height, width), asked) if c > 1]
     fewer = max(0, min(fits)) if fits else 0

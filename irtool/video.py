@@ -976,7 +976,7 @@ def _temp_beside(dst: Path, src: _Source) -> Path:
         dst.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{dst.stem}.", suffix=f".irtool-tmp{dst.suffix}", dir=dst.parent)
         os.close(fd)
-        os.chmod(name, io.FILE_MODE)
+        os.chmod(name, io.file_mode())
     except OSError as exc:
         src.close()
         raise VideoError(f"{dst}: cannot write ({exc.strerror or exc})") from None

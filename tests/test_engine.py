@@ -40,6 +40,18 @@ def test_tiled_restore_equals_whole_image_for_a_local_network():
     assert np.abs(tiled.rgb - local_whole(net, image)).max() < 1e-5
 
 
+def test_a_tile_layout_that_takes_more_tiles_than_asked_is_explained_once_per_run():
+    net = LocalNet()
+    restorer = engine.Restorer(net, engine.RestoreOptions(tile=128, tile_overlap=32))
+    first, second = restorer.restore([as_image(photo(160, 240, seed=1)), as_image(photo(160, 240, seed=2))])
+    assert first.tiles == 6 and first.tile_size == [96, 104]
+    said = [w for w in first.warnings if "--tile 128 on 240x160" in w]
+    assert len(said) == 1 and "--tile-overlap 16 gives 2x2" in said[0]
+    assert not [w for w in second.warnings if "--tile 128" in w]  # told once, not once per image
+    fewer = engine.Restorer(net, engine.RestoreOptions(tile=128, tile_overlap=16)).restore([as_image(photo(160, 240))])
+    assert fewer[0].tiles == 4 and not fewer[0].warnings
+
+
 def test_tiles_of_a_moce_ir_all_run_with_the_whole_images_routing(monkeypatch):
     model = random_moce(VARIANTS["tiny"], 0)
     calls = []

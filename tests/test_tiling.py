@@ -38,6 +38,7 @@ def test_a_layout_with_more_tiles_than_the_size_asks_for_is_explained_with_the_o
     assert len(plan_tiles(160, 240, 128, fewer, 8)) == 4  # the advice holds
     assert layout_note(160, 240, 128, 16, 8) is None
     assert layout_note(100, 100, 128, 32, 8) is None  # one tile
+    assert layout_note(5000, 7000, 512, 32, 8) is None  # 15x11 instead of 14x10: close enough to say nothing
 
 
 def local_net(seed: int = 0) -> nn.Module:

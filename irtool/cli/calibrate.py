@@ -133,11 +133,12 @@ def _run_calibration(restorer: Any, photo_paths: list[Path], **settings: Any) ->
     from ..calibrate import calibrate as run_calibration
     from ..calibrate import fingerprint
     from ..images import files as io
+    from ..images import pixels
 
     photos = []
     for path in photo_paths:
         try:
-            photos.append(np.rint(io.read_image(path).rgb * 255).astype(np.uint8))  # RGB, gray repeated
+            photos.append(pixels.from_float(io.read_image(path).rgb, np.uint8))  # RGB, gray repeated
         except IrtoolError as exc:
             output.warning(f"{exc}; skipped")
     err = output.stderr()

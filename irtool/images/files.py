@@ -783,15 +783,14 @@ def publish(tmp: Path, path: Path, overwrite: bool, *, error: type[IrtoolError] 
     tmp.unlink()
 
 
-def _file_mode() -> int:
-    # mkstemp makes owner-only (0600) files; outputs get the mode any new file would get under the user's umask.
-    # Read once at import: os.umask is process-wide and writers run in threads.
-    mask = os.umask(0o022)
+def file_mode() -> int:
+    """The mode a new file gets under the process's umask now (0644 under the usual 022): what irtool's outputs get,
+    as mkstemp makes owner-only (0600) files. Read at every write, so a umask set after import counts; the probe sets
+    the strictest mask for the instant it takes, so a file another thread creates meanwhile is at worst private,
+    never more open than asked."""
+    mask = os.umask(0o077)
     os.umask(mask)
     return 0o666 & ~mask
-
-
-FILE_MODE = _file_mode()
 
 
 def write_bytes_atomic(
@@ -812,7 +811,7 @@ def write_bytes_atomic(
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), FILE_MODE)
+            os.fchmod(f.fileno(), file_mode())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

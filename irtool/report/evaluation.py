@@ -61,7 +61,10 @@ def _u8(restored: Any) -> np.ndarray:
     """(H, W, 3) uint8 from the restored (1, 3, H, W) tensor in [0, 1], rounded as eval's saved PNGs are."""
     if isinstance(restored, np.ndarray):
         return images.as_uint8(restored)
-    return (restored[0].float().clamp(0, 1) * 255.0).round().byte().permute(1, 2, 0).cpu().numpy()
+    from ..images import pixels
+    from ..images.tensors import from_tensor
+
+    return pixels.from_float(from_tensor(restored[0]), np.uint8)
 
 
 @dataclass

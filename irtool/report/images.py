@@ -23,11 +23,11 @@ _HEAT_STOPS = np.array([[13, 8, 60], [120, 28, 109], [230, 90, 40], [252, 255, 1
 
 def as_uint8(rgb: np.ndarray) -> np.ndarray:
     """uint8 RGB from uint8/uint16 or float [0, 1] pixels (float rounded, as irtool writes PNGs)."""
+    from ..images import pixels
+
     if rgb.dtype == np.uint8:
         return rgb
-    if rgb.dtype == np.uint16:
-        return (rgb.astype(np.float32) / 257.0).round().astype(np.uint8)
-    return (np.clip(rgb, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return pixels.from_float(pixels.to_float(rgb), np.uint8)
 
 
 def downscale(rgb: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:

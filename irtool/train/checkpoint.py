@@ -30,17 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
-
-
-def file_mode() -> int:
-    """The mode a new file gets under the process's umask now (0644 under the usual 022). Read at every write, so a
-    umask set after import counts; the probe sets the strictest mask for the instant it takes, so a file another
-    thread creates meanwhile is at worst private, never more open than asked."""
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return 0o666 & ~mask
-
+from ..errors import CheckpointError, first_line
+from ..images.files import file_mode
 
 WEIGHTS = "last.safetensors"
 STATE = "last.state.pt"
@@ -117,7 +108,7 @@ def load_state(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch reports damaged files with many exception types
-        raise CheckpointError(f"{path}: unreadable training state ({str(exc).splitlines()[0][:120]})") from None
+        raise CheckpointError(f"{path}: unreadable training state ({first_line(exc, 120)})") from None
 
 
 def read_train_info(path: str | Path) -> dict[str, Any]:

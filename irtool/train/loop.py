@@ -32,7 +32,7 @@ import csv
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, IrtoolError
+from ..policy import autocast, resolve_precision
 from ..tiling import run_padded
 from . import checkpoint, losses
 from .distributed import Dist, all_reduce_sum, barrier, broadcast_object, gather_objects, setup, teardown
@@ -148,8 +149,8 @@ class Trainer:
         if self.channels_last:
             # Module.to takes memory_format at run time; torch's overloads for it omit the keyword
             self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
-        self.autocast_dtype = torch.bfloat16 if bf16 else None
+        # irtool.policy's rules, as for every command: auto is bf16 on a CUDA GPU that has it, else fp32
+        self.autocast_dtype, self.precision_notes = resolve_precision(config.precision, self.device)
 
         self.forward_module = forward_module(self.net, self.router, config, distributed=ctx.enabled)
         moce = self.forward_module if isinstance(self.forward_module, MoCEForward) else None
@@ -207,9 +208,7 @@ class Trainer:
     # -- the step
 
     def _autocast(self) -> AbstractContextManager[Any]:
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device, self.autocast_dtype)
 
     def forward_backward(self, batch: dict[str, Tensor]) -> StepStats:
         """Losses and gradients for one batch (this process's share of the global batch); no parameter update."""
@@ -380,7 +379,7 @@ def validate(
     try:
         for pair in pairs:
             lq = pair.lq.unsqueeze(0).to(device)
-            with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
+            with autocast(device, autocast_dtype):
                 if isinstance(model, CLIPRouter) and metric == "accuracy":
                     logits, _ = model.route(lq)
                     value = 100.0 * float(int(logits.argmax(dim=1)[0]) == pair.task_id)
@@ -711,6 +710,7 @@ class _Run:
                 "router stage without --init: the CLIP tower is random (pass the released router file or another "
                 "router checkpoint to start from CLIP's weights)"
             )
+        warnings += self.trainer.precision_notes
         warmup = warmup_warning(cfg, self.total, self.spe)
         warnings += [warmup] if warmup else []
         for warning in warnings:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .._version import __version__
-from ..errors import ChecksumError, DownloadError
+from ..errors import ChecksumError, DownloadError, first_line
 
 CHUNK_BYTES = 1 << 20
 #: progress(bytes_done, bytes_total or None)
@@ -318,7 +318,7 @@ def _reason(exc: BaseException) -> str:
         return "host name not resolved; offline?"
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused"
-    return text.splitlines()[0][:160]
+    return first_line(exc, text=text)
 
 
 def _http_error(exc: urllib.error.HTTPError) -> Exception:
