@@ -135,3 +135,26 @@ def test_no_function_body_is_written_twice():
                 twice.append(f"{seen[key]} = {where}")
             seen.setdefault(key, where)
     assert not twice, "the same function in two modules: " + "; ".join(twice)
+
+
+CALLERS = ("irtool.engine", "irtool.evaluation", "irtool.bench", "irtool.cli", "irtool.report", "irtool.video",
+           "irtool.calibrate")  # fmt: skip
+MODEL_WORDS = ("model", "net", "routing", "restorer", "spec", "module")
+
+
+def test_callers_read_the_models_spec_instead_of_probing_its_attributes():
+    probes = []
+    for name, path in MODULES.items():
+        if not name.startswith(CALLERS):
+            continue
+        source = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(source)):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("hasattr", "getattr")
+            ):
+                target = ast.get_source_segment(source, node.args[0]) or ""
+                if any(word in target.lower() for word in MODEL_WORDS):
+                    probes.append(f"{name}:{node.lineno} {ast.get_source_segment(source, node)}")
+    assert not probes, "attribute probes of a model or its routing (read spec_of(model) instead): " + "; ".join(probes)
