@@ -1,4 +1,5 @@
-"""The weights manifest and the local weights cache: list, fetch, import, convert, verify, remove.
+"""The weights catalogue, without torch: the manifest, its entries, the cache layout, which files a name means, and
+which model is the default. Fetching, importing and checking files is `irtool.weights.store`.
 
 `weights_manifest.json` names every official checkpoint irtool knows (arch, variant, setting, files, source, the
 paper's figures); `<cache>/local_manifest.json` adds the user's own imports, in the same format, marked `"local"`.
@@ -13,7 +14,7 @@ Cache layout (`cache_dir()`: `$IRTOOL_HOME/weights`, else the platformdirs user 
     <cache>/local_manifest.json               the user's own imported checkpoints
 
 Importing this module needs the standard library and platformdirs only, never torch, so `irtool weights list` is
-instant. Import, convert and verify read checkpoints through irtool.loading (torch) inside the functions.
+instant; the loader reads it, and the store (which checks files through the loader) builds on both.
 """
 
 from __future__ import annotations
