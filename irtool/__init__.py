@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import _moved
 from ._version import __version__
 from .errors import CheckpointError, ImageError, IrtoolError, UnsafeCheckpointError, WeightsNotFoundError
 
@@ -28,6 +29,8 @@ __all__ = [
     "WeightsNotFoundError",
     "ImageError",
 ]
+
+_moved.install()  # irtool.io, irtool.evaluate, ...: the old module paths, with a DeprecationWarning naming the new
 
 _LAZY = {"load_model": ("irtool.loading", "load_model"), "restore": ("irtool.engine", "restore")}
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import irtool
 from irtool import weights
@@ -24,3 +28,21 @@ def test_public_api_is_lazy_and_complete():
     assert callable(irtool.load_model)
     assert "load_model" in dir(irtool)
     assert issubclass(irtool.CheckpointError, irtool.IrtoolError)
+
+
+@pytest.mark.parametrize(
+    "old,new",
+    [("irtool.io", "irtool.images.files"), ("irtool.evaluate", "irtool.evaluation.evaluate"),
+     ("irtool.datasets", "irtool.evaluation.datasets"), ("irtool.download", "irtool.weights.download")],
+)  # fmt: skip
+def test_a_moved_module_still_imports_from_its_old_path_with_a_warning_naming_the_new(old, new):
+    code = (
+        "import importlib, warnings\n"
+        "with warnings.catch_warnings(record=True) as said:\n"
+        "    warnings.simplefilter('always')\n"
+        f"    old = importlib.import_module({old!r})\n"
+        f"print(old is importlib.import_module({new!r}), [str(w.message) for w in said if w.category is DeprecationWarning])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    same, said = out.split(" ", 1)
+    assert same == "True" and f"{old} is now {new}" in said

@@ -1,0 +1,44 @@
+"""Module paths from before the package was arranged in layers, still importable with a DeprecationWarning that names
+the new path (`import irtool.io` gives `irtool.images.files`). Standard library only: `import irtool` stays instant."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+import warnings
+from types import ModuleType
+
+#: old module -> where it lives now
+MOVED = {
+    "irtool.io": "irtool.images.files",
+    "irtool.tiff": "irtool.images.tiff",
+    "irtool.datasets": "irtool.evaluation.datasets",
+    "irtool.metrics": "irtool.evaluation.metrics",
+    "irtool.evaluate": "irtool.evaluation.evaluate",
+    "irtool.download": "irtool.weights.download",
+}
+
+
+class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(
+        self, fullname: str, path: object = None, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in MOVED:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        new = MOVED[spec.name]
+        # stacklevel: past importlib's frames, at the importing line
+        warnings.warn(f"{spec.name} is now {new}; import that instead", DeprecationWarning, stacklevel=8)
+        return importlib.import_module(new)
+
+    def exec_module(self, module: ModuleType) -> None:
+        """The module is the one at its new path, already run."""
+
+
+def install() -> None:
+    if not any(isinstance(f, _Alias) for f in sys.meta_path):
+        sys.meta_path.append(_Alias())
