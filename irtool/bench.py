@@ -226,16 +226,16 @@ def random_model(config: str, seed: int = 0) -> nn.Module:
     runnable = {a: spec for a, spec in ARCHS.items() if spec.standalone}  # not a companion file's network alone
     if arch:
         if arch not in runnable:
-            raise IrtoolError(f"--config {config}: unknown architecture {arch!r} (one of {', '.join(runnable)})")
+            raise IrtoolError(f"--variant {config}: unknown architecture {arch!r} (one of {', '.join(runnable)})")
         candidates = [arch] if name in runnable[arch].variants else []
     else:
         candidates = [a for a, spec in runnable.items() if name in spec.variants]
     if not candidates:
         known = ", ".join(f"{a}:{v}" for a, spec in runnable.items() for v in spec.variants)
-        raise IrtoolError(f"--config {config}: no such config (known: {known})")
+        raise IrtoolError(f"--variant {config}: no such config (known: {known})")
     if len(candidates) > 1:
         spelled = " or ".join(f"{a}:{name}" for a in candidates)
-        raise IrtoolError(f"--config {config}: several architectures have it; write {spelled}")
+        raise IrtoolError(f"--variant {config}: several architectures have it; write {spelled}")
     torch.manual_seed(seed)
     spec = ARCHS[candidates[0]]
     model = spec.build(spec.variants[name])

@@ -27,7 +27,7 @@ def _bench(*args: str) -> dict:
 
 def test_json_report_covers_the_grid_and_checks_itself():
     report = _bench(
-        "--config",
+        "--variant",
         "moce_ir:tiny",
         "--sizes",
         "32,40x24",
@@ -67,7 +67,7 @@ def test_json_report_covers_the_grid_and_checks_itself():
 
 def test_lora_ir_pair_benches_with_its_router():
     report = _bench(
-        "--config", "lora_ir:tiny", "--sizes", "32", "--batch", "1,2", "--experts", "sparse,dense,e0", "--breakdown"
+        "--variant", "lora_ir:tiny", "--sizes", "32", "--batch", "1,2", "--experts", "sparse,dense,e0", "--breakdown"
     )
     assert report["model"]["arch"] == "lora_ir"
     rows = {(r["batch"], r["experts"]): r for r in report["rows"]}
@@ -86,7 +86,7 @@ def test_table_output_and_reduced_precision():
         app,
         [
             "bench",
-            "--config",
+            "--variant",
             "moce_ir:tiny",
             "--sizes",
             "32",
@@ -107,7 +107,7 @@ def test_table_output_and_reduced_precision():
     assert "median ms" in table and "bf16" in table and " dB " in table  # bf16 row checked against fp32 in dB
     # random weights are said so, beside the table and under it
     assert "random weights (moce_ir:tiny)" in result.stderr and "not a trained model" in table
-    report = _bench("--config", "moce_ir:tiny", "--sizes", "32", "--precision", "bf16", "--experts", "sparse")
+    report = _bench("--variant", "moce_ir:tiny", "--sizes", "32", "--precision", "bf16", "--experts", "sparse")
     assert report["rows"][0]["psnr_db"] > 40  # bf16 autocast against the fp32 output of the same input
 
 
@@ -126,7 +126,7 @@ def test_checkpoint_weights_and_per_row_errors(tmp_path):
         (["--experts", "sparse,some"], 2, "--experts some"),
         (["--sizes", "12xq"], 2, "--sizes 12xq"),
         (["--precision", "fp8"], 2, "precision 'fp8'"),
-        (["--config", "NoSuchNet"], 1, "no such config"),
+        (["--variant", "NoSuchNet"], 1, "no such config"),
         (["--weights", "missing.pth"], 1, "missing.pth"),
     ],
 )
@@ -195,7 +195,7 @@ def test_cuda_bench_reports_allocator_memory():
     report = _bench(
         "--gpu",
         "0",
-        "--config",
+        "--variant",
         "moce_ir:tiny",
         "--sizes",
         "64",
@@ -225,7 +225,7 @@ def test_case_count_follows_the_execution_modes():
 
 def test_compiled_run_equals_eager():
     # about a minute of CPU for inductor's first graphs: the one slow test, kept because --compile must not drift
-    report = _bench("--config", "moce_ir:tiny", "--sizes", "32", "--experts", "sparse,dense", "--compile")
+    report = _bench("--variant", "moce_ir:tiny", "--sizes", "32", "--experts", "sparse,dense", "--compile")
     rows = {(r["experts"], r["compiled"]): r for r in report["rows"]}
     assert set(rows) == {("sparse", False), ("dense", False), ("sparse", True), ("dense", True)}
     for (_experts, compiled), r in rows.items():

@@ -58,8 +58,9 @@ def test_usage_errors_exit_2():
 # One CLI that behaves the same everywhere
 
 #: every flag each command had before irtool/cli.py became a package: they all keep working
+# train's and bench's --config NAME (and train's -c) are now --variant, read through deprecated spellings (below)
 FLAGS_BEFORE = {
-    "bench": "--batch --breakdown --compile --config --cuda-graphs --device --experts --gpu --json --model "
+    "bench": "--batch --breakdown --compile --cuda-graphs --device --experts --gpu --json --model "
     "--no-tune-allocator --path --precision --profile --runs --sizes --threads --trust-checkpoint --tune-allocator "
     "--warmup --weights -m",
     "calibrate": "--batch-size --classes --clean-dir --config --crops --device --gpu --json --levels --min-accuracy "
@@ -79,11 +80,11 @@ FLAGS_BEFORE = {
     "--route-per-frame --route-per-tile --route-size --router --router-config --skip-existing --start --suffix --tile "
     "--tile-overlap --trust-checkpoint --video-codec --weights --workers -b -d -f -g -m -q -t -w",
     "train": "--arch --art-ema --art-tau --augment --balance-weight --batch-size --blocks --channels-last --ckpt-every "
-    "--clean-dir --compile --complexity --config --config-file --data-root --dec-blocks --device --dim --epochs "
+    "--clean-dir --compile --complexity --config-file --data-root --dec-blocks --device --dim --epochs "
     "--experts --fft-weight --grad-clip --heads --init --json --log-every --loss --lr --lr-min --no-channels-last "
     "--no-complexity --num-workers --out --patch-size --precision --preset --print-config --refinement-blocks "
     "--resume --reweight --route-task-weight --router --schedule-length --schedule-unit --seed --stage --steps --tasks "
-    "--threads --top-k --train-all --val-count --val-dir --val-every --val-size --warmup --weight-decay -c -o -p",
+    "--threads --top-k --train-all --val-count --val-dir --val-every --val-size --warmup --weight-decay -o -p",
     "weights convert": "--config --dtype --force --json --trust-checkpoint",
     "weights fetch": "--force --json --retries --timeout --trust-checkpoint --url",
     "weights import": "--config --force --json --name --role --trust-checkpoint",
@@ -117,6 +118,19 @@ def test_every_flag_of_before_still_works():
     assert set(found) == set(FLAGS_BEFORE)
     for path, flags in FLAGS_BEFORE.items():
         assert set(flags.split()) <= option_names(found[path]), path
+
+
+def test_config_means_field_equals_value_wherever_it_is_and_the_old_network_spelling_still_works(tmp_path):
+    for path, command in commands().items():
+        for p in command.params:
+            if "--config" in p.opts:
+                assert p.multiple and "FIELD=VALUE" in (p.help or ""), path
+    for old in (["--config", "tiny"], ["--config=tiny"], ["-c", "tiny"], ["-ctiny"]):
+        result = runner.invoke(app, ["train", "--clean-dir", str(tmp_path), *old, "--print-config"])
+        assert result.exit_code == 0, result.output
+        assert '"variant": "tiny"' in result.stdout and "use --variant NAME" in result.stderr
+    plain = runner.invoke(app, ["train", "--clean-dir", str(tmp_path), "--variant", "tiny", "--print-config"])
+    assert '"variant": "tiny"' in plain.stdout and "deprecated" not in plain.stderr
 
 
 def test_json_is_a_flag_in_every_command():

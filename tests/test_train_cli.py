@@ -43,7 +43,7 @@ def test_clean_dir_flags_make_the_sources(tmp_path):
             str(tmp_path),
             "--tasks",
             "noise,jpeg",
-            "--config",
+            "--variant",
             "tiny",
             "--steps",
             "50",

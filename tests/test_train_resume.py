@@ -56,7 +56,7 @@ CLI_RUN = [
     "photos",
     "--tasks",
     "noise,jpeg",
-    "--config",
+    "--variant",
     "tiny",
     "--dim",
     "8",

@@ -177,7 +177,7 @@ def test_cli_trains_on_clean_photos_and_the_weights_load(tmp_path):
         str(tmp_path / "photos"),
         "--tasks",
         "noise,blur",
-        "--config",
+        "--variant",
         "tiny",
         "--dim",
         "8",

@@ -64,13 +64,13 @@ def _main(
 
 
 register(app, inspect_checkpoint.inspect, "inspect")
-register(app, train.train, "train")
+register(app, train.train, "train", old_spellings=train.old_spellings)
 register(app, restore.restore, "restore", no_args_is_help=True)
 register(app, degrade.degrade, "degrade", no_args_is_help=True)
 register(app, calibrate.calibrate, "calibrate")
 register(app, evaluate.eval_command, "eval", old_spellings=evaluate.old_spellings)
 register(app, report.report, "report", no_args_is_help=True)
-register(app, bench.bench, "bench")
+register(app, bench.bench, "bench", old_spellings=bench.old_spellings)
 
 weights_app = typer.Typer(
     name="weights",

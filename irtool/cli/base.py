@@ -152,17 +152,18 @@ def register(
 
 
 def renamed(args: list[str], old: str, new: str, message: str) -> list[str]:
-    """`args` with the deprecated short option `old` (`-d NAME`, `-dNAME`) spelled `new`, and one warning line
-    (`message`) if it was there."""
+    """`args` with the deprecated option `old` (`-d NAME`, `-dNAME`; `--config NAME`, `--config=NAME`) spelled
+    `new`, and one warning line (`message`) if it was there."""
     out: list[str] = []
     seen = False
+    glued = old + "=" if old.startswith("--") else old  # how a value can be attached to the option
     for n, arg in enumerate(args):
         if arg == "--":
             out += args[n:]
             break
-        if arg == old or (arg.startswith(old) and not old.startswith("--") and len(arg) > len(old)):
+        if arg == old or (arg.startswith(glued) and len(arg) > len(glued)):
             seen = True
-            out += [new] if arg == old else [new, arg[len(old) :]]
+            out += [new] if arg == old else [new, arg[len(glued) :]]
         else:
             out.append(arg)
     if seen:

@@ -8,11 +8,12 @@ import typer
 
 from ..errors import IrtoolError
 from . import output
+from .base import renamed
 from .options import Device, GpuNumber, Trust, json_flag
 
 _HELP = {
-    "weights": "Checkpoint file, folder or manifest name. Default: random weights of --config.",
-    "config": "Named config for random weights: MoCE_IR_S, MoCE_IR, or arch:variant (moce_ir:tiny).",
+    "weights": "Checkpoint file, folder or manifest name. Default: random weights of --variant.",
+    "variant": "Named config for random weights: MoCE_IR_S, MoCE_IR, or arch:variant (moce_ir:tiny); was --config.",
     "sizes": "Image sizes: N for N x N, WxH otherwise. Default 256,512,1024 on GPUs, 256 on CPUs.",
     "batch": "Batch sizes, e.g. 1,4.",
     "precision": "fp32, bf16, fp16 (autocast). Default fp32,bf16 on GPUs, fp32 on CPUs.",
@@ -30,7 +31,7 @@ _HELP = {
 
 def bench(
     weights: Annotated[str | None, typer.Option("--weights", "--model", "-m", help=_HELP["weights"])] = None,
-    config: Annotated[str, typer.Option(help=_HELP["config"])] = "MoCE_IR_S",
+    variant: Annotated[str, typer.Option("--variant", help=_HELP["variant"])] = "MoCE_IR_S",
     gpu: GpuNumber = None,
     device: Device = "auto",
     sizes: Annotated[str | None, typer.Option(help=_HELP["sizes"])] = None,
@@ -80,7 +81,7 @@ def bench(
     if weights:
         model, source = load_model(weights, device=dev, trust=trust_checkpoint), weights
     else:
-        model, source = bench_mod.random_model(config), f"random weights ({config})"
+        model, source = bench_mod.random_model(variant), f"random weights ({variant})"
         output.note(
             f"no --weights: benchmarking {source} (speed and memory only; pass --weights or -m NAME for a real model)"
         )
@@ -139,3 +140,11 @@ def _print_bench(report: Any) -> None:
                       ("eager_over_compiled", "eager / torch.compile"), ("eager_over_graph", "eager / CUDA graph")):  # fmt: skip
         for tag, ratio in summary[key].items():
             output.line(f"{what}, {tag}: {ratio:.2f}x the time", console)
+
+
+def old_spellings(args: list[str]) -> list[str]:
+    """bench's deprecated spellings, read as before with a warning: `--config NAME` (now --variant: --config is
+    FIELD=VALUE in the other commands)."""
+    message = "bench --config NAME is deprecated: use --variant NAME (--config means FIELD=VALUE in the other commands)"
+    args = renamed(args, "--config", "--variant", message)
+    return args

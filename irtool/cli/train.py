@@ -18,6 +18,7 @@ import typer
 
 from ..train import presets
 from . import output
+from .base import renamed
 from .options import DEVICE_HELP, device_option, int_list, json_flag
 
 # -- the flags made from the config's fields
@@ -364,3 +365,11 @@ class TrainView:
         if self.live is not None:
             self.live.stop()
             self.live = None
+
+
+def old_spellings(args: list[str]) -> list[str]:
+    """train's deprecated spellings, read as before with a warning: `--config NAME` and `-c NAME` (now --variant: --config is
+    FIELD=VALUE in the other commands)."""
+    message = "train --config NAME is deprecated: use --variant NAME (--config means FIELD=VALUE in the other commands)"
+    args = renamed(args, "--config", "--variant", message)
+    return renamed(args, "-c", "--variant", message.replace("--config", "-c"))

@@ -100,7 +100,7 @@ class TrainConfig:
     variant: str = field(
         default="MoCE_IR_S",
         metadata=_flag(
-            "Network config: MoCE_IR, MoCE_IR_S, tiny; LoRA-IR: setting1, tiny.", "Network", "--config", "-c"
+            "Network config: MoCE_IR, MoCE_IR_S, tiny; LoRA-IR: setting1, tiny (was --config, -c).", "Network"
         ),
     )
     model: dict[str, Any] = field(default_factory=dict)
