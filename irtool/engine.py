@@ -587,7 +587,8 @@ def restore_files(jobs: Sequence[Job], restorer: Restorer) -> Generator[RestoreR
     Images are decoded ahead by `options.workers` threads and encoded/written by as many, so the model rarely
     waits for files. Consecutive runnable images of one size form batches of up to `options.batch_size`.
     A failure (unreadable file, model error, write error) fails that job only. Interrupting the iteration
-    cancels queued work; writes already started finish atomically, so no partial file is left.
+    cancels the reads and restorations not yet done; every image already restored is still written, atomically, so
+    no finished output is lost and no partial file is left.
     """
     yield from _FileRun(jobs, restorer).reports()
 
@@ -637,7 +638,9 @@ class _FileRun:
             yield from self._ready()
         finally:
             self.readers.shutdown(wait=True, cancel_futures=True)
-            self.writers.shutdown(wait=True, cancel_futures=True)
+            # an image restored before an interruption is still written (atomically): finished work is never lost,
+            # however busy the writer threads were when it came
+            self.writers.shutdown(wait=True, cancel_futures=False)
 
     def _top_up(self) -> None:
         while len(self.reading) < self.prefetch:
