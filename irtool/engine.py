@@ -168,6 +168,13 @@ class Restorer:
         self.net: Restoring = restoring(self.model)  #: the model seen through its contract (run, route)
         self.device = device or next(model.parameters()).device
         self.amp_dtype, precision_notes = resolve_precision(self.options.precision, self.device)
+        caps = self.spec.capabilities
+        if policy.precision_name(self.amp_dtype) not in caps.precisions:  # what the network itself can run in
+            asked = policy.precision_name(self.amp_dtype)
+            precision_notes.append(f"{self.spec.title} does not run in {asked}; running fp32")
+            self.amp_dtype = None
+        if self.options.tile and not caps.tiling.supported:
+            precision_notes.append(f"--tile {self.options.tile}: {self.spec.title} cannot run in tiles; whole images")
         self.calibration = calibration
         self.source = source  #: how the model was chosen, for messages
         self.weights_path = weights_path  #: the checkpoint file, when loaded from one
@@ -265,7 +272,10 @@ class Restorer:
             # Global routers (MoCE-IR's, LoRA-IR's) and attention: by default the whole image decides once.
             caps = self.spec.capabilities
             per_tile = imposed is None and (
-                caps.routing is None or options.route_per_tile or not caps.tiling.shared_routing
+                caps.routing is None
+                or options.route_per_tile
+                or not caps.tiling.shared_routing
+                or not caps.imposed_routing
             )
             if imposed is not None or caps.routing is None:
                 shared = imposed
@@ -290,6 +300,8 @@ class Restorer:
             return _Pass(torch.cat(outputs), shared, mode, tiles, tile_size, layout)
 
     def _start_tile(self, h: int, w: int) -> int:
+        if not self.spec.capabilities.tiling.supported:
+            return 0
         tile = self.options.tile
         if self.learned_tile and max(h, w) > self.learned_tile:
             tile = min(tile, self.learned_tile) if tile else self.learned_tile
@@ -297,7 +309,9 @@ class Restorer:
 
     def _smaller_tile(self, side: int) -> int:
         """After an out-of-memory error at tiles of `side` px: half that (a multiple of the model's), remembered for
-        later images; OutOfMemory when that is below the smallest tile."""
+        later images; OutOfMemory when that is below the smallest tile, or the model cannot run in tiles."""
+        if not self.spec.capabilities.tiling.supported:
+            raise OutOfMemory(f"out of memory, and {self.spec.title} cannot run in tiles; try --device cpu")
         multiple = self.multiple
         smaller = (side // 2) // multiple * multiple
         if smaller < max(MIN_TILE, multiple):
@@ -334,6 +348,8 @@ class Restorer:
         all frames of a shot one routing), instead of letting each image route itself. It is what gets reported."""
         if not images:
             return []
+        if routing is not None and not self.spec.capabilities.imposed_routing:
+            raise IrtoolError(f"{self.spec.title} cannot take a given routing; let each image route itself")
         sizes = {(im.height, im.width) for im in images}
         if len(sizes) != 1:
             raise ValueError(f"a batch must hold images of one size, got {sorted(sizes)}")
@@ -385,7 +401,7 @@ class Restorer:
 
     def needs_tiled_samples(self, image: io.Image) -> bool:
         """Whether an image is too large for a whole-image pass (or its float32 copies) in this machine's memory."""
-        return image.height * image.width > self.whole_pixels
+        return image.height * image.width > self.whole_pixels and self.spec.capabilities.tiling.supported
 
     def restore_large(self, image: io.Image) -> Outcome:
         """Restore one large image tile by tile from `image.pixels` (see irtool.large): the result comes back as
@@ -402,7 +418,8 @@ class Restorer:
                 f"{image.width}x{image.height} is too large to restore in one piece in this machine's memory; "
                 f"restored in {tile} px tiles"
             )
-        routed = not self.options.route_per_tile and self.spec.capabilities.routing is not None
+        caps = self.spec.capabilities
+        routed = not self.options.route_per_tile and caps.routing is not None and caps.imposed_routing
         shared = self._route_large(image, notes) if routed else None
         samples, tiles, tile_size, dtype = self._tiles_from_samples(image, tile, shared, notes)
         routing = shared[0] if shared is not None else None

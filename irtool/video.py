@@ -890,6 +890,8 @@ def restore_video(
     from .images import files as io
 
     video.check()
+    if not video.route_per_frame and not restorer.spec.capabilities.imposed_routing:
+        video = replace(video, route_per_frame=True)  # one routing per shot needs a model that takes a given one
     started = time.perf_counter()
     options = restorer.options
     if dst.exists() and not options.overwrite:

@@ -52,6 +52,32 @@ def test_a_tile_layout_that_takes_more_tiles_than_asked_is_explained_once_per_ru
     assert fewer[0].tiles == 4 and not fewer[0].warnings
 
 
+def _net_that(**capabilities):
+    """A LocalNet whose spec declares other capabilities (what it can run in, tiles, a given routing)."""
+    spec = replace(LOCAL_SPEC, capabilities=replace(LOCAL_SPEC.capabilities, **capabilities))
+    return type("Declared", (LocalNet,), {"spec": property(lambda self: spec)})()
+
+
+def test_the_engine_follows_what_the_spec_says_the_model_can_do():
+    from irtool.archs.spec import Tiling
+
+    image = as_image(photo(100, 140, seed=1))
+    fp32_only = engine.Restorer(_net_that(precisions=("fp32",)), engine.RestoreOptions(precision="bf16"))
+    assert fp32_only.amp_dtype is None and any("does not run in bf16" in n for n in fp32_only.notes)
+    assert fp32_only.restore([image])[0].precision == "fp32"
+
+    untiled = engine.Restorer(_net_that(tiling=Tiling(supported=False)), engine.RestoreOptions(tile=64))
+    assert any("cannot run in tiles" in n for n in untiled.notes)
+    assert untiled.restore([image])[0].tiles == 1  # whole, as it must be
+    assert not untiled.needs_tiled_samples(as_image(photo(16, 16)))
+
+    fixed = engine.Restorer(_net_that(imposed_routing=False), engine.RestoreOptions(tile=64))
+    tiled = fixed.restore([image])[0]
+    assert tiled.tiles > 1 and tiled.routing == "per-tile"  # tiles cannot share a routing it cannot be given
+    with pytest.raises(IrtoolError, match="cannot take a given routing"):
+        fixed.restore([image], routing=LocalNet().route(torch.rand(1, 3, 8, 8)))
+
+
 def test_tiles_of_a_moce_ir_all_run_with_the_whole_images_routing(monkeypatch):
     model = random_moce(VARIANTS["tiny"], 0)
     calls = []
