@@ -328,28 +328,11 @@ def skimage_photos() -> list[Path]:
 
 
 def clean_photos(clean_dir: str | Path | None = None) -> list[Path]:
-    """Clean photos to calibrate on: the images in `clean_dir` (recursively), else scikit-image's sample photos."""
-    from .images.files import IMAGE_SUFFIXES
+    """Clean photos to calibrate on: the images in `clean_dir` (recursively), else scikit-image's sample photos
+    (`SKIMAGE_PHOTOS`, gray ones included); CalibrationError when there are none."""
+    from .evaluation.datasets import clean_photos as find
 
-    if clean_dir is not None:
-        folder = Path(clean_dir)
-        if not folder.is_dir():
-            raise CalibrationError(f"--clean-dir {folder}: not a folder")
-        found = sorted(
-            p
-            for p in folder.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-        )
-        if not found:
-            raise CalibrationError(f"--clean-dir {folder}: no images (png, jpg, webp, tiff, bmp) in it")
-        return found
-    found = skimage_photos()
-    if not found:
-        raise CalibrationError(
-            "no clean photos to calibrate on: pass --clean-dir DIR with a few clean photos "
-            "(or pip install scikit-image, whose wheel ships CC0 sample photos)"
-        )
-    return found
+    return find(clean_dir, recursive=True, error=CalibrationError, fallback=SKIMAGE_PHOTOS)[0]
 
 
 def _crops(image: np.ndarray, size: int, count: int, rng: np.random.Generator) -> list[np.ndarray]:

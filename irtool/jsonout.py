@@ -8,14 +8,19 @@ import math
 from typing import Any
 
 
-def finite(obj: Any) -> Any:
-    """`obj` with every non-finite float (also inside lists, tuples and dicts) replaced by None."""
+def finite(obj: Any, *, infinity: str | None = None) -> Any:
+    """`obj` with every non-finite float (also inside lists, tuples and dicts) replaced by None; with `infinity`
+    given, +-inf become that string ("inf", "-inf": an eval's PSNR of identical images) and only NaN becomes None."""
     if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+        if math.isfinite(obj):
+            return obj
+        if infinity is None or math.isnan(obj):
+            return None
+        return infinity if obj > 0 else "-" + infinity
     if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
+        return {k: finite(v, infinity=infinity) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
+        return [finite(v, infinity=infinity) for v in obj]
     return obj
 
 

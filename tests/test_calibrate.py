@@ -103,7 +103,7 @@ def test_calibrating_a_tiny_moce_ir_names_degradations_of_unseen_photos():
 
 
 def test_clean_photos_come_from_a_folder_or_scikit_image(tmp_path):
-    with pytest.raises(cal.CalibrationError, match="not a folder"):
+    with pytest.raises(cal.CalibrationError, match="no such folder"):
         cal.clean_photos(tmp_path / "nope")
     with pytest.raises(cal.CalibrationError, match="no images"):
         cal.clean_photos(tmp_path)

@@ -87,10 +87,3 @@ def fail(message: str, code: int = 1) -> NoReturn:
 def echo_json(obj: Any) -> None:
     """`obj` as one line of JSON on stdout (non-finite numbers as null, so every parser reads it)."""
     typer.echo(jsonout.dumps(obj))
-
-
-def megabytes(size: int | None, approx: bool = False) -> str:
-    """A byte count as "12.3 MB" ("≈12.3 MB" for an approximate one, "?" for an unknown one)."""
-    if size is None:
-        return "?"
-    return f"{'≈' if approx else ''}{size / 1e6:,.{0 if size >= 1e7 else 1}f} MB"

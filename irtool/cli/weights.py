@@ -29,10 +29,10 @@ def weights_list(as_json: JsonFlag = False) -> None:
     for row in rows:
         status = output.plain(row.status, style=colours[row.status])
         if row.partial_bytes:
-            status.append(f" ({output.megabytes(row.partial_bytes)} downloaded, fetch resumes)")
+            status.append(f" ({weights.megabytes(row.partial_bytes)} downloaded, fetch resumes)")
         official = "(local)" if row.local else (row.aliases[0] if row.aliases else "")
         setting = row.setting or f"own {row.variant or row.arch}"
-        size = output.megabytes(row.size, row.size_is_approx)
+        size = weights.megabytes(row.size, row.size_is_approx)
         table.add_row(output.plain(row.name), output.plain(official), output.plain(setting), status, size)
     output.stdout().print(table)
 
@@ -91,9 +91,9 @@ def weights_fetch(
                 where = "built into irtool" if entry is not None and entry.built_in else "already in the cache"
                 output.line(f"{r.name} ({r.role}): {where}: {r.path}")
                 continue
-            resumed = f", resumed at {output.megabytes(r.resumed_from)}" if r.resumed_from else ""
+            resumed = f", resumed at {weights.megabytes(r.resumed_from)}" if r.resumed_from else ""
             output.line(
-                f"{r.name} ({r.role}): {output.megabytes(r.size)} saved to {r.path}{resumed}; sha256 {r.sha256}; "
+                f"{r.name} ({r.role}): {weights.megabytes(r.size)} saved to {r.path}{resumed}; sha256 {r.sha256}; "
                 f"{r.checked}"
             )
     raise typer.Exit(1 if failed else 0)
@@ -193,7 +193,7 @@ def weights_convert(
         output.echo_json(got.to_dict())
         return
     what = f"{got.arch} {got.variant}" if got.variant else got.arch
-    output.line(f"{got.path}: {what}, {output.megabytes(got.size)}, sha256 {got.sha256} (from {got.source})")
+    output.line(f"{got.path}: {what}, {weights.megabytes(got.size)}, sha256 {got.sha256} (from {got.source})")
 
 
 def weights_remove(
@@ -208,7 +208,7 @@ def weights_remove(
         output.echo_json(got.to_dict())
         return
     removed = ", ".join(str(p) for p in got.paths) or "the local entry"
-    output.line(f"{got.name}: removed {removed} ({output.megabytes(got.freed)} freed)")
+    output.line(f"{got.name}: removed {removed} ({weights.megabytes(got.freed)} freed)")
 
 
 def weights_show(
@@ -255,6 +255,8 @@ def weights_show(
 
 def _file_line(spec: dict[str, Any], here: str, local: bool | None) -> str:
     """One file of a manifest entry: name, size, sha256, where it downloads from and where it is here."""
+    from .. import weights
+
     if local:
         where = "your import"
     elif spec.get("url"):
@@ -263,7 +265,7 @@ def _file_line(spec: dict[str, Any], here: str, local: bool | None) -> str:
         where = f"Google Drive folder {spec['drive_folder']}, file {spec.get('drive_path')}"
     else:
         where = "no download link"
-    size = output.megabytes(spec.get("size") or spec.get("approx_size"), not spec.get("size"))
+    size = weights.megabytes(spec.get("size") or spec.get("approx_size"), not spec.get("size"))
     return (
         f"file {spec['role']} ({spec['arch']}): {spec['filename']}, {size}, "
         f"sha256 {spec.get('sha256') or 'unpublished'}; from {where}; local: {here}"

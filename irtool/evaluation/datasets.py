@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import re
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -948,24 +948,42 @@ def skimage_photo_dir() -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def clean_photos(clean_dir: str | Path | None = None) -> tuple[list[Path], str]:
-    """Clean photos for the synthetic benchmark and where they came from ("--clean-dir DIR" or scikit-image)."""
+def clean_photos(
+    clean_dir: str | Path | None = None,
+    *,
+    recursive: bool = False,
+    error: type[IrtoolError] | None = None,
+    fallback: Iterable[str] | None = None,
+) -> tuple[list[Path], str]:
+    """Clean photos and where they came from ("--clean-dir DIR" or scikit-image): the images in `clean_dir` (its
+    sub-folders too when `recursive`, hidden files skipped), else the `fallback` names (default `SKIMAGE_PHOTOS`)
+    found in scikit-image's wheel. Raises `error` (default DatasetError) with one line when there are none.
+    Used by the synthetic benchmarks and by `irtool calibrate`."""
+    fail = error or DatasetError
     if clean_dir:
         folder = Path(clean_dir).expanduser()
         if not folder.is_dir():
-            raise DatasetError(f"--clean-dir {folder}: no such folder")
-        photos = list_images(folder)
+            raise fail(f"--clean-dir {folder}: {'not a folder' if folder.exists() else 'no such folder'}")
+        readable: Iterable[str] = IMAGE_SUFFIXES
+        if recursive:
+            from ..images.files import IMAGE_SUFFIXES as readable
+
+            found = (p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+            photos = sorted(p for p in found if p.suffix.lower() in readable)
+        else:
+            photos = list_images(folder)
         if not photos:
-            raise DatasetError(f"--clean-dir {folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise fail(f"--clean-dir {folder}: holds no images ({', '.join(sorted(readable))})")
         return photos, str(folder)
     photo_dir = skimage_photo_dir()
-    photos = [photo_dir / name for name in SKIMAGE_PHOTOS if (photo_dir / name).is_file()] if photo_dir else []
+    names = list(SKIMAGE_PHOTOS if fallback is None else fallback)
+    photos = [photo_dir / name for name in names if (photo_dir / name).is_file()] if photo_dir else []
     if not photos:
-        raise DatasetError(
-            "synthetic datasets need clean photos: pass --clean-dir DIR, or install scikit-image, whose wheel ships "
+        raise fail(
+            "no clean photos: pass --clean-dir DIR, or install scikit-image, whose wheel ships "
             "a few public-domain/CC0 photos (pip install scikit-image)"
         )
-    return sorted(photos, key=lambda p: p.name), f"scikit-image {photo_dir}"
+    return (sorted(photos, key=lambda p: p.name) if fallback is None else photos), f"scikit-image {photo_dir}"
 
 
 def parse_synthetic(name: str) -> tuple[str, float]:

@@ -241,18 +241,10 @@ class EvalReport:
 
 
 def _finite(obj: Any) -> Any:
-    """JSON has no inf/nan: infinite PSNR (identical images) becomes the string "inf"."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "inf" if obj > 0 else ("-inf" if obj < 0 else None)
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+    """JSON has no inf/nan: infinite PSNR (identical images) becomes the string "inf", NaN null."""
+    from ..jsonout import finite
 
-
-# --------------------------------------------------------------------------------------------------------------------
-# Planning
+    return finite(obj, infinity="inf")
 
 
 def resolve(

@@ -62,6 +62,13 @@ _GENERIC_STEMS = {
 FileProgress = Callable[[str, int, "int | None"], None]
 
 
+def megabytes(size: int | None, approx: bool = False) -> str:
+    """A byte count as "12.3 MB" ("≈12.3 MB" for an approximate one, "?" for an unknown one)."""
+    if size is None:
+        return "?"
+    return f"{'≈' if approx else ''}{size / 1e6:,.{0 if size >= 1e7 else 1}f} MB"
+
+
 def manifest_path() -> Path:
     """The manifest shipped in the package (a source checkout keeps it at the top level too)."""
     packaged = _PACKAGE_DIR / MANIFEST_NAME

@@ -29,6 +29,7 @@ from typing import BinaryIO
 
 from .._version import __version__
 from ..errors import ChecksumError, DownloadError, first_line
+from .catalogue import megabytes
 
 CHUNK_BYTES = 1 << 20
 #: progress(bytes_done, bytes_total or None)
@@ -56,10 +57,6 @@ class Downloaded:
 
 class _Transient(Exception):
     """A failure worth retrying (connection lost, timeout, 5xx); the partial file stays."""
-
-
-def megabytes(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
 
 
 def sha256_file(path: str | Path, progress: Progress | None = None) -> str:
