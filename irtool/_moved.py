@@ -31,12 +31,19 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         new = MOVED[spec.name]
-        # stacklevel: past importlib's frames, at the importing line
-        warnings.warn(f"{spec.name} is now {new}; import that instead", DeprecationWarning, stacklevel=8)
-        return importlib.import_module(new)
+        warnings.warn(
+            f"{spec.name} is now {new}; import that instead", DeprecationWarning, stacklevel=2
+        )  # warn skips the import machinery's frames: this is the importing line
+        module = importlib.import_module(new)
+        self._specs[spec.name] = module.__spec__  # importlib overwrites it with the alias's; put back on exec
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
-        """The module is the one at its new path, already run."""
+        """The module is the one at its new path, already run: give it back its own spec (so reload works)."""
+        module.__spec__ = self._specs.pop(module.__spec__.name if module.__spec__ else "", module.__spec__)
+
+    def __init__(self) -> None:
+        self._specs: dict[str, importlib.machinery.ModuleSpec | None] = {}
 
 
 def install() -> None:

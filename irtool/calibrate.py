@@ -319,14 +319,6 @@ def fit(
 # Clean photos and the calibration run
 
 
-def skimage_photos() -> list[Path]:
-    """The CC0 / public-domain photos inside an installed scikit-image wheel (found without importing skimage)."""
-    from .evaluation.datasets import skimage_photo_dir
-
-    folder = skimage_photo_dir()
-    return [folder / name for name in SKIMAGE_PHOTOS if (folder / name).is_file()] if folder else []
-
-
 def clean_photos(clean_dir: str | Path | None = None) -> list[Path]:
     """Clean photos to calibrate on: the images in `clean_dir` (recursively), else scikit-image's sample photos
     (`SKIMAGE_PHOTOS`, gray ones included); CalibrationError when there are none."""

@@ -94,8 +94,9 @@ def restore_tiled(
         if y1 <= y0:
             return
         rgb = band[: y1 - y0, :w] / (row_sum[y0:y1, None, None] * col_sum[None, :w, None]).clip(1e-12)
-        rgb = np.clip(np.nan_to_num(rgb, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
-        out[y0:y1] = pixels.from_float(pixels.luma(rgb) if gray else rgb, out_dtype)
+        if gray:  # luma of what the colour output would have held (from_float clips the colour itself)
+            rgb = pixels.luma(np.clip(np.nan_to_num(rgb, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0))
+        out[y0:y1] = pixels.from_float(rgb, out_dtype)
 
     band: np.ndarray | None = None
     band_y0 = 0

@@ -29,7 +29,7 @@ class ConfigFlag:
     """One generated flag: it sets a `TrainConfig` field, or (`model_key`) an entry of the field `model`."""
 
     param: str  #: the keyword Typer passes its value as
-    names: tuple[str, ...]  #: e.g. ("--config", "-c"); a bool's first name becomes "--x/--no-x"
+    names: tuple[str, ...]  #: e.g. ("--loss",) for pixel_loss; a bool's first name becomes "--x/--no-x"
     kind: type  #: bool, int, float or str; for a sequence, its elements' type
     sequence: bool = False  #: comma-separated values, read as a tuple
     length: int | None = None  #: a fixed-length sequence's length (betas: 2)
@@ -372,4 +372,4 @@ def old_spellings(args: list[str]) -> list[str]:
     FIELD=VALUE in the other commands)."""
     message = "train --config NAME is deprecated: use --variant NAME (--config means FIELD=VALUE in the other commands)"
     args = renamed(args, "--config", "--variant", message)
-    return renamed(args, "-c", "--variant", message.replace("--config", "-c"))
+    return renamed(args, "-c", "--variant", "train -c NAME is deprecated: use --variant NAME")

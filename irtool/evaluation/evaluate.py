@@ -305,7 +305,7 @@ def new_report(
 
 
 def _to_input(lq: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(1, 3, H, W) float32 in [0, 1], made as torchvision's ToTensor makes it (uint8 -> float32 / 255, on the CPU)."""
+    """(1, 3, H, W) float32 in [0, 1] on `device`, scaled as torchvision's ToTensor scales (uint8 -> float32 / 255)."""
     return to_tensor(lq[None], device)
 
 

@@ -36,7 +36,8 @@ def channels_first(values: np.ndarray) -> Tensor:
 
 def to_tensor(values: np.ndarray, device: torch.device | str | None = None, *, pin: bool = False) -> Tensor:
     """(H, W, C) -> (C, H, W), (N, H, W, C) -> (N, C, H, W) float32 in [0, 1], contiguous, on `device` (default: the
-    CPU). Integer samples are scaled (see the module docstring); (H, W) gray comes back as (1, H, W).
+    CPU). Integer samples are scaled and other floats clipped (see the module docstring); float32 is taken as given,
+    without a copy (irtool's decoders make it in [0, 1]); (H, W) gray comes back as (1, H, W).
     pin: page-lock the CPU copy first, so a CUDA copy can overlap (`non_blocking`)."""
     tensor = channels_first(values if values.dtype == np.float32 else pixels.to_float(values))
     if device is None or torch.device(device).type == "cpu":

@@ -40,10 +40,15 @@ def __getattr__(name: str) -> Any:
     # seen by everyone who reaches it through irtool.weights.
     if name in _STORE_NAMES:
         return getattr(importlib.import_module(f"{__name__}.store"), name)
-    if not name.startswith("__") and hasattr(catalogue, name):
-        return getattr(catalogue, name)
+    if _own(name):
+        return getattr(catalogue, name)  # the catalogue's own constants, functions and classes, not its imports
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _own(name: str) -> bool:
+    value = getattr(catalogue, name, None) if not name.startswith("_") else None
+    return value is not None and (name.isupper() or getattr(value, "__module__", None) == catalogue.__name__)
+
+
 def __dir__() -> list[str]:
-    return sorted({*globals(), *(n for n in dir(catalogue) if not n.startswith("_")), *_STORE_NAMES})
+    return sorted({*globals(), *(n for n in dir(catalogue) if _own(n)), *_STORE_NAMES})

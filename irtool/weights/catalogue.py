@@ -416,7 +416,7 @@ def default_source(buildable: Container[str]) -> tuple[Path, Path | None, str]:
 
     1. The manifest's `default` entry, when its files are here (shipped inside the package, or in the cache).
     2. The best official checkpoint already in the cache (see `rank_entries`: AIO5, AIO3, CDD11; full before S).
-    3. Otherwise WeightsNotFoundError with the exact commands to get
+    3. Otherwise WeightsNotFoundError with the exact commands to get weights.
     """
 
     manifest = load_manifest()
