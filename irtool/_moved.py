@@ -22,6 +22,9 @@ MOVED = {
 
 
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def __init__(self) -> None:
+        self._specs: dict[str, importlib.machinery.ModuleSpec | None] = {}
+
     def find_spec(
         self, fullname: str, path: object = None, target: object = None
     ) -> importlib.machinery.ModuleSpec | None:
@@ -31,9 +34,8 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         new = MOVED[spec.name]
-        warnings.warn(
-            f"{spec.name} is now {new}; import that instead", DeprecationWarning, stacklevel=2
-        )  # warn skips the import machinery's frames: this is the importing line
+        # stacklevel 2 is the importing line: warn skips the import machinery's own frames
+        warnings.warn(f"{spec.name} is now {new}; import that instead", DeprecationWarning, stacklevel=2)
         module = importlib.import_module(new)
         self._specs[spec.name] = module.__spec__  # importlib overwrites it with the alias's; put back on exec
         return module
@@ -41,9 +43,6 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def exec_module(self, module: ModuleType) -> None:
         """The module is the one at its new path, already run: give it back its own spec (so reload works)."""
         module.__spec__ = self._specs.pop(module.__spec__.name if module.__spec__ else "", module.__spec__)
-
-    def __init__(self) -> None:
-        self._specs: dict[str, importlib.machinery.ModuleSpec | None] = {}
 
 
 def install() -> None:

@@ -167,18 +167,17 @@ class Restorer:
         self.model = model.eval()
         self.net: Restoring = restoring(self.model)  #: the model seen through its contract (run, route)
         self.device = device or next(model.parameters()).device
-        self.amp_dtype, precision_notes = resolve_precision(self.options.precision, self.device)
+        self.amp_dtype, setup_notes = resolve_precision(self.options.precision, self.device)
         caps = self.spec.capabilities
-        if policy.precision_name(self.amp_dtype) not in caps.precisions:  # what the network itself can run in
-            asked = policy.precision_name(self.amp_dtype)
-            precision_notes.append(f"{self.spec.title} does not run in {asked}; running fp32")
+        if (asked := policy.precision_name(self.amp_dtype)) not in caps.precisions:  # what the network can run in
+            setup_notes.append(f"{self.spec.title} does not run in {asked}; running fp32")
             self.amp_dtype = None
         if self.options.tile and not caps.tiling.supported:
-            precision_notes.append(f"--tile {self.options.tile}: {self.spec.title} cannot run in tiles; whole images")
+            setup_notes.append(f"--tile {self.options.tile}: {self.spec.title} cannot run in tiles; whole images")
         self.calibration = calibration
         self.source = source  #: how the model was chosen, for messages
         self.weights_path = weights_path  #: the checkpoint file, when loaded from one
-        self.notes = list(notes) + precision_notes  #: things to tell the user once per run
+        self.notes = list(notes) + setup_notes  #: things to tell the user once per run
         self.learned_tile: int | None = None
         self._told: set[str] = set()  # layout notes already given: once per run, not once per image
         from .memory import whole_image_pixels

@@ -151,6 +151,20 @@ def register(
     app.command(name, cls=cls, **kwargs)(_run_command(fn))
 
 
+def variant_renamed(command: str, args: list[str], *shorts: str) -> list[str]:
+    """`args` with a command's old network-config spellings (`--config NAME`, and `shorts` such as `-c NAME`) read as
+    `--variant NAME`, one warning each: --config means FIELD=VALUE in every other command."""
+    args = renamed(
+        args,
+        "--config",
+        "--variant",
+        f"{command} --config NAME is deprecated: use --variant NAME (--config means FIELD=VALUE in the other commands)",
+    )
+    for short in shorts:
+        args = renamed(args, short, "--variant", f"{command} {short} NAME is deprecated: use --variant NAME")
+    return args
+
+
 def renamed(args: list[str], old: str, new: str, message: str) -> list[str]:
     """`args` with the deprecated option `old` (`-d NAME`, `-dNAME`; `--config NAME`, `--config=NAME`) spelled
     `new`, and one warning line (`message`) if it was there."""

@@ -8,7 +8,7 @@ import typer
 
 from ..errors import IrtoolError
 from . import output
-from .base import renamed
+from .base import variant_renamed
 from .options import Device, GpuNumber, Trust, json_flag
 
 _HELP = {
@@ -143,8 +143,5 @@ def _print_bench(report: Any) -> None:
 
 
 def old_spellings(args: list[str]) -> list[str]:
-    """bench's deprecated spellings, read as before with a warning: `--config NAME` (now --variant: --config is
-    FIELD=VALUE in the other commands)."""
-    message = "bench --config NAME is deprecated: use --variant NAME (--config means FIELD=VALUE in the other commands)"
-    args = renamed(args, "--config", "--variant", message)
-    return args
+    """bench's deprecated spellings, read as before with a warning: `--config NAME` (now --variant)."""
+    return variant_renamed("bench", args)

@@ -18,7 +18,7 @@ import typer
 
 from ..train import presets
 from . import output
-from .base import renamed
+from .base import variant_renamed
 from .options import DEVICE_HELP, device_option, int_list, json_flag
 
 # -- the flags made from the config's fields
@@ -368,8 +368,5 @@ class TrainView:
 
 
 def old_spellings(args: list[str]) -> list[str]:
-    """train's deprecated spellings, read as before with a warning: `--config NAME` and `-c NAME` (now --variant: --config is
-    FIELD=VALUE in the other commands)."""
-    message = "train --config NAME is deprecated: use --variant NAME (--config means FIELD=VALUE in the other commands)"
-    args = renamed(args, "--config", "--variant", message)
-    return renamed(args, "-c", "--variant", "train -c NAME is deprecated: use --variant NAME")
+    """train's deprecated spellings, read as before with a warning: `--config NAME` and `-c NAME` (now --variant)."""
+    return variant_renamed("train", args, "-c")

@@ -496,9 +496,8 @@ def _decode_pixels(data: bytes, fmt: str | None, directory: tiff.Directory | Non
     """Run the decoder for the format: TIFF (irtool's own container reading), GIF and unknown formats (Pillow), the
     rest (OpenCV, with its ICC and EXIF)."""
     if fmt == "tiff" and directory is not None:
-        icc_entry = directory.entries.get(tiff.ICC_PROFILE)
         pixels, oriented = _decode_tiff(data, directory, name)
-        decoded = _Decoded(pixels, fmt, icc_entry.data if icc_entry else None, tiff.exif_from_directory(directory))
+        decoded = _Decoded(pixels, fmt, *tiff.metadata(directory))
         decoded.oriented = oriented
         if (directory.value(258) or 1) < 8 and pixels is not None:
             decoded.warnings.append(f"{directory.value(258) or 1}-bit TIFF samples are written back as 8-bit")

@@ -5,7 +5,7 @@ writer serve three jobs:
 
 - find and reset the EXIF orientation tag (`orientation`, `reset_orientation`), patching bytes in place so nothing
   else in the blob changes;
-- pull the ICC profile and the descriptive tags out of a TIFF file (`read_tiff_metadata`), as an EXIF blob other
+- pull the ICC profile and the descriptive tags out of a TIFF file (`metadata`), as an EXIF blob other
   formats can carry;
 - write a TIFF file (`write_tiff`) with 8/16-bit or float samples, gray or RGB, alpha, Deflate compression, the ICC
   profile and the EXIF tags, which OpenCV's TIFF writer cannot do.
@@ -275,11 +275,10 @@ def exif_from_directory(directory: Directory) -> bytes | None:
     return mark + struct.pack(f"{order}I", 8) + _serialize(kept, 8, order)
 
 
-def read_tiff_metadata(buf: bytes) -> tuple[bytes | None, bytes | None, Directory]:
-    """(ICC profile, EXIF blob, IFD0) of a TIFF file's first image."""
-    directory = read_directory(buf)
+def metadata(directory: Directory) -> tuple[bytes | None, bytes | None]:
+    """(ICC profile, EXIF blob) of a TIFF file's first image, from its IFD0 (`read_directory`)."""
     icc = directory.entries.get(ICC_PROFILE)
-    return (icc.data if icc else None), exif_from_directory(directory), directory
+    return (icc.data if icc else None), exif_from_directory(directory)
 
 
 def _entry(tag: int, typ: int, values: list[int] | bytes, order: str) -> Entry:
