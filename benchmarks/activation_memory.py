@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from irtool.archs import moce_ir  # noqa: E402
 from irtool.bench import parse_sizes, random_model  # noqa: E402
-from irtool.tiling import run_padded  # noqa: E402
+from irtool.restoration.tiling import run_padded  # noqa: E402
 
 
 class LiveBytes(TorchDispatchMode):

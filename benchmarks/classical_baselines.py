@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import irtool
-    from irtool import engine
+    from irtool.restoration import engine
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -9,12 +9,12 @@ keeps what it had written; the next part starts on time), all limits together un
   cuda_tests     pytest -m cuda (bf16/fp16 autocast, CUDA graphs, compile, the bf16 LoRA-IR router, ...)
   bench          irtool.bench.run_bench: MoCE-IR and MoCE-IR-S at 512² and 1024², batch 1 and 4, fp32/bf16,
                  sparse/dense, eager and CUDA graphs; FLOPs of every forward (torch.utils.flop_counter)
-  bench_compile  the same at 512², batch 1, bf16, compiled (torch.compile through irtool.runtime.compile_run)
+  bench_compile  the same at 512², batch 1, bf16, compiled (torch.compile through irtool.devices.speed.compile_run)
   lora_ir        LoRA-IR Setting I (router and network) through run_bench, and a folder of 8 images through
-                 irtool.engine.restore against the official batch-1 path (experts merged on every call)
+                 irtool.restoration.engine.restore against the official batch-1 path (experts merged on every call)
   official       the official MoCE-IR code's fp32 eager forward at the same weights, timed in this process beside
                  irtool's fp32 and bf16 forwards (needs --official-src; skipped with the reason without it)
-  memory_4k      torch.cuda.max_memory_allocated of a 3840x2160 restore (irtool.engine.Restorer), whole and tiled,
+  memory_4k      torch.cuda.max_memory_allocated of a 3840x2160 restore (irtool.restoration.engine.Restorer), whole and tiled,
                  per model and precision
   agreement      bf16 and fp16 against fp32 on photos (examples/), PSNR, and fp16's NaN/Inf with the fp32 redo
 
@@ -194,14 +194,15 @@ def _free(part: Part) -> None:
 
 
 def _model(part: Part, config: str) -> Any:
-    from irtool import bench, runtime
+    from irtool import bench
+    from irtool.devices import speed
 
     model = bench.random_model(config, seed=0)
     if getattr(model, "arch", "") == "lora_ir" and part.cuda:  # as irtool.load_model runs LoRA-IR on CUDA
         import torch
 
         model.router.to(dtype=torch.bfloat16)
-    return runtime.prepare(model, part.device)
+    return speed.prepare(model, part.device)
 
 
 def _photos(side: int, count: int, size: tuple[int, int] | None = None) -> list[Any]:
@@ -377,8 +378,9 @@ def part_lora_ir(part: Part) -> None:
     import numpy as np
     import torch
 
-    from irtool import bench, engine
+    from irtool import bench
     from irtool.images import files as io
+    from irtool.restoration import engine
 
     s = part.scale
     model = _model(part, s.lora)
@@ -446,7 +448,7 @@ def part_lora_ir(part: Part) -> None:
         "images": n,
         "size": [s.lora_size, s.lora_size],
         "precision": "fp32",
-        "irtool": f"irtool.engine.restore(folder, out, batch_size={n}): decoding, batching, routing, restoring, "
+        "irtool": f"irtool.restoration.engine.restore(folder, out, batch_size={n}): decoding, batching, routing, restoring, "
         f"writing {n} PNGs",
         "official": "emulated: irtool's LoRA-IR one image per call with its merged-expert cache cleared before each "
         "(the official batch-1 path merges the experts on every call); images already on the device, "
@@ -519,7 +521,8 @@ def part_official(part: Part) -> None:
     import numpy as np
     import torch
 
-    from irtool import bench, runtime
+    from irtool import bench
+    from irtool.devices import speed
 
     src = part.args.official_src
     if src is None:
@@ -561,7 +564,7 @@ def part_official(part: Part) -> None:
 
         def run_ours(precision: str) -> Callable[[], Any]:
             def call() -> Any:
-                with torch.inference_mode(), runtime.autocast(part.device, precision):
+                with torch.inference_mode(), speed.autocast(part.device, precision):
                     return ours.run(x)  # noqa: F821 - as above
 
             return call
@@ -572,7 +575,7 @@ def part_official(part: Part) -> None:
             "irtool bf16 eager": run_ours("bf16"),
         }
         if part.cuda:  # its own routing, decided once, replayed from a graph (what a video or tile loop does)
-            graph = runtime.CudaGraphRun(ours, x, routing=routing, precision="bf16")
+            graph = speed.CudaGraphRun(ours, x, routing=routing, precision="bf16")
             cases["irtool bf16 CUDA graph (own routing)"] = lambda: graph(x)
         times: dict[str, list[float]] = {k: [] for k in cases}
         rounds = 3
@@ -606,9 +609,10 @@ def part_official(part: Part) -> None:
 
 
 def part_memory_4k(part: Part) -> None:
-    from irtool import bench, engine
+    from irtool import bench
     from irtool.images import files as io
-    from irtool.jobs import RestoreOptions
+    from irtool.restoration import engine
+    from irtool.restoration.planning import RestoreOptions
 
     s = part.scale
     h, w = s.four_k
@@ -660,15 +664,17 @@ def part_agreement(part: Part) -> None:
     import numpy as np
     import torch
 
-    from irtool import engine, loading, runtime
+    from irtool import loading
+    from irtool.devices import speed
     from irtool.images import files as io
-    from irtool.jobs import RestoreOptions
-    from irtool.tiling import run_padded
+    from irtool.restoration import engine
+    from irtool.restoration.planning import RestoreOptions
+    from irtool.restoration.tiling import run_padded
 
     s = part.scale
     photos = _photos(s.photo_side, 2 if part.args.dry_run else 5)
     path, router, how = loading.default_source()
-    trained = runtime.prepare(loading.load_model(path, device=str(part.device)), part.device)
+    trained = speed.prepare(loading.load_model(path, device=str(part.device)), part.device)
     models: list[tuple[str, Any]] = [("irtool.default (trained)", trained)]
     models += [(f"{label} (random weights)", config) for label, config in s.moce[:1] + (("LoRA-IR Setting I", s.lora),)]
     part.data["rows"] = []
@@ -692,7 +698,7 @@ def part_agreement(part: Part) -> None:
                     row[f"{p}_warnings"] = out[p].warnings
                 # fp16 without the engine's safety net: how many output values overflow to NaN/Inf
                 x = torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous().to(part.device)
-                with torch.inference_mode(), runtime.autocast(part.device, "fp16"):
+                with torch.inference_mode(), speed.autocast(part.device, "fp16"):
                     raw = run_padded(model, x).output  # any photo size: padded to the multiple
                 row["fp16_raw_nonfinite"] = int((~torch.isfinite(raw)).sum())
             except Exception as exc:  # noqa: BLE001 - recorded per row
@@ -1097,7 +1103,7 @@ def markdown(record: dict[str, Any]) -> str:
     if mem.get("rows"):
         lines += [
             "",
-            f"## Peak memory, {mem['size'][1]}x{mem['size'][0]} restore (irtool.engine.Restorer)",
+            f"## Peak memory, {mem['size'][1]}x{mem['size'][0]} restore (irtool.restoration.engine.Restorer)",
             "",
             "| model | precision | mode | peak MB | kind | tiles | s | notes |",
             "|---|---|---|---:|---|---:|---:|---|",

@@ -39,7 +39,7 @@ def io_phases(src: str, dst: str) -> None:
 
     started = time.time()
     image = io.read_image(src)
-    samples = np.empty_like(image.pixels)  # what irtool.large fills row by row
+    samples = np.empty_like(image.pixels)  # what irtool.restoration.tiled_samples fills row by row
     samples[...] = image.pixels  # stand-in content: the input itself
     io.write_image(dst, image, samples=samples)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -16,8 +16,8 @@ from ._version import __version__
 from .errors import CheckpointError, ImageError, IrtoolError, UnsafeCheckpointError, WeightsNotFoundError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import restore
     from .loading import load_model
+    from .restoration.engine import restore
 
 __all__ = [
     "__version__",
@@ -32,7 +32,7 @@ __all__ = [
 
 _moved.install()  # irtool.io, irtool.evaluate, ...: the old module paths, with a DeprecationWarning naming the new
 
-_LAZY = {"load_model": ("irtool.loading", "load_model"), "restore": ("irtool.engine", "restore")}
+_LAZY = {"load_model": ("irtool.loading", "load_model"), "restore": ("irtool.restoration.engine", "restore")}
 
 
 def __getattr__(name: str) -> Any:

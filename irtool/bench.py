@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import runtime
 from .archs.spec import RoutingRecord, restoring, spec_of
+from .devices import speed
 from .errors import IrtoolError, first_line
-from .tiling import pad_to_multiple
+from .restoration.tiling import pad_to_multiple
 
 EXPERT_MODES = ("sparse", "dense")  # plus "e<N>": expert N imposed in every layer
 PATHS = ("fast", "reference")
@@ -55,7 +55,7 @@ class BenchPlan:
 
     def __post_init__(self) -> None:
         for p in self.precisions:
-            runtime.precision_dtype(p)
+            speed.precision_dtype(p)
         for e in self.experts:
             if e not in EXPERT_MODES and not (e.startswith("e") and e[1:].isdigit()):
                 raise IrtoolError(f"--experts {e}: one of sparse, dense, or e0, e1, ... (one expert in every layer)")
@@ -304,7 +304,7 @@ class _MemoryProbe:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            runtime.release_cpu_memory()
+            speed.release_cpu_memory()
             try:
                 Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
             except OSError:
@@ -383,13 +383,13 @@ def run_bench(
     on_row: Callable[[BenchRow], None] | None = None,
 ) -> BenchReport:
     """Measure every case of `plan` on `model` (moved to `device`); returns the report with one row per case."""
-    model = runtime.prepare(model, device)
+    model = speed.prepare(model, device)
     report = BenchReport(
         device=str(device),
         device_name=_device_name(device),
         torch_version=torch.__version__,
         threads=torch.get_num_threads(),
-        allocator_tuned=runtime._allocator_tuned,
+        allocator_tuned=speed._allocator_tuned,
         model=describe_model(model, source),
         load_average=_load() if device.type == "cpu" else None,
     )
@@ -482,18 +482,18 @@ def _measure(model: nn.Module, device: torch.device, plan: BenchPlan, x: Tensor,
         path["reference"] = True
 
     def eager() -> Any:
-        with torch.inference_mode(), runtime.autocast(device, row.precision):
+        with torch.inference_mode(), speed.autocast(device, row.precision):
             return restoring(model).run(x, routing, dense=dense, **path)
 
     call = eager
     if row.cuda_graph:
-        graph = runtime.CudaGraphRun(model, x, routing=routing, dense=dense, precision=row.precision)
+        graph = speed.CudaGraphRun(model, x, routing=routing, dense=dense, precision=row.precision)
         call = lambda: graph(x)  # noqa: E731
     elif row.compiled:
-        compiled = runtime.compile_run(model)
+        compiled = speed.compile_run(model)
 
         def call() -> Any:
-            with torch.inference_mode(), runtime.autocast(device, row.precision):
+            with torch.inference_mode(), speed.autocast(device, row.precision):
                 return compiled(x, routing, dense=dense)
 
         started = time.perf_counter()

@@ -42,9 +42,9 @@ from typing import Any
 import torch.distributed as dist
 
 from . import shard
+from .devices.processes import Dist, setup, teardown
 from .errors import IrtoolError, first_line
-from .jobs import Job, RestoreOptions, RestoreReport, plan, report_unrunnable
-from .train.distributed import Dist, setup, teardown
+from .restoration.planning import Job, RestoreOptions, RestoreReport, plan, report_unrunnable
 
 #: how often each rank bumps its heartbeat counter
 HEARTBEAT_SECONDS = 1.0
@@ -464,7 +464,7 @@ class RankedRestore:
         rank 0 (which reports its files as failed with the reason) before raising."""
         if not self.mine:
             return None
-        from .engine import Restorer
+        from .restoration.engine import Restorer
 
         try:
             return Restorer.load(self.options)
@@ -480,7 +480,7 @@ class RankedRestore:
     def work(self) -> int:
         """Ranks other than 0: load the model, restore this rank's share, posting each report. Returns the
         process's exit status; prints nothing (rank 0 reports every failure, this rank's included)."""
-        from .engine import restore_files
+        from .restoration.engine import restore_files
 
         mine, rank = self.mine, self.ctx.rank
         posted = 0
@@ -506,7 +506,7 @@ class RankedRestore:
     def reports(self, restorer: Any, arrived: Callable[[RestoreReport], None] | None = None) -> Iterator[RestoreReport]:
         """Rank 0: every job's report, in input order, as soon as it and all before it are in. `arrived` is called
         (in this thread) for each report as it comes in from any rank, for the progress bar."""
-        from .engine import restore_files
+        from .restoration.engine import restore_files
 
         jobs, owner = self.jobs, self.owner
         slots: list[RestoreReport | None] = [None] * len(jobs)

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from .archs import ARCHS, ArchSpec, spec_of
+from .devices.policy import resolve_device  # re-exported: device choice lives in irtool.devices.policy
 from .errors import CheckpointError, ConfigGuessWarning, UnsafeCheckpointError, first_line
-from .policy import resolve_device  # re-exported: device choice lives in irtool.policy
 from .weights import catalogue as weights
 from .weights.catalogue import CHECKPOINT_SUFFIXES
 

@@ -22,7 +22,7 @@ from helpers_lora import MICRO_NET, MICRO_ROUTER
 import irtool
 from irtool.archs import ARCHS, SPECS, ArchSpec, spec_of
 from irtool.archs.moce_ir import MoCEIRConfig
-from irtool.tiling import run_padded
+from irtool.restoration.tiling import run_padded
 
 #: named variants too large to run on a CPU in a unit test: checked on the meta device only
 META_ONLY = {("lora_ir", "setting1"), ("clip_router", "setting1")}

@@ -11,9 +11,10 @@ import torch
 from helpers import random_moce
 from typer.testing import CliRunner
 
-from irtool import bench, runtime
+from irtool import bench
 from irtool.archs.moce_ir import VARIANTS
 from irtool.cli import app
+from irtool.devices import speed
 from irtool.errors import IrtoolError
 
 runner = CliRunner()
@@ -156,36 +157,36 @@ def test_sizes_are_width_by_height():
 def test_cuda_graphs_refuse_what_cannot_be_captured():
     model = random_moce(VARIANTS["tiny"])
     with pytest.raises(IrtoolError, match="CUDA device"):
-        runtime.CudaGraphRun(model, torch.rand(1, 3, 16, 16), dense=True)
+        speed.CudaGraphRun(model, torch.rand(1, 3, 16, 16), dense=True)
 
 
 @pytest.mark.cuda
 def test_cuda_graph_replay_equals_eager():
     device = torch.device("cuda")
-    model = runtime.prepare(random_moce(VARIANTS["tiny"]), device)
+    model = speed.prepare(random_moce(VARIANTS["tiny"]), device)
     x = torch.rand(2, 3, 64, 48, device=device)
     with torch.inference_mode():
         eager_dense = model.run(x, dense=True).output
         routing = model.uniform_routing(2, 3)
         eager_e3 = model.run(x, routing).output
-    graph = runtime.CudaGraphRun(model, x, dense=True)
+    graph = speed.CudaGraphRun(model, x, dense=True)
     torch.testing.assert_close(graph(x).output, eager_dense, atol=1e-5, rtol=0)
     x2 = torch.rand_like(x)
     with torch.inference_mode():
         expected = model.run(x2, dense=True).output
     torch.testing.assert_close(graph(x2).output, expected, atol=1e-5, rtol=0)  # replays on new input
-    graph_e3 = runtime.CudaGraphRun(model, x, routing=routing)
+    graph_e3 = speed.CudaGraphRun(model, x, routing=routing)
     torch.testing.assert_close(graph_e3(x).output, eager_e3, atol=1e-5, rtol=0)
 
 
 @pytest.mark.cuda
 def test_cuda_bf16_is_within_45_db_of_fp32():
     device = torch.device("cuda")
-    model = runtime.prepare(random_moce(VARIANTS["MoCE_IR_S"]), device)
+    model = speed.prepare(random_moce(VARIANTS["MoCE_IR_S"]), device)
     x = torch.rand(1, 3, 512, 512, device=device)
     with torch.inference_mode():
         ref = model.run(x).output
-        with runtime.autocast(device, "bf16"):
+        with speed.autocast(device, "bf16"):
             low = model.run(x).output
     assert bench._psnr(low, ref) >= 45
 

@@ -27,7 +27,7 @@ from irtool import shard
 from irtool.cli import app
 from irtool.distributed_run import _without_gpu_flags
 from irtool.images import files as io
-from irtool.jobs import plan
+from irtool.restoration.planning import plan
 
 runner = CliRunner()
 

@@ -13,12 +13,13 @@ from helpers import random_moce
 from restore_fixtures import LOCAL_SPEC, LocalNet, photo, tiny_checkpoint, tree_hashes
 
 import irtool
-from irtool import engine, loading, weights
+from irtool import loading, weights
 from irtool.archs.lora_ir import LoRARouting
 from irtool.archs.moce_ir import VARIANTS
 from irtool.archs.spec import Classifier, RoutingReport
 from irtool.errors import IrtoolError, WeightsNotFoundError
 from irtool.images import files as io
+from irtool.restoration import engine
 
 
 def as_image(array: np.ndarray) -> io.Image:

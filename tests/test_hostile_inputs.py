@@ -22,13 +22,15 @@ from restore_fixtures import LocalNet, photo, tiny_checkpoint, tree_hashes
 from typer.testing import CliRunner
 
 import irtool
-from irtool import jobs, jsonout, memory, safe_paths
+from irtool import finite_json
 from irtool.archs.moce_ir import VARIANTS
 from irtool.cli import app
-from irtool.engine import RestoreOptions, Restorer, plan, restore_files
 from irtool.errors import CheckpointError, ImageError, UnsafeCheckpointError
 from irtool.images import files as io
+from irtool.images import memory, safe_paths
 from irtool.loading import HARMLESS_GLOBALS, read_checkpoint
+from irtool.restoration import planning
+from irtool.restoration.engine import RestoreOptions, Restorer, plan, restore_files
 
 runner = CliRunner()
 
@@ -93,7 +95,7 @@ def test_a_glob_over_a_looping_tree_ends_and_lists_each_file_once(tmp_path):
     matches = safe_paths.glob_paths(str(root / "**" / "*"))
     assert len(matches) == len(set(matches)) and all("up" not in p.relative_to(root).parts[:-1] for p in matches)
     # 'shoot/**/*' matches the folder 'sub' and the file in it: restored once, not twice
-    found, failed = jobs.expand_inputs([str(root / "**" / "*")])
+    found, failed = planning.expand_inputs([str(root / "**" / "*")])
     names = [str(f.relative_to(root)) for _, f, _ in found]
     assert sorted(names) == ["good.png", "sub/also.png"]
 
@@ -266,10 +268,10 @@ def test_weights_holding_nan_or_inf_are_refused_at_load(tmp_path):
 
 
 def test_json_output_is_always_valid_json():
-    report = jobs.RestoreReport(
+    report = planning.RestoreReport(
         input="a.png", confidence=float("nan"), gates=[[float("inf"), 0.5]], seconds=float("-inf")
     )
-    text = jsonout.dumps(report.to_json())
+    text = finite_json.dumps(report.to_json())
     back = json.loads(text)  # strict JSON: bare NaN/Infinity would not parse in other languages
     assert "NaN" not in text and "Infinity" not in text
     assert back["confidence"] is None and back["gates"] == [[None, 0.5]] and back["seconds"] is None

@@ -20,7 +20,7 @@ import irtool
 from irtool.archs.clip_router import VARIANTS as ROUTER_VARIANTS
 from irtool.archs.clip_router import CLIPRouterConfig, normalize_views
 from irtool.archs.lora_ir import VARIANTS, LoRAIRNetConfig, LoRARouting
-from irtool.tiling import pad_to_multiple, run_padded
+from irtool.restoration.tiling import pad_to_multiple, run_padded
 
 ATOL = 1e-5  # fp32: router embeddings, prior, logits; IR outputs
 

@@ -15,7 +15,7 @@ from irtool.archs import clip_router, lora_ir
 from irtool.archs.clip_router import CLIPRouter, CLIPRouterConfig, router_views_uint8, to_uint8
 from irtool.archs.lora_ir import LoRAIR, LoRAIRConfig, LoRAIRNet, LoRAIRNetConfig, LoRARouting, box_mean
 from irtool.loading import build_model
-from irtool.tiling import pad_to_multiple
+from irtool.restoration.tiling import pad_to_multiple
 
 # --------------------------------------------------------------------------------------------------------------------
 # Released key lists (built on the meta device: no memory, no time)

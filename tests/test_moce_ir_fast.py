@@ -10,7 +10,7 @@ from helpers import ODD, diverse_routing_moce, make_images, random_moce
 import irtool
 from irtool.archs import moce_ir
 from irtool.archs.moce_ir import VARIANTS
-from irtool.tiling import run_padded
+from irtool.restoration.tiling import run_padded
 
 ATOL = 1e-5
 

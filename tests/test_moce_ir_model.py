@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from helpers import FP32_ATOL, ODD, diverse_routing_moce, make_images, random_moce
 
 from irtool.archs.moce_ir import VARIANTS, MoCEIR, MoCEIRConfig, Routing, infer_config
-from irtool.tiling import run_padded
+from irtool.restoration.tiling import run_padded
 
 
 @pytest.mark.parametrize("name", ["MoCE_IR", "MoCE_IR_S", "tiny"])

@@ -1,4 +1,4 @@
-"""irtool.policy: the one precision table (per device type) and device choice, and that every command follows it.
+"""irtool.devices.policy: the one precision table (per device type) and device choice, and that every command follows it.
 
 CUDA and MPS rows are checked with torch.device("cuda") / ("mps") objects on any machine: the rule reads the device's
 type and, for bf16 on CUDA, whether the GPU has bf16 (monkeypatched here)."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from irtool import policy
+from irtool.devices import policy
 from irtool.errors import IrtoolError
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
@@ -78,18 +78,20 @@ def test_devices():
 
 def test_every_command_follows_the_one_rule():
     """restore/video/calibrate (the engine), eval, bench (runtime) and the loader use policy's functions and names."""
-    from irtool import engine, jobs, loading, runtime
+    from irtool import loading
+    from irtool.devices import speed
     from irtool.evaluation import evaluate
+    from irtool.restoration import engine, planning
 
     assert engine.resolve_precision is policy.resolve_precision and engine.PRECISIONS == policy.PRECISIONS
     assert loading.resolve_device is policy.resolve_device
     assert evaluate.PRECISIONS == policy.EXPLICIT_PRECISIONS
     with pytest.raises(IrtoolError, match="--precision fp8"):
-        jobs.RestoreOptions(precision="fp8").check()
+        planning.RestoreOptions(precision="fp8").check()
     with pytest.raises(IrtoolError, match="precision 'auto'"):
-        runtime.precision_dtype("auto")
+        speed.precision_dtype("auto")
     # the same fp16-on-CPU behaviour everywhere: it runs, with the note
-    with runtime.autocast(CPU, "fp16"):
+    with speed.autocast(CPU, "fp16"):
         assert torch.get_autocast_dtype("cpu") == FP16
 
 

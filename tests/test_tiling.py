@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from irtool.tiling import layout_note, pad_to_multiple, plan_tiles, span_weights, tile_spans, tiled_forward
+from irtool.restoration.tiling import layout_note, pad_to_multiple, plan_tiles, span_weights, tile_spans, tiled_forward
 
 
 @pytest.mark.parametrize(

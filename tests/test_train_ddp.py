@@ -20,7 +20,7 @@ from helpers import make_images, random_moce
 from train_helpers import micro_config
 
 from irtool.archs.moce_ir import MoCEIRConfig
-from irtool.train.distributed import Dist, setup, teardown
+from irtool.devices.processes import Dist, setup, teardown
 from irtool.train.loop import Trainer
 
 CONFIG = MoCEIRConfig(

@@ -18,7 +18,7 @@ from train_helpers import micro_config, micro_dataset
 
 import irtool
 from irtool.errors import CheckpointError
-from irtool.tiling import run_padded
+from irtool.restoration.tiling import run_padded
 from irtool.train import checkpoint
 from irtool.train.loop import TrainError, train
 
@@ -240,7 +240,7 @@ def test_routing_supervision_trains_its_read_out_and_resumes_bit_exactly(tmp_pat
 
 def test_without_routing_supervision_the_step_is_the_papers(tmp_path):
     """route_task_weight 0 (the default): no read-out, no routing term, the same run as before it existed."""
-    from irtool.train.distributed import setup
+    from irtool.devices.processes import setup
     from irtool.train.loop import Trainer
     from irtool.train.models import build_network
 

@@ -14,7 +14,7 @@ from train_helpers import micro_config, micro_dataset
 import irtool
 from irtool.archs.clip_router import VARIANTS as ROUTER_VARIANTS
 from irtool.archs.clip_router import CLIPRouter
-from irtool.tiling import run_padded
+from irtool.restoration.tiling import run_padded
 from irtool.train import checkpoint
 from irtool.train.loop import train
 from irtool.train.presets import PRESETS, ConfigError

@@ -16,10 +16,10 @@ from restore_fixtures import LocalNet, photo, tiny_checkpoint
 from typer.testing import CliRunner
 from video_fixtures import audio_packets, frame_times, make_clip
 
-from irtool import video
 from irtool.archs.moce_ir import MoCEResult, Routing
 from irtool.cli import app
-from irtool.engine import RestoreOptions, Restorer
+from irtool.restoration import video
+from irtool.restoration.engine import RestoreOptions, Restorer
 
 runner = CliRunner()
 

@@ -537,7 +537,7 @@ class LoRAIRNet(nn.Module):
     ) -> Tensor:
         """Restore x (B, C, H, W), H and W multiples of `size_multiple`, with the router's prior (B, P) and logits
         (B, E). The official code zero-pads to the multiple inside (`check_image_size`); here the caller pads (zeros
-        and a crop of the output give the official numbers: `irtool.tiling.run_padded`).
+        and a crop of the output give the official numbers: `irtool.restoration.tiling.run_padded`).
 
         dense: run every expert on every image, gated (the official batched path): same result, for checks and
             benchmarks. Otherwise each image runs its top-1 expert merged into the weights, grouped by expert.
@@ -548,7 +548,7 @@ class LoRAIRNet(nn.Module):
         m = self.config.size_multiple
         if h % m or w % m:
             raise ValueError(
-                f"LoRA-IR: input {w}x{h} px is not a multiple of {m} px; pad it first (irtool.tiling.pad_to_multiple)"
+                f"LoRA-IR: input {w}x{h} px is not a multiple of {m} px; pad it first (irtool.restoration.tiling.pad_to_multiple)"
             )
         if prior.shape[0] != b or logits.shape[0] != b:
             raise ValueError(f"prior/logits are for {prior.shape[0]}/{logits.shape[0]} images, the batch has {b}")
@@ -656,7 +656,7 @@ class LoRAIR(nn.Module):
 
         routing: impose this routing (e.g. a whole image's, on its tiles) instead of running the router on x; a
             routing of one image applies to every image of the batch. (The official test routes the unpadded image:
-            route it, then run the padded one with that routing, as `irtool.tiling.run_padded` does.)
+            route it, then run the padded one with that routing, as `irtool.restoration.tiling.run_padded` does.)
         dense: every expert on every image, gated (same result; for checks and benchmarks).
         local_pool_px: local channel-attention pooling base size in px (see `LoRAIRNetConfig.tlc_px`); None uses
             `self.local_pool_px`, 0 forces global pooling.

@@ -15,7 +15,7 @@ Deliberate departures from the official code (github.com/eduardzamfir/MoCE-IR, `
 - Each image of a batch runs only its own top-k experts. The official eval path gives every image the gated sum of
   the experts chosen by *all* images of the batch, so it is only correct at batch 1.
 - `run` takes H and W multiples of 2^(levels-1) (`size_multiple`) and refuses others: the official code pads inside
-  its forward, here the caller pads once (the engine and `irtool.tiling.run_padded` reflect-pad and crop back, which
+  its forward, here the caller pads once (the engine and `irtool.restoration.tiling.run_padded` reflect-pad and crop back, which
   gives the official numbers).
 - The official `stage_depth`/`depth_type` options repeat the very same expert computation `depth` times and keep the
   last result; they change neither the weights nor the output, so they are not modelled here.
@@ -960,7 +960,7 @@ class MoCEIR(nn.Module):
         reference: bool = False,
     ) -> MoCEResult:
         """Restore `x` (B, C, H, W); H and W must be multiples of `size_multiple` (pad with
-        `irtool.tiling.pad_to_multiple`, or call `irtool.tiling.run_padded`).
+        `irtool.restoration.tiling.pad_to_multiple`, or call `irtool.restoration.tiling.run_padded`).
 
         routing: impose these experts and gates instead of routing (e.g. the routing of a whole image, for its tiles).
         dense: run every expert on every image (gates 0 for the unchosen ones); same result, for benchmarks.
@@ -977,7 +977,7 @@ class MoCEIR(nn.Module):
         m = self.config.size_multiple
         if h % m or w % m:
             raise ValueError(
-                f"MoCE-IR: input {w}x{h} px is not a multiple of {m} px; pad it first (irtool.tiling.pad_to_multiple)"
+                f"MoCE-IR: input {w}x{h} px is not a multiple of {m} px; pad it first (irtool.restoration.tiling.pad_to_multiple)"
             )
         fast = not reference
         state = _Pass(

@@ -9,7 +9,7 @@ spec holds the second file and how the two become one model.
 
 The model contract every architecture's model class keeps: a `spec` property (this architecture's `SPEC`), a
 `config` with `to_dict()`, `run(x, routing=None, *, dense=False) -> result with .output and .routing` for H and W
-multiples of the size multiple (anything else is refused; the engine and `irtool.tiling` pad), and `route(x)`
+multiples of the size multiple (anything else is refused; the engine and `irtool.restoration.tiling` pad), and `route(x)`
 when `capabilities.routing` says it routes.
 Imports torch.
 """

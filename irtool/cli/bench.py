@@ -53,10 +53,10 @@ def bench(
     if gpu is not None and device != "auto":
         raise typer.BadParameter("give --gpu or --device, not both", param_hint="--gpu")
     from .. import bench as bench_mod
-    from .. import runtime
+    from ..devices import speed
     from ..loading import load_model, resolve_device
 
-    tuned = runtime.tune_cpu_allocator() if tune_allocator else False
+    tuned = speed.tune_cpu_allocator() if tune_allocator else False
     import torch
 
     if threads is not None:

@@ -71,8 +71,8 @@ def calibrate(
     """
     from ..calibrate import calibration_path, clean_photos
     from ..degrade import LEVEL_NAMES
-    from ..engine import Restorer
-    from ..jobs import RestoreOptions
+    from ..restoration.engine import Restorer
+    from ..restoration.planning import RestoreOptions
 
     wanted = [c.strip() for c in classes.split(",") if c.strip()]
     level_list = [lv.strip() for lv in levels.split(",") if lv.strip()]

@@ -43,7 +43,7 @@ def degrade(
     """Make test images: add seeded synthetic noise, rain, haze, blur, low light or JPEG artefacts."""
     from ..degrade import resolve_level
     from ..images import files as io
-    from ..jobs import expand_inputs
+    from ..restoration.planning import expand_inputs
 
     try:
         resolve_level(kind.value, level)

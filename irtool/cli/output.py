@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from .. import jsonout
+from .. import finite_json
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -86,4 +86,4 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def echo_json(obj: Any) -> None:
     """`obj` as one line of JSON on stdout (non-finite numbers as null, so every parser reads it)."""
-    typer.echo(jsonout.dumps(obj))
+    typer.echo(finite_json.dumps(obj))

@@ -183,8 +183,8 @@ def restore(
 
     Reports what the router saw in each image: experts per layer, and a degradation name once the checkpoint is calibrated with `irtool calibrate`. Exit status 1 if any image failed.
     """
-    from .. import video
-    from ..jobs import RestoreOptions, split_restore_paths
+    from ..restoration import video
+    from ..restoration.planning import RestoreOptions, split_restore_paths
     from ..shard import world_size
 
     inputs, out_dir = split_restore_paths(paths)
@@ -255,7 +255,7 @@ def _plan(inputs: list[str], out_dir: str, options: Any, dry_run: bool) -> tuple
     from ..shard import world_size
 
     if world_size() == 1:
-        from ..jobs import plan
+        from ..restoration.planning import plan
 
         return None, plan(inputs, out_dir, options), options
     from ..distributed_run import RankedRestore
@@ -273,7 +273,7 @@ def _print_dry_run(jobs: list[Any], as_json: bool) -> int:
     """What each job would do (write, skip, exists, error) and each video's streams; 1 if any is an error."""
     from dataclasses import replace
 
-    from .. import video
+    from ..restoration import video
 
     any_error = False
     for job in jobs:
@@ -350,7 +350,7 @@ def _run(jobs: list[Any], options: Any, video_options: Any, ranked: Any, *, as_j
 
     from rich.progress import Progress
 
-    from .. import video
+    from ..restoration import video
 
     err = output.stderr()
     video_jobs = [job for job in jobs if video.is_video(job.src)]
@@ -410,13 +410,13 @@ def _load(jobs: list[Any], video_jobs: list[Any], options: Any, ranked: Any, tic
             output.note(note)
         return restorer, ranked.reports(restorer, arrived=tick)
     if any(not (job.error or job.skip) for job in jobs + video_jobs):
-        from ..engine import Restorer, restore_files
+        from ..restoration.engine import Restorer, restore_files
 
         restorer = Restorer.load(options)
         for note in restorer.notes:
             output.note(note)
         return restorer, restore_files(jobs, restorer)
-    from ..jobs import report_unrunnable
+    from ..restoration.planning import report_unrunnable
 
     return None, (report_unrunnable(job) for job in jobs)  # nothing to run: no model to load
 
@@ -450,8 +450,8 @@ def _within(progress: Any, reports: Iterator[Any]) -> Iterator[Any]:
 
 def _print_summary(outcome: _Outcome, *, as_json: bool, quiet: bool) -> int:
     """The closing table (not with --json or --quiet) and the summary line on stderr; returns the failure count."""
-    from ..jobs import EXISTS_HINT
-    from ..video import VideoReport, shots_table
+    from ..restoration.planning import EXISTS_HINT
+    from ..restoration.video import VideoReport, shots_table
 
     reports = outcome.reports
     failed = sum(r.failed for r in reports)

@@ -15,7 +15,7 @@ the paper's figure for the checkpoint (from the manifest), the protocol and ever
 reduced precision, a subset of images), the realisation of the test noise, and how often the router picked each
 expert in each layer (or each class, for classifier-routed models).
 
-Imports torch, numpy, irtool.evaluation.metrics and .datasets, irtool.images (pixels, tensors, files) and irtool.policy.
+Imports torch, numpy, irtool.evaluation.metrics and .datasets, irtool.images (pixels, tensors, files) and irtool.devices.policy.
 """
 
 from __future__ import annotations
@@ -37,16 +37,16 @@ from torch import nn
 
 from .._version import __version__
 from ..archs.spec import spec_of
+from ..devices.policy import EXPLICIT_PRECISIONS, autocast, check_precision, precision_name, resolve_precision
 from ..errors import IrtoolError
 from ..images import pixels
 from ..images.files import write_bytes_atomic
 from ..images.tensors import channels_first, from_tensor, to_tensor
-from ..policy import EXPLICIT_PRECISIONS, autocast, check_precision, precision_name, resolve_precision
-from ..tiling import run_padded
+from ..restoration.tiling import run_padded
 from . import datasets as ds
 from . import metrics
 
-#: --precision: the names that say what runs (irtool.policy decides what each means on a device)
+#: --precision: the names that say what runs (irtool.devices.policy decides what each means on a device)
 PRECISIONS = EXPLICIT_PRECISIONS
 NOISE_STREAMS = ("shared", "fresh")
 #: --save-format: how restored images are written. The protocols score the float output, so only a float32 TIFF
@@ -242,7 +242,7 @@ class EvalReport:
 
 def _finite(obj: Any) -> Any:
     """JSON has no inf/nan: infinite PSNR (identical images) becomes the string "inf", NaN null."""
-    from ..jsonout import finite
+    from ..finite_json import finite
 
     return finite(obj, infinity="inf")
 
@@ -403,8 +403,8 @@ def _saved(restored: torch.Tensor, save_format: str) -> np.ndarray:
 
 def _tiled_restorer(model: nn.Module, options: EvalOptions, device: torch.device) -> Any:
     """The restore engine, for --tile: the same tiles, blending and shared routing as `irtool restore`."""
-    from ..engine import Restorer
-    from ..jobs import RestoreOptions
+    from ..restoration.engine import Restorer
+    from ..restoration.planning import RestoreOptions
 
     return Restorer(model, RestoreOptions(tile=options.tile, precision=options.precision), device=device)
 
@@ -413,7 +413,7 @@ def _dataset_report(
     located: ds.Located, protocol: metrics.Protocol, options: EvalOptions, reported: dict | None, precision: str
 ) -> DatasetReport:
     """A dataset's report before its images: protocol, layout, the paper's figure, and every departure (precision:
-    what runs, as irtool.policy resolved the option)."""
+    what runs, as irtool.devices.policy resolved the option)."""
     spec = located.spec
     crop = protocol.crop_multiple if spec.crop else None
     report = DatasetReport(
@@ -455,7 +455,7 @@ def _dataset_report(
 
 
 def _check_run(model: nn.Module, options: EvalOptions, device: torch.device) -> tuple[torch.dtype | None, list[str]]:
-    """The options' one-line errors before anything runs; the autocast dtype and the notes about it (irtool.policy)."""
+    """The options' one-line errors before anything runs; the autocast dtype and the notes about it (irtool.devices.policy)."""
     check_precision(options.precision, PRECISIONS)
     if options.noise_stream not in NOISE_STREAMS:
         raise IrtoolError(f"--noise-stream {options.noise_stream}: one of {', '.join(NOISE_STREAMS)}")

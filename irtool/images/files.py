@@ -33,10 +33,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .. import safe_paths
 from ..errors import ImageError, IrtoolError, first_line
 from . import pixels as px
-from . import tiff
+from . import safe_paths, tiff
 from .pixels import luma
 
 # OpenCV logs decoder trouble on stderr; irtool reports it as one line of its own instead.
@@ -437,8 +436,8 @@ _FILE_SLACK = 64 << 20
 
 
 def resolve_max_megapixels(max_megapixels: float | None) -> float:
-    """The limit to apply: the given one, or the machine's default (see irtool.memory)."""
-    from ..memory import default_max_megapixels
+    """The limit to apply: the given one, or the machine's default (see irtool.images.memory)."""
+    from .memory import default_max_megapixels
 
     return default_max_megapixels() if max_megapixels is None else float(max_megapixels)
 
@@ -765,7 +764,7 @@ def _encode(
 
 def publish(tmp: Path, path: Path, overwrite: bool, *, error: type[IrtoolError] = ImageError) -> None:
     """Move a finished temp file into place; without `overwrite`, never replace an existing file (even in a race):
-    then `error` says it exists. Used for images here and for videos by irtool.video."""
+    then `error` says it exists. Used for images here and for videos by irtool.restoration.video."""
     if overwrite:
         os.replace(tmp, path)
         return

@@ -50,7 +50,7 @@ def _model_info(restorer: Any) -> dict[str, Any]:
         return {"source": "none loaded (nothing to restore)", "arch": None, "parameters": None, "fingerprint": None}
     from ..archs.spec import spec_of
     from ..calibrate import fingerprint
-    from ..policy import precision_name
+    from ..devices.policy import precision_name
 
     model = restorer.model
     spec = spec_of(model)

@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from ..devices.policy import autocast, resolve_precision
+from ..devices.processes import Dist, all_reduce_sum, barrier, broadcast_object, gather_objects, setup, teardown
 from ..errors import CheckpointError, IrtoolError
-from ..policy import autocast, resolve_precision
-from ..tiling import run_padded
+from ..restoration.tiling import run_padded
 from . import checkpoint, losses
-from .distributed import Dist, all_reduce_sum, barrier, broadcast_object, gather_objects, setup, teardown
 from .models import MoCEForward, build_network, forward_module, load_router, restorer, router_views_spec
 from .presets import TrainConfig, absolute_paths, recipe_changes, saved_config
 from .reweight import ArtReweighter
@@ -149,7 +149,7 @@ class Trainer:
         if self.channels_last:
             # Module.to takes memory_format at run time; torch's overloads for it omit the keyword
             self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        # irtool.policy's rules, as for every command: auto is bf16 on a CUDA GPU that has it, else fp32
+        # irtool.devices.policy's rules, as for every command: auto is bf16 on a CUDA GPU that has it, else fp32
         self.autocast_dtype, self.precision_notes = resolve_precision(config.precision, self.device)
 
         self.forward_module = forward_module(self.net, self.router, config, distributed=ctx.enabled)

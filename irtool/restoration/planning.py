@@ -1,7 +1,7 @@
 """Planning a restore run, without torch: the options, and inputs (files, folders, globs) expanded into jobs.
 
 `irtool restore --dry-run` and `irtool degrade` use this module alone, so they start instantly; the engine
-(irtool.engine, which re-exports these names) runs the jobs.
+(irtool.restoration.engine, which re-exports these names) runs the jobs.
 
 Imports the standard library and irtool.images.files only.
 """
@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import safe_paths
-from .errors import IrtoolError, UsageError
-from .images import files as io
-from .policy import check_precision
+from ..devices.policy import check_precision
+from ..errors import IrtoolError, UsageError
+from ..images import files as io
+from ..images import safe_paths
 
-#: containers irtool.video restores (it re-exports this): kept here so planning needs neither PyAV nor irtool.video
+#: containers irtool.restoration.video restores (it re-exports this): kept here so planning needs neither PyAV nor irtool.restoration.video
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
-#: what a folder walk or a glob picks up: images, and videos (restored by irtool.video)
+#: what a folder walk or a glob picks up: images, and videos (restored by irtool.restoration.video)
 INPUT_SUFFIXES = io.IMAGE_SUFFIXES | VIDEO_SUFFIXES
 
 
@@ -48,7 +48,9 @@ class RestoreOptions:
     quality: int = 95  #: JPEG / WebP quality
     overwrite: bool = False
     skip_existing: bool = False
-    max_megapixels: float | None = None  #: refuse larger images; None: from this machine's memory (irtool.memory)
+    max_megapixels: float | None = (
+        None  #: refuse larger images; None: from this machine's memory (irtool.images.memory)
+    )
     workers: int = 2  #: decoding and encoding threads
 
     def check(self) -> None:
@@ -202,7 +204,7 @@ def plan(inputs: Sequence[str | Path], out_dir: str | Path, options: RestoreOpti
     - an existing output is skipped with `skip_existing`, replaced with `overwrite`, else left as it is (status
       "exists", not a failure);
     - two inputs that would write the same output: the second is refused;
-    - special files, broken or looping links and unreadable folders are refused one by one (see irtool.safe_paths).
+    - special files, broken or looping links and unreadable folders are refused one by one (see irtool.images.safe_paths).
     """
     options = options or RestoreOptions()
     out_dir = Path(out_dir)

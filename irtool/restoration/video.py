@@ -25,7 +25,7 @@ A frame the decoder cannot decode (or marks corrupt) is reported and replaced by
 is written under a temp name and renamed when complete: an interruption leaves nothing, or with `keep_partial` a
 playable `<name>.partial<ext>` holding the frames done.
 
-Imports the standard library, numpy and irtool.jobs (the report and the file suffixes) at import time; PyAV, torch
+Imports the standard library, numpy and irtool.restoration.planning (the report and the file suffixes) at import time; PyAV, torch
 and the engine only inside the functions that need them.
 """
 
@@ -49,12 +49,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import IrtoolError, first_line
-from .images.pixels import from_float
-from .jobs import VIDEO_SUFFIXES, RestoreReport
+from ..errors import IrtoolError, first_line
+from ..images.pixels import from_float
+from .planning import VIDEO_SUFFIXES, RestoreReport
 
 if TYPE_CHECKING:
-    from .archs.spec import RoutingRecord
+    from ..archs.spec import RoutingRecord
 
 #: --video-codec names -> the FFmpeg encoder PyAV's wheel bundles
 ENCODERS = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1", "ffv1": "ffv1"}
@@ -523,7 +523,7 @@ class Analysis:
 
 def analyse(path: Path, restorer: Any, video: VideoOptions, progress: Callable[[int], None] | None = None) -> Analysis:
     """Pass 1: decode the restored range once, find the cuts, count frames, and (shot routing) route each shot."""
-    from .images.tensors import to_tensor
+    from ..images.tensors import to_tensor
 
     src = _Source.open(path)
     shots: list[Shot] = []
@@ -887,7 +887,7 @@ def restore_video(
 
     Pass 1 (`analyse`) finds the shots; pass 2 decodes again in a reader thread, restores batches of one shot's
     frames here (`_FramePass`) and encodes in a writer thread (`_Writer`) into a temp file published at the end."""
-    from .images import files as io
+    from ..images import files as io
 
     video.check()
     if not video.route_per_frame and not restorer.spec.capabilities.imposed_routing:
@@ -957,7 +957,7 @@ def _new_report(
     src_path: Path, dst: Path, src: _Source, analysis: Analysis, restorer: Any, video: VideoOptions
 ) -> VideoReport:
     """The report as pass 2 starts: what pass 1 found and how the video will be restored."""
-    from .policy import precision_name
+    from ..devices.policy import precision_name
 
     report = VideoReport(input=str(src_path), output=str(dst), width=analysis.width, height=analysis.height)
     report.routing = "per-frame" if video.route_per_frame else "shot"
@@ -972,7 +972,7 @@ def _new_report(
 def _temp_beside(dst: Path, src: _Source) -> Path:
     """A new hidden temp file in `dst`'s folder, with the mode a new file gets; VideoError (closing `src`) if the
     folder cannot be written."""
-    from .images import files as io
+    from ..images import files as io
 
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -990,7 +990,7 @@ def _read_events(
 ) -> None:
     """Pass 2's reader thread: decoded frames (as 8/16-bit `Image`s), damaged-frame markers and audio packets into
     `events`, then None; an exception is handed over in `errors`. Stops when `stop` is set."""
-    from .images import files as io
+    from ..images import files as io
 
     def put(item: Any) -> bool:
         while not stop.is_set():

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import IrtoolError
 from . import policy
-from .errors import IrtoolError
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -62,12 +62,12 @@ def release_cpu_memory() -> None:
 
 
 def precision_dtype(precision: str) -> torch.dtype:
-    """The dtype of an explicit precision name (fp32, bf16, fp16; see irtool.policy); IrtoolError for others."""
+    """The dtype of an explicit precision name (fp32, bf16, fp16; see irtool.devices.policy); IrtoolError for others."""
     return policy.dtype_of(precision, label=f"precision {precision!r}")
 
 
 def autocast(device: torch.device, precision: str, *, cache: bool = True) -> ContextManager:
-    """Mixed precision for an explicit `precision` on `device` as irtool.policy decides it: convolutions and matmuls
+    """Mixed precision for an explicit `precision` on `device` as irtool.devices.policy decides it: convolutions and matmuls
     in bf16/fp16, normalisations and softmax in fp32 (torch.autocast's lists); fp32 runs as is. `cache=False` for
     CUDA graph capture."""
     precision_dtype(precision)  # only explicit names: a benchmark row measures one precision
@@ -102,7 +102,7 @@ def compile_run(model: nn.Module, *, mode: str | None = None) -> Callable[..., A
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
     dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 1024)
     inductor_config.freezing = True
-    from .archs.spec import restoring
+    from ..archs.spec import restoring
 
     return torch.compile(restoring(model).run, dynamic=False, mode=mode)
 
@@ -137,7 +137,7 @@ class CudaGraphRun:
             if not bool((host == host[:1]).all()):
                 raise IrtoolError("CUDA graphs need the same imposed experts for every image of the batch")
             routing = routing.to(example.device)
-        from .archs.spec import restoring
+        from ..archs.spec import restoring
 
         net = restoring(model)
         self.static_input: Tensor = example.clone()

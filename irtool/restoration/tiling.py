@@ -46,7 +46,7 @@ def run_padded(model: nn.Module, x: Tensor, *, padding: str | None = None, **kwa
     """`model.run(x, **kwargs)` for any H and W: x padded to the model's size multiple (its spec's `padding` unless
     given), the result's output cropped back to H x W. A model whose router is a pass of its own (LoRA-IR) routes
     the image as given and restores the padded one with that routing, as the official code does."""
-    from .archs.spec import restoring, spec_of
+    from ..archs.spec import restoring, spec_of
 
     caps = spec_of(model).capabilities
     net = restoring(model)

@@ -10,7 +10,7 @@ The blending weights and the shared routing (the whole image, area-downscaled to
 by band) are those of `tiling.tiled_forward` and `Restorer._forward`, so the two paths agree to within one step
 of the output's quantization.
 
-Imports numpy, torch, irtool.tiling and irtool.images (pixels, tensors).
+Imports numpy, torch, irtool.restoration.tiling and irtool.images (pixels, tensors).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .images import pixels
-from .images.tensors import from_tensor, to_tensor
+from ..images import pixels
+from ..images.tensors import from_tensor, to_tensor
 from .tiling import plan_tiles, span_weights
 
 #: the tile side used when an image is too large for a whole pass and no --tile was given

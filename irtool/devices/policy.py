@@ -25,7 +25,7 @@ Commands accept the names that make sense for them (`check_precision`): restore,
 eval and bench measure a named precision (no `auto`); training takes auto, bf16 and fp32 (fp16 training would need
 loss scaling).
 
-Imports nothing heavy at import time (irtool.jobs checks names without torch); torch is imported where a device or
+Imports nothing heavy at import time (irtool.restoration.planning checks names without torch); torch is imported where a device or
 dtype is made.
 """
 
@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
-from .errors import IrtoolError
+from ..errors import IrtoolError
 
 if TYPE_CHECKING:
     import torch

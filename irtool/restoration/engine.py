@@ -2,7 +2,7 @@
 
 - `plan(inputs, out_dir, options)` expands files, folders (recursively; the output mirrors the tree) and globs into
   `Job`s and applies the naming and the skip/overwrite rules. Nothing is loaded or written. (It lives in the
-  torch-free irtool.jobs with `RestoreOptions`, so `--dry-run` starts instantly; both are re-exported here.)
+  torch-free irtool.restoration.planning with `RestoreOptions`, so `--dry-run` starts instantly; both are re-exported here.)
 - `Restorer.load(options)` loads the model once (explicit `--weights`, a manifest `--model`, or the default chain),
   picks the device and precision, and finds the routing calibration beside the weights.
 - `Restorer.restore(images)` restores a batch of same-size `io.Image`s: routing, optional tiling with a shared
@@ -33,13 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import policy, weights
-from .archs.spec import Restoring, RoutingRecord, restoring, spec_of
-from .errors import ImageError, IrtoolError, first_line
-from .images import files as io
-from .images.tensors import from_tensor, to_tensor
-from .jobs import Job, RestoreOptions, RestoreReport, expand_inputs, output_path, plan, report_unrunnable
-from .policy import PRECISIONS, resolve_precision  # re-exported: the precision rule is irtool.policy's
+from .. import weights
+from ..archs.spec import Restoring, RoutingRecord, restoring, spec_of
+from ..devices import policy
+from ..devices.policy import PRECISIONS, resolve_precision  # re-exported: the precision rule is irtool.devices.policy's
+from ..errors import ImageError, IrtoolError, first_line
+from ..images import files as io
+from ..images.tensors import from_tensor, to_tensor
+from .planning import Job, RestoreOptions, RestoreReport, expand_inputs, output_path, plan, report_unrunnable
 from .tiling import layout_note, pad_to_multiple, tiled_forward
 
 __all__ = [
@@ -110,7 +111,7 @@ class Outcome:
     precision: str = "fp32"
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
-    #: the tiled path for large images: restored colour already in the image's sample type (see irtool.large)
+    #: the tiled path for large images: restored colour already in the image's sample type (see irtool.restoration.tiled_samples)
     samples: np.ndarray | None = None
 
 
@@ -180,7 +181,7 @@ class Restorer:
         self.notes = list(notes) + setup_notes  #: things to tell the user once per run
         self.learned_tile: int | None = None
         self._told: set[str] = set()  # layout notes already given: once per run, not once per image
-        from .memory import whole_image_pixels
+        from ..images.memory import whole_image_pixels
 
         #: images above this many pixels are restored in tiles from their samples (see `restore_large`)
         self.whole_pixels = whole_image_pixels()
@@ -188,8 +189,8 @@ class Restorer:
     @classmethod
     def load(cls, options: RestoreOptions) -> Restorer:
         """Load the model named by the options (or the default one) once, with its calibration."""
-        from .calibrate import find_calibration
-        from .loading import default_source, load_model, resolve_source
+        from ..calibrate import find_calibration
+        from ..loading import default_source, load_model, resolve_source
 
         options.check()
         notes: list[str] = []
@@ -343,7 +344,7 @@ class Restorer:
         """Restore same-size images in one batch (see the module docstring). Raises OutOfMemory or the model's
         errors for the whole batch; callers isolate failures per image by retrying one by one.
 
-        routing: impose this routing of one image on every image of the batch (whole or tiled; irtool.video gives
+        routing: impose this routing of one image on every image of the batch (whole or tiled; irtool.restoration.video gives
         all frames of a shot one routing), instead of letting each image route itself. It is what gets reported."""
         if not images:
             return []
@@ -396,21 +397,21 @@ class Restorer:
             warnings=list(warnings),
         )
 
-    # -- large images: tiles from the decoded samples (irtool.large), no float copy of the whole image
+    # -- large images: tiles from the decoded samples (irtool.restoration.tiled_samples), no float copy of the whole image
 
     def needs_tiled_samples(self, image: io.Image) -> bool:
         """Whether an image is too large for a whole-image pass (or its float32 copies) in this machine's memory."""
         return image.height * image.width > self.whole_pixels and self.spec.capabilities.tiling.supported
 
     def restore_large(self, image: io.Image) -> Outcome:
-        """Restore one large image tile by tile from `image.pixels` (see irtool.large): the result comes back as
+        """Restore one large image tile by tile from `image.pixels` (see irtool.restoration.tiled_samples): the result comes back as
         samples in the image's type. Same tiling, blending and shared routing as the tiled float path; an
         out-of-memory error halves the tile, as there."""
         started = time.perf_counter()
         notes: list[str] = []
         tile = self._start_tile(image.height, image.width)
         if not tile:
-            from .large import AUTO_TILE
+            from .tiled_samples import AUTO_TILE
 
             tile = AUTO_TILE
             notes.append(
@@ -441,7 +442,7 @@ class Restorer:
 
     def _route_large(self, image: io.Image, notes: list[str]) -> Any:
         """The routing of a large image, decided on its samples area-downscaled to `route_size` (512 when 0)."""
-        from .large import area_downscale
+        from .tiled_samples import area_downscale
 
         if not self.options.route_size:
             notes.append("--route-size 0 (full size) is not possible for an image this large; routed at 512 px")
@@ -453,7 +454,7 @@ class Restorer:
     ) -> tuple[np.ndarray, int, tuple[int, int], torch.dtype | None]:
         """(restored samples, tile count, tile size, the precision that ran) for `restore_large`: every tile at this
         run's precision until one overflows (then fp32 from there on), halving the tile on out-of-memory errors."""
-        from .large import restore_tiled
+        from .tiled_samples import restore_tiled
 
         model, options = self.net, self.options
         multiple = self.multiple
