@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .archs import ARCHS, ArchSpec, spec_of
-from .devices.policy import resolve_device  # re-exported: device choice lives in irtool.devices.policy
+from .devices.policy import resolve_device
 from .errors import CheckpointError, ConfigGuessWarning, UnsafeCheckpointError, first_line
 from .weights import catalogue as weights
 from .weights.catalogue import CHECKPOINT_SUFFIXES

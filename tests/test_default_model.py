@@ -22,6 +22,7 @@ import irtool
 from irtool import loading, weights
 from irtool.degrade import degrade
 from irtool.images import files as image_io
+from irtool.weights.download import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -119,7 +120,7 @@ def test_the_default_ships_inside_the_package_and_matches_the_manifest(entry):
     assert set(files) == {"weights"}, "the default's weights are package data"
     path = files["weights"]
     spec = entry.file_spec("weights")
-    assert weights.sha256_file(path) == spec["sha256"] and path.stat().st_size == spec["size"]
+    assert sha256_file(path) == spec["sha256"] and path.stat().st_size == spec["size"]
     assert path.stat().st_size <= 25 * 1024 * 1024
     assert weights.entry_status(entry).status == "built-in"
     assert Path(f"{path}.calibration.json").is_file(), "a routing calibration ships beside the weights"

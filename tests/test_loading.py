@@ -15,7 +15,8 @@ from helpers import FP32_ATOL, ODD, make_images, random_moce
 import irtool
 from irtool.archs.moce_ir import VARIANTS
 from irtool.errors import CheckpointError, IrtoolError, UnsafeCheckpointError, WeightsNotFoundError
-from irtool.loading import canonicalize, resolve_device
+from irtool.devices.policy import resolve_device
+from irtool.loading import canonicalize
 
 
 class NotAllowed:

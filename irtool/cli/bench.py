@@ -54,7 +54,8 @@ def bench(
         raise typer.BadParameter("give --gpu or --device, not both", param_hint="--gpu")
     from .. import bench as bench_mod
     from ..devices import speed
-    from ..loading import load_model, resolve_device
+    from ..devices.policy import resolve_device
+    from ..loading import load_model
 
     tuned = speed.tune_cpu_allocator() if tune_allocator else False
     import torch

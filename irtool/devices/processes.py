@@ -36,7 +36,7 @@ class Dist:
 
 def setup(device: str | None = None) -> Dist:
     """This process's place in the run; joins the process group when launched by torchrun with WORLD_SIZE > 1."""
-    from ..loading import resolve_device
+    from .policy import resolve_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

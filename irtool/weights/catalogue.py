@@ -75,13 +75,6 @@ def manifest_path() -> Path:
     return packaged if packaged.is_file() else _PACKAGE_DIR.parent / MANIFEST_NAME
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file (see irtool.weights.download, imported here lazily: urllib is slow to import)."""
-    from .download import sha256_file as digest
-
-    return digest(path)
-
-
 def schema_path() -> Path:
     return _PACKAGE_DIR / SCHEMA_NAME
 

@@ -456,9 +456,11 @@ def import_checkpoint(
     config: config fields the tensors cannot show (e.g. {"top_k": 2}, a router's {"num_heads": 3}); checked against
         the tensors and recorded in the copy's metadata, so later loads need not state them again.
     """
+    from .download import sha256_file  # urllib is slow to import: only where a file is hashed
+
     src = checkpoint_file(path)
     entry, name = _import_entry(src, name)
-    source_sha256 = catalogue.sha256_file(src)
+    source_sha256 = sha256_file(src)
     checked = check_checkpoint(src, trust=trust, config=config)
     role, variant = _import_target(entry, checked, role, src, source_sha256)
     entry_name = entry.name if entry is not None else name
@@ -472,9 +474,9 @@ def import_checkpoint(
 
     if entry is not None and (present := entry.local_files().get(role)) is not None:
         record = entry.state().get(role) or {}
-        previous = record.get("source_sha256") or catalogue.sha256_file(present)
+        previous = record.get("source_sha256") or sha256_file(present)
         if previous == source_sha256 and copy.is_file():
-            return imported(record.get("sha256") or catalogue.sha256_file(copy), copy.stat().st_size, entry.local, True)
+            return imported(record.get("sha256") or sha256_file(copy), copy.stat().st_size, entry.local, True)
         if previous != source_sha256 and not force:
             origin = record.get("source") or str(present)
             raise IrtoolError(
@@ -485,7 +487,7 @@ def import_checkpoint(
             present.unlink()  # the fetched original is another file now; keep the cache consistent
     metadata = _metadata(checked, checked.config, name=entry_name, role=role, source=src, source_sha256=source_sha256)
     _write_safetensors(checked.state_dict, metadata, copy)
-    sha256, size = catalogue.sha256_file(copy), copy.stat().st_size
+    sha256, size = sha256_file(copy), copy.stat().st_size
     local = entry is None or entry.local
     record = {"file": copy.name, "how": "imported", "sha256": sha256, "size": size, "source": str(src.resolve()),
               "source_sha256": source_sha256, "time": _now(), "arch": checked.arch,
@@ -567,6 +569,8 @@ def convert(
     loading it strictly; the cache is not touched. The result loads without pickle, and without --trust-checkpoint.
     `dtype` (fp32, fp16, bf16) stores the floating-point tensors in that precision; None keeps them as they are.
     `config`: fields the tensors cannot show (as for `import_checkpoint`), recorded with the rest."""
+    from .download import sha256_file  # urllib is slow to import: only where a file is hashed
+
     if dtype is not None and dtype not in STORE_DTYPES:
         raise IrtoolError(f"--dtype {dtype}: not one of {', '.join(STORE_DTYPES)}")
     src = checkpoint_file(path)
@@ -577,7 +581,7 @@ def convert(
         raise IrtoolError(f"{out}: is the input; choose another output file")
     if out.exists() and not force:
         raise IrtoolError(f"{out}: exists; pass --force to overwrite it")
-    source_sha256 = catalogue.sha256_file(src)
+    source_sha256 = sha256_file(src)
     checked = check_checkpoint(src, trust=trust, config=config)
     role, _ = _role_for(checked.arch)
     name = derive_name(src) or out.stem
@@ -599,7 +603,7 @@ def convert(
         out,
         src,
         source_sha256,
-        catalogue.sha256_file(out),
+        sha256_file(out),
         out.stat().st_size,
         local=False,
     )
@@ -642,8 +646,10 @@ def verify(name: str | None = None, *, trust: bool = False) -> list[Verified]:
 
 
 def _verify_file(entry: Entry, role: str, path: Path, record: Mapping[str, Any], trust: bool) -> Verified:
+    from .download import sha256_file  # urllib is slow to import: only where a file is hashed
+
     spec = entry.file_spec(role) or {}
-    actual = catalogue.sha256_file(path)
+    actual = sha256_file(path)
     is_original = path.name == spec.get("filename") and not entry.local
     if is_original and spec.get("sha256"):
         expected, against = spec["sha256"], "manifest"
