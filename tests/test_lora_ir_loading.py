@@ -15,6 +15,8 @@ import irtool
 from irtool.archs.moce_ir import VARIANTS as MOCE_VARIANTS
 from irtool.cli import app
 from irtool.errors import CheckpointError, WeightsNotFoundError
+from irtool.restoration.engine import Restorer
+from irtool.restoration.planning import RestoreOptions
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,8 @@ def test_a_folder_with_both_files_and_a_cached_manifest_name(files, pair):
     ir, router = files
     model = irtool.load_model(ir.parent, device="cpu")
     _same_outputs(model, _bf16_rounded(pair))
+    restorer = Restorer.load(RestoreOptions(weights=str(ir.parent), device="cpu"))  # --weights FOLDER: both files
+    assert restorer.weights_path == ir and restorer.net.classes == model.classes
 
     from irtool import weights
 
@@ -90,6 +94,8 @@ def test_manifest_class_names_override_the_defaults(files, monkeypatch):
     monkeypatch.setattr(weights.catalogue, "find_entry", lambda name: weights.Entry(entry.name, renamed))
     model = irtool.load_model("lora_ir.setting1", device="cpu")
     assert model.classes == ("desnow", "derain", "deraindrop")
+    restorer = Restorer.load(RestoreOptions(model="lora_ir.setting1", device="cpu"))  # restore resolves it the same
+    assert restorer.net.classes == model.classes and restorer.weights_path == entry.folder / "setting1_ir.pth"
     with torch.no_grad():
         assert model.classify(model.route(make_images(1, 16, 16)))[0][0] in model.classes
     two = {**entry.data, "classes": ["a", "b"]}

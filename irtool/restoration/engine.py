@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import weights
 from ..archs.spec import Restoring, RoutingRecord, restoring, spec_of
 from ..devices import policy
 from ..devices.policy import PRECISIONS, resolve_precision  # re-exported: the precision rule is irtool.devices.policy's
@@ -190,30 +189,22 @@ class Restorer:
     def load(cls, options: RestoreOptions) -> Restorer:
         """Load the model named by the options (or the default one) once, with its calibration."""
         from ..calibrate import find_calibration
-        from ..loading import default_source, load_model, resolve_source
+        from ..loading import default_source, load_model, resolve_model_files
 
         options.check()
         notes: list[str] = []
-        router = options.router
-        if options.weights:
-            path = resolve_source(options.weights)
-            how = str(path)
-        elif options.model:
-            entry = None if Path(options.model).expanduser().exists() else weights.find_entry(options.model)
-            if entry is not None:  # a manifest name: all its files (LoRA-IR brings its router along)
-                files = weights.resolve(options.model)
-                path = files.get("weights") or files.get("ir") or next(iter(files.values()))
-                router = router or (str(files["router"]) if "router" in files else None)
-            else:
-                path = resolve_source(options.model)
-            how = f"{options.model} ({path})"
+        source: str | Path | None = options.weights or options.model
+        if source:  # a file, a folder or a manifest name, resolved as load_model resolves it
+            router = options.router
+            path = resolve_model_files(source, router).main
+            how = str(path) if options.weights else f"{options.model} ({path})"
         else:
-            path, default_router, how = default_source()
-            router = router or (str(default_router) if default_router else None)
+            source, default_router, how = default_source()
+            path, router = source, options.router or (str(default_router) if default_router else None)
             notes.append(f"using {how}")
         device = policy.resolve_device(options.device)
         model = load_model(
-            path,
+            source,
             device=device,
             trust=options.trust,
             router=router,
