@@ -70,7 +70,8 @@ def megabytes(size: int | None, approx: bool = False) -> str:
 
 
 def manifest_path() -> Path:
-    """The manifest shipped in the package (a source checkout keeps it at the top level too)."""
+    """The manifest: inside an installed package (the build copies it there), else at the top of the checkout,
+    its one copy in the source tree."""
     packaged = _PACKAGE_DIR / MANIFEST_NAME
     return packaged if packaged.is_file() else _PACKAGE_DIR.parent / MANIFEST_NAME
 
