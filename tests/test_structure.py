@@ -135,6 +135,20 @@ def test_the_restore_pipeline_imports_nothing_above_it():
     assert not upward, f"the restore pipeline imports from above it: {upward}"
 
 
+def test_the_restore_pipeline_leaves_the_terminal_to_the_cli():
+    # progress bars and tables are the CLI's (irtool.cli.video_display); the pipeline reports through callbacks
+    shown = sorted(
+        f"{name}:{node.lineno}"
+        for name, path in MODULES.items()
+        if name.startswith("irtool.restoration")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for module in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])
+        if module.split(".")[0] in ("rich", "typer", "tqdm")
+    )
+    assert not shown, f"the restore pipeline imports a terminal library: {shown}"
+
+
 def test_inference_does_not_import_the_training_package():
     # only `irtool train` (its command and the package itself) may load the training code
     users = sorted(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import av
 import numpy as np
@@ -18,8 +19,11 @@ from video_fixtures import audio_packets, frame_times, make_clip
 
 from irtool.archs.moce_ir import MoCEResult, Routing
 from irtool.cli import app
-from irtool.restoration import video
 from irtool.restoration.engine import RestoreOptions, Restorer
+from irtool.restoration.video.decode import frame_change
+from irtool.restoration.video.options import VideoError, VideoOptions, require_av
+from irtool.restoration.video.restore import restore_video
+from irtool.restoration.video.shots import Sampler, colour_histogram, cut_score
 
 runner = CliRunner()
 
@@ -90,7 +94,7 @@ def test_restore_keeps_frames_timestamps_rotation_colour_and_audio(tmp_path, cli
 def test_one_routing_per_shot_changes_at_the_cut(tmp_path, clip):
     model = LocalNet()  # expert 1 for bright frames, 0 for dark ones
     restorer = Restorer(model, RestoreOptions(batch_size=4))
-    report = video.restore_video(clip, tmp_path / "o.mp4", restorer, video.VideoOptions())
+    report = restore_video(clip, tmp_path / "o.mp4", restorer, VideoOptions())
     imposed = [r for _, r in model.calls if r is not None]
     assert len(imposed) == 4  # 16 frames in batches of 4, none across the cut
     assert [r.experts[:, 0, 0].tolist() for r in imposed] == [[0] * 4, [0] * 4, [1] * 4, [1] * 4]
@@ -105,23 +109,21 @@ def test_per_frame_routing_flickers_and_shot_routing_does_not(tmp_path):
         means = [f.to_ndarray(format="rgb24").mean() / 255 for f in c.decode(c.streams.video[0])]
     model = ExpertNet(threshold=float(np.median(means)))  # frames fall on both sides of it
     restorer = Restorer(model, RestoreOptions())
-    shot = video.restore_video(noisy, tmp_path / "shot.mkv", restorer, video.VideoOptions(lossless=True))
-    frame = video.restore_video(
-        noisy, tmp_path / "frame.mkv", restorer, video.VideoOptions(lossless=True, route_per_frame=True)
-    )
-    clean_change, n = video.frame_change(clean)
-    shot_change, _ = video.frame_change(tmp_path / "shot.mkv")
-    frame_change, _ = video.frame_change(tmp_path / "frame.mkv")
+    shot = restore_video(noisy, tmp_path / "shot.mkv", restorer, VideoOptions(lossless=True))
+    frame = restore_video(noisy, tmp_path / "frame.mkv", restorer, VideoOptions(lossless=True, route_per_frame=True))
+    clean_change, n = frame_change(clean)
+    shot_change, _ = frame_change(tmp_path / "shot.mkv")
+    per_frame_change, _ = frame_change(tmp_path / "frame.mkv")
     assert n == 24 and shot.shots[0].routings == 1 and frame.shots[0].routings == 2
-    assert frame_change > shot_change + 1  # an expert switch adds ~25 levels to its frame pair (1 of 23 here)
-    input_change, _ = video.frame_change(noisy)
+    assert per_frame_change > shot_change + 1  # an expert switch adds ~25 levels to its frame pair (1 of 23 here)
+    input_change, _ = frame_change(noisy)
     assert abs(shot_change - input_change) < 1.0  # one routing: the change is the content's (and the noise's)
     assert clean_change < shot_change
 
 
 def test_lossless_output_is_the_restored_pixels_exactly(tmp_path, clip):
     restorer = Restorer(LocalNet(), RestoreOptions())
-    report = video.restore_video(clip, tmp_path / "o.mkv", restorer, video.VideoOptions(lossless=True))
+    report = restore_video(clip, tmp_path / "o.mkv", restorer, VideoOptions(lossless=True))
     frames = decoded(tmp_path / "o.mkv")
     src = decoded(clip)
     x = torch.from_numpy(src[3].astype(np.float32) / 255).permute(2, 0, 1)[None]
@@ -140,12 +142,10 @@ def test_interruption_leaves_nothing_or_a_playable_partial_file(tmp_path, clip):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        video.restore_video(clip, tmp_path / "a" / "clip.mp4", restorer, video.VideoOptions(), stop_after)
+        restore_video(clip, tmp_path / "a" / "clip.mp4", restorer, VideoOptions(), stop_after)
     assert list((tmp_path / "a").iterdir()) == []  # no output, no temp file
     with pytest.raises(KeyboardInterrupt):
-        video.restore_video(
-            clip, tmp_path / "b" / "clip.mp4", restorer, video.VideoOptions(keep_partial=True), stop_after
-        )
+        restore_video(clip, tmp_path / "b" / "clip.mp4", restorer, VideoOptions(keep_partial=True), stop_after)
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["clip.partial.mp4"]
     kept = frame_times(tmp_path / "b" / "clip.partial.mp4")
     assert 1 <= len(kept) < 16 and kept == frame_times(clip)[: len(kept)]
@@ -170,7 +170,7 @@ def test_a_damaged_frame_is_reported_and_replaced_by_its_neighbour(tmp_path):
 
 def test_a_segment_starts_at_zero_with_its_audio(tmp_path, clip):
     restorer = Restorer(LocalNet(), RestoreOptions())
-    report = video.restore_video(clip, tmp_path / "s.mp4", restorer, video.VideoOptions(start=0.5, end=1.2))
+    report = restore_video(clip, tmp_path / "s.mp4", restorer, VideoOptions(start=0.5, end=1.2))
     times = frame_times(tmp_path / "s.mp4")
     source = [t for t in frame_times(clip) if 0.5 - 1e-6 <= t < 1.2]
     assert report.frames == len(times) == len(source) and times[0] == 0.0
@@ -222,8 +222,8 @@ def test_codec_choice_moves_to_mkv_when_the_container_cannot_hold_it(tmp_path, c
 
 def test_without_pyav_the_message_names_the_extra(tmp_path, clip, monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)  # import av now raises ImportError
-    with pytest.raises(video.VideoError, match=r"pip install 'irtool\[video\]'"):
-        video.require_av()
+    with pytest.raises(VideoError, match=r"pip install 'irtool\[video\]'"):
+        require_av()
     result = invoke("restore", clip, tmp_path / "out", "--dry-run")
     assert result.exit_code == 1 and "irtool[video]" in result.stdout
 
@@ -231,11 +231,30 @@ def test_without_pyav_the_message_names_the_extra(tmp_path, clip, monkeypatch):
 def test_cut_score_and_sampler_are_bounded():
     a = np.zeros((10, 10, 3), np.uint8)
     b = np.full((10, 10, 3), 255, np.uint8)
-    assert video.cut_score(video.colour_histogram(a), video.colour_histogram(a)) == 0.0
-    assert video.cut_score(video.colour_histogram(a), video.colour_histogram(b)) == 1.0
-    sampler = video._Sampler(5)
+    assert cut_score(colour_histogram(a), colour_histogram(a)) == 0.0
+    assert cut_score(colour_histogram(a), colour_histogram(b)) == 1.0
+    sampler = Sampler(5)
     for k in range(10_000):
         sampler.offer(k, lambda k=k: k)
     assert len(sampler.kept) <= 11 and len(sampler.pick()) == 5
     picked = [k for k, _ in sampler.pick()]
     assert picked == sorted(picked) and picked[0] < 2000 and picked[-1] > 8000
+
+
+def test_the_frame_bar_shows_each_phase_and_goes_when_the_video_is_done():
+    import io
+
+    from rich.console import Console
+
+    from irtool.cli.video_display import FrameBars
+
+    bars = FrameBars(Console(file=io.StringIO(), force_terminal=True), disable=False)
+    with bars.bar(Path("clip.mp4")) as show:
+        show("analyse", 7, None)
+        (task,) = bars.progress.tasks
+        assert task.fields["what"] == "analysing clip.mp4" and task.completed == 7 and task.total is None
+        show("restore", 0, 16)
+        show("restore", 4, 16)
+        assert task.fields["what"] == "restoring clip.mp4" and (task.completed, task.total) == (4, 16)
+        assert task.fields["rate"].endswith(" fps")
+    assert not bars.progress.tasks

@@ -183,8 +183,9 @@ def restore(
 
     Reports what the router saw in each image: experts per layer, and a degradation name once the checkpoint is calibrated with `irtool calibrate`. Exit status 1 if any image failed.
     """
-    from ..restoration import video
     from ..restoration.planning import RestoreOptions, split_restore_paths
+    from ..restoration.video.options import VideoOptions, is_video, parse_time
+    from ..restoration.video.probe import retarget
     from ..shard import world_size
 
     inputs, out_dir = split_restore_paths(paths)
@@ -213,14 +214,14 @@ def restore(
         workers=workers,
     )
     options.check()
-    video_options = video.VideoOptions(
+    video_options = VideoOptions(
         codec=None if video_codec == VideoCodec.auto else video_codec.value,
         crf=crf,
         lossless=lossless,
         route_per_frame=route_per_frame,
         cut_threshold=cut_threshold,
-        start=video.parse_time(start, "--start"),
-        end=video.parse_time(end, "--end"),
+        start=parse_time(start, "--start"),
+        end=parse_time(end, "--end"),
         keep_partial=keep_partial,
     )
     video_options.check()
@@ -233,8 +234,8 @@ def restore(
 
         check_available()  # before any work: a missing Jinja2 is one line naming the extra
     ranked, jobs, options = _plan(inputs, out_dir, options, dry_run)
-    if any(video.is_video(job.src) for job in jobs):
-        jobs = video.retarget(jobs, video_options, overwrite=overwrite, skip_existing=skip_existing)
+    if any(is_video(job.src) for job in jobs):
+        jobs = retarget(jobs, video_options, overwrite=overwrite, skip_existing=skip_existing)
     if dry_run:
         raise typer.Exit(_print_dry_run(jobs, as_json))
     outcome = _run(jobs, options, video_options, ranked, as_json=as_json, quiet=quiet)
@@ -273,12 +274,13 @@ def _print_dry_run(jobs: list[Any], as_json: bool) -> int:
     """What each job would do (write, skip, exists, error) and each video's streams; 1 if any is an error."""
     from dataclasses import replace
 
-    from ..restoration import video
+    from ..restoration.video.options import is_video
+    from ..restoration.video.probe import dry_run_streams
 
     any_error = False
     for job in jobs:
         action = "error" if job.error else "exists" if job.exists else "skip" if job.skip else "write"
-        streams = video.dry_run_streams(job) if action == "write" and video.is_video(job.src) else None
+        streams = dry_run_streams(job) if action == "write" and is_video(job.src) else None
         if isinstance(streams, str):
             action, job = "error", replace(job, error=streams)
             streams = None
@@ -348,29 +350,27 @@ def _run(jobs: list[Any], options: Any, video_options: Any, ranked: Any, *, as_j
     import contextlib
     import itertools
 
-    from rich.progress import Progress
-
-    from ..restoration import video
+    from ..restoration.video.options import is_video
+    from ..restoration.video.restore import VideoReport, restore_videos
+    from .video_display import FrameBars
 
     err = output.stderr()
-    video_jobs = [job for job in jobs if video.is_video(job.src)]
-    jobs = [job for job in jobs if not video.is_video(job.src)]
+    video_jobs = [job for job in jobs if is_video(job.src)]
+    jobs = [job for job in jobs if not is_video(job.src)]
     progress = _image_progress(err, quiet)
     meter = _Meter(progress)
     restorer, stream = _load(jobs, video_jobs, options, ranked, meter.tick)
     meter.start()
-    frames = Progress(
-        *video.video_progress_columns(), console=err, transient=True, disable=quiet or not err.is_terminal
-    )
-    videos = video.restore_videos(video_jobs, restorer, video_options, frames)  # a generator, empty without videos
+    frames = FrameBars(err, disable=quiet or not err.is_terminal)
+    videos = restore_videos(video_jobs, restorer, video_options, frames.bar)  # a generator, empty without videos
     reports = []
     # closing(): on Ctrl-C the engine cancels queued work at once; writes already started finish atomically
     with progress, contextlib.closing(stream):
         meter.task = progress.add_task("restore", total=len(jobs), rate="", visible=bool(jobs))
-        for report in itertools.chain(stream, _after(progress, meter.task), _within(frames, videos)):
+        for report in itertools.chain(stream, _after(progress, meter.task), _within(frames.progress, videos)):
             reports.append(report)
             _show_report(report, progress.console, as_json)
-            if not isinstance(report, video.VideoReport) and ranked is None:
+            if not isinstance(report, VideoReport) and ranked is None:
                 meter.tick(report)
     if ranked is not None:
         ranked.close()
@@ -451,7 +451,8 @@ def _within(progress: Any, reports: Iterator[Any]) -> Iterator[Any]:
 def _print_summary(outcome: _Outcome, *, as_json: bool, quiet: bool) -> int:
     """The closing table (not with --json or --quiet) and the summary line on stderr; returns the failure count."""
     from ..restoration.planning import EXISTS_HINT
-    from ..restoration.video import VideoReport, shots_table
+    from ..restoration.video.restore import VideoReport
+    from .video_display import shots_table
 
     reports = outcome.reports
     failed = sum(r.failed for r in reports)
