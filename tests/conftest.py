@@ -52,8 +52,8 @@ def reference() -> Path:
 @pytest.fixture
 def no_builtin_default(monkeypatch):
     """The manifest as if no default model shipped: for tests of what happens without one."""
-    from irtool import weights
+    from irtool.weights import catalogue
 
-    manifest = {**weights.load_manifest(), "default": None}
-    monkeypatch.setattr(weights.catalogue, "load_manifest", lambda: manifest)
+    manifest = {**catalogue.load_manifest(), "default": None}
+    monkeypatch.setattr(catalogue, "load_manifest", lambda: manifest)
     return manifest

@@ -114,9 +114,9 @@ def test_expand_families_settings_and_unknown_names():
 
 
 def test_registry_is_complete_and_keyed_like_the_manifest():
-    from irtool import weights
+    from irtool.weights import catalogue
 
-    for entry in weights.entries():
+    for entry in catalogue.entries():
         for key in entry.data.get("reported") or {}:
             assert key == "average" or key in ds.DATASETS, key
     for name in (

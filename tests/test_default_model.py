@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 import irtool
-from irtool import loading, weights
+from irtool import loading
 from irtool.degrade import degrade
 from irtool.images import files as image_io
+from irtool.weights import catalogue
 from irtool.weights.download import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,9 +73,9 @@ BEHIND_CLASSICAL = {
 
 
 @pytest.fixture(scope="module")
-def entry() -> weights.Entry:
-    name = weights.load_manifest()["default"]
-    found = weights.find_entry(name)
+def entry() -> catalogue.Entry:
+    name = catalogue.load_manifest()["default"]
+    found = catalogue.find_entry(name)
     assert found is not None, f"the manifest's default {name!r} is not an entry"
     return found
 
@@ -84,7 +85,7 @@ def model(entry):
     return irtool.load_model(entry.name, device="cpu")
 
 
-def heldout_photo(entry: weights.Entry, stem: str) -> np.ndarray:
+def heldout_photo(entry: catalogue.Entry, stem: str) -> np.ndarray:
     """A held-out photo as the manifest records it (package and path inside it), from the installed wheel."""
     record = next(r for r in entry.data["training"]["heldout"] if Path(r["path"]).stem == stem)
     package, relative = record["path"].split("/", 1)
@@ -122,7 +123,7 @@ def test_the_default_ships_inside_the_package_and_matches_the_manifest(entry):
     spec = entry.file_spec("weights")
     assert sha256_file(path) == spec["sha256"] and path.stat().st_size == spec["size"]
     assert path.stat().st_size <= 25 * 1024 * 1024
-    assert weights.entry_status(entry).status == "built-in"
+    assert catalogue.entry_status(entry).status == "built-in"
     assert Path(f"{path}.calibration.json").is_file(), "a routing calibration ships beside the weights"
     training = entry.data["training"]
     trained_on = {(i["package"], i["path"]) for i in training["images"]}
@@ -228,11 +229,11 @@ def test_restore_with_no_model_options_uses_the_default_on_the_examples(tmp_path
 def test_the_built_in_default_wins_over_a_cached_official_checkpoint(tmp_path):
     from restore_fixtures import tiny_checkpoint
 
-    folder = weights.cache_dir() / "moce_ir.aio5"
+    folder = catalogue.cache_dir() / "moce_ir.aio5"
     folder.mkdir(parents=True)
     tiny_checkpoint(folder, name="last.ckpt")
     path, router, how = loading.default_source()
-    assert "irtool.default" in how and path == weights.find_entry("irtool.default").packaged_files()["weights"]
+    assert "irtool.default" in how and path == catalogue.find_entry("irtool.default").packaged_files()["weights"]
 
 
 def test_fetching_the_built_in_model_says_it_is_built_in(entry):
@@ -242,4 +243,4 @@ def test_fetching_the_built_in_model_says_it_is_built_in(entry):
 
     result = CliRunner().invoke(app, ["weights", "fetch", entry.name])
     assert result.exit_code == 0 and f"{entry.name} (weights): built into irtool" in result.stdout
-    assert not weights.cache_dir().exists() or not any(weights.cache_dir().rglob("*.safetensors"))
+    assert not catalogue.cache_dir().exists() or not any(catalogue.cache_dir().rglob("*.safetensors"))

@@ -13,13 +13,14 @@ from helpers import random_moce
 from restore_fixtures import LOCAL_SPEC, LocalNet, photo, tiny_checkpoint, tree_hashes
 
 import irtool
-from irtool import loading, weights
+from irtool import loading
 from irtool.archs.lora_ir import LoRARouting
 from irtool.archs.moce_ir import VARIANTS
 from irtool.archs.spec import Classifier, RoutingReport
 from irtool.errors import IrtoolError, WeightsNotFoundError
 from irtool.images import files as io
 from irtool.restoration import engine
+from irtool.weights import catalogue
 
 
 def as_image(array: np.ndarray) -> io.Image:
@@ -265,7 +266,7 @@ def test_interrupting_a_run_leaves_only_complete_files(tmp_path):
 
 
 def test_default_model_chain(tmp_path, monkeypatch, no_builtin_default):
-    ranked = [e.name for e in weights.rank_entries(weights.entries())]
+    ranked = [e.name for e in catalogue.rank_entries(catalogue.entries())]
     # AIO5 (noise, rain, haze, blur, low light) before AIO3 before CDD11 (weather, no noise); full before S
     assert ranked[:6] == [
         "moce_ir.aio5",
@@ -280,12 +281,12 @@ def test_default_model_chain(tmp_path, monkeypatch, no_builtin_default):
     message = str(info.value)
     assert "irtool weights fetch moce_ir.aio5" in message and "--weights" in message and "\n" not in message
 
-    folder = weights.cache_dir() / "moce_ir_s.aio3"
+    folder = catalogue.cache_dir() / "moce_ir_s.aio3"
     folder.mkdir(parents=True)
     tiny_checkpoint(folder, name="last.ckpt")
     path, router, how = loading.default_source()
     assert path == folder / "last.ckpt" and router is None and "moce_ir_s.aio3" in how
-    better = weights.cache_dir() / "moce_ir_s.aio5"
+    better = catalogue.cache_dir() / "moce_ir_s.aio5"
     better.mkdir(parents=True)
     tiny_checkpoint(better, name="last.ckpt")
     assert loading.default_source()[0] == better / "last.ckpt"
@@ -295,7 +296,7 @@ def test_default_model_chain(tmp_path, monkeypatch, no_builtin_default):
     (package / "models").mkdir(parents=True)
     packaged = package / "models" / "default.safetensors"
     packaged.write_bytes(b"x")
-    monkeypatch.setattr(weights.catalogue, "_PACKAGE_DIR", package)
+    monkeypatch.setattr(catalogue, "_PACKAGE_DIR", package)
     manifest = no_builtin_default
     entry = {
         "arch": "moce_ir",
@@ -313,7 +314,7 @@ def test_default_model_chain(tmp_path, monkeypatch, no_builtin_default):
         ],
     }
     manifest = {**manifest, "default": "test.default", "models": {"test.default": entry, **manifest["models"]}}
-    monkeypatch.setattr(weights.catalogue, "load_manifest", lambda: manifest)
+    monkeypatch.setattr(catalogue, "load_manifest", lambda: manifest)
     path, router, how = loading.default_source()
     assert path == packaged and router is None and "test.default" in how
     # a default whose file is missing falls back to the ranked cache

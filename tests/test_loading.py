@@ -14,8 +14,8 @@ from helpers import FP32_ATOL, ODD, make_images, random_moce
 
 import irtool
 from irtool.archs.moce_ir import VARIANTS
-from irtool.errors import CheckpointError, IrtoolError, UnsafeCheckpointError, WeightsNotFoundError
 from irtool.devices.policy import resolve_device
+from irtool.errors import CheckpointError, IrtoolError, UnsafeCheckpointError, WeightsNotFoundError
 from irtool.loading import canonicalize
 
 
@@ -255,9 +255,9 @@ def test_unknown_and_undownloaded_names():
 
 
 def test_a_cached_name_loads(tmp_path):
-    from irtool import weights
+    from irtool.weights import catalogue
 
-    entry = weights.find_entry("moce_ir.aio5")
+    entry = catalogue.find_entry("moce_ir.aio5")
     entry.folder.mkdir(parents=True)
     _save(random_moce(VARIANTS["tiny"]).state_dict(), entry.folder / "last.ckpt", "lightning")
     assert irtool.load_model("moce_ir.aio5", device="cpu").config == VARIANTS["tiny"]

@@ -69,9 +69,9 @@ def test_a_folder_with_both_files_and_a_cached_manifest_name(files, pair):
     restorer = Restorer.load(RestoreOptions(weights=str(ir.parent), device="cpu"))  # --weights FOLDER: both files
     assert restorer.weights_path == ir and restorer.net.classes == model.classes
 
-    from irtool import weights
+    from irtool.weights import catalogue
 
-    entry = weights.find_entry("lora_ir.setting1")
+    entry = catalogue.find_entry("lora_ir.setting1")
     entry.folder.mkdir(parents=True)
     shutil.copy(ir, entry.folder / "setting1_ir.pth")
     with pytest.raises(WeightsNotFoundError, match="setting1_router.pth missing"):
@@ -83,15 +83,15 @@ def test_a_folder_with_both_files_and_a_cached_manifest_name(files, pair):
 
 
 def test_manifest_class_names_override_the_defaults(files, monkeypatch):
-    from irtool import weights
+    from irtool.weights import catalogue
 
     ir, router = files
-    entry = weights.find_entry("lora_ir.setting1")
+    entry = catalogue.find_entry("lora_ir.setting1")
     entry.folder.mkdir(parents=True)
     shutil.copy(ir, entry.folder / "setting1_ir.pth")
     shutil.copy(router, entry.folder / "setting1_router.pth")
     renamed = {**entry.data, "classes": ["desnow", "derain", "deraindrop"]}
-    monkeypatch.setattr(weights.catalogue, "find_entry", lambda name: weights.Entry(entry.name, renamed))
+    monkeypatch.setattr(catalogue, "find_entry", lambda name: catalogue.Entry(entry.name, renamed))
     model = irtool.load_model("lora_ir.setting1", device="cpu")
     assert model.classes == ("desnow", "derain", "deraindrop")
     restorer = Restorer.load(RestoreOptions(model="lora_ir.setting1", device="cpu"))  # restore resolves it the same
@@ -99,7 +99,7 @@ def test_manifest_class_names_override_the_defaults(files, monkeypatch):
     with torch.no_grad():
         assert model.classify(model.route(make_images(1, 16, 16)))[0][0] in model.classes
     two = {**entry.data, "classes": ["a", "b"]}
-    monkeypatch.setattr(weights.catalogue, "find_entry", lambda name: weights.Entry(entry.name, two))
+    monkeypatch.setattr(catalogue, "find_entry", lambda name: catalogue.Entry(entry.name, two))
     with pytest.raises(CheckpointError, match="manifest names 2 classes but the router has 3"):
         irtool.load_model("lora_ir.setting1", device="cpu")
 

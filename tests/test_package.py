@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 import irtool
-from irtool import weights
+from irtool.weights import catalogue
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_manifest_is_valid_json_and_kept_once():
     top = json.loads((REPO / "weights_manifest.json").read_text())
-    assert weights.catalogue.manifest_path() == REPO / "weights_manifest.json"  # a checkout reads the top-level file
+    assert catalogue.manifest_path() == REPO / "weights_manifest.json"  # a checkout reads the top-level file
     assert not list((REPO / "irtool").rglob("weights_manifest.json")), "one copy in the source tree, at the top"
     assert top["models"], "the manifest lists checkpoints"
     for name, entry in top["models"].items():

@@ -295,10 +295,10 @@ def test_calibrate_then_restore_names_the_degradation(tmp_path, checkpoint):
 
 
 def test_manifest_names_and_the_default_model_come_from_the_cache(tmp_path, no_builtin_default):
-    from irtool import weights
+    from irtool.weights import catalogue
 
     save(tmp_path / "a.png", photo(16, 16))
-    folder = weights.cache_dir() / "moce_ir_s.aio3"
+    folder = catalogue.cache_dir() / "moce_ir_s.aio3"
     folder.mkdir(parents=True)
     tiny_checkpoint(folder, name="last.ckpt")
     named = invoke("restore", tmp_path / "a.png", tmp_path / "out1", "-m", "MoCE_IR_S_AIO3", "--json")

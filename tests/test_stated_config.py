@@ -193,9 +193,9 @@ def test_the_command_line_states_fields_and_an_import_records_them(unreleased_pa
     assert got.exit_code == 0, got.output
     from safetensors import safe_open
 
-    from irtool import weights
+    from irtool.weights import catalogue
 
-    copy = weights.find_entry("my-router").local_files()["router"]
+    copy = catalogue.find_entry("my-router").local_files()["router"]
     with safe_open(str(copy), "pt") as f:
         assert json.loads(f.metadata()["irtool.config"])["num_heads"] == 3
     with warnings.catch_warnings():

@@ -19,7 +19,6 @@ from local_server import LocalServer, without_proxies
 from typer.testing import CliRunner
 
 import irtool
-from irtool import weights
 from irtool.archs.moce_ir import VARIANTS
 from irtool.cli import app
 from irtool.errors import (
@@ -30,6 +29,7 @@ from irtool.errors import (
     UnsafeCheckpointError,
     WeightsNotFoundError,
 )
+from irtool.weights import catalogue, store
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -134,15 +134,15 @@ class FakeManifest:
 
     def write(self) -> None:
         self.path.write_text(json.dumps(self.data))
-        weights.load_manifest.cache_clear()
+        catalogue.load_manifest.cache_clear()
 
 
 @pytest.fixture
 def manifest(tmp_path, monkeypatch):
     test = FakeManifest(tmp_path / "manifest.json")
-    monkeypatch.setattr(weights.catalogue, "manifest_path", lambda: test.path)
+    monkeypatch.setattr(catalogue, "manifest_path", lambda: test.path)
     yield test
-    weights.load_manifest.cache_clear()
+    catalogue.load_manifest.cache_clear()
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def server(monkeypatch):
 
 def _validator():
     jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is a test dependency (pip install -e '.[test]')")
-    schema = json.loads(weights.schema_path().read_text())
+    schema = json.loads(catalogue.schema_path().read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
 
@@ -239,13 +239,13 @@ def test_manifest_facts_the_schema_cannot_state():
     assert lora["classes"] == ["snow", "rain", "raindrop"]
 
 
-def test_schema_and_manifest_are_package_data():
+def test_the_schema_is_package_data():
+    # the manifest is kept at the top and copied in by the build: tests/test_package.py builds the package to check
     from irtool.train.presets import toml_loads
 
     patterns = toml_loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["irtool"]
-    for name in (weights.SCHEMA_NAME, weights.MANIFEST_NAME):
-        assert (REPO / "irtool" / name).is_file() and any(fnmatch(name, p) for p in patterns), name
-    assert (REPO / "irtool" / weights.MANIFEST_NAME).resolve() == (REPO / weights.MANIFEST_NAME).resolve()
+    name = catalogue.SCHEMA_NAME
+    assert (REPO / "irtool" / name).is_file() and any(fnmatch(name, p) for p in patterns), name
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -255,33 +255,33 @@ def test_schema_and_manifest_are_package_data():
 def test_fetch_downloads_checks_and_records(manifest, server, tiny_ckpt):
     server.file("/last.ckpt", tiny_ckpt.read_bytes())
     seen = []
-    (got,) = weights.fetch("Tiny_AIO3", urls={"weights": server.url("/last.ckpt")}, progress=lambda *a: seen.append(a))
-    entry = weights.find_entry("tiny.aio3")
+    (got,) = store.fetch("Tiny_AIO3", urls={"weights": server.url("/last.ckpt")}, progress=lambda *a: seen.append(a))
+    entry = catalogue.find_entry("tiny.aio3")
     assert got.path == entry.folder / "last.ckpt" and got.sha256 == _sha(tiny_ckpt) and not got.already
     assert got.checked == "loads strictly as MoCE-IR tiny"
     assert seen[-1] == ("last.ckpt", tiny_ckpt.stat().st_size, tiny_ckpt.stat().st_size)
     state = entry.state()["weights"]
     assert state["how"] == "fetched" and state["sha256"] == got.sha256 and state["source"] == server.url("/last.ckpt")
-    assert weights.entry_status(entry).status == "cached"
-    assert not (weights.cache_dir() / ".downloads").exists()
+    assert catalogue.entry_status(entry).status == "cached"
+    assert not (catalogue.cache_dir() / ".downloads").exists()
     assert irtool.load_model("tiny.aio3", device="cpu").config == VARIANTS["tiny"]
     # cached already: nothing is downloaded again, unless forced
     requests = len(server.requests)
-    assert weights.fetch("tiny.aio3", urls={"weights": server.url("/last.ckpt")})[0].already
+    assert store.fetch("tiny.aio3", urls={"weights": server.url("/last.ckpt")})[0].already
     assert len(server.requests) == requests
-    assert not weights.fetch("tiny.aio3", urls={"weights": server.url("/last.ckpt")}, force=True)[0].already
+    assert not store.fetch("tiny.aio3", urls={"weights": server.url("/last.ckpt")}, force=True)[0].already
 
 
 def test_fetch_from_the_manifest_url_and_from_a_mirror(manifest, server, tiny_ckpt, monkeypatch):
     data = tiny_ckpt.read_bytes()
     server.file("/files/last.ckpt", data)
     manifest.file("tiny.aio3", url=server.url("/files/last.ckpt"), sha256=_sha(tiny_ckpt), size=len(data))
-    (got,) = weights.fetch("tiny.aio3")
+    (got,) = store.fetch("tiny.aio3")
     assert got.checked == "sha256 matches the manifest" and got.path.read_bytes() == data
-    weights.remove("tiny.aio3")
+    store.remove("tiny.aio3")
     server.file("/mirror/tiny.aio3/last.ckpt", data)
-    monkeypatch.setenv(weights.MIRROR_ENV, server.url("/mirror/"))
-    (got,) = weights.fetch("tiny.aio3")
+    monkeypatch.setenv(catalogue.MIRROR_ENV, server.url("/mirror/"))
+    (got,) = store.fetch("tiny.aio3")
     assert server.requests[-1][1] == "/mirror/tiny.aio3/last.ckpt" and got.path.read_bytes() == data
 
 
@@ -295,7 +295,7 @@ def test_fetch_through_a_drive_confirmation_page(manifest, server, tiny_ckpt):
         '<input type="hidden" name="confirm" value="t"></form></html>',
     )
     server.routes["/download"] = lambda h, q: blob(h, q) if q.get("confirm") == "t" else h.reply(403)
-    (got,) = weights.fetch("tiny.aio3", urls={"weights": server.url("/uc?export=download&id=XYZ")})
+    (got,) = store.fetch("tiny.aio3", urls={"weights": server.url("/uc?export=download&id=XYZ")})
     assert got.path.read_bytes() == tiny_ckpt.read_bytes()
 
 
@@ -303,9 +303,9 @@ def test_fetch_checksum_mismatch_keeps_nothing(manifest, server, tiny_ckpt):
     server.file("/last.ckpt", tiny_ckpt.read_bytes())
     manifest.file("tiny.aio3", url=server.url("/last.ckpt"), sha256="0" * 64)
     with pytest.raises(ChecksumError, match=r"^tiny\.aio3: .*not the expected one.*nothing was kept"):
-        weights.fetch("tiny.aio3")
-    assert not weights.cache_dir().exists() or not any(weights.cache_dir().rglob("*.ckpt*"))
-    assert weights.entry_status(weights.find_entry("tiny.aio3")).status == "missing"
+        store.fetch("tiny.aio3")
+    assert not catalogue.cache_dir().exists() or not any(catalogue.cache_dir().rglob("*.ckpt*"))
+    assert catalogue.entry_status(catalogue.find_entry("tiny.aio3")).status == "missing"
 
 
 def test_fetch_of_a_file_that_is_not_the_checkpoint_keeps_nothing(manifest, server, tmp_path):
@@ -316,8 +316,8 @@ def test_fetch_of_a_file_that_is_not_the_checkpoint_keeps_nothing(manifest, serv
         CheckpointError,
         match=r"tiny\.aio3: the file from .* is not this checkpoint .*dim=8 instead of 16.*not tiny\); nothing was kept",
     ):
-        weights.fetch("tiny.aio3", urls={"weights": server.url("/last.ckpt")})
-    assert not any(weights.cache_dir().rglob("*.ckpt*"))
+        store.fetch("tiny.aio3", urls={"weights": server.url("/last.ckpt")})
+    assert not any(catalogue.cache_dir().rglob("*.ckpt*"))
 
 
 def test_fetch_of_an_unsafe_pickle_keeps_it_out_of_the_cache_but_on_disk(manifest, server, tmp_path, tiny_model):
@@ -328,49 +328,49 @@ def test_fetch_of_an_unsafe_pickle_keeps_it_out_of_the_cache_but_on_disk(manifes
     with pytest.raises(
         UnsafeCheckpointError, match=r"not checked; it is kept at (\S+)\. If you trust .*--trust-checkpoint`$"
     ) as exc:
-        weights.fetch("tiny.aio3", urls={"weights": url})
+        store.fetch("tiny.aio3", urls={"weights": url})
     kept = Path(re.search(r"kept at (\S+)\. ", str(exc.value)).group(1))
-    assert kept.read_bytes() == unsafe.read_bytes() and weights.find_entry("tiny.aio3").local_files() == {}
-    assert weights.import_checkpoint(kept, name="tiny.aio3", trust=True).variant == "tiny"
-    weights.remove("tiny.aio3")
-    (got,) = weights.fetch("tiny.aio3", urls={"weights": url}, trust=True)
+    assert kept.read_bytes() == unsafe.read_bytes() and catalogue.find_entry("tiny.aio3").local_files() == {}
+    assert store.import_checkpoint(kept, name="tiny.aio3", trust=True).variant == "tiny"
+    store.remove("tiny.aio3")
+    (got,) = store.fetch("tiny.aio3", urls={"weights": url}, trust=True)
     assert got.checked == "loads strictly as MoCE-IR tiny"
 
 
 def test_fetch_failures_give_the_manual_steps(manifest, server):
     server.status("/gone.ckpt", 404)
     with pytest.raises(DownloadError) as exc:
-        weights.fetch("tiny.aio3", urls={"weights": server.url("/gone.ckpt")})
+        store.fetch("tiny.aio3", urls={"weights": server.url("/gone.ckpt")})
     message = str(exc.value)
     assert "\n" not in message and message.startswith("tiny.aio3: ") and "HTTP 404" in message
     assert f"download {server.url('/gone.ckpt')}" not in message  # the URL came from --url, the manifest has none
     assert message.endswith("then run `irtool weights import last.ckpt --name tiny.aio3`")
-    assert not (weights.cache_dir() / ".downloads").exists()  # no empty folders left behind either
+    assert not (catalogue.cache_dir() / ".downloads").exists()  # no empty folders left behind either
     with pytest.raises(
         WeightsNotFoundError,
         match="tiny.aio3: no direct download link is published; get last.ckpt from https://example.org/repo",
     ):
-        weights.fetch("tiny.aio3")  # no URL anywhere
+        store.fetch("tiny.aio3")  # no URL anywhere
 
 
 def test_an_interrupted_fetch_resumes_and_list_shows_it(manifest, server, tiny_ckpt):
     data = tiny_ckpt.read_bytes()
     server.file("/last.ckpt", data, cuts=[1_000_000])
     with pytest.raises(DownloadError, match=r"connection closed after 1\.0 MB.*kept in .*resume"):
-        weights.fetch("tiny.aio3", urls={"weights": server.url("/last.ckpt")}, retries=0)
-    status = weights.entry_status(weights.find_entry("tiny.aio3"))
+        store.fetch("tiny.aio3", urls={"weights": server.url("/last.ckpt")}, retries=0)
+    status = catalogue.entry_status(catalogue.find_entry("tiny.aio3"))
     assert status.status == "missing" and status.partial_bytes == 1_000_000
-    (got,) = weights.fetch("tiny.aio3", urls={"weights": server.url("/last.ckpt")}, retries=0)
+    (got,) = store.fetch("tiny.aio3", urls={"weights": server.url("/last.ckpt")}, retries=0)
     assert got.resumed_from == 1_000_000 and got.sha256 == _sha(tiny_ckpt)
-    assert weights.entry_status(weights.find_entry("tiny.aio3")).partial_bytes == 0
+    assert catalogue.entry_status(catalogue.find_entry("tiny.aio3")).partial_bytes == 0
 
 
 def test_moce_ir_fetch_explains_the_drive_folder():
-    for entry in weights.entries():
+    for entry in catalogue.entries():
         if entry.arch != "moce_ir" or entry.built_in:  # the built-in model needs no fetching
             continue
         with pytest.raises(WeightsNotFoundError) as exc:
-            weights.fetch(entry.name)
+            store.fetch(entry.name)
         assert str(exc.value) == (
             f"{entry.name}: no direct download link is published; download {entry.aliases[0]}/last.ckpt from the "
             "Google Drive folder https://drive.google.com/drive/folders/1pQBceb8cCPdIzbqbNNGqV5qNXzzqL4uK in a browser, "
@@ -379,22 +379,22 @@ def test_moce_ir_fetch_explains_the_drive_folder():
 
 
 def test_source_urls(manifest, monkeypatch):
-    entry = weights.find_entry("tiny.aio3")
+    entry = catalogue.find_entry("tiny.aio3")
     spec = dict(entry.files[0], drive_id="1AbCdEfGhIjKlMn")
-    assert weights.source_url(entry, spec) == "https://drive.google.com/uc?export=download&id=1AbCdEfGhIjKlMn"
-    assert weights.source_url(entry, dict(spec, url="https://a.org/x")) == "https://a.org/x"
-    monkeypatch.setenv(weights.MIRROR_ENV, "http://mirror.lan/irtool/")
-    assert weights.source_url(entry, spec) == "http://mirror.lan/irtool/tiny.aio3/last.ckpt"
-    assert weights.source_url(entry, spec, {"weights": "http://b.lan/w"}) == "http://b.lan/w"
-    assert weights.url_overrides("pair.test", ["router=http://h/r.pth?a=b", "ir=http://h/i.pth"]) == {
+    assert catalogue.source_url(entry, spec) == "https://drive.google.com/uc?export=download&id=1AbCdEfGhIjKlMn"
+    assert catalogue.source_url(entry, dict(spec, url="https://a.org/x")) == "https://a.org/x"
+    monkeypatch.setenv(catalogue.MIRROR_ENV, "http://mirror.lan/irtool/")
+    assert catalogue.source_url(entry, spec) == "http://mirror.lan/irtool/tiny.aio3/last.ckpt"
+    assert catalogue.source_url(entry, spec, {"weights": "http://b.lan/w"}) == "http://b.lan/w"
+    assert catalogue.url_overrides("pair.test", ["router=http://h/r.pth?a=b", "ir=http://h/i.pth"]) == {
         "router": "http://h/r.pth?a=b",
         "ir": "http://h/i.pth",
     }
-    assert weights.url_overrides("tiny.aio3", ["http://h/x?y=z"]) == {"weights": "http://h/x?y=z"}
+    assert catalogue.url_overrides("tiny.aio3", ["http://h/x?y=z"]) == {"weights": "http://h/x?y=z"}
     with pytest.raises(IrtoolError, match="pair.test has 2 files; write --url ROLE=URL with ROLE one of ir, router"):
-        weights.url_overrides("pair.test", ["http://h/x"])
+        catalogue.url_overrides("pair.test", ["http://h/x"])
     with pytest.raises(IrtoolError, match="only http:// and https:// URLs"):
-        weights.url_overrides("tiny.aio3", ["file:///tmp/last.ckpt"])
+        catalogue.url_overrides("tiny.aio3", ["file:///tmp/last.ckpt"])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -402,8 +402,8 @@ def test_source_urls(manifest, monkeypatch):
 
 
 def test_import_under_a_manifest_name_round_trips(manifest, tiny_ckpt, tiny_model):
-    got = weights.import_checkpoint(tiny_ckpt, name="TINY_aio3")
-    entry = weights.find_entry("tiny.aio3")
+    got = store.import_checkpoint(tiny_ckpt, name="TINY_aio3")
+    entry = catalogue.find_entry("tiny.aio3")
     assert got.name == "tiny.aio3" and got.role == "weights" and got.variant == "tiny" and not got.local
     assert got.path == entry.folder / "weights.safetensors" and got.source_sha256 == _sha(tiny_ckpt)
     from safetensors import safe_open
@@ -413,18 +413,18 @@ def test_import_under_a_manifest_name_round_trips(manifest, tiny_ckpt, tiny_mode
     assert meta["irtool.arch"] == "moce_ir" and json.loads(meta["irtool.config"]) == VARIANTS["tiny"].to_dict()
     assert meta["irtool.name"] == "tiny.aio3" and meta["irtool.source_sha256"] == _sha(tiny_ckpt)
     assert meta["irtool.source_file"] == "last.ckpt" and meta["irtool.variant"] == "tiny"
-    assert weights.entry_status(entry).status == "imported"
-    assert weights.resolve("tiny.aio3") == {"weights": got.path}
+    assert catalogue.entry_status(entry).status == "imported"
+    assert catalogue.resolve("tiny.aio3") == {"weights": got.path}
     loaded = irtool.load_model("tiny.aio3", device="cpu")
     assert loaded.config == tiny_model.config and _same_weights(loaded, tiny_model)
-    (check,) = weights.verify("tiny.aio3")
+    (check,) = store.verify("tiny.aio3")
     assert (
         check.ok
         and check.against == "record"
         and check.message == "sha256 matches the record; loads strictly as MoCE-IR tiny"
     )
     # importing the very same file again changes nothing
-    again = weights.import_checkpoint(tiny_ckpt, name="tiny.aio3")
+    again = store.import_checkpoint(tiny_ckpt, name="tiny.aio3")
     assert again.already and again.sha256 == got.sha256
 
 
@@ -434,61 +434,61 @@ def test_import_refuses_what_an_entry_is_not(manifest, tmp_path, tiny_ckpt):
     with pytest.raises(
         CheckpointError, match=r"odd\.pth: MoCE-IR not a released config \(dim=8 instead of 16, .*\), not tiny"
     ):
-        weights.import_checkpoint(odd, name="tiny.aio3")
+        store.import_checkpoint(odd, name="tiny.aio3")
     foreign = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3)}, foreign)
     with pytest.raises(CheckpointError, match=r"resnet\.pth: not a MoCE-IR"):
-        weights.import_checkpoint(foreign, name="tiny.aio3")
+        store.import_checkpoint(foreign, name="tiny.aio3")
     manifest.file("tiny.aio3", sha256="1" * 64)
     with pytest.raises(
         ChecksumError,
         match=r"not the released tiny\.aio3 file \(sha256 [0-9a-f]{64}, the manifest says 1{64}\); import it without --name",
     ):
-        weights.import_checkpoint(tiny_ckpt, name="tiny.aio3")
-    assert not weights.cache_dir().exists() or not any(weights.cache_dir().rglob("*.safetensors"))
+        store.import_checkpoint(tiny_ckpt, name="tiny.aio3")
+    assert not catalogue.cache_dir().exists() or not any(catalogue.cache_dir().rglob("*.safetensors"))
 
 
 def test_import_picks_the_role_by_architecture(manifest, tiny_ckpt):
-    got = weights.import_checkpoint(tiny_ckpt, name="pair.test")
+    got = store.import_checkpoint(tiny_ckpt, name="pair.test")
     assert got.role == "ir" and got.path.name == "ir.safetensors"
-    entry = weights.find_entry("pair.test")
-    assert weights.entry_status(entry).status == "partial"
+    entry = catalogue.find_entry("pair.test")
+    assert catalogue.entry_status(entry).status == "partial"
     with pytest.raises(WeightsNotFoundError, match=r"pair\.test: not downloaded yet \(router\.pth missing"):
-        weights.resolve("pair.test")
+        catalogue.resolve("pair.test")
     with pytest.raises(CheckpointError, match=r"a MoCE-IR checkpoint, but pair\.test expects future_router \(router\)"):
-        weights.import_checkpoint(tiny_ckpt, name="pair.test", role="router")
+        store.import_checkpoint(tiny_ckpt, name="pair.test", role="router")
     with pytest.raises(IrtoolError, match="--role backbone: one of weights, ir, router"):
-        weights.import_checkpoint(tiny_ckpt, name="pair.test", role="backbone")
+        store.import_checkpoint(tiny_ckpt, name="pair.test", role="backbone")
 
 
 def test_import_as_a_local_entry_works_everywhere(manifest, tmp_path, tiny_ckpt, tiny_model):
     run = tmp_path / "my_run_7"
     run.mkdir()
     shutil.copy(tiny_ckpt, run / "last.ckpt")
-    got = weights.import_checkpoint(run / "last.ckpt")  # a generic stem: named after its folder
+    got = store.import_checkpoint(run / "last.ckpt")  # a generic stem: named after its folder
     assert got.name == "my_run_7" and got.local and got.variant == "tiny"
-    local = json.loads(weights.local_manifest_path().read_text())
+    local = json.loads(catalogue.local_manifest_path().read_text())
     assert local["models"]["my_run_7"]["files"][0]["sha256"] == got.sha256
     assert [e.message for e in _validator().iter_errors(local)] == []
     assert irtool.load_model("my_run_7", device="cpu").config == VARIANTS["tiny"]
     result = runner.invoke(app, ["inspect", "my_run_7", "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["config"]["dim"] == 16
-    named = weights.import_checkpoint(tiny_ckpt, name="denoiser-v2")
-    assert named.name == "denoiser-v2" and weights.find_entry("DENOISER-V2").local
-    statuses = {s.name: s for s in weights.statuses()}
+    named = store.import_checkpoint(tiny_ckpt, name="denoiser-v2")
+    assert named.name == "denoiser-v2" and catalogue.find_entry("DENOISER-V2").local
+    statuses = {s.name: s for s in catalogue.statuses()}
     assert statuses["my_run_7"].status == "imported" and statuses["my_run_7"].local
 
     # a different file under the same name needs --force
     other = tmp_path / "other.pth"
     torch.save(random_moce(VARIANTS["tiny"], seed=9).state_dict(), other)
     with pytest.raises(IrtoolError, match=r"denoiser-v2: already holds a different weights file .*--force"):
-        weights.import_checkpoint(other, name="denoiser-v2")
-    replaced = weights.import_checkpoint(other, name="denoiser-v2", force=True)
+        store.import_checkpoint(other, name="denoiser-v2")
+    replaced = store.import_checkpoint(other, name="denoiser-v2", force=True)
     assert replaced.source_sha256 == _sha(other)
     assert not _same_weights(irtool.load_model("denoiser-v2"), tiny_model)
 
-    removed = weights.remove("denoiser-v2")
-    assert removed.freed > 0 and weights.find_entry("denoiser-v2") is None
+    removed = store.remove("denoiser-v2")
+    assert removed.freed > 0 and catalogue.find_entry("denoiser-v2") is None
     with pytest.raises(WeightsNotFoundError):
         irtool.load_model("denoiser-v2")
 
@@ -497,29 +497,29 @@ def test_import_names(manifest, tmp_path, tiny_ckpt):
     official = tmp_path / "MoCE_IR_S_AIO3"
     official.mkdir()
     shutil.copy(tiny_ckpt, official / "last.ckpt")
-    weights.load_manifest.cache_clear()
+    catalogue.load_manifest.cache_clear()
     with pytest.MonkeyPatch.context() as mp:  # the real manifest, where MoCE_IR_S_AIO3 is an official id
-        mp.setattr(weights.catalogue, "manifest_path", lambda: REPO / "weights_manifest.json")
-        weights.load_manifest.cache_clear()
+        mp.setattr(catalogue, "manifest_path", lambda: REPO / "weights_manifest.json")
+        catalogue.load_manifest.cache_clear()
         with pytest.raises(
             IrtoolError,
             match=r"its name MoCE_IR_S_AIO3 is the official entry moce_ir_s\.aio3; pass --name moce_ir_s\.aio3",
         ):
-            weights.import_checkpoint(official)  # a folder names its last.ckpt
-    weights.load_manifest.cache_clear()
+            store.import_checkpoint(official)  # a folder names its last.ckpt
+    catalogue.load_manifest.cache_clear()
     for bad in ("a/b", ".hidden", "x" * 101, "net.pth", "local_manifest.json"):
         with pytest.raises(IrtoolError, match=f"--name {bad}"):
-            weights.import_checkpoint(tiny_ckpt, name=bad)
-    assert weights.derive_name(Path("/x/runs/epoch=99-step=1000.ckpt")) == "runs"
-    assert weights.derive_name(Path("/x/My Net (v2).pth")) == "My_Net_v2"
+            store.import_checkpoint(tiny_ckpt, name=bad)
+    assert store.derive_name(Path("/x/runs/epoch=99-step=1000.ckpt")) == "runs"
+    assert store.derive_name(Path("/x/My Net (v2).pth")) == "My_Net_v2"
 
 
 def test_an_unsafe_pickle_is_imported_only_when_trusted(manifest, tmp_path, tiny_model):
     path = tmp_path / "unsafe.pth"
     torch.save({"state_dict": tiny_model.state_dict(), "extra": NotAllowed()}, path)
     with pytest.raises(UnsafeCheckpointError):
-        weights.import_checkpoint(path)
-    got = weights.import_checkpoint(path, trust=True)
+        store.import_checkpoint(path)
+    got = store.import_checkpoint(path, trust=True)
     assert irtool.load_model(got.name).config == VARIANTS["tiny"]  # the copy needs no trust
 
 
@@ -528,21 +528,21 @@ def test_convert_writes_a_loadable_safetensors_and_leaves_the_cache_alone(tmp_pa
     original = random_moce(ODD, seed=4)
     torch.save({"params": original.state_dict()}, src)
     before = _sha(src)
-    got = weights.convert(src, tmp_path / "odd.safetensors")
+    got = store.convert(src, tmp_path / "odd.safetensors")
     assert got.arch == "moce_ir" and got.variant is None and got.config == {**ODD.to_dict(), "top_k": 1}
-    assert _sha(src) == before and not weights.cache_dir().exists()
+    assert _sha(src) == before and not catalogue.cache_dir().exists()
     loaded = irtool.load_model(got.path)
     assert loaded.config == irtool.load_model(src).config and _same_weights(loaded, original)
     with pytest.raises(IrtoolError, match="exists; pass --force"):
-        weights.convert(src, tmp_path / "odd.safetensors")
-    assert weights.convert(src, tmp_path / "odd.safetensors", force=True).sha256 == got.sha256
+        store.convert(src, tmp_path / "odd.safetensors")
+    assert store.convert(src, tmp_path / "odd.safetensors", force=True).sha256 == got.sha256
     with pytest.raises(IrtoolError, match="must be a .safetensors file"):
-        weights.convert(src, tmp_path / "odd.pth")
+        store.convert(src, tmp_path / "odd.pth")
     with pytest.raises(IrtoolError, match="is the input"):
-        weights.convert(got.path, got.path, force=True)
+        store.convert(got.path, got.path, force=True)
 
     # --dtype fp16 halves the file; loading casts back to fp32, within fp16 rounding of the original
-    half = weights.convert(src, tmp_path / "odd16.safetensors", dtype="fp16")
+    half = store.convert(src, tmp_path / "odd16.safetensors", dtype="fp16")
     assert half.size < 0.6 * got.size
     from safetensors import safe_open
 
@@ -553,14 +553,14 @@ def test_convert_writes_a_loadable_safetensors_and_leaves_the_cache_alone(tmp_pa
         assert restored[key].dtype == value.dtype
         assert torch.allclose(restored[key], value, rtol=1e-3, atol=1e-4), key
     with pytest.raises(IrtoolError, match="--dtype fp8: not one of"):
-        weights.convert(src, tmp_path / "odd8.safetensors", dtype="fp8")
+        store.convert(src, tmp_path / "odd8.safetensors", dtype="fp8")
 
     # tied tensors (one tensor under two keys, which safetensors refuses to write) are written apart
     sd = tiny_model.state_dict()
     a, b = "dec.0.2.layers.0.ffn.dwconv.weight", "dec.0.2.layers.1.ffn.dwconv.weight"
     assert sd[a].shape == sd[b].shape
     torch.save({**sd, b: sd[a]}, tmp_path / "tied.pth")
-    converted = weights.convert(tmp_path / "tied.pth", tmp_path / "tied.safetensors")
+    converted = store.convert(tmp_path / "tied.pth", tmp_path / "tied.safetensors")
     loaded = irtool.load_model(converted.path).state_dict()
     assert torch.equal(loaded[a], sd[a]) and torch.equal(loaded[b], sd[a])
 
@@ -569,37 +569,37 @@ def test_verify_catches_changed_files(manifest, server, tiny_ckpt):
     data = tiny_ckpt.read_bytes()
     server.file("/last.ckpt", data)
     manifest.file("tiny.aio3", url=server.url("/last.ckpt"), sha256=_sha(tiny_ckpt))
-    (got,) = weights.fetch("tiny.aio3")
-    (check,) = weights.verify()
+    (got,) = store.fetch("tiny.aio3")
+    (check,) = store.verify()
     assert check.ok and check.against == "manifest" and check.expected == _sha(tiny_ckpt)
     damaged = bytearray(data)
     damaged[len(data) // 2] ^= 0xFF  # inside a tensor: still loads, but is not the file
     got.path.write_bytes(bytes(damaged))
-    (check,) = weights.verify("tiny.aio3")
+    (check,) = store.verify("tiny.aio3")
     assert not check.ok and "differs from the manifest's" in check.message
     # a file placed by hand has no record: checked by loading only
     got.path.write_bytes(data)
     (got.path.parent / "state.json").unlink()
     manifest.file("tiny.aio3", sha256=None)
-    (check,) = weights.verify("tiny.aio3")
+    (check,) = store.verify("tiny.aio3")
     assert check.ok and check.expected is None and check.message.startswith("no checksum to compare with")
     got.path.write_bytes(data[: len(data) // 2])
-    (check,) = weights.verify("tiny.aio3")
+    (check,) = store.verify("tiny.aio3")
     assert not check.ok and "truncated" in check.message
 
 
 def test_remove(manifest, tiny_ckpt):
     with pytest.raises(WeightsNotFoundError, match=r"tiny\.aio3: nothing in the cache"):
-        weights.remove("tiny.aio3")
+        store.remove("tiny.aio3")
     with pytest.raises(WeightsNotFoundError, match="nope: not a known model name"):
-        weights.remove("nope")
-    weights.import_checkpoint(tiny_ckpt, name="tiny.aio3")
-    partial = weights.find_entry("tiny.aio3").downloads / "last.ckpt.part"
+        store.remove("nope")
+    store.import_checkpoint(tiny_ckpt, name="tiny.aio3")
+    partial = catalogue.find_entry("tiny.aio3").downloads / "last.ckpt.part"
     partial.parent.mkdir(parents=True)
     partial.write_bytes(b"12345")
-    removed = weights.remove("tiny.aio3")
-    assert set(removed.paths) == {weights.find_entry("tiny.aio3").folder, partial.parent}
-    assert not partial.exists() and weights.entry_status(weights.find_entry("tiny.aio3")).status == "missing"
+    removed = store.remove("tiny.aio3")
+    assert set(removed.paths) == {catalogue.find_entry("tiny.aio3").folder, partial.parent}
+    assert not partial.exists() and catalogue.entry_status(catalogue.find_entry("tiny.aio3")).status == "missing"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -622,7 +622,7 @@ def test_cli_fetch_import_verify_convert_remove(manifest, server, tiny_ckpt, tmp
 
     result = runner.invoke(app, ["weights", "fetch", "tiny.aio3", "--url", server.url("/last.ckpt")])
     assert result.exit_code == 0, result.output
-    assert f"saved to {weights.find_entry('tiny.aio3').folder / 'last.ckpt'}" in result.stdout
+    assert f"saved to {catalogue.find_entry('tiny.aio3').folder / 'last.ckpt'}" in result.stdout
     assert "loads strictly as MoCE-IR tiny" in result.stdout
     table = runner.invoke(app, ["weights", "list"])
     assert table.exit_code == 0 and "cached" in table.stdout
@@ -642,7 +642,7 @@ def test_cli_fetch_import_verify_convert_remove(manifest, server, tiny_ckpt, tmp
         ("tiny.aio3", True),
         ("mine", True),
     }
-    mine = weights.find_entry("mine").folder / "weights.safetensors"
+    mine = catalogue.find_entry("mine").folder / "weights.safetensors"
     mine.write_bytes(mine.read_bytes()[:-10] + b"0123456789")
     result = runner.invoke(app, ["weights", "verify"])
     assert result.exit_code == 1 and "FAILED mine (weights)" in result.stdout

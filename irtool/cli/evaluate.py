@@ -172,9 +172,9 @@ def eval_command(
 
     With several --model/--weights, each is scored in turn; --json and --json-file then hold a list of reports, --csv gains a model column, --save-images writes DIR/<model>/<dataset>/.
     """
-    from .. import weights as manifest
     from ..evaluation import datasets as ds
     from ..evaluation import evaluate
+    from ..weights import catalogue
 
     if not dataset and not setting:
         output.fail("name a benchmark with --dataset NAME or --setting aio3 (see `irtool datasets list`)", 2)
@@ -190,7 +190,7 @@ def eval_command(
     figures = _figures(report_html, figure)
     device, ranked, targets = _targets(names, gpu_numbers(gpu), device, len(sources) > 1, data_root, clean_dir,
                                        limit, routing_noise)  # fmt: skip
-    if reported and manifest.find_entry(reported) is None:
+    if reported and catalogue.find_entry(reported) is None:
         output.fail(f"--reported {reported}: not a manifest entry (see weights_manifest.json)")
     options = evaluate.EvalOptions(protocol=protocol, crop_border=crop_border, precision=precision, tile=tile,
                                    routing_noise=routing_noise, noise_stream=noise_stream, limit=limit,
@@ -304,10 +304,10 @@ class _EvalRun:
     def _source(self, name: str | None, is_model: bool) -> tuple[Any, str | Path, Path | str | None]:
         """(manifest entry with the paper's figures or None, what to load, its router); no name: the default
         model, as `irtool restore` picks it."""
-        from .. import weights as manifest
+        from ..weights import catalogue
 
         entry_name = self.reported or (name if is_model else None)
-        entry = manifest.find_entry(entry_name) if entry_name else None
+        entry = catalogue.find_entry(entry_name) if entry_name else None
         if name is not None:
             return entry, name, self.router
         from ..loading import default_source
@@ -315,9 +315,9 @@ class _EvalRun:
         source, default_router, how = default_source()
         if self.ranked is None or self.ranked.is_main:
             output.note(f"using {how}")
-        default_name = manifest.load_manifest().get("default")
+        default_name = catalogue.load_manifest().get("default")
         if entry is None and isinstance(default_name, str) and default_name:
-            entry = manifest.find_entry(default_name)
+            entry = catalogue.find_entry(default_name)
         return entry, source, self.router or default_router
 
     def _score(self, name: str | None, is_model: bool, label: str, wanted: dict[Any, Any]) -> tuple[Any, bool]:

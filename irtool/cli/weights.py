@@ -14,25 +14,25 @@ from .options import ConfigFields, JsonFlag, Trust, config_fields
 
 def weights_list(as_json: JsonFlag = False) -> None:
     """List the known checkpoints: status (cached, imported, partial, missing), setting and size."""
-    from .. import weights
+    from ..weights import catalogue
 
-    rows = weights.statuses()
+    rows = catalogue.statuses()
     if as_json:
-        output.echo_json({"cache": str(weights.cache_dir()), "models": [r.to_dict() for r in rows]})
+        output.echo_json({"cache": str(catalogue.cache_dir()), "models": [r.to_dict() for r in rows]})
         return
     from rich.table import Table
 
     colours = {"cached": "green", "imported": "green", "built-in": "green", "partial": "yellow", "missing": "dim"}
-    table = Table(caption=output.plain(f"cache: {weights.cache_dir()}"), caption_justify="left")
+    table = Table(caption=output.plain(f"cache: {catalogue.cache_dir()}"), caption_justify="left")
     for column in ("name", "official id", "setting", "status", "size"):
         table.add_column(column, no_wrap=column != "status")
     for row in rows:
         status = output.plain(row.status, style=colours[row.status])
         if row.partial_bytes:
-            status.append(f" ({weights.megabytes(row.partial_bytes)} downloaded, fetch resumes)")
+            status.append(f" ({catalogue.megabytes(row.partial_bytes)} downloaded, fetch resumes)")
         official = "(local)" if row.local else (row.aliases[0] if row.aliases else "")
         setting = row.setting or f"own {row.variant or row.arch}"
-        size = weights.megabytes(row.size, row.size_is_approx)
+        size = catalogue.megabytes(row.size, row.size_is_approx)
         table.add_row(output.plain(row.name), output.plain(official), output.plain(setting), status, size)
     output.stdout().print(table)
 
@@ -57,7 +57,7 @@ def weights_fetch(
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    from .. import weights
+    from ..weights import catalogue, store
 
     if url and len(names) > 1:
         output.fail("--url: name one checkpoint to fetch from a URL", code=2)
@@ -76,8 +76,8 @@ def weights_fetch(
                 bars.update(tasks[filename], completed=done, total=total)
 
             try:
-                urls = weights.url_overrides(name, url) if url else None
-                results += weights.fetch(name, urls=urls, force=force, progress=progress, timeout=timeout,
+                urls = catalogue.url_overrides(name, url) if url else None
+                results += store.fetch(name, urls=urls, force=force, progress=progress, timeout=timeout,
                                          retries=retries, trust=trust_checkpoint)  # fmt: skip
             except IrtoolError as exc:
                 output.error(exc, console)
@@ -87,13 +87,13 @@ def weights_fetch(
     else:
         for r in results:
             if r.already:
-                entry = weights.find_entry(r.name)
+                entry = catalogue.find_entry(r.name)
                 where = "built into irtool" if entry is not None and entry.built_in else "already in the cache"
                 output.line(f"{r.name} ({r.role}): {where}: {r.path}")
                 continue
-            resumed = f", resumed at {weights.megabytes(r.resumed_from)}" if r.resumed_from else ""
+            resumed = f", resumed at {catalogue.megabytes(r.resumed_from)}" if r.resumed_from else ""
             output.line(
-                f"{r.name} ({r.role}): {weights.megabytes(r.size)} saved to {r.path}{resumed}; sha256 {r.sha256}; "
+                f"{r.name} ({r.role}): {catalogue.megabytes(r.size)} saved to {r.path}{resumed}; sha256 {r.sha256}; "
                 f"{r.checked}"
             )
     raise typer.Exit(1 if failed else 0)
@@ -124,10 +124,10 @@ def weights_import(
     The architecture and config are read off the tensors and the file is loaded strictly; with --name of a manifest
     entry it must be that entry's network and variant (and its sha256, where the manifest has one).
     """
-    from .. import weights
+    from ..weights import store
 
     with output.stderr().status(output.plain(f"importing {path}")):
-        got = weights.import_checkpoint(
+        got = store.import_checkpoint(
             path, name=name, role=role, trust=trust_checkpoint, force=force, config=config_fields(config)
         )
     if as_json:
@@ -152,15 +152,15 @@ def weights_verify(
     """
     from rich.text import Text
 
-    from .. import weights
+    from ..weights import catalogue, store
 
     with output.stderr().status("verifying"):
-        results = weights.verify(name, trust=trust_checkpoint)
+        results = store.verify(name, trust=trust_checkpoint)
     bad = [r for r in results if not r.ok]
     if as_json:
         output.echo_json([r.to_dict() for r in results])
     elif not results:
-        output.line(f"nothing in the cache to verify ({weights.cache_dir()})")
+        output.line(f"nothing in the cache to verify ({catalogue.cache_dir()})")
     else:
         for r in results:
             mark = ("ok", "green") if r.ok else ("FAILED", "bold red")
@@ -185,15 +185,15 @@ def weights_convert(
     config: ConfigFields = None,
 ) -> None:
     """Write a checkpoint as safetensors, its architecture and config in the metadata (cache untouched)."""
-    from .. import weights
+    from ..weights import catalogue, store
 
     with output.stderr().status(output.plain(f"converting {path}")):
-        got = weights.convert(path, out, trust=trust_checkpoint, force=force, dtype=dtype, config=config_fields(config))
+        got = store.convert(path, out, trust=trust_checkpoint, force=force, dtype=dtype, config=config_fields(config))
     if as_json:
         output.echo_json(got.to_dict())
         return
     what = f"{got.arch} {got.variant}" if got.variant else got.arch
-    output.line(f"{got.path}: {what}, {weights.megabytes(got.size)}, sha256 {got.sha256} (from {got.source})")
+    output.line(f"{got.path}: {what}, {catalogue.megabytes(got.size)}, sha256 {got.sha256} (from {got.source})")
 
 
 def weights_remove(
@@ -201,14 +201,14 @@ def weights_remove(
     as_json: JsonFlag = False,
 ) -> None:
     """Delete an entry's fetched, imported and partly downloaded files from the cache."""
-    from .. import weights
+    from ..weights import catalogue, store
 
-    got = weights.remove(name)
+    got = store.remove(name)
     if as_json:
         output.echo_json(got.to_dict())
         return
     removed = ", ".join(str(p) for p in got.paths) or "the local entry"
-    output.line(f"{got.name}: removed {removed} ({weights.megabytes(got.freed)} freed)")
+    output.line(f"{got.name}: removed {removed} ({catalogue.megabytes(got.freed)} freed)")
 
 
 def weights_show(
@@ -218,9 +218,9 @@ def weights_show(
     """Everything about one checkpoint: source, licence, files, the paper's PSNR/SSIM, cache state."""
     from rich.text import Text
 
-    from .. import weights
+    from ..weights import catalogue
 
-    info = weights.describe(name)
+    info = catalogue.describe(name)
     if as_json:
         output.echo_json(info)
         return
@@ -255,7 +255,7 @@ def weights_show(
 
 def _file_line(spec: dict[str, Any], here: str, local: bool | None) -> str:
     """One file of a manifest entry: name, size, sha256, where it downloads from and where it is here."""
-    from .. import weights
+    from ..weights import catalogue
 
     if local:
         where = "your import"
@@ -265,7 +265,7 @@ def _file_line(spec: dict[str, Any], here: str, local: bool | None) -> str:
         where = f"Google Drive folder {spec['drive_folder']}, file {spec.get('drive_path')}"
     else:
         where = "no download link"
-    size = weights.megabytes(spec.get("size") or spec.get("approx_size"), not spec.get("size"))
+    size = catalogue.megabytes(spec.get("size") or spec.get("approx_size"), not spec.get("size"))
     return (
         f"file {spec['role']} ({spec['arch']}): {spec['filename']}, {size}, "
         f"sha256 {spec.get('sha256') or 'unpublished'}; from {where}; local: {here}"
