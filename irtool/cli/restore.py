@@ -241,9 +241,9 @@ def restore(
     outcome = _run(jobs, options, video_options, ranked, as_json=as_json, quiet=quiet)
     failed = _print_summary(outcome, as_json=as_json, quiet=quiet)
     if report_html:
-        from ..report import write_restore_report
+        from ..report.restore import write_report
 
-        page = write_restore_report(
+        page = write_report(
             report_html, outcome.reports, restorer=outcome.restorer, seconds=outcome.seconds, workers=workers
         )
         output.line(f"report: {page}", output.stderr())

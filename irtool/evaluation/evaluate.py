@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +45,10 @@ from ..images.tensors import channels_first, from_tensor, to_tensor
 from ..restoration.tiling import run_padded
 from . import datasets as ds
 from . import metrics
+
+if TYPE_CHECKING:
+    from ..restoration.engine import Restorer
+
 
 #: --precision: the names that say what runs (irtool.devices.policy decides what each means on a device)
 PRECISIONS = EXPLICIT_PRECISIONS
@@ -553,7 +557,7 @@ def run(
 
 def _evaluate_sample(
     model: nn.Module,
-    restorer: Any,
+    restorer: Restorer | None,
     sample: ds.Sample,
     protocol: metrics.Protocol,
     options: EvalOptions,
@@ -617,7 +621,7 @@ def _evaluate_sample(
 
 
 def _restore_tiled(
-    restorer: Any, lq: np.ndarray, device: torch.device, usage: _Usage, result: ImageResult
+    restorer: Restorer, lq: np.ndarray, device: torch.device, usage: _Usage, result: ImageResult
 ) -> torch.Tensor:
     """(1, 3, H, W) restored by the engine in tiles; records its time, routing summary and warnings."""
     from ..images import files as image_io
@@ -628,6 +632,7 @@ def _restore_tiled(
     result.notes = [f"{outcome.tiles} tiles of {outcome.tile_size} px" if outcome.tile_size else "whole image"] + list(
         outcome.warnings
     )
+    assert outcome.rgb is not None  # Restorer.restore gives float RGB (only restore_large gives samples)
     return to_tensor(outcome.rgb[None], device)
 
 

@@ -11,17 +11,9 @@ Jinja2 is the only extra dependency (`irtool[report]`); the viewer is plain HTML
 
 from __future__ import annotations
 
-from typing import Any
-
 
 def check_available() -> None:
     """Raise IrtoolError naming `irtool[report]` when Jinja2 is missing."""
     from .render import environment
 
     environment()
-
-
-def write_restore_report(path: Any, reports: Any, **kwargs: Any) -> Any:
-    from .restore import write_report
-
-    return write_report(path, reports, **kwargs)

@@ -11,13 +11,17 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .._version import __version__
 from ..errors import IrtoolError
 from ..images import files as io
 from . import images, render, svg
+
+if TYPE_CHECKING:
+    from ..restoration.engine import Restorer
+    from ..restoration.planning import RestoreReport
 
 
 def relative_href(target: str | Path, report_dir: Path) -> str:
@@ -30,7 +34,7 @@ def relative_href(target: str | Path, report_dir: Path) -> str:
     return quote(rel.as_posix())
 
 
-def _previews(report: Any) -> dict[str, Any]:
+def _previews(report: RestoreReport) -> dict[str, Any]:
     """Data URIs of the input and output previews, or why there are none."""
     out: dict[str, Any] = {"before": None, "after": None, "note": None, "size": None}
     try:
@@ -45,7 +49,7 @@ def _previews(report: Any) -> dict[str, Any]:
     return out
 
 
-def _model_info(restorer: Any) -> dict[str, Any]:
+def _model_info(restorer: Restorer | None) -> dict[str, Any]:
     if restorer is None:
         return {"source": "none loaded (nothing to restore)", "arch": None, "parameters": None, "fingerprint": None}
     from ..archs.spec import spec_of
@@ -69,7 +73,12 @@ def _model_info(restorer: Any) -> dict[str, Any]:
 
 
 def build(
-    reports: Sequence[Any], *, restorer: Any, seconds: float, report_path: str | Path, workers: int = 2
+    reports: Sequence[RestoreReport],
+    *,
+    restorer: Restorer | None,
+    seconds: float,
+    report_path: str | Path,
+    workers: int = 2,
 ) -> dict[str, Any]:
     """The page's context: a summary, the problems, and one entry per input in run order (failures included)."""
     report_dir = Path(report_path).resolve().parent
@@ -121,7 +130,9 @@ def build(
     }
 
 
-def write_report(path: str | Path, reports: Sequence[Any], *, restorer: Any, seconds: float, workers: int = 2) -> Path:
+def write_report(
+    path: str | Path, reports: Sequence[RestoreReport], *, restorer: Restorer | None, seconds: float, workers: int = 2
+) -> Path:
     """Render and write the restore report; raises IrtoolError (naming `irtool[report]`) without Jinja2."""
     render.environment()  # fail before reading any image when Jinja2 is missing
     context = build(reports, restorer=restorer, seconds=seconds, report_path=path, workers=workers)

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,10 @@ from .decode import Source, decode_events, routing_rgb, to_rgb
 from .options import VideoError, VideoOptions, require_av
 from .probe import av_message
 from .shots import HIST_WIDTH, MIN_SHOT_FRAMES, Sampler, Shot, colour_histogram, cut_score, shared_routing
+
+if TYPE_CHECKING:
+    from ...archs.spec import RoutingRecord
+    from ..engine import Restorer
 
 
 def _route_size(height: int, width: int, route_size: int) -> tuple[int, int]:
@@ -40,7 +44,9 @@ class Analysis:
     display_matrix: list[int] | None
 
 
-def analyse(path: Path, restorer: Any, video: VideoOptions, progress: Callable[[int], None] | None = None) -> Analysis:
+def analyse(
+    path: Path, restorer: Restorer, video: VideoOptions, progress: Callable[[int], None] | None = None
+) -> Analysis:
     """Pass 1: decode the restored range once, find the cuts, count frames, and (shot routing) route each shot."""
     from ...images.tensors import to_tensor
 
@@ -107,7 +113,7 @@ def analyse(path: Path, restorer: Any, video: VideoOptions, progress: Callable[[
     return Analysis(count, int(first_pts or 0), shots, damaged, width, height, matrix)
 
 
-def describe(shot: Shot, routing: Any, restorer: Any) -> None:
+def describe(shot: Shot, routing: RoutingRecord, restorer: Restorer) -> None:
     from ..engine import _routing_summary
 
     shot.routing = routing

@@ -8,10 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import IrtoolError, first_line
 from .options import VideoError, VideoOptions, is_video, output_suffix, require_av
+
+if TYPE_CHECKING:
+    from ..planning import Job
 
 
 @dataclass
@@ -101,16 +104,17 @@ def probe(path: str | Path, count_frames: bool = True) -> list[StreamInfo]:
 
 
 def retarget(
-    jobs: Sequence[Any], video: VideoOptions, overwrite: bool = False, skip_existing: bool = False
-) -> list[Any]:
+    jobs: Sequence[Job], video: VideoOptions, overwrite: bool = False, skip_existing: bool = False
+) -> list[Job]:
     """Video jobs whose codec the input's container cannot hold write .mkv instead; a missing PyAV or an
     unreadable video fails that job only. Other jobs pass through unchanged."""
-    out: list[Any] = []
+    out: list[Job] = []
     claimed = {j.dst.resolve() for j in jobs if j.dst is not None and not is_video(j.src)}
     for job in jobs:
         if job.error or job.skip or not is_video(job.src) or job.dst is None:
             out.append(job)
             continue
+        assert job.src is not None  # is_video(job.src) held
         try:
             container = open_video(job.src)
             try:
@@ -134,13 +138,15 @@ def retarget(
                 )
             else:
                 job = replace(job, dst=dst)
-        claimed.add(job.dst.resolve())
+        claimed.add(dst.resolve())
         out.append(job)
     return out
 
 
-def dry_run_streams(job: Any) -> list[StreamInfo] | str:
+def dry_run_streams(job: Job) -> list[StreamInfo] | str:
     """A video job's streams for `--dry-run`, or the one-line reason it cannot be read."""
+    if job.src is None:
+        return job.error or f"{job.source}: no input"
     try:
         return probe(job.src)
     except IrtoolError as exc:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,10 @@ from .decode import Event, Source, decode_events, to_rgb
 from .encode import Sink, Writer
 from .options import VideoError, VideoOptions
 from .shots import Shot
+
+if TYPE_CHECKING:
+    from ..engine import Outcome, Restorer
+    from ..planning import Job
 
 
 @dataclass
@@ -71,7 +75,7 @@ def partial_path(dst: Path) -> Path:
 
 
 def restore_video(
-    src_path: Path, dst: Path, restorer: Any, video: VideoOptions, progress: Progress | None = None
+    src_path: Path, dst: Path, restorer: Restorer, video: VideoOptions, progress: Progress | None = None
 ) -> VideoReport:
     """Restore one video file to `dst` (see the module docstring). Raises VideoError for an unreadable input or
     an unwritable output, KeyboardInterrupt after cleaning up (or keeping a partial file); returns the report.
@@ -145,7 +149,7 @@ def restore_video(
 
 
 def _new_report(
-    src_path: Path, dst: Path, src: Source, analysis: Analysis, restorer: Any, video: VideoOptions
+    src_path: Path, dst: Path, src: Source, analysis: Analysis, restorer: Restorer, video: VideoOptions
 ) -> VideoReport:
     """The report as pass 2 starts: what pass 1 found and how the video will be restored."""
     from ...devices.policy import precision_name
@@ -211,7 +215,7 @@ class _FramePass:
 
     def __init__(
         self,
-        restorer: Any,
+        restorer: Restorer,
         video: VideoOptions,
         analysis: Analysis,
         src: Source,
@@ -228,7 +232,8 @@ class _FramePass:
         self.per_frame: dict[int, Counter] = {}  #: per shot: how often each expert choice was made
         self.names: dict[int, Counter] = {}  #: per shot: how often each degradation was named
         self.done = 0
-        self.tiles, self.tile_size = 0, None
+        self.tiles = 0
+        self.tile_size: list[int] | None = None
 
     def run(self, events: queue.Queue, depth: int) -> None:
         """Consume the reader's events until its end marker."""
@@ -257,7 +262,7 @@ class _FramePass:
     def flush(self) -> None:
         """Restore the pending frames in one batch and hand every pending event to the writer, in order."""
         frames = [e for e in self.pending if e.kind == "frame"]
-        outcomes: list[Any] = []
+        outcomes: list[Outcome] = []
         if frames:
             shot = self.shots[self.shot_of(frames[0].index)]
             outcomes = self.restorer.restore(
@@ -279,7 +284,8 @@ class _FramePass:
         if self.progress is not None and frames:
             self.progress("restore", self.done, self.total)
 
-    def _frame_done(self, e: Event, outcome: Any) -> None:
+    def _frame_done(self, e: Event, outcome: Outcome) -> None:
+        assert outcome.rgb is not None  # Restorer.restore gives float RGB (only restore_large gives samples)
         self.writer.put(("video", e.pts, from_float(outcome.rgb, self.out_dtype), e.duration))
         k = self.shot_of(e.index)
         self.per_frame.setdefault(k, Counter())[_key(outcome.experts)] += 1
@@ -334,8 +340,8 @@ def _shot_index(shots: list[Shot]) -> Callable[[int], int]:
 
 
 def restore_videos(
-    jobs: Sequence[Any],
-    restorer: Any,
+    jobs: Sequence[Job],
+    restorer: Restorer,
     video: VideoOptions,
     progress: Callable[[Path], AbstractContextManager[Progress | None]] | None = None,
 ) -> Iterator[VideoReport]:
@@ -351,6 +357,7 @@ def restore_videos(
                 warnings=[job.skip] if job.skip else [],
             )
             continue
+        assert job.src is not None and job.dst is not None  # a job that is neither failed nor skipped has both
         with progress(job.src) if progress is not None else nullcontext(None) as show:
             try:
                 yield restore_video(job.src, job.dst, restorer, video, show)

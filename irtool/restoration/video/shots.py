@@ -44,7 +44,7 @@ class Shot:
     start_time: float = 0.0  #: seconds from the start of the video stream
     end_time: float = 0.0
     samples: list[int] = field(default_factory=list)  #: the frames its routing was decided on
-    routing: Any = None
+    routing: RoutingRecord | None = None
     degradation: str | None = None
     confidence: float | None = None
     experts: list[list[int]] | None = None
