@@ -14,8 +14,8 @@ keeps what it had written; the next part starts on time), all limits together un
                  irtool.restoration.engine.restore against the official batch-1 path (experts merged on every call)
   official       the official MoCE-IR code's fp32 eager forward at the same weights, timed in this process beside
                  irtool's fp32 and bf16 forwards (needs --official-src; skipped with the reason without it)
-  memory_4k      torch.cuda.max_memory_allocated of a 3840x2160 restore (irtool.restoration.engine.Restorer), whole and tiled,
-                 per model and precision
+  memory_4k      torch.cuda.max_memory_allocated of a 3840x2160 restore (irtool.restoration.engine.Restorer),
+                 whole and tiled, per model and precision
   agreement      bf16 and fp16 against fp32 on photos (examples/), PSNR, and fp16's NaN/Inf with the fp32 redo
 
 then the targets of issue 19 as ratios from this run. Writes OUT/gpu_suite.json (everything) and OUT/gpu_suite.md

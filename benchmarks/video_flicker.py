@@ -3,7 +3,8 @@
 A clean clip (a drifting pattern, one shot) gets fresh Gaussian noise of one level on every frame; irtool restores
 it twice with the built-in model (or --model/--weights), losslessly (FFV1), once with one routing per shot (the
 default) and once with --route-per-frame. Flicker = mean absolute frame-to-frame change of the decoded RGB frames
-in 8-bit levels (irtool.restoration.video.decode.frame_change); the clean clip's figure is the change the content itself has.
+in 8-bit levels (irtool.restoration.video.decode.frame_change); the clean clip's figure is the change the content
+itself has.
 
     python benchmarks/video_flicker.py --frames 36 --size 144x256 --sigma 0.1
 

@@ -37,7 +37,7 @@ def test_the_build_puts_the_manifest_into_the_package(tmp_path):
     subprocess.run(build, cwd=source, capture_output=True, check=True)
     packaged = lib / "irtool" / "weights_manifest.json"
     assert packaged.read_bytes() == (REPO / "weights_manifest.json").read_bytes()
-    code = "from irtool.weights import catalogue; print(catalogue.manifest_path(), len(catalogue.load_manifest()['models']))"
+    code = "from irtool.weights import catalogue as c; print(c.manifest_path(), len(c.load_manifest()['models']))"
     env = {**os.environ, "PYTHONPATH": str(lib)}
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True

@@ -1,4 +1,4 @@
-"""irtool.devices.policy: the one precision table (per device type) and device choice, and that every command follows it.
+"""devices.policy: the one precision table (per device type) and device choice, and that every command follows it.
 
 CUDA and MPS rows are checked with torch.device("cuda") / ("mps") objects on any machine: the rule reads the device's
 type and, for bf16 on CUDA, whether the GPU has bf16 (monkeypatched here)."""

@@ -25,8 +25,8 @@ Commands accept the names that make sense for them (`check_precision`): restore,
 eval and bench measure a named precision (no `auto`); training takes auto, bf16 and fp32 (fp16 training would need
 loss scaling).
 
-Imports nothing heavy at import time (irtool.restoration.planning checks names without torch); torch is imported where a device or
-dtype is made.
+Imports nothing heavy at import time (irtool.restoration.planning checks names without torch); torch is imported
+where a device or dtype is made.
 """
 
 from __future__ import annotations

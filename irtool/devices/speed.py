@@ -62,12 +62,12 @@ def release_cpu_memory() -> None:
 
 
 def precision_dtype(precision: str) -> torch.dtype:
-    """The dtype of an explicit precision name (fp32, bf16, fp16; see irtool.devices.policy); IrtoolError for others."""
+    """The dtype of an explicit precision name (fp32, bf16, fp16; see `policy`); IrtoolError for others."""
     return policy.dtype_of(precision, label=f"precision {precision!r}")
 
 
 def autocast(device: torch.device, precision: str, *, cache: bool = True) -> ContextManager:
-    """Mixed precision for an explicit `precision` on `device` as irtool.devices.policy decides it: convolutions and matmuls
+    """Mixed precision for an explicit `precision` on `device` as `policy` decides it: convolutions and matmuls
     in bf16/fp16, normalisations and softmax in fp32 (torch.autocast's lists); fp32 runs as is. `cache=False` for
     CUDA graph capture."""
     precision_dtype(precision)  # only explicit names: a benchmark row measures one precision

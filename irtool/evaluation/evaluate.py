@@ -15,7 +15,8 @@ the paper's figure for the checkpoint (from the manifest), the protocol and ever
 reduced precision, a subset of images), the realisation of the test noise, and how often the router picked each
 expert in each layer (or each class, for classifier-routed models).
 
-Imports torch, numpy, irtool.evaluation.metrics and .datasets, irtool.images (pixels, tensors, files) and irtool.devices.policy.
+Imports torch, numpy, irtool.evaluation.metrics and .datasets, irtool.images (pixels, tensors, files) and
+irtool.devices.policy.
 """
 
 from __future__ import annotations
@@ -459,7 +460,7 @@ def _dataset_report(
 
 
 def _check_run(model: nn.Module, options: EvalOptions, device: torch.device) -> tuple[torch.dtype | None, list[str]]:
-    """The options' one-line errors before anything runs; the autocast dtype and the notes about it (irtool.devices.policy)."""
+    """The options' one-line errors before anything runs; the autocast dtype and the notes about it (devices.policy)."""
     check_precision(options.precision, PRECISIONS)
     if options.noise_stream not in NOISE_STREAMS:
         raise IrtoolError(f"--noise-stream {options.noise_stream}: one of {', '.join(NOISE_STREAMS)}")

@@ -3,7 +3,7 @@
 Two figures, both from the memory available now (MemAvailable, capped by a cgroup limit when there is one):
 
 - `default_max_megapixels()`: the largest image irtool accepts by default. Large images are restored in tiles straight
-  from their decoded 8/16-bit samples (see irtool.restoration.engine), which holds at most `TILED_BYTES_PER_PIXEL` per pixel
+  from their decoded 8/16-bit samples (see irtool.restoration), which holds at most `TILED_BYTES_PER_PIXEL` per pixel
   (the file's bytes, the decoded input, the restored output and its encoded file); half of the available memory at
   that rate is the limit. `--max-megapixels` changes it.
 - `whole_image_pixels()`: the largest image restored in one piece. A whole-image pass holds float32 copies of input

@@ -2,7 +2,7 @@
 
 - `plan(inputs, out_dir, options)` expands files, folders (recursively; the output mirrors the tree) and globs into
   `Job`s and applies the naming and the skip/overwrite rules. Nothing is loaded or written. (It lives in the
-  torch-free irtool.restoration.planning with `RestoreOptions`, so `--dry-run` starts instantly; both are re-exported here.)
+  torch-free `planning` with `RestoreOptions`, so `--dry-run` starts instantly; both are re-exported here.)
 - `Restorer.load(options)` loads the model once (explicit `--weights`, a manifest `--model`, or the default chain),
   picks the device and precision, and finds the routing calibration beside the weights.
 - `Restorer.restore(images)` restores a batch of same-size `io.Image`s: routing, optional tiling with a shared
@@ -110,7 +110,7 @@ class Outcome:
     precision: str = "fp32"
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
-    #: the tiled path for large images: restored colour already in the image's sample type (see irtool.restoration.tiled_samples)
+    #: the tiled path for large images: restored colour already in the image's sample type (see tiled_samples)
     samples: np.ndarray | None = None
 
 
@@ -335,7 +335,7 @@ class Restorer:
         """Restore same-size images in one batch (see the module docstring). Raises OutOfMemory or the model's
         errors for the whole batch; callers isolate failures per image by retrying one by one.
 
-        routing: impose this routing of one image on every image of the batch (whole or tiled; irtool.restoration.video gives
+        routing: impose this routing of one image on every image of the batch (whole or tiled; the video package gives
         all frames of a shot one routing), instead of letting each image route itself. It is what gets reported."""
         if not images:
             return []
@@ -388,14 +388,14 @@ class Restorer:
             warnings=list(warnings),
         )
 
-    # -- large images: tiles from the decoded samples (irtool.restoration.tiled_samples), no float copy of the whole image
+    # -- large images: tiles from the decoded samples (tiled_samples), no float copy of the whole image
 
     def needs_tiled_samples(self, image: io.Image) -> bool:
         """Whether an image is too large for a whole-image pass (or its float32 copies) in this machine's memory."""
         return image.height * image.width > self.whole_pixels and self.spec.capabilities.tiling.supported
 
     def restore_large(self, image: io.Image) -> Outcome:
-        """Restore one large image tile by tile from `image.pixels` (see irtool.restoration.tiled_samples): the result comes back as
+        """Restore one large image tile by tile from `image.pixels` (see tiled_samples): the result comes back as
         samples in the image's type. Same tiling, blending and shared routing as the tiled float path; an
         out-of-memory error halves the tile, as there."""
         started = time.perf_counter()

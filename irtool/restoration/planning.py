@@ -19,7 +19,7 @@ from ..errors import IrtoolError, UsageError
 from ..images import files as io
 from ..images import safe_paths
 
-#: containers irtool.restoration.video restores (it re-exports this): kept here so planning needs neither PyAV nor irtool.restoration.video
+#: containers irtool.restoration.video restores: kept here so planning needs neither PyAV nor the video modules
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
 #: what a folder walk or a glob picks up: images, and videos (restored by irtool.restoration.video)
 INPUT_SUFFIXES = io.IMAGE_SUFFIXES | VIDEO_SUFFIXES
@@ -204,7 +204,7 @@ def plan(inputs: Sequence[str | Path], out_dir: str | Path, options: RestoreOpti
     - an existing output is skipped with `skip_existing`, replaced with `overwrite`, else left as it is (status
       "exists", not a failure);
     - two inputs that would write the same output: the second is refused;
-    - special files, broken or looping links and unreadable folders are refused one by one (see irtool.images.safe_paths).
+    - special files, broken or looping links and unreadable folders are refused one by one (see images/safe_paths.py).
     """
     options = options or RestoreOptions()
     out_dir = Path(out_dir)
