@@ -5,9 +5,9 @@ phases of `irtool restore` on their own.
     /usr/bin/time -v irtool restore big12000.png out/ --tile 512       # the whole run: "Maximum resident set size"
     /usr/bin/time -v python benchmarks/large_image_memory.py io big12000.png out.png   # decode + encode phases only
 
-The `io` mode reads the PNG as irtool does, fills the array the tiled path (irtool/large.py) writes restored rows
-into, and encodes and writes it as irtool does, without the network, so the two phases that hold the whole image
-can be measured on a machine too slow or too busy to run the network over 625 tiles.
+The `io` mode reads the PNG as irtool does, fills the array the tiled path (irtool/restoration/tiled_samples.py)
+writes restored rows into, and encodes and writes it as irtool does, without the network, so the two phases that hold
+the whole image can be measured on a machine too slow or too busy to run the network over 625 tiles.
 """
 
 from __future__ import annotations

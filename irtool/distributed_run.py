@@ -19,7 +19,7 @@ One run, many ranks:
   flight, rank 0 reports what is missing, and `--skip-existing` finishes only that on a rerun. Temp files a killed
   rank left behind are removed at the start of the next multi-process run into that folder.
 
-Imports torch (torch.distributed) and irtool's engine, jobs, shard and train.distributed modules.
+Imports torch (torch.distributed) and irtool's restoration (engine, planning), shard and devices.processes modules.
 """
 
 from __future__ import annotations
