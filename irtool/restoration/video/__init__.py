@@ -18,7 +18,8 @@ A frame the decoder cannot decode (or marks corrupt) is reported and replaced by
 is written under a temp name and renamed when complete: an interruption leaves nothing, or with `keep_partial` a
 playable `<name>.partial<ext>` holding the frames done.
 
-`options` (what can be asked) and `probe` (what a file holds, for planning and `--dry-run`) import the standard
-library only; the other modules import numpy, and PyAV, torch and the engine inside the functions that need them.
+`options` (what can be asked) and `probe` (what a file holds, for planning and `--dry-run`) are what planning needs.
+No module here imports torch or PyAV when imported: they, and the engine, are imported inside the functions that
+need them.
 How videos are shown on a terminal (progress bars, the shots table) is the CLI's: irtool.cli.video_display.
 """

@@ -1,5 +1,5 @@
 """What `irtool restore` can be told about videos (`VideoOptions`), the codecs and containers irtool writes, and
-the one error type. Standard library only (PyAV is imported by `require_av` when a video is opened)."""
+the one error type. No torch; PyAV is imported by `require_av` when a video is opened."""
 
 from __future__ import annotations
 
