@@ -1,0 +1,1 @@
+"""The restore pipeline's parts that sit below the engine (what restore reads from calibrations, ...)."""
