@@ -96,6 +96,17 @@ def test_the_catalogue_never_reaches_the_loader_and_the_networks_never_reach_any
         assert not above, f"{name} imports {sorted(above)}: networks depend on torch and each other only"
 
 
+def test_the_engine_and_what_restore_reads_import_nothing_above_them():
+    """Restoring needs no command module: calibrations are read through irtool.restoration.calibration, not the
+    calibrate command's irtool.calibrate (imports inside functions count)."""
+    above = ("irtool.calibrate", "irtool.cli", "irtool.train", "irtool.bench", "irtool.report", "irtool.evaluation")
+    restore = [m for m in MODULES if m == "irtool.engine" or m.startswith("irtool.restoration")]
+    assert "irtool.restoration.calibration" in restore
+    for name in restore:
+        found = sorted(d for d in _imports(name, MODULES[name], top_level_only=False) if d.startswith(above))
+        assert not found, f"{name} imports {found}, above the restore engine"
+
+
 @pytest.mark.parametrize("module", ["irtool", "irtool.cli", "irtool.weights", "irtool.weights.catalogue"])
 def test_startup_modules_do_not_import_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"
