@@ -65,7 +65,9 @@ def inspect(
         table.add_row(output.plain(key), output.plain(value))
     if info["moce_layers"]:
         table.add_row("MoCE layers", str(len(info["moce_layers"])))
-    table.add_row("calibration", output.plain(info["calibration"]))
+    shown = output.plain(info["calibration"])
+    shown.overflow = "fold"  # a path is shown whole, wrapped, never cut with an ellipsis
+    table.add_row("calibration", shown)
     output.stdout().print(table)
     if problem:
         output.warning(problem)
