@@ -393,11 +393,12 @@ def run_bench(
         model=describe_model(model, source),
         load_average=_load() if device.type == "cpu" else None,
     )
-    multiple = spec_of(model).capabilities.size_multiple(model)
+    caps = spec_of(model).capabilities
+    multiple = caps.size_multiple(model)
     gen = torch.Generator().manual_seed(plan.seed)
     for h, w in plan.sizes:
         for batch in plan.batches:
-            x = pad_to_multiple(torch.rand(batch, 3, h, w, generator=gen), multiple).to(device)
+            x = pad_to_multiple(torch.rand(batch, 3, h, w, generator=gen), multiple, caps.padding).to(device)
             try:  # what every row is compared with: fp32, the model's own routing, the fast path
                 with torch.inference_mode():
                     reference: Tensor | None = restoring(model).run(x).output.float()

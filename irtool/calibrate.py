@@ -1,4 +1,4 @@
-"""Naming degradations from MoCE-IR's routing: a small classifier over routing signatures, stored beside the weights.
+"""Making the classifier that names degradations from MoCE-IR's routing (`irtool calibrate`).
 
 MoCE-IR routes per layer, not per degradation class, so its decisions need a dictionary before they can be read as
 "this photo is rainy". `calibrate` builds one: it degrades clean photos with known synthetic degradations
@@ -9,38 +9,31 @@ softmax whose temperature is fitted on held-out images, and a signature far from
 Accuracy is measured by leave-one-photo-out cross-validation, so it says how well unseen photos are named; a class
 named right less often than `min_accuracy` there (70% by default) is reported as "unknown" rather than guessed.
 
-A calibration file (`<weights file>.calibration.json`) records the fingerprint of the weights it was made with
-(sha256 over the state dict's names, dtypes, shapes and bytes, so it survives conversion between .ckpt and
-.safetensors); restore ignores a calibration whose fingerprint does not match.
+The calibration file, where calibrations live and how restore finds and reads one are irtool.restoration.calibration's
+(`Calibration`, `find_calibration`): restore needs them, not this module.
 
-Imports numpy, torch and irtool.images.tensors; the model and the way it is run (device, precision) come from the caller.
+Imports numpy, torch, irtool.degrade, irtool.images and irtool.restoration.calibration; the model and the way it is
+run (device, precision) come from the caller.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from . import __version__
 from .degrade import KINDS, LEVEL_NAMES, degrade
-from .errors import IrtoolError
 from .images.pixels import gray_to_rgb
 from .images.tensors import to_tensor
+from .restoration.calibration import Calibration, CalibrationError, signatures, softmax
 
-FORMAT = "irtool.calibration"
-VERSION = 1
-SUFFIX = ".calibration.json"
-FEATURE = "router-softmax"
 CLEAN = "clean"
 DEFAULT_CLASSES = (CLEAN, *KINDS)
 #: CC0 / public-domain photos shipped in scikit-image's wheel (see scikit-image's data/README.txt)
@@ -61,176 +54,6 @@ SKIMAGE_PHOTOS = (
 )
 #: floor on the per-feature scale: router probabilities that never move must not blow up the distance
 _SCALE_FLOOR = 0.02
-
-
-class CalibrationError(IrtoolError):
-    """A calibration cannot be made, read or used."""
-
-
-def calibration_path(weights: str | Path) -> Path:
-    """Where the calibration of a weights file lives: `<weights file>.calibration.json`, beside it."""
-    weights = Path(weights)
-    return weights.with_name(weights.name + SUFFIX)
-
-
-def fingerprint(model: nn.Module) -> str:
-    """sha256 over the state dict (sorted names, dtypes, shapes, bytes): the same weights in any container agree."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def signatures(routing: Any) -> np.ndarray:
-    """(B, L*E) routing signatures: per MoCE layer, the softmax of the clean router logits."""
-    logits = routing.logits
-    if logits is None:
-        raise CalibrationError("this routing has no router logits (it was imposed, not decided)")
-    return torch.softmax(logits.float(), dim=-1).reshape(logits.shape[0], -1).cpu().numpy().astype(np.float64)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The classifier
-
-
-@dataclass
-class Calibration:
-    """A fitted routing-signature classifier for one set of weights."""
-
-    classes: list[str]
-    centroids: np.ndarray  #: (C, D)
-    scale: np.ndarray  #: (D,)
-    temperature: float
-    reject_distance: float  #: beyond this (mean squared scaled) distance to every centroid: "unknown"
-    fingerprint: str
-    arch: str = "moce_ir"
-    feature: str = FEATURE
-    layers: int = 0
-    experts: int = 0
-    accuracy: float | None = None  #: leave-one-photo-out
-    per_class_accuracy: dict[str, float] = field(default_factory=dict)
-    confusion: list[list[int]] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)
-    #: classes whose leave-one-photo-out accuracy is below this are answered "unknown" (their names are guesses)
-    min_accuracy: float = 0.0
-
-    @property
-    def dims(self) -> int:
-        return self.centroids.shape[1]
-
-    def distances(self, features: np.ndarray) -> np.ndarray:
-        """(B, C) mean squared scaled distance of each signature to each centroid."""
-        diff = (features[:, None, :] - self.centroids[None]) / self.scale
-        return (diff**2).mean(axis=-1)
-
-    @property
-    def unreliable(self) -> list[str]:
-        """The classes answered "unknown": held-out accuracy below `min_accuracy`."""
-        return [c for c in self.classes if self.per_class_accuracy.get(c, 1.0) < self.min_accuracy]
-
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
-        return _softmax(-self.distances(features) * self.dims / (2.0 * self.temperature))
-
-    def predict(self, features: np.ndarray) -> list[tuple[str, float | None]]:
-        """Per signature: (class name, confidence), or ("unknown", None) when far from every class."""
-        if features.shape[1] != self.dims:
-            return [("unknown", None)] * features.shape[0]
-        dist = self.distances(features)
-        probs = _softmax(-dist * self.dims / (2.0 * self.temperature))
-        unreliable = set(self.unreliable)
-        out: list[tuple[str, float | None]] = []
-        for d, p in zip(dist, probs):
-            best = int(np.argmax(p))
-            if d[best] > self.reject_distance or self.classes[best] in unreliable:
-                out.append(("unknown", None))
-            else:
-                out.append((self.classes[best], float(p[best])))
-        return out
-
-    def classify(self, routing: Any) -> list[tuple[str, float | None]]:
-        return self.predict(signatures(routing))
-
-    # -- files
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "arch": self.arch,
-            "feature": self.feature,
-            "weights_fingerprint": self.fingerprint,
-            "layers": self.layers,
-            "experts": self.experts,
-            "classes": self.classes,
-            "centroids": np.round(self.centroids, 6).tolist(),
-            "scale": np.round(self.scale, 6).tolist(),
-            "temperature": self.temperature,
-            "reject_distance": self.reject_distance,
-            "accuracy": self.accuracy,
-            "per_class_accuracy": self.per_class_accuracy,
-            "min_accuracy": self.min_accuracy,
-            "unreliable": self.unreliable,
-            "confusion": self.confusion,
-            "info": self.info,
-        }
-
-    def save(self, path: str | Path) -> Path:
-        from .images.files import write_bytes_atomic
-
-        path = Path(path)
-        write_bytes_atomic(path, (json.dumps(self.to_dict(), indent=1) + "\n").encode(), overwrite=True)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> Calibration:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CalibrationError(f"{path}: no such calibration file") from None
-        except (OSError, ValueError) as exc:
-            raise CalibrationError(f"{path}: not a readable calibration file ({exc})") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise CalibrationError(f"{path}: not an irtool calibration file")
-        if data.get("version") != VERSION or data.get("feature") != FEATURE:
-            raise CalibrationError(f"{path}: calibration version {data.get('version')} is not supported; recalibrate")
-        try:
-            centroids = np.asarray(data["centroids"], dtype=np.float64)
-            scale = np.asarray(data["scale"], dtype=np.float64)
-            calibration = cls(
-                classes=[str(c) for c in data["classes"]],
-                centroids=centroids,
-                scale=scale,
-                temperature=float(data["temperature"]),
-                reject_distance=float(data["reject_distance"]),
-                fingerprint=str(data["weights_fingerprint"]),
-                arch=str(data.get("arch", "moce_ir")),
-                layers=int(data.get("layers", 0)),
-                experts=int(data.get("experts", 0)),
-                accuracy=data.get("accuracy"),
-                per_class_accuracy=dict(data.get("per_class_accuracy", {})),
-                confusion=list(data.get("confusion", [])),
-                info=dict(data.get("info", {})),
-                min_accuracy=float(data.get("min_accuracy", 0.0)),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CalibrationError(f"{path}: damaged calibration file ({exc})") from None
-        if (
-            centroids.ndim != 2
-            or centroids.shape[0] != len(calibration.classes)
-            or scale.shape != (centroids.shape[1],)
-        ):
-            raise CalibrationError(f"{path}: damaged calibration file (inconsistent shapes)")
-        return calibration
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    scores = scores - scores.max(axis=-1, keepdims=True)
-    e = np.exp(scores)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _fit_centroids(features: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -285,7 +108,7 @@ def fit(
         # are correlated, which makes the plain Gaussian model overconfident already.
         best_t, best_nll = 1.0, math.inf
         for t in np.logspace(0, 4, 41):
-            probs = _softmax(-held_out * dims / (2.0 * t))
+            probs = softmax(-held_out * dims / (2.0 * t))
             nll = -np.mean(np.log(probs[np.arange(len(y)), y] + 1e-12))
             if nll < best_nll:
                 best_t, best_nll = float(t), nll
@@ -448,43 +271,3 @@ def _same_size_groups(samples: list[Sample], indices: Iterable[int]) -> list[lis
 
 def _as_rgb(array: np.ndarray) -> np.ndarray:
     return gray_to_rgb(array)[..., :3]
-
-
-def find_calibration(
-    weights: str | Path | None, model: nn.Module, explicit: str | Path | None = None
-) -> tuple[Calibration | None, str | None]:
-    """The calibration to use with `model` loaded from `weights`, and a warning when one was found but not usable.
-
-    explicit: a calibration file the user named; it must match the weights (else CalibrationError).
-    Without it, `<weights>.calibration.json` is used when present and made for these weights, else another
-    calibration in the same folder made for these weights.
-    """
-    if explicit is not None:
-        calibration = Calibration.load(explicit)
-        if calibration.fingerprint != fingerprint(model):
-            raise CalibrationError(
-                f"{explicit}: made for other weights (fingerprint differs); run `irtool calibrate` for these"
-            )
-        return calibration, None
-    if weights is None:
-        return None, None
-    path = calibration_path(weights)
-    # Beside the file first; then any calibration in the same folder made for these weights (a calibration made on
-    # last.ckpt still serves weights.safetensors imported from it).
-    candidates = [path] + sorted(p for p in Path(weights).parent.glob(f"*{SUFFIX}") if p != path)
-    candidates = [p for p in candidates if p.is_file()]
-    if not candidates:
-        return None, None
-    mine = fingerprint(model)
-    problem = None
-    for candidate in candidates:
-        try:
-            calibration = Calibration.load(candidate)
-        except CalibrationError as exc:
-            problem = problem or f"{exc}; degradations are named 'unknown'"
-            continue
-        if calibration.fingerprint == mine:
-            return calibration, None
-        if candidate == path:
-            problem = f"{path}: made for other weights, ignored (run `irtool calibrate` again); degradations are named 'unknown'"
-    return None, problem

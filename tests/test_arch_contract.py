@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from helpers import ODD, make_images
+from helpers import FP32_ATOL, ODD, make_images
 from helpers_lora import MICRO_NET, MICRO_ROUTER
 
 import irtool
@@ -129,7 +129,9 @@ def test_a_strictly_loaded_copy_restores_the_same(arch, name, config):
     x = make_images(2, 20, 28)  # no size multiple of any network: padded by run_padded
     with torch.no_grad():
         a, b = run_padded(model, x), run_padded(loaded, x)
+        called = model(x)  # any size: padded by the spec's rule and cropped back, as run_padded
     assert a.output.shape == x.shape and torch.isfinite(a.output).all()
+    torch.testing.assert_close(called, a.output, atol=FP32_ATOL, rtol=0)
     torch.testing.assert_close(b.output, a.output, atol=0, rtol=0)
     if caps.routing is not None:
         assert torch.equal(a.routing.experts, b.routing.experts)
@@ -169,7 +171,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from irtool.archs.spec import ArchSpec, Capabilities
+from irtool.archs.spec import ArchSpec, Capabilities, require_multiple, run_padded
 
 
 @dataclass(frozen=True)
@@ -202,12 +204,11 @@ class ToyNet(nn.Module):
         return SPEC
 
     def run(self, x: Tensor, routing: None = None, *, dense: bool = False) -> ToyResult:
-        if x.shape[-2] % 2 or x.shape[-1] % 2:
-            raise ValueError("toy: not a multiple of 2 px")
+        require_multiple(x, 2, "Toy")
         return ToyResult(x + 0.1 * self.toy_out(F.gelu(self.toy_in(x))))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.run(x).output
+    def forward(self, x: Tensor, routing: None = None, *, dense: bool = False) -> Tensor:
+        return run_padded(self, x, routing=routing, dense=dense).output
 
 
 def detect(sd: Mapping[str, Tensor]) -> bool:
@@ -265,3 +266,8 @@ def test_a_new_architecture_is_one_file_and_a_registry_line(toy_arch, tmp_path):
     with torch.no_grad():
         expected = run_padded(net, x, padding="reflect").output.clamp(0, 1)[0].permute(1, 2, 0).numpy()
     assert np.abs(whole.image.astype(np.float64) - np.round(expected * 255)).max() <= 1
+    with torch.no_grad(), pytest.raises(ValueError, match="^Toy: input 45x37 px is not a multiple of 2 px"):
+        net.run(x)
+    with torch.no_grad():  # the contract's forward: any size in, the same size out (one helper call)
+        assert net(x).shape == x.shape
+        torch.testing.assert_close(net(x), run_padded(net, x).output, atol=0, rtol=0)

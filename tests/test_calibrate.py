@@ -15,6 +15,7 @@ from irtool import calibrate as cal
 from irtool.archs.moce_ir import VARIANTS
 from irtool.degrade import degrade
 from irtool.loading import load_model
+from irtool.restoration import calibration as rc
 
 
 def clusters(n_per: int = 6, dims: int = 8, seed: int = 0):
@@ -41,40 +42,40 @@ def test_fit_predicts_held_out_samples_and_says_unknown_far_away(tmp_path):
     assert model.predict(np.zeros((1, 3))) == [("unknown", None)]  # a signature of another shape
 
     path = model.save(tmp_path / "w.pth.calibration.json")
-    loaded = cal.Calibration.load(path)
+    loaded = rc.Calibration.load(path)
     assert loaded.predict(centres) == model.predict(centres)
     assert json.loads(path.read_text())["weights_fingerprint"] == "abc"
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(cal.CalibrationError, match="not an irtool calibration"):
-        cal.Calibration.load(tmp_path / "bad.json")
+    with pytest.raises(rc.CalibrationError, match="not an irtool calibration"):
+        rc.Calibration.load(tmp_path / "bad.json")
 
 
 def test_fingerprint_follows_the_weights_not_the_container(tmp_path):
     model = random_moce(VARIANTS["tiny"], 0)
     torch.save({"state_dict": {f"net.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "m.ckpt")
     save_file(model.state_dict(), str(tmp_path / "m.safetensors"))
-    a = cal.fingerprint(load_model(tmp_path / "m.ckpt", device="cpu"))
-    b = cal.fingerprint(load_model(tmp_path / "m.safetensors", device="cpu"))
-    assert a == b == cal.fingerprint(model)
+    a = rc.fingerprint(load_model(tmp_path / "m.ckpt", device="cpu"))
+    b = rc.fingerprint(load_model(tmp_path / "m.safetensors", device="cpu"))
+    assert a == b == rc.fingerprint(model)
     with torch.no_grad():
         model.output.weight[0, 0, 0, 0] += 1e-3
-    assert cal.fingerprint(model) != a
+    assert rc.fingerprint(model) != a
 
 
 def test_a_stale_calibration_is_ignored_with_a_warning_and_an_explicit_one_refused(tmp_path):
     model = random_moce(VARIANTS["tiny"], 0)
     features, labels, groups, _ = clusters()
     weights = tmp_path / "w.pth"
-    cal.fit(features, labels, groups, fingerprint="someone-else").save(cal.calibration_path(weights))
-    found, warning = cal.find_calibration(weights, model)
+    cal.fit(features, labels, groups, fingerprint="someone-else").save(rc.calibration_path(weights))
+    found, warning = rc.find_calibration(weights, model)
     assert found is None and "made for other weights" in warning
-    with pytest.raises(cal.CalibrationError, match="other weights"):
-        cal.find_calibration(weights, model, cal.calibration_path(weights))
-    cal.fit(features, labels, groups, fingerprint=cal.fingerprint(model)).save(cal.calibration_path(weights))
-    found, warning = cal.find_calibration(weights, model)
+    with pytest.raises(rc.CalibrationError, match="other weights"):
+        rc.find_calibration(weights, model, rc.calibration_path(weights))
+    cal.fit(features, labels, groups, fingerprint=rc.fingerprint(model)).save(rc.calibration_path(weights))
+    found, warning = rc.find_calibration(weights, model)
     assert found is not None and warning is None
     # the same weights imported as another file in the same folder still find it
-    found, warning = cal.find_calibration(tmp_path / "weights.safetensors", model)
+    found, warning = rc.find_calibration(tmp_path / "weights.safetensors", model)
     assert found is not None and warning is None
 
 
@@ -103,9 +104,9 @@ def test_calibrating_a_tiny_moce_ir_names_degradations_of_unseen_photos():
 
 
 def test_clean_photos_come_from_a_folder_or_scikit_image(tmp_path):
-    with pytest.raises(cal.CalibrationError, match="no such folder"):
+    with pytest.raises(rc.CalibrationError, match="no such folder"):
         cal.clean_photos(tmp_path / "nope")
-    with pytest.raises(cal.CalibrationError, match="no images"):
+    with pytest.raises(rc.CalibrationError, match="no images"):
         cal.clean_photos(tmp_path)
     from irtool.evaluation.datasets import skimage_photo_dir
 

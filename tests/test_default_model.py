@@ -194,7 +194,7 @@ def test_each_kind_is_ahead_of_its_classical_tool(model, entry, kind):
 
 
 def test_the_shipped_calibration_reports_unreliable_kinds_as_unknown(entry):
-    from irtool.calibrate import Calibration
+    from irtool.restoration.calibration import Calibration
 
     calibration = Calibration.load(f"{entry.packaged_files()['weights']}.calibration.json")
     assert calibration.min_accuracy == pytest.approx(0.7)

@@ -142,20 +142,22 @@ def test_an_imposed_routing_reproduces_the_routers_own_choice():
 
 @pytest.mark.parametrize("size", [(37, 53), (8, 8), (5, 3), (64, 24), (1, 1)])
 def test_any_size_is_padded_and_cropped_back(size):
-    """The network takes multiples of 8 and refuses other sizes; `run_padded` pads (reflect) and crops back."""
+    """`run` takes multiples of 8 and refuses other sizes; `model(x)` and `run_padded` pad (reflect) and crop back."""
     model = random_moce(VARIANTS["tiny"], seed=1)
     x = make_images(1, *size)
     h, w = size
     if h % 8 or w % 8:
         with pytest.raises(ValueError, match="not a multiple of 8 px"):
-            model(x)
+            model.run(x)
     with torch.no_grad():
         out = run_padded(model, x).output
+        called = model(x)
     assert out.shape == x.shape and torch.isfinite(out).all()
+    torch.testing.assert_close(called, out, atol=FP32_ATOL, rtol=0)  # the same computation
     if h > 7 and w > 7:  # reflect padding to a multiple of 8, then a crop: same as padding by hand
         padded = F.pad(x, (0, -w % 8, 0, -h % 8), mode="reflect")
         with torch.no_grad():
-            by_hand = model(padded)[..., :h, :w]
+            by_hand = model.run(padded).output[..., :h, :w]
         torch.testing.assert_close(out, by_hand, atol=FP32_ATOL, rtol=0)  # padded inside vs by hand: FP32_ATOL
 
 

@@ -123,8 +123,8 @@ def test_restore_report_lists_every_image_escaped_with_its_routing_and_failures(
         f"L0 e{r['experts'][0][0]} {r['gates'][0][0]:.2f}" in text for r in reports if r["status"] == "ok"
     )
     # summary: counts, device, precision and the weights' fingerprint
-    from irtool.calibrate import fingerprint
     from irtool.loading import load_model
+    from irtool.restoration.calibration import fingerprint
 
     assert fingerprint(load_model(checkpoint, device="cpu"))[:16] in html
     assert re.search(r"restored</dt><dd>3 of 4</dd>", html) and ">cpu<" in html and ">fp32<" in html

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from ._keys import config_fields, count_children
 from .clip_router import VARIANTS as ROUTER_VARIANTS
 from .clip_router import CLIPRouter, CLIPRouterConfig
-from .spec import ArchSpec, Capabilities, Classifier, Join, RoutingReport, Tiling
+from .spec import ArchSpec, Capabilities, Classifier, Join, RoutingReport, Tiling, require_multiple, run_padded
 
 ARCH = "lora_ir"
 
@@ -536,20 +536,16 @@ class LoRAIRNet(nn.Module):
         local_pool_px: int | None = None,
     ) -> Tensor:
         """Restore x (B, C, H, W), H and W multiples of `size_multiple`, with the router's prior (B, P) and logits
-        (B, E). The official code zero-pads to the multiple inside (`check_image_size`); here the caller pads (zeros
-        and a crop of the output give the official numbers: `irtool.restoration.tiling.run_padded`).
+        (B, E). The official code zero-pads to the multiple inside (`check_image_size`); here `LoRAIR`'s forward
+        pads (zeros, then a crop of the output: the official numbers) and this network takes aligned sizes only.
 
         dense: run every expert on every image, gated (the official batched path): same result, for checks and
             benchmarks. Otherwise each image runs its top-1 expert merged into the weights, grouped by expert.
         local_pool_px: local channel-attention pooling with this base size in input pixels (NAFNet's TLC; see
             `config.tlc_px`); None or 0 pools globally.
         """
-        b, _, h, w = x.shape
-        m = self.config.size_multiple
-        if h % m or w % m:
-            raise ValueError(
-                f"LoRA-IR: input {w}x{h} px is not a multiple of {m} px; pad it first (irtool.restoration.tiling.pad_to_multiple)"
-            )
+        b = x.shape[0]
+        require_multiple(x, self.config.size_multiple, "LoRA-IR")
         if prior.shape[0] != b or logits.shape[0] != b:
             raise ValueError(f"prior/logits are for {prior.shape[0]}/{logits.shape[0]} images, the batch has {b}")
         routing = LoRARouting(logits, prior, self.config.top_k)
@@ -602,8 +598,9 @@ class LoRAIRNet(nn.Module):
 class LoRAIR(nn.Module):
     """A LoRA-IR model: the restoration network `ir` and its DG-Router `router`.
 
-    `run(x)` routes each image with CLIP (five views), then restores it with its class's expert; `route(x)` is the
-    routing alone; `classify(routing)` names the degradation per image.
+    `model(x)` restores any H x W (routes the image as given, restores it zero-padded, crops back); `run(x)` (sides
+    multiples of `size_multiple`) routes each image with CLIP (five views), then restores it with its class's expert
+    and returns the routing too; `route(x)` is the routing alone; `classify(routing)` names the degradation per image.
     """
 
     arch = ARCH
@@ -652,15 +649,17 @@ class LoRAIR(nn.Module):
         dense: bool = False,
         local_pool_px: int | None = None,
     ) -> LoRAIRResult:
-        """Restore x (B, 3, H, W), RGB in [0, 1], H and W multiples of `size_multiple` (see `LoRAIRNet.forward`).
+        """Restore x (B, 3, H, W), RGB in [0, 1], H and W multiples of `size_multiple` (the aligned path; `model(x)`
+        takes any size).
 
         routing: impose this routing (e.g. a whole image's, on its tiles) instead of running the router on x; a
             routing of one image applies to every image of the batch. (The official test routes the unpadded image:
-            route it, then run the padded one with that routing, as `irtool.restoration.tiling.run_padded` does.)
+            route it, then run the padded one with that routing, as `forward` and `run_padded` do.)
         dense: every expert on every image, gated (same result; for checks and benchmarks).
         local_pool_px: local channel-attention pooling base size in px (see `LoRAIRNetConfig.tlc_px`); None uses
             `self.local_pool_px`, 0 forces global pooling.
         """
+        require_multiple(x, self.config.size_multiple, "LoRA-IR")
         if routing is None:
             routing = self.route(x)
         elif len(routing) == 1 and x.shape[0] > 1:
@@ -673,7 +672,8 @@ class LoRAIR(nn.Module):
         return LoRAIRResult(out, routing)
 
     def forward(self, x: Tensor, routing: LoRARouting | None = None, *, dense: bool = False) -> Tensor:
-        return self.run(x, routing, dense=dense).output
+        """The restored batch for any H x W: routed as given, zero-padded to `size_multiple`, run, cropped back."""
+        return run_padded(self, x, routing=routing, dense=dense).output
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -14,9 +14,10 @@ Deliberate departures from the official code (github.com/eduardzamfir/MoCE-IR, `
   issue #19), so expert choice is random at test time; `run(..., routing_noise=...)` re-enables it on request.
 - Each image of a batch runs only its own top-k experts. The official eval path gives every image the gated sum of
   the experts chosen by *all* images of the batch, so it is only correct at batch 1.
-- `run` takes H and W multiples of 2^(levels-1) (`size_multiple`) and refuses others: the official code pads inside
-  its forward, here the caller pads once (the engine and `irtool.restoration.tiling.run_padded` reflect-pad and crop back, which
-  gives the official numbers).
+- Any size. The official network has no padding rule: its forward needs H and W multiples of 2^(levels-1) and its
+  test centre-crops images to multiples of 16. Here `model(x)` reflect-pads to `size_multiple` and crops back (the
+  spec's `padding`, which the engine, tiles and evaluation share); `run` is the aligned path and refuses other
+  sizes.
 - The official `stage_depth`/`depth_type` options repeat the very same expert computation `depth` times and keep the
   last result; they change neither the weights nor the output, so they are not modelled here.
 
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._keys import config_fields, count_children
-from .spec import ArchSpec, Capabilities, RoutingReport, Tiling
+from .spec import ArchSpec, Capabilities, RoutingReport, Tiling, require_multiple, run_padded
 
 ARCH = "moce_ir"
 
@@ -852,8 +853,8 @@ class FrequencyEmbedding(nn.Module):
 
 
 class MoCEIR(nn.Module):
-    """MoCE-IR. `forward(x)` restores a (B, C, H, W) batch in [0, 1] (output not clamped); `run` also returns the
-    routing and, in training mode, the auxiliary routing loss."""
+    """MoCE-IR. `forward(x)` restores a (B, C, H, W) batch in [0, 1] of any H x W (output not clamped); `run` (sides
+    multiples of `size_multiple`) also returns the routing and, in training mode, the auxiliary routing loss."""
 
     arch = ARCH
 
@@ -959,8 +960,8 @@ class MoCEIR(nn.Module):
         routing_noise: bool | torch.Generator = False,
         reference: bool = False,
     ) -> MoCEResult:
-        """Restore `x` (B, C, H, W); H and W must be multiples of `size_multiple` (pad with
-        `irtool.restoration.tiling.pad_to_multiple`, or call `irtool.restoration.tiling.run_padded`).
+        """Restore `x` (B, C, H, W); H and W must be multiples of `size_multiple` (the aligned path; `model(x)`
+        takes any size).
 
         routing: impose these experts and gates instead of routing (e.g. the routing of a whole image, for its tiles).
         dense: run every expert on every image (gates 0 for the unchosen ones); same result, for benchmarks.
@@ -973,12 +974,7 @@ class MoCEIR(nn.Module):
         """
         if routing is not None and routing.experts.shape[0] != x.shape[0]:
             raise ValueError(f"routing is for {routing.experts.shape[0]} images but the batch has {x.shape[0]}")
-        h, w = x.shape[-2:]
-        m = self.config.size_multiple
-        if h % m or w % m:
-            raise ValueError(
-                f"MoCE-IR: input {w}x{h} px is not a multiple of {m} px; pad it first (irtool.restoration.tiling.pad_to_multiple)"
-            )
+        require_multiple(x, self.config.size_multiple, "MoCE-IR")
         fast = not reference
         state = _Pass(
             imposed=None if routing is None else routing.to(x.device), noise=routing_noise, dense=dense, fast=fast
@@ -1007,7 +1003,8 @@ class MoCEIR(nn.Module):
         return MoCEResult(out, decided, aux)
 
     def forward(self, x: Tensor, routing: Routing | None = None, *, dense: bool = False) -> Tensor:
-        return self.run(x, routing, dense=dense).output
+        """The restored batch for any H x W: reflect-padded to `size_multiple`, run, cropped back."""
+        return run_padded(self, x, routing=routing, dense=dense).output
 
     def route(self, x: Tensor) -> Routing:
         """The routing the network picks for `x` (B, C, H, W), sides multiples of `size_multiple`. MoCE-IR's routers

@@ -9,21 +9,25 @@ spec holds the second file and how the two become one model.
 
 The model contract every architecture's model class keeps: a `spec` property (this architecture's `SPEC`), a
 `config` with `to_dict()`, `run(x, routing=None, *, dense=False) -> result with .output and .routing` for H and W
-multiples of the size multiple (anything else is refused; the engine and `irtool.restoration.tiling` pad), and `route(x)`
-when `capabilities.routing` says it routes.
+multiples of the size multiple (anything else is refused through `require_multiple`: the aligned path the engine
+and the tests use), `forward(x, routing=None, *, dense=False)` that restores any H x W to H x W
+(`return run_padded(self, x, routing=routing, dense=dense).output`: padded by the spec's one padding rule, cropped
+back), and `route(x)` when `capabilities.routing` says it routes.
 Imports torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: how an image is padded to the size multiple: mirrored (MoCE-IR) or with zeros (NAFNet's `check_image_size`)
+#: how an image is padded to the size multiple: mirrored (MoCE-IR) or with zeros (LoRA-IR, NAFNet's `check_image_size`)
 Padding = Literal["reflect", "zeros"]
 
 
@@ -99,7 +103,8 @@ class Capabilities:
 
     #: H and W of `run`'s input must be multiples of this (a function of the model: it depends on its config)
     size_multiple: Callable[[Any], int] = _one
-    #: how the official code pads to the size multiple (what evaluation reproduces); the restore engine reflects
+    #: the one rule by which everything (model(x), the engine, tiles, evaluation, bench, training) pads to the size
+    #: multiple: the official code's where it pads, else reflect
     padding: Padding = "reflect"
     routing: RoutingReport | None = None
     #: `run(x, dense=True)`: every expert on every image, gated (same result, for checks and benchmarks)
@@ -202,3 +207,47 @@ def spec_of(model: nn.Module) -> ArchSpec:
     if not isinstance(spec, ArchSpec):
         raise TypeError(f"{type(model).__name__} is not an irtool model: its class has no `spec` (an ArchSpec)")
     return spec
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Padding to the size multiple: the one place it is done (models' `forward`, the engine, evaluation, training)
+
+
+def require_multiple(x: Tensor, multiple: int, name: str) -> None:
+    """ValueError (one line) unless x's H and W are multiples of `multiple`: what every `run` checks first."""
+    h, w = x.shape[-2:]
+    if h % multiple or w % multiple:
+        raise ValueError(
+            f"{name}: input {w}x{h} px is not a multiple of {multiple} px; call the model itself (model(x) pads and "
+            "crops back) or irtool.archs.spec.run_padded"
+        )
+
+
+def pad_to_multiple(x: Tensor, multiple: int, mode: str = "reflect") -> Tensor:
+    """Pad (B, C, H, W) at the bottom and right to multiples of `multiple`: mode "reflect" mirrors (edge-replicates
+    when the image is too small to reflect), "zeros" pads with zeros."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if mode not in ("reflect", "zeros"):
+        raise ValueError(f"padding mode {mode!r}: 'reflect' or 'zeros'")
+    if not (pad_h or pad_w):
+        return x
+    if mode == "zeros":
+        return F.pad(x, (0, pad_w, 0, pad_h))
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if pad_h < h and pad_w < w else "replicate")
+
+
+def run_padded(model: nn.Module, x: Tensor, *, padding: str | None = None, **kwargs: Any) -> Any:
+    """`model.run(x, **kwargs)` for any H and W: x padded to the model's size multiple by its spec's `padding`
+    (unless given), the result's output cropped back to H x W. A model whose router is a pass of its own (LoRA-IR)
+    routes the image as given and restores the padded one with that routing, as the official code does."""
+    caps = spec_of(model).capabilities
+    net = restoring(model)
+    h, w = x.shape[-2:]
+    padded = pad_to_multiple(x, caps.size_multiple(model), padding or caps.padding)
+    if padded is not x and kwargs.get("routing") is None and caps.routing is not None and caps.routing.separate:
+        kwargs["routing"] = net.route(x)
+    result = net.run(padded, **kwargs)
+    if padded is x:
+        return result
+    return dataclasses.replace(result, output=result.output[..., :h, :w].contiguous())

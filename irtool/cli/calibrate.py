@@ -47,9 +47,13 @@ def calibrate(
     output_path: Annotated[
         str | None,
         typer.Option(
-            "--output", "-o", help="Calibration file (default: <weights>.calibration.json beside the weights)."
+            "--output",
+            "-o",
+            help="Calibration file (default: <weights stem>.<fingerprint>.calibration.json in the user's data folder, "
+            "$IRTOOL_HOME/calibrations if set).",
         ),
     ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing calibration file.")] = False,
     device: Device = "auto",
     gpu: GpuNumber = None,
     precision: PrecisionOption = Precision.auto,
@@ -67,10 +71,11 @@ def calibrate(
 ) -> None:
     """Teach irtool to name degradations from a MoCE-IR checkpoint's routing.
 
-    Degrades clean photos with known synthetic degradations, records the routing each gets, and stores a nearest-centroid classifier beside the weights; `irtool restore` then names each image's degradation with a confidence. Accuracy is measured on photos left out of the fit.
+    Degrades clean photos with known synthetic degradations, records the routing each gets, and stores a nearest-centroid classifier in your data folder (never inside the installed package); `irtool restore` then prefers it for these weights and names each image's degradation with a confidence. Accuracy is measured on photos left out of the fit.
     """
-    from ..calibrate import calibration_path, clean_photos
+    from ..calibrate import clean_photos
     from ..degrade import LEVEL_NAMES
+    from ..restoration.calibration import fingerprint, user_calibration_path
     from ..restoration.engine import Restorer
     from ..restoration.planning import RestoreOptions
 
@@ -91,19 +96,15 @@ def calibrate(
     for note in restorer.notes:
         if "calibration" not in note:
             output.note(note)
-    target = (
-        Path(output_path)
-        if output_path
-        else (calibration_path(restorer.weights_path) if restorer.weights_path else None)
-    )
-    if target is None:
-        output.fail("no weights file to put the calibration beside; pass --output FILE")
+    mark = fingerprint(restorer.model)
+    target = Path(output_path) if output_path else user_calibration_path(restorer.weights_path or "model", mark)
+    _check_target(target, overwrite)  # before minutes of routing, not after
     result = _run_calibration(
-        restorer, photo_paths, classes=wanted, levels=level_list, size=size, crops=crops, seed=seed,
+        restorer, photo_paths, mark, classes=wanted, levels=level_list, size=size, crops=crops, seed=seed,
         batch_size=batch_size, min_accuracy=min_accuracy,
     )  # fmt: skip
     try:
-        result.save(target)
+        result.save(target, overwrite=overwrite)
     except IrtoolError as exc:
         output.fail(f"{exc} (pass --output FILE to save the calibration elsewhere)")
     summary = {
@@ -124,14 +125,29 @@ def calibrate(
     _print_calibration(result, summary, min_accuracy, target)
 
 
-def _run_calibration(restorer: Any, photo_paths: list[Path], **settings: Any) -> Any:
+def _check_target(target: Path, overwrite: bool) -> None:
+    """One line and exit when the calibration may not be written there: inside the installed package (commands never
+    write into it), or over an existing file without --overwrite."""
+    import irtool
+
+    package = Path(irtool.__file__).resolve().parent
+    if target.expanduser().resolve().is_relative_to(package):
+        output.fail(
+            f"{target}: inside the installed irtool package, where no command writes; leave out --output (your data "
+            "folder) or choose a file elsewhere",
+            code=2,
+        )
+    if target.exists() and not overwrite:
+        output.fail(f"{target}: already exists; pass --overwrite to replace it", code=1)
+
+
+def _run_calibration(restorer: Any, photo_paths: list[Path], mark: str, **settings: Any) -> Any:
     """Read the clean photos (an unreadable one is skipped with a warning) and calibrate on them, with a progress
     bar on a terminal."""
     import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ..calibrate import calibrate as run_calibration
-    from ..calibrate import fingerprint
     from ..images import files as io
     from ..images import pixels
 
@@ -149,7 +165,7 @@ def _run_calibration(restorer: Any, photo_paths: list[Path], **settings: Any) ->
         return run_calibration(
             restorer.route,
             photos,
-            fingerprint=fingerprint(restorer.model),
+            fingerprint=mark,
             device=restorer.device,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
             info={

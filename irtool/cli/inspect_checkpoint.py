@@ -19,7 +19,7 @@ def inspect(
     config: ConfigFields = None,
     router_config: RouterConfigFields = None,
 ) -> None:
-    """Detect a checkpoint's architecture and config, load it strictly, and describe it."""
+    """Detect a checkpoint's architecture and config, load it strictly, and describe it (with the routing calibration that restore would use for it)."""
     from ..loading import build_model, detect, read_state_dict, resolve_source
 
     fields, router_fields = config_fields(config), config_fields(router_config, "--router-config")
@@ -33,8 +33,15 @@ def inspect(
     else:
         model = build_model(sd, metadata, path, fields)
     from ..archs import spec_of
+    from ..restoration.calibration import CalibrationError, calibration_in_use, find_calibration
 
     spec = spec_of(model)
+    calibration, problem = None, None
+    if spec.capabilities.classifier is None and spec.capabilities.routing is not None:
+        try:
+            calibration, problem = find_calibration(path, model)
+        except CalibrationError as exc:
+            problem = str(exc)
     routing = spec.capabilities.routing
     params = sum(p.numel() for p in model.parameters())
     info = {
@@ -44,6 +51,7 @@ def inspect(
         "parameters": params,
         "tensors": len(sd),
         "moce_layers": routing.layer_names(model) if routing is not None else [],
+        "calibration": calibration_in_use(spec, calibration),
     }
     if as_json:
         output.echo_json(info)
@@ -57,4 +65,9 @@ def inspect(
         table.add_row(output.plain(key), output.plain(value))
     if info["moce_layers"]:
         table.add_row("MoCE layers", str(len(info["moce_layers"])))
+    shown = output.plain(info["calibration"])
+    shown.overflow = "fold"  # a path is shown whole, wrapped, never cut with an ellipsis
+    table.add_row("calibration", shown)
     output.stdout().print(table)
+    if problem:
+        output.warning(problem)

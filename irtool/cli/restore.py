@@ -66,7 +66,9 @@ def restore(
     calibration: Annotated[
         str | None,
         typer.Option(
-            "--calibration", help="Routing calibration file (default: <weights>.calibration.json, if present)."
+            "--calibration",
+            help="Routing calibration file (default: yours for these weights from `irtool calibrate`, else the one "
+            "shipped beside the weights).",
         ),
     ] = None,
     device: Device = "auto",

@@ -590,7 +590,9 @@ def _evaluate_sample(
                 t0 = time.perf_counter()
                 kwargs: dict[str, Any] = {"routing_noise": True} if options.routing_noise else {}
                 with autocast(device, amp_dtype):
-                    out = run_padded(model, x, **kwargs)  # padded as the official code pads, cropped back
+                    out = run_padded(
+                        model, x, **kwargs
+                    )  # padded by the spec's rule (the official code's), cropped back
                 restored = out.output.float().clamp(0, 1)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)

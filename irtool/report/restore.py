@@ -51,10 +51,16 @@ def _previews(report: RestoreReport) -> dict[str, Any]:
 
 def _model_info(restorer: Restorer | None) -> dict[str, Any]:
     if restorer is None:
-        return {"source": "none loaded (nothing to restore)", "arch": None, "parameters": None, "fingerprint": None}
+        return {
+            "source": "none loaded (nothing to restore)",
+            "arch": None,
+            "parameters": None,
+            "fingerprint": None,
+            "calibration": "none (no model loaded)",
+        }
     from ..archs.spec import spec_of
-    from ..calibrate import fingerprint
     from ..devices.policy import precision_name
+    from ..restoration.calibration import calibration_in_use, fingerprint
 
     model = restorer.model
     spec = spec_of(model)
@@ -65,7 +71,7 @@ def _model_info(restorer: Restorer | None) -> dict[str, Any]:
         "arch": spec.name,
         "parameters": sum(p.numel() for p in model.parameters()),
         "fingerprint": fingerprint(model),
-        "calibrated": restorer.calibration is not None or spec.capabilities.classifier is not None,
+        "calibration": calibration_in_use(spec, restorer.calibration),
         "device": str(restorer.device),
         "precision": precision_name(restorer.amp_dtype),
         "layers": routing.layer_names(model) if routing is not None else [],

@@ -4,7 +4,8 @@
   `Job`s and applies the naming and the skip/overwrite rules. Nothing is loaded or written. (It lives in the
   torch-free `planning` with `RestoreOptions`, so `--dry-run` starts instantly; both are re-exported here.)
 - `Restorer.load(options)` loads the model once (explicit `--weights`, a manifest `--model`, or the default chain),
-  picks the device and precision, and finds the routing calibration beside the weights.
+  picks the device and precision, and finds the routing calibration (the user's for these weights, else the one
+  shipped beside them).
 - `Restorer.restore(images)` restores a batch of same-size `io.Image`s: routing, optional tiling with a shared
   routing, reduced precision with an fp32 redo on NaN/Inf, and tiling on out-of-memory, halving until it fits.
 - `restore_files(jobs, restorer)` runs jobs with decoding and encoding in threads around the model, batching
@@ -14,7 +15,8 @@
 Each fact is decided once and carried forward: the bit depth and metadata found by `io.read_image` go back out
 through `io.write_image`; the routing decided on the whole (downscaled) image is imposed on its tiles.
 
-Imports torch, numpy and irtool's images (files, tensors), jobs, policy, tiling, loading, calibrate and weights modules.
+Imports torch, numpy and irtool's images (files, tensors), jobs, policy, tiling, loading, restoration.calibration
+and weights modules.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from ..errors import ImageError, IrtoolError, first_line
 from ..images import files as io
 from ..images.tensors import from_tensor, to_tensor
 from .planning import Job, RestoreOptions, RestoreReport, expand_inputs, output_path, plan, report_unrunnable
-from .tiling import layout_note, pad_to_multiple, tiled_forward
+from .tiling import layout_note, pad_to_multiple, run_padded, tiled_forward
 
 __all__ = [
     "RestoreOptions",
@@ -162,8 +164,9 @@ class Restorer:
             self.spec = spec_of(model)
         except TypeError as exc:
             raise IrtoolError(str(exc)) from None
-        #: H and W the network takes are multiples of this; the engine pads (reflect) and crops back
+        #: H and W the network takes are multiples of this; the engine pads (by the spec's rule) and crops back
         self.multiple = self.spec.capabilities.size_multiple(model)
+        self.padding = self.spec.capabilities.padding
         self.model = model.eval()
         self.net: Restoring = restoring(self.model)  #: the model seen through its contract (run, route)
         self.device = device or next(model.parameters()).device
@@ -188,8 +191,8 @@ class Restorer:
     @classmethod
     def load(cls, options: RestoreOptions) -> Restorer:
         """Load the model named by the options (or the default one) once, with its calibration."""
-        from ..calibrate import find_calibration
         from ..loading import default_source, load_model, resolve_model_files
+        from .calibration import find_calibration
 
         options.check()
         notes: list[str] = []
@@ -235,7 +238,7 @@ class Restorer:
         """x as the router takes it: a router of its own (LoRA-IR's classifier) reads the image as given; a network
         that routes inside its restoration pass (MoCE-IR) needs the size multiple."""
         routing = self.spec.capabilities.routing
-        return x if routing is not None and routing.separate else pad_to_multiple(x, self.multiple)
+        return x if routing is not None and routing.separate else pad_to_multiple(x, self.multiple, self.padding)
 
     def _downscaled(self, x: Tensor) -> Tensor:
         """x with its longer side shrunk to `route_size` (area averaging), sides kept multiples of the model's."""
@@ -252,14 +255,14 @@ class Restorer:
         b, _, h, w = x.shape
         multiple = self.multiple
         with torch.inference_mode(), self._autocast(dtype):
-            # Whole or tiled, the network sees the same reflect-padded canvas, so the two agree at the borders.
-            padded = pad_to_multiple(x, multiple)
             if not tile or max(h, w) <= tile:
+                # padded by the spec's rule and cropped back; a router of its own reads the image as given
+                result = run_padded(self.model, x, routing=imposed)
                 if imposed is not None:
-                    result = model.run(padded, routing=imposed)
-                    return _Pass(result.output[..., :h, :w].float(), imposed, "imposed", 1, None)
-                result = model.run(padded)
-                return _Pass(result.output[..., :h, :w].float(), result.routing, "whole", 1, None)
+                    return _Pass(result.output.float(), imposed, "imposed", 1, None)
+                return _Pass(result.output.float(), result.routing, "whole", 1, None)
+            # Whole or tiled, the network sees the same canvas (padded by the spec's rule): they agree at the borders.
+            padded = pad_to_multiple(x, multiple, self.padding)
             # Global routers (MoCE-IR's, LoRA-IR's) and attention: by default the whole image decides once.
             caps = self.spec.capabilities
             per_tile = imposed is None and (
@@ -477,6 +480,7 @@ class Restorer:
                     batch=options.batch_size,
                     device=self.device,
                     out_dtype=np.dtype(image.dtype),
+                    padding=self.padding,
                 )
                 return samples, tiles, tile_size, dtype_used[0]
             except RuntimeError as exc:

@@ -2,9 +2,9 @@
 
 The whole-image path holds float32 copies of the input and output (12 bytes a pixel each) besides the network's
 activations; for a 12000x12000 photo that alone is 3.5 GB. Here only the decoded samples (3 bytes a pixel at 8-bit
-RGB) and the restored samples in the same type are held in full. Tiles are cut from the samples (reflect-padded to
-the model's size multiple exactly as `tiling.pad_to_multiple` pads the whole canvas), converted to float one batch
-at a time, and blended row of tiles by row of tiles into a float32 band a tile high; rows that no later tile
+RGB) and the restored samples in the same type are held in full. Tiles are cut from the samples (padded to the
+model's size multiple by its spec's rule, exactly as `tiling.pad_to_multiple` pads the whole canvas), converted to
+float one batch at a time, and blended row of tiles by row of tiles into a float32 band a tile high; rows that no later tile
 touches are normalised, clamped, converted (luma for gray images) and quantized into the output straight away.
 The blending weights and the shared routing (the whole image, area-downscaled to `route_size`, computed here band
 by band) are those of `tiling.tiled_forward` and `Restorer._forward`, so the two paths agree to within one step
@@ -70,11 +70,14 @@ def restore_tiled(
     batch: int,
     device: torch.device,
     out_dtype: np.dtype,
+    padding: str = "reflect",
 ) -> tuple[np.ndarray, int, tuple[int, int]]:
     """Restore (H, W[, 3]) samples tile by tile with `run` ((N, 3, th, tw) float -> same), returning the restored
-    samples in `out_dtype` ((H, W, 3) RGB, or (H, W) BT.601 luma for a gray image), the tile count and tile size."""
+    samples in `out_dtype` ((H, W, 3) RGB, or (H, W) BT.601 luma for a gray image), the tile count and tile size.
+    padding: the spec's rule for the canvas beyond H x W, "reflect" or "zeros"."""
     h, w = samples.shape[:2]
     hp, wp = h + (-h % multiple), w + (-w % multiple)
+    zeros = padding == "zeros"
     reflect = (hp - h) < h and (wp - w) < w  # as tiling.pad_to_multiple chooses
     rows_index, cols_index = padded_index(h, hp, reflect), padded_index(w, wp, reflect)
     grid = plan_tiles(hp, wp, tile, overlap, multiple)
@@ -108,11 +111,18 @@ def restore_tiled(
             fresh[: carried.shape[0]] = carried
         band, band_y0 = fresh, y0
         ri = rows_index[y0:y1]
+
+        def cut(c: int, y0: int = y0, y1: int = y1, ri: np.ndarray = ri) -> np.ndarray:
+            x0, x1 = grid.cols[c]
+            tile = _as_float(samples[np.ix_(ri, cols_index[x0:x1])])
+            if zeros:  # the canvas beyond the image is black, not mirrored
+                tile[max(0, h - y0) :] = 0.0
+                tile[:, max(0, w - x0) :] = 0.0
+            return tile
+
         for first in range(0, boxes_per_row, batch):
             cols = list(range(first, min(first + batch, boxes_per_row)))
-            tiles = np.stack(
-                [_as_float(samples[np.ix_(ri, cols_index[grid.cols[c][0] : grid.cols[c][1]])]) for c in cols]
-            )
+            tiles = np.stack([cut(c) for c in cols])
             result = from_tensor(run(to_tensor(tiles, device)), clamp=False)  # blended first, clamped in `finish`
             for k, c in enumerate(cols):
                 x0, x1 = grid.cols[c]

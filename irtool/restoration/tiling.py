@@ -1,8 +1,8 @@
-"""Tiled inference: pad to the model's size multiple, split into overlapping tiles, blend the results back.
+"""Tiled inference: split an image padded to the model's size multiple into overlapping tiles, blend the results.
 
-Padding lives here and only here: a network's `run` takes sides that are multiples of its spec's size multiple and
-refuses others. The engine reflect-pads (whole and tiled passes then see the same canvas); `run_padded` pads the way
-the official code does (the spec's `padding`), for evaluation and for anyone calling a model on an image of any size.
+Padding is the spec's (`irtool.archs.spec.pad_to_multiple` and `run_padded`, re-exported here): a network's `run`
+takes sides that are multiples of its size multiple and refuses others; the engine pads by the spec's rule, so whole
+and tiled passes see the same canvas.
 
 Tiles are laid out evenly (a 1200 px side with 1024 px tiles becomes two tiles of about 616 px, not 1024 + a sliver)
 and all tiles of an image have the same size, so they batch and never need padding of their own. Overlaps are
@@ -12,52 +12,20 @@ complement). The quarter nearest each tile edge, where the tile lacked context, 
 removes seams (chaiNNer PR #2363 found the same), and a network whose receptive field is within a quarter of the
 overlap gives exactly the whole-image result.
 
-Imports torch only.
+Imports torch and irtool.archs.spec.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-
-def pad_to_multiple(x: Tensor, multiple: int, mode: str = "reflect") -> Tensor:
-    """Pad (B, C, H, W) at the bottom and right to multiples of `multiple`: mode "reflect" mirrors (edge-replicates
-    when the image is too small to reflect), "zeros" pads with zeros."""
-    h, w = x.shape[-2:]
-    pad_h, pad_w = -h % multiple, -w % multiple
-    if not (pad_h or pad_w):
-        return x
-    if mode == "zeros":
-        return F.pad(x, (0, pad_w, 0, pad_h))
-    if mode != "reflect":
-        raise ValueError(f"padding mode {mode!r}: 'reflect' or 'zeros'")
-    return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if pad_h < h and pad_w < w else "replicate")
-
-
-def run_padded(model: nn.Module, x: Tensor, *, padding: str | None = None, **kwargs: Any) -> Any:
-    """`model.run(x, **kwargs)` for any H and W: x padded to the model's size multiple (its spec's `padding` unless
-    given), the result's output cropped back to H x W. A model whose router is a pass of its own (LoRA-IR) routes
-    the image as given and restores the padded one with that routing, as the official code does."""
-    from ..archs.spec import restoring, spec_of
-
-    caps = spec_of(model).capabilities
-    net = restoring(model)
-    h, w = x.shape[-2:]
-    padded = pad_to_multiple(x, caps.size_multiple(model), padding or caps.padding)
-    if padded is not x and kwargs.get("routing") is None and caps.routing is not None and caps.routing.separate:
-        kwargs["routing"] = net.route(x)
-    result = net.run(padded, **kwargs)
-    if padded is x:
-        return result
-    return dataclasses.replace(result, output=result.output[..., :h, :w].contiguous())
+from ..archs.spec import pad_to_multiple as pad_to_multiple  # re-exported: callers pad through tiling
+from ..archs.spec import run_padded as run_padded
 
 
 def tile_spans(length: int, tile: int, overlap: int, multiple: int = 1) -> list[tuple[int, int]]:
