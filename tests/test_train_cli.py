@@ -85,7 +85,7 @@ def test_flags_are_made_from_the_config_fields(tmp_path, monkeypatch):
     assert {f.model_key for f in train_cli.CONFIG_FLAGS if f.model_key} == set(presets.MODEL_FIELDS.values())
 
     args = ["train", "--clean-dir", str(tmp_path), "--betas", "0.8,0.99", "--art-init", "0.2", "--compile",
-            "--no-complexity", "--loss", "l1", "-c", "tiny", "--print-config"]  # fmt: skip
+            "--no-complexity", "--loss", "l1", "--variant", "tiny", "--print-config"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     config = TrainConfig.from_dict(json.loads(result.stdout))

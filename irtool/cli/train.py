@@ -1,7 +1,7 @@
 """`irtool train`: the training config's fields as flags, the run watched on the terminal.
 
 The flags are made from `TrainConfig`'s fields (irtool/train/presets.py): each field is `--field-name` (or the names
-its metadata gives, kept from older releases), typed as the field is, with the help line and --help panel of its
+its metadata gives), typed as the field is, with the help line and --help panel of its
 metadata, so a new field is a flag without a change here. Fields no flag can spell (the task sources, the network's
 `model` mapping) are set by --clean-dir/--tasks, --config-file and the network flags (`presets.MODEL_FIELDS`).
 """
@@ -18,7 +18,6 @@ import typer
 
 from ..train import presets
 from . import output
-from .base import variant_renamed
 from .options import DEVICE_HELP, device_option, int_list, json_flag
 
 # -- the flags made from the config's fields
@@ -365,8 +364,3 @@ class TrainView:
         if self.live is not None:
             self.live.stop()
             self.live = None
-
-
-def old_spellings(args: list[str]) -> list[str]:
-    """train's deprecated spellings, read as before with a warning: `--config NAME` and `-c NAME` (now --variant)."""
-    return variant_renamed("train", args, "-c")
