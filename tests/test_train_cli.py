@@ -110,3 +110,61 @@ def test_flags_are_made_from_the_config_fields(tmp_path, monkeypatch):
         "EMA of the weights.",
         "Optimisation",
     )
+
+
+def _photos(folder, n=6):
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for k in range(n):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"p{k}.png")
+    return folder
+
+
+#: a run of a micro network on 32-px patches: a CPU step takes a fraction of a second
+MICRO_RUN = ["--tasks", "noise,lowlight", "--variant", "tiny", "--dim", "8", "--blocks", "1,1,1,1",
+             "--dec-blocks", "1,1,1", "--heads", "1,1,2,2", "--patch-size", "32", "--batch-size", "4",
+             "--warmup", "2", "--ckpt-every", "1000", "--log-every", "1", "--val-count", "0", "--num-workers", "1",
+             "--device", "cpu"]  # fmt: skip
+
+
+def test_ctrl_c_saves_the_run_says_so_in_one_line_and_resume_continues_from_that_step(tmp_path):
+    import os
+    import re
+    import signal
+    import time
+    from pathlib import Path
+
+    from irtool.train import checkpoint
+
+    out = tmp_path / "run"
+    args = ["train", "--clean-dir", str(_photos(tmp_path / "photos")), *MICRO_RUN, "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "irtool", *args, "--steps", "200"], env=env,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    try:
+        while not (out / "log.csv").is_file() or len((out / "log.csv").read_text().splitlines()) < 4:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the loader worker too
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    said = [line for line in stderr.splitlines() if "interrupted" in line]
+    assert len(said) == 1 and "Traceback" not in stderr, stderr
+    found = re.fullmatch(rf"interrupted at step (\d+); saved to {re.escape(str(out))}; continue with --resume", said[0])
+    assert found, said[0]
+    step = int(found[1])
+    assert 3 <= step < 200 and checkpoint.load_state(out / "last.state.pt")["step"] == step
+
+    # the same command with --resume (and a shorter run: --steps may change) goes on from that step
+    resumed = runner.invoke(app, [*args, "--steps", str(step + 2), "--resume", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"resuming at step {step}" in resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert (summary["steps"], summary["trained_steps"]) == (step + 2, 2)

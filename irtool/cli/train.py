@@ -18,6 +18,7 @@ import typer
 
 from ..train import presets
 from . import output
+from .base import Interrupted
 from .options import DEVICE_HELP, device_option, int_list, json_flag
 
 # -- the flags made from the config's fields
@@ -221,12 +222,15 @@ def train(
         typer.echo(cfg.to_json())
         return
 
+    from ..train.loop import TrainInterrupted
     from ..train.loop import train as run_training
 
     main_process = int(os.environ.get("RANK", "0")) == 0
     view = TrainView(as_json) if main_process else None
     try:
         run_training(cfg, out, resume=resume, device=device, threads=threads, on_event=view)
+    except TrainInterrupted as stopped:
+        raise Interrupted(f"{stopped}; continue with --resume") from None
     finally:
         if view is not None:
             view.close()
