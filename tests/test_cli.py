@@ -235,3 +235,15 @@ def test_help_is_instant():
         best = min(best, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         assert done.returncode == 0
     assert best < 0.5, f"irtool --help took {best:.2f} s of CPU time"
+
+
+def test_ctrl_c_in_any_command_is_one_line_naming_it_and_exit_130(monkeypatch):
+    from irtool.evaluation import datasets as ds
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ds, "data_root", interrupt)
+    result = runner.invoke(app, ["datasets", "list"])
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "interrupted: irtool datasets list stopped before it finished"

@@ -168,3 +168,59 @@ def test_ctrl_c_saves_the_run_says_so_in_one_line_and_resume_continues_from_that
     assert f"resuming at step {step}" in resumed.stderr
     summary = json.loads(resumed.stdout)
     assert (summary["steps"], summary["trained_steps"]) == (step + 2, 2)
+
+
+def _resolved(monkeypatch, cuda, *args):
+    """(the config `irtool train` would run, its stderr) with CUDA available or not; training itself is stubbed."""
+    import torch
+
+    import irtool.train.loop
+
+    ran = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(irtool.train.loop, "train", lambda cfg, out, **kwargs: ran.append(cfg))
+    result = runner.invoke(app, ["train", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    (config,) = ran
+    return config, result.stderr
+
+
+def test_without_cuda_the_default_is_a_run_of_minutes_and_one_line_says_so(tmp_path, monkeypatch):
+    from irtool.train import presets
+
+    photos = tmp_path / "photos"
+    on_cpu, said = _resolved(monkeypatch, False, "--clean-dir", photos, "--out", tmp_path / "a")
+    assert (on_cpu.preset, on_cpu.steps, on_cpu.model) == ("quick", 500, presets.preset("irtool_default-cpu").model)
+    lines = [line for line in said.splitlines() if line.strip()]
+    assert lines == [
+        "no CUDA GPU: training preset quick (the built-in model's small network, 500 steps; about 10 min on a free "
+        "CPU core); the paper's MoCE-IR-S is --preset custom (about 78 h on a CPU core), or choose --steps, --variant"
+    ]
+    on_gpu, said = _resolved(monkeypatch, True, "--clean-dir", photos, "--out", tmp_path / "b")
+    assert (on_gpu.preset, on_gpu.variant, on_gpu.steps, on_gpu.model) == ("custom", "MoCE_IR_S", 20_000, {})
+    assert said.strip() == ""
+    # a device named on the command line decides without asking torch; a preset named is always the one run
+    on_cpu, said = _resolved(monkeypatch, True, "--clean-dir", photos, "--device", "cpu")
+    assert on_cpu.preset == "quick" and said.startswith("--device cpu: training preset quick")
+    assert _resolved(monkeypatch, False, "--clean-dir", photos, "--device", "cuda:1")[0].preset == "custom"
+    explicit, said = _resolved(monkeypatch, False, "--clean-dir", photos, "--preset", "custom")
+    assert explicit.steps == 20_000 and "no CUDA GPU" not in said
+    # flags lay over the CPU default; its estimate follows --steps, and a network of another cost has none
+    longer, said = _resolved(monkeypatch, False, "--clean-dir", photos, "--steps", "1500")
+    assert longer.steps == 1500 and "1,500 steps; about 30 min" in said
+    # another variant drops the preset's own network fields (they refine its variant, not the one named)
+    tiny, said = _resolved(monkeypatch, False, "--clean-dir", photos, "--variant", "tiny")
+    assert (tiny.preset, tiny.variant, tiny.model) == ("quick", "tiny", {}) and "its ETA shows once it runs" in said
+
+
+def test_train_help_shows_a_quick_cpu_run_and_the_papers_preset_on_a_gpu():
+    result = runner.invoke(app, ["train", "--help"], terminal_width=80)
+    assert result.exit_code == 0
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert "irtool train --clean-dir photos/ --out runs/quick" in lines
+    assert "irtool train --preset moce_ir_s-aio3 --data-root ~/datasets --device cuda" in lines
+    # both run as shown: the quick run's preset exists, the GPU one is the paper's recipe
+    quick = runner.invoke(app, ["train", "--clean-dir", "photos/", "--device", "cpu", "--print-config"])
+    assert json.loads(quick.stdout)["preset"] == "quick"
+    paper = runner.invoke(app, ["train", "--preset", "moce_ir_s-aio3", "--data-root", "~/datasets", "--print-config"])
+    assert json.loads(paper.stdout)["variant"] == "MoCE_IR_S" and json.loads(paper.stdout)["epochs"] == 120

@@ -100,19 +100,6 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C, caught by a command that can say what was done and how to go on: its one line is the message."""
 
 
-def interrupted_line(exc: KeyboardInterrupt) -> str:
-    """The one line Ctrl-C prints: the command's own (`Interrupted`), else one naming the command that stopped."""
-    if isinstance(exc, Interrupted) and str(exc):
-        return str(exc)
-    import click
-
-    names, ctx = [], click.get_current_context(silent=True)
-    while ctx is not None and ctx.parent is not None:  # the root's name is how Python was started: say irtool
-        names.insert(0, ctx.info_name or "")
-        ctx = ctx.parent
-    return f"interrupted: {' '.join(['irtool', *names])} stopped before it finished"
-
-
 def _warning_line(
     message: Any,
     category: type,
@@ -130,8 +117,9 @@ def _warning_line(
         default(message, category, filename, lineno, file, line)
 
 
-def _run_command(fn: Callable) -> Callable:
-    """`fn` with irtool's errors turned into one line and an exit status, and its warnings into one line each."""
+def _run_command(fn: Callable, command: str) -> Callable:
+    """`fn` with irtool's errors turned into one line and an exit status, and its warnings into one line each;
+    Ctrl-C into one line (the command's own `Interrupted` line, else one naming `command`) and exit status 130."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -145,7 +133,8 @@ def _run_command(fn: Callable) -> Callable:
         except IrtoolError as exc:
             output.fail(str(exc))
         except KeyboardInterrupt as exc:  # Typer would exit 130 without a word
-            output.line(interrupted_line(exc), output.stderr())
+            said = str(exc) if isinstance(exc, Interrupted) else ""
+            output.line(said or f"interrupted: {command} stopped before it finished", output.stderr())
             raise typer.Exit(130) from None
 
     return run
@@ -153,4 +142,6 @@ def _run_command(fn: Callable) -> Callable:
 
 def register(app: typer.Typer, fn: Callable, name: str | None = None, **kwargs: Any) -> None:
     """Add `fn` to `app` as the command `name` (default: the function's name), run as every irtool command is."""
-    app.command(name, cls=IrtoolCommand, **kwargs)(_run_command(fn))
+    words = ["irtool", app.info.name or "", name or fn.__name__.replace("_", "-")]
+    command = " ".join(dict.fromkeys(w for w in words if w))  # the root app is named irtool too
+    app.command(name, cls=IrtoolCommand, **kwargs)(_run_command(fn, command))

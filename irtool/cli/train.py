@@ -162,7 +162,7 @@ def train(
         typer.Option(
             "--preset",
             "-p",
-            help=f"Named recipe: {', '.join(presets.PRESETS)} (default custom).",
+            help=f"Named recipe: {', '.join(presets.PRESETS)} (default: custom on a CUDA GPU, quick elsewhere).",
             rich_help_panel="Run",
         ),
     ] = None,
@@ -207,11 +207,24 @@ def train(
     ] = None,
     **flags: Any,
 ) -> None:
-    """Train an all-in-one network on a mix of degradations (one process, or many under torchrun)."""
+    """Train an all-in-one network on a mix of degradations (one process, or many under torchrun).
+
+    Without --preset: the paper's network (preset custom) on a CUDA GPU, a run of minutes (preset quick) elsewhere.
+
+    Examples:
+
+      irtool train --clean-dir photos/ --out runs/quick
+          a quick run on a CPU (preset quick: about 10 minutes)
+      irtool train --preset moce_ir_s-aio3 --data-root ~/datasets --device cuda
+          the paper's MoCE-IR-S recipe on a GPU (torchrun for several)
+    """
     import os
 
     fields = overrides(flags)
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None
+    chosen = None
+    if not resume and preset is None and config_file is None:
+        preset = chosen = presets.default_preset(_has_cuda(device))
     if resume:  # the saved recipe, with the flags laid over it: the same flags change nothing, others are refused
         cfg = presets.resume_config(
             out, fields, preset_name=preset, config_file=config_file, clean_dir=clean_dir, tasks=task_list
@@ -221,6 +234,8 @@ def train(
     if print_config:
         typer.echo(cfg.to_json())
         return
+    if chosen == "quick" and int(os.environ.get("RANK", "0")) == 0:
+        output.line(_quick_line(cfg, device), output.stderr())
 
     from ..train.loop import TrainInterrupted
     from ..train.loop import train as run_training
@@ -234,6 +249,32 @@ def train(
     finally:
         if view is not None:
             view.close()
+
+
+def _has_cuda(device: str) -> bool:
+    """Whether the run trains on a CUDA GPU (`auto` finds out, which imports torch)."""
+    if device != "auto":
+        return device.startswith("cuda")
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _quick_line(cfg: presets.TrainConfig, device: str) -> str:
+    """The line before a run of the CPU default: what runs, for about how long, and how to choose otherwise."""
+    quick, custom = presets.preset("quick"), presets.preset("custom")
+    length = f"{cfg.steps:,} steps" if cfg.steps is not None else f"{cfg.epochs} epochs"
+    same_cost = all(getattr(cfg, f) == getattr(quick, f) for f in ("variant", "model", "batch_size", "patch_size"))
+    if same_cost and cfg.steps is not None:
+        time = f"about {cfg.steps * presets.CPU_SECONDS_PER_STEP['quick'] / 60:.0f} min on a free CPU core"
+    else:
+        time = "its ETA shows once it runs"
+    hours = (custom.steps or 0) * presets.CPU_SECONDS_PER_STEP["custom"] / 3600
+    where = "no CUDA GPU" if device == "auto" else f"--device {device}"
+    return (
+        f"{where}: training preset quick (the built-in model's small network, {length}; {time}); the paper's "
+        f"MoCE-IR-S is --preset custom (about {hours:.0f} h on a CPU core), or choose --steps, --variant"
+    )
 
 
 def _signature() -> inspect.Signature:

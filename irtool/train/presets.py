@@ -474,8 +474,18 @@ _IRTOOL_DEFAULT: dict[str, Any] = dict(
     log_every=20,
 )
 
+#: the quick preset's length: about 10 minutes at its CPU_SECONDS_PER_STEP
+QUICK_STEPS = 500
+#: CPU seconds per optimiser step (1 torch thread, 1 loader worker, 8 synthetic tasks; measured on this project's
+#: 2-core machine as the process's CPU time, README "Training"), for the estimate shown before a CPU run
+CPU_SECONDS_PER_STEP = {"quick": 1.2, "custom": 14.0}
+
 PRESETS: dict[str, TrainConfig] = {
     "custom": TrainConfig(),
+    # the built-in model's recipe cut to a run of minutes on a CPU: what `irtool train --clean-dir DIR` runs there
+    "quick": TrainConfig(
+        **{**_IRTOOL_DEFAULT, "preset": "quick", "steps": QUICK_STEPS, "warmup": 50, "val_every": 250}
+    ),
     "irtool_default-cpu": TrainConfig(preset="irtool_default-cpu", **_IRTOOL_DEFAULT),
     "irtool_default-h200": TrainConfig(
         **{
@@ -522,6 +532,12 @@ PRESETS: dict[str, TrainConfig] = {
         **{**_LORA_IR, "preset": "lora_ir-experts", "stage": "experts", "lr": 1e-4, "lr_min": 1e-5, "steps": 100_000}
     ),
 }
+
+
+def default_preset(cuda: bool) -> str:
+    """The preset of a run that names neither a preset nor a config file: the paper's network (`custom`, MoCE-IR-S,
+    20,000 steps) where a CUDA GPU trains it, else `quick`, a run of minutes (`custom` takes days on a CPU)."""
+    return "custom" if cuda else "quick"
 
 
 def preset(name: str) -> TrainConfig:
@@ -605,6 +621,8 @@ def _lay_over(
         values["variant"] = "setting1"
     if values.get("stage") == "router" and "pixel_loss" not in values:
         values["pixel_loss"] = "ce"
+    if values.get("variant", config.variant) != config.variant and "model" not in values:
+        config = replace(config, model={})  # a preset's network fields refine its own variant, not the one named
     return TrainConfig.from_dict(values, base=config)
 
 
