@@ -190,10 +190,10 @@ def test_without_cuda_the_default_is_a_run_of_minutes_and_one_line_says_so(tmp_p
 
     photos = tmp_path / "photos"
     on_cpu, said = _resolved(monkeypatch, False, "--clean-dir", photos, "--out", tmp_path / "a")
-    assert (on_cpu.preset, on_cpu.steps, on_cpu.model) == ("quick", 500, presets.preset("irtool_default-cpu").model)
+    assert (on_cpu.preset, on_cpu.steps, on_cpu.model) == ("quick", 420, presets.preset("irtool_default-cpu").model)
     lines = [line for line in said.splitlines() if line.strip()]
     assert lines == [
-        "no CUDA GPU: training preset quick (the built-in model's small network, 500 steps; about 10 min on a free "
+        "no CUDA GPU: training preset quick (the built-in model's small network, 420 steps; about 10 min on a free "
         "CPU core); the paper's MoCE-IR-S is --preset custom (about 78 h on a CPU core), or choose --steps, --variant"
     ]
     on_gpu, said = _resolved(monkeypatch, True, "--clean-dir", photos, "--out", tmp_path / "b")
@@ -207,7 +207,7 @@ def test_without_cuda_the_default_is_a_run_of_minutes_and_one_line_says_so(tmp_p
     assert explicit.steps == 20_000 and "no CUDA GPU" not in said
     # flags lay over the CPU default; its estimate follows --steps, and a network of another cost has none
     longer, said = _resolved(monkeypatch, False, "--clean-dir", photos, "--steps", "1500")
-    assert longer.steps == 1500 and "1,500 steps; about 30 min" in said
+    assert longer.steps == 1500 and "1,500 steps; about 35 min" in said
     # another variant drops the preset's own network fields (they refine its variant, not the one named)
     tiny, said = _resolved(monkeypatch, False, "--clean-dir", photos, "--variant", "tiny")
     assert (tiny.preset, tiny.variant, tiny.model) == ("quick", "tiny", {}) and "its ETA shows once it runs" in said

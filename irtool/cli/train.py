@@ -265,8 +265,9 @@ def _quick_line(cfg: presets.TrainConfig, device: str) -> str:
     quick, custom = presets.preset("quick"), presets.preset("custom")
     length = f"{cfg.steps:,} steps" if cfg.steps is not None else f"{cfg.epochs} epochs"
     same_cost = all(getattr(cfg, f) == getattr(quick, f) for f in ("variant", "model", "batch_size", "patch_size"))
+    minutes = (cfg.steps or 0) * presets.CPU_SECONDS_PER_STEP["quick"] / 60
     if same_cost and cfg.steps is not None:
-        time = f"about {cfg.steps * presets.CPU_SECONDS_PER_STEP['quick'] / 60:.0f} min on a free CPU core"
+        time = f"about {minutes:.0f} min on a free CPU core" if minutes >= 1 else "under a minute on a CPU core"
     else:
         time = "its ETA shows once it runs"
     hours = (custom.steps or 0) * presets.CPU_SECONDS_PER_STEP["custom"] / 3600

@@ -475,10 +475,11 @@ _IRTOOL_DEFAULT: dict[str, Any] = dict(
 )
 
 #: the quick preset's length: about 10 minutes at its CPU_SECONDS_PER_STEP
-QUICK_STEPS = 500
-#: CPU seconds per optimiser step (1 torch thread, 1 loader worker, 8 synthetic tasks; measured on this project's
-#: 2-core machine as the process's CPU time, README "Training"), for the estimate shown before a CPU run
-CPU_SECONDS_PER_STEP = {"quick": 1.2, "custom": 14.0}
+QUICK_STEPS = 420
+#: CPU seconds per optimiser step (1 torch thread, 1 loader worker, the 8 synthetic tasks of 5 photos; the CPU time
+#: of `irtool train --threads 1 --num-workers 1`, loader included, at two step counts, on this project's 2-core
+#: machine: README "Training"), for the estimate shown before a CPU run
+CPU_SECONDS_PER_STEP = {"quick": 1.4, "custom": 14.0}
 
 PRESETS: dict[str, TrainConfig] = {
     "custom": TrainConfig(),
