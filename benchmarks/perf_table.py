@@ -71,7 +71,7 @@ QUICK_CASES = [
 
 
 def run_bench(config: str, args: list[str], device: str, threads: int | None) -> dict:
-    cmd = [sys.executable, "-m", "irtool", "bench", "--config", config, "--device", device, "--json", *args]
+    cmd = [sys.executable, "-m", "irtool", "bench", "--variant", config, "--device", device, "--json", *args]
     if threads:
         cmd += ["--threads", str(threads)]
     print("$ python", " ".join(cmd[1:]), file=sys.stderr, flush=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import _moved
 from ._version import __version__
 from .errors import CheckpointError, ImageError, IrtoolError, UnsafeCheckpointError, WeightsNotFoundError
 
@@ -29,8 +28,6 @@ __all__ = [
     "WeightsNotFoundError",
     "ImageError",
 ]
-
-_moved.install()  # irtool.io, irtool.evaluate, ...: the old module paths, with a DeprecationWarning naming the new
 
 _LAZY = {"load_model": ("irtool.loading", "load_model"), "restore": ("irtool.restoration.engine", "restore")}
 

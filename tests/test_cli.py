@@ -58,7 +58,7 @@ def test_usage_errors_exit_2():
 # One CLI that behaves the same everywhere
 
 #: every flag each command had before irtool/cli.py became a package: they all keep working
-# train's and bench's --config NAME (and train's -c) are now --variant, read through deprecated spellings (below)
+# train's and bench's network config is --variant NAME (--config is FIELD=VALUE everywhere: see below)
 FLAGS_BEFORE = {
     "bench": "--batch --breakdown --compile --cuda-graphs --device --experts --gpu --json --model "
     "--no-tune-allocator --path --precision --profile --runs --sizes --threads --trust-checkpoint --tune-allocator "
@@ -68,11 +68,10 @@ FLAGS_BEFORE = {
     "datasets check": "--data-root --json",
     "datasets list": "--data-root --json",
     "degrade": "--kind --level --overwrite --seed -k -l",
-    # eval's -d (now --dataset) and --json FILE are read through deprecated spellings (tests/test_evaluate.py)
     "eval": "--clean-dir --config --crop-border --csv --data-root --dataset --device --figure --gpu --json --limit "
     "--model --noise-stream --plot --precision --protocol --quiet --report --reported --router --router-config "
-    "--routing-noise --save-format --save-images --save-inputs --setting --tile --trust-checkpoint --weights -g -m -q "
-    "-w",
+    "--routing-noise --save-format --save-images --save-inputs --setting --tile --trust-checkpoint --weights -d -g -m "
+    "-q -w",
     "inspect": "--config --json --router-config --trust-checkpoint",
     "report": "--figure --output -o",
     "restore": "--batch-size --calibration --config --crf --cut-threshold --device --dry-run --end --format --gpu "
@@ -120,17 +119,29 @@ def test_every_flag_of_before_still_works():
         assert set(flags.split()) <= option_names(found[path]), path
 
 
-def test_config_means_field_equals_value_wherever_it_is_and_the_old_network_spelling_still_works(tmp_path):
+def test_config_means_field_equals_value_wherever_it_is_and_no_old_spelling_is_read(tmp_path):
     for path, command in commands().items():
         for p in command.params:
             if "--config" in p.opts:
                 assert p.multiple and "FIELD=VALUE" in (p.help or ""), path
-    for old in (["--config", "tiny"], ["--config=tiny"], ["-c", "tiny"], ["-ctiny"]):
+    # not yet released: the network-config spellings from before --variant are refused, not rewritten
+    for old in (["--config", "tiny"], ["--config=tiny"], ["-c", "tiny"]):
         result = runner.invoke(app, ["train", "--clean-dir", str(tmp_path), *old, "--print-config"])
-        assert result.exit_code == 0, result.output
-        assert '"variant": "tiny"' in result.stdout and "use --variant NAME" in result.stderr
+        assert result.exit_code == 2, result.output
+        assert "deprecated" not in result.output
+    bench_old = runner.invoke(app, ["bench", "--config", "tiny", "--device", "cpu"])
+    assert bench_old.exit_code == 2 and "deprecated" not in bench_old.output
     plain = runner.invoke(app, ["train", "--clean-dir", str(tmp_path), "--variant", "tiny", "--print-config"])
-    assert '"variant": "tiny"' in plain.stdout and "deprecated" not in plain.stderr
+    assert plain.exit_code == 0 and '"variant": "tiny"' in plain.stdout
+
+
+def test_d_is_device_in_every_command_that_has_a_device():
+    for path, command in commands().items():
+        for p in command.params:
+            if "-d" in p.opts:
+                assert p.opts[0] == "--device", path
+            if "--device" in p.opts:
+                assert "-d" in p.opts, path
 
 
 def test_json_is_a_flag_in_every_command():
@@ -224,3 +235,15 @@ def test_help_is_instant():
         best = min(best, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         assert done.returncode == 0
     assert best < 0.5, f"irtool --help took {best:.2f} s of CPU time"
+
+
+def test_ctrl_c_in_any_command_is_one_line_naming_it_and_exit_130(monkeypatch):
+    from irtool.evaluation import datasets as ds
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ds, "data_root", interrupt)
+    result = runner.invoke(app, ["datasets", "list"])
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "interrupted: irtool datasets list stopped before it finished"

@@ -133,9 +133,9 @@ def test_gpu_lists_and_the_worker_command_line():
         "--device",
         "cuda",
     ]
-    assert _without_gpu_flags(["eval", "-d", "rain100l", "--gpu=0,1", "--device", "cpu"], on_cpu=True) == [
+    assert _without_gpu_flags(["eval", "--dataset", "rain100l", "--gpu=0,1", "--device", "cpu"], on_cpu=True) == [
         "eval",
-        "-d",
+        "--dataset",
         "rain100l",
         "--device",
         "cpu",

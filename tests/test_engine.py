@@ -5,6 +5,7 @@ job planning rules, the default model chain, and the Python API."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,11 +257,13 @@ def test_interrupting_a_run_leaves_only_complete_files(tmp_path):
             return super().run(x, routing)
 
     restorer = engine.Restorer(Interrupted(), engine.RestoreOptions())
+    heard = []  # on_written: every image written, the ones finished after the interruption too
     with pytest.raises(KeyboardInterrupt):
-        for _ in engine.restore_files(engine.plan([str(src)], tmp_path / "out"), restorer):
+        for _ in engine.restore_files(engine.plan([str(src)], tmp_path / "out"), restorer, on_written=heard.append):
             pass
     written = sorted((tmp_path / "out").iterdir())
     assert [p.name for p in written] == ["0.png", "1.png"]
+    assert sorted(Path(r.output).name for r in heard) == ["0.png", "1.png"]
     for path in written:
         assert io.read_image(path).width == 24
 

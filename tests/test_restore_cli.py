@@ -313,3 +313,63 @@ def test_manifest_names_and_the_default_model_come_from_the_cache(tmp_path, no_b
     assert default.exit_code == 0 and "using moce_ir_s.aio3" in default.stderr
     absent = invoke("restore", tmp_path / "a.png", tmp_path / "out3", "-m", "moce_ir.aio5")
     assert absent.exit_code == 1 and "irtool weights fetch moce_ir.aio5" in absent.stderr
+
+
+#: `irtool restore` with every image read slowly (0.3 s), so that Ctrl-C lands in the middle of a folder
+SLOW_READS = """
+import sys, time
+from irtool.images import files
+from irtool.cli import main
+read = files.read_image
+def slow(*args, **kwargs):
+    time.sleep(0.3)
+    return read(*args, **kwargs)
+files.read_image = slow
+sys.argv = ["irtool", *sys.argv[1:]]
+main()
+"""
+
+
+def test_ctrl_c_in_a_folder_says_how_many_images_were_written_and_how_to_finish(tmp_path, checkpoint):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    for n in range(12):
+        save(src / f"p{n:02d}.png", photo(16, 16, seed=n))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", SLOW_READS, "restore", str(src), str(out), "-w", str(checkpoint),
+           "--batch-size", "1", "--workers", "1", "-q"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    try:
+        while len(list(out.glob("*.png"))) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    found = re.fullmatch(
+        rf"interrupted: (\d+) of 12 images written to {re.escape(str(out))}; "
+        r"run the same command with --skip-existing to finish",
+        lines[0],
+    )
+    assert found, lines[0]
+    written = sorted(p.name for p in out.iterdir())  # every image counted is there, whole; no temp file is left
+    assert len(written) == int(found[1]) and 2 <= len(written) < 12, written
+    assert all(io.read_image(out / name).rgb.shape == (16, 16, 3) for name in written)
+
+    rest = invoke("restore", src, out, "-w", checkpoint, "--skip-existing", "--json", "-q")
+    assert rest.exit_code == 0, rest.output
+    statuses = [r["status"] for r in json_lines(rest)]
+    assert statuses.count("skipped") == len(written) and statuses.count("ok") == 12 - len(written)

@@ -156,6 +156,52 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert [int(r["step"]) for r in read_log(out / "log.csv")] == list(range(1, 25))
 
 
+INTERRUPTED_RUN = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+torch.set_num_threads(1)
+from train_helpers import micro_config, micro_dataset
+from irtool.train.loop import TrainInterrupted, train
+try:
+    train(micro_config(steps=40, ckpt_every=1000, log_every=1, num_workers=1), {out!r}, dataset=micro_dataset())
+except TrainInterrupted as stopped:
+    print(stopped.step)
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_saves_the_step_it_stopped_after_and_the_resumed_run_is_the_straight_one(tmp_path):
+    """SIGINT to the whole process group (as a terminal's Ctrl-C, the loader worker included) between two
+    checkpoints: the run finishes its step, saves it and stops; resumed, it ends as a run never interrupted."""
+    out = tmp_path / "stopped"
+    script = INTERRUPTED_RUN.format(tests=str(REPO / "tests"), out=str(out))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while not (out / "log.csv").is_file() or len(read_log(out / "log.csv")) < 3:
+            assert proc.poll() is None, "the run ended before it could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, "the run was not stopped by Ctrl-C"
+    stopped_at = int(stdout.split()[-1])
+    assert 3 <= stopped_at < 40
+    assert checkpoint.load_state(out / "last.state.pt")["step"] == stopped_at
+    assert checkpoint.read_train_info(out / "last.safetensors")["step"] == stopped_at
+
+    summary = train(micro_config(steps=40, ckpt_every=1000, log_every=1), out, dataset=micro_dataset(), resume=True)
+    assert summary["trained_steps"] == 40 - stopped_at
+    train(micro_config(steps=40, ckpt_every=1000, log_every=1), tmp_path / "straight", dataset=micro_dataset())
+    assert_same_run(tmp_path / "straight", out)
+    assert [int(r["step"]) for r in read_log(out / "log.csv")] == list(range(1, 41))
+
+
 def _broken_reader(path):
     from irtool.errors import ImageError
 

@@ -52,6 +52,8 @@ def _write_photos(folder: Path, n: int, size: int = 48) -> None:
 
 CLI_RUN = [
     "train",
+    "--preset",  # named: without it the recipe depends on whether CUDA is there
+    "custom",
     "--clean-dir",
     "photos",
     "--tasks",

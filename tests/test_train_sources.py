@@ -173,6 +173,8 @@ def test_cli_trains_on_clean_photos_and_the_weights_load(tmp_path):
     out = tmp_path / "run"
     args = [
         "train",
+        "--preset",  # named: without it the recipe depends on whether CUDA is there
+        "custom",
         "--clean-dir",
         str(tmp_path / "photos"),
         "--tasks",

@@ -7,7 +7,7 @@ base.py. Heavy modules (torch and everything that imports it) are imported insid
 and `irtool --version` stay instant.
 
 Exit status: 0 all done; 1 an input or checkpoint could not be processed (one line on stderr says which and why);
-2 bad usage; 130 interrupted.
+2 bad usage; 130 interrupted (one line says what was done and how to go on).
 """
 
 from __future__ import annotations
@@ -64,13 +64,13 @@ def _main(
 
 
 register(app, inspect_checkpoint.inspect, "inspect")
-register(app, train.train, "train", old_spellings=train.old_spellings)
+register(app, train.train, "train")
 register(app, restore.restore, "restore", no_args_is_help=True)
 register(app, degrade.degrade, "degrade", no_args_is_help=True)
 register(app, calibrate.calibrate, "calibrate")
-register(app, evaluate.eval_command, "eval", old_spellings=evaluate.old_spellings)
+register(app, evaluate.eval_command, "eval")
 register(app, report.report, "report", no_args_is_help=True)
-register(app, bench.bench, "bench", old_spellings=bench.old_spellings)
+register(app, bench.bench, "bench")
 
 weights_app = typer.Typer(
     name="weights",
@@ -105,6 +105,3 @@ def main() -> None:
     except IrtoolError as exc:
         output.error(exc)
         sys.exit(1)
-    except KeyboardInterrupt:
-        output.line("interrupted", output.stderr())
-        sys.exit(130)

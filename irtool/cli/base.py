@@ -2,12 +2,13 @@
 
 - `register` adds a command function to a Typer app. An `IrtoolError` the library raises becomes one error line on
   stderr and exit status 1 (a `UsageError`: 2); irtool's own warnings (an assumed config field) become one line each.
+  Ctrl-C becomes one line and exit status 130: the command's own `Interrupted` line where it has one (what was done
+  and how to go on), else "interrupted: irtool CMD stopped before it finished".
 - `IrtoolCommand` and `IrtoolGroup` are the Typer classes of every command and group. In `--help` a boolean flag
   shows as a flag (`--skip-existing`, `--compile / --no-compile`), never with a `<bool>` value, and help texts are
   shown literally (`[hh:]mm:ss` stays as written). On the command line, a flag followed by a boolean word
   (`--skip-existing true`) is refused with a line that says to leave the word out, instead of the word being taken
-  as the next argument (an input path, say). A command may also read deprecated spellings of its options
-  (`old_spellings`): they are rewritten to the new ones, with a warning that names the new one.
+  as the next argument (an input path, say).
 """
 
 from __future__ import annotations
@@ -59,11 +60,8 @@ def refuse_flag_values(args: Sequence[str], flags: set[str], negations: dict[str
 
 
 class IrtoolCommand(TyperCommand):
-    """A Typer command with flags shown as flags, literal help texts, `--flag true` refused and, where a command
-    has them, its deprecated option spellings read (see the module docstring)."""
-
-    #: rewrites deprecated spellings in a command line to the current ones, warning about each (None: there are none)
-    old_spellings: Callable[[list[str]], list[str]] | None = None
+    """A Typer command with flags shown as flags, literal help texts and `--flag true` refused (see the module
+    docstring)."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         params = super().get_params(ctx)
@@ -75,9 +73,6 @@ class IrtoolCommand(TyperCommand):
         super().format_help(ctx, formatter)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        rewrite = type(self).old_spellings
-        if rewrite is not None:
-            args = rewrite(list(args))
         flags: set[str] = set()
         negations: dict[str, str] = {}
         for param in self.get_params(ctx):
@@ -101,6 +96,10 @@ class IrtoolGroup(TyperGroup):
         super().format_help(ctx, formatter)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, caught by a command that can say what was done and how to go on: its one line is the message."""
+
+
 def _warning_line(
     message: Any,
     category: type,
@@ -118,8 +117,9 @@ def _warning_line(
         default(message, category, filename, lineno, file, line)
 
 
-def _run_command(fn: Callable) -> Callable:
-    """`fn` with irtool's errors turned into one line and an exit status, and its warnings into one line each."""
+def _run_command(fn: Callable, command: str) -> Callable:
+    """`fn` with irtool's errors turned into one line and an exit status, and its warnings into one line each;
+    Ctrl-C into one line (the command's own `Interrupted` line, else one naming `command`) and exit status 130."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -132,54 +132,16 @@ def _run_command(fn: Callable) -> Callable:
             output.fail(str(exc), code=2)
         except IrtoolError as exc:
             output.fail(str(exc))
+        except KeyboardInterrupt as exc:  # Typer would exit 130 without a word
+            said = str(exc) if isinstance(exc, Interrupted) else ""
+            output.line(said or f"interrupted: {command} stopped before it finished", output.stderr())
+            raise typer.Exit(130) from None
 
     return run
 
 
-def register(
-    app: typer.Typer,
-    fn: Callable,
-    name: str | None = None,
-    *,
-    old_spellings: Callable[[list[str]], list[str]] | None = None,
-    **kwargs: Any,
-) -> None:
+def register(app: typer.Typer, fn: Callable, name: str | None = None, **kwargs: Any) -> None:
     """Add `fn` to `app` as the command `name` (default: the function's name), run as every irtool command is."""
-    cls: Any = IrtoolCommand
-    if old_spellings is not None:  # a subclass per command: Typer makes the command object from the class
-        cls = type(f"{fn.__name__}_command", (IrtoolCommand,), {"old_spellings": staticmethod(old_spellings)})
-    app.command(name, cls=cls, **kwargs)(_run_command(fn))
-
-
-def variant_renamed(command: str, args: list[str], *shorts: str) -> list[str]:
-    """`args` with a command's old network-config spellings (`--config NAME`, and `shorts` such as `-c NAME`) read as
-    `--variant NAME`, one warning each: --config means FIELD=VALUE in every other command."""
-    args = renamed(
-        args,
-        "--config",
-        "--variant",
-        f"{command} --config NAME is deprecated: use --variant NAME (--config means FIELD=VALUE in the other commands)",
-    )
-    for short in shorts:
-        args = renamed(args, short, "--variant", f"{command} {short} NAME is deprecated: use --variant NAME")
-    return args
-
-
-def renamed(args: list[str], old: str, new: str, message: str) -> list[str]:
-    """`args` with the deprecated option `old` (`-d NAME`, `-dNAME`; `--config NAME`, `--config=NAME`) spelled
-    `new`, and one warning line (`message`) if it was there."""
-    out: list[str] = []
-    seen = False
-    glued = old + "=" if old.startswith("--") else old  # how a value can be attached to the option
-    for n, arg in enumerate(args):
-        if arg == "--":
-            out += args[n:]
-            break
-        if arg == old or (arg.startswith(glued) and len(arg) > len(glued)):
-            seen = True
-            out += [new] if arg == old else [new, arg[len(glued) :]]
-        else:
-            out.append(arg)
-    if seen:
-        output.warning(message)
-    return out
+    words = ["irtool", app.info.name or "", name or fn.__name__.replace("_", "-")]
+    command = " ".join(dict.fromkeys(w for w in words if w))  # the root app is named irtool too
+    app.command(name, cls=IrtoolCommand, **kwargs)(_run_command(fn, command))

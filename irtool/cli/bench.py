@@ -8,12 +8,11 @@ import typer
 
 from ..errors import IrtoolError
 from . import output
-from .base import variant_renamed
 from .options import Device, GpuNumber, Trust, json_flag
 
 _HELP = {
     "weights": "Checkpoint file, folder or manifest name. Default: random weights of --variant.",
-    "variant": "Named config for random weights: MoCE_IR_S, MoCE_IR, or arch:variant (moce_ir:tiny); was --config.",
+    "variant": "Named config for random weights: MoCE_IR_S, MoCE_IR, or arch:variant (moce_ir:tiny).",
     "sizes": "Image sizes: N for N x N, WxH otherwise. Default 256,512,1024 on GPUs, 256 on CPUs.",
     "batch": "Batch sizes, e.g. 1,4.",
     "precision": "fp32, bf16, fp16 (autocast). Default fp32,bf16 on GPUs, fp32 on CPUs.",
@@ -141,8 +140,3 @@ def _print_bench(report: Any) -> None:
                       ("eager_over_compiled", "eager / torch.compile"), ("eager_over_graph", "eager / CUDA graph")):  # fmt: skip
         for tag, ratio in summary[key].items():
             output.line(f"{what}, {tag}: {ratio:.2f}x the time", console)
-
-
-def old_spellings(args: list[str]) -> list[str]:
-    """bench's deprecated spellings, read as before with a warning: `--config NAME` (now --variant)."""
-    return variant_renamed("bench", args)

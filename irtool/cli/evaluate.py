@@ -11,11 +11,10 @@ from typing import Annotated, Any
 import typer
 
 from . import output
-from .base import renamed
 from .options import (
     ConfigFields,
     DataRoot,
-    DeviceLongOnly,
+    Device,
     RouterConfigFields,
     Trust,
     config_fields,
@@ -25,36 +24,6 @@ from .options import (
 )
 
 _PROTOCOL_NAMES = ("moce", "promptir", "y", "lorair")
-
-
-def old_spellings(args: list[str]) -> list[str]:
-    """eval's deprecated spellings, read as before with a warning: `-d NAME` (now --dataset: -d is --device in the
-    other commands), `--json FILE` (now --json-file FILE) and `--json -` (now the flag --json)."""
-    args = renamed(
-        args, "-d", "--dataset", "eval -d is deprecated: use --dataset (-d means --device in the other commands)"
-    )
-    out: list[str] = []
-    n = 0
-    while n < len(args):
-        arg = args[n]
-        if arg == "--":
-            out += args[n:]
-            break
-        value = None
-        if arg.startswith("--json="):
-            value = arg.partition("=")[2]
-        elif arg == "--json" and n + 1 < len(args) and (args[n + 1] == "-" or not args[n + 1].startswith("-")):
-            value, n = args[n + 1], n + 1  # eval takes no arguments: a word after --json was its old value
-        if value is None:
-            out.append(arg)
-        elif value == "-":
-            output.warning("eval --json - is deprecated: use --json (a flag: the report as JSON on stdout)")
-            out.append("--json")
-        else:
-            output.warning(f"eval --json FILE is deprecated: use --json-file {value} (--json alone prints it)")
-            out += ["--json-file", value]
-        n += 1
-    return out
 
 
 def eval_command(
@@ -98,7 +67,7 @@ def eval_command(
     ] = 0,
     data_root: DataRoot = None,
     clean_dir: Annotated[Path | None, typer.Option("--clean-dir", help="Clean photos for synthetic: datasets.")] = None,
-    device: DeviceLongOnly = "auto",
+    device: Device = "auto",
     gpu: Annotated[
         str | None,
         gpu_list_option(
@@ -239,7 +208,7 @@ def _targets(
     if gpus and len(gpus) > 1 and world_size() == 1:
         from ..distributed_run import launch
 
-        raise typer.Exit(launch("eval", gpus, device))
+        raise typer.Exit(launch("eval", gpus, device, ("--device", "-d")))
     if gpus and device != "cpu":
         device = f"cuda:{gpus[0]}"
     if world_size() == 1:

@@ -41,14 +41,12 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no 
 DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."
 
 
-def device_option(help: str = DEVICE_HELP, short: bool = True, **settings: Any) -> Any:
+def device_option(help: str = DEVICE_HELP, **settings: Any) -> Any:
     """`--device/-d`: the torch device a command runs on."""
-    return typer.Option("--device", *(["-d"] if short else []), help=help, **settings)
+    return typer.Option("--device", "-d", help=help, **settings)
 
 
 Device = Annotated[str, device_option()]
-#: `eval` keeps `-d` for its deprecated spelling of --dataset for now: there --device has no short form yet
-DeviceLongOnly = Annotated[str, device_option(short=False)]
 GpuNumber = Annotated[int | None, typer.Option("--gpu", "-g", help="Same as --device cuda:N.", show_default=False)]
 
 

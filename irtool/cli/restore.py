@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from . import output
+from .base import Interrupted
 from .options import (
     ConfigFields,
     Device,
@@ -240,7 +241,7 @@ def restore(
         jobs = retarget(jobs, video_options, overwrite=overwrite, skip_existing=skip_existing)
     if dry_run:
         raise typer.Exit(_print_dry_run(jobs, as_json))
-    outcome = _run(jobs, options, video_options, ranked, as_json=as_json, quiet=quiet)
+    outcome = _run(jobs, out_dir, options, video_options, ranked, as_json=as_json, quiet=quiet)
     failed = _print_summary(outcome, as_json=as_json, quiet=quiet)
     if report_html:
         from ..report.restore import write_report
@@ -346,9 +347,11 @@ class _Meter:
         self.progress.update(self.task, advance=1, rate=f"{self.megapixels / elapsed:.2f} MP/s" if elapsed > 0 else "")
 
 
-def _run(jobs: list[Any], options: Any, video_options: Any, ranked: Any, *, as_json: bool, quiet: bool) -> _Outcome:
+def _run(
+    jobs: list[Any], out_dir: str, options: Any, video_options: Any, ranked: Any, *, as_json: bool, quiet: bool
+) -> _Outcome:
     """Restore the images, then the videos, each report shown as it arrives (errors and warnings as lines, JSON
-    lines with --json); progress bars on a terminal."""
+    lines with --json); progress bars on a terminal. Ctrl-C: `Interrupted`, saying how many outputs were written."""
     import contextlib
     import itertools
 
@@ -361,22 +364,44 @@ def _run(jobs: list[Any], options: Any, video_options: Any, ranked: Any, *, as_j
     jobs = [job for job in jobs if not is_video(job.src)]
     progress = _image_progress(err, quiet)
     meter = _Meter(progress)
-    restorer, stream = _load(jobs, video_jobs, options, ranked, meter.tick)
+    written: list[Any] = []  # images written, appended by the engine's writer threads (Ctrl-C's count)
+    restorer, stream = _load(jobs, video_jobs, options, ranked, meter.tick, written.append)
     meter.start()
     frames = FrameBars(err, disable=quiet or not err.is_terminal)
     videos = restore_videos(video_jobs, restorer, video_options, frames.bar)  # a generator, empty without videos
     reports = []
-    # closing(): on Ctrl-C the engine cancels queued work at once; writes already started finish atomically
-    with progress, contextlib.closing(stream):
-        meter.task = progress.add_task("restore", total=len(jobs), rate="", visible=bool(jobs))
-        for report in itertools.chain(stream, _after(progress, meter.task), _within(frames.progress, videos)):
-            reports.append(report)
-            _show_report(report, progress.console, as_json)
-            if not isinstance(report, VideoReport) and ranked is None:
-                meter.tick(report)
+    try:
+        # closing(): on Ctrl-C the engine cancels queued work at once; writes already started finish atomically
+        with progress, contextlib.closing(stream):
+            meter.task = progress.add_task("restore", total=len(jobs), rate="", visible=bool(jobs))
+            for report in itertools.chain(stream, _after(progress, meter.task), _within(frames.progress, videos)):
+                reports.append(report)
+                _show_report(report, progress.console, as_json)
+                if not isinstance(report, VideoReport) and ranked is None:
+                    meter.tick(report)
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted(jobs, video_jobs, reports, written, ranked, out_dir)) from None
     if ranked is not None:
         ranked.close()
     return _Outcome(reports, restorer, meter.elapsed(), meter.megapixels, len(jobs), len(video_jobs))
+
+
+def _interrupted(
+    jobs: list[Any], video_jobs: list[Any], reports: list[Any], written: list[Any], ranked: Any, out_dir: str
+) -> str:
+    """The line for a restore stopped by Ctrl-C: how many outputs were written (the engine finishes the writes it
+    started, after the reports shown) and how to go on."""
+    from ..video import VideoReport
+
+    def runnable(some: list[Any]) -> int:
+        return sum(not (job.error or job.skip) for job in some)
+
+    videos = sum(isinstance(r, VideoReport) and r.ok for r in reports)
+    # under torchrun the ranks write: count the reports that came back
+    images = len(written) if ranked is None else sum(r.ok and not isinstance(r, VideoReport) for r in reports)
+    parts = [f"{images} of {runnable(jobs)} images"] if jobs else []
+    parts += [f"{videos} of {runnable(video_jobs)} videos"] if video_jobs else []
+    return f"interrupted: {' and '.join(parts) or 'nothing'} written to {out_dir}; run the same command with --skip-existing to finish"
 
 
 def _image_progress(console: Any, quiet: bool) -> Any:
@@ -404,8 +429,11 @@ def _image_progress(console: Any, quiet: bool) -> Any:
     )
 
 
-def _load(jobs: list[Any], video_jobs: list[Any], options: Any, ranked: Any, tick: Any) -> tuple[Any, Any]:
-    """(the restorer, the stream of image reports): the model is loaded only when some job has work to do."""
+def _load(
+    jobs: list[Any], video_jobs: list[Any], options: Any, ranked: Any, tick: Any, on_written: Any
+) -> tuple[Any, Any]:
+    """(the restorer, the stream of image reports): the model is loaded only when some job has work to do;
+    `on_written` hears of every image written."""
     if ranked is not None:
         restorer = ranked.load()
         for note in restorer.notes if restorer else []:
@@ -417,7 +445,7 @@ def _load(jobs: list[Any], video_jobs: list[Any], options: Any, ranked: Any, tic
         restorer = Restorer.load(options)
         for note in restorer.notes:
             output.note(note)
-        return restorer, restore_files(jobs, restorer)
+        return restorer, restore_files(jobs, restorer, on_written=on_written)
     from ..restoration.planning import report_unrunnable
 
     return None, (report_unrunnable(job) for job in jobs)  # nothing to run: no model to load

@@ -1,7 +1,7 @@
 """`irtool train`: the training config's fields as flags, the run watched on the terminal.
 
 The flags are made from `TrainConfig`'s fields (irtool/train/presets.py): each field is `--field-name` (or the names
-its metadata gives, kept from older releases), typed as the field is, with the help line and --help panel of its
+its metadata gives), typed as the field is, with the help line and --help panel of its
 metadata, so a new field is a flag without a change here. Fields no flag can spell (the task sources, the network's
 `model` mapping) are set by --clean-dir/--tasks, --config-file and the network flags (`presets.MODEL_FIELDS`).
 """
@@ -18,7 +18,7 @@ import typer
 
 from ..train import presets
 from . import output
-from .base import variant_renamed
+from .base import Interrupted
 from .options import DEVICE_HELP, device_option, int_list, json_flag
 
 # -- the flags made from the config's fields
@@ -162,7 +162,7 @@ def train(
         typer.Option(
             "--preset",
             "-p",
-            help=f"Named recipe: {', '.join(presets.PRESETS)} (default custom).",
+            help=f"Named recipe: {', '.join(presets.PRESETS)} (default: custom on a CUDA GPU, quick elsewhere).",
             rich_help_panel="Run",
         ),
     ] = None,
@@ -207,11 +207,24 @@ def train(
     ] = None,
     **flags: Any,
 ) -> None:
-    """Train an all-in-one network on a mix of degradations (one process, or many under torchrun)."""
+    """Train an all-in-one network on a mix of degradations (one process, or many under torchrun).
+
+    Without --preset: the paper's network (preset custom) on a CUDA GPU, a run of minutes (preset quick) elsewhere.
+
+    Examples:
+
+      irtool train --clean-dir photos/ --out runs/quick
+          a quick run on a CPU (preset quick: about 10 minutes)
+      irtool train --preset moce_ir_s-aio3 --data-root ~/datasets --device cuda
+          the paper's MoCE-IR-S recipe on a GPU (torchrun for several)
+    """
     import os
 
     fields = overrides(flags)
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None
+    chosen = None
+    if not resume and preset is None and config_file is None:
+        preset = chosen = presets.default_preset(_has_cuda(device))
     if resume:  # the saved recipe, with the flags laid over it: the same flags change nothing, others are refused
         cfg = presets.resume_config(
             out, fields, preset_name=preset, config_file=config_file, clean_dir=clean_dir, tasks=task_list
@@ -221,16 +234,48 @@ def train(
     if print_config:
         typer.echo(cfg.to_json())
         return
+    if chosen == "quick" and int(os.environ.get("RANK", "0")) == 0:
+        output.line(_quick_line(cfg, device), output.stderr())
 
+    from ..train.loop import TrainInterrupted
     from ..train.loop import train as run_training
 
     main_process = int(os.environ.get("RANK", "0")) == 0
     view = TrainView(as_json) if main_process else None
     try:
         run_training(cfg, out, resume=resume, device=device, threads=threads, on_event=view)
+    except TrainInterrupted as stopped:
+        raise Interrupted(f"{stopped}; continue with --resume") from None
     finally:
         if view is not None:
             view.close()
+
+
+def _has_cuda(device: str) -> bool:
+    """Whether the run trains on a CUDA GPU (`auto` finds out, which imports torch)."""
+    if device != "auto":
+        return device.startswith("cuda")
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _quick_line(cfg: presets.TrainConfig, device: str) -> str:
+    """The line before a run of the CPU default: what runs, for about how long, and how to choose otherwise."""
+    quick, custom = presets.preset("quick"), presets.preset("custom")
+    length = f"{cfg.steps:,} steps" if cfg.steps is not None else f"{cfg.epochs} epochs"
+    same_cost = all(getattr(cfg, f) == getattr(quick, f) for f in ("variant", "model", "batch_size", "patch_size"))
+    minutes = (cfg.steps or 0) * presets.CPU_SECONDS_PER_STEP["quick"] / 60
+    if same_cost and cfg.steps is not None:
+        time = f"about {minutes:.0f} min on a free CPU core" if minutes >= 1 else "under a minute on a CPU core"
+    else:
+        time = "its ETA shows once it runs"
+    hours = (custom.steps or 0) * presets.CPU_SECONDS_PER_STEP["custom"] / 3600
+    where = "no CUDA GPU" if device == "auto" else f"--device {device}"
+    return (
+        f"{where}: training preset quick (the built-in model's small network, {length}; {time}); the paper's "
+        f"MoCE-IR-S is --preset custom (about {hours:.0f} h on a CPU core), or choose --steps, --variant"
+    )
 
 
 def _signature() -> inspect.Signature:
@@ -365,8 +410,3 @@ class TrainView:
         if self.live is not None:
             self.live.stop()
             self.live = None
-
-
-def old_spellings(args: list[str]) -> list[str]:
-    """train's deprecated spellings, read as before with a warning: `--config NAME` and `-c NAME` (now --variant)."""
-    return variant_renamed("train", args, "-c")

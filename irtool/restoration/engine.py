@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -593,16 +593,19 @@ def _model_error(exc: BaseException) -> str:
     return f"model failed ({first_line(exc, with_type=True)})"
 
 
-def restore_files(jobs: Sequence[Job], restorer: Restorer) -> Generator[RestoreReport, None, None]:
+def restore_files(
+    jobs: Sequence[Job], restorer: Restorer, *, on_written: Callable[[RestoreReport], None] | None = None
+) -> Generator[RestoreReport, None, None]:
     """Run the jobs; yields one report per job, in job order, as soon as it and all before it are done.
 
     Images are decoded ahead by `options.workers` threads and encoded/written by as many, so the model rarely
     waits for files. Consecutive runnable images of one size form batches of up to `options.batch_size`.
     A failure (unreadable file, model error, write error) fails that job only. Interrupting the iteration
     cancels the reads and restorations not yet done; every image already restored is still written, atomically, so
-    no finished output is lost and no partial file is left.
+    no finished output is lost and no partial file is left. `on_written` is called (from a writer thread) with the
+    report of every image written, those finished after an interruption included.
     """
-    yield from _FileRun(jobs, restorer).reports()
+    yield from _FileRun(jobs, restorer, on_written).reports()
 
 
 _Batch = list[tuple[int, _Decoded]]
@@ -612,8 +615,11 @@ class _FileRun:
     """One `restore_files` run: the reader and writer threads, and a slot per job that holds its report (or the
     future of its write) until every job before it is done."""
 
-    def __init__(self, jobs: Sequence[Job], restorer: Restorer) -> None:
+    def __init__(
+        self, jobs: Sequence[Job], restorer: Restorer, on_written: Callable[[RestoreReport], None] | None = None
+    ) -> None:
         self.jobs, self.restorer, self.options = jobs, restorer, restorer.options
+        self.on_written = on_written
         self.slots: list[RestoreReport | Future | None] = [None] * len(jobs)
         runnable: list[int] = []
         for k, job in enumerate(jobs):
@@ -729,8 +735,15 @@ class _FileRun:
             future = self.writers.submit(
                 _write, decoded.job, self._image(decoded), outcome, decoded.seconds, self.options
             )
+            if self.on_written is not None:
+                future.add_done_callback(self._written)
             self.writing.append(future)
             self.slots[k] = future
+
+    def _written(self, future: Future) -> None:
+        if not future.cancelled() and future.exception() is None and future.result().ok:
+            assert self.on_written is not None
+            self.on_written(future.result())
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ Imports numpy and torch; images are read by `irtool.images.files` and degraded b
 from __future__ import annotations
 
 import bisect
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +223,9 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Tensor]:
 def _worker_init(_: int) -> None:
     # Workers decode and degrade; one thread each keeps them from fighting the training process for cores.
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: the training process decides when to stop (after saving its step),
+    # and a worker that died of it first would fail the batch that step is waiting for
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import cv2
 

@@ -32,7 +32,7 @@ import csv
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +58,15 @@ EventSink = Callable[[str, dict[str, Any]], None]
 
 class TrainError(IrtoolError):
     """A training run cannot start or continue (bad data, a resume that does not fit, ...)."""
+
+
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run after a whole step, and the run was saved at that step (the checkpoint a normal save
+    writes), so `train(..., resume=True)` continues from it."""
+
+    def __init__(self, step: int, out: Path) -> None:
+        super().__init__(f"interrupted at step {step}; saved to {out}")
+        self.step, self.out = step, out
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -527,10 +536,48 @@ def train(
     ctx = setup(device)
     try:
         run = _Run(absolute_paths(config), out, resume, ctx, emit, dataset, val_pairs)
-        run.train_steps()
+        with _stop_after_the_step(ctx) as stop:
+            run.train_steps(stop)
         return run.finish()
     finally:
         teardown(ctx)
+
+
+class _StopRequest:
+    """Set by Ctrl-C (SIGINT) during training: the run stops after the step it is in, once it is saved."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # a second Ctrl-C: stop at once, without saving
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+@contextmanager
+def _stop_after_the_step(ctx: Dist) -> Iterator[_StopRequest]:
+    """Ctrl-C during the steps asks for a stop after the current one instead of breaking into it (a step broken
+    into leaves weights and optimiser state out of step). One process only: under DDP every process would have to
+    agree on the step, so there Ctrl-C stops at once as before; and only where SIGINT still raises
+    KeyboardInterrupt (the main thread, no handler of the caller's own)."""
+    import signal
+    import threading
+
+    request = _StopRequest()
+    ours = (
+        ctx.world_size == 1
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    if not ours:
+        yield request
+        return
+    previous = signal.signal(signal.SIGINT, request.handle)
+    try:
+        yield request
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _batches(loader: Any) -> Iterator[dict[str, Tensor]]:
@@ -735,8 +782,9 @@ class _Run:
 
     # -- training
 
-    def train_steps(self) -> None:
-        """Steps from the current one to the end, with logs, validations and checkpoints on their schedules."""
+    def train_steps(self, stop: _StopRequest | None = None) -> None:
+        """Steps from the current one to the end, with logs, validations and checkpoints on their schedules; when
+        `stop` is requested, the run is saved after the current step and `TrainInterrupted` raised."""
         cfg = self.config
         while self.step < self.total:
             epoch, offset = divmod(self.step, self.spe)
@@ -758,8 +806,19 @@ class _Run:
                     self._validate()
                 if self.step % cfg.ckpt_every == 0 or end:
                     self._save()
+                if stop is not None and stop.requested and not end:
+                    self._stop()
                 if self.step >= self.total:
                     break
+
+    def _stop(self) -> None:
+        """Save this step (unless its checkpoint was just written) so that a resume continues from it, then raise
+        `TrainInterrupted`."""
+        if self.step % self.config.ckpt_every:
+            self._save()
+        if self.log is not None:
+            self.log.close()
+        raise TrainInterrupted(self.step, self.out)
 
     def _log_step(self, stats: StepStats, lr: float) -> None:
         """A row of log.csv and a step event for the steps since the last one (main process)."""
