@@ -391,7 +391,7 @@ def _interrupted(
 ) -> str:
     """The line for a restore stopped by Ctrl-C: how many outputs were written (the engine finishes the writes it
     started, after the reports shown) and how to go on."""
-    from ..video import VideoReport
+    from ..restoration.video.restore import VideoReport
 
     def runnable(some: list[Any]) -> int:
         return sum(not (job.error or job.skip) for job in some)
