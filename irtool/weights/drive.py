@@ -81,13 +81,13 @@ def download_from_drive(
         with open(record, "a+", encoding="utf-8") as handle:
             lock(handle, record)
             link = _file_in_folder(url, path or dest.name, dest, options) if is_drive_folder(url) else url
-            _forget_other_files(handle, dest, link)
-            got = _transfer(link, dest, progress, retries, options)
-            if size is not None and got.size != size:
-                problem = f"{got.size} bytes instead of {size}"
-            elif sha256 is not None and got.sha256 != sha256.lower():
-                problem = f"sha256 {got.sha256} instead of {sha256.lower()}"
-            else:
+            staging = _Staging(dest, handle, link)
+            got = _transfer(staging, progress, retries, options)
+            if got.resumed_from and _problem(got, sha256, size):  # the file may have changed on Drive in between
+                staging.drop()
+                got = _transfer(staging, progress, retries, options)
+            problem = _problem(got, sha256, size)
+            if problem is None:
                 return got
             dest.unlink()
             raise ChecksumError(f"{link}: the downloaded file is not the expected one ({problem}); nothing was kept")
@@ -99,28 +99,43 @@ def download_from_drive(
             record.unlink(missing_ok=True)
 
 
-def _transfer(link: str, dest: Path, progress: Progress | None, retries: int, options: dict[str, Any]) -> Downloaded:
-    """gdown's download into `dest`, resumed from a partial file when there is one; started over once when the server
-    will not continue that partial file (the file changed on Drive)."""
-    try:
-        return _gdown(link, dest, progress, retries, options)
-    except Exception as exc:  # gdown scrapes web pages: anything it raises is turned into one line here
-        if _NOT_CONTINUED not in str(exc):
-            raise _one_line(link, dest, exc) from None
-    _remove_partials(dest)
-    try:
-        return _gdown(link, dest, progress, retries, options)
-    except Exception as exc:
-        raise _one_line(link, dest, exc) from None
+def _problem(got: Downloaded, sha256: str | None, size: int | None) -> str | None:
+    if size is not None and got.size != size:
+        return f"{got.size} bytes instead of {size}"
+    if sha256 is not None and got.sha256 != sha256.lower():
+        return f"sha256 {got.sha256} instead of {sha256.lower()}"
+    return None
 
 
-def _gdown(link: str, dest: Path, progress: Progress | None, retries: int, options: dict[str, Any]) -> Downloaded:
-    kept = sum(p.stat().st_size for p in _partials(dest))
+def _transfer(staging: _Staging, progress: Progress | None, retries: int, options: dict[str, Any]) -> Downloaded:
+    """gdown's download into `staging.dest`, resumed from the partial file when there is one; started over when that
+    partial file cannot be continued (the file changed size on Drive, or the server will not send the rest)."""
+    for starting_over in (False, True):
+        try:
+            return _gdown(staging, progress, retries, options)
+        except _StartOver:
+            pass
+        except Exception as exc:  # gdown scrapes web pages: anything it raises is turned into one line here
+            if starting_over or _NOT_CONTINUED not in str(exc):
+                raise _one_line(staging.link, staging.dest, exc) from None
+        staging.drop()
+    raise DownloadError(f"{staging.link}: Google Drive's answers do not add up to one file; try again later")
+
+
+def _gdown(staging: _Staging, progress: Progress | None, retries: int, options: dict[str, Any]) -> Downloaded:
+    dest, kept = staging.dest, staging.kept()
     digest = hashlib.sha256()  # gdown feeds it the resumed bytes too, so the file is never read back
+
+    def report(done: int, total: int | None) -> None:
+        if total is not None:
+            staging.check_size(total, resuming=kept > 0)
+        if progress:
+            progress(done, total)
+
     dest.unlink(missing_ok=True)  # gdown takes a file already there as finished; a staged file is checked anew
-    gdown.download(link, str(dest), quiet=True, resume=True, progress=progress, hasher=digest, retries=retries,
+    gdown.download(staging.link, str(dest), quiet=True, resume=True, progress=report, hasher=digest, retries=retries,
                    **options)  # fmt: skip
-    return Downloaded(dest, digest.hexdigest(), dest.stat().st_size, link, kept)
+    return Downloaded(dest, digest.hexdigest(), dest.stat().st_size, staging.link, kept)
 
 
 def _file_in_folder(url: str, path: str, dest: Path, options: dict[str, Any]) -> str:
@@ -154,25 +169,48 @@ def _partials(dest: Path) -> list[Path]:
     return sorted(p for p in dest.parent.iterdir() if pattern.fullmatch(p.name)) if dest.parent.is_dir() else []
 
 
-def _remove_partials(dest: Path) -> None:
-    for part in _partials(dest):
-        part.unlink(missing_ok=True)
+class _StartOver(Exception):
+    """The partial file belongs to an older upload of the file (Drive now offers another size): download it anew."""
 
 
-def _forget_other_files(handle: IO[str], dest: Path, link: str) -> None:
-    """Delete partial files that belong to another Drive file than `link` (or that are several), then record `link`
-    as the file being downloaded."""
-    handle.seek(0)
-    try:
-        recorded = json.loads(handle.read() or "{}").get("link")
-    except (ValueError, AttributeError):
-        recorded = None
-    if recorded != link or len(_partials(dest)) > 1:
-        _remove_partials(dest)
-    handle.seek(0)
-    handle.truncate()
-    handle.write(json.dumps({"link": link}))
-    handle.flush()
+class _Staging:
+    """The partial download of one Drive file beside `dest`, and its record (`<dest>.drive.json`, held open and locked
+    by the caller): the file's link and full size, so a partial file is only ever continued with the same file."""
+
+    def __init__(self, dest: Path, handle: IO[str], link: str) -> None:
+        self.dest, self.handle, self.link = dest, handle, link
+        handle.seek(0)
+        try:
+            recorded = json.loads(handle.read() or "{}")
+        except ValueError:
+            recorded = {}
+        if not isinstance(recorded, dict) or recorded.get("link") != link or len(_partials(dest)) > 1:
+            self.drop()  # another file's partial (or several) never resumes
+        else:
+            self.size: int | None = recorded.get("size")
+
+    def kept(self) -> int:
+        return sum(p.stat().st_size for p in _partials(self.dest))
+
+    def drop(self) -> None:
+        for part in _partials(self.dest):
+            part.unlink(missing_ok=True)
+        self._write(None)
+
+    def check_size(self, total: int, *, resuming: bool) -> None:
+        """Record the file's full size as Drive announces it; a different size while resuming starts over."""
+        if total == self.size:
+            return
+        if resuming and self.size is not None:
+            raise _StartOver
+        self._write(total)
+
+    def _write(self, size: int | None) -> None:
+        self.size = size
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(json.dumps({"link": self.link, "size": size}))
+        self.handle.flush()
 
 
 # --------------------------------------------------------------------------------------------------------------------
