@@ -2,7 +2,7 @@
 
 - `catalogue`: the manifest (`weights_manifest.json`), its entries, the default-model ranking, which files a name
   means. Standard library and platformdirs only, never torch, so `irtool weights list` is instant.
-- `store`: fetch (through `download`), import, convert, verify, remove. Checks files with the loader, imported inside
+- `store`: fetch (through `download`, and `drive` for Google Drive), import, convert, verify, remove. Checks files with the loader, imported inside
   its functions. Dependencies run one way: catalogue <- irtool.loading <- store.
 
 Everything both modules offer is reachable from here, looked up when used; the store loads on first use.

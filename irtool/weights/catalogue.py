@@ -10,7 +10,8 @@ Cache layout (`cache_dir()`: `$IRTOOL_HOME/weights`, else the platformdirs user 
     <cache>/<name>/<filename>                 a fetched file, under its manifest filename (e.g. last.ckpt)
     <cache>/<name>/<role>.safetensors         an imported copy (role: weights, ir, router); used when present
     <cache>/<name>/state.json                 per role: sha256, size, where the file came from, when
-    <cache>/.downloads/<name>/<filename>.part an interrupted download, resumed by the next fetch
+    <cache>/.downloads/<name>/<filename>*.part an interrupted download, resumed by the next fetch (from Google
+                                              Drive: gdown's part file, and <filename>.drive.json naming the file)
     <cache>/local_manifest.json               the user's own imported checkpoints
 
 Importing this module needs the standard library and platformdirs only, never torch, so `irtool weights list` is
