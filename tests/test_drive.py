@@ -218,3 +218,33 @@ def test_gdown_cookies_are_used_when_the_user_exported_them(drive, tmp_path):
     )
     _fetch(tmp_path / "last.ckpt", path="a/last.ckpt")
     assert all("SID=signed-in" in headers.get("Cookie", "") for _, _, headers in drive.server.requests)
+
+
+def test_two_downloads_of_one_file_do_not_share_its_part(drive, tmp_path):
+    fcntl = pytest.importorskip("fcntl", reason="the lock is POSIX's flock")
+    drive.folder(FOLDER_ID, "f", {"a/last.ckpt": SMALL})
+    with open(tmp_path / "last.ckpt.drive.json", "a") as other:  # another process downloading the same file
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(DownloadError, match=r"another irtool process is downloading this file; wait for it"):
+            _fetch(tmp_path / "last.ckpt", path="a/last.ckpt")
+    assert _fetch(tmp_path / "last.ckpt", path="a/last.ckpt").path.read_bytes() == SMALL
+
+
+def test_an_unwritable_folder_is_one_line(drive, tmp_path):
+    drive.folder(FOLDER_ID, "f", {"a/last.ckpt": SMALL})
+    (tmp_path / "file").write_text("a file where the folder should be")
+    with pytest.raises(DownloadError, match=r"file: cannot write the download there \("):
+        _fetch(tmp_path / "file" / "last.ckpt", path="a/last.ckpt")
+
+
+def test_a_page_gdown_cannot_read_is_one_line_that_says_what_to_do(drive, tmp_path, monkeypatch):
+    def changed_pages(*args, **kwargs):
+        raise KeyError("Content-Type")  # what gdown raises on an answer without the header it expects
+
+    monkeypatch.setattr(drive_module.gdown, "download", changed_pages)
+    with pytest.raises(DownloadError) as exc:
+        _fetch(tmp_path / "last.ckpt", url=f"https://drive.google.com/uc?id=1{'e' * 32}")
+    assert str(exc.value) == (
+        f"https://drive.google.com/uc?id=1{'e' * 32}: gdown could not read Google Drive's answer (KeyError: "
+        "'Content-Type'); Drive may have changed its pages: `pip install -U gdown`, or download the file in a browser"
+    )

@@ -311,6 +311,10 @@ def test_fetch_from_a_drive_folder_installs_the_file_at_its_path(manifest, drive
     assert any("confirm=t" in path for _, path, _ in drive.server.requests)  # through the confirmation page
     assert not (weights.cache_dir() / ".downloads").exists()
     assert irtool.load_model("tiny.aio3", device="cpu").config == VARIANTS["tiny"]
+    weights.remove("tiny.aio3")
+    result = runner.invoke(app, ["weights", "fetch", "Tiny_AIO3"])  # the command prints the digest it recorded
+    assert result.exit_code == 0 and f"saved to {entry.folder / 'last.ckpt'}" in result.stdout, result.output
+    assert f"sha256 {_sha(tiny_ckpt)}; loads strictly as MoCE-IR tiny" in result.stdout
 
 
 def test_fetch_from_drive_refuses_a_wrong_sha256_and_installs_nothing(manifest, drive, tiny_ckpt):

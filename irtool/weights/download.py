@@ -49,7 +49,7 @@ class Downloaded:
     path: Path  #: the finished file
     sha256: str
     size: int
-    url: str  #: where the bytes came from in the end (after redirects and confirmation pages)
+    url: str  #: where the bytes came from in the end (after redirects; for Google Drive the file's own link)
     resumed_from: int  #: bytes reused from an earlier, interrupted attempt
 
 
@@ -90,10 +90,9 @@ def download(
     Raises DownloadError with one line naming the URL and the problem.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     problem: str | None = None  # the last transient failure, then what is wrong with the finished file
-    with open(part, "ab") as handle:
+    with open_for_download(part, "ab") as handle:
         lock(handle, part)
         for attempt in range(retries + 1):
             if attempt:
@@ -272,6 +271,17 @@ def _forget_empty(handle: BinaryIO, part: Path) -> None:
     if _size_of(handle) == 0:
         part.unlink(missing_ok=True)
         _sidecar(part).unlink(missing_ok=True)
+
+
+def open_for_download(path: Path, mode: str) -> IO[Any]:
+    """Open a file beside a download (its folder made first); one line naming the folder when it cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, mode)
+    except OSError as exc:
+        raise DownloadError(
+            f"{path.parent}: cannot write the download there ({first_line(exc, text=exc.strerror)})"
+        ) from None
 
 
 def lock(handle: IO[Any], part: Path) -> None:

@@ -28,7 +28,7 @@ from gdown.download import GoogleDriveFileToDownload
 
 from ..errors import ChecksumError, DownloadError, first_line
 from .catalogue import megabytes
-from .download import Downloaded, Progress, lock
+from .download import Downloaded, Progress, lock, open_for_download
 
 GOOGLE_HOSTS = frozenset({"drive.google.com", "docs.google.com", "drive.usercontent.google.com"})
 RECORD_SUFFIX = ".drive.json"
@@ -73,12 +73,12 @@ def download_from_drive(
     Raises DownloadError with one line naming the link and the problem (offline, quota used up, not shared, ...).
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     record = dest.with_name(dest.name + RECORD_SUFFIX)
     cookies = GDOWN_COOKIES.expanduser()
     options: dict[str, Any] = {"timeout": timeout, "use_cookies": cookies.is_file(), "cookies_file": str(cookies)}
+    handle = open_for_download(record, "a+")
     try:
-        with open(record, "a+", encoding="utf-8") as handle:
+        with handle:
             lock(handle, record)
             link = _file_in_folder(url, path or dest.name, dest, options) if is_drive_folder(url) else url
             staging = _Staging(dest, handle, link)
@@ -257,7 +257,7 @@ def _one_line(link: str, dest: Path, exc: BaseException) -> DownloadError:
     if isinstance(exc, gdown.exceptions.DownloadError):
         return DownloadError(f"{link}: {_drive_reason(exc)}{'; ' + after if after else ''}")
     if isinstance(exc, OSError):
-        return DownloadError(f"{dest.parent}: cannot write the download ({first_line(exc, text=exc.strerror)})")
+        return DownloadError(f"{dest.parent}: cannot write the download there ({first_line(exc, text=exc.strerror)})")
     return DownloadError(
         f"{link}: gdown could not read Google Drive's answer ({first_line(exc, with_type=True)}); Drive may have "
         "changed its pages: `pip install -U gdown`, or download the file in a browser"
