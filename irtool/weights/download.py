@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 from .._version import __version__
 from ..errors import ChecksumError, DownloadError, first_line
@@ -138,7 +138,7 @@ def download(
 
 
 def _transfer(
-    url: str, handle: BinaryIO, part: Path, size: int | None, progress: Progress | None, timeout: float
+    url: str, handle: IO[bytes], part: Path, size: int | None, progress: Progress | None, timeout: float
 ) -> tuple[str, int, str]:
     """Append the rest of the file to `handle`; returns (final url, bytes resumed from, sha256 of the whole file)."""
     have = _size_of(handle)
@@ -256,18 +256,18 @@ def _hash_prefix(path: Path, n: int) -> hashlib._Hash:
     return digest
 
 
-def _size_of(handle: BinaryIO) -> int:
+def _size_of(handle: IO[bytes]) -> int:
     handle.flush()
     return os.fstat(handle.fileno()).st_size
 
 
-def _truncate(handle: BinaryIO) -> None:
+def _truncate(handle: IO[bytes]) -> None:
     handle.flush()
     handle.truncate(0)
     handle.seek(0)
 
 
-def _forget_empty(handle: BinaryIO, part: Path) -> None:
+def _forget_empty(handle: IO[bytes], part: Path) -> None:
     if _size_of(handle) == 0:
         part.unlink(missing_ok=True)
         _sidecar(part).unlink(missing_ok=True)
