@@ -238,10 +238,10 @@ class GoogleDrive:
         return ids
 
     def file(
-        self, data: bytes, name: str, *, key: str | None = None, cuts: list[int] | None = None, etag='"v1"'
+        self, data: bytes, name: str, *, key: str | None = None, file_id: str | None = None, cuts=None, etag='"v1"'
     ) -> str:
-        """Share one file; returns its id (made from `key`, else `name`)."""
-        file_id = drive_id(key or name)
+        """Share one file; returns its id (`file_id`, else one made from `key`, else from `name`)."""
+        file_id = file_id or drive_id(key or name)
         disposition = {"Content-Disposition": f'attachment; filename="{name}"'}
         self.files[file_id] = (name, file_route(data, cuts=cuts, etag=etag, headers=disposition), len(data))
         return file_id

@@ -74,17 +74,23 @@ def test_a_folder_fetch_picks_the_file_by_its_path(drive, tmp_path):
 
 
 def test_every_manifest_entry_on_drive_is_fetchable(drive, tmp_path):
+    """Each file the manifest places on Google Drive, shared as the manifest says (in a folder at its drive_path, or
+    under its file id), is fetched from the address `source_url` gives."""
     on_drive = [(e, s) for e in weights.entries() for s in e.files if s.get("drive_folder") or s.get("drive_id")]
-    assert len(on_drive) >= 6  # the six MoCE-IR checkpoints
-    shared = {}
+    assert len(on_drive) >= 6  # the six MoCE-IR checkpoints at least
+    content = {(e.name, s["role"]): os.urandom(1000) + e.name.encode() for e, s in on_drive}
+    folders: dict[str, dict[str, bytes]] = {}
     for entry, spec in on_drive:
-        assert spec["drive_folder"] == FOLDER, entry.name  # one shared folder, as the manifest says
-        shared[spec["drive_path"]] = os.urandom(1000) + entry.name.encode()
-    drive.folder(FOLDER_ID, "MoCE-IR", {**shared, "results/readme.txt": b"visual results"})
+        if spec.get("drive_id"):
+            drive.file(content[entry.name, spec["role"]], spec["filename"], file_id=spec["drive_id"])
+        else:
+            folders.setdefault(spec["drive_folder"], {})[spec["drive_path"]] = content[entry.name, spec["role"]]
+    for url, files in folders.items():
+        drive.folder(url.rstrip("/").rsplit("/", 1)[1].split("?")[0], "shared", {**files, "results/readme.txt": b"x"})
     for entry, spec in on_drive:
         url = weights.source_url(entry, spec)
-        got = _fetch(tmp_path / entry.name / spec["filename"], url=url, path=spec["drive_path"])
-        assert got.path.read_bytes() == shared[spec["drive_path"]], entry.name
+        got = _fetch(tmp_path / entry.name / spec["filename"], url=url, path=spec.get("drive_path"))
+        assert got.path.read_bytes() == content[entry.name, spec["role"]], entry.name
 
 
 def test_a_wrong_sha256_or_size_keeps_nothing(drive, tmp_path):

@@ -6,8 +6,9 @@ the manifest names a folder and a path), hashes it while it arrives, checks size
 into one line (`DownloadError`, `ChecksumError`). Never prints.
 
 Beside the destination `<dest>` wait gdown's partial file (`<dest>XXXXXXXX.part`) and `<dest>.drive.json`, which
-names the Drive file the partial belongs to: a partial of another file is deleted rather than resumed, and one that
-the server will not continue (the file changed on Drive) is deleted and the download starts over.
+names the Drive file the partial belongs to and its full size. A partial of another file is deleted rather than
+resumed; one of an older upload (Drive announces another size, will not send the rest, or the finished file fails its
+sha256) is deleted and the download starts over.
 """
 
 from __future__ import annotations
@@ -179,6 +180,7 @@ class _Staging:
 
     def __init__(self, dest: Path, handle: IO[str], link: str) -> None:
         self.dest, self.handle, self.link = dest, handle, link
+        self.size: int | None = None  #: the file's full size, as Drive announced it when the partial file began
         handle.seek(0)
         try:
             recorded = json.loads(handle.read() or "{}")
@@ -187,7 +189,7 @@ class _Staging:
         if not isinstance(recorded, dict) or recorded.get("link") != link or len(_partials(dest)) > 1:
             self.drop()  # another file's partial (or several) never resumes
         else:
-            self.size: int | None = recorded.get("size")
+            self.size = recorded.get("size")
 
     def kept(self) -> int:
         return sum(p.stat().st_size for p in _partials(self.dest))
