@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 
 import pytest
 from local_server import GoogleDrive, LocalServer, drive_id, route_google_to, without_proxies
@@ -254,3 +255,16 @@ def test_a_page_gdown_cannot_read_is_one_line_that_says_what_to_do(drive, tmp_pa
         f"https://drive.google.com/uc?id=1{'e' * 32}: gdown could not read Google Drive's answer (KeyError: "
         "'Content-Type'); Drive may have changed its pages: `pip install -U gdown`, or download the file in a browser"
     )
+
+
+def test_a_silent_server_is_one_line_after_the_timeout(drive, tmp_path):
+    def silent(h, q):
+        time.sleep(1.5)
+        h.reply(503, b"late")
+
+    drive.server.routes["/drive.google.com/uc"] = silent
+    with pytest.raises(DownloadError, match=r"uc\?id=1f+: no answer in time; nothing was kept$"):
+        download_from_drive(
+            f"https://drive.google.com/uc?id=1{'f' * 32}", tmp_path / "last.ckpt", timeout=0.3, retries=0
+        )
+    assert _left(tmp_path) == []
