@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import ODD, random_moce
-from local_server import LocalServer, without_proxies
+from local_server import GoogleDrive, LocalServer, route_google_to, without_proxies
 from typer.testing import CliRunner
 
 import irtool
@@ -30,6 +30,7 @@ from irtool.errors import (
     WeightsNotFoundError,
 )
 from irtool.weights import catalogue, store
+from irtool.weights import drive as weights_drive
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -285,18 +286,96 @@ def test_fetch_from_the_manifest_url_and_from_a_mirror(manifest, server, tiny_ck
     assert server.requests[-1][1] == "/mirror/tiny.aio3/last.ckpt" and got.path.read_bytes() == data
 
 
-def test_fetch_through_a_drive_confirmation_page(manifest, server, tiny_ckpt):
-    server.file("/blob", tiny_ckpt.read_bytes())
-    blob = server.routes.pop("/blob")
-    server.page(
-        "/uc",
-        f'<html><title>Google Drive - Virus scan warning</title><form id="download-form" '
-        f'action="{server.url("/download")}" method="get"><input type="hidden" name="id" value="XYZ">'
-        '<input type="hidden" name="confirm" value="t"></form></html>',
+FOLDER = "https://drive.google.com/drive/folders/1pQBceb8cCPdIzbqbNNGqV5qNXzzqL4uK"
+
+
+@pytest.fixture
+def drive(server, monkeypatch, tmp_path):
+    """Google Drive's pages on the local server, with gdown's requests routed there (and no gdown cookies)."""
+    monkeypatch.setattr(weights_drive, "GDOWN_COOKIES", tmp_path / "no-cookies.txt")
+    route_google_to(server, monkeypatch)
+    return GoogleDrive(server, scan_above=100_000)
+
+
+def test_fetch_from_a_drive_folder_installs_the_file_at_its_path(manifest, drive, tiny_ckpt):
+    data = tiny_ckpt.read_bytes()  # over 100 kB: Drive's virus-scan page comes first
+    manifest.file("tiny.aio3", drive_folder=FOLDER, drive_path="Tiny_AIO3/last.ckpt")
+    drive.folder(FOLDER.rsplit("/", 1)[1], "ckpts", {"Tiny_AIO3/last.ckpt": data, "Tiny_AIO5/last.ckpt": b"other"})
+    seen = []
+    (got,) = store.fetch("tiny.aio3", progress=lambda *a: seen.append(a))
+    entry = catalogue.find_entry("tiny.aio3")
+    assert got.path == entry.folder / "last.ckpt" and got.path.read_bytes() == data and got.sha256 == _sha(tiny_ckpt)
+    assert got.checked == "loads strictly as MoCE-IR tiny" and seen[-1] == ("last.ckpt", len(data), len(data))
+    state = entry.state()["weights"]
+    assert state["how"] == "fetched" and state["sha256"] == got.sha256 and state["source"] == FOLDER
+    assert any("confirm=t" in path for _, path, _ in drive.server.requests)  # through the confirmation page
+    assert not (catalogue.cache_dir() / ".downloads").exists()
+    assert irtool.load_model("tiny.aio3", device="cpu").config == VARIANTS["tiny"]
+    store.remove("tiny.aio3")
+    result = runner.invoke(app, ["weights", "fetch", "Tiny_AIO3"])  # the command prints the digest it recorded
+    assert result.exit_code == 0 and f"saved to {entry.folder / 'last.ckpt'}" in result.stdout, result.output
+    assert f"sha256 {_sha(tiny_ckpt)}; loads strictly as MoCE-IR tiny" in result.stdout
+
+
+def test_fetch_from_drive_refuses_a_wrong_sha256_and_installs_nothing(manifest, drive, tiny_ckpt):
+    manifest.file("tiny.aio3", drive_folder=FOLDER, drive_path="Tiny_AIO3/last.ckpt", sha256="0" * 64)
+    drive.folder(FOLDER.rsplit("/", 1)[1], "ckpts", {"Tiny_AIO3/last.ckpt": tiny_ckpt.read_bytes()})
+    with pytest.raises(
+        ChecksumError, match=rf"^tiny\.aio3: .*sha256 {_sha(tiny_ckpt)} instead of 0{{64}}.*nothing was kept"
+    ):
+        store.fetch("tiny.aio3")
+    assert not any(p.is_file() for p in catalogue.cache_dir().rglob("*"))
+    assert catalogue.entry_status(catalogue.find_entry("tiny.aio3")).status == "missing"
+
+
+def test_fetch_from_drive_over_quota_is_one_line_with_what_to_do(manifest, drive, tiny_ckpt):
+    manifest.file("tiny.aio3", drive_folder=FOLDER, drive_path="Tiny_AIO3/last.ckpt")
+    ids = drive.folder(FOLDER.rsplit("/", 1)[1], "ckpts", {"Tiny_AIO3/last.ckpt": tiny_ckpt.read_bytes()})
+    drive.over_quota.add(ids["Tiny_AIO3/last.ckpt"])
+    result = runner.invoke(app, ["weights", "fetch", "tiny.aio3"])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+    line = result.stderr
+    assert line.startswith("error: tiny.aio3: https://drive.google.com/uc?id=")
+    assert "download quota for this file is used up" in line and "run the same command again later" in line
+    assert line.rstrip().endswith(
+        f"To do it by hand: download Tiny_AIO3/last.ckpt from the Google Drive folder {FOLDER} in a browser, then run "
+        "`irtool weights import last.ckpt --name tiny.aio3`"
     )
-    server.routes["/download"] = lambda h, q: blob(h, q) if q.get("confirm") == "t" else h.reply(403)
-    (got,) = store.fetch("tiny.aio3", urls={"weights": server.url("/uc?export=download&id=XYZ")})
-    assert got.path.read_bytes() == tiny_ckpt.read_bytes()
+    assert not any(p.is_file() for p in catalogue.cache_dir().rglob("*"))
+
+
+def test_an_interrupted_drive_fetch_leaves_nothing_at_the_destination_and_resumes(manifest, drive, tiny_ckpt):
+    data = tiny_ckpt.read_bytes()
+    manifest.file("tiny.aio3", drive_folder=FOLDER, drive_path="Tiny_AIO3/last.ckpt")
+    path = "Tiny_AIO3/last.ckpt"
+    drive.folder(FOLDER.rsplit("/", 1)[1], "ckpts", {path: data}, cuts={path: [1_200_000]})
+    kept = 1 << 20  # gdown writes 512 kB chunks: two whole ones arrived
+    with pytest.raises(
+        DownloadError, match=r"^tiny\.aio3: .*connection lost before the end .*; 1\.0 MB kept in .*resume"
+    ) as exc:
+        store.fetch("tiny.aio3", retries=0)
+    assert "\n" not in str(exc.value)
+    entry = catalogue.find_entry("tiny.aio3")
+    assert not entry.folder.exists() and catalogue.entry_status(entry).partial_bytes == kept
+    (got,) = store.fetch("tiny.aio3", retries=0)
+    assert got.resumed_from == kept and got.path.read_bytes() == data and got.sha256 == _sha(tiny_ckpt)
+    assert drive.server.requests[-1][2]["Range"] == f"bytes={kept}-"
+    assert catalogue.entry_status(entry).partial_bytes == 0 and not (catalogue.cache_dir() / ".downloads").exists()
+
+
+def test_a_two_file_entry_fetches_both_files_from_drive(manifest, drive, tiny_ckpt):
+    for spec, path in zip(manifest.data["models"]["pair.test"]["files"], ("pair/ir.pth", "pair/router.pth")):
+        spec.update(drive_folder=FOLDER, drive_path=path)
+    manifest.write()
+    router = b"a router this irtool cannot build"
+    drive.folder(FOLDER.rsplit("/", 1)[1], "ckpts", {"pair/ir.pth": tiny_ckpt.read_bytes(), "pair/router.pth": router})
+    got = store.fetch("pair.test")
+    assert [(g.role, g.path.name) for g in got] == [("ir", "ir.pth"), ("router", "router.pth")]
+    assert (
+        got[1].path.read_bytes() == router and got[1].checked == "not loaded: this irtool has no future_router network"
+    )
+    entry = catalogue.find_entry("pair.test")
+    assert catalogue.entry_status(entry).status == "cached" and set(entry.state()) == {"ir", "router"}
 
 
 def test_fetch_checksum_mismatch_keeps_nothing(manifest, server, tiny_ckpt):
@@ -365,23 +444,36 @@ def test_an_interrupted_fetch_resumes_and_list_shows_it(manifest, server, tiny_c
     assert catalogue.entry_status(catalogue.find_entry("tiny.aio3")).partial_bytes == 0
 
 
-def test_moce_ir_fetch_explains_the_drive_folder():
+def test_every_official_entry_has_an_address_and_the_manual_steps_name_every_file():
     for entry in catalogue.entries():
-        if entry.arch != "moce_ir" or entry.built_in:  # the built-in model needs no fetching
+        if entry.built_in:  # the built-in model needs no fetching
             continue
-        with pytest.raises(WeightsNotFoundError) as exc:
-            store.fetch(entry.name)
-        assert str(exc.value) == (
-            f"{entry.name}: no direct download link is published; download {entry.aliases[0]}/last.ckpt from the "
-            "Google Drive folder https://drive.google.com/drive/folders/1pQBceb8cCPdIzbqbNNGqV5qNXzzqL4uK in a browser, "
-            f"then run `irtool weights import last.ckpt --name {entry.name}`"
-        )
+        sources = [catalogue.source_url(entry, spec) for spec in entry.files]  # raises where no address is published
+        if entry.arch == "moce_ir":
+            assert sources == [FOLDER] and entry.files[0]["drive_path"] == f"{entry.aliases[0]}/last.ckpt"
+            assert catalogue.manual_steps(entry) == (
+                f"download {entry.aliases[0]}/last.ckpt from the Google Drive folder {FOLDER} in a browser, "
+                f"then run `irtool weights import last.ckpt --name {entry.name}`"
+            )
+    lora = catalogue.find_entry("lora_ir.setting1")
+    hub = "https://huggingface.co/shallowdream204/LoRA-IR/resolve/main"
+    assert catalogue.manual_steps(lora) == (
+        f"download {hub}/setting1_ir.pth yourself, then run `irtool weights import setting1_ir.pth --name "
+        f"lora_ir.setting1 --role ir`; download {hub}/setting1_router.pth yourself, then run `irtool weights import "
+        "setting1_router.pth --name lora_ir.setting1 --role router`"
+    )
+    with pytest.raises(WeightsNotFoundError) as exc:
+        catalogue.resolve("lora_ir.setting1")
+    message = str(exc.value)
+    assert "run `irtool weights fetch lora_ir.setting1`" in message and catalogue.manual_steps(lora) in message
 
 
 def test_source_urls(manifest, monkeypatch):
     entry = catalogue.find_entry("tiny.aio3")
-    spec = dict(entry.files[0], drive_id="1AbCdEfGhIjKlMn")
-    assert catalogue.source_url(entry, spec) == "https://drive.google.com/uc?export=download&id=1AbCdEfGhIjKlMn"
+    folder = dict(entry.files[0], drive_folder=FOLDER, drive_path="Tiny_AIO3/last.ckpt")
+    assert catalogue.source_url(entry, folder) == FOLDER
+    spec = dict(folder, drive_id="1AbCdEfGhIjKlMn")  # a file id is used before the folder
+    assert catalogue.source_url(entry, spec) == "https://drive.google.com/uc?id=1AbCdEfGhIjKlMn"
     assert catalogue.source_url(entry, dict(spec, url="https://a.org/x")) == "https://a.org/x"
     monkeypatch.setenv(catalogue.MIRROR_ENV, "http://mirror.lan/irtool/")
     assert catalogue.source_url(entry, spec) == "http://mirror.lan/irtool/tiny.aio3/last.ckpt"

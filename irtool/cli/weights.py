@@ -53,7 +53,7 @@ def weights_fetch(
 ) -> None:
     """Download checkpoints into the cache, verify them and record their sha256.
 
-    An interrupted download resumes where it stopped. Set IRTOOL_WEIGHTS_MIRROR=BASE_URL to download every file from BASE_URL/NAME/FILENAME instead.
+    A file in a Google Drive folder is found there by its path (through gdown). An interrupted download resumes where it stopped. Set IRTOOL_WEIGHTS_MIRROR=BASE_URL to download every file from BASE_URL/NAME/FILENAME instead.
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 

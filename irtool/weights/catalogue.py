@@ -10,7 +10,8 @@ Cache layout (`cache_dir()`: `$IRTOOL_HOME/weights`, else the platformdirs user 
     <cache>/<name>/<filename>                 a fetched file, under its manifest filename (e.g. last.ckpt)
     <cache>/<name>/<role>.safetensors         an imported copy (role: weights, ir, router); used when present
     <cache>/<name>/state.json                 per role: sha256, size, where the file came from, when
-    <cache>/.downloads/<name>/<filename>.part an interrupted download, resumed by the next fetch
+    <cache>/.downloads/<name>/<filename>*.part an interrupted download, resumed by the next fetch (from Google
+                                              Drive: gdown's part file, and <filename>.drive.json naming the file)
     <cache>/local_manifest.json               the user's own imported checkpoints
 
 Importing this module needs the standard library and platformdirs only, never torch, so `irtool weights list` is
@@ -241,8 +242,7 @@ def resolve(name: str) -> dict[str, Path]:
     if missing:
         raise WeightsNotFoundError(
             f"{entry.name}: not downloaded yet ({', '.join(missing)} missing from {entry.folder}); "
-            f"run `irtool weights fetch {entry.name}`, or download it yourself and run "
-            f"`irtool weights import FILE --name {entry.name}`"
+            f"run `irtool weights fetch {entry.name}` (or by hand: {manual_steps(entry)})"
         )
     return found
 
@@ -323,25 +323,38 @@ def describe(name: str) -> dict[str, Any]:
 # Recording what the cache holds
 
 
-def manual_steps(entry: Entry, spec: Mapping[str, Any]) -> str:
-    """How to get one file by hand, as a sentence ending in the import command."""
-    role = spec.get("role", "weights")
-    role_option = f" --role {role}" if len(entry.files) > 1 else ""
-    command = f"`irtool weights import {spec['filename']} --name {entry.name}{role_option}`"
-    if spec.get("drive_folder"):
-        return (
-            f"download {spec.get('drive_path') or spec['filename']} from the Google Drive folder "
-            f"{spec['drive_folder']} in a browser, then run {command}"
-        )
-    if spec.get("url"):
-        return f"download {spec['url']} yourself, then run {command}"
+def manual_steps(entry: Entry, specs: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """How to get files by hand, one clause per file ending in its import command (default: every file of the
+    entry not on this machine yet; LoRA-IR's network and router are two files, both named)."""
+    if specs is None:
+        present = entry.local_files()
+        specs = [spec for spec in entry.files if spec.get("role", "weights") not in present] or entry.files
     repo = (entry.data.get("source") or {}).get("repo")
-    return f"get {spec['filename']}{' from ' + repo if repo else ''}, then run {command}"
+    steps = []
+    for spec in specs:
+        role_option = f" --role {spec.get('role', 'weights')}" if len(entry.files) > 1 else ""
+        command = f"`irtool weights import {spec['filename']} --name {entry.name}{role_option}`"
+        if spec.get("drive_folder"):
+            get = (
+                f"download {spec.get('drive_path') or spec['filename']} from the Google Drive folder "
+                f"{spec['drive_folder']} in a browser"
+            )
+        elif spec.get("url") or spec.get("drive_id"):
+            get = f"download {spec.get('url') or _drive_file_link(spec['drive_id'])} yourself"
+        else:
+            get = f"get {spec['filename']}{' from ' + repo if repo else ''}"
+        steps.append(f"{get}, then run {command}")
+    return "; ".join(steps)
+
+
+def _drive_file_link(drive_id: str) -> str:
+    return f"https://drive.google.com/uc?id={drive_id}"
 
 
 def source_url(entry: Entry, spec: Mapping[str, Any], urls: Mapping[str, str] | None = None) -> str:
     """Where to download one file from: an explicit URL for its role, else $IRTOOL_WEIGHTS_MIRROR/<name>/<filename>,
-    else the manifest's url, else its Google Drive id. Raises WeightsNotFoundError with the manual steps."""
+    else the manifest's url, else its Google Drive file id, else its Google Drive folder (the file is then found in
+    the folder by its `drive_path`). Raises WeightsNotFoundError with the manual steps."""
     role = spec.get("role", "weights")
     if urls and role in urls:
         return urls[role]
@@ -351,8 +364,10 @@ def source_url(entry: Entry, spec: Mapping[str, Any], urls: Mapping[str, str] | 
     if spec.get("url"):
         return spec["url"]
     if spec.get("drive_id"):
-        return f"https://drive.google.com/uc?export=download&id={spec['drive_id']}"
-    raise WeightsNotFoundError(f"{entry.name}: no direct download link is published; {manual_steps(entry, spec)}")
+        return _drive_file_link(spec["drive_id"])
+    if spec.get("drive_folder"):
+        return spec["drive_folder"]
+    raise WeightsNotFoundError(f"{entry.name}: no direct download link is published; {manual_steps(entry, [spec])}")
 
 
 def url_overrides(name: str, values: Sequence[str]) -> dict[str, str]:
@@ -434,8 +449,7 @@ def default_source(buildable: Container[str]) -> tuple[Path, Path | None, str]:
             main = files.get("weights") or files.get("ir") or next(iter(files.values()))
             return main, files.get("router"), f"{entry.name} (the best downloaded checkpoint)"
     best = next((e for e in ranked if e.arch in buildable), None) or ranked[0]
-    first = best.files[0] if best.files else {}
-    hint = f" (or {manual_steps(best, first)})" if first else ""
+    hint = f" (or {manual_steps(best)})" if best.files else ""
     raise WeightsNotFoundError(
         f"no model given and no weights downloaded: run `irtool weights fetch {best.name}`{hint}, "
         "or pass --weights FILE or --model NAME"

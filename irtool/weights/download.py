@@ -1,17 +1,17 @@
-"""HTTP downloads of checkpoint files: resume, redirects, Google Drive's confirmation page, sha256, atomic finish.
+"""HTTP downloads of checkpoint files (Hugging Face, a mirror, `--url`): resume, redirects, sha256, atomic finish.
 
 `download(url, dest)` streams into `<dest>.part`, resumes a partial file with a `Range` request (guarded by
-`If-Range`, so a file that changed on the server restarts instead of being spliced), answers a "can't scan this file
-for viruses" page (Google Drive) by submitting its form or confirm token, checks size and sha256, and only then
-renames the file into place. A checksum mismatch deletes what was downloaded; an interrupted transfer keeps the
-partial file for the next attempt. Standard library only (urllib); never prints.
+`If-Range`, so a file that changed on the server restarts instead of being spliced), checks size and sha256, and only
+then renames the file into place. A checksum mismatch deletes what was downloaded; an interrupted transfer keeps the
+partial file for the next attempt. A web page in place of the file is refused. Google Drive, whose pages need
+scraping, is `irtool.weights.drive` (through gdown). Standard library only (urllib); never prints.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import http.client
-import http.cookiejar
 import json
 import os
 import re
@@ -19,13 +19,11 @@ import shutil
 import socket
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any
 
 from .._version import __version__
 from ..errors import ChecksumError, DownloadError, first_line
@@ -35,8 +33,8 @@ CHUNK_BYTES = 1 << 20
 #: progress(bytes_done, bytes_total or None)
 Progress = Callable[[int, int | None], None]
 
-_PAGE_BYTES = 2 << 20  # how much of a web page is read to look for a confirmation form
-_CONFIRMATION_ROUNDS = 3
+_PAGE_BYTES = 64 << 10  # how much of a web page is read to find its title
+_RESTARTS = 2  # a range the server answers wrongly starts the transfer over, this many times at most
 _RETRY_CODES = {408, 429, 500, 502, 503, 504}
 _HINTS = {
     401: "the server wants a login",
@@ -51,7 +49,7 @@ class Downloaded:
     path: Path  #: the finished file
     sha256: str
     size: int
-    url: str  #: where the bytes came from in the end (after redirects and confirmation pages)
+    url: str  #: where the bytes came from in the end (after redirects; for Google Drive the file's own link)
     resumed_from: int  #: bytes reused from an earlier, interrupted attempt
 
 
@@ -92,11 +90,10 @@ def download(
     Raises DownloadError with one line naming the URL and the problem.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     problem: str | None = None  # the last transient failure, then what is wrong with the finished file
-    with open(part, "ab") as handle:
-        _lock(handle, part)
+    with open_for_download(part, "ab") as handle:
+        lock(handle, part)
         for attempt in range(retries + 1):
             if attempt:
                 time.sleep(backoff_s * 2 ** (attempt - 1))
@@ -141,7 +138,7 @@ def download(
 
 
 def _transfer(
-    url: str, handle: BinaryIO, part: Path, size: int | None, progress: Progress | None, timeout: float
+    url: str, handle: IO[bytes], part: Path, size: int | None, progress: Progress | None, timeout: float
 ) -> tuple[str, int, str]:
     """Append the rest of the file to `handle`; returns (final url, bytes resumed from, sha256 of the whole file)."""
     have = _size_of(handle)
@@ -149,33 +146,29 @@ def _transfer(
     if have and validator is None:
         _truncate(handle)  # a partial file from another URL (or from an irtool without the record) is not resumed
         have = 0
-    jar = http.cookiejar.CookieJar()  # Drive's older confirmation flow sets its token as a cookie
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-    target, body = url, None
-    for _ in range(_CONFIRMATION_ROUNDS + 1):
+    for _ in range(_RESTARTS + 1):
         headers = {"User-Agent": f"irtool/{__version__}", "Accept-Encoding": "identity"}
         if have:
             headers["Range"] = f"bytes={have}-"
             if validator:
                 headers["If-Range"] = validator
         try:
-            response = opener.open(urllib.request.Request(target, data=body, headers=headers), timeout=timeout)
+            response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code == 416 and have:  # nothing left to send: the partial file may already be whole
                 total = _content_range(exc.headers.get("Content-Range", ""))[2]
                 if total == have:
-                    return exc.url or target, have, _hash_prefix(part, have).hexdigest()
+                    return exc.url or url, have, _hash_prefix(part, have).hexdigest()
                 _truncate(handle)
                 have = 0
                 continue
             raise _http_error(exc) from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-            raise _Transient(f"{target}: could not connect ({_reason(exc)})") from None
+            raise _Transient(f"{url}: could not connect ({_reason(exc)})") from None
         with response:
             if _is_web_page(response):
-                target, body = _confirmation(response.read(_PAGE_BYTES), response.geturl(), jar)
-                continue
+                raise DownloadError(_page_problem(response.read(_PAGE_BYTES), response.geturl()))
             start, total = _offered_range(response)
             if start != have:  # the server sent the whole file (200), or a range we did not ask for
                 _truncate(handle)
@@ -206,9 +199,7 @@ def _transfer(
             if total is not None and done < total:
                 raise _Transient(f"{url}: connection closed after {_fraction(done, total)}")
             return response.geturl(), have, digest.hexdigest()
-    raise DownloadError(
-        f"{url}: still a web page after {_CONFIRMATION_ROUNDS} confirmation steps; open it in a browser to see why"
-    )
+    raise DownloadError(f"{url}: the server keeps answering with a byte range other than the one asked for")
 
 
 def _offered_range(response: http.client.HTTPResponse) -> tuple[int, int | None]:
@@ -265,25 +256,36 @@ def _hash_prefix(path: Path, n: int) -> hashlib._Hash:
     return digest
 
 
-def _size_of(handle: BinaryIO) -> int:
+def _size_of(handle: IO[bytes]) -> int:
     handle.flush()
     return os.fstat(handle.fileno()).st_size
 
 
-def _truncate(handle: BinaryIO) -> None:
+def _truncate(handle: IO[bytes]) -> None:
     handle.flush()
     handle.truncate(0)
     handle.seek(0)
 
 
-def _forget_empty(handle: BinaryIO, part: Path) -> None:
+def _forget_empty(handle: IO[bytes], part: Path) -> None:
     if _size_of(handle) == 0:
         part.unlink(missing_ok=True)
         _sidecar(part).unlink(missing_ok=True)
 
 
-def _lock(handle: BinaryIO, part: Path) -> None:
-    """Refuse to write a partial file that another process is writing (POSIX; elsewhere no lock is taken)."""
+def open_for_download(path: Path, mode: str) -> IO[Any]:
+    """Open a file beside a download (its folder made first); one line naming the folder when it cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, mode)
+    except OSError as exc:
+        raise DownloadError(
+            f"{path.parent}: cannot write the download there ({first_line(exc, text=exc.strerror)})"
+        ) from None
+
+
+def lock(handle: IO[Any], part: Path) -> None:
+    """Refuse to write a partial download that another process is writing (POSIX; elsewhere no lock is taken)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
@@ -328,7 +330,7 @@ def _http_error(exc: urllib.error.HTTPError) -> Exception:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Web pages in place of the file (Google Drive's "can't scan for viruses" confirmation)
+# A web page in place of the file (a login, an error, a page that needs a browser)
 
 
 def _is_web_page(response: http.client.HTTPResponse) -> bool:
@@ -337,78 +339,7 @@ def _is_web_page(response: http.client.HTTPResponse) -> bool:
     return kind in ("text/html", "application/xhtml+xml") and not attachment
 
 
-class _PageReader(HTMLParser):
-    """Forms (action, method, hidden fields), links and title of a web page."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.forms: list[dict] = []
-        self.links: list[str] = []
-        self.title = ""
-        self._form: dict | None = None
-        self._in_title = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "form":
-            self._form = {
-                "id": a.get("id", ""),
-                "action": a.get("action", ""),
-                "method": a.get("method", "get").lower(),
-                "fields": {},
-            }
-            self.forms.append(self._form)
-        elif tag == "input" and self._form is not None and a.get("type", "").lower() == "hidden" and a.get("name"):
-            self._form["fields"][a["name"]] = a.get("value", "")
-        elif tag == "a" and a.get("href"):
-            self.links.append(a["href"])
-        elif tag == "title":
-            self._in_title = True
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "form":
-            self._form = None
-        elif tag == "title":
-            self._in_title = False
-
-    def handle_data(self, data: str) -> None:
-        if self._in_title:
-            self.title += data
-
-
-def _confirmation(page: bytes, page_url: str, jar: http.cookiejar.CookieJar) -> tuple[str, bytes | None]:
-    """The request that confirms a download from its warning page: (url, POST body or None).
-
-    Google Drive answers large files with a page whose form (id `download-form`, hidden fields id, export, confirm,
-    uuid) leads to the file; older pages link to `...&confirm=TOKEN`, or set the token as a `download_warning` cookie.
-    """
-    text = page.decode("utf-8", "replace")
-    reader = _PageReader()
-    reader.feed(text)
-    lowered = text.lower()
-    if "too many users have viewed or downloaded this file" in lowered or "quota exceeded" in lowered:
-        raise DownloadError(
-            f"{page_url}: Google Drive refuses the download for now (too many downloads of this file recently); "
-            "try again later or download it in a browser"
-        )
-    for form in reader.forms:
-        if "confirm" in form["fields"] or form["id"] == "download-form":
-            action = urllib.parse.urljoin(page_url, form["action"] or page_url)
-            if urllib.parse.urlsplit(action).scheme not in ("http", "https"):
-                continue
-            query = urllib.parse.urlencode(form["fields"])
-            if form["method"] == "post":
-                return action, query.encode()
-            return urllib.parse.urlsplit(action)._replace(query=query).geturl(), None  # a GET form replaces the query
-    for href in reader.links:
-        if "confirm=" in href:
-            return urllib.parse.urljoin(page_url, href), None
-    token = next((c.value for c in jar if c.name.startswith("download_warning")), None)
-    if token:
-        parts = urllib.parse.urlsplit(page_url)
-        pairs = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "confirm"] + [("confirm", token)]
-        return parts._replace(query=urllib.parse.urlencode(pairs)).geturl(), None
-    title = " ".join(reader.title.split())[:80] or "untitled"
-    raise DownloadError(
-        f"{page_url}: the server sent a web page ({title!r}), not the file; open the URL in a browser to see why"
-    )
+def _page_problem(page: bytes, page_url: str) -> str:
+    match = re.search(rb"<title[^>]*>(.*?)</title>", page, re.IGNORECASE | re.DOTALL)
+    title = " ".join(html.unescape(match.group(1).decode("utf-8", "replace")).split())[:80] if match else ""
+    return f"{page_url}: the server sent a web page ({title or 'untitled'!r}), not the file; open the URL in a browser to see why"

@@ -139,18 +139,17 @@ def _fetch_file(
     filename = spec["filename"]
     staged = entry.downloads / filename
     report = (lambda done, total: progress(filename, done, total)) if progress else None
-    from .download import download
+    from .drive import download_from_drive, is_drive_url
 
     try:
-        got = download(
-            url,
-            staged,
-            sha256=spec.get("sha256"),
-            size=spec.get("size"),
-            progress=report,
-            timeout=timeout,
-            retries=retries,
-        )
+        if is_drive_url(url):
+            got = download_from_drive(url, staged, path=spec.get("drive_path"), sha256=spec.get("sha256"),
+                                      size=spec.get("size"), progress=report, timeout=timeout, retries=retries)  # fmt: skip
+        else:
+            from .download import download
+
+            got = download(url, staged, sha256=spec.get("sha256"), size=spec.get("size"), progress=report,
+                           timeout=timeout, retries=retries)  # fmt: skip
         if spec.get("sha256"):
             checked = "sha256 matches the manifest"
         else:
@@ -175,7 +174,7 @@ def _fetch_file(
     except ChecksumError as exc:
         raise ChecksumError(f"{entry.name}: {exc}") from None
     except DownloadError as exc:
-        raise DownloadError(f"{entry.name}: {exc}. To do it by hand: {catalogue.manual_steps(entry, spec)}") from None
+        raise DownloadError(f"{entry.name}: {exc}. To do it by hand: {catalogue.manual_steps(entry)}") from None
     finally:
         _prune(entry.downloads)  # gone unless a partial download waits there
         _prune(entry.downloads.parent)
