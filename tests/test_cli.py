@@ -160,6 +160,17 @@ def test_flags_show_as_flags_and_help_texts_literally():
     assert "--compile" in train_help and "--no-compile" in train_help
 
 
+def test_usage_lines_have_one_ellipsis_per_argument():
+    usages = {}
+    for path in commands():
+        shown = runner.invoke(app, [*path.split(), "--help"], env={"COLUMNS": "200"}).stdout
+        (usages[path],) = [line.strip() for line in shown.splitlines() if "Usage:" in line]
+        assert "...}..." not in usages[path] and "... ..." not in usages[path], usages[path]
+    assert usages["restore"].endswith("{INPUT... OUTPUT_DIR}")
+    assert usages["report"].endswith("{REPORT.json...}")
+    assert usages["weights fetch"].endswith("{names}...")  # an argument without its own ellipsis keeps Typer's
+
+
 def test_a_flag_followed_by_a_boolean_word_is_refused_not_read_as_a_path(tmp_path):
     cases = [
         ["restore", str(tmp_path / "a.png"), str(tmp_path / "out"), "--skip-existing", "true"],
