@@ -235,3 +235,18 @@ def test_help_is_instant():
         best = min(best, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         assert done.returncode == 0
     assert best < 0.5, f"irtool --help took {best:.2f} s of CPU time"
+
+
+def test_top_level_help_ends_with_a_getting_started_example_that_runs(tmp_path, monkeypatch):
+    import re
+
+    from PIL import Image
+
+    shown = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).stdout
+    assert "Getting started:" in shown and "irtool weights fetch moce_ir.aio5" in shown
+    example = re.search(r"Getting started: irtool (restore \S+ \S+)", shown).group(1).split()
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (40, 32), (120, 90, 60)).save(example[1])
+    done = runner.invoke(app, example)
+    assert done.exit_code == 0, done.output
+    assert Image.open(tmp_path / example[2] / example[1]).size == (40, 32)
