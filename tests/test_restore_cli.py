@@ -308,3 +308,17 @@ def test_manifest_names_and_the_default_model_come_from_the_cache(tmp_path, no_b
     assert default.exit_code == 0 and "using moce_ir_s.aio3" in default.stderr
     absent = invoke("restore", tmp_path / "a.png", tmp_path / "out3", "-m", "moce_ir.aio5")
     assert absent.exit_code == 1 and "irtool weights fetch moce_ir.aio5" in absent.stderr
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Messages a user can act on, before any work is done
+
+
+def test_a_tile_overlap_over_a_quarter_of_the_tile_warns(tmp_path, checkpoint):
+    save(tmp_path / "a.png", photo(80, 120, seed=1))
+    wide = invoke("restore", tmp_path / "a.png", tmp_path / "o1", "-w", checkpoint, "-t", "64", "--tile-overlap", "20")
+    assert wide.exit_code == 0, wide.output
+    (line,) = [x for x in wide.stderr.splitlines() if "quarter" in x]
+    assert line.startswith("warning: --tile-overlap 20 is over a quarter of --tile 64") and "16 px" in line
+    within = invoke("restore", tmp_path / "a.png", tmp_path / "o2", "-w", checkpoint, "-t", "64", "--tile-overlap", "16")
+    assert within.exit_code == 0 and "quarter" not in within.stderr

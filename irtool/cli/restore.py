@@ -213,6 +213,11 @@ def restore(
         workers=workers,
     )
     options.check()
+    if tile and tile_overlap > tile // 4:
+        output.warning(
+            f"--tile-overlap {tile_overlap} is over a quarter of --tile {tile}: tiles overlap by at most {tile // 4} px "
+            "(only neighbouring tiles may overlap)"
+        )
     video_options = video.VideoOptions(
         codec=None if video_codec == VideoCodec.auto else video_codec.value,
         crf=crf,
