@@ -191,6 +191,20 @@ def _single_file_output(inputs: Sequence[str | Path], out: Path) -> bool:
     )
 
 
+def _unwritable(folder: Path) -> str | None:
+    """Why no output can be written into `folder`: it, or the nearest part of it that exists, is not a folder or not
+    writable. None when it can be (or made and then written). Found before any image is restored."""
+    existing = folder.absolute()
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{folder}: cannot be made, {existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        made = "" if existing == folder.absolute() else ", where it would be made"
+        return f"{folder}: cannot write there ({existing}{made} is not writable); choose another output folder"
+    return None
+
+
 def plan(inputs: Sequence[str | Path], out_dir: str | Path, options: RestoreOptions | None = None) -> list[Job]:
     """Expand inputs (files, folders, globs) into jobs, in a stable order, applying the output rules:
 
@@ -213,6 +227,9 @@ def plan(inputs: Sequence[str | Path], out_dir: str | Path, options: RestoreOpti
         raise IrtoolError(
             f"{out_dir}: several inputs need an output folder, and this names an image file; give a folder (e.g. out/)"
         )
+    problem = _unwritable(out_dir.parent if single else out_dir)
+    if problem:
+        raise IrtoolError(problem)
     found, jobs = expand_inputs(inputs, safe_paths.real(out_dir.parent if single else out_dir))
     claimed: dict[Path, Path] = {}
     for source, src, rel in found:

@@ -322,3 +322,32 @@ def test_a_tile_overlap_over_a_quarter_of_the_tile_warns(tmp_path, checkpoint):
     assert line.startswith("warning: --tile-overlap 20 is over a quarter of --tile 64") and "16 px" in line
     within = invoke("restore", tmp_path / "a.png", tmp_path / "o2", "-w", checkpoint, "-t", "64", "--tile-overlap", "16")
     assert within.exit_code == 0 and "quarter" not in within.stderr
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fails the test if any model is loaded."""
+    import irtool.loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(irtool.loading, "load_model", refuse)
+
+
+def test_an_unwritable_output_folder_is_one_line_before_the_model_loads(tmp_path, checkpoint, no_model_load):
+    import os
+
+    save(tmp_path / "in" / "a.png", photo(16, 16))
+    (tmp_path / "file").write_text("not a folder")
+    cases = [tmp_path / "file" / "out", tmp_path / "file" / "deeper" / "out"]
+    if os.geteuid() != 0:  # root writes into any folder
+        (tmp_path / "locked").mkdir(mode=0o555)
+        cases += [tmp_path / "locked", tmp_path / "locked" / "out"]
+    for out in cases:
+        done = invoke("restore", tmp_path / "in", out, "-w", checkpoint)
+        lines = done.stderr.strip().splitlines()
+        assert done.exit_code == 1 and len(lines) == 1, (out, done.output)
+        assert lines[0].startswith(f"error: {out}: cannot") and "Traceback" not in done.output
+    single = invoke("restore", tmp_path / "in" / "a.png", tmp_path / "file" / "fixed.png", "-w", checkpoint)
+    assert single.exit_code == 1 and "is not a folder" in single.stderr
