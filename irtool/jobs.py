@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +265,23 @@ def plan(inputs: Sequence[str | Path], out_dir: str | Path, options: RestoreOpti
             claimed[key] = src
             jobs.append(Job(source, src, dst))
     return jobs
+
+
+def none_readable(jobs: Sequence[Job]) -> list[Job] | None:
+    """None when some job has an image that may be read, so a model is needed (headers are looked at only up to the
+    first such image); else `jobs` with each one that would have run failed with the line saying why its file cannot
+    be read (`io.probe_image`: a header check, no decoding). Videos are left to their decoder: any runnable video
+    gives None."""
+    out: list[Job] = []
+    for job in jobs:
+        if job.error or job.skip or job.src is None:
+            out.append(job)
+            continue
+        problem = None if job.src.suffix.lower() in VIDEO_SUFFIXES else io.probe_image(job.src)
+        if problem is None:
+            return None
+        out.append(replace(job, error=problem))
+    return out
 
 
 _FLAG_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}

@@ -351,3 +351,29 @@ def test_an_unwritable_output_folder_is_one_line_before_the_model_loads(tmp_path
         assert lines[0].startswith(f"error: {out}: cannot") and "Traceback" not in done.output
     single = invoke("restore", tmp_path / "in" / "a.png", tmp_path / "file" / "fixed.png", "-w", checkpoint)
     assert single.exit_code == 1 and "is not a folder" in single.stderr
+
+
+def test_no_model_is_loaded_when_no_input_can_be_read(tmp_path, checkpoint, no_model_load):
+    from irtool.images.files import PROBE_BYTES
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("not a picture")
+    (folder / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 5)
+    (folder / "big.tif").write_bytes(b"\x00" * (PROBE_BYTES + 10))  # larger than the probe, in no known format
+    done = invoke("restore", folder, tmp_path / "out", "-w", checkpoint)
+    assert done.exit_code == 1 and "Traceback" not in done.output
+    lines = done.stderr.strip().splitlines()
+    named = {name: [x for x in lines if name in x] for name in ("empty.png", "text.jpg", "cut.png", "big.tif")}
+    assert all(len(found) == 1 for found in named.values()), lines
+    assert "empty file" in named["empty.png"][0] and "unknown format" in named["big.tif"][0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_one_readable_input_is_enough_to_load_the_model(tmp_path, checkpoint):
+    save(tmp_path / "in" / "good.png", photo(16, 16))
+    (tmp_path / "in" / "empty.png").write_bytes(b"")
+    done = invoke("restore", tmp_path / "in", tmp_path / "out", "-w", checkpoint, "--json")
+    statuses = {r["input"].rsplit("/", 1)[-1]: r["status"] for r in json_lines(done)}
+    assert done.exit_code == 1 and statuses == {"good.png": "ok", "empty.png": "failed"}

@@ -408,22 +408,24 @@ def _image_progress(console: Any, quiet: bool) -> Any:
 
 
 def _load(jobs: list[Any], video_jobs: list[Any], options: Any, ranked: Any, tick: Any) -> tuple[Any, Any]:
-    """(the restorer, the stream of image reports): the model is loaded only when some job has work to do."""
+    """(the restorer, the stream of image reports): the model is loaded only when some job has work to do and some
+    input's header says it can be read; else each image's line says why not."""
     if ranked is not None:
         restorer = ranked.load()
         for note in restorer.notes if restorer else []:
             output.note(note)
         return restorer, ranked.reports(restorer, arrived=tick)
-    if any(not (job.error or job.skip) for job in jobs + video_jobs):
+    from ..jobs import none_readable, report_unrunnable
+
+    refused = none_readable(video_jobs + jobs)  # headers looked at: no model for inputs that none can read
+    if refused is None:
         from ..engine import Restorer, restore_files
 
         restorer = Restorer.load(options)
         for note in restorer.notes:
             output.note(note)
         return restorer, restore_files(jobs, restorer)
-    from ..jobs import report_unrunnable
-
-    return None, (report_unrunnable(job) for job in jobs)  # nothing to run: no model to load
+    return None, (report_unrunnable(job) for job in refused[len(video_jobs) :])  # nothing to run: no model to load
 
 
 def _show_report(report: Any, console: Any, as_json: bool) -> None:
