@@ -320,7 +320,9 @@ def test_a_tile_overlap_over_a_quarter_of_the_tile_warns(tmp_path, checkpoint):
     assert wide.exit_code == 0, wide.output
     (line,) = [x for x in wide.stderr.splitlines() if "quarter" in x]
     assert line.startswith("warning: --tile-overlap 20 is over a quarter of --tile 64") and "16 px" in line
-    within = invoke("restore", tmp_path / "a.png", tmp_path / "o2", "-w", checkpoint, "-t", "64", "--tile-overlap", "16")
+    within = invoke(
+        "restore", tmp_path / "a.png", tmp_path / "o2", "-w", checkpoint, "-t", "64", "--tile-overlap", "16"
+    )
     assert within.exit_code == 0 and "quarter" not in within.stderr
 
 
@@ -377,3 +379,33 @@ def test_one_readable_input_is_enough_to_load_the_model(tmp_path, checkpoint):
     done = invoke("restore", tmp_path / "in", tmp_path / "out", "-w", checkpoint, "--json")
     statuses = {r["input"].rsplit("/", 1)[-1]: r["status"] for r in json_lines(done)}
     assert done.exit_code == 1 and statuses == {"good.png": "ok", "empty.png": "failed"}
+
+
+def test_unknown_is_explained_once_under_the_table_and_in_the_report(tmp_path, checkpoint):
+    import html
+    from pathlib import Path
+
+    from irtool.calibrate import Calibration, calibration_path, unknown_explanation
+    from irtool.loading import default_source
+
+    # the built-in model's calibration cannot tell blur from defocus: the example blurred photo is "unknown"
+    example = Path(__file__).parents[1] / "examples" / "blur_coffee.png"
+    weights, _, _ = default_source()
+    why = unknown_explanation(Calibration.load(calibration_path(weights)))
+    assert "blur / defocus" in why
+    done = runner.invoke(
+        app,
+        ["restore", str(example), str(tmp_path / "out"), "--report", str(tmp_path / "r.html")],
+        env={"COLUMNS": "400"},
+    )
+    assert done.exit_code == 0, done.output
+    assert "unknown" in done.stdout and done.stdout.count(why) == 1
+    assert html.unescape((tmp_path / "r.html").read_text()).count(why) == 1
+
+    # weights without a calibration: every name is unknown, and the line says how to get names
+    for n in range(2):
+        save(tmp_path / "in" / f"{n}.png", photo(16, 16, seed=n))
+    plain = invoke("restore", tmp_path / "in", tmp_path / "out2", "-w", checkpoint)
+    assert plain.stdout.count("unknown: these weights have no routing calibration") == 1
+    named = invoke("restore", tmp_path / "in", tmp_path / "out3", "-w", checkpoint, "--json")
+    assert "unknown:" not in named.stdout  # JSON lines only

@@ -471,6 +471,10 @@ def _print_summary(outcome: _Outcome, *, as_json: bool, quiet: bool) -> int:
             console.print(table)
         if hidden:
             output.line(f"... and {hidden} more (use --json for every image)")
+        if outcome.restorer is not None and any(r.degradation == "unknown" for r in reports):
+            from ..calibrate import unknown_explanation
+
+            output.line(unknown_explanation(outcome.restorer.calibration), console)
         for report in reports:
             if isinstance(report, VideoReport) and report.ok:
                 console.print(shots_table(report))
