@@ -200,7 +200,7 @@ def _unwritable(folder: Path) -> str | None:
     if not existing.is_dir():
         return f"{folder}: cannot be made, {existing} is not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
-        made = "" if existing == folder.absolute() else ", where it would be made"
+        made = "" if existing == folder.absolute() else ", where it would be made,"
         return f"{folder}: cannot write there ({existing}{made} is not writable); choose another output folder"
     return None
 

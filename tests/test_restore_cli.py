@@ -337,15 +337,22 @@ def no_model_load(monkeypatch):
     monkeypatch.setattr(irtool.loading, "load_model", refuse)
 
 
-def test_an_unwritable_output_folder_is_one_line_before_the_model_loads(tmp_path, checkpoint, no_model_load):
+def test_an_unwritable_output_folder_is_one_line_before_the_model_loads(
+    tmp_path, checkpoint, no_model_load, monkeypatch
+):
     import os
+    from pathlib import Path
 
     save(tmp_path / "in" / "a.png", photo(16, 16))
     (tmp_path / "file").write_text("not a folder")
     cases = [tmp_path / "file" / "out", tmp_path / "file" / "deeper" / "out"]
-    if os.geteuid() != 0:  # root writes into any folder
-        (tmp_path / "locked").mkdir(mode=0o555)
-        cases += [tmp_path / "locked", tmp_path / "locked" / "out"]
+    (tmp_path / "locked").mkdir(mode=0o555)
+    cases += [tmp_path / "locked", tmp_path / "locked" / "out"]
+    if os.geteuid() == 0:  # root writes into any folder: the read-only folder is seen as other users see it
+        real_access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda p, mode: False if Path(p) == tmp_path / "locked" else real_access(p, mode)
+        )
     for out in cases:
         done = invoke("restore", tmp_path / "in", out, "-w", checkpoint)
         lines = done.stderr.strip().splitlines()
