@@ -402,14 +402,26 @@ def default_source() -> tuple[Path, Path | None, str]:
     return weights.default_source(ARCHS)
 
 
+#: the latest weights in a folder, by its layout: the official MoCE-IR release, then an `irtool train` run
+LATEST_WEIGHTS = ("last.ckpt", "last.safetensors")
+#: how a training run's state file ends (`last.state.pt`: optimizer, schedule, RNG; never weights)
+TRAINING_STATE_SUFFIX = ".state.pt"
+
+
 def _checkpoint_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.is_file())
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.is_file() and not p.name.endswith(TRAINING_STATE_SUFFIX)
+    )
 
 
 def _find_checkpoint_file(folder: Path) -> Path:
-    """A checkpoint inside a folder: `last.ckpt` (the official MoCE-IR layout) or the only checkpoint file."""
-    if (folder / "last.ckpt").is_file():
-        return folder / "last.ckpt"
+    """A checkpoint inside a folder: `last.ckpt` (the official MoCE-IR layout), `last.safetensors` (an `irtool train`
+    run, beside its `last.state.pt` and maybe `best.safetensors`) or the only checkpoint file."""
+    for name in LATEST_WEIGHTS:
+        if (folder / name).is_file():
+            return folder / name
     files = _checkpoint_files(folder)
     if len(files) == 1:
         return files[0]
@@ -467,7 +479,7 @@ def resolve_model_files(source: str | Path, router: str | Path | None = None) ->
     if path.is_dir():
         files = _checkpoint_files(path)
         routers = [p for p in files if "router" in p.name.lower()]
-        if len(files) == 2 and len(routers) == 1 and not (path / "last.ckpt").is_file():
+        if len(files) == 2 and len(routers) == 1 and not any((path / name).is_file() for name in LATEST_WEIGHTS):
             main = next(p for p in files if p not in routers)
             return ModelFiles(main, router_path or routers[0])
         return ModelFiles(_find_checkpoint_file(path), router_path)
@@ -514,7 +526,8 @@ def load_model(
     needed). Its spec (`irtool.archs.spec_of(model)`) says what it can do.
 
     source: a checkpoint file (`.ckpt` Lightning, `.pth`/`.pt` plain or wrapped state dict, `.safetensors`), a folder
-        holding one (or LoRA-IR's two), or a name from `weights_manifest.json` that is in the cache.
+        holding one (or LoRA-IR's two; an `irtool train` run's folder gives its `last.safetensors`), or a name from
+        `weights_manifest.json` that is in the cache.
     device: "auto"/None (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N", "mps".
     dtype: weights dtype of the restoration network, float32 by default (reduced precision is better done with
         autocast). LoRA-IR's CLIP router runs in bfloat16 on CUDA, as the official code does, and float32 elsewhere.

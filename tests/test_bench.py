@@ -233,3 +233,21 @@ def test_compiled_run_equals_eager():
         assert r["error"] is None and r["max_abs_diff"] < 1e-5
         assert (r["compile_s"] is not None) == compiled
     assert set(report["summary"]["eager_over_compiled"]) == {"32x32 b1 fp32 sparse", "32x32 b1 fp32 dense"}
+
+
+def test_without_a_model_the_built_in_one_is_measured_and_the_table_fits_80_columns():
+    result = runner.invoke(
+        app,
+        ["bench", "--sizes", "32", "--precision", "fp32,bf16", "--path", "fast,reference", "--breakdown"]
+        + ["--threads", "1", "--runs", "1", "--warmup", "0"],
+        env={"COLUMNS": "80"},
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert "irtool.default" in lines[0] and "random" not in result.output
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    assert "…" not in result.stdout  # nothing cut to fit
+    rows = [line for line in lines if line.startswith("32x32 b1")]
+    assert len(rows) == 8 and all(len(row.split()) >= 9 for row in rows if "fast" in row)  # figures on one line
+    assert "r/e/t %" in result.stdout and "shares of router, experts and trunk" in result.stdout
+    assert "--variant" in runner.invoke(app, ["bench", "--weights", "x.pth", "--variant", "tiny"]).output

@@ -113,3 +113,46 @@ def test_clean_photos_come_from_a_folder_or_scikit_image(tmp_path):
     if skimage_photo_dir() is not None:
         photos = cal.clean_photos()
         assert photos and all(p.is_file() for p in photos)
+
+
+def test_unknown_is_explained_by_the_kinds_the_calibration_confuses():
+    classes = ["clean", "noise", "blur", "defocus", "jpeg", "haze"]
+    confusion = [  # rows: true kind held out, columns: the name it was given
+        [9, 0, 0, 0, 8, 3],  # clean: named jpeg 40% -> with jpeg
+        [0, 20, 0, 0, 0, 0],
+        [0, 0, 9, 8, 1, 2],  # blur: defocus 40%
+        [0, 0, 3, 12, 0, 5],  # defocus: reliable here (60% >= 50%), still joined through blur
+        [2, 0, 0, 0, 9, 9],  # jpeg: haze 45%, clean 10% (under the share) -> jpeg's group gains haze
+        [0, 0, 0, 0, 0, 20],
+    ]
+    per_class = {c: row[i] / sum(row) for i, (c, row) in enumerate(zip(classes, confusion))}
+    calibration = cal.Calibration(
+        classes=classes,
+        centroids=np.zeros((6, 2)),
+        scale=np.ones(2),
+        temperature=1.0,
+        reject_distance=1.0,
+        fingerprint="x",
+        per_class_accuracy=per_class,
+        confusion=confusion,
+        min_accuracy=0.5,
+    )
+    assert calibration.unreliable == ["clean", "blur", "jpeg"]
+    assert rc.confusable_groups(calibration) == [["clean", "jpeg", "haze"], ["blur", "defocus"]]
+    line = rc.unknown_explanation(calibration)
+    assert "clean / jpeg / haze, blur / defocus" in line and "under 50%" in line and "\n" not in line
+    # a kind never confused above the share is joined with its most frequent wrong name
+    calibration.confusion[2] = [0, 0, 9, 2, 1, 0]
+    calibration.confusion[4] = [1, 0, 0, 0, 9, 0]
+    assert rc.confusable_groups(calibration) == [["clean", "jpeg"], ["blur", "defocus"]]
+    assert "no routing calibration" in rc.unknown_explanation(None)
+
+
+def test_the_shipped_calibration_explains_its_unknowns():
+    from irtool.loading import default_source
+
+    weights, _, _ = default_source()  # the built-in model: its calibration ships beside it
+    shipped = cal.Calibration.load(cal.calibration_path(weights))
+    groups = rc.confusable_groups(shipped)
+    assert set(shipped.unreliable) <= {kind for group in groups for kind in group}
+    assert all(len(group) >= 2 for group in groups)

@@ -171,6 +171,17 @@ def test_flags_show_as_flags_and_help_texts_literally():
     assert "--compile" in train_help and "--no-compile" in train_help
 
 
+def test_usage_lines_have_one_ellipsis_per_argument():
+    usages = {}
+    for path in commands():
+        shown = runner.invoke(app, [*path.split(), "--help"], env={"COLUMNS": "200"}).stdout
+        (usages[path],) = [line.strip() for line in shown.splitlines() if "Usage:" in line]
+        assert "...}..." not in usages[path] and "... ..." not in usages[path], usages[path]
+    assert usages["restore"].endswith("{INPUT... OUTPUT_DIR}")
+    assert usages["report"].endswith("{REPORT.json...}")
+    assert usages["weights fetch"].endswith("{names}...")  # an argument without its own ellipsis keeps Typer's
+
+
 def test_a_flag_followed_by_a_boolean_word_is_refused_not_read_as_a_path(tmp_path):
     cases = [
         ["restore", str(tmp_path / "a.png"), str(tmp_path / "out"), "--skip-existing", "true"],
@@ -247,3 +258,18 @@ def test_ctrl_c_in_any_command_is_one_line_naming_it_and_exit_130(monkeypatch):
     result = runner.invoke(app, ["datasets", "list"])
     assert result.exit_code == 130
     assert result.stderr.strip() == "interrupted: irtool datasets list stopped before it finished"
+
+
+def test_top_level_help_ends_with_a_getting_started_example_that_runs(tmp_path, monkeypatch):
+    import re
+
+    from PIL import Image
+
+    shown = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).stdout
+    assert "Getting started:" in shown and "irtool weights fetch moce_ir.aio5" in shown
+    example = re.search(r"Getting started: irtool (restore \S+ \S+)", shown).group(1).split()
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (40, 32), (120, 90, 60)).save(example[1])
+    done = runner.invoke(app, example)
+    assert done.exit_code == 0, done.output
+    assert Image.open(tmp_path / example[2] / example[1]).size == (40, 32)

@@ -229,3 +229,10 @@ def test_clean_dir_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ds.DatasetError, match="holds no images"):
         ds.clean_photos(tmp_path / "empty")
+
+
+def test_every_downloadable_dataset_has_its_address(tmp_path):
+    for name, spec in {**ds.DATASETS, **{s.name: s for s in ds._TRAIN_SPECS}}.items():
+        assert spec.url and spec.url.startswith("https://") and " " not in spec.url, name
+    lines = ds.check("rain100l", tmp_path).lines()
+    assert "   download: https://drive.google.com/drive/folders/1-_Tw-LHJF4vh8fpogKgZx1EQ9MhsJI_f" in lines

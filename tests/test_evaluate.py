@@ -416,3 +416,19 @@ def test_cli_eval_d_is_device_and_json_is_a_flag(tmp_path, checkpoint):
     assert not_a_device.exit_code != 0 and "rain100l" in not_a_device.output
     assert runner.invoke(app, [*base, "--json", str(tmp_path / "r.json")]).exit_code == 2
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_missing_dataset_names_its_address_and_the_offline_synthetic_sets(tmp_path):
+    # the datasets are looked for before any model is loaded: the weights named here do not exist
+    one = runner.invoke(
+        app, ["eval", "-w", str(tmp_path / "none.pth"), "--data-root", str(tmp_path), "--dataset", "rain100l"]
+    )
+    assert one.exit_code == 1 and len(one.stderr.strip().splitlines()) == 1, one.output
+    line = " ".join(one.stderr.split())
+    assert "rain100l: not found under" in line and "none.pth" not in line
+    assert "download it from https://drive.google.com/drive/folders/1-_Tw-LHJF4vh8fpogKgZx1EQ9MhsJI_f" in line
+    assert "--dataset synthetic:rain needs no download" in line
+    both = runner.invoke(app, ["eval", "-w", "x.pth", "--data-root", str(tmp_path), "--dataset", "gopro,cdd11-snow"])
+    line = " ".join(both.stderr.split())
+    assert both.exit_code == 1 and line.count("download it from https://") == 2
+    assert line.count("synthetic:blur needs no download") == 1  # said once, for the first task that has a synthetic set

@@ -373,3 +373,111 @@ def test_ctrl_c_in_a_folder_says_how_many_images_were_written_and_how_to_finish(
     assert rest.exit_code == 0, rest.output
     statuses = [r["status"] for r in json_lines(rest)]
     assert statuses.count("skipped") == len(written) and statuses.count("ok") == 12 - len(written)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Messages a user can act on, before any work is done
+
+
+def test_a_tile_overlap_over_a_quarter_of_the_tile_warns(tmp_path, checkpoint):
+    save(tmp_path / "a.png", photo(80, 120, seed=1))
+    wide = invoke("restore", tmp_path / "a.png", tmp_path / "o1", "-w", checkpoint, "-t", "64", "--tile-overlap", "20")
+    assert wide.exit_code == 0, wide.output
+    (line,) = [x for x in wide.stderr.splitlines() if "quarter" in x]
+    assert line.startswith("warning: --tile-overlap 20 is over a quarter of --tile 64") and "16 px" in line
+    within = invoke(
+        "restore", tmp_path / "a.png", tmp_path / "o2", "-w", checkpoint, "-t", "64", "--tile-overlap", "16"
+    )
+    assert within.exit_code == 0 and "quarter" not in within.stderr
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fails the test if any model is loaded."""
+    import irtool.loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(irtool.loading, "load_model", refuse)
+
+
+def test_an_unwritable_output_folder_is_one_line_before_the_model_loads(
+    tmp_path, checkpoint, no_model_load, monkeypatch
+):
+    import os
+    from pathlib import Path
+
+    save(tmp_path / "in" / "a.png", photo(16, 16))
+    (tmp_path / "file").write_text("not a folder")
+    cases = [tmp_path / "file" / "out", tmp_path / "file" / "deeper" / "out"]
+    (tmp_path / "locked").mkdir(mode=0o555)
+    cases += [tmp_path / "locked", tmp_path / "locked" / "out"]
+    if os.geteuid() == 0:  # root writes into any folder: the read-only folder is seen as other users see it
+        real_access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda p, mode: False if Path(p) == tmp_path / "locked" else real_access(p, mode)
+        )
+    for out in cases:
+        done = invoke("restore", tmp_path / "in", out, "-w", checkpoint)
+        lines = done.stderr.strip().splitlines()
+        assert done.exit_code == 1 and len(lines) == 1, (out, done.output)
+        assert lines[0].startswith(f"error: {out}: cannot") and "Traceback" not in done.output
+    single = invoke("restore", tmp_path / "in" / "a.png", tmp_path / "file" / "fixed.png", "-w", checkpoint)
+    assert single.exit_code == 1 and "is not a folder" in single.stderr
+
+
+def test_no_model_is_loaded_when_no_input_can_be_read(tmp_path, checkpoint, no_model_load):
+    from irtool.images.files import PROBE_BYTES
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("not a picture")
+    (folder / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 5)
+    (folder / "big.tif").write_bytes(b"\x00" * (PROBE_BYTES + 10))  # larger than the probe, in no known format
+    done = invoke("restore", folder, tmp_path / "out", "-w", checkpoint)
+    assert done.exit_code == 1 and "Traceback" not in done.output
+    lines = done.stderr.strip().splitlines()
+    named = {name: [x for x in lines if name in x] for name in ("empty.png", "text.jpg", "cut.png", "big.tif")}
+    assert all(len(found) == 1 for found in named.values()), lines
+    assert "empty file" in named["empty.png"][0] and "unknown format" in named["big.tif"][0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_one_readable_input_is_enough_to_load_the_model(tmp_path, checkpoint):
+    save(tmp_path / "in" / "good.png", photo(16, 16))
+    (tmp_path / "in" / "empty.png").write_bytes(b"")
+    done = invoke("restore", tmp_path / "in", tmp_path / "out", "-w", checkpoint, "--json")
+    statuses = {r["input"].rsplit("/", 1)[-1]: r["status"] for r in json_lines(done)}
+    assert done.exit_code == 1 and statuses == {"good.png": "ok", "empty.png": "failed"}
+
+
+def test_unknown_is_explained_once_under_the_table_and_in_the_report(tmp_path, checkpoint):
+    import html
+    from pathlib import Path
+
+    from irtool.loading import default_source
+    from irtool.restoration.calibration import Calibration, calibration_path, unknown_explanation
+
+    # the built-in model's calibration cannot tell blur from defocus: the example blurred photo is "unknown"
+    example = Path(__file__).parents[1] / "examples" / "blur_coffee.png"
+    weights, _, _ = default_source()
+    why = unknown_explanation(Calibration.load(calibration_path(weights)))
+    assert "blur / defocus" in why
+    done = runner.invoke(
+        app,
+        ["restore", str(example), str(tmp_path / "out"), "--report", str(tmp_path / "r.html")],
+        env={"COLUMNS": "400"},
+    )
+    assert done.exit_code == 0, done.output
+    assert "unknown" in done.stdout and done.stdout.count(why) == 1
+    assert html.unescape((tmp_path / "r.html").read_text()).count(why) == 1
+
+    # weights without a calibration: every name is unknown, and the line says how to get names
+    for n in range(2):
+        save(tmp_path / "in" / f"{n}.png", photo(16, 16, seed=n))
+    plain = invoke("restore", tmp_path / "in", tmp_path / "out2", "-w", checkpoint)
+    assert plain.stdout.count("unknown: these weights have no routing calibration") == 1
+    named = invoke("restore", tmp_path / "in", tmp_path / "out3", "-w", checkpoint, "--json")
+    assert "unknown:" not in named.stdout  # JSON lines only

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -296,3 +297,35 @@ def test_without_routing_supervision_the_step_is_the_papers(tmp_path):
     batch = {"lq": torch.rand(2, 3, 32, 32), "gt": torch.rand(2, 3, 32, 32), "task": torch.tensor([0, 1])}
     stats = trainer.step(batch, 1e-3)
     assert stats.route == 0.0
+
+
+def test_summary_json_is_valid_json_when_a_task_is_absent_from_the_last_batch(tmp_path):
+    # one image a batch, two tasks: the task not in the last batch has a NaN loss, which summary.json writes as null
+    summary = train(micro_config(steps=2, batch_size=1, ckpt_every=2), tmp_path, dataset=micro_dataset())
+    assert any(math.isnan(v) for v in summary["final_task_loss"].values())
+
+    def refuse(word):
+        raise AssertionError(f"summary.json holds {word}, not JSON")
+
+    written = json.loads((tmp_path / "summary.json").read_text(), parse_constant=refuse)
+    assert None in written["final_task_loss"].values() and written["steps"] == 2
+
+
+def test_a_training_runs_folder_works_as_weights(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from irtool.cli import app
+
+    run = tmp_path / "run"
+    train(micro_config(steps=2, ckpt_every=2), run, dataset=micro_dataset())
+    (run / "best.safetensors").write_bytes((run / "last.safetensors").read_bytes())  # as a validated run has
+    assert {"last.safetensors", "last.state.pt", "best.safetensors"} <= {p.name for p in run.iterdir()}
+    from_folder = irtool.load_model(run, device="cpu").state_dict()
+    from_file = irtool.load_model(run / "last.safetensors", device="cpu").state_dict()
+    assert from_folder.keys() == from_file.keys() and all(torch.equal(from_folder[k], from_file[k]) for k in from_file)
+
+    Image.new("RGB", (24, 16), (90, 120, 60)).save(tmp_path / "a.png")
+    done = CliRunner().invoke(app, ["restore", str(tmp_path / "a.png"), str(tmp_path / "out"), "--weights", str(run)])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "out" / "a.png").is_file()

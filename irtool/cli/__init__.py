@@ -36,9 +36,18 @@ from .base import IrtoolGroup, register
 
 _HELP = "All-in-one image restoration: remove noise, rain, haze, blur and low light with MoCE-IR or LoRA-IR."
 
+#: the top-level --help's closing lines: a first command that works offline, then where to go next
+_GETTING_STARTED = (
+    "Getting started: irtool restore photo.jpg out/ restores photo.jpg into out/ with the built-in model (no "
+    "download; CPU is enough) and names what it found in each image.\n\n"
+    "Official models: irtool weights list, irtool weights fetch moce_ir.aio5, then irtool restore photos/ out/ "
+    "--model moce_ir.aio5. Each command's options: irtool COMMAND --help."
+)
+
 app = typer.Typer(
     name="irtool",
     help=_HELP,
+    epilog=_GETTING_STARTED,
     cls=IrtoolGroup,
     no_args_is_help=True,
     add_completion=False,

@@ -59,6 +59,13 @@ def refuse_flag_values(args: Sequence[str], flags: set[str], negations: dict[str
             output.fail(f"{flag} {word}: flags take no value; leave out {word!r}{off}", 2)
 
 
+def _single_ellipsis(piece: str) -> str:
+    """A usage piece with Typer's "..." for a many-valued argument left off when its metavar already says it
+    (`{INPUT... OUTPUT_DIR}...` -> `{INPUT... OUTPUT_DIR}`)."""
+    head = piece.removesuffix("...")
+    return head if head != piece and "..." in head else piece
+
+
 class IrtoolCommand(TyperCommand):
     """A Typer command with flags shown as flags, literal help texts and `--flag true` refused (see the module
     docstring)."""
@@ -71,6 +78,9 @@ class IrtoolCommand(TyperCommand):
     def format_help(self, ctx: Any, formatter: Any) -> None:
         _escape_help(self)
         super().format_help(ctx, formatter)
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [_single_ellipsis(piece) for piece in super().collect_usage_pieces(ctx)]
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         flags: set[str] = set()

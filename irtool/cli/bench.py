@@ -10,9 +10,12 @@ from ..errors import IrtoolError
 from . import output
 from .options import Device, GpuNumber, Trust, json_flag
 
+#: what bench measures when told no model: the one inside the package, which needs no download
+BUILT_IN = "irtool.default"
+
 _HELP = {
-    "weights": "Checkpoint file, folder or manifest name. Default: random weights of --variant.",
-    "variant": "Named config for random weights: MoCE_IR_S, MoCE_IR, or arch:variant (moce_ir:tiny).",
+    "weights": "Checkpoint file, folder or manifest name. Default: the built-in model (irtool.default).",
+    "variant": "Random weights of a named config instead: MoCE_IR_S, MoCE_IR, or arch:variant (moce_ir:tiny).",
     "sizes": "Image sizes: N for N x N, WxH otherwise. Default 256,512,1024 on GPUs, 256 on CPUs.",
     "batch": "Batch sizes, e.g. 1,4.",
     "precision": "fp32, bf16, fp16 (autocast). Default fp32,bf16 on GPUs, fp32 on CPUs.",
@@ -30,7 +33,7 @@ _HELP = {
 
 def bench(
     weights: Annotated[str | None, typer.Option("--weights", "--model", "-m", help=_HELP["weights"])] = None,
-    variant: Annotated[str, typer.Option("--variant", help=_HELP["variant"])] = "MoCE_IR_S",
+    variant: Annotated[str | None, typer.Option("--variant", help=_HELP["variant"])] = None,
     gpu: GpuNumber = None,
     device: Device = "auto",
     sizes: Annotated[str | None, typer.Option(help=_HELP["sizes"])] = None,
@@ -78,13 +81,14 @@ def bench(
         )
     except IrtoolError as exc:  # a malformed option value is a usage error (exit 2), as Typer reports its own
         raise typer.BadParameter(str(exc)) from None
-    if weights:
-        model, source = load_model(weights, device=dev, trust=trust_checkpoint), weights
-    else:
+    if weights and variant:
+        raise typer.BadParameter("give --weights or --variant (random weights), not both", param_hint="--variant")
+    if variant:
         model, source = bench_mod.random_model(variant), f"random weights ({variant})"
-        output.note(
-            f"no --weights: benchmarking {source} (speed and memory only; pass --weights or -m NAME for a real model)"
-        )
+        output.note(f"benchmarking {source}: speed and memory only, not a trained model")
+    else:
+        weights = weights or BUILT_IN
+        model, source = load_model(weights, device=dev, trust=trust_checkpoint), weights
     err = output.stderr()
     total = bench_mod.count_cases(plan, dev)
     done = [0]
@@ -107,13 +111,18 @@ def _print_bench(report: Any) -> None:
     title = f"{report.model['source']} on {report.device} ({report.device_name}), torch {report.torch_version}"
     random = str(report.model["source"]).startswith("random weights")
     caption = output.plain(f"{report.model['source']}: not a trained model") if random else None
-    table = Table(title=output.plain(title), caption=caption)
+    table = Table(
+        title=output.plain(title), caption=caption, show_edge=False, pad_edge=False, box=None, header_style="bold"
+    )
     numeric = ("median ms", "p90 ms", "MP/s", "peak MB")
-    for col in ("case", *numeric, "vs fp32", "router/experts/trunk"):
-        table.add_column(col, justify="right" if col in numeric else "left")
+    # fits 80 columns (as restore's table does: no frame; the breakdown column only when measured): figures are never
+    # cut, a long case name wraps
+    broken_down = any(r.breakdown_ms for r in report.rows)
+    for col in ("case", *numeric, "vs fp32", *(["r/e/t %"] if broken_down else [])):
+        table.add_column(col, justify="right" if col in numeric else "left", no_wrap=col != "case")
     for r in report.rows:
         if r.error:
-            table.add_row(r.label, output.plain(r.error, style="red"), *[""] * 5)
+            table.add_row(r.label, output.plain(r.error, style="red"), *[""] * (len(table.columns) - 2))
             continue
         if r.psnr_db is None:
             check = ""
@@ -125,11 +134,13 @@ def _print_bench(report: Any) -> None:
         if r.breakdown_ms:
             whole = sum(r.breakdown_ms.values()) or 1.0
             shares = (100 * r.breakdown_ms.get(k, 0.0) / whole for k in ("router", "experts", "trunk"))
-            parts = "/".join(f"{v:.0f}" for v in shares) + " %"
+            parts = "/".join(f"{v:.0f}" for v in shares)
         table.add_row(r.label, f"{r.median_ms:.1f}", f"{r.p90_ms:.1f}", f"{r.megapixels_per_s:.3f}",
-                      f"{r.peak_memory_mb:.0f}", check, parts)  # fmt: skip
+                      f"{r.peak_memory_mb:.0f}", check, *([parts] if broken_down else []))  # fmt: skip
     console = output.stdout()
     console.print(table)
+    if broken_down:
+        output.line("r/e/t %: the time's shares of router, experts and trunk", console)
     notes = [f"threads {report.threads}", f"allocator tuned: {'yes' if report.allocator_tuned else 'no'}"]
     if report.load_average:
         notes.append(f"load average {report.load_average[0]:.2f} -> {report.load_average[1]:.2f}")

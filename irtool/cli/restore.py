@@ -217,6 +217,11 @@ def restore(
         workers=workers,
     )
     options.check()
+    if tile and tile_overlap > tile // 4:
+        output.warning(
+            f"--tile-overlap {tile_overlap} is over a quarter of --tile {tile}: tiles overlap by at most {tile // 4} px "
+            "(only neighbouring tiles may overlap)"
+        )
     video_options = VideoOptions(
         codec=None if video_codec == VideoCodec.auto else video_codec.value,
         crf=crf,
@@ -432,23 +437,25 @@ def _image_progress(console: Any, quiet: bool) -> Any:
 def _load(
     jobs: list[Any], video_jobs: list[Any], options: Any, ranked: Any, tick: Any, on_written: Any
 ) -> tuple[Any, Any]:
-    """(the restorer, the stream of image reports): the model is loaded only when some job has work to do;
-    `on_written` hears of every image written."""
+    """(the restorer, the stream of image reports): the model is loaded only when some job has work to do and some
+    input's header says it can be read, else each image's line says why not; `on_written` hears of every image
+    written."""
     if ranked is not None:
         restorer = ranked.load()
         for note in restorer.notes if restorer else []:
             output.note(note)
         return restorer, ranked.reports(restorer, arrived=tick)
-    if any(not (job.error or job.skip) for job in jobs + video_jobs):
+    from ..restoration.planning import none_readable, report_unrunnable
+
+    refused = none_readable(video_jobs + jobs)  # headers looked at: no model for inputs that none can read
+    if refused is None:
         from ..restoration.engine import Restorer, restore_files
 
         restorer = Restorer.load(options)
         for note in restorer.notes:
             output.note(note)
         return restorer, restore_files(jobs, restorer, on_written=on_written)
-    from ..restoration.planning import report_unrunnable
-
-    return None, (report_unrunnable(job) for job in jobs)  # nothing to run: no model to load
+    return None, (report_unrunnable(job) for job in refused[len(video_jobs) :])  # nothing to run: no model to load
 
 
 def _show_report(report: Any, console: Any, as_json: bool) -> None:
@@ -495,6 +502,10 @@ def _print_summary(outcome: _Outcome, *, as_json: bool, quiet: bool) -> int:
             console.print(table)
         if hidden:
             output.line(f"... and {hidden} more (use --json for every image)")
+        if outcome.restorer is not None and any(r.degradation == "unknown" for r in reports):
+            from ..restoration.calibration import unknown_explanation
+
+            output.line(unknown_explanation(outcome.restorer.calibration), console)
         for report in reports:
             if isinstance(report, VideoReport) and report.ok:
                 console.print(shots_table(report))

@@ -63,8 +63,11 @@ class DatasetSpec:
     task: str  #: noise, rain, haze, blur, lowlight, composite, snow, raindrop
     layouts: tuple[Layout, ...]
     protocol: str  #: default metric protocol (irtool.evaluation.metrics.PROTOCOLS)
-    source: str  #: where to download it
+    source: str  #: where to download it, in words
     licence: str
+    #: the address to download it from (the official AdaIR/PromptIR/MoCE-IR install docs' links, else the authors'
+    #: project page); None for sets made at test time
+    url: str | None = None
     split: str = "test"
     sigma: int | None = None  #: AWGN sigma of inputs synthesised at test time
     key_rules: tuple[tuple[str, str], ...] = ()  #: regex substitutions on file stems that make partners' keys equal
@@ -97,7 +100,7 @@ _RAIN_KEYS = ((r"^(no)?rain[-_]?", ""),)  # rain-001.png <-> norain-001.png (Rai
 
 
 def _noise_family(
-    name: str, title: str, layouts: tuple[Layout, ...], source: str, licence: str, expected: int, notes: str
+    name: str, title: str, layouts: tuple[Layout, ...], source: str, url: str, licence: str, expected: int, notes: str
 ) -> list[DatasetSpec]:
     return [
         DatasetSpec(
@@ -107,6 +110,7 @@ def _noise_family(
             layouts=layouts,
             protocol="moce",
             source=source,
+            url=url,
             licence=licence,
             sigma=sigma,
             pairing="clean images only; the noisy input is synthesised (seed 0, sorted files, truncating uint8 cast)",
@@ -135,6 +139,7 @@ def _cdd11(subset: str) -> DatasetSpec:
         ),
         protocol="moce",
         source="OneRestore (github.com/gy65896/OneRestore; Hugging Face dataset gy65896/CDD-11)",
+        url="https://github.com/gy65896/OneRestore",
         licence="see the OneRestore repository; " + _RESEARCH_ONLY,
         expected=200,
         crop=False,
@@ -155,6 +160,7 @@ _SPECS: list[DatasetSpec] = [
             Layout("original", "CBSD68/original_png"),
         ),
         source="github.com/clausmichele/CBSD68-dataset (original_png/)",
+        url="https://github.com/clausmichele/CBSD68-dataset",
         licence=_BSDS_LICENCE,
         expected=68,
         notes="3-task setting runs σ15, σ25, σ50 in one noise stream; 5-task runs σ25 alone",
@@ -164,6 +170,7 @@ _SPECS: list[DatasetSpec] = [
         "Urban100",
         (Layout("moce-ir", "denoising/Urban100"), *_promptir(None, "test/denoise/urban100")),
         source="Huang et al., CVPR 2015; Google Drive folder linked from PromptIR's INSTALL.md",
+        url="https://drive.google.com/drive/folders/1B3DJGQKB6eNdwuQIhdskA64qUuVKLZ9u",
         licence=_RESEARCH_ONLY,
         expected=100,
         notes="not in the MoCE-IR test script; irtool puts it beside cBSD68 in the MoCE-IR layout",
@@ -177,6 +184,7 @@ _SPECS: list[DatasetSpec] = [
             Layout("original", "Kodak24"),
         ),
         source="r0k.us/graphics/kodak (kodim01.png ... kodim24.png)",
+        url="https://r0k.us/graphics/kodak/",
         licence="Kodak PhotoCD sample images, released by Eastman Kodak for unrestricted use",
         expected=24,
         notes="not in the MoCE-IR test script; irtool puts it beside cBSD68 in the MoCE-IR layout",
@@ -192,6 +200,7 @@ _SPECS: list[DatasetSpec] = [
         ),
         protocol="moce",
         source="Yang et al., CVPR 2017 (JORDER); Train100L & Rain100L Google Drive folder linked from PromptIR's INSTALL.md",
+        url="https://drive.google.com/drive/folders/1-_Tw-LHJF4vh8fpogKgZx1EQ9MhsJI_f",
         licence=_RESEARCH_ONLY,
         key_rules=_RAIN_KEYS,
         pairing="same stem after dropping a 'rain-' / 'norain-' prefix (rain-001.png <-> norain-001.png)",
@@ -208,6 +217,7 @@ _SPECS: list[DatasetSpec] = [
         ),
         protocol="moce",
         source="Yang et al., CVPR 2017 (JORDER); the Restormer/MPRNet deraining test bundle",
+        url="https://drive.google.com/file/d/1P_-RAvltEoEhfT-9GrWRdpEi6NSswTs8/view",  # Restormer's rain13k_test
         licence=_RESEARCH_ONLY,
         key_rules=_RAIN_KEYS,
         pairing="same stem after dropping a 'rain-' / 'norain-' prefix",
@@ -225,6 +235,7 @@ _SPECS: list[DatasetSpec] = [
         ),
         protocol="moce",
         source="RESIDE (sites.google.com/view/reside-dehaze-datasets), SOTS outdoor of RESIDE-v0",
+        url="https://sites.google.com/view/reside-dehaze-datasets/reside-v0",
         licence="RESIDE terms: research use",
         key_rules=((r"_.*$", ""),),
         pairing="hazy 0001_0.8_0.2.jpg <-> clear 0001.png (the stem up to the first '_')",
@@ -241,6 +252,7 @@ _SPECS: list[DatasetSpec] = [
         ),
         protocol="moce",
         source="Nah et al., CVPR 2017 (seungjunnah.github.io/Datasets/gopro); flattened test set linked from AdaIR's INSTALL.md",
+        url="https://drive.google.com/file/d/1y_wQ5G5B65HS_mdIjxKYTcnRys_AGh5v/view",
         licence="CC BY 4.0",
         expected=1111,
         notes="use the 'blur' images, not 'blur_gamma' (MPRNet issue #75); the original per-sequence folders must be flattened",
@@ -257,6 +269,7 @@ _SPECS: list[DatasetSpec] = [
         ),
         protocol="moce",
         source="Wei et al., BMVC 2018 (daooshee.github.io/BMVC2018website), eval15",
+        url="https://daooshee.github.io/BMVC2018website/",
         licence=_RESEARCH_ONLY,
         expected=15,
     ),
@@ -271,6 +284,7 @@ _SPECS: list[DatasetSpec] = [
         ),
         protocol="y",
         source=_SNOW100K,
+        url="https://sites.google.com/view/yunfuliu/desnownet",
         licence=_RESEARCH_ONLY,
         expected=16611,
         notes=_ALLWEATHER_NOTE,
@@ -285,6 +299,7 @@ _SPECS: list[DatasetSpec] = [
         ),
         protocol="y",
         source=_SNOW100K,
+        url="https://sites.google.com/view/yunfuliu/desnownet",
         licence=_RESEARCH_ONLY,
         expected=16801,
         notes=_ALLWEATHER_NOTE,
@@ -299,6 +314,7 @@ _SPECS: list[DatasetSpec] = [
         ),
         protocol="y",
         source="Li et al., CVPR 2019 (github.com/liruoteng/HeavyRainRemoval); Test1 as bundled by TransWeather/Histoformer",
+        url="https://github.com/liruoteng/HeavyRainRemoval",
         licence=_RESEARCH_ONLY,
         key_rules=((r"_s\d+_a\d+$", ""),),
         pairing="same stem, or im_0001_s80_a04 <-> im_0001 (rain/fog parameters dropped)",
@@ -315,6 +331,7 @@ _SPECS: list[DatasetSpec] = [
         ),
         protocol="y",
         source="Qian et al., CVPR 2018 (github.com/rui1996/DeRaindrop), test_a",
+        url="https://github.com/rui1996/DeRaindrop",
         licence=_RESEARCH_ONLY,
         key_rules=((r"_(rain|clean)$", ""),),
         pairing="same stem, or 0_rain <-> 0_clean",
@@ -345,6 +362,7 @@ def _ots_part(part: int, expected: int) -> DatasetSpec:
         protocol="moce",
         source="RESIDE (sites.google.com/view/reside-dehaze-datasets), OTS; split into four parts by PromptIR's "
         "data_dir/hazy/hazy_outside.txt",
+        url="https://sites.google.com/view/reside-dehaze-datasets/reside-%CE%B2",
         licence="RESIDE terms: research use",
         split="train",
         key_rules=((r"_.*$", ""),),
@@ -366,6 +384,7 @@ _TRAIN_SPECS: list[DatasetSpec] = [
         ),
         protocol="moce",
         source="Ma et al., TIP 2017 (ece.uwaterloo.ca/~k29ma/exploration); Google Drive mirror in PromptIR's INSTALL.md",
+        url="https://drive.google.com/file/d/1e62XGdi5c6IbvkZ70LFq0KLRhFvih7US/view",
         licence=_RESEARCH_ONLY,
         split="train",
         pairing="clean images only; the trainer adds Gaussian noise on the fly",
@@ -380,6 +399,7 @@ _TRAIN_SPECS: list[DatasetSpec] = [
         layouts=(Layout("moce-ir", "denoising/BSD400"), Layout("original", "BSD400")),
         protocol="moce",
         source="Berkeley Segmentation Dataset train+test (400 images); Google Drive folder linked from PromptIR's INSTALL.md",
+        url="https://drive.google.com/file/d/1idKFDkAHJGAFDn1OyXZxsTbOSBx9GS8N/view",
         licence=_BSDS_LICENCE,
         split="train",
         pairing="clean images only; the trainer adds Gaussian noise on the fly",
@@ -397,6 +417,7 @@ _TRAIN_SPECS: list[DatasetSpec] = [
         ),
         protocol="moce",
         source="Yang et al., CVPR 2017 (JORDER); Train100L Google Drive folder linked from PromptIR's INSTALL.md",
+        url="https://drive.google.com/drive/folders/1-_Tw-LHJF4vh8fpogKgZx1EQ9MhsJI_f",
         licence=_RESEARCH_ONLY,
         split="train",
         key_rules=_RAIN_KEYS,
@@ -419,6 +440,7 @@ _TRAIN_SPECS: list[DatasetSpec] = [
         ),
         protocol="moce",
         source="Nah et al., CVPR 2017; cropped with Restormer's GoPro preprocessing (MoCE-IR issue #12)",
+        url="https://seungjunnah.github.io/Datasets/gopro",
         licence="CC BY 4.0",
         split="train",
         pairing="same file name",
@@ -437,6 +459,7 @@ _TRAIN_SPECS: list[DatasetSpec] = [
         ),
         protocol="moce",
         source="Wei et al., BMVC 2018 (daooshee.github.io/BMVC2018website), our485",
+        url="https://daooshee.github.io/BMVC2018website/",
         licence=_RESEARCH_ONLY,
         split="train",
         expected=485,
@@ -453,6 +476,7 @@ _TRAIN_SPECS: list[DatasetSpec] = [
         ),
         protocol="y",
         source=_SNOW100K,
+        url="https://sites.google.com/view/yunfuliu/desnownet",
         licence=_RESEARCH_ONLY,
         split="train",
         crop=False,
@@ -465,6 +489,7 @@ _TRAIN_SPECS: list[DatasetSpec] = [
         layouts=(Layout("irtool", "allweather/train/Outdoor-Rain/gt", "allweather/train/Outdoor-Rain/input"),),
         protocol="y",
         source="Li et al., CVPR 2019 (github.com/liruoteng/HeavyRainRemoval)",
+        url="https://github.com/liruoteng/HeavyRainRemoval",
         licence=_RESEARCH_ONLY,
         split="train",
         key_rules=((r"_s\d+_a\d+$", ""),),
@@ -482,6 +507,7 @@ _TRAIN_SPECS: list[DatasetSpec] = [
         ),
         protocol="y",
         source="Qian et al., CVPR 2018 (github.com/rui1996/DeRaindrop), train",
+        url="https://github.com/rui1996/DeRaindrop",
         licence=_RESEARCH_ONLY,
         split="train",
         key_rules=((r"_(rain|clean)$", ""),),
@@ -671,7 +697,8 @@ def locate(spec: DatasetSpec, root: str | Path | None = None) -> Located:
     """Find `spec` under the data root; raises DatasetError saying what is missing where."""
     report = check(spec, root)
     if report.located is None:
-        raise DatasetError(f"{report.summary}; run `irtool datasets check {spec.name}` for the paths tried")
+        where = f"download it from {spec.url}" if spec.url else f"source: {spec.source}"
+        raise DatasetError(f"{report.summary}; {where}; run `irtool datasets check {spec.name}` for the paths tried")
     return report.located
 
 
@@ -710,6 +737,8 @@ class CheckReport:
             f"   protocol: {s.protocol}" + (f"; inputs: AWGN σ{s.sigma} synthesised at test time" if s.sigma else "")
         )
         out.append(f"   source: {s.source}")
+        if s.url:
+            out.append(f"   download: {s.url}")
         out.append(f"   licence: {s.licence}")
         if s.notes:
             out.append(f"   note: {s.notes}")
@@ -984,6 +1013,18 @@ def clean_photos(
             "a few public-domain/CC0 photos (pip install scikit-image)"
         )
     return (sorted(photos, key=lambda p: p.name) if fallback is None else photos), f"scikit-image {photo_dir}"
+
+
+def synthetic_hint(tasks: Iterable[str] = ()) -> str:
+    """Where to turn without a download: the `synthetic:` sets, the ones for `tasks` first (rain -> synthetic:rain)."""
+    from ..degrade import KINDS
+
+    named = [f"synthetic:{t}" for t in dict.fromkeys(tasks) if t in KINDS]
+    examples = named or ["synthetic:noise25", "synthetic:rain", "synthetic:haze-heavy"]
+    return (
+        f"offline, --dataset {examples[0]} needs no download (clean photos degraded by irtool.degrade; "
+        f"synthetic:<kind><level>, kind one of {', '.join(KINDS)})"
+    )
 
 
 def parse_synthetic(name: str) -> tuple[str, float]:

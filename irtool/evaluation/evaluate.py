@@ -256,19 +256,22 @@ def resolve(
     names: list[str], data_root: str | Path | None = None, clean_dir: str | Path | None = None
 ) -> list[ds.Located]:
     """Find every dataset before any model is loaded; one error lists all that are missing."""
-    found, missing = [], []
+    found, missing, tasks = [], [], []
     for name in names:
         try:
             if name.startswith("synthetic:"):
                 found.append(ds.locate_synthetic(name, clean_dir))
             else:
-                found.append(ds.locate(ds.get_spec(name), data_root))
+                spec = ds.get_spec(name)
+                tasks.append(spec.task)
+                found.append(ds.locate(spec, data_root))
         except ds.DatasetError as exc:
             missing.append(str(exc))
     if missing:
+        hint = f" | {ds.synthetic_hint(tasks)}" if tasks else ""
         if len(missing) == 1:
-            raise ds.DatasetError(missing[0])
-        raise ds.DatasetError(f"{len(missing)} datasets missing: " + " | ".join(missing))
+            raise ds.DatasetError(missing[0] + hint)
+        raise ds.DatasetError(f"{len(missing)} datasets missing: " + " | ".join(missing) + hint)
     return found
 
 

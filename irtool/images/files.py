@@ -612,6 +612,49 @@ def read_image(path: str | Path, *, max_megapixels: float | None = None) -> Imag
     return image
 
 
+#: how much of a file `probe_image` reads: all of a small file, the start of a larger one
+PROBE_BYTES = 1 << 16
+
+
+def probe_image(path: str | Path) -> str | None:
+    """A one-line reason why `read_image` will certainly refuse the file, found from its first `PROBE_BYTES` alone
+    (cheap enough to ask of every input before a model is loaded); None when it may be readable.
+
+    Refused here: what is not a readable regular file, an empty file, one whose start is no image format irtool
+    knows, and, for a file that fits in `PROBE_BYTES`, every header check `read_image` makes (same lines)."""
+    path = Path(path)
+    problem = safe_paths.file_problem(path)
+    if problem:
+        return problem
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+        try:
+            head = os.read(fd, PROBE_BYTES)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return f"{path}: cannot be read ({exc.strerror or exc})"
+    whole = len(head) < PROBE_BYTES
+    if whole:
+        try:
+            read_header(head, str(path))
+        except ImageError as exc:
+            return str(exc)
+        return None
+    if sniff_format(head) is None:  # only Pillow might read it: refused when Pillow cannot name its format either
+        from PIL import Image as PILImage
+        from PIL import UnidentifiedImageError
+
+        try:
+            PILImage.open(BytesIO(head)).close()
+        except UnidentifiedImageError:
+            return f"{path}: not an image irtool reads (unknown format)"
+        except Exception:  # noqa: BLE001 - a header cut at PROBE_BYTES: decoding the whole file decides
+            return None
+    return None
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Writing
 

@@ -114,6 +114,10 @@ def build(
     megapixels = sum(r.megapixels for r in ok)
     precisions = sorted({r.precision for r in ok if r.precision})
     notes = list(restorer.notes) if restorer is not None else []
+    if restorer is not None and any(r.degradation == "unknown" for r in reports):
+        from ..restoration.calibration import unknown_explanation
+
+        notes.append(unknown_explanation(restorer.calibration))
     return {
         "title": "irtool restore report",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -287,3 +287,51 @@ def calibration_in_use(spec: ArchSpec, calibration: Calibration | None) -> str:
     if calibration is None:
         return "none: degradations are named 'unknown' (irtool calibrate makes one)"
     return str(calibration.path) if calibration.path is not None else "given in Python (no file)"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# "unknown" explained to the user, from what the calibration file records
+
+
+#: a kind is confused with another when, held out, it was named as that one at least this often
+CONFUSED_SHARE = 0.2
+
+
+def confusable_groups(calibration: Calibration) -> list[list[str]]:
+    """The kinds `calibration` cannot tell apart, in groups (`[["clean", "jpeg"], ["blur", "defocus"]]`): each kind
+    answered "unknown" (`unreliable`) with the kinds its held-out images were named as at least `CONFUSED_SHARE` of
+    the time (else the one it was named as most), groups sharing a kind merged. In the calibration's class order."""
+    classes, confusion = calibration.classes, calibration.confusion
+    links: list[set[str]] = []
+    for name in calibration.unreliable:
+        row = confusion[classes.index(name)] if len(confusion) == len(classes) else []
+        total = sum(row)
+        wrong = {classes[j]: n for j, n in enumerate(row) if classes[j] != name and n > 0}
+        partners = {c for c, n in wrong.items() if n >= CONFUSED_SHARE * total}
+        if not partners and wrong:
+            partners = {max(wrong, key=lambda c: wrong[c])}
+        links.append({name, *partners})
+    groups: list[set[str]] = []
+    for link in links:
+        touching = [g for g in groups if g & link]
+        merged = link.union(*touching)
+        groups = [g for g in groups if not g & link] + [merged]
+    order = {c: i for i, c in enumerate(classes)}
+    return sorted((sorted(g, key=order.__getitem__) for g in groups), key=lambda g: order[g[0]])
+
+
+def unknown_explanation(calibration: Calibration | None) -> str:
+    """One line saying why a degradation is named "unknown" with this calibration (None: the model has none)."""
+    if calibration is None:
+        return "unknown: these weights have no routing calibration, so no degradation is named (run `irtool calibrate`)"
+    far = "an image whose routing is unlike every kind the calibration learnt is unknown too"
+    groups = confusable_groups(calibration)
+    if not groups:
+        return f"unknown: {far}"
+
+    told = ", ".join(" / ".join(g) for g in groups)
+    return (
+        f"unknown: the calibration cannot tell these kinds apart: {told} (their routing looks alike: "
+        f"held out, {', '.join(calibration.unreliable)} were named right under {calibration.min_accuracy:.0%} of the "
+        f"time), so it does not guess between them; {far}"
+    )

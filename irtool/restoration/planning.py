@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,20 @@ def _single_file_output(inputs: Sequence[str | Path], out: Path) -> bool:
     )
 
 
+def _unwritable(folder: Path) -> str | None:
+    """Why no output can be written into `folder`: it, or the nearest part of it that exists, is not a folder or not
+    writable. None when it can be (or made and then written). Found before any image is restored."""
+    existing = folder.absolute()
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{folder}: cannot be made, {existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        made = "" if existing == folder.absolute() else ", where it would be made,"
+        return f"{folder}: cannot write there ({existing}{made} is not writable); choose another output folder"
+    return None
+
+
 def plan(inputs: Sequence[str | Path], out_dir: str | Path, options: RestoreOptions | None = None) -> list[Job]:
     """Expand inputs (files, folders, globs) into jobs, in a stable order, applying the output rules:
 
@@ -215,6 +229,9 @@ def plan(inputs: Sequence[str | Path], out_dir: str | Path, options: RestoreOpti
         raise IrtoolError(
             f"{out_dir}: several inputs need an output folder, and this names an image file; give a folder (e.g. out/)"
         )
+    problem = _unwritable(out_dir.parent if single else out_dir)
+    if problem:
+        raise IrtoolError(problem)
     found, jobs = expand_inputs(inputs, safe_paths.real(out_dir.parent if single else out_dir))
     claimed: dict[Path, Path] = {}
     for source, src, rel in found:
@@ -250,6 +267,23 @@ def plan(inputs: Sequence[str | Path], out_dir: str | Path, options: RestoreOpti
             claimed[key] = src
             jobs.append(Job(source, src, dst))
     return jobs
+
+
+def none_readable(jobs: Sequence[Job]) -> list[Job] | None:
+    """None when some job has an image that may be read, so a model is needed (headers are looked at only up to the
+    first such image); else `jobs` with each one that would have run failed with the line saying why its file cannot
+    be read (`io.probe_image`: a header check, no decoding). Videos are left to their decoder: any runnable video
+    gives None."""
+    out: list[Job] = []
+    for job in jobs:
+        if job.error or job.skip or job.src is None:
+            out.append(job)
+            continue
+        problem = None if job.src.suffix.lower() in VIDEO_SUFFIXES else io.probe_image(job.src)
+        if problem is None:
+            return None
+        out.append(replace(job, error=problem))
+    return out
 
 
 _FLAG_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import finite_json
 from ..errors import CheckpointError, first_line
 from ..images.files import file_mode
 
@@ -123,7 +124,7 @@ def read_train_info(path: str | Path) -> dict[str, Any]:
 def write_json(path: str | Path, data: Any) -> None:
     path = Path(path)
     tmp = _tmp_name(path)
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(finite_json.dumps(data, indent=2) + "\n", encoding="utf-8")  # valid JSON: a NaN loss becomes null
     _replace_atomically(tmp, path)
 
 
