@@ -152,7 +152,7 @@ def test_the_shipped_calibration_explains_its_unknowns():
     from irtool.loading import default_source
 
     weights, _, _ = default_source()  # the built-in model: its calibration ships beside it
-    shipped = cal.Calibration.load(cal.calibration_path(weights))
+    shipped = rc.Calibration.load(rc.calibration_path(weights))
     groups = rc.confusable_groups(shipped)
     assert set(shipped.unreliable) <= {kind for group in groups for kind in group}
     assert all(len(group) >= 2 for group in groups)
