@@ -449,9 +449,7 @@ def expert_modes(model: nn.Module, plan: BenchPlan) -> tuple[str, ...]:
     return plan.experts if spec_of(model).capabilities.routing is not None else (NO_EXPERTS,)
 
 
-def _modes(
-    plan: BenchPlan, modes: tuple[str, ...], device: torch.device, path: str
-) -> Iterator[tuple[str, str]]:
+def _modes(plan: BenchPlan, modes: tuple[str, ...], device: torch.device, path: str) -> Iterator[tuple[str, str]]:
     """(expert mode, execution) pairs of one path: every expert mode eagerly, then compiled (--compile) and replayed
     from CUDA graphs (--cuda-graphs, CUDA only, where the expert choice is known in advance: dense, eN, or a network
     without routing)."""

@@ -175,7 +175,12 @@ def _layouts(model: BioIR, folder: Path) -> dict[str, Path]:
     }
     # what the official training writes: Lightning's checkpoint of `BioIRModel`, whose network is `self.net`
     torch.save(
-        {"epoch": 179, "global_step": 1, "pytorch-lightning_version": "2.0.1", "state_dict": {f"net.{k}": v for k, v in sd.items()}},
+        {
+            "epoch": 179,
+            "global_step": 1,
+            "pytorch-lightning_version": "2.0.1",
+            "state_dict": {f"net.{k}": v for k, v in sd.items()},
+        },
         files["lightning"],
     )
     torch.save(sd, files["plain"])
@@ -222,7 +227,8 @@ def test_cli_restores_a_folder_inspects_and_evaluates(tmp_path):
         assert Image.open(out / name).size == size
     tiled = tmp_path / "tiled"
     result = runner.invoke(
-        app, ["restore", str(photos / "a.png"), str(tiled), "--weights", str(weights), "--device", "cpu", "--tile", "32"]
+        app,
+        ["restore", str(photos / "a.png"), str(tiled), "--weights", str(weights), "--device", "cpu", "--tile", "32"],
     )
     assert result.exit_code == 0, result.output
     assert Image.open(tiled / "a.png").size == (71, 45)

@@ -27,7 +27,8 @@ single/composite-task file `Single_Composite/basicsr/models/archs/BioIR_arch.py`
   used in the forward pass; it is kept (its weight is in every checkpoint) and equally unused here.
 - `run` takes H and W multiples of 4 (`size_multiple`) and refuses others, and refuses sides under 12 px (the 5x5
   reflection pad of F2P at 1/4 scale needs 3 px; the official code fails there with a PyTorch error). The official
-  demo reflect-pads to a multiple of 4 and crops back; `irtool.tiling.run_padded` and the engine do the same.
+  demo reflect-pads to a multiple of 4 and crops back; `forward`, `irtool.tiling.run_padded` and the engine do the
+  same.
 
 This module imports torch only: no I/O, no device choice.
 """
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +162,7 @@ class P2F(nn.Module):
         # conv1x1(prototype scores) folded: (k, 256) @ (B, 256, C) -> (B, k, C), then one product with the pixels
         mix = torch.matmul(self.conv.weight.view(P2F_KERNEL**2, -1), prototypes.transpose(1, 2))
         kernels = torch.matmul(mix, high.flatten(2)).view(b, P2F_KERNEL**2, h, w)
-        kernels = kernels + self.conv.bias.view(1, -1, 1, 1)
+        kernels = kernels + cast(Tensor, self.conv.bias).view(1, -1, 1, 1)
         return high * (1 + _local_filter(high, kernels, P2F_KERNEL))
 
 
@@ -329,9 +330,12 @@ class BioIR(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Restore `x` of any H x W (reflect-padded to a multiple of 4 and cropped back, as the official demo)."""
-        from irtool.tiling import run_padded
-
-        return run_padded(self, x).output
+        h, w = x.shape[-2:]
+        m = self.config.size_multiple
+        # the network's own padding rule (the engine's `irtool.tiling.run_padded` does the same); archs import
+        # nothing above them, so it is written out here
+        padded = F.pad(x, (0, -w % m, 0, -h % m), mode="reflect")
+        return self.run(padded).output[..., :h, :w]
 
 
 # --------------------------------------------------------------------------------------------------------------------
