@@ -258,3 +258,19 @@ def test_the_manifest_names_the_released_checkpoints():
         assert entry["arch"] == "bioir" and entry["variant"] == "BioIR" and entry["setting"] == setting
         assert entry["files"][0]["filename"] == filename and entry["source"]["repo"] == "https://github.com/c-yn/BioIR"
     assert ARCHS["bioir"].variants[entries["bioir.aio5"]["variant"]] == BioIRConfig()
+
+
+def test_eval_report_compares_bioir_with_moce_ir(tmp_path):
+    from helpers import random_moce
+
+    from irtool.archs.moce_ir import VARIANTS as MOCE_VARIANTS
+
+    bioir_file = _layouts(random_bioir(seed=6), tmp_path)["safetensors"]
+    moce_file = tmp_path / "moce_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in random_moce(MOCE_VARIANTS["tiny"]).state_dict().items()}, str(moce_file))
+    page = tmp_path / "report.html"
+    args = ["eval", "--dataset", "synthetic:noise25", "--limit", "1", "-q", "--report", str(page)]
+    result = runner.invoke(app, [*args, "--weights", str(bioir_file), "--weights", str(moce_file)])
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    assert f"{bioir_file.name} · {moce_file.name}" in html  # both models, side by side
