@@ -201,12 +201,21 @@ def test_lightning_plain_wrapped_and_safetensors_layouts_load_strictly(tmp_path)
             torch.testing.assert_close(loaded(x), expected, atol=1e-6, rtol=0)
 
 
-def test_a_pickled_whole_model_is_refused_without_trust(tmp_path):
-    path = tmp_path / "whole.pth"
-    torch.save(random_bioir(), path)
-    with pytest.raises(CheckpointError) as err:
-        irtool.load_model(path, device="cpu")
-    assert "\n" not in str(err.value) and "whole.pth" in str(err.value)
+def test_a_pickled_whole_model_is_refused_without_trust_and_loads_with_it(tmp_path):
+    model = random_bioir(seed=4)
+    x = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():
+        expected = model(x)
+    for name, obj in (("whole.pth", model), ("keyed.pth", {"BioIR": model, "epoch": 3})):  # alone, or under a key
+        path = tmp_path / name
+        torch.save(obj, path)
+        with pytest.raises(CheckpointError) as err:
+            irtool.load_model(path, device="cpu")
+        assert "\n" not in str(err.value) and name in str(err.value) and "--trust-checkpoint" in str(err.value)
+        loaded = irtool.load_model(path, device="cpu", trust=True)  # its weights, into irtool's own BioIR
+        assert type(loaded) is BioIR and loaded is not model
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), expected, atol=1e-6, rtol=0)
 
 
 def _png(path: Path, h: int, w: int, seed: int) -> None:
