@@ -222,14 +222,18 @@ def _read_pickle(path: Path, *, trust: bool) -> Any:
 
 def canonicalize(obj: Any, path: str | Path = "checkpoint") -> dict[str, Tensor]:
     """The bare state dict inside `obj`: wrappers unwrapped, shared prefixes stripped, non-tensors dropped."""
+    # a trusted pickle may hold a whole model, alone or under a key (BaryIR saves {"BaryIR": model}): its weights
+    holds_weights = (Mapping, nn.Module)
     for _ in range(4):  # wrappers nest at most a few levels (e.g. {'state_dict': {'model': ...}})
+        if isinstance(obj, nn.Module):
+            obj = obj.state_dict()
         if not isinstance(obj, Mapping):
             break
         if obj and all(isinstance(v, Tensor) for v in obj.values()):
             break
-        inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), Mapping)), None)
+        inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), holds_weights)), None)
         if inner is None:
-            dicts = [v for v in obj.values() if isinstance(v, Mapping)]
+            dicts = [v for v in obj.values() if isinstance(v, holds_weights)]
             inner = dicts[0] if len(dicts) == 1 else None
         if inner is None:
             break
