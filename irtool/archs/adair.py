@@ -21,6 +21,9 @@ Deliberate departures from the official code (github.com/c-yn/AdaIR, `net/model.
   does) and crop back; the band rates then see the padded canvas.
 - The Fourier split runs in float32 whatever the working precision, and the band rates come from a float32 sigmoid
   (the official code takes them from the working dtype; in fp32 the two are the same numbers).
+- The cross-attention maps of the AFLBs are computed in float32 whatever the working precision: their queries are
+  all zeros wherever the low band is empty (every image under 512 px), and the official normalisation of zeros
+  gives 0/0 = NaN in fp16. In fp32 nothing changes.
 - The official `decoder=False` option (the same U-Net without the three AFLBs, i.e. plain Restormer) is not
   modelled: no weights were released for it and its state dict is indistinguishable from Restormer's.
 - The AFLB's image embedding takes `in_channels` channels (the official code hard-codes 3, so only 3 works there).
@@ -195,8 +198,10 @@ class CrossChannelAttention(nn.Module):
             raise ValueError(f"AdaIR cross-attention: queries {tuple(x.shape)} and keys {tuple(y.shape)} differ")
         q = self.q_dwconv(self.q(x))
         k, v = self.kv_dwconv(self.kv(y)).chunk(2, dim=1)
-        attn = _channel_attention_map(q, k, self.num_heads, self.temperature, False)
-        return _attend_and_project(attn, v, self.project_out, False)
+        # float32: the low band is all zeros on images under 512 px, and normalising zeros in fp16 (whose eps 1e-12
+        # rounds to 0) gives 0/0
+        attn = _channel_attention_map(q.float(), k.float(), self.num_heads, self.temperature, False)
+        return _attend_and_project(attn.to(v.dtype), v, self.project_out, False)
 
 
 class SpatialGate(nn.Module):
