@@ -12,13 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import random_moce
 from helpers_adair import GOLDEN_SEED, OFFICIAL_COMMIT, golden_image, recipe_weights
 from PIL import Image
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import irtool
 from irtool.archs import ARCHS, SPECS, build, spec_of
 from irtool.archs.adair import VARIANTS, AdaIR, _centred_box_mask, _corner_mask
+from irtool.archs.moce_ir import VARIANTS as MOCE_VARIANTS
 from irtool.cli import app
 from irtool.errors import UnsafeCheckpointError
 from irtool.tiling import run_padded
@@ -213,6 +216,22 @@ def test_restore_inspect_and_eval_from_the_command_line(tmp_path):
     assert result.exit_code == 0, result.output
     scores = json.loads(report.read_text())
     assert scores["model"]["arch"] == "adair" and scores["datasets"][0]["images"][0]["psnr"] > 0
+
+    # the HTML report's model comparison: AdaIR beside MoCE-IR
+    moce = tmp_path / "moce_tiny.safetensors"
+    save_file(random_moce(MOCE_VARIANTS["tiny"]).state_dict(), str(moce))
+    page = tmp_path / "compare.html"
+    result = runner.invoke(app, [*args, "--weights", str(moce), "--report", str(page)])
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    assert "adair" in html and "moce_ir" in html
+
+
+def test_a_restormer_shaped_state_dict_is_no_adair():
+    """AdaIR without its frequency blocks is Restormer (the official `decoder=False`): nothing claims it."""
+    with torch.device("meta"):
+        sd = {k: v for k, v in build("adair", "tiny").state_dict().items() if not k.startswith("fre")}
+    assert [s.name for s in SPECS if s.detect(sd)] == []
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
