@@ -237,7 +237,7 @@ def test_a_restormer_shaped_state_dict_is_no_adair():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_reduced_precision_stays_finite_where_the_low_band_is_empty(dtype):
     """Under 512 px the AFLBs' low band is all zeros; normalising it in fp16 gave NaN (0/0) before the cross-attention
-    maps were made float32. Autocast error is ~1e-2 at most on these weights (0.006 fp16, 0.03 bf16 measured)."""
+    maps were made float32. Autocast error on these weights: 0.004 fp16, 0.027 bf16 measured at 48x64."""
     model = irtool.load_model(TINY_FILE, device="cpu")
     x = golden_image(48, 64, 3)
     with torch.no_grad():
