@@ -22,9 +22,9 @@ import irtool
 from irtool.archs import ARCHS, SPECS, build, spec_of
 from irtool.archs.adair import VARIANTS, AdaIR, _centred_box_mask, _corner_mask
 from irtool.archs.moce_ir import VARIANTS as MOCE_VARIANTS
+from irtool.archs.spec import run_padded
 from irtool.cli import app
 from irtool.errors import UnsafeCheckpointError
-from irtool.tiling import run_padded
 
 DATA = Path(__file__).resolve().parent / "data"
 TINY_FILE = DATA / "adair_tiny.safetensors"

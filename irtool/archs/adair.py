@@ -17,7 +17,7 @@ weights load with `load_state_dict(strict=True)` and no renaming table.
 Deliberate departures from the official code (github.com/c-yn/AdaIR, `net/model.py` at ccb8b98):
 - `run` takes H and W multiples of 8 (`size_multiple`) and refuses others. The official network has no padding at
   all: its test script centre-crops every image to a multiple of 16 (`crop_img(base=16)`), which `irtool eval`
-  reproduces. For other sizes `forward`, the engine and `irtool.tiling.run_padded` reflect-pad (as Restormer's demo
+  reproduces. For other sizes `forward`, the engine and `irtool.archs.spec.run_padded` reflect-pad (as Restormer's demo
   does) and crop back; the band rates then see the padded canvas.
 - The Fourier split runs in float32 whatever the working precision, and the band rates come from a float32 sigmoid
   (the official code takes them from the working dtype; in fp32 the two are the same numbers).
@@ -64,7 +64,7 @@ from .moce_ir import (
     _attend_and_project,
     _channel_attention_map,
 )
-from .spec import ArchSpec, Capabilities, Tiling
+from .spec import ArchSpec, Capabilities, Tiling, require_multiple, run_padded
 
 ARCH = "adair"
 
@@ -373,8 +373,7 @@ class AdaIR(nn.Module):
         return self.config.size_multiple
 
     def run(self, x: Tensor, routing: None = None, *, dense: bool = False, reference: bool = False) -> AdaIRResult:
-        """Restore `x` (B, C, H, W); H and W must be multiples of 8 (pad with `irtool.tiling.pad_to_multiple`, or
-        call `irtool.tiling.run_padded`).
+        """Restore `x` (B, C, H, W); H and W must be multiples of 8 (the aligned path; `model(x)` takes any size).
 
         routing: AdaIR has none; anything but None is refused. dense: accepted for the contract's sake (no experts,
             so dense and sparse are the same pass).
@@ -383,12 +382,7 @@ class AdaIR(nn.Module):
         """
         if routing is not None:
             raise ValueError("AdaIR has no routing to impose")
-        h, w = x.shape[-2:]
-        m = self.config.size_multiple
-        if h % m or w % m:
-            raise ValueError(
-                f"AdaIR: input {w}x{h} px is not a multiple of {m} px; pad it first (irtool.tiling.pad_to_multiple)"
-            )
+        require_multiple(x, self.config.size_multiple, "AdaIR")
         fast = not reference
         x = x.contiguous()
         level1 = self.encoder_level1(self.patch_embed(x), fast)
@@ -404,16 +398,10 @@ class AdaIR(nn.Module):
         out = self.output(self.refinement(feats, fast)) + x
         return AdaIRResult(out.contiguous())
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Restore `x` (B, C, H, W) of any size: reflect-padded at the bottom and right to a multiple of 8 (edge
-        replicated when the image is too small to mirror), restored, cropped back to H x W."""
-        h, w = x.shape[-2:]
-        m = self.config.size_multiple
-        pad_h, pad_w = -h % m, -w % m
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-            return self.run(F.pad(x, (0, pad_w, 0, pad_h), mode=mode)).output[..., :h, :w].contiguous()
-        return self.run(x).output
+    def forward(self, x: Tensor, routing: None = None, *, dense: bool = False) -> Tensor:
+        """Restore `x` (B, C, H, W) of any size: padded by the spec's rule (reflect, to a multiple of 8),
+        restored, cropped back to H x W."""
+        return run_padded(self, x, routing=routing, dense=dense).output
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ single/composite-task file `Single_Composite/basicsr/models/archs/BioIR_arch.py`
   used in the forward pass; it is kept (its weight is in every checkpoint) and equally unused here.
 - `run` takes H and W multiples of 4 (`size_multiple`) and refuses others, and refuses sides under 12 px (the 5x5
   reflection pad of F2P at 1/4 scale needs 3 px; the official code fails there with a PyTorch error). The official
-  demo reflect-pads to a multiple of 4 and crops back; `forward`, `irtool.tiling.run_padded` and the engine do the
+  demo reflect-pads to a multiple of 4 and crops back; `forward`, `irtool.archs.spec.run_padded` and the engine do the
   same.
 
 This module imports torch only: no I/O, no device choice.
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._keys import config_fields, count_children
-from .spec import ArchSpec, Capabilities, Tiling
+from .spec import ArchSpec, Capabilities, Tiling, require_multiple, run_padded
 
 ARCH = "bioir"
 
@@ -307,18 +307,14 @@ class BioIR(nn.Module):
         return self.config.size_multiple
 
     def run(self, x: Tensor, routing: None = None, *, dense: bool = False) -> BioIRResult:
-        """Restore `x` (B, C, H, W); H and W must be multiples of 4 and at least 12 (pad with
-        `irtool.tiling.pad_to_multiple`, or call `irtool.tiling.run_padded`).
+        """Restore `x` (B, C, H, W); H and W must be multiples of 4 and at least 12 (the aligned path;
+        `model(x)` takes any size).
 
         BioIR has no routing: a given `routing` is refused, and `dense` changes nothing (there are no experts)."""
         if routing is not None:
             raise ValueError("BioIR does not route: it takes no routing")
+        require_multiple(x, self.config.size_multiple, "BioIR")
         h, w = x.shape[-2:]
-        m = self.config.size_multiple
-        if h % m or w % m:
-            raise ValueError(
-                f"BioIR: input {w}x{h} px is not a multiple of {m} px; pad it first (irtool.tiling.pad_to_multiple)"
-            )
         if min(h, w) < MIN_SIDE:
             raise ValueError(f"BioIR: input {w}x{h} px is too small; both sides must be at least {MIN_SIDE} px")
         level1 = self.encoder_level1(self.patch_embed(x))
@@ -328,14 +324,10 @@ class BioIR(nn.Module):
         feats = self.decoder_level1(self.fuse1(self.up2_1(feats), level1))
         return BioIRResult(self.output(self.refinement(feats)) + x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Restore `x` of any H x W (reflect-padded to a multiple of 4 and cropped back, as the official demo)."""
-        h, w = x.shape[-2:]
-        m = self.config.size_multiple
-        # the network's own padding rule (the engine's `irtool.tiling.run_padded` does the same); archs import
-        # nothing above them, so it is written out here
-        padded = F.pad(x, (0, -w % m, 0, -h % m), mode="reflect")
-        return self.run(padded).output[..., :h, :w]
+    def forward(self, x: Tensor, routing: None = None, *, dense: bool = False) -> Tensor:
+        """Restore `x` (B, C, H, W) of any size: padded by the spec's rule (reflect, to a multiple of 4),
+        restored, cropped back to H x W."""
+        return run_padded(self, x, routing=routing, dense=dense).output
 
 
 # --------------------------------------------------------------------------------------------------------------------
