@@ -1,10 +1,11 @@
 """`irtool bench`: latency, throughput and peak memory of a restoration model per image size, batch, precision, expert
 mode and code path, with an optional router / trunk / experts time breakdown.
 
-Any irtool model works (MoCE-IR's and LoRA-IR's): what it can do comes from its spec's capabilities, which add rows:
-the reference path (`run(x, reference=True)`, the plain formulation, to show what the fast paths gain), a uniform
-routing (one expert everywhere, to show each expert's cost) and the profile parts (modules per part for the
-breakdown). Inputs are random images of each size, reflect-padded to the model's size multiple. Timings use CUDA events on GPUs and `perf_counter` on CPUs, after warm-up runs; each row
+Any irtool model works (MoCE-IR's, LoRA-IR's, BioIR's): what it can do comes from its spec's capabilities, which add
+rows: the reference path (`run(x, reference=True)`, the plain formulation, to show what the fast paths gain), a
+uniform routing (one expert everywhere, to show each expert's cost) and the profile parts (modules per part for the
+breakdown). A network without routing (BioIR) has no experts to split into sparse and dense: it is measured in one
+mode, `none`, whatever --experts asks, and the report's notes say so. Inputs are random images of each size, reflect-padded to the model's size multiple. Timings use CUDA events on GPUs and `perf_counter` on CPUs, after warm-up runs; each row
 also checks its output against the fp32 sparse fast-path output of the same input. Imports torch.
 """
 
@@ -30,6 +31,8 @@ from .errors import IrtoolError, first_line
 from .restoration.tiling import pad_to_multiple
 
 EXPERT_MODES = ("sparse", "dense")  # plus "e<N>": expert N imposed in every layer
+#: the one mode of a network without routing (no experts, so nothing to run sparsely or densely)
+NO_EXPERTS = "none"
 PATHS = ("fast", "reference")
 
 
@@ -144,6 +147,8 @@ class BenchReport:
     model: dict[str, Any]
     load_average: tuple[float, float] | None = None  #: 1-min load before and after (CPU runs share the machine)
     rows: list[BenchRow] = field(default_factory=list)
+    #: what the plan could not do as asked for this model (e.g. no sparse/dense split for a network without routing)
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """Ratios between rows that differ in one setting: dense / sparse, reference / fast, per size and batch."""
@@ -393,8 +398,15 @@ def run_bench(
         model=describe_model(model, source),
         load_average=_load() if device.type == "cpu" else None,
     )
-    caps = spec_of(model).capabilities
+    spec = spec_of(model)
+    caps = spec.capabilities
     multiple = caps.size_multiple(model)
+    modes = expert_modes(model, plan)
+    if caps.routing is None:
+        report.notes.append(
+            f"{spec.title} does not route: no sparse/dense expert split, one mode measured ({NO_EXPERTS!r}) "
+            f"instead of --experts {','.join(plan.experts)}"
+        )
     gen = torch.Generator().manual_seed(plan.seed)
     for h, w in plan.sizes:
         for batch in plan.batches:
@@ -408,7 +420,7 @@ def run_bench(
                     torch.cuda.empty_cache()
             for path in plan.paths:
                 for precision in plan.precisions:
-                    for experts, mode in _modes(plan, device, path):
+                    for experts, mode in _modes(plan, modes, device, path):
                         row = BenchRow(h, w, batch, path, precision, experts)
                         row.compiled, row.cuda_graph = mode == "compile", mode == "graph"
                         try:
@@ -421,7 +433,7 @@ def run_bench(
                             output = None
                             if device.type == "cuda":
                                 torch.cuda.empty_cache()
-                        if output is not None and reference is not None and experts in EXPERT_MODES:
+                        if output is not None and reference is not None and experts in (*EXPERT_MODES, NO_EXPERTS):
                             row.max_abs_diff = float((output - reference).abs().max())
                             row.psnr_db = _psnr(output, reference)
                         report.rows.append(row)
@@ -433,25 +445,32 @@ def run_bench(
     return report
 
 
-def _modes(plan: BenchPlan, device: torch.device, path: str) -> Iterator[tuple[str, str]]:
+def expert_modes(model: nn.Module, plan: BenchPlan) -> tuple[str, ...]:
+    """The expert modes measured on `model`: the plan's, or the one mode `none` for a network without routing."""
+    return plan.experts if spec_of(model).capabilities.routing is not None else (NO_EXPERTS,)
+
+
+def _modes(plan: BenchPlan, modes: tuple[str, ...], device: torch.device, path: str) -> Iterator[tuple[str, str]]:
     """(expert mode, execution) pairs of one path: every expert mode eagerly, then compiled (--compile) and replayed
-    from CUDA graphs (--cuda-graphs, CUDA only, where the expert choice is known in advance: dense or eN)."""
-    for experts in plan.experts:
+    from CUDA graphs (--cuda-graphs, CUDA only, where the expert choice is known in advance: dense, eN, or a network
+    without routing)."""
+    for experts in modes:
         yield experts, "eager"
     if path != "fast":
         return
     if plan.compile:
-        for experts in plan.experts:
+        for experts in modes:
             yield experts, "compile"
     if plan.cuda_graphs and device.type == "cuda":
-        for experts in plan.experts:
+        for experts in modes:
             if experts != "sparse":
                 yield experts, "graph"
 
 
-def count_cases(plan: BenchPlan, device: torch.device) -> int:
-    """How many rows `run_bench` will produce."""
-    per_size = sum(len(list(_modes(plan, device, path))) for path in plan.paths) * len(plan.precisions)
+def count_cases(plan: BenchPlan, device: torch.device, model: nn.Module) -> int:
+    """How many rows `run_bench` will produce for `model`."""
+    modes = expert_modes(model, plan)
+    per_size = sum(len(list(_modes(plan, modes, device, path))) for path in plan.paths) * len(plan.precisions)
     return per_size * len(plan.sizes) * len(plan.batches)
 
 

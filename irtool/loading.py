@@ -3,6 +3,8 @@
 Reading never executes code: `.safetensors` through safetensors, everything else through
 `torch.load(weights_only=True)`. A pickle that needs other globals is refused with the list of what it wants,
 unless those are a few known-harmless ones (argparse.Namespace, numpy scalars and arrays) or the caller trusts it.
+A model pickled whole (an `nn.Module` object, as some releases ship) is refused with a line saying so; trusted, it is
+unpickled with stand-ins for the classes that are not installed, and its state dict is taken.
 
 The architecture and its full config are read off the keys and shapes (see each arch's `infer_config`); the network
 is then built and loaded with `strict=True`, so a checkpoint either loads exactly or is refused with one line saying
@@ -15,12 +17,13 @@ from __future__ import annotations
 import importlib
 import json
 import pickle
+import types
 import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import Tensor, nn
@@ -101,31 +104,51 @@ def _resolve_global(name: str) -> Any:
 def _legacy_globals(path: Path) -> list[str]:
     """The globals a legacy (pre-1.6, not zip) torch.save file names, read off its pickle opcodes without running
     them: the file is a few pickles in a row (magic, protocol, system info, the object)."""
+    with open(path, "rb") as f:
+        return sorted(set(_globals_in(f, pickles=4)))
+
+
+def _globals_in(stream: IO[bytes], pickles: int) -> list[str]:
+    """The globals the next `pickles` pickles in `stream` name, in the order they are first used (their opcodes
+    read, never run)."""
     import pickletools
 
     found: list[str] = []
-    with open(path, "rb") as f:
-        for _ in range(4):
-            strings: list[str] = []
-            try:
-                for op, arg, _pos in pickletools.genops(f):
-                    if op.name == "GLOBAL":
-                        found.append(str(arg).replace(" ", "."))
-                    elif op.name in (
-                        "SHORT_BINUNICODE",
-                        "BINUNICODE",
-                        "UNICODE",
-                        "BINUNICODE8",
-                        "SHORT_BINSTRING",
-                        "BINSTRING",
-                        "STRING",
-                    ):
-                        strings.append(str(arg))
-                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                        found.append(f"{strings[-2]}.{strings[-1]}")
-            except Exception:  # noqa: BLE001 - past the last pickle (tensor bytes follow) or a damaged file
-                break
-    return sorted(set(found))
+    for _ in range(pickles):
+        strings: list[str] = []
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                if op.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name in (
+                    "SHORT_BINUNICODE",
+                    "BINUNICODE",
+                    "UNICODE",
+                    "BINUNICODE8",
+                    "SHORT_BINSTRING",
+                    "BINSTRING",
+                    "STRING",
+                ):
+                    strings.append(str(arg))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+        except Exception:  # noqa: BLE001 - past the last pickle (tensor bytes follow) or a damaged file
+            break
+    return list(dict.fromkeys(found))
+
+
+def _outermost_first(path: Path, names: list[str]) -> list[str]:
+    """`names` in the order a zip checkpoint's pickle first uses them (the outermost object's class first); as given
+    when the order cannot be read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            member = next(n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl")
+            with archive.open(member) as stream:
+                order = _globals_in(stream, pickles=1)
+    except Exception:  # noqa: BLE001 - only the order of a message depends on it
+        return names
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(names, key=lambda name: rank.get(name, len(rank)))
 
 
 def _is_legacy(path: Path) -> bool:
@@ -175,6 +198,39 @@ def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
     return CheckpointError(f"{path}: truncated or corrupt checkpoint ({first_line(exc)})")
 
 
+class _StandInUnpickler(pickle.Unpickler):
+    """A trusted unpickler that stands in for classes it cannot import: a model pickled whole by a project that is
+    not installed (BaryIR's `torch.load(...)["BaryIR"]`, a Lightning module of the official code) still unpickles,
+    each missing class replaced by an empty `nn.Module` subclass of the same name. Such an object keeps its
+    parameters, buffers and submodules, so its `state_dict()` is the original's; nothing of it is ever called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            return _stand_in(module, name)
+
+
+_STAND_INS: dict[tuple[str, str], type] = {}
+
+
+def _stand_in(module: str, name: str) -> type:
+    key = (module, name)
+    if key not in _STAND_INS:
+        _STAND_INS[key] = type(name, (nn.Module,), {"__module__": module, "__qualname__": name})
+    return _STAND_INS[key]
+
+
+def _trusting_pickle() -> types.ModuleType:
+    """A `pickle_module` for `torch.load(weights_only=False)`: the standard pickle with `_StandInUnpickler`."""
+    module = types.ModuleType("pickle")
+    module.__dict__.update({name: getattr(pickle, name) for name in ("dump", "Pickler", "UnpicklingError")})
+    module.__dict__.update(
+        Unpickler=_StandInUnpickler, load=lambda file, **kwargs: _StandInUnpickler(file, **kwargs).load()
+    )
+    return module
+
+
 def _read_pickle(path: Path, *, trust: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -196,10 +252,19 @@ def _read_pickle(path: Path, *, trust: bool) -> Any:
         raise _unreadable(path, refused) from None
     if trust:
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_trusting_pickle())
         except Exception as exc:  # noqa: BLE001 - unpickling arbitrary objects can fail in arbitrary ways
             raise CheckpointError(f"{path}: could not be unpickled even when trusted ({first_line(exc)})") from None
     unsafe = [g for g in wanted if not _is_harmless(g)]
+    if any(g.startswith("torch.nn.modules.") for g in unsafe):
+        own = [g for g in unsafe if not g.startswith("torch.")] or [g for g in unsafe if g.startswith("torch.nn.")]
+        own = _outermost_first(path, own)
+        shown = ", ".join(own[:3]) + (f" and {len(own) - 3} more" if len(own) > 3 else "")
+        raise UnsafeCheckpointError(
+            f"{path}: holds a pickled model object ({shown}), not a state dict; refused, unpickling it would run code "
+            "from the file. If you trust its source, pass --trust-checkpoint (trust=True): irtool then takes the "
+            "weights out of the object (its classes need not be installed)"
+        )
     if unsafe:
         shown = ", ".join(unsafe[:5]) + (f" and {len(unsafe) - 5} more" if len(unsafe) > 5 else "")
         kind = "a legacy (pre-1.6) PyTorch checkpoint; " if legacy else ""
@@ -222,14 +287,18 @@ def _read_pickle(path: Path, *, trust: bool) -> Any:
 
 def canonicalize(obj: Any, path: str | Path = "checkpoint") -> dict[str, Tensor]:
     """The bare state dict inside `obj`: wrappers unwrapped, shared prefixes stripped, non-tensors dropped."""
+    # a trusted pickle may hold a whole model, alone or under a key (BaryIR saves {"BaryIR": model}): its weights
+    holds_weights = (Mapping, nn.Module)
     for _ in range(4):  # wrappers nest at most a few levels (e.g. {'state_dict': {'model': ...}})
+        if isinstance(obj, nn.Module):
+            obj = obj.state_dict()
         if not isinstance(obj, Mapping):
             break
         if obj and all(isinstance(v, Tensor) for v in obj.values()):
             break
-        inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), Mapping)), None)
+        inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), holds_weights)), None)
         if inner is None:
-            dicts = [v for v in obj.values() if isinstance(v, Mapping)]
+            dicts = [v for v in obj.values() if isinstance(v, holds_weights)]
             inner = dicts[0] if len(dicts) == 1 else None
         if inner is None:
             break

@@ -219,9 +219,28 @@ def test_case_count_follows_the_execution_modes():
         compile=True,
         cuda_graphs=True,
     )
+    moce = random_moce(VARIANTS["tiny"])
     # fast: 2 eager + 2 compiled; reference: 2 eager; CUDA adds a graph replay for dense (sparse needs the host)
-    assert bench.count_cases(plan, torch.device("cpu")) == 2 * 6
-    assert bench.count_cases(plan, torch.device("cuda")) == 2 * 7
+    assert bench.count_cases(plan, torch.device("cpu"), moce) == 2 * 6
+    assert bench.count_cases(plan, torch.device("cuda"), moce) == 2 * 7
+    # a network without routing has one mode: fast eager + compiled, reference eager; CUDA adds its graph replay
+    bioir = bench.random_model("bioir:tiny")
+    assert bench.count_cases(plan, torch.device("cpu"), bioir) == 2 * 3
+    assert bench.count_cases(plan, torch.device("cuda"), bioir) == 2 * 4
+
+
+def test_a_network_without_routing_is_measured_in_one_mode_and_says_so():
+    report = _bench("--variant", "bioir:tiny", "--sizes", "40x28", "--experts", "sparse,dense,e1", "--breakdown")
+    assert report["model"]["arch"] == "bioir"
+    (row,) = report["rows"]  # not three rows, and no "has no dense mode" errors
+    assert row["experts"] == "none" and row["error"] is None and row["routing"] is None
+    assert row["max_abs_diff"] == 0.0  # checked against its own fp32 output
+    assert row["breakdown_ms"] == {"trunk": pytest.approx(row["breakdown_ms"]["trunk"])}
+    assert any("does not route" in note and "one mode" in note for note in report["notes"])
+    assert report["summary"]["dense_over_sparse"] == {}
+    table = runner.invoke(app, ["bench", "--variant", "bioir:tiny", "--sizes", "32", "--runs", "1", "--warmup", "0"])
+    assert table.exit_code == 0, table.output
+    assert " none" in table.stdout and "BioIR does not route" in table.stdout
 
 
 def test_compiled_run_equals_eager():

@@ -12,13 +12,15 @@ from typing import Any
 
 from torch import nn
 
-from . import clip_router, lora_ir, moce_ir
+from . import adair, bioir, clip_router, lora_ir, moce_ir
 from .spec import ArchSpec, Capabilities, Classifier, Join, RoutingRecord, RoutingReport, Tiling, spec_of
 
 SPECS: tuple[ArchSpec, ...] = (
     moce_ir.SPEC,
     lora_ir.SPEC,
     clip_router.SPEC,
+    bioir.SPEC,
+    adair.SPEC,
 )
 
 ARCHS: dict[str, ArchSpec] = {spec.name: spec for spec in SPECS}

@@ -19,7 +19,8 @@ _HELP = {
     "sizes": "Image sizes: N for N x N, WxH otherwise. Default 256,512,1024 on GPUs, 256 on CPUs.",
     "batch": "Batch sizes, e.g. 1,4.",
     "precision": "fp32, bf16, fp16 (autocast). Default fp32,bf16 on GPUs, fp32 on CPUs.",
-    "experts": "sparse (only the chosen experts), dense (all experts), eN (expert N in every layer).",
+    "experts": "sparse (only the chosen experts), dense (all experts), eN (expert N in every layer). A network "
+    "without routing (BioIR) runs its one path, shown as 'none'.",
     "path": "fast (irtool's inference path) and/or reference (the plain formulation, for comparison).",
     "compile": "Also time torch.compile'd forwards of the fast path (compiles per case: minutes on a small CPU).",
     "cuda_graphs": "Also time CUDA graph replays where the expert choice is known in advance (dense, eN).",
@@ -90,7 +91,7 @@ def bench(
         weights = weights or BUILT_IN
         model, source = load_model(weights, device=dev, trust=trust_checkpoint), weights
     err = output.stderr()
-    total = bench_mod.count_cases(plan, dev)
+    total = bench_mod.count_cases(plan, dev, model)
     done = [0]
 
     def progress(row: bench_mod.BenchRow) -> None:
@@ -146,6 +147,8 @@ def _print_bench(report: Any) -> None:
         notes.append(f"load average {report.load_average[0]:.2f} -> {report.load_average[1]:.2f}")
     notes.append("peak memory: " + ", ".join(sorted({r.memory_kind for r in report.rows if r.memory_kind})))
     output.line("; ".join(notes), console)
+    for note in report.notes:
+        output.line(note, console)
     summary = report.summary()
     for key, what in (("dense_over_sparse", "dense / sparse experts"), ("reference_over_fast", "reference / fast path"),
                       ("eager_over_compiled", "eager / torch.compile"), ("eager_over_graph", "eager / CUDA graph")):  # fmt: skip

@@ -47,6 +47,9 @@ def inspect(
     info = {
         "path": str(path),
         "arch": spec.name,
+        "title": spec.title,
+        #: the released (or test) config these tensors are, by name; None for any other config
+        "variant": next((name for name, cfg in spec.variants.items() if cfg == model.config), None),
         "config": model.config.to_dict(),
         "parameters": params,
         "tensors": len(sd),
@@ -59,6 +62,7 @@ def inspect(
     from rich.table import Table
 
     table = Table(title=output.plain(f"{path.name}: {info['arch']}"), show_header=False)
+    table.add_row("network", output.plain(f"{spec.title} ({info['variant'] or 'unnamed config'})"))
     table.add_row("parameters", f"{params:,}")
     table.add_row("tensors", str(len(sd)))
     for key, value in info["config"].items():

@@ -127,7 +127,9 @@ class CudaGraphRun:
     ) -> None:
         if example.device.type != "cuda":
             raise IrtoolError("CUDA graphs need a CUDA device")
-        if routing is None and not dense:
+        from ..archs.spec import restoring, spec_of
+
+        if routing is None and not dense and spec_of(model).capabilities.routing is not None:
             raise IrtoolError(
                 "CUDA graphs need dense experts or an imposed routing: the router's own choice is read on the host"
             )
@@ -137,8 +139,6 @@ class CudaGraphRun:
             if not bool((host == host[:1]).all()):
                 raise IrtoolError("CUDA graphs need the same imposed experts for every image of the batch")
             routing = routing.to(example.device)
-        from ..archs.spec import restoring
-
         net = restoring(model)
         self.static_input: Tensor = example.clone()
         self._run = lambda: net.run(self.static_input, routing, dense=dense)
