@@ -18,9 +18,10 @@ from irtool import loading
 from irtool.archs.lora_ir import LoRARouting
 from irtool.archs.moce_ir import VARIANTS
 from irtool.archs.spec import Classifier, RoutingReport
+from irtool.devices import policy
 from irtool.errors import IrtoolError, WeightsNotFoundError
 from irtool.images import files as io
-from irtool.restoration import engine
+from irtool.restoration import engine, planning
 from irtool.weights import catalogue
 
 
@@ -30,7 +31,7 @@ def as_image(array: np.ndarray) -> io.Image:
 
 def local_whole(net: LocalNet, image: io.Image) -> np.ndarray:
     """The engine's whole-image result (the reference tiles must reproduce)."""
-    outcome = engine.Restorer(net, engine.RestoreOptions()).restore([image])[0]
+    outcome = engine.Restorer(net, planning.RestoreOptions()).restore([image])[0]
     assert outcome.tiles == 1 and outcome.routing == "whole"
     return outcome.rgb
 
@@ -38,20 +39,22 @@ def local_whole(net: LocalNet, image: io.Image) -> np.ndarray:
 def test_tiled_restore_equals_whole_image_for_a_local_network():
     net = LocalNet()
     image = as_image(photo(100, 140, seed=1))
-    tiled = engine.Restorer(net, engine.RestoreOptions(tile=64, tile_overlap=16, batch_size=3)).restore([image])[0]
+    tiled = engine.Restorer(net, planning.RestoreOptions(tile=64, tile_overlap=16, batch_size=3)).restore([image])[0]
     assert tiled.tiles > 1 and tiled.routing == "downscaled"
     assert np.abs(tiled.rgb - local_whole(net, image)).max() < 1e-5
 
 
 def test_a_tile_layout_that_takes_more_tiles_than_asked_is_explained_once_per_run():
     net = LocalNet()
-    restorer = engine.Restorer(net, engine.RestoreOptions(tile=128, tile_overlap=32))
+    restorer = engine.Restorer(net, planning.RestoreOptions(tile=128, tile_overlap=32))
     first, second = restorer.restore([as_image(photo(160, 240, seed=1)), as_image(photo(160, 240, seed=2))])
     assert first.tiles == 6 and first.tile_size == [96, 104]
     said = [w for w in first.warnings if "--tile 128 on 240x160" in w]
     assert len(said) == 1 and "--tile-overlap 16 gives 2x2" in said[0]
     assert not [w for w in second.warnings if "--tile 128" in w]  # told once, not once per image
-    fewer = engine.Restorer(net, engine.RestoreOptions(tile=128, tile_overlap=16)).restore([as_image(photo(160, 240))])
+    fewer = engine.Restorer(net, planning.RestoreOptions(tile=128, tile_overlap=16)).restore(
+        [as_image(photo(160, 240))]
+    )
     assert fewer[0].tiles == 4 and not fewer[0].warnings
 
 
@@ -65,16 +68,16 @@ def test_the_engine_follows_what_the_spec_says_the_model_can_do():
     from irtool.archs.spec import Tiling
 
     image = as_image(photo(100, 140, seed=1))
-    fp32_only = engine.Restorer(_net_that(precisions=("fp32",)), engine.RestoreOptions(precision="bf16"))
+    fp32_only = engine.Restorer(_net_that(precisions=("fp32",)), planning.RestoreOptions(precision="bf16"))
     assert fp32_only.amp_dtype is None and any("does not run in bf16" in n for n in fp32_only.notes)
     assert fp32_only.restore([image])[0].precision == "fp32"
 
-    untiled = engine.Restorer(_net_that(tiling=Tiling(supported=False)), engine.RestoreOptions(tile=64))
+    untiled = engine.Restorer(_net_that(tiling=Tiling(supported=False)), planning.RestoreOptions(tile=64))
     assert any("cannot run in tiles" in n for n in untiled.notes)
     assert untiled.restore([image])[0].tiles == 1  # whole, as it must be
     assert not untiled.needs_tiled_samples(as_image(photo(16, 16)))
 
-    fixed = engine.Restorer(_net_that(imposed_routing=False), engine.RestoreOptions(tile=64))
+    fixed = engine.Restorer(_net_that(imposed_routing=False), planning.RestoreOptions(tile=64))
     tiled = fixed.restore([image])[0]
     assert tiled.tiles > 1 and tiled.routing == "per-tile"  # tiles cannot share a routing it cannot be given
     with pytest.raises(IrtoolError, match="cannot take a given routing"):
@@ -92,7 +95,7 @@ def test_tiles_of_a_moce_ir_all_run_with_the_whole_images_routing(monkeypatch):
 
     monkeypatch.setattr(model, "run", spy)
     image = as_image(photo(72, 96, seed=2))
-    restorer = engine.Restorer(model, engine.RestoreOptions(tile=48, tile_overlap=16, route_size=64, batch_size=2))
+    restorer = engine.Restorer(model, planning.RestoreOptions(tile=48, tile_overlap=16, route_size=64, batch_size=2))
     outcome = restorer.restore([image])[0]
     with torch.no_grad():
         x = torch.from_numpy(image.rgb).permute(2, 0, 1)[None]
@@ -105,7 +108,7 @@ def test_tiles_of_a_moce_ir_all_run_with_the_whole_images_routing(monkeypatch):
     assert outcome.experts == expected.experts[0].tolist() and outcome.routing == "downscaled"
 
     calls.clear()
-    per_tile = engine.Restorer(model, engine.RestoreOptions(tile=48, tile_overlap=16, route_per_tile=True)).restore(
+    per_tile = engine.Restorer(model, planning.RestoreOptions(tile=48, tile_overlap=16, route_per_tile=True)).restore(
         [image]
     )[0]
     assert per_tile.routing == "per-tile"
@@ -121,7 +124,7 @@ def test_out_of_memory_falls_back_to_tiles_halving_until_it_fits():
 
     net = Hungry()
     images = [as_image(photo(256, 320, seed=s)) for s in (3, 4)]
-    restorer = engine.Restorer(net, engine.RestoreOptions(tile_overlap=8, batch_size=2))
+    restorer = engine.Restorer(net, planning.RestoreOptions(tile_overlap=8, batch_size=2))
     outcomes = restorer.restore(images)
     for image, outcome in zip(images, outcomes):
         assert outcome.tiles > 1 and max(outcome.tile_size) <= 100
@@ -138,7 +141,7 @@ def test_out_of_memory_even_with_small_tiles_is_a_clear_error():
             raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")
 
     with pytest.raises(engine.OutOfMemory, match="out of memory even with"):
-        engine.Restorer(Starving(), engine.RestoreOptions()).restore([as_image(photo(80, 80))])
+        engine.Restorer(Starving(), planning.RestoreOptions()).restore([as_image(photo(80, 80))])
 
 
 def test_reduced_precision_nan_is_redone_in_fp32():
@@ -150,7 +153,7 @@ def test_reduced_precision_nan_is_redone_in_fp32():
             return result
 
     image = as_image(photo(32, 40))
-    outcome = engine.Restorer(Overflows(), engine.RestoreOptions(precision="bf16")).restore([image])[0]
+    outcome = engine.Restorer(Overflows(), planning.RestoreOptions(precision="bf16")).restore([image])[0]
     assert outcome.precision == "fp32" and any("NaN" in w for w in outcome.warnings)
     assert np.isfinite(outcome.rgb).all()
     assert np.abs(outcome.rgb - local_whole(LocalNet(), image)).max() < 1e-5
@@ -159,21 +162,21 @@ def test_reduced_precision_nan_is_redone_in_fp32():
 def test_a_batch_equals_its_images_one_by_one():
     model = random_moce(VARIANTS["tiny"], 0)
     images = [as_image(photo(40, 48, seed=s)) for s in range(3)]
-    batched = engine.Restorer(model, engine.RestoreOptions(batch_size=3)).restore(images)
+    batched = engine.Restorer(model, planning.RestoreOptions(batch_size=3)).restore(images)
     for image, outcome in zip(images, batched):
-        single = engine.Restorer(model, engine.RestoreOptions()).restore([image])[0]
+        single = engine.Restorer(model, planning.RestoreOptions()).restore([image])[0]
         assert single.experts == outcome.experts
         assert np.abs(single.rgb - outcome.rgb).max() < 1e-5
 
 
 def test_precision_choice():
     cpu = torch.device("cpu")
-    assert engine.resolve_precision("auto", cpu) == (None, [])
-    assert engine.resolve_precision("bf16", cpu)[0] == torch.bfloat16
-    dtype, notes = engine.resolve_precision("fp16", cpu)
+    assert policy.resolve_precision("auto", cpu) == (None, [])
+    assert policy.resolve_precision("bf16", cpu)[0] == torch.bfloat16
+    dtype, notes = policy.resolve_precision("fp16", cpu)
     assert dtype == torch.float16 and "slow" in notes[0]
     with pytest.raises(IrtoolError, match="--precision"):
-        engine.RestoreOptions(precision="fp8").check()
+        planning.RestoreOptions(precision="fp8").check()
 
 
 def write_png(path, array):
@@ -187,19 +190,19 @@ def test_plan_mirrors_trees_names_outputs_and_applies_the_rules(tmp_path):
         write_png(src / rel, photo(8, 8))
     (src / "notes.txt").write_text("not an image")
     out = tmp_path / "out"
-    jobs = engine.plan([str(src)], out, engine.RestoreOptions(suffix="_r"))
+    jobs = planning.plan([str(src)], out, planning.RestoreOptions(suffix="_r"))
     assert [(j.src.relative_to(src).as_posix(), j.dst.relative_to(out).as_posix()) for j in jobs] == [
         ("a.png", "a_r.png"),
         ("sub/b.png", "sub/b_r.png"),
         ("sub/deeper/c.jpg", "sub/deeper/c_r.jpg"),
     ]
-    as_tiff = engine.plan([str(src / "sub")], out, engine.RestoreOptions(format="tif"))
+    as_tiff = planning.plan([str(src / "sub")], out, planning.RestoreOptions(format="tif"))
     assert [j.dst.name for j in as_tiff] == ["b.tiff", "c.tiff"]
 
-    globbed = engine.plan([str(src / "**" / "*.jpg"), str(src / "a.png")], out)
+    globbed = planning.plan([str(src / "**" / "*.jpg"), str(src / "a.png")], out)
     assert [j.dst.relative_to(out).as_posix() for j in globbed] == ["sub/deeper/c.jpg", "a.png"]
 
-    two_folders = engine.plan([str(src / "sub"), str(src / "sub" / "deeper"), str(src / "a.png")], out)
+    two_folders = planning.plan([str(src / "sub"), str(src / "sub" / "deeper"), str(src / "a.png")], out)
     assert [j.dst.relative_to(out).as_posix() for j in two_folders] == [
         "sub/b.png",
         "sub/deeper/c.jpg",
@@ -207,26 +210,26 @@ def test_plan_mirrors_trees_names_outputs_and_applies_the_rules(tmp_path):
         "a.png",
     ]
 
-    missing = engine.plan([str(tmp_path / "nope.png"), str(src / "*.webp")], out)
+    missing = planning.plan([str(tmp_path / "nope.png"), str(src / "*.webp")], out)
     assert [j.error.split(": ")[-1] for j in missing] == ["no such file or folder", "matches no images"]
 
     # the output folder inside the input folder is never walked as input; an input is never its own output
     write_png(src / "restored" / "a.png", photo(8, 8))
-    inside = engine.plan([str(src)], src / "restored")
+    inside = planning.plan([str(src)], src / "restored")
     assert all("restored" not in j.src.parts for j in inside)
-    same = engine.plan([str(src / "a.png")], src, engine.RestoreOptions(overwrite=True))
+    same = planning.plan([str(src / "a.png")], src, planning.RestoreOptions(overwrite=True))
     assert same[0].error and "overwrite the input" in same[0].error
     (tmp_path / "linked").mkdir()
     (tmp_path / "linked" / "a.png").hardlink_to(src / "a.png")  # the same file under another name
-    linked = engine.plan([str(src / "a.png")], tmp_path / "linked", engine.RestoreOptions(overwrite=True))
+    linked = planning.plan([str(src / "a.png")], tmp_path / "linked", planning.RestoreOptions(overwrite=True))
     assert linked[0].error and "overwrite the input" in linked[0].error
 
     write_png(out / "a.png", photo(8, 8))
-    existing = engine.plan([str(src / "a.png")], out)[0]
+    existing = planning.plan([str(src / "a.png")], out)[0]
     assert existing.exists and existing.error is None and "exists" in existing.skip  # left as it is, not a failure
-    assert engine.plan([str(src / "a.png")], out, engine.RestoreOptions(skip_existing=True))[0].skip
-    assert engine.plan([str(src / "a.png")], out, engine.RestoreOptions(overwrite=True))[0].error is None
-    twice = engine.plan([str(src / "a.png"), str(src / "sub" / "b.png"), str(src / "a.png")], tmp_path / "o2")
+    assert planning.plan([str(src / "a.png")], out, planning.RestoreOptions(skip_existing=True))[0].skip
+    assert planning.plan([str(src / "a.png")], out, planning.RestoreOptions(overwrite=True))[0].error is None
+    twice = planning.plan([str(src / "a.png"), str(src / "sub" / "b.png"), str(src / "a.png")], tmp_path / "o2")
     assert twice[2].error and "already the output of" in twice[2].error
 
 
@@ -236,8 +239,8 @@ def test_restore_files_keeps_going_past_a_corrupt_file_and_keeps_order(tmp_path)
         write_png(src / name, photo(24, 32, seed=len(name)))
     (src / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     before = tree_hashes(src)
-    jobs = engine.plan([str(src)], tmp_path / "out")
-    restorer = engine.Restorer(LocalNet(), engine.RestoreOptions(batch_size=2))
+    jobs = planning.plan([str(src)], tmp_path / "out")
+    restorer = engine.Restorer(LocalNet(), planning.RestoreOptions(batch_size=2))
     reports = list(engine.restore_files(jobs, restorer))
     assert [r.status for r in reports] == ["ok", "failed", "ok", "ok"]
     assert "b.png" in reports[1].error and "\n" not in reports[1].error
@@ -256,10 +259,10 @@ def test_interrupting_a_run_leaves_only_complete_files(tmp_path):
                 raise KeyboardInterrupt
             return super().run(x, routing)
 
-    restorer = engine.Restorer(Interrupted(), engine.RestoreOptions())
+    restorer = engine.Restorer(Interrupted(), planning.RestoreOptions())
     heard = []  # on_written: every image written, the ones finished after the interruption too
     with pytest.raises(KeyboardInterrupt):
-        for _ in engine.restore_files(engine.plan([str(src)], tmp_path / "out"), restorer, on_written=heard.append):
+        for _ in engine.restore_files(planning.plan([str(src)], tmp_path / "out"), restorer, on_written=heard.append):
             pass
     written = sorted((tmp_path / "out").iterdir())
     assert [p.name for p in written] == ["0.png", "1.png"]
@@ -279,6 +282,9 @@ def test_default_model_chain(tmp_path, monkeypatch, no_builtin_default):
         "moce_ir.cdd11",
         "moce_ir_s.cdd11",
     ]
+    # networks without routing (no degradation to report) come after every routing one, whatever their setting
+    routing = [catalogue.find_entry(name).arch in catalogue.ROUTING_ARCHS for name in ranked]
+    assert "bioir.aio5" in ranked and routing == sorted(routing, reverse=True)
     with pytest.raises(WeightsNotFoundError) as info:
         loading.default_source()
     message = str(info.value)
@@ -334,7 +340,7 @@ def test_router_is_passed_through_only_when_load_model_takes_one(tmp_path):
     takes_router = "router" in inspect.signature(load_model).parameters
     # before LoRA-IR support: a clear refusal; after: load_model judges the file (a MoCE-IR net is no router)
     with pytest.raises(IrtoolError, match=None if takes_router else "cannot load LoRA-IR routers"):
-        engine.Restorer.load(engine.RestoreOptions(weights=str(checkpoint), router=str(checkpoint)))
+        engine.Restorer.load(planning.RestoreOptions(weights=str(checkpoint), router=str(checkpoint)))
 
 
 def test_python_api_returns_arrays_in_the_inputs_own_layout(tmp_path):
@@ -367,7 +373,7 @@ def test_a_model_error_on_one_image_fails_that_image_only(tmp_path):
 
     reports = list(
         engine.restore_files(
-            engine.plan([str(src)], tmp_path / "out"), engine.Restorer(Picky(), engine.RestoreOptions(batch_size=2))
+            planning.plan([str(src)], tmp_path / "out"), engine.Restorer(Picky(), planning.RestoreOptions(batch_size=2))
         )
     )
     assert [r.status for r in reports] == ["ok", "failed", "ok"]
@@ -403,7 +409,7 @@ def test_a_single_global_gate_is_reported_as_one_layer_with_the_chosen_experts_g
         def classify(self, routing):
             return [("rain", 0.8)] * routing.logits.shape[0]
 
-    outcome = engine.Restorer(OneGate(), engine.RestoreOptions()).restore([as_image(photo(16, 16))])[0]
+    outcome = engine.Restorer(OneGate(), planning.RestoreOptions()).restore([as_image(photo(16, 16))])[0]
     assert outcome.experts == [[1]] and outcome.degradation == "rain" and outcome.confidence == 0.8
     assert (
         len(outcome.gates) == 1 and abs(outcome.gates[0][0] - torch.tensor([0.0, 2.0, 1.0]).softmax(0)[1].item()) < 1e-6

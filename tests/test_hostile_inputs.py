@@ -30,7 +30,8 @@ from irtool.images import files as io
 from irtool.images import memory, safe_paths
 from irtool.loading import HARMLESS_GLOBALS, read_checkpoint
 from irtool.restoration import planning
-from irtool.restoration.engine import RestoreOptions, Restorer, plan, restore_files
+from irtool.restoration.engine import Restorer, restore_files
+from irtool.restoration.planning import RestoreOptions, plan
 
 runner = CliRunner()
 

@@ -19,7 +19,8 @@ from video_fixtures import audio_packets, frame_times, make_clip
 
 from irtool.archs.moce_ir import MoCEResult, Routing
 from irtool.cli import app
-from irtool.restoration.engine import RestoreOptions, Restorer
+from irtool.restoration.engine import Restorer
+from irtool.restoration.planning import RestoreOptions
 from irtool.restoration.video.decode import frame_change
 from irtool.restoration.video.options import VideoError, VideoOptions, require_av
 from irtool.restoration.video.restore import restore_video

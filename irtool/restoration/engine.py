@@ -1,8 +1,8 @@
 """The restore engine: plan -> read -> route -> tile -> model -> write.
 
-- `plan(inputs, out_dir, options)` expands files, folders (recursively; the output mirrors the tree) and globs into
+- `planning.plan(inputs, out_dir, options)` expands files, folders (recursively; the output mirrors the tree) and globs into
   `Job`s and applies the naming and the skip/overwrite rules. Nothing is loaded or written. (It lives in the
-  torch-free `planning` with `RestoreOptions`, so `--dry-run` starts instantly; both are re-exported here.)
+  torch-free `planning` with `RestoreOptions`, so `--dry-run` starts instantly; import both from there.)
 - `Restorer.load(options)` loads the model once (explicit `--weights`, a manifest `--model`, or the default chain),
   picks the device and precision, and finds the routing calibration (the user's for these weights, else the one
   shipped beside them).
@@ -37,27 +37,11 @@ from torch import Tensor, nn
 
 from ..archs.spec import Restoring, RoutingRecord, restoring, spec_of
 from ..devices import policy
-from ..devices.policy import PRECISIONS, resolve_precision  # re-exported: the precision rule is irtool.devices.policy's
 from ..errors import ImageError, IrtoolError, first_line
 from ..images import files as io
 from ..images.tensors import from_tensor, to_tensor
-from .planning import Job, RestoreOptions, RestoreReport, expand_inputs, output_path, plan, report_unrunnable
+from .planning import Job, RestoreOptions, RestoreReport, expand_inputs, plan, report_unrunnable
 from .tiling import layout_note, pad_to_multiple, run_padded, tiled_forward
-
-__all__ = [
-    "RestoreOptions",
-    "RestoreReport",
-    "Job",
-    "plan",
-    "expand_inputs",
-    "output_path",
-    "Restorer",
-    "restore_files",
-    "restore",
-    "Restored",
-    "resolve_precision",
-    "PRECISIONS",
-]
 
 #: the smallest tile the out-of-memory fallback tries before giving up
 MIN_TILE = 64
@@ -170,7 +154,7 @@ class Restorer:
         self.model = model.eval()
         self.net: Restoring = restoring(self.model)  #: the model seen through its contract (run, route)
         self.device = device or next(model.parameters()).device
-        self.amp_dtype, setup_notes = resolve_precision(self.options.precision, self.device)
+        self.amp_dtype, setup_notes = policy.resolve_precision(self.options.precision, self.device)
         caps = self.spec.capabilities
         if (asked := policy.precision_name(self.amp_dtype)) not in caps.precisions:  # what the network can run in
             setup_notes.append(f"{self.spec.title} does not run in {asked}; running fp32")

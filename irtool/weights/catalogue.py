@@ -401,6 +401,9 @@ def url_overrides(name: str, values: Sequence[str]) -> dict[str, str]:
 #: training settings, best everyday default first: AIO5 covers noise, rain, haze, blur and low light; AIO3 noise, rain
 #: and haze; CDD11 weather (low light, haze, rain, snow and their mixtures) but no noise
 DEFAULT_SETTINGS = ("AIO5", "AIO3", "CDD11")
+#: networks whose router names the degradation (what `irtool restore` reports): a default model is one of these
+#: before any network without routing (AdaIR, BioIR), whatever its setting
+ROUTING_ARCHS = ("moce_ir", "lora_ir")
 
 
 def _variant_is_small(entry: Entry) -> bool:
@@ -408,14 +411,15 @@ def _variant_is_small(entry: Entry) -> bool:
 
 
 def rank_entries(entries: Iterable[Entry]) -> list[Entry]:
-    """Official checkpoints, best default first: by setting (`DEFAULT_SETTINGS` order, others after), then the full
-    model before the small one, then manifest order. The user's own (local) entries and the built-in model (which
+    """Official checkpoints, best default first: networks that route (`ROUTING_ARCHS`) first, then by setting
+    (`DEFAULT_SETTINGS` order, others after), then the full model before the small one, then manifest order. The user's own (local) entries and the built-in model (which
     `default_source` takes first when it is the manifest's default) are left out."""
     listed = [e for e in entries if not e.local and not e.built_in]
     order = {name: i for i, name in enumerate(DEFAULT_SETTINGS)}
 
-    def key(e: Entry) -> tuple[int, bool, int]:
-        return order.get(str(e.data.get("setting", "")).upper(), len(order)), _variant_is_small(e), listed.index(e)
+    def key(e: Entry) -> tuple[bool, int, bool, int]:
+        setting = order.get(str(e.data.get("setting", "")).upper(), len(order))
+        return e.arch not in ROUTING_ARCHS, setting, _variant_is_small(e), listed.index(e)
 
     return sorted(listed, key=key)
 
