@@ -170,6 +170,33 @@ def test_ctrl_c_saves_the_run_says_so_in_one_line_and_resume_continues_from_that
     assert (summary["steps"], summary["trained_steps"]) == (step + 2, 2)
 
 
+#: a process that has used OpenCV's thread pool (any decode or resize of a large image) and then trains with loader
+#: workers: forked workers used to hang for ever reconfiguring a pool whose threads only the parent has
+AFTER_OPENCV = """
+import sys, cv2, numpy as np
+for _ in range(2):
+    cv2.GaussianBlur(np.random.rand(2000, 2000).astype("float32"), (31, 31), 5)
+from typer.testing import CliRunner
+from irtool.cli import app
+result = CliRunner().invoke(app, sys.argv[1:])
+print(result.exit_code, result.output.strip().splitlines()[-1])
+"""
+
+
+def test_training_with_loader_workers_after_opencv_has_run_in_the_process_finishes(tmp_path):
+    import os
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    args = ["train", "--clean-dir", str(_photos(tmp_path / "photos")), *MICRO_RUN, "--steps", "2", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", AFTER_OPENCV, *args], env=env, capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 0 and done.stdout.startswith("0 weights: "), done.stdout + done.stderr
+    assert (out / "last.safetensors").is_file()
+
+
 def _resolved(monkeypatch, cuda, *args):
     """(the config `irtool train` would run, its stderr) with CUDA available or not; training itself is stubbed."""
     import torch

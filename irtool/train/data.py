@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import signal
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,12 +227,25 @@ def _worker_init(_: int) -> None:
     # Ctrl-C reaches the whole process group: the training process decides when to stop (after saving its step),
     # and a worker that died of it first would fail the batch that step is waiting for
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # OpenCV's threads are limited before the fork (`workers_started`), never here: its thread pool does not survive
+    # a fork, and reconfiguring it in the child waits forever for threads that only the parent has
+
+
+@contextmanager
+def workers_started() -> Iterator[None]:
+    """Around `iter(loader)`, where the loader forks its workers: OpenCV runs single-threaded while they are forked
+    (so they inherit a pool of one and decode and degrade on their own thread), then as before in this process."""
     try:
         import cv2
-
-        cv2.setNumThreads(1)
     except ImportError:  # pragma: no cover - opencv is a dependency
-        pass
+        yield
+        return
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 def make_loader(

@@ -583,7 +583,10 @@ def _stop_after_the_step(ctx: Dist) -> Iterator[_StopRequest]:
 def _batches(loader: Any) -> Iterator[dict[str, Tensor]]:
     """The loader's batches; an irtool error raised in a loader worker comes back as its own one-line message
     (the DataLoader re-raises it with the worker's traceback as the message)."""
-    iterator = iter(loader)
+    from .data import workers_started
+
+    with workers_started():  # the workers fork here (the first time; they persist)
+        iterator = iter(loader)
     while True:
         try:
             batch = next(iterator)
