@@ -12,7 +12,8 @@ list), centre-cropped to `--crop` px (default 256). Each photo is degraded by tw
   + draw;
 - "physical": benchmarks/physical_degradations.py at its standard settings (written independently from the
   physics: linear-light exposure with shot and read noise, Koschmieder haze over varied depth maps, anti-aliased
-  PSFs, real JPEG and WebP encoders, streak rain, Gaussian and Poisson-Gaussian noise), seed 100 * photo + draw;
+  PSFs, real JPEG and WebP encoders, streak rain, Gaussian and Poisson-Gaussian noise), seed seeds * photo + draw
+  (consecutive, so the haze depth maps, JPEG subsamplings and noise models that cycle with the seed all occur);
 
 `--seeds` draws per photo and kind (default 2). Beside the input and the model, the classical tools of
 classical_baselines.py, by import: BM3D (sigma estimated), top-hat inpainting and a median 5x5 for rain, the dark
@@ -121,7 +122,7 @@ def make_cases(photos: list[tuple[str, np.ndarray]], generators: list[str], seed
                     cases.append(Case("irtool", row, name, seed, clean, out, {"level": level}))
             if "physical" in generators:
                 for kind in PHYSICAL_KINDS:
-                    seed = 100 * p + draw
+                    seed = seeds * p + draw  # consecutive over photos: the settings that cycle by seed all occur
                     if kind == "clean":
                         cases.append(Case("physical", kind, name, seed, clean, cb.Degraded(clean.copy())))
                         continue

@@ -13,29 +13,34 @@ Light is handled as a camera does: where the physics is linear in light (exposur
 blur) the sRGB values are first decoded to linear light (IEC 61966-2-1), and encoded back afterwards. Every result
 is quantised to 8 bit by rounding.
 
-| kind     | model (parameters and their range)                                         | standard test setting          |
-|----------|-----------------------------------------------------------------------------|--------------------------------|
-| lowlight | linear light x exposure (0.02-0.5) x per-channel white-balance gain        | exposure 0.03-0.05, gamma      |
-|          | (0.8-1.2); Poisson shot noise with full well 200-2000 e- at white, Gaussian | 1.2-1.4, full well 400, read   |
-|          | read noise 1-8 e-; a black-level pedestal (0-0.02 of white) the processing | noise 4 e-, pedestal 0.01, WB  |
-|          | leaves in; sRGB encode, then a tone gamma > 1 (1.0-1.6); 8-bit quantising  | gains 0.9-1.1                  |
-| haze     | I = J t + A (1 - t), t = exp(-beta d) in linear light; beta 0-3; depth d in | beta 1.0-1.5, depth map by     |
-|          | [d_near, 1] from a vertical ramp, a smooth random field, a radial map or   | seed, near 0.1, airlight       |
-|          | the image's blurred luminance; airlight brightness 0.6-1.0, tint +-10%     | 0.75-0.95, tint +-5%           |
-| blur     | motion: an anti-aliased line PSF (bilinear splats of 16 samples/px along   | length 9-15 px, any angle      |
-|          | the segment), length 3-31 px, angle 0-180 deg; convolved in linear light   |                                |
-| defocus  | an anti-aliased disk PSF (area coverage, 8x8 supersampled), radius 1-8 px  | radius 3-5 px                  |
-| jpeg     | a real JPEG encoder (Pillow, or OpenCV) at quality 10-90, chroma           | Pillow, quality 25, chroma     |
-|          | subsampling 4:4:4, 4:2:2 or 4:2:0                                          | subsampling by seed            |
-| webp     | Pillow's lossy WebP encoder (libwebp, always 4:2:0) at quality 10-90       | quality 25                     |
-| rain     | streaks of width 1-3 px, length 8-60 px, opacity 0.2-0.9, angle within     | width 1 (anti-aliased), length |
-|          | +-30 deg of vertical (each +-3 deg around a shared angle), density 1-12    | 12-30 px, opacity 0.4-0.8,     |
-|          | streaks / 1000 px, smeared by a motion PSF (3-9 px) along the fall; screen | density 4 / 1000 px, smear 5   |
-|          | or additive blend; an optional veil of haze 0-0.15                          | px, screen, no veil            |
-| noise    | Gaussian (sigma 5-60 of 255, per-channel factor 1 +- 0-0.2) or Poisson-     | sigma 25, per-channel +-10%    |
-|          | Gaussian (photons at white 20-2000, read sigma 0-20 of 255); clipped to    | (even seeds: Gaussian; odd     |
-|          | [0, 255], rounded                                                          | seeds: Poisson-Gaussian with   |
-|          |                                                                             | std 25 at mid grey)            |
+Per kind: the model, its parameters' documented range (`draw="random"` draws over it), and the benchmark's
+standard test setting (`draw="standard"`, the default; strength fixed or narrow, angles, maps and the like drawn):
+
+- lowlight: the clean photo in linear light x exposure 0.02-0.5 x per-channel white-balance gains 0.8-1.2; Poisson
+  shot noise (a white pixel collects `full_well` 500-10000 electrons at exposure 1), Gaussian read noise 1-6 e-; a
+  black-level pedestal 0-0.02 of white that the processing leaves in; sRGB encoding, a tone gamma 1.0-1.6 (> 1: a
+  camera's darker low-light rendering); 8 bit. Standard: exposure 0.03-0.05, gamma 1.2-1.4, full well 2000 e-, read
+  noise 3 e-, pedestal 0.01, gains 0.9-1.1 (mean brightness about 0.1-0.15 of the photo's, darker than
+  irtool.degrade's medium low light).
+- haze: I = J t + A (1 - t), t = exp(-beta d), in linear light; beta 0-3; depth d in [near, 1], near 0-0.4, from a
+  vertical ramp, a smooth random field, a radial map (a vanishing point) or the image's blurred luminance (bright =
+  far, as sky); airlight brightness 0.6-1.0, each channel tinted +-10%. Standard: beta 1.0-1.5, the depth style
+  cycling with the seed, near 0.1, airlight 0.75-0.95 tinted +-5%.
+- blur (motion): an anti-aliased line PSF (16 samples per px along the segment, each splatted bilinearly), length
+  3-31 px, angle 0-180 deg, convolved in linear light. Standard: length 9-15 px, any angle.
+- defocus: an anti-aliased disk PSF (each pixel weighted by its area inside the circle, 8x8 points per pixel),
+  radius 1-8 px, convolved in linear light. Standard: radius 3-5 px.
+- jpeg: a real JPEG encoder (libjpeg through Pillow or OpenCV), quality 10-90, chroma subsampling 4:4:4, 4:2:2 or
+  4:2:0. Standard: Pillow, quality 25, the subsampling cycling with the seed.
+- webp: Pillow's lossy WebP (libwebp; its lossy mode is always 4:2:0), quality 10-90. Standard: quality 25.
+- rain: streaks of width 1-3 px (anti-aliased, sub-pixel ends), length 8-60 px, opacity 0.2-0.9, at an angle
+  within +-30 deg of vertical (each streak +-3 deg around it), density 1-12 streaks per 1000 px, the streak layer
+  smeared by a motion PSF of 3-9 px along the fall, screen or additive blend with a blue-white drop colour, a veil of
+  haze 0-0.15. Standard: width 1, length 12-30 px, opacity 0.4-0.8, angle +-20 deg, 4 per 1000 px, smear 5 px,
+  screen, no veil.
+- noise: Gaussian (sigma 5-60 of 255, each channel's sigma x 1 +- 0-0.2) or Poisson-Gaussian (20-2000 photons at
+  white, read sigma 0-20 of 255); clipped to [0, 255], rounded. Standard: sigma 25 with channel factors 0.9-1.1 on
+  even seeds; on odd seeds Poisson-Gaussian with the same std, 25, at mid grey (a third of the variance read noise).
 
 Borders: the blurs convolve with OpenCV's filter2D and BORDER_REFLECT_101 (the image mirrored about its edge
 pixels), so a blurred image's border carries no dark or wrapped-around band. The rain smear uses the same border.
@@ -154,7 +159,8 @@ def low_light(
     wb_gains: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> np.ndarray:
     """An under-exposed shot: scene radiance (the clean photo in linear light) x exposure x white-balance gain
-    collected as electrons (full_well at white: Poisson shot noise), plus Gaussian read noise (electrons), plus a
+    collected as electrons (`full_well`: what white collects at exposure 1; Poisson shot noise), plus Gaussian read
+    noise (`read_noise` electrons), plus a
     black-level pedestal (fraction of white) the processing does not remove; then sRGB encoding, a tone gamma > 1
     (a camera's darker low-light rendering) and 8-bit quantising. read_noise=0 and a huge full well: noiseless."""
     linear = srgb_to_linear(_unit(clean)) * exposure * np.asarray(wb_gains, np.float64)
@@ -219,7 +225,11 @@ def optical_blur(clean: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 
 #: Pillow's `subsampling` argument per chroma layout; OpenCV's sampling-factor flags
 _PIL_SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
-_CV_SUBSAMPLING = {"4:4:4": 0x111111, "4:2:2": 0x211111, "4:2:0": 0x221111}
+_CV_SUBSAMPLING = {
+    "4:4:4": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
+    "4:2:2": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
+    "4:2:0": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
+}
 
 
 def jpeg(clean: np.ndarray, *, quality: int, subsampling: str = "4:2:0", encoder: str = "pillow") -> np.ndarray:
@@ -287,7 +297,8 @@ def rain(
         cv2.line(streak, points[:2], points[2:], float(rng.uniform(*opacity)), width, cv2.LINE_AA, shift)
         np.maximum(layer, streak, out=layer)
     if smear > 1:
-        layer = _convolve(layer, motion_kernel(smear, 90.0 - angle)).astype(np.float32)
+        # the fall's direction (sin a, cos a) in (x, y-down) is motion_kernel's angle a + 90
+        layer = _convolve(layer, motion_kernel(smear, angle + 90.0)).astype(np.float32)
     colour = np.array([0.92, 0.95, 1.0])
     s = layer[..., None].astype(np.float64) * colour
     if blend == "screen":
@@ -337,8 +348,8 @@ def random_params(kind: str, rng: np.random.Generator) -> dict[str, Any]:
         return dict(
             exposure=float(np.exp(rng.uniform(math.log(0.02), math.log(0.5)))),
             gamma=_u(rng, 1.0, 1.6),
-            full_well=_u(rng, 200, 2000),
-            read_noise=_u(rng, 1, 8),
+            full_well=float(np.exp(rng.uniform(math.log(500), math.log(10000)))),
+            read_noise=_u(rng, 1, 6),
             black_level=_u(rng, 0, 0.02),
             wb_gains=tuple(_u(rng, 0.8, 1.2) for _ in range(3)),
         )
@@ -392,7 +403,7 @@ _PG_PHOTONS = 0.5 / ((25.0 / 255) ** 2 - (_PG_READ / 255) ** 2)
 def standard_params(kind: str, rng: np.random.Generator, seed: int = 0) -> dict[str, Any]:
     """The benchmark's standard test setting for `kind` (fixed strength; angles, maps and similar drawn)."""
     if kind == "lowlight":
-        return dict(exposure=_u(rng, 0.03, 0.05), gamma=_u(rng, 1.2, 1.4), full_well=400.0, read_noise=4.0,
+        return dict(exposure=_u(rng, 0.03, 0.05), gamma=_u(rng, 1.2, 1.4), full_well=2000.0, read_noise=3.0,
                     black_level=0.01, wb_gains=tuple(_u(rng, 0.9, 1.1) for _ in range(3)))  # fmt: skip
     if kind == "haze":
         return dict(beta=_u(rng, 1.0, 1.5), depth_style=DEPTH_STYLES[seed % len(DEPTH_STYLES)], near=0.1,
