@@ -290,11 +290,22 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
+    if args.photos and not Path(args.photos).is_dir():
+        sys.exit(f"--photos {args.photos}: not a folder")
+    if args.crop < 0:
+        parser.error("--crop must be 0 (whole photos) or a side in px")
     listed = cb.held_out_photos(args.photos)
     seeds = args.seeds
     if args.fast:
         listed, seeds = listed[:2], 1
-    photos = [(name, cb.centre_crop(cb.read_rgb8(path), args.crop)) for name, path in listed]
+    from irtool.errors import IrtoolError
+
+    photos = []
+    for name, path in listed:
+        try:
+            photos.append((name, cb.centre_crop(cb.read_rgb8(path), args.crop)))
+        except (IrtoolError, OSError, ValueError) as e:
+            sys.exit(f"{path}: cannot read this photo ({e})")
     cases = make_cases(photos, generators, seeds)
 
     cache_path = Path(args.classical_cache) if args.classical_cache else None
