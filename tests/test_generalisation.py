@@ -111,3 +111,9 @@ def test_markdown_has_the_issue_columns_and_check_reports_misses(run):
 def test_a_missing_weights_file_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="no such file"):
         gen.main(["--weights", str(tmp_path / "none.safetensors"), "--fast"])
+
+
+def test_an_unreadable_photo_is_one_line(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(SystemExit, match="broken.png: cannot read this photo"):
+        gen.main(["--photos", str(tmp_path), "--fast"])
