@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import random_moce
-from restore_fixtures import photo
+from restore_fixtures import LocalNet, photo
 
 from irtool.archs.moce_ir import VARIANTS
 from irtool.devices.speed import cpu_split
@@ -111,3 +111,29 @@ def test_tiles_shared_out_give_the_one_thread_floats_within_1e_5():
         parallel = restorer.restore([image])[0]
     assert parallel.tiles == serial.tiles > 1 and parallel.experts == serial.experts
     assert np.abs(parallel.rgb - serial.rgb).max() < 1e-5
+
+
+def test_interrupting_a_two_worker_run_writes_every_image_restored_and_nothing_partial(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for n in range(6):
+        io.write_image(src / f"{n}.png", io.from_array(photo(24, 24, seed=n)))
+
+    class Interrupted(LocalNet):
+        def run(self, x, routing=None, *, dense=False):
+            if len(self.calls) >= 3:  # on a worker thread: reaches the caller through the batch's future
+                raise KeyboardInterrupt
+            return super().run(x, routing)
+
+    restorer = engine.Restorer(Interrupted(), planning.RestoreOptions(threads=2))
+    threads = torch.get_num_threads()
+    heard = []
+    with pytest.raises(KeyboardInterrupt):
+        for _ in engine.restore_files(planning.plan([str(src)], tmp_path / "out"), restorer, on_written=heard.append):
+            pass
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    # 3 restorations pass (4 when both workers check the count at once), then the run stops
+    assert 1 <= len(written) <= 4 and written == sorted(Path(r.output).name for r in heard)
+    for name in written:  # complete files only: atomic writes, no temporaries left
+        assert io.read_image(tmp_path / "out" / name).width == 24
+    assert torch.get_num_threads() == threads and restorer.model_workers == 1  # the workers are gone
