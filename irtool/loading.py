@@ -369,6 +369,17 @@ def _mismatch(model: nn.Module, sd: Mapping[str, Tensor]) -> str | None:
     return "; ".join(parts) or None
 
 
+#: where irtool's own models ship: their recorded configs are known to fit (tests/test_default_model.py loads them)
+_PACKAGED_MODELS = Path(__file__).resolve().parent / "models"
+
+
+def _packaged(path: str | Path) -> bool:
+    try:
+        return Path(path).resolve().parent == _PACKAGED_MODELS
+    except (OSError, RuntimeError):
+        return False
+
+
 def _fits(spec: ArchSpec, config: Any, sd: Mapping[str, Tensor]) -> str | None:
     """Why a network of `config` cannot hold `sd` (None if it can), found on the meta device: nothing is allocated, so
     a config that claims a huge network costs nothing to refuse."""
@@ -430,7 +441,9 @@ def build_model(
     if metadata and metadata.get("irtool.arch") == spec.name and "irtool.config" in metadata:
         try:
             recorded = spec.config_from_dict(json.loads(metadata["irtool.config"]))
-            if _fits(spec, recorded, sd) is None:
+            # A model shipped with irtool is built from its recorded config straight away (the strict load below still
+            # checks it): the meta-device build's first division imports torch._dynamo, 1-3 s of every run's start.
+            if _packaged(path) or _fits(spec, recorded, sd) is None:
                 chosen, stated = recorded, set(recorded.to_dict())
         except (ValueError, TypeError, KeyError, AttributeError):
             pass

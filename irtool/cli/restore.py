@@ -127,6 +127,14 @@ def restore(
         ),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", help="Threads decoding and encoding around the model.")] = 2,
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads",
+            help="CPU threads for the model, run as two independent workers (0: torch's count, all cores unless "
+            "OMP_NUM_THREADS says less).",
+        ),
+    ] = 0,
     trust_checkpoint: Trust = False,
     video_codec: Annotated[
         VideoCodec,
@@ -215,6 +223,7 @@ def restore(
         skip_existing=skip_existing,
         max_megapixels=max_megapixels,
         workers=workers,
+        threads=threads,
     )
     options.check()
     if tile and tile_overlap > tile // 4:
@@ -452,6 +461,10 @@ def _load(
         from ..restoration.engine import Restorer, restore_files
 
         restorer = Restorer.load(options)
+        if restorer.device.type == "cpu":
+            from ..devices.speed import tune_cpu_allocator
+
+            tune_cpu_allocator()  # freed activations are reused instead of faulted in again for every image
         for note in restorer.notes:
             output.note(note)
         return restorer, restore_files(jobs, restorer, on_written=on_written)

@@ -61,6 +61,25 @@ def release_cpu_memory() -> None:
         libc.malloc_trim(0)
 
 
+#: the most model workers a CPU run splits its threads into: each runs a whole image (or tile) at a time, so each
+#: more holds one more image's activations
+MAX_CPU_WORKERS = 2
+
+
+def cpu_split(threads: int, default_threads: int) -> tuple[int, int]:
+    """(model workers, torch threads per worker) for a CPU run given `threads` in all (0: `default_threads`, torch's
+    own count, which follows OMP_NUM_THREADS).
+
+    Two workers restoring different images (or tiles) at one thread each beat one pass on two threads: every op of a
+    pass is a parallel region whose threads wait for each other at its end, and the built-in model's ops are small
+    (a 16-channel trunk), so that wait is a large share; on a machine other jobs also use, one descheduled thread
+    stalls the whole pass (measured 2.6x slower than one thread at load 4 on 2 cores: benchmarks/README.md).
+    Independent workers never wait for each other. Threads beyond the workers go to each worker's ops."""
+    total = max(1, threads or default_threads)
+    workers = min(MAX_CPU_WORKERS, total)
+    return workers, max(1, total // workers)
+
+
 def precision_dtype(precision: str) -> torch.dtype:
     """The dtype of an explicit precision name (fp32, bf16, fp16; see `policy`); IrtoolError for others."""
     return policy.dtype_of(precision, label=f"precision {precision!r}")

@@ -22,10 +22,11 @@ and weights modules.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,9 @@ class Restorer:
         self.notes = list(notes) + setup_notes  #: things to tell the user once per run
         self.learned_tile: int | None = None
         self._told: set[str] = set()  # layout notes already given: once per run, not once per image
+        #: model passes run at once (tiles of one image, or whole images in restore_files); see `cpu_workers`
+        self.model_workers = 1
+        self._pool: ThreadPoolExecutor | None = None
         from ..images.memory import whole_image_pixels
 
         #: images above this many pixels are restored in tiles from their samples (see `restore_large`)
@@ -206,6 +210,51 @@ class Restorer:
         return cls(
             model, options, device=device, calibration=calibration, source=how, weights_path=Path(path), notes=notes
         )
+
+    # -- CPU workers
+
+    @contextlib.contextmanager
+    def cpu_workers(self) -> Iterator[int]:
+        """On a CPU: split `options.threads` (0: torch's thread count) into independent model workers (see
+        irtool.devices.speed.cpu_split) for the duration, then put torch's thread count back. Yields the number of
+        workers (1 elsewhere: a GPU runs one pass at a time)."""
+        if self.device.type != "cpu" or self.model_workers > 1:
+            yield self.model_workers
+            return
+        from ..devices.speed import cpu_split
+
+        before = torch.get_num_threads()
+        workers, per_worker = cpu_split(self.options.threads, before)
+        torch.set_num_threads(per_worker)
+        self.model_workers = workers
+        try:
+            yield workers
+        finally:
+            self.model_workers = 1
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+            torch.set_num_threads(before)
+
+    def _map(self, fn: Callable[[Any], Any], items: list[Any], dtype: torch.dtype | None) -> list[Any]:
+        """[fn(item) for item in items], on the model workers when there are several. Inference mode and autocast
+        are per thread: each call enters them itself."""
+
+        def call(item: Any) -> Any:
+            with torch.inference_mode(), self._autocast(dtype):
+                return fn(item)
+
+        if self.model_workers <= 1 or len(items) <= 1:
+            return [call(item) for item in items]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.model_workers, thread_name_prefix="irtool-tile")
+        return list(self._pool.map(call, items))
+
+    def _mapper(self, dtype: torch.dtype | None) -> Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None:
+        """The `map_batches` of the tiled paths: the model workers, or None (one batch after another) with one."""
+        if self.model_workers <= 1:
+            return None
+        return lambda fn, items: self._map(fn, items, dtype)
 
     # -- routing and forward passes
 
@@ -269,7 +318,13 @@ class Restorer:
                     return model.run(t, routing=r[torch.zeros(t.shape[0], dtype=torch.long)]).output
 
                 out, grid = tiled_forward(
-                    run, padded[i : i + 1], tile, options.tile_overlap, multiple, options.batch_size
+                    run,
+                    padded[i : i + 1],
+                    tile,
+                    options.tile_overlap,
+                    multiple,
+                    options.batch_size,
+                    map_batches=self._mapper(dtype),
                 )
                 outputs.append(out[..., :h, :w])
                 tiles, tile_size = len(grid), list(grid.tile_size)
@@ -465,6 +520,7 @@ class Restorer:
                     device=self.device,
                     out_dtype=np.dtype(image.dtype),
                     padding=self.padding,
+                    map_batches=self._mapper(None),  # `once` sets the precision itself
                 )
                 return samples, tiles, tile_size, dtype_used[0]
             except RuntimeError as exc:
@@ -588,8 +644,13 @@ def restore_files(
     cancels the reads and restorations not yet done; every image already restored is still written, atomically, so
     no finished output is lost and no partial file is left. `on_written` is called (from a writer thread) with the
     report of every image written, those finished after an interruption included.
+
+    On a CPU the model's threads are shared out as independent workers (`Restorer.cpu_workers`): images that fit a
+    whole-image pass are restored side by side, one per worker; an image for the tiled path runs alone, its tiles
+    shared out. An interruption waits for the images being restored (one per worker) and writes them.
     """
-    yield from _FileRun(jobs, restorer, on_written).reports()
+    with restorer.cpu_workers():
+        yield from _FileRun(jobs, restorer, on_written).reports()
 
 
 _Batch = list[tuple[int, _Decoded]]
@@ -617,7 +678,12 @@ class _FileRun:
         self.prefetch = max(2, self.options.batch_size + self.options.workers)
         self.reading: deque[tuple[int, Future]] = deque()
         self.writing: deque[Future] = deque()
+        self.write_lock = threading.Lock()  # batches finish on several model workers
         self.next_out = 0
+        workers = restorer.model_workers
+        #: whole images restored side by side on a CPU; None: in this thread, one batch after another
+        self.runners = ThreadPoolExecutor(workers, thread_name_prefix="irtool-model") if workers > 1 else None
+        self.running: set[Future] = set()
 
     def reports(self) -> Iterator[RestoreReport]:
         """Decode, batch, restore and write; yield the reports in job order."""
@@ -628,18 +694,21 @@ class _FileRun:
                 item = self._next_decoded()
                 if item is not None:
                     if batch and not self._joins(batch, item[1]):
-                        self._run_batch(batch)
+                        self._start_batch(batch)
                         batch = []
                     batch.append(item)
                 if batch and (not self.reading or self._full(batch)):
-                    self._run_batch(batch)
+                    self._start_batch(batch)
                     batch = []
                 yield from self._ready()
+            self._wait_running(0)
             for future in list(self.writing):
                 future.result()
             yield from self._ready()
         finally:
             self.readers.shutdown(wait=True, cancel_futures=True)
+            if self.runners is not None:  # the images being restored finish and are written below
+                self.runners.shutdown(wait=True, cancel_futures=True)
             # an image restored before an interruption is still written (atomically): finished work is never lost,
             # however busy the writer threads were when it came
             self.writers.shutdown(wait=True, cancel_futures=False)
@@ -694,6 +763,25 @@ class _FileRun:
             self.next_out += 1
             yield slot
 
+    def _start_batch(self, batch: _Batch) -> None:
+        """Restore a batch here, or on a free model worker (waiting for one); an image for the tiled path waits for
+        the others and runs here, its tiles on the workers."""
+        if self.runners is None:
+            self._run_batch(batch)
+        elif len(batch) == 1 and self.restorer.needs_tiled_samples(self._image(batch[0][1])):
+            self._wait_running(0)
+            self._run_batch(batch)
+        else:
+            self._wait_running(self.restorer.model_workers - 1)
+            self.running.add(self.runners.submit(self._run_batch, batch))
+
+    def _wait_running(self, at_most: int) -> None:
+        """Wait until at most `at_most` batches are being restored on the workers."""
+        while len(self.running) > at_most:
+            done, self.running = wait(self.running, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()  # _run_batch reports failures in the slots; anything else is a bug: raise it
+
     def _run_batch(self, batch: _Batch) -> None:
         """Restore a batch and queue its writes; a failure is retried image by image to find the culprit."""
         try:
@@ -714,15 +802,16 @@ class _FileRun:
             self.slots[k] = _failed(decoded.job, error if error.startswith(src) else f"{src}: {error}", decoded.image)
             return
         for (k, decoded), outcome in zip(batch, outcomes):
-            while len(self.writing) > 2 * self.options.workers + self.options.batch_size:  # bound pending writes
-                self.writing.popleft().result()
-            future = self.writers.submit(
-                _write, decoded.job, self._image(decoded), outcome, decoded.seconds, self.options
-            )
-            if self.on_written is not None:
-                future.add_done_callback(self._written)
-            self.writing.append(future)
-            self.slots[k] = future
+            with self.write_lock:
+                while len(self.writing) > 2 * self.options.workers + self.options.batch_size:  # bound pending writes
+                    self.writing.popleft().result()
+                future = self.writers.submit(
+                    _write, decoded.job, self._image(decoded), outcome, decoded.seconds, self.options
+                )
+                if self.on_written is not None:
+                    future.add_done_callback(self._written)
+                self.writing.append(future)
+                self.slots[k] = future
 
     def _written(self, future: Future) -> None:
         if not future.cancelled() and future.exception() is None and future.result().ok:

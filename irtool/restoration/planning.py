@@ -52,11 +52,19 @@ class RestoreOptions:
         None  #: refuse larger images; None: from this machine's memory (irtool.images.memory)
     )
     workers: int = 2  #: decoding and encoding threads
+    #: CPU threads for the model (0: torch's default, all cores unless OMP_NUM_THREADS says less), shared out as
+    #: independent model workers (see irtool.devices.speed.cpu_split)
+    threads: int = 0
 
     def check(self) -> None:
         check_precision(self.precision)
-        if self.tile < 0 or self.tile_overlap < 0 or self.batch_size < 1 or self.workers < 1 or self.route_size < 0:
-            raise IrtoolError("--tile, --tile-overlap and --route-size must be >= 0; --batch-size and --workers >= 1")
+        if (
+            min(self.tile, self.tile_overlap, self.route_size, self.threads) < 0
+            or min(self.batch_size, self.workers) < 1
+        ):
+            raise IrtoolError(
+                "--tile, --tile-overlap, --route-size and --threads must be >= 0; --batch-size and --workers >= 1"
+            )
         if self.tile and self.tile < 16:
             raise IrtoolError(f"--tile {self.tile}: too small (use 0 for whole images, or at least 16)")
         if self.max_megapixels is not None and not self.max_megapixels > 0:

@@ -71,10 +71,13 @@ def restore_tiled(
     device: torch.device,
     out_dtype: np.dtype,
     padding: str = "reflect",
+    map_batches: Callable[[Callable[[list[int]], np.ndarray], list[list[int]]], list[np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, int, tuple[int, int]]:
     """Restore (H, W[, 3]) samples tile by tile with `run` ((N, 3, th, tw) float -> same), returning the restored
     samples in `out_dtype` ((H, W, 3) RGB, or (H, W) BT.601 luma for a gray image), the tile count and tile size.
-    padding: the spec's rule for the canvas beyond H x W, "reflect" or "zeros"."""
+    padding: the spec's rule for the canvas beyond H x W, "reflect" or "zeros".
+    map_batches: how to restore the batches of one row of tiles (e.g. on several threads); one after another when
+        None. They are blended in order either way, so the result does not depend on it."""
     h, w = samples.shape[:2]
     hp, wp = h + (-h % multiple), w + (-w % multiple)
     zeros = padding == "zeros"
@@ -120,10 +123,13 @@ def restore_tiled(
                 tile[:, max(0, w - x0) :] = 0.0
             return tile
 
-        for first in range(0, boxes_per_row, batch):
-            cols = list(range(first, min(first + batch, boxes_per_row)))
+        def restored(cols: list[int], cut: Callable[[int], np.ndarray] = cut) -> np.ndarray:
             tiles = np.stack([cut(c) for c in cols])
-            result = from_tensor(run(to_tensor(tiles, device)), clamp=False)  # blended first, clamped in `finish`
+            return from_tensor(run(to_tensor(tiles, device)), clamp=False)  # blended first, clamped in `finish`
+
+        batches = [list(range(first, min(first + batch, boxes_per_row))) for first in range(0, boxes_per_row, batch)]
+        results = map_batches(restored, batches) if map_batches is not None else map(restored, batches)
+        for cols, result in zip(batches, results):
             for k, c in enumerate(cols):
                 x0, x1 = grid.cols[c]
                 band[:, x0:x1] += result[k] * (rw[:, None] * col_w[c][None, :])[..., None]

@@ -18,7 +18,7 @@ Imports torch and irtool.archs.spec.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +26,9 @@ from torch import Tensor
 
 from ..archs.spec import pad_to_multiple as pad_to_multiple  # re-exported: callers pad through tiling
 from ..archs.spec import run_padded as run_padded
+
+#: tile batches handed to `tiled_forward`'s `map_batches` at once (the inputs and outputs it holds)
+MAP_WINDOW = 4
 
 
 def tile_spans(length: int, tile: int, overlap: int, multiple: int = 1) -> list[tuple[int, int]]:
@@ -126,11 +129,14 @@ def tiled_forward(
     overlap: int,
     multiple: int = 1,
     batch: int = 1,
+    map_batches: Callable[[Callable[[Tensor], Tensor], list[Tensor]], list[Tensor]] | None = None,
 ) -> tuple[Tensor, TileGrid]:
     """Run `fn` over overlapping tiles of one image and blend the outputs.
 
     fn: (N, C, th, tw) -> (N, C', th, tw), called with up to `batch` tiles at a time.
     x: (1, C, H, W); H and W should already be multiples of `multiple` (see `pad_to_multiple`).
+    map_batches: how to apply `fn` to a list of tile batches (e.g. on several threads); in order, one by one, when
+        None. The outputs are blended in tile order either way, so the result does not depend on it.
     Returns the blended (1, C', H, W) float32 output and the tile grid used.
     """
     if x.shape[0] != 1:
@@ -142,10 +148,22 @@ def tiled_forward(
     boxes = grid.boxes()
     out: Tensor | None = None
     norm = torch.zeros(1, 1, h, w, device=x.device, dtype=torch.float32)
-    for first in range(0, len(boxes), batch):
+
+    def cut(first: int) -> Tensor:
+        return torch.cat([x[..., y0:y1, x0:x1] for y0, y1, x0, x1 in boxes[first : first + batch]])
+
+    def results() -> Iterator[tuple[int, Tensor]]:
+        starts = range(0, len(boxes), batch)
+        if map_batches is None:  # one batch at a time: the least memory (the out-of-memory fallback relies on it)
+            yield from ((first, fn(cut(first))) for first in starts)
+            return
+        for w in range(0, len(starts), MAP_WINDOW):  # a few batches at a time: bounded memory
+            window = starts[w : w + MAP_WINDOW]
+            yield from zip(window, map_batches(fn, [cut(first) for first in window]))
+
+    for first, result in results():
         chunk = boxes[first : first + batch]
-        tiles = torch.cat([x[..., y0:y1, x0:x1] for y0, y1, x0, x1 in chunk])
-        result = fn(tiles).float()
+        result = result.float()
         if out is None:
             out = torch.zeros(1, result.shape[1], h, w, device=x.device, dtype=torch.float32)
         for k, (y0, y1, x0, x1) in enumerate(chunk):
