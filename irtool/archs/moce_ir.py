@@ -314,7 +314,7 @@ _MKLDNN_OPS = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
 def _packable(x: Tensor) -> bool:
     """True when convolutions on `x` may take the prepacked, fused oneDNN path: CPU fp32 channels-last, no autograd
     (training and gradient checks keep F.conv2d), no autocast (which would cast the operands)."""
-    return (
+    return bool(
         PACKED_CONVS
         and _MKLDNN_OPS
         and not torch.is_grad_enabled()
@@ -830,10 +830,11 @@ class ComplexityExpert(nn.Module):
             return self.proj[2](h) + x
         # (in place only into tensors made here: submodule outputs may be held by hooks)
         if _packable(x) and _packable(shared):
-            body = self.body(_fused_conv(self.proj[0], x), fast)
-            h = _fused_conv(self.proj[1], shared, unary="swish").mul_(body)
+            down, gate, up = (cast(nn.Conv2d, conv) for conv in self.proj)
+            body = self.body(_fused_conv(down, x), fast)
+            h = _fused_conv(gate, shared, unary="swish").mul_(body)  # SiLU inside the conv
             del body
-            return _fused_conv(self.proj[2], h, binary="add", other=x)
+            return _fused_conv(up, h, binary="add", other=x)
         body = self.body(self.proj[0](x), fast)
         h = _mul(F.silu(self.proj[1](shared)), body)
         del body
@@ -978,9 +979,9 @@ class MoCEBlock(nn.Module):
     def forward(self, x: Tensor, freq_emb: Tensor, state: _Pass) -> Tensor:
         fast = state.fast
         h = self.norms[0](x, fast)
-        shared = self.shared(_conv(self.proj[0], h) if fast else self.proj[0](h), fast)
-        # rebinding frees the normalised input before the experts run
-        h = _conv(self.proj[1], h) if fast else self.proj[1](h)
+        to_shared, to_experts = (cast(nn.Conv2d, conv) for conv in self.proj)
+        shared = self.shared(_conv(to_shared, h) if fast else to_shared(h), fast)
+        h = _conv(to_experts, h) if fast else to_experts(h)  # rebinding frees the normalised input before the experts
         routed = self.adapter(h, freq_emb, shared, state)
         del h
         if not fast:
