@@ -25,8 +25,10 @@ Inference is faster than the official code without changing its numbers (all wit
 runs the plain formulation the tests and `irtool bench` compare against): activations stay channels-last, where
 LayerNorm is one fused kernel on a free view and depthwise convs are fast; channel attention divides a small Gram
 matrix by the q/k norms instead of normalising q and k, and folds `attn @ v` into its output conv; wide
-intermediates are freed early, or made in channel slices on large images. Which experts run is decided on the
-host (one sync per MoCE layer, none for an imposed routing), so a fixed routing can be captured in a CUDA graph.
+intermediates are freed early, or made in channel slices on large images. On CPUs without autograd, convolutions
+run through oneDNN with prepacked weights and the elementwise step after them (GELU, SiLU, gate, residual add) fused
+in (`PACKED_CONVS`). Which experts run is decided on the host (one sync per MoCE layer, none for an imposed routing),
+so a fixed routing can be captured in a CUDA graph.
 
 This module imports torch only: no I/O, no device choice.
 """
