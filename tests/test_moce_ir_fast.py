@@ -139,3 +139,74 @@ def test_low_memory_slices_equal_the_reference_path(name, monkeypatch):
     out = model.run(images[:1], routing_noise=torch.Generator().manual_seed(1)).output
     out.mean().backward()
     assert model.enc[0][0].layers[0].ffn.project_in.weight.grad is not None
+
+
+@pytest.mark.parametrize("name", ["tiny", "odd"])
+def test_fast_path_equals_the_reference_path_at_528x536(name):
+    """Large enough for the long H·W reductions of the channel attention (Gram matrix, q/k norms) to show their
+    accumulation order: a single running sum over 283k pixels was 1e-4 off the reference path here."""
+    config = ODD if name == "odd" else VARIANTS[name]
+    model = random_moce(config, seed=0)
+    _assert_same(*_both_paths(model, make_images(1, 528, 536)))
+
+
+def _unpacked(model, x, **kwargs):
+    """The fast path with F.conv2d everywhere (no prepacked oneDNN weights, no fused post-ops)."""
+    previous, moce_ir.PACKED_CONVS = moce_ir.PACKED_CONVS, False
+    try:
+        with torch.no_grad():
+            return run_padded(model, x, **kwargs)
+    finally:
+        moce_ir.PACKED_CONVS = previous
+
+
+@pytest.mark.skipif(not moce_ir._MKLDNN_OPS, reason="this torch has no oneDNN convolution ops")
+@pytest.mark.parametrize("name", ["tiny", "odd"])
+def test_packed_convolutions_equal_plain_ones_and_stay_out_of_autograd(name):
+    config = ODD if name == "odd" else VARIANTS[name]
+    model = random_moce(config, seed=2)
+    x = make_images(1, 45, 61)
+    moce_ir._PACKED.clear()
+    with torch.inference_mode():
+        packed = run_padded(model, x)
+    assert len(moce_ir._PACKED) > 20  # the convs really took the packed path
+    _assert_same(packed, _unpacked(model, x))
+    with torch.no_grad():  # packed weights made under inference_mode serve plain no_grad calls too
+        _assert_same(run_padded(model, x), packed)
+    moce_ir._PACKED.clear()
+    model.run(make_images(1, 32, 32)).output.sum().backward()  # recording gradients: F.conv2d only
+    assert len(moce_ir._PACKED) == 0
+
+
+@pytest.mark.skipif(not moce_ir._MKLDNN_OPS, reason="this torch has no oneDNN convolution ops")
+def test_packed_weights_follow_load_state_dict_and_optimiser_steps():
+    """The cache is keyed on each weight's identity, storage and in-place version: new values are repacked."""
+    model = random_moce(VARIANTS["tiny"], seed=0)
+    x = make_images(1, 32, 40)
+    with torch.inference_mode():
+        before = model.run(x).output
+
+    model.load_state_dict(random_moce(VARIANTS["tiny"], seed=6).state_dict())
+    with torch.inference_mode():
+        loaded = model.run(x)
+    assert (loaded.output - before).abs().max() > 1e-2
+    _assert_same(loaded, _unpacked(model, x))
+
+    model.train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.run(x).output.square().mean().backward()
+    optimiser.step()
+    model.eval()
+    with torch.inference_mode():
+        stepped = model.run(x)
+    assert (stepped.output - loaded.output).abs().max() > 1e-3
+    _assert_same(stepped, _unpacked(model, x))
+
+    with torch.no_grad():  # a replaced parameter object, and in-place writes outside any optimiser
+        conv = model.output
+        conv.weight = torch.nn.Parameter(conv.weight * 2)
+        model.patch_embed.proj.weight.mul_(0.5)
+    with torch.inference_mode():
+        edited = model.run(x)
+    _assert_same(edited, _unpacked(model, x))
+    assert (edited.output - stepped.output).abs().max() > 1e-3

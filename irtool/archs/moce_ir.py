@@ -25,8 +25,10 @@ Inference is faster than the official code without changing its numbers (all wit
 runs the plain formulation the tests and `irtool bench` compare against): activations stay channels-last, where
 LayerNorm is one fused kernel on a free view and depthwise convs are fast; channel attention divides a small Gram
 matrix by the q/k norms instead of normalising q and k, and folds `attn @ v` into its output conv; wide
-intermediates are freed early, or made in channel slices on large images. Which experts run is decided on the
-host (one sync per MoCE layer, none for an imposed routing), so a fixed routing can be captured in a CUDA graph.
+intermediates are freed early, or made in channel slices on large images. On CPUs without autograd, convolutions
+run through oneDNN with prepacked weights and the elementwise step after them (GELU, SiLU, gate, residual add) fused
+in (`PACKED_CONVS`). Which experts run is decided on the host (one sync per MoCE layer, none for an imposed routing),
+so a fixed routing can be captured in a CUDA graph.
 
 This module imports torch only: no I/O, no device choice.
 """
@@ -34,6 +36,7 @@ This module imports torch only: no I/O, no device choice.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
@@ -298,6 +301,130 @@ class ChannelLayerNorm(nn.Module):
         return (x - mean) * torch.rsqrt(var + 1e-5) * w.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Prepacked oneDNN convolutions (CPU inference)
+
+#: CPU inference (no autograd, fp32, channels-last activations): convolutions call oneDNN directly with their weights
+#: reordered once into its blocked layout and cached, and the elementwise step that follows a conv (GELU, SiLU, the
+#: FFN gate, the residual add) runs inside it as a post-op instead of as one more pass over memory (what inductor does
+#: on CPUs). Same numbers within 1e-5 (tests/test_moce_ir_fast.py); False runs F.conv2d everywhere (for ablations).
+PACKED_CONVS = True
+
+_MKLDNN_OPS = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def _packable(x: Tensor) -> bool:
+    """True when convolutions on `x` may take the prepacked, fused oneDNN path: CPU fp32 channels-last, no autograd
+    (training and gradient checks keep F.conv2d), no autocast (which would cast the operands)."""
+    return bool(
+        PACKED_CONVS
+        and _MKLDNN_OPS
+        and not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+@dataclass
+class _PackedWeight:
+    """A conv weight (or an output-channel slice of it) in oneDNN's layout, and what it was packed from: the
+    parameter object, its storage (held, so that its address cannot be reused by another tensor), its in-place version
+    (load_state_dict and optimiser steps bump it) and the input shape it was packed for."""
+
+    source: Tensor
+    storage: torch.UntypedStorage
+    version: int
+    input_shape: tuple[int, ...]
+    packed: Tensor
+
+    def fresh(self, weight: Tensor, input_shape: tuple[int, ...]) -> bool:
+        return (
+            self.source is weight
+            and self.version == weight._version
+            and self.storage.data_ptr() == weight.untyped_storage().data_ptr()
+            and self.input_shape == input_shape
+        )
+
+
+#: per conv module, per output-channel slice: its packed weight. Weak keys: nothing is stored on the modules (so state
+#: dicts, deep copies and pickles never see it) and a dropped model drops its cache.
+_PACKED: weakref.WeakKeyDictionary[nn.Conv2d, dict[tuple[int, int], _PackedWeight]] = weakref.WeakKeyDictionary()
+
+
+def _packed_weight(conv: nn.Conv2d, lo: int, hi: int, groups: int, x: Tensor) -> Tensor:
+    weight = conv.weight
+    slots = _PACKED.setdefault(conv, {})
+    entry = slots.get((lo, hi))
+    shape = tuple(x.shape)
+    if entry is None or not entry.fresh(weight, shape):
+        padding = cast(tuple[int, int], conv.padding)
+        packed = torch.ops.mkldnn._reorder_convolution_weight(
+            weight.detach()[lo:hi], list(padding), list(conv.stride), list(conv.dilation), groups, list(shape)
+        )
+        entry = _PackedWeight(weight, weight.untyped_storage(), weight._version, shape, packed)
+        slots[(lo, hi)] = entry
+    return entry.packed
+
+
+def _fused_conv(
+    conv: nn.Conv2d,
+    x: Tensor,
+    lo: int = 0,
+    hi: int | None = None,
+    *,
+    unary: str = "none",
+    binary: str | None = None,
+    other: Tensor | None = None,
+) -> Tensor:
+    """conv(x) for output channels lo:hi (a depthwise conv's input is then that slice's channels), through oneDNN with
+    a packed weight, followed in the same pass by `unary` ("gelu", "swish" = SiLU) or by `binary` ("add", "mul") with
+    `other`. Only where `_packable(x)`."""
+    hi = conv.out_channels if hi is None else hi
+    groups = 1 if conv.groups == 1 else hi - lo  # depthwise: one group per channel of the slice
+    weight = _packed_weight(conv, lo, hi, groups, x)
+    bias = None if conv.bias is None else conv.bias.detach()[lo:hi]
+    args = (list(cast(tuple[int, int], conv.padding)), list(conv.stride), list(conv.dilation), groups)
+    if binary is None:
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *args, unary, [], _ALGORITHM.get(unary, ""))
+    return torch.ops.mkldnn._convolution_pointwise.binary(x, other, weight, bias, *args, binary, None, None, [], None)
+
+
+_ALGORITHM = {"gelu": "none"}  # exact (erf) GELU, as F.gelu
+
+
+def _conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """conv(x), prepacked where `_packable(x)`."""
+    return _fused_conv(conv, x) if _packable(x) else conv(x)
+
+
+def _mix_matrix(attn: Tensor, project_out: nn.Conv2d) -> Tensor:
+    """W_out · blockdiag(attn): (B, C, C), project_out(attn @ v) as one matrix per image (see `_attend_and_project`)."""
+    b, heads, d = attn.shape[0], attn.shape[1], attn.shape[2]
+    c = heads * d
+    weight = project_out.weight.view(c, c)
+    if heads == 1:
+        return weight @ attn[:, 0]
+    block = attn.new_zeros(b, heads, d, heads, d)
+    torch.diagonal(block, dim1=1, dim2=3).copy_(attn.permute(0, 2, 3, 1))
+    return weight @ block.view(b, c, c)
+
+
+def _project_plus(attn: Tensor, v: Tensor, project_out: nn.Conv2d, residual: Tensor | None) -> Tensor:
+    """[residual +] project_out(attn @ v) for one image in one oneDNN pass: the folded (C x C) matrix as a 1x1 conv,
+    with the residual add as its post-op."""
+    c = v.shape[1]
+    mix = _mix_matrix(attn, project_out).view(c, c, 1, 1)
+    bias = None if project_out.bias is None else project_out.bias.detach()
+    args = ([0, 0], [1, 1], [1, 1], 1)
+    if residual is None:
+        return torch.ops.mkldnn._convolution_pointwise(v, mix, bias, *args, "none", [], "")
+    return torch.ops.mkldnn._convolution_pointwise.binary(v, residual, mix, bias, *args, "add", None, None, [], None)
+
+
 def _split_heads(t: Tensor, heads: int) -> Tensor:
     """(B, C, H, W) -> (B, heads, C/heads, H·W), a view in either memory layout."""
     b, c, h, w = t.shape
@@ -310,11 +437,42 @@ def _l2_norms(t: Tensor, heads: int) -> Tensor:
     """Euclidean norm over H·W of each channel of (B, C, H, W): (B, heads, C/heads, 1)."""
     b, c, h, w = t.shape
     if _channels_last(t):
-        # Column sums of the (H·W, C) token matrix; a matrix-vector product beats a reduction along a strided dim.
+        # Column sums of squares of the (H·W, C) token matrix. torch's sum reduces the H·W rows in cascades; a
+        # ones-vector matmul (or vector_norm along the strided dim) accumulates them in one running sum, 6e-4 off
+        # in relative terms at 528x536, which the attention temperature magnified to 1e-4 at the output.
         tokens = t.permute(0, 2, 3, 1).reshape(b, h * w, c)
-        squares = torch.ones(b, 1, h * w, dtype=t.dtype, device=t.device) @ tokens.square()
-        return squares.sqrt().view(b, heads, c // heads, 1)
+        return tokens.square().sum(dim=1).sqrt().view(b, heads, c // heads, 1)
     return torch.linalg.vector_norm(t.reshape(b, heads, c // heads, h * w), dim=-1, keepdim=True)
+
+
+#: channels-last Gram matrices are summed over H·W in chunks of this many pixels (see `_gram`)
+GRAM_CHUNK = 4096
+
+
+def _gram(q: Tensor, k: Tensor, heads: int) -> Tensor:
+    """q kᵀ over H·W per head, (B, heads, d, d), for q and k (B, C, H, W).
+
+    On channels-last operands BLAS would contract a strided H·W axis in long running sums: 5e-5 relative error at
+    528x536 with 8 channels, against 3e-6 for the contiguous rows of the reference path. Partial products over chunks
+    of GRAM_CHUNK pixels, summed by torch's cascaded reduction, stay within 1e-6 at any size.
+    """
+    b, c, h, w = q.shape
+    n = h * w
+    if n <= GRAM_CHUNK or not (_channels_last(q) and _channels_last(k)):
+        return _split_heads(q, heads) @ _split_heads(k, heads).transpose(-2, -1)
+    d = c // heads
+    full = n // GRAM_CHUNK * GRAM_CHUNK
+    q_tokens = q.permute(0, 2, 3, 1).reshape(b, n, c)
+    k_tokens = k.permute(0, 2, 3, 1).reshape(b, n, c)
+    per_head = []
+    for i in range(heads):
+        qh, kh = q_tokens[..., i * d : (i + 1) * d], k_tokens[..., i * d : (i + 1) * d]
+        chunks = qh[:, :full].reshape(-1, GRAM_CHUNK, d).transpose(1, 2) @ kh[:, :full].reshape(-1, GRAM_CHUNK, d)
+        gram = chunks.view(b, -1, d, d).sum(dim=1)
+        if full < n:
+            gram = gram + qh[:, full:].transpose(1, 2) @ kh[:, full:]
+        per_head.append(gram)
+    return torch.stack(per_head, dim=1)
 
 
 def _channel_attention_map(q: Tensor, k: Tensor, heads: int, temperature: Tensor, fast: bool) -> Tensor:
@@ -327,7 +485,7 @@ def _channel_attention_map(q: Tensor, k: Tensor, heads: int, temperature: Tensor
         qn = F.normalize(_split_heads(q, heads), dim=-1)
         kn = F.normalize(_split_heads(k, heads), dim=-1)
         return torch.softmax((qn @ kn.transpose(-2, -1)) * temperature, dim=-1)
-    gram = _split_heads(q, heads) @ _split_heads(k, heads).transpose(-2, -1)
+    gram = _gram(q, k, heads)
     norms = _l2_norms(q, heads).clamp_min(1e-12) * _l2_norms(k, heads).clamp_min(1e-12).transpose(-2, -1)
     return torch.softmax(gram / norms * temperature, dim=-1)
 
@@ -339,16 +497,9 @@ def _attend_and_project(attn: Tensor, v: Tensor, project_out: nn.Conv2d, fast: b
     over v instead of two and no intermediate tensor. The result keeps v's memory layout.
     """
     b, c, h, w = v.shape
-    heads, d = attn.shape[1], attn.shape[2]
     if not fast:
-        return project_out((attn @ _split_heads(v, heads)).reshape(b, c, h, w))
-    weight = project_out.weight.view(c, c)
-    if heads == 1:
-        mix = weight @ attn[:, 0]
-    else:
-        block = attn.new_zeros(b, heads, d, heads, d)
-        torch.diagonal(block, dim1=1, dim2=3).copy_(attn.permute(0, 2, 3, 1))
-        mix = weight @ block.view(b, c, c)
+        return project_out((attn @ _split_heads(v, attn.shape[1])).reshape(b, c, h, w))
+    mix = _mix_matrix(attn, project_out)
     bias = project_out.bias
     if _channels_last(v):
         tokens = v.permute(0, 2, 3, 1).reshape(b, h * w, c)
@@ -406,10 +557,21 @@ class ChannelAttention(nn.Module):
         self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=bias)
         self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
 
-    def forward(self, x: Tensor, fast: bool) -> Tensor:
+    def forward(self, x: Tensor, fast: bool, residual: Tensor | None = None) -> Tensor:
+        """The attention output, plus `residual` when given (fused into the output projection on the packed path)."""
+        c = self.project_out.in_channels
+        if fast and x.shape[0] == 1 and _packable(x) and not _low_memory(x):
+            # q, k and v each by their own 1x1 and depthwise conv: contiguous operands for the Gram matrix and the
+            # folded output conv, where slices of one 3C-channel tensor would be strided or copied
+            q, k, v = (
+                _fused_conv(self.qkv_dwconv, _fused_conv(self.qkv, x, i * c, (i + 1) * c), i * c, (i + 1) * c)
+                for i in range(3)
+            )
+            attn = _channel_attention_map(q, k, self.num_heads, self.temperature, fast)
+            del q, k
+            return _project_plus(attn, v, self.project_out, residual)
         if fast and _low_memory(x):
             # q, k and v one at a time: never the 3-channel-group projection and its depthwise output together
-            c = self.project_out.in_channels
             q, k, v = (
                 _pointwise_depthwise(x, self.qkv.weight, self.qkv.bias, self.qkv_dwconv, i * c, (i + 1) * c)
                 for i in range(3)
@@ -419,7 +581,8 @@ class ChannelAttention(nn.Module):
             q, k, v = self.qkv_dwconv(qkv).chunk(3, dim=1)
             del qkv  # free the projection before the attention itself
         attn = _channel_attention_map(q, k, self.num_heads, self.temperature, fast)
-        return _attend_and_project(attn, v, self.project_out, fast)
+        out = _attend_and_project(attn, v, self.project_out, fast)
+        return out if residual is None else residual + out
 
 
 class CrossChannelAttention(nn.Module):
@@ -435,7 +598,18 @@ class CrossChannelAttention(nn.Module):
         self.kv_dwconv = nn.Conv2d(dim * 2, dim * 2, 7, padding=3, groups=dim * 2, bias=bias)
         self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
 
-    def forward(self, x: Tensor, y: Tensor, fast: bool) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor, fast: bool, residual: Tensor | None = None) -> Tensor:
+        """The attention output, plus `residual` when given (fused into the output projection on the packed path)."""
+        if fast and x.shape[0] == 1 and _packable(x) and _packable(y) and not _low_memory(y):
+            c = self.q.out_channels
+            q = _fused_conv(self.q_dwconv, _fused_conv(self.q, x))
+            k, v = (
+                _fused_conv(self.kv_dwconv, _fused_conv(self.kv, y, i * c, (i + 1) * c), i * c, (i + 1) * c)
+                for i in (0, 1)
+            )
+            attn = _channel_attention_map(q, k, self.num_heads, self.temperature, fast)
+            del q, k
+            return _project_plus(attn, v, self.project_out, residual)
         q = self.q_dwconv(self.q(x))
         if fast and _low_memory(y):
             c = self.q.out_channels
@@ -446,7 +620,8 @@ class CrossChannelAttention(nn.Module):
         else:
             k, v = self.kv_dwconv(self.kv(y)).chunk(2, dim=1)
         attn = _channel_attention_map(q, k, self.num_heads, self.temperature, fast)
-        return _attend_and_project(attn, v, self.project_out, fast)
+        out = _attend_and_project(attn, v, self.project_out, fast)
+        return out if residual is None else residual + out
 
 
 class GatedFFN(nn.Module):
@@ -459,7 +634,23 @@ class GatedFFN(nn.Module):
         self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2, bias=bias)
         self.project_out = nn.Conv2d(hidden, dim, 1, bias=bias)
 
-    def forward(self, x: Tensor, fast: bool) -> Tensor:
+    def forward(self, x: Tensor, fast: bool, residual: Tensor | None = None) -> Tensor:
+        """The FFN output, plus `residual` when given (fused into the output projection on the packed path)."""
+        n = self.project_out.in_channels
+        if fast and _packable(x) and not _low_memory(x):
+            # GELU inside the first half's depthwise conv, the gate inside the second's, the residual inside the output
+            # projection: three elementwise passes over the widest tensors fewer
+            gelu = _fused_conv(self.dwconv, _fused_conv(self.project_in, x, 0, n), 0, n, unary="gelu")
+            hidden = _fused_conv(self.project_in, x, n, 2 * n)
+            gated = _fused_conv(self.dwconv, hidden, n, 2 * n, binary="mul", other=gelu)
+            del gelu, hidden
+            if residual is None:
+                return _fused_conv(self.project_out, gated)
+            return _fused_conv(self.project_out, gated, binary="add", other=residual)
+        out = self._unfused(x, fast)
+        return out if residual is None else residual + out
+
+    def _unfused(self, x: Tensor, fast: bool) -> Tensor:
         if not fast:
             x1, x2 = self.dwconv(self.project_in(x)).chunk(2, dim=1)
             return self.project_out(F.gelu(x1) * x2)
@@ -497,8 +688,12 @@ class TransformerBlock(nn.Module):
         self.ffn = GatedFFN(dim, expansion, bias)
 
     def forward(self, x: Tensor, fast: bool) -> Tensor:
-        x = x + self.mixer(self.norms[0](x, fast), fast)
-        return x + self.ffn(self.norms[1](x, fast), fast)
+        if not fast:
+            x = x + self.mixer(self.norms[0](x, fast), fast)
+            return x + self.ffn(self.norms[1](x, fast), fast)
+        # the residual adds go inside the last conv of each branch where it is packed
+        x = self.mixer(self.norms[0](x, fast), fast, residual=x)
+        return self.ffn(self.norms[1](x, fast), fast, residual=x)
 
 
 class TransformerGroup(nn.Module):
@@ -562,13 +757,23 @@ class FFTAttention(nn.Module):
                 gated[:, :, top:bottom] = self.norm(out[:, :, top:bottom], fast).to(v.dtype) * v[:, :, top:bottom]
             del out, v
             return self.proj_out(gated)
-        else:
-            q, kv = self.q(x), self.kv(x)
-            q = self.q_dwconv(q)
-            k, v = self.kv_dwconv(kv).chunk(2, dim=1)
-            del kv  # the projection (freed once the depthwise conv has read it)
+        if fast and _packable(x):
+            q = _fused_conv(self.q_dwconv, _fused_conv(self.q, x))
+            k = _fused_conv(self.kv_dwconv, _fused_conv(self.kv, x, 0, r), 0, r)
             out = self._correlate(iter([(0, r, q, k)]), b, r, h, w, x, fast)
             del q, k
+            normed = self.norm(out, fast)
+            del out
+            # the gate by v inside v's depthwise conv
+            gated = _fused_conv(self.kv_dwconv, _fused_conv(self.kv, x, r, 2 * r), r, 2 * r, binary="mul", other=normed)
+            del normed
+            return _fused_conv(self.proj_out, gated)
+        q, kv = self.q(x), self.kv(x)
+        q = self.q_dwconv(q)
+        k, v = self.kv_dwconv(kv).chunk(2, dim=1)
+        del kv  # the projection (freed once the depthwise conv has read it)
+        out = self._correlate(iter([(0, r, q, k)]), b, r, h, w, x, fast)
+        del q, k
         return self.proj_out(self.norm(out, fast).to(v.dtype) * v)
 
     def _correlate(
@@ -626,6 +831,12 @@ class ComplexityExpert(nn.Module):
             h = self.body(self.proj[0](x), fast) * F.silu(self.proj[1](shared))
             return self.proj[2](h) + x
         # (in place only into tensors made here: submodule outputs may be held by hooks)
+        if _packable(x) and _packable(shared):
+            down, gate, up = (cast(nn.Conv2d, conv) for conv in self.proj)
+            body = self.body(_fused_conv(down, x), fast)
+            h = _fused_conv(gate, shared, unary="swish").mul_(body)  # SiLU inside the conv
+            del body
+            return _fused_conv(up, h, binary="add", other=x)
         body = self.body(self.proj[0](x), fast)
         h = _mul(F.silu(self.proj[1](shared)), body)
         del body
@@ -770,13 +981,18 @@ class MoCEBlock(nn.Module):
     def forward(self, x: Tensor, freq_emb: Tensor, state: _Pass) -> Tensor:
         fast = state.fast
         h = self.norms[0](x, fast)
-        shared = self.shared(self.proj[0](h), fast)
-        h = self.proj[1](h)  # rebinding frees the normalised input before the experts run
+        to_shared, to_experts = (cast(nn.Conv2d, conv) for conv in self.proj)
+        shared = self.shared(_conv(to_shared, h) if fast else to_shared(h), fast)
+        h = _conv(to_experts, h) if fast else to_experts(h)  # rebinding frees the normalised input before the experts
         routed = self.adapter(h, freq_emb, shared, state)
         del h
-        x = x + self.mixer(routed, shared, fast)
+        if not fast:
+            x = x + self.mixer(routed, shared, fast)
+            del routed, shared
+            return x + self.ffn(self.norms[1](x, fast), fast)
+        x = self.mixer(routed, shared, fast, residual=x)
         del routed, shared  # not needed by the feed-forward part, the widest of the block
-        return x + self.ffn(self.norms[1](x, fast), fast)
+        return self.ffn(self.norms[1](x, fast), fast, residual=x)
 
 
 class MoCEGroup(nn.Module):
@@ -796,7 +1012,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, dim, 3, padding=1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x)
+        return _conv(self.proj, x)
 
 
 class Downsample(nn.Module):
@@ -807,7 +1023,7 @@ class Downsample(nn.Module):
         self.body = nn.Sequential(nn.Conv2d(dim, dim // 2, 3, padding=1, bias=False), nn.PixelUnshuffle(2))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)
+        return self.body[1](_conv(cast(nn.Conv2d, self.body[0]), x))
 
 
 class Upsample(nn.Module):
@@ -818,7 +1034,7 @@ class Upsample(nn.Module):
         self.body = nn.Sequential(nn.Conv2d(dim, dim * 2, 3, padding=1, bias=False), nn.PixelShuffle(2))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)
+        return self.body[1](_conv(cast(nn.Conv2d, self.body[0]), x))
 
 
 class HighPass(nn.Module):
@@ -990,9 +1206,13 @@ class MoCEIR(nn.Module):
         feats = self.latent(feats, fast)
         freq_emb = self.freq_embed(feats)
         for up, fuse, moce_group in self._decoder():
-            feats = fuse(torch.cat([up(feats), skips.pop()], dim=1))
+            feats = _conv(fuse, torch.cat([up(feats), skips.pop()], dim=1))
             feats = moce_group(feats, freq_emb, state)
-        out = (self.output(self.refinement(feats, fast)) + x).contiguous()
+        feats = self.refinement(feats, fast)
+        if _packable(feats):
+            out = _fused_conv(self.output, feats, binary="add", other=x).contiguous()
+        else:
+            out = (self.output(feats) + x).contiguous()
 
         decided = Routing(
             experts=torch.stack(state.experts, dim=1),
