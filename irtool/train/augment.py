@@ -8,10 +8,10 @@ other code it did worse, in places worse than its input. Here each kind draws it
 |----------|----------------------------------------------------------------------------------------------------------|
 | noise    | Gaussian (one sigma or one per channel, 5-60 on the 0-255 scale) or Poisson-Gaussian; clipped; uint8 half the time |
 | rain     | streaks: density, length 8-50 px, width, opacity, angle (vertical +-40 deg), one or two layers; screen or additive |
-| haze     | depth: vertical/tilted ramp, low-frequency field, radial, flat; beta 0.3-2.5; grey or tinted airlight 0.7-1 |
+| haze     | depth: horizon (half), tilted ramp, low-frequency field, radial, flat; beta 0.3-2.5; airlight 0.7-1 (grey or tinted); mixed in linear light or on the encoded values |
 | blur     | motion line of any angle 3-31 px, a curved shake path, or Gaussian sigma 0.6-4                           |
 | defocus  | disk radius 1-8 px (sometimes softened by a small Gaussian)                                              |
-| lowlight | exposure 0.03-0.6 (log-uniform), gamma 1-3, per-channel gains, black level, shot + read noise, clipped, uint8 half the time |
+| lowlight | half in linear light (exposure 0.005-0.4, shot + read noise, sRGB-encoded), half on the encoded values (exposure 0.03-0.6, gamma 1-3); per-channel gains, black level, clipped, uint8 half the time |
 | jpeg     | JPEG (4:4:4, 4:2:2 or 4:2:0) or WebP, quality 5-95                                                       |
 | clean    | the photo itself                                                                                         |
 
@@ -44,6 +44,18 @@ Rng = np.random.Generator
 
 def _log_uniform(rng: Rng, low: float, high: float) -> float:
     return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
+def to_linear(srgb: np.ndarray) -> np.ndarray:
+    """sRGB-encoded values in [0, 1] -> linear light (the IEC 61966-2-1 curve)."""
+    srgb = np.clip(srgb, 0.0, 1.0)
+    return np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def to_srgb(linear: np.ndarray) -> np.ndarray:
+    """Linear light in [0, 1] -> sRGB-encoded values (the inverse of `to_linear`)."""
+    linear = np.clip(linear, 0.0, 1.0)
+    return np.where(linear <= 0.0031308, linear * 12.92, 1.055 * linear ** (1 / 2.4) - 0.055).astype(np.float32)
 
 
 def _quantise_u8(image: np.ndarray) -> np.ndarray:
@@ -145,7 +157,8 @@ def rain(image: np.ndarray, rng: Rng, mild: bool = False) -> np.ndarray:
 
 def _depth(h: int, w: int, rng: Rng) -> np.ndarray:
     """A depth map in [0, 1] from one of several families."""
-    family = int(rng.integers(0, 5))
+    # half of the scenes have the commonest outdoor layout (far at the top), the rest one of the other families
+    family = 0 if rng.uniform() < 0.5 else int(rng.integers(1, 5))
     yy, xx = np.mgrid[:h, :w].astype(np.float32)
     yy, xx = yy / max(h - 1, 1), xx / max(w - 1, 1)
     if family == 0:  # horizon: far at the top
@@ -181,7 +194,9 @@ def haze(image: np.ndarray, rng: Rng, mild: bool = False) -> np.ndarray:
     grey = rng.uniform(0.7, 1.0)
     tint = rng.uniform(-0.05, 0.05, 3) if rng.uniform() < 0.5 else np.zeros(3)
     airlight = np.clip(grey + tint, 0.0, 1.0).astype(np.float32)[None, None]
-    return np.clip(image * t + airlight * (1.0 - t), 0.0, 1.0).astype(np.float32)
+    if rng.uniform() < 0.5:  # Koschmieder's law in linear light, as the scene's radiance mixes with the airlight
+        return to_srgb(to_linear(image) * t + to_linear(airlight) * (1.0 - t))
+    return np.clip(image * t + airlight * (1.0 - t), 0.0, 1.0).astype(np.float32)  # on the encoded values
 
 
 def blur(image: np.ndarray, rng: Rng, mild: bool = False) -> np.ndarray:
@@ -205,6 +220,9 @@ def defocus(image: np.ndarray, rng: Rng, mild: bool = False) -> np.ndarray:
 
 
 def lowlight(image: np.ndarray, rng: Rng, mild: bool = False) -> np.ndarray:
+    if rng.uniform() < 0.5:
+        return _lowlight_linear(image, rng, mild)
+    # on the encoded values: a darkening curve (exposure, gamma) with noise added after it
     exposure = rng.uniform(0.5, 0.8) if mild else _log_uniform(rng, 0.03, 0.6)
     gamma = rng.uniform(1.0, 1.3) if mild else rng.uniform(1.0, 3.0)
     gains = rng.uniform(0.8, 1.2, 3).astype(np.float32) if rng.uniform() < 0.5 else np.ones(3, np.float32)
@@ -215,6 +233,20 @@ def lowlight(image: np.ndarray, rng: Rng, mild: bool = False) -> np.ndarray:
     std = np.sqrt(np.clip(dark, 0, 1) * shot + read**2)
     out = np.clip(dark + rng.standard_normal(image.shape).astype(np.float32) * std, 0.0, 1.0)
     return _quantise_u8(out) if rng.uniform() < 0.5 else out.astype(np.float32)
+
+
+def _lowlight_linear(image: np.ndarray, rng: Rng, mild: bool) -> np.ndarray:
+    """A camera's short exposure: light scaled in linear light, shot + read noise there, then sRGB-encoded (the
+    encoding's steep start lifts the shadows' noise)."""
+    exposure = rng.uniform(0.25, 0.5) if mild else _log_uniform(rng, 0.005, 0.4)
+    gains = rng.uniform(0.8, 1.2, 3).astype(np.float32) if rng.uniform() < 0.5 else np.ones(3, np.float32)
+    black = rng.uniform(0.0, 0.002) if rng.uniform() < 0.5 else 0.0
+    light = to_linear(image) * exposure * gains[None, None] + black
+    shot = _log_uniform(rng, 1e-5, 1e-3)  # variance per unit of linear signal
+    read = rng.uniform(0.0003, 0.004 if not mild else 0.001)
+    std = np.sqrt(np.clip(light, 0, 1) * shot + read**2)
+    out = to_srgb(light + rng.standard_normal(image.shape).astype(np.float32) * std)
+    return _quantise_u8(out) if rng.uniform() < 0.5 else out
 
 
 def jpeg(image: np.ndarray, rng: Rng, mild: bool = False) -> np.ndarray:

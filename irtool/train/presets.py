@@ -506,9 +506,9 @@ _IRTOOL_DEFAULT: dict[str, Any] = dict(
 
 #: the built-in model's weights as irtool ships them: where the fine-tuning preset starts from
 PACKAGED_DEFAULT_WEIGHTS = str(Path(__file__).resolve().parents[1] / "models" / "irtool_default.safetensors")
-#: the fine-tuning preset's length (learning rate below): about 55 minutes on a CPU core shared with other jobs, from the
+#: the fine-tuning preset's length (learning rate below): about 40 minutes on a CPU core shared with other jobs, from the
 #: shipped weights, at a third of the from-scratch rate (it adapts a trained network, it does not build one)
-FINETUNE_STEPS = 1000
+FINETUNE_STEPS = 900
 
 #: the quick preset's length: about 10 minutes at its CPU_SECONDS_PER_STEP
 QUICK_STEPS = 420
