@@ -2,7 +2,9 @@
 
 - `clean_dir` sources: the image files of a folder (not recursive, sorted), each degraded on the fly by
   `irtool.degrade` with a per-sample seeded generator; without a fixed level, each sample draws its level uniformly
-  between the kind's named "light" and "heavy" levels, so the network sees the whole range.
+  between the kind's named "light" and "heavy" levels, so the network sees the whole range. With `degradations =
+  "wide"`, sources without a fixed level are degraded by `irtool.train.augment` instead (more families, wider
+  ranges, mixtures); validation stays on `irtool.degrade` either way.
 - `datasets` sources: the training splits of the benchmark registry (`irtool.evaluation.datasets`, under `--data-root`), as
   real pairs, or as clean images degraded on the fly (the official denoising: uint8 images plus Gaussian noise,
   truncated to uint8, as MoCE-IR/PromptIR's training loaders do).
