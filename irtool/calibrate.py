@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,15 +209,25 @@ def calibrate(
     progress: Callable[[int, int], None] | None = None,
     info: dict[str, Any] | None = None,
     min_accuracy: float = 0.0,
+    merge: Mapping[str, str] | None = None,
 ) -> Calibration:
     """Route degraded crops of clean `photos` (uint8 RGB arrays) through `route` and fit the classifier.
 
     route: x (B, 3, H, W) float in [0, 1] on `device` -> a routing with `.logits` (B, L, E), e.g. `model.route`.
     progress: called with (done, total) after each batch.
+    merge: {kind: class}: kind's samples are made as usual but count as that other class (e.g. {"defocus": "blur"}
+    for a network that routes both blurs alike: one "blur" class named right, instead of two named at chance).
     """
     unknown = [c for c in classes if c != CLEAN and c not in KINDS]
     if unknown:
         raise CalibrationError(f"unknown degradation(s) {', '.join(unknown)}; choose from {', '.join(DEFAULT_CLASSES)}")
+    merge = dict(merge or {})
+    for kind, into in merge.items():
+        if kind not in classes or into not in classes or kind == into or into in merge:
+            raise CalibrationError(
+                f"merge {kind}={into}: both must be classes being calibrated ({', '.join(classes)}), different, and "
+                f"{into} not itself merged"
+            )
     if len(photos) < 2:
         raise CalibrationError("calibration needs at least 2 clean photos (to measure accuracy on unseen ones)")
     started = time.perf_counter()
@@ -249,12 +259,14 @@ def calibrate(
             "seconds": round(time.perf_counter() - started, 2),
         }
     )
+    if merge:
+        meta["merged"] = merge
     return fit(
         matrix,
-        [s.label for s in samples],
+        [merge.get(s.label, s.label) for s in samples],
         [s.photo for s in samples],
         fingerprint=fingerprint,
-        classes=list(classes),
+        classes=[c for c in classes if c not in merge],
         layers=layers,
         experts=experts,
         info=meta,

@@ -103,6 +103,24 @@ def test_calibrating_a_tiny_moce_ir_names_degradations_of_unseen_photos():
             assert fitted.classify(model.route(x))[0][0] == kind
 
 
+def test_merged_kinds_are_one_class_fitted_on_the_same_crops():
+    """--merge defocus=blur: defocus crops are made and routed as usual but counted as "blur" (one class, whose
+    centroid is the mean over both kinds' signatures); a bad pair is one line."""
+    model = random_moce(VARIANTS["tiny"], 0)
+    photos = [photo(64, 64, seed=s) for s in range(3)]
+    settings = dict(fingerprint="t", classes=["noise", "blur", "defocus"], levels=["heavy"], size=32, batch_size=9)
+    with torch.inference_mode():
+        apart = cal.calibrate(model.route, photos, **settings)
+        merged = cal.calibrate(model.route, photos, merge={"defocus": "blur"}, **settings)
+    assert apart.classes == ["noise", "blur", "defocus"] and merged.classes == ["noise", "blur"]
+    assert merged.info["merged"] == {"defocus": "blur"} and merged.info["samples"] == apart.info["samples"] == 9
+    # the merged centroid is the mean of the two separate ones (as many crops of each)
+    both = (apart.centroids[1] + apart.centroids[2]) / 2
+    assert np.allclose(merged.centroids[1], both, atol=1e-9) and np.allclose(merged.centroids[0], apart.centroids[0])
+    with pytest.raises(rc.CalibrationError, match="merge defocus=haze"):
+        cal.calibrate(model.route, photos, merge={"defocus": "haze"}, **settings)
+
+
 def test_clean_photos_come_from_a_folder_or_scikit_image(tmp_path):
     with pytest.raises(rc.CalibrationError, match="no such folder"):
         cal.clean_photos(tmp_path / "nope")

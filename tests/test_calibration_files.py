@@ -150,3 +150,18 @@ def test_output_elsewhere_and_overwrite(tmp_path, explicit):
     assert result.exit_code == 0, result.output
     assert rc.Calibration.load(target).fingerprint == rc.fingerprint(load_model(weights, device="cpu"))
     assert not (Path(os.environ["IRTOOL_HOME"]) / "calibrations").exists()
+
+
+def test_merge_counts_one_kind_as_another_class_and_a_bad_pair_is_one_line(tmp_path):
+    weights = tiny_checkpoint(tmp_path)
+    clean = clean_photos(tmp_path / "clean")
+    args = ["-w", weights, "--clean-dir", clean, "--classes", "haze,blur,defocus", "--levels", "heavy", "--size", "32"]
+    result = invoke("calibrate", *args, "--merge", "defocus=blur", "-o", tmp_path / "m.json", "--json")
+    assert result.exit_code == 0, result.output
+    saved = rc.Calibration.load(tmp_path / "m.json")
+    assert saved.classes == ["haze", "blur"] and saved.info["merged"] == {"defocus": "blur"}
+    bad = invoke("calibrate", *args, "--merge", "defocus=noise", "-o", tmp_path / "n.json")
+    assert bad.exit_code == 2 and not (tmp_path / "n.json").exists()
+    assert errors(bad) == [
+        "error: --merge defocus=noise: pairs KIND=CLASS of two different --classes, e.g. defocus=blur"
+    ]

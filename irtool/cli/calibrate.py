@@ -41,6 +41,14 @@ def calibrate(
     levels: Annotated[
         str, typer.Option("--levels", help="Comma-separated levels of each degradation.")
     ] = "light,medium,heavy",
+    merge: Annotated[
+        str | None,
+        typer.Option(
+            "--merge",
+            help="Count one kind's crops as another class, e.g. defocus=blur (comma-separated pairs): for kinds the "
+            "network routes alike.",
+        ),
+    ] = None,
     size: Annotated[int, typer.Option("--size", help="Side of the square crops routed (px).")] = 256,
     crops: Annotated[int, typer.Option("--crops", help="Crops per photo.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of crops and degradations.")] = 0,
@@ -83,6 +91,14 @@ def calibrate(
     level_list = [lv.strip() for lv in levels.split(",") if lv.strip()]
     if any(lv not in LEVEL_NAMES for lv in level_list):
         output.fail(f"--levels {levels}: use names from {', '.join(LEVEL_NAMES)}", code=2)
+    merged: dict[str, str] = {}
+    for pair in (merge or "").split(","):
+        kind, sep, into = (part.strip() for part in pair.partition("="))
+        if not pair.strip():
+            continue
+        if not sep or kind not in wanted or into not in wanted or kind == into:
+            output.fail(f"--merge {merge}: pairs KIND=CLASS of two different --classes, e.g. defocus=blur", code=2)
+        merged[kind] = into
     if size < 16 or crops < 1:
         output.fail("--size must be at least 16 and --crops at least 1", code=2)
     if not 0.0 <= min_accuracy <= 1.0:
@@ -101,7 +117,7 @@ def calibrate(
     _check_target(target, overwrite)  # before minutes of routing, not after
     result = _run_calibration(
         restorer, photo_paths, mark, classes=wanted, levels=level_list, size=size, crops=crops, seed=seed,
-        batch_size=batch_size, min_accuracy=min_accuracy,
+        batch_size=batch_size, min_accuracy=min_accuracy, merge=merged,
     )  # fmt: skip
     try:
         result.save(target, overwrite=overwrite)

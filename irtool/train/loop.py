@@ -108,6 +108,7 @@ class StepStats:
     fft: float
     balance: float
     route: float  # routing cross-entropy (0 without routing supervision)
+    identity: float  # the identity hinge, mean per sample (0 when off)
     task_loss: list[float]  # per task, nan when absent from the global batch
     task_count: list[int]
     weights: list[float] | None  # Art's weights, None without Art
@@ -125,6 +126,7 @@ class _Terms:
     aux: Tensor | None
     route: Tensor | None
     zero: Tensor | None
+    identity: Tensor | None = None
 
 
 @dataclass
@@ -137,6 +139,7 @@ class _GlobalSums:
     fft: Tensor
     aux: Tensor
     route: Tensor
+    identity: Tensor
     usage: Tensor
 
 
@@ -234,6 +237,8 @@ class Trainer:
         else:
             pixel = losses.PIXEL_LOSSES[cfg.pixel_loss](out, gt)
         terms = _Terms(pixel, task, losses.fft_l1(out, gt) if cfg.fft_weight else None, aux, route, zero)
+        if cfg.identity_weight:
+            terms.identity = losses.identity_hinge(out, batch["lq"], gt)
         sums = self._global_sums(terms, experts)
         loss, stats = self._objective(terms, sums)
         loss.backward()
@@ -264,6 +269,7 @@ class Trainer:
                 terms.fft.detach().double().sum() if terms.fft is not None else nothing,
                 terms.aux.detach().double() if terms.aux is not None else nothing,
                 terms.route.detach().double().sum() if terms.route is not None else nothing,
+                terms.identity.detach().double().sum() if terms.identity is not None else nothing,
             ]
         )
         packed = all_reduce_sum(self.ctx, torch.cat([sums, counts.to(device), extras, usage]))
@@ -273,7 +279,8 @@ class Trainer:
             fft=packed[2 * K],
             aux=packed[2 * K + 1],
             route=packed[2 * K + 2],
-            usage=packed[2 * K + 3 :],
+            identity=packed[2 * K + 3],
+            usage=packed[2 * K + 4 :],
         )
 
     def _objective(self, terms: _Terms, g: _GlobalSums) -> tuple[Tensor, StepStats]:
@@ -304,6 +311,10 @@ class Trainer:
         if terms.route is not None:
             loss = loss + cfg.route_task_weight * terms.route.sum() * (world / float(n_total))
             value += cfg.route_task_weight * route_value
+        identity_value = float(g.identity / n_total) if terms.identity is not None else 0.0
+        if terms.identity is not None:
+            loss = loss + cfg.identity_weight * terms.identity.sum() * (world / float(n_total))
+            value += cfg.identity_weight * identity_value
         if terms.zero is not None:
             loss = loss + terms.zero
         stats = StepStats(
@@ -312,6 +323,7 @@ class Trainer:
             fft=fft_value,
             balance=balance_value,
             route=route_value,
+            identity=identity_value,
             task_loss=[float(x) if c > 0 else math.nan for x, c in zip(task_mean.tolist(), g.counts.tolist())],
             task_count=[int(c) for c in g.counts.tolist()],
             weights=None if w is None else w.tolist(),
@@ -415,7 +427,7 @@ class RunLog:
         self, out: Path, tasks: Sequence[str], art: bool, resume_step: int | None, metric: str = "psnr"
     ) -> None:
         self.train_path, self.val_path = out / "log.csv", out / "val.csv"
-        self.train_cols = ["step", "epoch", "lr", "loss", "pixel", "fft", "balance", "route"]
+        self.train_cols = ["step", "epoch", "lr", "loss", "pixel", "fft", "balance", "route", "identity"]
         self.train_cols += [f"loss/{t}" for t in tasks] + ([f"weight/{t}" for t in tasks] if art else [])
         self.train_cols += ["grad_norm", "it_per_s", "seconds"]
         self.val_cols = ["step", f"{metric}/mean"] + [f"{metric}/{t}" for t in tasks]
@@ -618,7 +630,7 @@ class _LogWindow:
 
     def add(self, stats: StepStats) -> None:
         self.steps += 1
-        for k in ("loss", "pixel", "fft", "balance", "route"):
+        for k in ("loss", "pixel", "fft", "balance", "route", "identity"):
             self.sums[k] = self.sums.get(k, 0.0) + getattr(stats, k)
 
 

@@ -5,6 +5,8 @@ of a batch have the same size). Computed in float32 whatever the autocast precis
 
 - L1: mean |pred - gt| (MoCE-IR, PromptIR, Art).
 - FFT-L1: mean |rfft2(pred) - rfft2(gt)| over the stacked real and imaginary parts (MoCE-IR's `FFTLoss`).
+- identity hinge: max(0, L1(pred, gt) - L1(lq, gt)), what the network made worse than its input (irtool's: what it
+  cannot restore it should leave alone; on clean -> clean pairs it is the L1 itself, so those count twice).
 - PSNR loss: 10/ln10 · log(mean (pred - gt)² + 1e-8), i.e. minus the PSNR in dB for data range 1 (LoRA-IR's `PSNRLoss`,
   NAFNet's before it).
 
@@ -34,6 +36,11 @@ def psnr_loss(pred: Tensor, gt: Tensor) -> Tensor:
     """(B,) 10/ln10 · log(MSE + 1e-8) per image: minus the PSNR (dB, data range 1), lower is better."""
     mse = (pred.float() - gt.float()).pow(2).flatten(1).mean(dim=1)
     return (10.0 / math.log(10.0)) * torch.log(mse + 1e-8)
+
+
+def identity_hinge(pred: Tensor, lq: Tensor, gt: Tensor) -> Tensor:
+    """(B,) max(0, L1(pred, gt) - L1(lq, gt)) per image: how much worse than its input the output is."""
+    return torch.relu(l1(pred, gt) - l1(lq, gt).detach())
 
 
 PIXEL_LOSSES = {"l1": l1, "psnr": psnr_loss}

@@ -153,6 +153,16 @@ class TrainConfig:
     )
     #: validation images are centre-cropped to this many pixels a side (0: whole images)
     val_size: int = field(default=256, metadata=_flag("Centre crop of validation images in px (0: whole).", "Data"))
+    #: how `clean_dir` sources without a fixed level are degraded: "irtool" (`irtool.degrade`, the level drawn between
+    #: its light and heavy levels) or "wide" (`irtool.train.augment`: more families, wider ranges, 15% mixtures of
+    #: two), so that no one test generator is the training distribution
+    degradations: str = field(
+        default="irtool",
+        metadata=_flag(
+            "Synthetic degradations: irtool (irtool.degrade's, light to heavy) or wide (irtool.train.augment: more families and wider ranges, 15% mixtures).",
+            "Data",
+        ),
+    )
     # -- losses
     #: "l1" (MoCE-IR), "psnr" (LoRA-IR's PSNRLoss), "ce" (LoRA-IR's router: cross-entropy over the tasks)
     pixel_loss: str = field(
@@ -169,6 +179,15 @@ class TrainConfig:
         default=0.0,
         metadata=_flag(
             "MoCE-IR: weight of the routing supervision, a cross-entropy of each layer's gate logits (read out linearly) against the task label (0: off).",
+            "Losses",
+        ),
+    )
+    #: weight of a hinge on what the network makes worse: per sample, max(0, L1(out, clean) - L1(input, clean)), so
+    #: that what it cannot restore it learns to leave alone (0: off)
+    identity_weight: float = field(
+        default=0.0,
+        metadata=_flag(
+            "Weight of a hinge on per-sample L1(out, clean) - L1(input, clean): output worse than its input (0: off).",
             "Losses",
         ),
     )
@@ -233,6 +252,12 @@ class TrainConfig:
             raise bad(f"patch_size must be a positive multiple of 8, got {self.patch_size}")
         if self.batch_size < 1:
             raise bad(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.degradations not in ("irtool", "wide"):
+            raise bad(f"degradations must be irtool or wide, got {self.degradations!r}")
+        if self.identity_weight < 0:
+            raise bad(f"identity_weight must not be negative, got {self.identity_weight}")
+        if self.identity_weight and self.pixel_loss == "ce":
+            raise bad("identity_weight applies to restoring networks, not to the router stage's classifier")
         if self.augment not in ("dihedral", "official", "none"):
             raise bad(f"augment must be dihedral, official or none, got {self.augment!r}")
         if self.pixel_loss not in ("l1", "psnr", "ce"):
@@ -443,10 +468,13 @@ _LORA_IR: dict[str, Any] = dict(
 
 # irtool's built-in default model (issue 15): a small MoCE-IR on clean photos (--clean-dir, all of SYNTHETIC_TASKS
 # unless --tasks says otherwise), the papers' losses (L1 + 0.1 FFT-L1 + 0.01 balance loss with the complexity bias),
-# routing supervised by the task label, 128-px patches (the blur and rain kernels fit in them). "-cpu" is the recipe
-# the shipped weights were trained with on 2 shared CPU cores; "-h200" the same recipe sized for one H200 for about
-# 9 minutes (bf16 autocast, channels-last, a batch 32x larger with the learning rate scaled by its square root,
-# 15 loader workers feeding it). Neither names the photos: pass --clean-dir (and --val-dir, --init).
+# routing supervised by the task label, 128-px patches (the blur and rain kernels fit in them); since issue 26 the
+# wide degradations (irtool.train.augment, so that no test generator is the training distribution) and the identity
+# hinge (what the network cannot restore it leaves alone). "-cpu" is the recipe on 2 shared CPU cores; "-h200" the
+# same recipe sized for one H200 for about 9 minutes (bf16 autocast, channels-last, a batch 32x larger with the
+# learning rate scaled by its square root, 15 loader workers feeding it); "-finetune" the same recipe continued from
+# the shipped weights (how the shipped weights' last stage was trained). None names the photos: pass --clean-dir
+# (and --val-dir).
 _DEFAULT_NET: dict[str, Any] = {
     "dim": 16,
     "num_blocks": (1, 2, 2, 3),
@@ -454,6 +482,8 @@ _DEFAULT_NET: dict[str, Any] = {
     "num_refinement_blocks": 1,
 }
 _IRTOOL_DEFAULT: dict[str, Any] = dict(
+    degradations="wide",
+    identity_weight=1.0,
     arch="moce_ir",
     variant="MoCE_IR_S",
     model=_DEFAULT_NET,
@@ -474,6 +504,12 @@ _IRTOOL_DEFAULT: dict[str, Any] = dict(
     log_every=20,
 )
 
+#: the built-in model's weights as irtool ships them: where the fine-tuning preset starts from
+PACKAGED_DEFAULT_WEIGHTS = str(Path(__file__).resolve().parents[1] / "models" / "irtool_default.safetensors")
+#: the fine-tuning preset's length (learning rate below): about 40 minutes on a CPU core shared with other jobs, from the
+#: shipped weights, at a third of the from-scratch rate (it adapts a trained network, it does not build one)
+FINETUNE_STEPS = 900
+
 #: the quick preset's length: about 10 minutes at its CPU_SECONDS_PER_STEP
 QUICK_STEPS = 420
 #: CPU seconds per optimiser step (1 torch thread, 1 loader worker, the 8 synthetic tasks of 5 photos; the CPU time
@@ -488,6 +524,19 @@ PRESETS: dict[str, TrainConfig] = {
         **{**_IRTOOL_DEFAULT, "preset": "quick", "steps": QUICK_STEPS, "warmup": 50, "val_every": 250}
     ),
     "irtool_default-cpu": TrainConfig(preset="irtool_default-cpu", **_IRTOOL_DEFAULT),
+    # the same recipe from the shipped weights (--init overrides them), shorter and gentler: what the shipped
+    # weights' last stage ran (the manifest's training record)
+    "irtool_default-finetune": TrainConfig(
+        **{
+            **_IRTOOL_DEFAULT,
+            "preset": "irtool_default-finetune",
+            "init": PACKAGED_DEFAULT_WEIGHTS,
+            "lr": 3e-4,
+            "warmup": 50,
+            "steps": FINETUNE_STEPS,
+            "val_every": 200,
+        }
+    ),
     "irtool_default-h200": TrainConfig(
         **{
             **_IRTOOL_DEFAULT,

@@ -2,7 +2,9 @@
 
 - `clean_dir` sources: the image files of a folder (not recursive, sorted), each degraded on the fly by
   `irtool.degrade` with a per-sample seeded generator; without a fixed level, each sample draws its level uniformly
-  between the kind's named "light" and "heavy" levels, so the network sees the whole range.
+  between the kind's named "light" and "heavy" levels, so the network sees the whole range. With `degradations =
+  "wide"`, sources without a fixed level are degraded by `irtool.train.augment` instead (more families, wider
+  ranges, mixtures); validation stays on `irtool.degrade` either way.
 - `datasets` sources: the training splits of the benchmark registry (`irtool.evaluation.datasets`, under `--data-root`), as
   real pairs, or as clean images degraded on the fly (the official denoising: uint8 images plus Gaussian noise,
   truncated to uint8, as MoCE-IR/PromptIR's training loaders do).
@@ -71,6 +73,8 @@ class SyntheticDegrader:
     level: float | None = None
     #: degrade the uint8 image (the official denoising: noise added to uint8 and truncated) instead of floats
     uint8: bool = False
+    #: "irtool": `irtool.degrade` at a level; "wide": `irtool.train.augment.sample` (its own families and ranges)
+    family: str = "irtool"
 
     def level_for(self, rng: np.random.Generator) -> float:
         if self.kind == CLEAN_TASK:
@@ -85,6 +89,10 @@ class SyntheticDegrader:
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         from ..degrade import degrade
 
+        if self.family == "wide":
+            from .augment import sample
+
+            return sample(image, self.kind, rng)[0]
         level = self.level_for(rng)
         if self.kind == CLEAN_TASK:
             return np.array(image, dtype=np.float32, copy=True)  # identity: the clean photo is its own target
@@ -94,7 +102,9 @@ class SyntheticDegrader:
         return degrade(image, self.kind, level, seed=rng).astype(np.float32)
 
 
-def _degrader(source: TaskSource) -> SyntheticDegrader | None:
+def _degrader(source: TaskSource, family: str = "irtool") -> SyntheticDegrader | None:
+    """The on-the-fly degradation of `source`; `family` "wide" applies to sources that fix neither level nor uint8
+    (a fixed level is a recipe's own, e.g. the official denoising sigmas)."""
     if source.degrade is None:
         return None
     unknown = sorted(set(source.params) - {"level", "uint8"})
@@ -110,7 +120,9 @@ def _degrader(source: TaskSource) -> SyntheticDegrader | None:
             level = resolve_level(source.degrade, level)
         except ValueError as exc:
             raise ConfigError(f"task {source.task!r}: {exc}") from None
-    return SyntheticDegrader(source.degrade, level, bool(source.params.get("uint8", False)))
+    uint8 = bool(source.params.get("uint8", False))
+    wide = family == "wide" and level is None and not uint8
+    return SyntheticDegrader(source.degrade, level, uint8, "wide" if wide else "irtool")
 
 
 def list_photos(folder: str | Path) -> list[Path]:
@@ -173,7 +185,9 @@ def _val_pair(
     if pair.lq is not None:
         lq = _centre_crop(read_rgb(_file(pair.lq)), config.val_size)
     elif degrader is not None:
-        fixed = degrader if degrader.level is not None else replace(degrader, level=_medium(degrader.kind))
+        # validation stays on irtool.degrade's medium level whatever the training family, so curves compare
+        fixed = replace(degrader, family="irtool")
+        fixed = fixed if fixed.level is not None else replace(fixed, level=_medium(degrader.kind))
         lq = fixed(np.ascontiguousarray(gt), np.random.default_rng([config.seed, 0x5A1, task_id, index]))
     else:
         raise ConfigError(f"task {source.task!r}: {pair.name} has no degraded image and the task no degradation")
@@ -257,7 +271,7 @@ def build_datasets(
             all_pairs.append([Pair(p) for p in list_photos(source.clean_dir)])
         else:
             all_pairs.append(_registry_pairs(source, config.data_root, warnings))
-    degraders = [_degrader(s) for s in config.sources]
+    degraders = [_degrader(s, config.degradations) for s in config.sources]
     held, val_items, hold_out_warning = _validation_items(config, all_pairs, degraders)
     if hold_out_warning:
         warnings.append(hold_out_warning)
