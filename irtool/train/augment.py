@@ -31,6 +31,8 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from ..degrade import disk_kernel
+
 #: the kinds `sample` knows (irtool.train.presets.SYNTHETIC_TASKS)
 KINDS = ("noise", "rain", "haze", "blur", "defocus", "lowlight", "jpeg", "clean")
 #: share of degraded samples that get a second, milder degradation of another kind
@@ -100,14 +102,9 @@ def shake_kernel(length: float, rng: Rng) -> np.ndarray:
 
 
 def disk(radius: float) -> np.ndarray:
-    """A normalised anti-aliased disk of `radius` px (an out-of-focus lens)."""
-    size = 2 * int(np.ceil(radius)) + 3
-    big = size * 4
-    yy, xx = np.mgrid[:big, :big].astype(np.float32)
-    c = (big - 1) / 2
-    shape = ((xx - c) ** 2 + (yy - c) ** 2 <= (radius * 4) ** 2).astype(np.float32)
-    kernel = cv2.resize(shape, (size, size), interpolation=cv2.INTER_AREA)
-    return kernel / max(float(kernel.sum()), 1e-12)
+    """A normalised anti-aliased disk of `radius` px (an out-of-focus lens): irtool.degrade's point spread, which
+    already draws fractional radii apart; the widening is in the radii drawn here, not in the shape."""
+    return disk_kernel(radius)
 
 
 def _convolve(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
