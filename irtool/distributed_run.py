@@ -154,14 +154,19 @@ class Liveness:
 
 class StopSignals:
     """SIGINT and SIGTERM (torchrun's way of stopping workers) set `signal` instead of killing the process, so the
-    writes in flight finish and rank 0 can say what is missing."""
+    writes in flight finish and rank 0 can say what is missing.
+
+    Re-entrant: a rank holds them from its start to its close (`RankedRestore.start`), so a signal that comes while
+    the model loads is caught too, and the loops inside enter them again."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._before: dict[int, Any] = {}
+        self._depth = 0
 
     def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._before[sig] = signal.signal(sig, self._handle)
         return self
@@ -170,8 +175,11 @@ class StopSignals:
         self.signal = signum
 
     def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._before.items():
-            signal.signal(sig, handler)
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0:
+            for sig, handler in self._before.items():
+                signal.signal(sig, handler)
+            self._before.clear()
 
     @property
     def name(self) -> str | None:
@@ -292,6 +300,8 @@ class _Gather:
         stopping_since: float | None = None
         with self.signals:
             if own is not None:
+                if self.signals.signal is not None:  # stopped while loading: report, restore nothing more
+                    stop_own.set()
                 thread.start()
             while True:
                 while True:
@@ -383,7 +393,9 @@ class RankedRestore:
             heartbeat.stop()
             teardown(ctx)
             raise
-        return cls(ctx, channel, heartbeat, jobs, owner, options)
+        ranked = cls(ctx, channel, heartbeat, jobs, owner, options)
+        ranked.signals.__enter__()  # held until close(): a stop while the model loads is reported, not fatal
+        return ranked
 
     @staticmethod
     def _start_main(
@@ -487,7 +499,7 @@ class RankedRestore:
         try:
             with self.signals:
                 restorer = self.load()
-                if mine:
+                if mine and self.signals.signal is None:
                     stream = restore_files([self.jobs[i] for i in mine], restorer)
                     try:
                         for i, report in zip(mine, stream):
@@ -523,6 +535,8 @@ class RankedRestore:
                 land({"index": i, "report": report_unrunnable(job)})
 
         def own(emit: Callable[[Any], None], stop: threading.Event) -> None:
+            if stop.is_set():
+                return
             mine = self.mine
             stream = restore_files([self.jobs[i] for i in mine], restorer)
             try:
@@ -563,6 +577,7 @@ class RankedRestore:
     def close(self) -> None:
         self.heartbeat.stop()
         teardown(self.ctx)
+        self.signals.__exit__(None, None, None)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -668,7 +683,9 @@ class RankedEval:
             heartbeat.stop()
             teardown(ctx)
             raise
-        return cls(ctx, channel, heartbeat, targets, _eval_owners(targets, limit, ctx.world_size), limit)
+        ranked = cls(ctx, channel, heartbeat, targets, _eval_owners(targets, limit, ctx.world_size), limit)
+        ranked.signals.__enter__()  # held until close(): a stop while the model loads is reported, not fatal
+        return ranked
 
     def _keep(self) -> Callable[[str, int], bool]:
         index = {t.spec.name: d for d, t in enumerate(self.targets)}
@@ -769,6 +786,7 @@ class RankedEval:
     def close(self) -> None:
         self.heartbeat.stop()
         teardown(self.ctx)
+        self.signals.__exit__(None, None, None)
 
 
 @dataclass

@@ -236,7 +236,8 @@ def test_a_sigkilled_rank_loses_nothing_finished_and_a_skip_existing_rerun_compl
     written = tree_hashes(tmp_path / "two")
     assert written and all(reference[name] == digest for name, digest in written.items() if not name.startswith("."))
     reports = json_lines(stdout)
-    assert sorted(Path(r["input"]).name for r in reports) == sorted(reference)  # every input reported once
+    # every input reported once
+    assert sorted(Path(r["input"]).name for r in reports) == sorted(reference), stderr[-3000:]
     unfinished = [r for r in reports if r["status"] == "failed"]
     assert unfinished and all("--skip-existing" in r["error"] for r in unfinished)
     # rank 1 died; torchrun then stopped rank 0 (SIGTERM), which finished its writes in flight and said what was left
@@ -373,3 +374,43 @@ def test_eval_on_two_ranks_equals_one_rank(tmp_path, checkpoint):
     assert "32.73/0.917" in result.stdout and all(
         d["dataset"] in result.stdout for d in a["datasets"]
     )  # rank 0's table
+
+
+def test_stop_signals_are_held_across_nested_entries_and_catch_a_sigterm_while_held():
+    """A rank holds SIGTERM/SIGINT from its start to its close, and its loops enter them again: an inner exit must
+    not drop the handler (a SIGTERM while rank 0 loaded its model once killed it before it reported anything)."""
+    from irtool.distributed_run import StopSignals
+
+    before = signal.getsignal(signal.SIGTERM)
+    held = StopSignals()
+    with held:
+        with held:
+            pass
+        assert signal.getsignal(signal.SIGTERM) == held._handle  # the outer hold is still in force
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while held.signal is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert held.name == "SIGTERM" and held.exit_code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_rank_0_stopped_before_its_loop_restores_nothing_more_and_reports_every_item():
+    """A stop that came while rank 0 was still loading: its own share is not started, the loop still ends."""
+    import threading
+    from types import SimpleNamespace
+
+    from irtool.distributed_run import StopSignals, _Gather
+
+    held = StopSignals()
+    held.signal = signal.SIGTERM
+    started = threading.Event()
+
+    def own(emit, stop):
+        if not stop.is_set():
+            started.set()
+
+    gather = _Gather(channel=None, ctx=SimpleNamespace(world_size=1), signals=held, working={0})  # type: ignore[arg-type]
+    assert list(gather.run(own, lambda message: None))
+    assert not started.is_set()
+    assert gather.why(0) == "was stopped by SIGTERM"
