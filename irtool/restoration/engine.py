@@ -402,17 +402,23 @@ class Restorer:
                 warnings[k].append(f"{policy.precision_name(dtype)} output had NaN/Inf; redone in fp32")
                 redo = self._fit(x[k : k + 1], None, [warnings[k]], None if imposed is None else imposed[k])[0]
                 output, dtype, routing, p = redo.output, None, _image_routing(redo.routing, 0), redo
-            outcomes.append(self._outcome(output, routing, p, dtype, warnings[k]))
+            outcomes.append(self._outcome(output, routing, p, dtype, warnings[k], images[k].pixels))
         seconds = (time.perf_counter() - started) / len(images)
         for outcome in outcomes:
             outcome.seconds = seconds
         return outcomes
 
     def _outcome(
-        self, output: Tensor, routing: Any, p: _Pass, dtype: torch.dtype | None, warnings: list[str]
+        self,
+        output: Tensor,
+        routing: Any,
+        p: _Pass,
+        dtype: torch.dtype | None,
+        warnings: list[str],
+        pixels: np.ndarray | None = None,
     ) -> Outcome:
         rgb = from_tensor(output[0])
-        name, confidence = self.name_degradation(routing)
+        name, confidence = self.name_degradation(routing, pixels)
         experts, gates = _routing_summary(routing)
         if p.layout is not None and p.layout not in self._told:
             self._told.add(p.layout)
@@ -456,7 +462,7 @@ class Restorer:
         shared = self._route_large(image, notes) if routed else None
         samples, tiles, tile_size, dtype = self._tiles_from_samples(image, tile, shared, notes)
         routing = shared[0] if shared is not None else None
-        name, confidence = self.name_degradation(routing) if routing is not None else ("unknown", None)
+        name, confidence = self.name_degradation(routing, image.pixels)
         experts, gates = _routing_summary(routing) if routing is not None else (None, None)
         return Outcome(
             rgb=None,
@@ -530,9 +536,23 @@ class Restorer:
             tile = self._smaller_tile(tile)
             notes.append(f"out of memory: retried with {tile} px tiles")
 
-    def name_degradation(self, routing: RoutingRecord | None) -> tuple[str, float | None]:
-        """(name, confidence) for one image's routing: the model's own classifier (LoRA-IR), else the routing
-        calibration (MoCE-IR), else ("unknown", None)."""
+    def name_degradation(
+        self, routing: RoutingRecord | None, pixels: np.ndarray | None = None
+    ) -> tuple[str, float | None]:
+        """(name, confidence) for one image: the model's own classifier (LoRA-IR), else the routing calibration
+        (MoCE-IR). Where those answer "unknown" (or there are none) and `pixels` (the input) are given, an image
+        that carries coarse JPEG quantisation is named "jpeg", its confidence the strength of that trace
+        (irtool.images.jpeg_trace): a clean photo and a JPEG of it route alike."""
+        name, confidence = self._routed_name(routing)
+        if name == "unknown" and pixels is not None:
+            from ..images.jpeg_trace import NAMED_QUALITY, jpeg_trace
+
+            trace = jpeg_trace(pixels)
+            if trace is not None and trace.compressed and trace.quality <= NAMED_QUALITY:
+                return "jpeg", round(trace.score, 3)
+        return name, confidence
+
+    def _routed_name(self, routing: RoutingRecord | None) -> tuple[str, float | None]:
         classifier = self.spec.capabilities.classifier
         if routing is None:  # a network without routing
             return "unknown", None
