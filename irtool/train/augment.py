@@ -11,7 +11,7 @@ other code it did worse, in places worse than its input. Here each kind draws it
 | haze     | depth: horizon (half), tilted ramp, low-frequency field, radial, flat; beta 0.3-2.5; airlight 0.7-1 (grey or tinted); mixed in linear light or on the encoded values |
 | blur     | motion line of any angle 3-31 px, a curved shake path, or Gaussian sigma 0.6-4                           |
 | defocus  | disk radius 1-8 px (sometimes softened by a small Gaussian)                                              |
-| lowlight | half in linear light (exposure 0.005-0.4, shot + read noise, sRGB-encoded), half on the encoded values (exposure 0.03-0.6, gamma 1-3); per-channel gains, black level, clipped, uint8 half the time |
+| lowlight | half in linear light (exposure 0.005-0.4, shot + read noise, black level up to 0.02, sRGB-encoded, then half the time a tone gamma 1-1.8), half on the encoded values (exposure 0.03-0.6, gamma 1-3); per-channel gains, clipped, uint8 half the time |
 | jpeg     | JPEG (4:4:4, 4:2:2 or 4:2:0) or WebP, quality 5-95                                                       |
 | clean    | the photo itself                                                                                         |
 
@@ -237,12 +237,16 @@ def _lowlight_linear(image: np.ndarray, rng: Rng, mild: bool) -> np.ndarray:
     encoding's steep start lifts the shadows' noise)."""
     exposure = rng.uniform(0.25, 0.5) if mild else _log_uniform(rng, 0.005, 0.4)
     gains = rng.uniform(0.8, 1.2, 3).astype(np.float32) if rng.uniform() < 0.5 else np.ones(3, np.float32)
-    black = rng.uniform(0.0, 0.002) if rng.uniform() < 0.5 else 0.0
-    light = to_linear(image) * exposure * gains[None, None] + black
+    # a pedestal the processing leaves in (a black level not subtracted): 0.02 in linear light is about 0.15 once
+    # encoded, a grey veil over the shadows
+    black = _log_uniform(rng, 1e-4, 0.02 if not mild else 0.003) if rng.uniform() < 0.5 else 0.0
+    light = to_linear(image) * exposure * gains[None, None]
     shot = _log_uniform(rng, 1e-5, 1e-3)  # variance per unit of linear signal
     read = rng.uniform(0.0003, 0.004 if not mild else 0.001)
     std = np.sqrt(np.clip(light, 0, 1) * shot + read**2)
-    out = to_srgb(light + rng.standard_normal(image.shape).astype(np.float32) * std)
+    out = to_srgb(light + rng.standard_normal(image.shape).astype(np.float32) * std + black)
+    if rng.uniform() < 0.5:  # a camera's darker low-light rendering: a tone gamma on the encoded values
+        out = np.power(out, rng.uniform(1.0, 1.3 if mild else 1.8)).astype(np.float32)
     return _quantise_u8(out) if rng.uniform() < 0.5 else out
 
 
