@@ -330,8 +330,15 @@ def unknown_explanation(calibration: Calibration | None) -> str:
         return f"unknown: {far}"
 
     told = ", ".join(" / ".join(g) for g in groups)
+    from ..images.jpeg_trace import NAMED_QUALITY
+
+    jpeg = (
+        f" (a JPEG of quality {NAMED_QUALITY} or below is still named, from the quantisation in its pixels)"
+        if any("jpeg" in g for g in groups)
+        else ""
+    )
     return (
         f"unknown: the calibration cannot tell these kinds apart: {told} (their routing looks alike: "
         f"held out, {', '.join(calibration.unreliable)} were named right under {calibration.min_accuracy:.0%} of the "
-        f"time), so it does not guess between them; {far}"
+        f"time), so it does not guess between them{jpeg}; {far}"
     )
