@@ -239,7 +239,7 @@ def _lowlight_linear(image: np.ndarray, rng: Rng, mild: bool) -> np.ndarray:
     gains = rng.uniform(0.8, 1.2, 3).astype(np.float32) if rng.uniform() < 0.5 else np.ones(3, np.float32)
     # a pedestal the processing leaves in (a black level not subtracted): 0.02 in linear light is about 0.15 once
     # encoded, a grey veil over the shadows
-    black = _log_uniform(rng, 1e-4, 0.02 if not mild else 0.003) if rng.uniform() < 0.5 else 0.0
+    black = rng.uniform(0.0, 0.02 if not mild else 0.003) if rng.uniform() < 0.5 else 0.0
     light = to_linear(image) * exposure * gains[None, None]
     shot = _log_uniform(rng, 1e-5, 1e-3)  # variance per unit of linear signal
     read = rng.uniform(0.0003, 0.004 if not mild else 0.001)
