@@ -455,14 +455,15 @@ def test_one_readable_input_is_enough_to_load_the_model(tmp_path, checkpoint):
 
 def test_unknown_is_explained_once_under_the_table_and_in_the_report(tmp_path, checkpoint):
     import html
-    from pathlib import Path
 
     from irtool.loading import default_source
     from irtool.restoration.calibration import Calibration, calibration_path, unknown_explanation
 
-    # the built-in model's calibration cannot tell a clean photo from a JPEG, and the example blurred photo routes
-    # like them (its blur is mild for the network): it is "unknown"
-    example = Path(__file__).parents[1] / "examples" / "blur_coffee.png"
+    # the built-in model's calibration cannot tell a clean photo from a JPEG: a clean held-out photo (never a JPEG,
+    # so its pixels carry no JPEG trace either) is "unknown"
+    data = pytest.importorskip("skimage.data", reason="scikit-image (a test dependency) holds the held-out photo")
+    example = tmp_path / "clean_chelsea.png"
+    save(example, data.chelsea())
     weights, _, _ = default_source()
     why = unknown_explanation(Calibration.load(calibration_path(weights)))
     assert "clean / jpeg" in why
