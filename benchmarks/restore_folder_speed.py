@@ -1,6 +1,7 @@
 """`irtool restore FOLDER OUT` with the built-in model on a CPU: this tree against an older commit, side by side.
 
     python benchmarks/restore_folder_speed.py [--baseline d20f704] [--pairs 5] [--large 2.0,3.1] [--keep DIR]
+                                              [--weights FILE]
 
 The folder: the five examples (examples/*.png, 0.18-0.24 MP each) plus held-out photos upscaled as a demanding user's
 camera would give them: scikit-image's `stereo_motorcycle` left view (held out from the built-in model's training)
@@ -76,11 +77,13 @@ def loadavg() -> str:
         return "?"
 
 
-def run(tree: Path, folder: Path, out: Path) -> tuple[float, float, int]:
-    """(wall seconds, in-process seconds from the summary line, images restored) of one restore in a fresh process."""
+def run(tree: Path, folder: Path, out: Path, weights: Path) -> tuple[float, float, int]:
+    """(wall seconds, in-process seconds from the summary line, images restored) of one restore in a fresh process,
+    with `weights` (the same file for both trees: the built-in weights change between commits, and with them the
+    experts the routers pick, hence the work and the outputs)."""
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    cmd = [sys.executable, "-m", "irtool", "restore", str(folder), str(out)]
+    cmd = [sys.executable, "-m", "irtool", "restore", str(folder), str(out), "-w", str(weights)]
     started = time.perf_counter()
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tree)
     wall = time.perf_counter() - started
@@ -110,6 +113,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--large", default="2.0,3.1", help="megapixels of the held-out photos added to the examples")
     parser.add_argument("--keep", type=Path, help="keep the folder and outputs here instead of a temp folder")
+    parser.add_argument(
+        "--weights", type=Path, help="weights both trees restore with (default: the baseline's built-in weights)"
+    )
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="irtool-folder-speed-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -129,17 +135,19 @@ def main() -> None:
             f"baseline {args.baseline} in {old_tree}; new: {REPO}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
         )
         trees = {"old": old_tree, "new": REPO}
+        weights = (args.weights or old_tree / "irtool" / "models" / "irtool_default.safetensors").resolve()
+        print(f"weights for both: {weights}")
         warm = work / "warm-up"
         warm.mkdir(exist_ok=True)
         shutil.copy(REPO / "examples" / "noise_chelsea.png", warm)
         for name, tree in trees.items():  # warm-up on one small image: file caches, .pyc files
-            run(tree, warm, work / f"out_warm_{name}")
+            run(tree, warm, work / f"out_warm_{name}", weights)
         walls: dict[str, list[float]] = {"old": [], "new": []}
         inner: dict[str, list[float]] = {"old": [], "new": []}
         print(f"{'pair':>4} {'tree':4} {'wall s':>7} {'img/s':>6} {'MP/s':>6} {'in-proc MP/s':>12} {'load1':>5}")
         for pair in range(args.pairs):
             for name, tree in trees.items():
-                wall, seconds, count = run(tree, folder, work / f"out_{name}")
+                wall, seconds, count = run(tree, folder, work / f"out_{name}", weights)
                 if count != len(photos):
                     raise SystemExit(f"{name}: restored {count} of {len(photos)}")
                 walls[name].append(wall)
