@@ -210,3 +210,16 @@ def test_a_wide_run_with_the_identity_hinge_logs_it_and_resumes_bit_exactly(tmp_
         expected = float(r["pixel"]) + float(r["identity"]) + config.balance_weight * float(r["balance"])
         expected += float(r["fft"]) * config.fft_weight + float(r["route"]) * config.route_task_weight
         assert float(r["identity"]) >= 0 and float(r["loss"]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_low_light_in_linear_light_reaches_a_pedestal_beyond_the_physical_generators():
+    """Half the linear-light draws leave a black-level pedestal, uniform up to 0.02 (linear), in the shadows: the
+    physical generator's standard low light (pedestal 0.01) lies inside the range, and not only in its tail."""
+    black = np.zeros((32, 32, 3), np.float32)
+    floors = np.array(
+        [float(np.median(augment._lowlight_linear(black, np.random.default_rng([7, 0, i]), False))) for i in range(300)]
+    )
+    encoded = lambda linear: float(augment.to_srgb(np.float32(linear)))  # noqa: E731
+    assert floors.max() > encoded(0.018)  # reaches up to about 0.02
+    assert 0.1 < np.mean(floors > encoded(0.01)) < 0.5  # a good share of the draws lie beyond 0.01
+    assert np.mean(floors < encoded(0.001)) > 0.4  # and about half have none
