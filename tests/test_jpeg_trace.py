@@ -58,6 +58,11 @@ def test_sample_types_agree_and_flat_or_tiny_images_say_nothing():
     assert as_uint8.steps == as_float.steps == as_uint16.steps
     assert abs(as_uint8.score - as_float.score) < 1e-6 and abs(as_uint8.score - as_uint16.score) < 1e-6
     assert jpeg_trace(np.full((128, 128, 3), 90, np.uint8)) is None
+    odd = jpeg.astype(np.float32) / 255
+    odd[::7, ::5] = np.nan
+    odd[3::11] = np.inf
+    trace = jpeg_trace(odd)  # non-finite samples (odd float files) neither raise nor read as JPEG on their own
+    assert trace is None or np.isfinite(trace.score)
     assert jpeg_trace(jpeg[:10, :10]) is None
     gray = jpeg_trace(encoded(textured(seed=6)[..., 0], "JPEG", quality=40))
     assert gray is not None and gray.compressed

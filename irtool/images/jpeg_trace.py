@@ -67,8 +67,8 @@ def _luma(image: np.ndarray) -> np.ndarray:
         scale = 255.0 / 65535.0
     else:
         scale = 255.0
-    x = x.astype(np.float64) * scale
-    return x @ _LUMA if x.ndim == 3 else x
+    x = np.nan_to_num(x.astype(np.float64) * scale, nan=0.0, posinf=255.0, neginf=0.0)  # odd float files
+    return x[..., :3] @ _LUMA if x.ndim == 3 else x
 
 
 def _centre(y: np.ndarray) -> np.ndarray:

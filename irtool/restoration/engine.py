@@ -547,7 +547,10 @@ class Restorer:
         if name == "unknown" and pixels is not None:
             from ..images.jpeg_trace import NAMED_QUALITY, jpeg_trace
 
-            trace = jpeg_trace(pixels)
+            try:
+                trace = jpeg_trace(pixels)
+            except (ValueError, MemoryError):  # naming never fails a restore
+                trace = None
             if trace is not None and trace.compressed and trace.quality <= NAMED_QUALITY:
                 return "jpeg", round(trace.score, 3)
         return name, confidence
