@@ -14,6 +14,17 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("IRTOOL_REFERENCE", REPO.parent / "shared" / "reference"))
 
 
+def pytest_sessionstart(session):
+    """Ctrl-C tests send SIGINT to the irtool processes they start. A test runner started in the background by a shell
+    without job control (`cmd &` in a script, some CI launchers) inherits SIGINT *ignored*, and so would every
+    process the tests start, which then cannot be interrupted at all. Put SIGINT back to Python's default here, so
+    those processes start as from a terminal."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` skip, with the reason, on machines without a CUDA GPU (`pytest -m cuda` selects them)."""
     import torch
