@@ -26,7 +26,7 @@ MAX_STEP = 120
 MIN_SAMPLES = 24
 #: the comb's strength (mean cosine, 1: every coefficient on a multiple of the step) from which an image is a JPEG;
 #: measured on the 80 project photos at quality 25: JPEGs 0.69-1.00, everything else (clean, noise, haze, blur, low
-#: light, WebP) at most 0.35
+#: light, rain, WebP; both generators, random draws) at most 0.44
 THRESHOLD = 0.6
 #: the lowest quality at which irtool names an image "jpeg": above it, JPEG's loss is hard to see
 NAMED_QUALITY = 80
