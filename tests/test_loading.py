@@ -263,3 +263,42 @@ def test_a_cached_name_loads(tmp_path):
     assert irtool.load_model("moce_ir.aio5", device="cpu").config == VARIANTS["tiny"]
     assert irtool.load_model("MoCE_IR_AIO5", device="cpu").config == VARIANTS["tiny"]
     shutil.rmtree(entry.folder)
+
+
+def test_a_checkpoint_outside_the_package_loads_without_torch_dynamo(tmp_path):
+    """A weights file anywhere but irtool/models has its recorded config checked on the meta device. That check once
+    imported torch._dynamo (a meta division in MoCE-IR's router, a meta `normal_` in CLIP's embeddings): 0.8-1.3 s of
+    every run's start. The loaded model still equals the packaged one exactly."""
+    import subprocess
+    import sys
+
+    packaged = Path(irtool.__file__).parent / "models" / "irtool_default.safetensors"
+    outside = tmp_path / "copy.safetensors"
+    shutil.copy(packaged, outside)
+    code = (
+        "import sys, torch\n"
+        "from irtool.loading import load_model, _uninitialised\n"
+        "from irtool.archs import ARCHS\n"
+        "a, b = load_model(sys.argv[1]), load_model(sys.argv[2])\n"
+        "assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))\n"
+        "spec = ARCHS['clip_router']\n"
+        "with torch.device('meta'), _uninitialised():\n"
+        "    spec.build(next(iter(spec.variants.values())))\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(outside), str(packaged)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"
+
+
+def test_uninitialised_builds_restore_torch_init_even_after_an_error():
+    from irtool.loading import _uninitialised
+
+    before = torch.nn.init.normal_
+    with pytest.raises(RuntimeError), _uninitialised():
+        assert torch.nn.init.normal_ is not before
+        t = torch.full((3,), 7.0)
+        assert torch.equal(torch.nn.init.normal_(t), torch.full((3,), 7.0))  # left as it was
+        raise RuntimeError("a build that fails")
+    assert torch.nn.init.normal_ is before
+    assert not torch.equal(torch.nn.init.normal_(torch.full((1000,), 7.0)), torch.full((1000,), 7.0))

@@ -898,7 +898,9 @@ class MoCELayer(nn.Module):
             nn.ModuleList([ComplexityExpert(dim, r, 2 ** (e + 2))]) for e, r in enumerate(ranks)
         )
         self.proj_out = nn.Conv2d(dim, dim, 1, bias=False)
-        complexity = torch.tensor([float(sum(p.numel() for p in ex.parameters())) for ex in self.experts])
+        # on the CPU even when the network is built on the meta device (loading checks a config's shapes so): a meta
+        # tensor's division runs torch's Python reference ops, whose first use imports torch._dynamo (1.3 s)
+        complexity = torch.tensor([float(sum(p.numel() for p in ex.parameters())) for ex in self.experts], device="cpu")
         if cfg.complexity_scale == "max":
             complexity = complexity / complexity.max()
         elif cfg.complexity_scale == "min":
