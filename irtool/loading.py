@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import threading
 import pickle
+import threading
 import types
 import warnings
 import zipfile
