@@ -21,11 +21,26 @@ def bf16_gpu(request, monkeypatch):
     return request.param
 
 
-def test_cpu_table():
+@pytest.mark.parametrize("native", [True, False, None], ids=["cpu-has-bf16", "cpu-without-bf16", "cpu-unknown"])
+def test_cpu_table(native, monkeypatch):
+    monkeypatch.setattr(policy, "cpu_bf16_instructions", lambda: native)
     assert policy.resolve_precision("fp32", CPU) == (None, [])
-    assert policy.resolve_precision("auto", CPU) == (None, [])
-    assert policy.resolve_precision("bf16", CPU) == (BF16, [])
+    assert policy.resolve_precision("auto", CPU) == (None, [])  # bf16 changes the numbers: only when asked
+    assert policy.resolve_precision("bf16", CPU) == (BF16, [] if native is not False else [policy.BF16_ON_CPU])
     assert policy.resolve_precision("fp16", CPU) == (FP16, [policy.FP16_ON_CPU])  # runs, and says it is slow
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [("fpu avx512f avx512_bf16 amx_tile", True), ("fpu avx2 amx_bf16", True), ("fpu sse2 avx2 avx512f", False)],
+)
+def test_cpu_bf16_instructions_read_from_cpuinfo(flags, expected, tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    monkeypatch.setattr(policy, "CPUINFO", str(cpuinfo))
+    assert policy.cpu_bf16_instructions() is expected
+    monkeypatch.setattr(policy, "CPUINFO", str(tmp_path / "absent"))
+    assert policy.cpu_bf16_instructions() is None
 
 
 def test_mps_table():

@@ -35,6 +35,7 @@ This module imports torch only: no I/O, no device choice.
 
 from __future__ import annotations
 
+import copy
 import math
 import weakref
 from collections.abc import Iterator, Mapping
@@ -314,14 +315,15 @@ _MKLDNN_OPS = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
 
 
 def _packable(x: Tensor) -> bool:
-    """True when convolutions on `x` may take the prepacked, fused oneDNN path: CPU fp32 channels-last, no autograd
-    (training and gradient checks keep F.conv2d), no autocast (which would cast the operands)."""
+    """True when convolutions on `x` may take the prepacked, fused oneDNN path: CPU fp32 (or bf16, the network's
+    bf16 copy under CPU autocast: `MoCEIR._bf16_copy`) channels-last, no autograd (training and gradient checks keep
+    F.conv2d), no autocast (which would cast the operands)."""
     return bool(
         PACKED_CONVS
         and _MKLDNN_OPS
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and x.dtype in (torch.float32, torch.bfloat16)
         and x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)
         and torch.backends.mkldnn.enabled
@@ -353,6 +355,42 @@ class _PackedWeight:
 #: per conv module, per output-channel slice: its packed weight. Weak keys: nothing is stored on the modules (so state
 #: dicts, deep copies and pickles never see it) and a dropped model drops its cache.
 _PACKED: weakref.WeakKeyDictionary[nn.Conv2d, dict[tuple[int, int], _PackedWeight]] = weakref.WeakKeyDictionary()
+
+
+def _cpu_bf16_autocast(x: Tensor) -> bool:
+    """True when `x` is about to run under CPU bf16 autocast without autograd, where `MoCEIR.run` runs its bf16 copy.
+    Autocast itself would cast every conv's operands on every call and leave the prepacked path (slower than fp32:
+    benchmarks/README.md); the copy's bf16 weights pack once for oneDNN's bf16 (AMX) kernels."""
+    return bool(
+        PACKED_CONVS
+        and _MKLDNN_OPS
+        and not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.is_floating_point()
+        and torch.backends.mkldnn.enabled
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+
+
+@dataclass
+class _Bf16Copy:
+    """A network's bf16 copy and the parameters it was made from (each tensor, its storage and in-place version,
+    checked as `_PackedWeight.fresh` checks one weight)."""
+
+    sources: list[tuple[Tensor, torch.UntypedStorage, int]]
+    network: MoCEIR
+
+    def fresh(self, network: MoCEIR) -> bool:
+        tensors = [*network.parameters(), *network.buffers()]
+        return len(tensors) == len(self.sources) and all(
+            t is src and t._version == version and t.untyped_storage().data_ptr() == storage.data_ptr()
+            for t, (src, storage, version) in zip(tensors, self.sources)
+        )
+
+
+#: per network: its bf16 copy for CPU autocast (weak keys, as `_PACKED`: nothing is stored on the module)
+_BF16_COPIES: weakref.WeakKeyDictionary[nn.Module, _Bf16Copy] = weakref.WeakKeyDictionary()
 
 
 def _packed_weight(conv: nn.Conv2d, lo: int, hi: int, groups: int, x: Tensor) -> Tensor:
@@ -762,7 +800,7 @@ class FFTAttention(nn.Module):
             k = _fused_conv(self.kv_dwconv, _fused_conv(self.kv, x, 0, r), 0, r)
             out = self._correlate(iter([(0, r, q, k)]), b, r, h, w, x, fast)
             del q, k
-            normed = self.norm(out, fast)
+            normed = self.norm(out, fast).to(x.dtype)  # the correlation is float32 (see `_correlate`)
             del out
             # the gate by v inside v's depthwise conv
             gated = _fused_conv(self.kv_dwconv, _fused_conv(self.kv, x, r, 2 * r), r, 2 * r, binary="mul", other=normed)
@@ -1197,8 +1235,29 @@ class MoCEIR(nn.Module):
         state = _Pass(
             imposed=None if routing is None else routing.to(x.device), noise=routing_noise, dense=dense, fast=fast
         )
-
         x = x.contiguous(memory_format=self.memory_format if fast else torch.contiguous_format)
+        if fast and _cpu_bf16_autocast(x):
+            # The network's bf16 copy, autocast off: bf16 weights and activations, packed convs (LayerNorm, softmax
+            # and the experts' FFTs compute in float32 inside, as under autocast). The last conv and the image
+            # residual run in float32 here, as autocast's fp32 residual add does: an image and its restoration
+            # rounded to bf16 would lose up to a quarter of an 8-bit level.
+            with torch.autocast("cpu", enabled=False):
+                feats = self._bf16_copy()._features(x.to(torch.bfloat16), state).float()
+                out = self._restored(feats, x)
+        else:
+            out = self._restored(self._features(x, state), x)
+
+        decided = Routing(
+            experts=torch.stack(state.experts, dim=1),
+            gates=torch.stack(state.gates, dim=1),
+            logits=torch.stack(state.logits, dim=1) if state.logits else None,
+        )
+        aux = torch.stack(state.aux).mean() if state.aux else None
+        return MoCEResult(out, decided, aux)
+
+    def _features(self, x: Tensor, state: _Pass) -> Tensor:
+        """The refinement stage's features of `x` (the last conv and the image residual are `run`'s)."""
+        fast = state.fast
         feats = self.patch_embed(x)
         skips = []
         for group, down in self._encoder():
@@ -1210,19 +1269,25 @@ class MoCEIR(nn.Module):
         for up, fuse, moce_group in self._decoder():
             feats = _conv(fuse, torch.cat([up(feats), skips.pop()], dim=1))
             feats = moce_group(feats, freq_emb, state)
-        feats = self.refinement(feats, fast)
-        if _packable(feats):
-            out = _fused_conv(self.output, feats, binary="add", other=x).contiguous()
-        else:
-            out = (self.output(feats) + x).contiguous()
+        return self.refinement(feats, fast)
 
-        decided = Routing(
-            experts=torch.stack(state.experts, dim=1),
-            gates=torch.stack(state.gates, dim=1),
-            logits=torch.stack(state.logits, dim=1) if state.logits else None,
-        )
-        aux = torch.stack(state.aux).mean() if state.aux else None
-        return MoCEResult(out, decided, aux)
+    def _restored(self, feats: Tensor, x: Tensor) -> Tensor:
+        """The last conv plus the image residual (NCHW-contiguous for callers, whatever the working layout)."""
+        if _packable(feats):
+            return _fused_conv(self.output, feats, binary="add", other=x).contiguous()
+        return (self.output(feats) + x).contiguous()
+
+    def _bf16_copy(self) -> MoCEIR:
+        """This network in bf16 (made once, again after its weights change), in the same train/eval mode."""
+        entry = _BF16_COPIES.get(self)
+        if entry is None or not entry.fresh(self):
+            tensors = [*self.parameters(), *self.buffers()]
+            sources = [(t, t.untyped_storage(), t._version) for t in tensors]
+            # made outside inference mode even when called inside it: its weights are packed and version-checked
+            with torch.inference_mode(False), torch.no_grad():
+                entry = _Bf16Copy(sources, copy.deepcopy(self).to(torch.bfloat16))
+            _BF16_COPIES[self] = entry
+        return entry.network.train(self.training)
 
     def forward(self, x: Tensor, routing: Routing | None = None, *, dense: bool = False) -> Tensor:
         """The restored batch for any H x W: reflect-padded to `size_multiple`, run, cropped back."""
