@@ -242,14 +242,18 @@ def classical_scores(cases: list[Case], with_bm3d: bool, cache: dict[str, float]
     return out
 
 
-def run_model(cases: list[Case], model: str | None, weights: str | None) -> tuple[list[np.ndarray], list[str]]:
+def run_model(
+    cases: list[Case], model: str | None, weights: str | None, precision: str = "fp32"
+) -> tuple[list[np.ndarray], list[str]]:
     from irtool.restoration import engine
 
     images, names = [], []
     batch = 8  # same-size crops, a few at a time: a batch's peak memory stays small
     for start in range(0, len(cases), batch):
         chunk = cases[start : start + batch]
-        results = engine.restore([c.degraded.image for c in chunk], model=model, weights=weights, device="cpu")
+        results = engine.restore(
+            [c.degraded.image for c in chunk], model=model, weights=weights, device="cpu", precision=precision
+        )
         for c, restored in zip(chunk, results):
             if restored.image is None:
                 sys.exit(f"the model failed on {c.generator} {c.kind} ({c.photo}): {restored.report.error}")
@@ -272,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-bm3d", action="store_true", help="leave BM3D out (the noise rows' classical column)")
     parser.add_argument("--classical-cache", help="JSON file of classical scores: read when present, written after")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="the model's (default fp32)")
     parser.add_argument("--json", help="also write the results as JSON to this file")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed (each miss printed)")
     args = parser.parse_args(argv)
@@ -323,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_path.write_text(json.dumps(cache))
 
     model_started = time.process_time()
-    restored, names = run_model(cases, args.model, args.weights)
+    restored, names = run_model(cases, args.model, args.weights, args.precision)
     model_cpu = time.process_time() - model_started
     model_psnr = [psnr(out, c.clean) for out, c in zip(restored, cases)]
     report = summarise(cases, model_psnr, names, classical)

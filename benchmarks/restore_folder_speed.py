@@ -1,7 +1,7 @@
 """`irtool restore FOLDER OUT` with the built-in model on a CPU: this tree against an older commit, side by side.
 
     python benchmarks/restore_folder_speed.py [--baseline d20f704] [--pairs 5] [--large 2.0,3.1] [--keep DIR]
-                                              [--weights FILE]
+                                              [--weights FILE] [--new-precision bf16]
 
 The folder: the five examples (examples/*.png, 0.18-0.24 MP each) plus held-out photos upscaled as a demanding user's
 camera would give them: scikit-image's `stereo_motorcycle` left view (held out from the built-in model's training)
@@ -23,6 +23,10 @@ value across a rounding boundary (k + 0.5) / 255 only when it lies within d of o
 2 * d * 255 = 0.5% of uniformly spread values, and then by exactly one level. Identical bytes cannot be asked: the
 thread layout changes the order of float additions (last-bit differences, ~1e-7). The script fails when a sample
 differs by more than 1 level or more than 0.5% of the samples differ.
+
+--new-precision bf16: the new tree restores with `--precision bf16` (the opt-in CPU bf16 path) against the old tree's
+fp32, the question a user with a bf16-capable CPU asks. The outputs then differ by more than rounding: the script
+prints their PSNR against the old fp32 outputs instead and fails below 40 dB.
 """
 
 from __future__ import annotations
@@ -77,13 +81,13 @@ def loadavg() -> str:
         return "?"
 
 
-def run(tree: Path, folder: Path, out: Path, weights: Path) -> tuple[float, float, int]:
+def run(tree: Path, folder: Path, out: Path, weights: Path, extra: list[str] | None = None) -> tuple[float, float, int]:
     """(wall seconds, in-process seconds from the summary line, images restored) of one restore in a fresh process,
     with `weights` (the same file for both trees: the built-in weights change between commits, and with them the
     experts the routers pick, hence the work and the outputs)."""
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    cmd = [sys.executable, "-m", "irtool", "restore", str(folder), str(out), "-w", str(weights)]
+    cmd = [sys.executable, "-m", "irtool", "restore", str(folder), str(out), "-w", str(weights), *(extra or [])]
     started = time.perf_counter()
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tree)
     wall = time.perf_counter() - started
@@ -93,9 +97,10 @@ def run(tree: Path, folder: Path, out: Path, weights: Path) -> tuple[float, floa
     return wall, float(summary.group(3)), int(summary.group(1))
 
 
-def compare(old: Path, new: Path) -> tuple[int, float]:
-    """(largest difference in levels, fraction of samples that differ) over all PNGs of the two outputs."""
-    worst, differing, total = 0, 0, 0
+def compare(old: Path, new: Path) -> tuple[int, float, float]:
+    """(largest difference in levels, fraction of samples that differ, PSNR in dB of new against old) over all PNGs
+    of the two outputs."""
+    worst, differing, total, squares = 0, 0, 0, 0.0
     for a in sorted(old.rglob("*.png")):
         x = np.asarray(Image.open(a)).astype(np.int32)
         y = np.asarray(Image.open(new / a.relative_to(old))).astype(np.int32)
@@ -103,8 +108,10 @@ def compare(old: Path, new: Path) -> tuple[int, float]:
             raise SystemExit(f"{a.name}: shapes differ {x.shape} vs {y.shape}")
         worst = max(worst, int(np.abs(x - y).max()))
         differing += int((x != y).sum())
+        squares += float(np.square((x - y) / 255.0).sum())
         total += x.size
-    return worst, differing / max(total, 1)
+    mse = squares / max(total, 1)
+    return worst, differing / max(total, 1), float("inf") if mse == 0 else float(10 * np.log10(1 / mse))
 
 
 def main() -> None:
@@ -116,7 +123,11 @@ def main() -> None:
     parser.add_argument(
         "--weights", type=Path, help="weights both trees restore with (default: the baseline's built-in weights)"
     )
+    parser.add_argument(
+        "--new-precision", default="fp32", choices=["fp32", "bf16"], help="the new tree's --precision (old: fp32)"
+    )
     args = parser.parse_args()
+    new_args = [] if args.new_precision == "fp32" else ["--precision", args.new_precision]
     work = args.keep or Path(tempfile.mkdtemp(prefix="irtool-folder-speed-"))
     work.mkdir(parents=True, exist_ok=True)
     old_tree = work / "baseline"
@@ -141,13 +152,15 @@ def main() -> None:
         warm.mkdir(exist_ok=True)
         shutil.copy(REPO / "examples" / "noise_chelsea.png", warm)
         for name, tree in trees.items():  # warm-up on one small image: file caches, .pyc files
-            run(tree, warm, work / f"out_warm_{name}", weights)
+            run(tree, warm, work / f"out_warm_{name}", weights, new_args if name == "new" else None)
         walls: dict[str, list[float]] = {"old": [], "new": []}
         inner: dict[str, list[float]] = {"old": [], "new": []}
         print(f"{'pair':>4} {'tree':4} {'wall s':>7} {'img/s':>6} {'MP/s':>6} {'in-proc MP/s':>12} {'load1':>5}")
         for pair in range(args.pairs):
             for name, tree in trees.items():
-                wall, seconds, count = run(tree, folder, work / f"out_{name}", weights)
+                wall, seconds, count = run(
+                    tree, folder, work / f"out_{name}", weights, new_args if name == "new" else None
+                )
                 if count != len(photos):
                     raise SystemExit(f"{name}: restored {count} of {len(photos)}")
                 walls[name].append(wall)
@@ -163,7 +176,13 @@ def main() -> None:
             wall = statistics.median(walls[name])
             print(f"{name}: median {len(photos) / wall:.3f} images/s, {megapixels / wall:.3f} MP/s end to end; "
                   f"{megapixels / statistics.median(inner[name]):.3f} MP/s in-process")  # fmt: skip
-        worst, differing = compare(work / "out_old", work / "out_new")
+        worst, differing, psnr = compare(work / "out_old", work / "out_new")
+        if new_args:
+            print(f"outputs: new ({args.new_precision}) against old (fp32): {psnr:.1f} dB PSNR, largest difference "
+                  f"{worst} level(s), {differing:.2%} of samples differ (allowed: PSNR >= 40 dB)")  # fmt: skip
+            if psnr < 40:
+                raise SystemExit(f"{args.new_precision} outputs are further from fp32 than reduced precision explains")
+            return
         print(f"outputs: largest difference {worst} level(s), {differing:.4%} of samples differ "
               f"(allowed: {MAX_LEVELS} level, {MAX_DIFFERING:.2%})")  # fmt: skip
         if worst > MAX_LEVELS or differing > MAX_DIFFERING:
