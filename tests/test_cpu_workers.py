@@ -1,6 +1,7 @@
 """CPU model workers (irtool.devices.speed.cpu_split, Restorer.cpu_workers): the split is a fixed rule that follows
---threads and torch's count; restoring on several workers (whole images side by side, tiles shared out) gives the
-outputs of the one-thread path; the built-in model starts without the meta-device build."""
+--threads and torch's count, taken when other work competes for the cores (`cpu_contended`, Linux's run queue);
+restoring on several workers (whole images side by side, tiles shared out) gives the outputs of the one-thread path;
+the built-in model starts without the meta-device build."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from helpers import random_moce
 from restore_fixtures import LocalNet, photo
 
 from irtool.archs.moce_ir import VARIANTS
+from irtool.devices import speed
 from irtool.devices.speed import cpu_split
 from irtool.errors import IrtoolError
 from irtool.images import files as io
@@ -23,6 +25,14 @@ from irtool.restoration.tiled_samples import restore_tiled
 from irtool.restoration.tiling import tiled_forward
 
 REPO = Path(__file__).resolve().parents[1]
+CPU_CONTENDED = speed.cpu_contended  # the real one, before the fixture below replaces it
+
+
+@pytest.fixture(autouse=True)
+def contended(monkeypatch):
+    """Every test here runs as on a busy machine (two workers) unless it says otherwise: the real answer depends on
+    what else this machine runs at the moment."""
+    monkeypatch.setattr(speed, "cpu_contended", lambda: True)
 
 
 @pytest.mark.parametrize(
@@ -31,6 +41,42 @@ REPO = Path(__file__).resolve().parents[1]
 )
 def test_cpu_split_follows_the_threads_asked_else_torchs_count(threads, default, split):
     assert cpu_split(threads, default) == split
+
+
+@pytest.mark.parametrize(("threads", "default"), [(0, 2), (0, 16), (4, 1), (1, 16)])
+def test_an_idle_machine_gets_one_worker_with_every_thread(threads, default):
+    assert cpu_split(threads, default, contended=False) == (1, threads or default)
+
+
+def test_cpu_workers_use_one_worker_with_every_thread_on_an_idle_machine(monkeypatch):
+    monkeypatch.setattr(speed, "cpu_contended", lambda: False)
+    before = torch.get_num_threads()
+    restorer = engine.Restorer(random_moce(VARIANTS["tiny"], 0), planning.RestoreOptions(threads=4))
+    with restorer.cpu_workers() as workers:
+        assert workers == restorer.model_workers == 1 and torch.get_num_threads() == 4
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(
+    ("running", "expected"),
+    [([1, 1, 1, 1, 1], False), ([2, 2, 3, 2, 2], True), ([3, 1, 3, 3, 3], False), (["absent"], False)],
+)
+def test_cpu_contended_reads_the_run_queue(running, expected, tmp_path, monkeypatch):
+    """Another runnable task in every sample (the sampling thread counts itself): a moment's spike is not contention,
+    and a system without /proc/stat (or without the line) reads as idle."""
+    samples = iter(running)
+    stat = tmp_path / "stat"
+
+    def sleep(_seconds: float) -> None:  # the next sample's run queue
+        value = next(samples)
+        stat.write_text("cpu  1 2 3\n" + ("" if value == "absent" else f"procs_running {value}\nprocs_blocked 0\n"))
+
+    sleep(0)
+    monkeypatch.setattr(speed.time, "sleep", sleep)
+    monkeypatch.setattr(speed, "PROC_STAT", str(stat))
+    assert CPU_CONTENDED(samples=len(running)) is expected
+    monkeypatch.setattr(speed, "PROC_STAT", str(tmp_path / "none"))
+    assert CPU_CONTENDED(samples=1) is False
 
 
 def test_negative_threads_are_refused():

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import re
 import sys
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager as ContextManager
 from typing import Any
@@ -66,18 +68,51 @@ def release_cpu_memory() -> None:
 MAX_CPU_WORKERS = 2
 
 
-def cpu_split(threads: int, default_threads: int) -> tuple[int, int]:
+def cpu_split(threads: int, default_threads: int, *, contended: bool = True) -> tuple[int, int]:
     """(model workers, torch threads per worker) for a CPU run given `threads` in all (0: `default_threads`, torch's
-    own count, which follows OMP_NUM_THREADS).
+    own count, which follows OMP_NUM_THREADS), on a machine where other work competes for the cores (`contended`,
+    see `cpu_contended`) or not.
 
-    Two workers restoring different images (or tiles) at one thread each beat one pass on two threads: every op of a
-    pass is a parallel region whose threads wait for each other at its end, and the built-in model's ops are small
-    (a 16-channel trunk), so that wait is a large share; on a machine other jobs also use, one descheduled thread
-    stalls the whole pass (measured 2.6x slower than one thread at load 4 on 2 cores: benchmarks/README.md).
-    Independent workers never wait for each other. Threads beyond the workers go to each worker's ops."""
+    Contended: two workers restoring different images (or tiles) at one thread each beat one pass on two threads.
+    Every op of a pass is a parallel region whose threads wait for each other at its end, and on a machine other jobs
+    also use, one descheduled thread stalls the whole pass (measured 2.6x slower than one thread at load 4 on 2
+    cores: benchmarks/README.md); independent workers never wait for each other. Threads beyond the workers go to
+    each worker's ops.
+
+    Not contended: one worker with every thread. On an idle machine nothing deschedules the threads, and a lone
+    large image (a whole-image pass only one worker can run) would leave the other worker's cores idle: a folder with
+    a 2 MP photo took 31.8 s split against 16.7 s on one two-thread worker (benchmarks/README.md)."""
     total = max(1, threads or default_threads)
+    if not contended:
+        return 1, total
     workers = min(MAX_CPU_WORKERS, total)
     return workers, max(1, total // workers)
+
+
+#: where Linux counts the runnable tasks (`procs_running`)
+PROC_STAT = "/proc/stat"
+
+
+def cpu_contended(samples: int = 5, interval: float = 0.01) -> bool:
+    """Whether other work keeps this machine's cores busy right now: another runnable task in every one of a few
+    samples of Linux's run queue (`procs_running` in /proc/stat, which counts the sampling thread itself), 10 ms
+    apart. The instant count, not the load average: that lags a minute behind, so a run just after another one (a
+    script restoring folder after folder) would read its own past load as contention. False where it cannot be read
+    (other systems): one worker, as before workers existed."""
+    least: int | None = None
+    for i in range(samples):
+        if i:
+            time.sleep(interval)
+        try:
+            with open(PROC_STAT, encoding="ascii", errors="replace") as stat:
+                found = re.search(r"^procs_running\s+(\d+)", stat.read(), re.MULTILINE)
+        except OSError:
+            return False
+        if found is None:
+            return False
+        others = int(found.group(1)) - 1
+        least = others if least is None else min(least, others)
+    return bool(least and least >= 1)
 
 
 def precision_dtype(precision: str) -> torch.dtype:

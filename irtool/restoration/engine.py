@@ -215,16 +215,17 @@ class Restorer:
 
     @contextlib.contextmanager
     def cpu_workers(self) -> Iterator[int]:
-        """On a CPU: split `options.threads` (0: torch's thread count) into independent model workers (see
-        irtool.devices.speed.cpu_split) for the duration, then put torch's thread count back. Yields the number of
-        workers (1 elsewhere: a GPU runs one pass at a time)."""
+        """On a CPU: split `options.threads` (0: torch's thread count) into independent model workers when other work
+        competes for the cores (see irtool.devices.speed.cpu_split, cpu_contended) for the duration, then put torch's
+        thread count back. Yields the number of workers (1 elsewhere: a GPU runs one pass at a time)."""
         if self.device.type != "cpu" or self.model_workers > 1:
             yield self.model_workers
             return
-        from ..devices.speed import cpu_split
+        from ..devices import speed
 
         before = torch.get_num_threads()
-        workers, per_worker = cpu_split(self.options.threads, before)
+        total = self.options.threads or before
+        workers, per_worker = speed.cpu_split(total, before, contended=total > 1 and speed.cpu_contended())
         torch.set_num_threads(per_worker)
         self.model_workers = workers
         try:
