@@ -63,7 +63,7 @@ CPUINFO = "/proc/cpuinfo"
 def cpu_bf16_instructions() -> bool | None:
     """Whether this CPU computes in bf16 natively (Intel AMX, AVX512-BF16), from Linux's /proc/cpuinfo; None where
     that cannot be read (other systems). Without them oneDNN converts, and bf16 measured slower than fp32
-    (benchmarks/README.md); with AMX it is 1.2-1.8x faster."""
+    (benchmarks/README.md); with AMX it measured 1.2-1.6x faster."""
     try:
         with open(CPUINFO, encoding="ascii", errors="replace") as info:
             for line in info:

@@ -112,7 +112,7 @@ def cpu_contended(samples: int = 5, interval: float = 0.01) -> bool:
             return False
         others = int(found.group(1)) - 1
         least = others if least is None else min(least, others)
-    return bool(least and least >= 1)
+    return least is not None and least >= 1
 
 
 def precision_dtype(precision: str) -> torch.dtype:
