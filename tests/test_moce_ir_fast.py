@@ -270,3 +270,16 @@ def test_the_bf16_copy_follows_the_weights_and_stays_out_of_autograd():
     with torch.autocast("cpu", dtype=torch.bfloat16):  # recording gradients: autocast as torch does it, no copy
         model.run(x).output.float().sum().backward()
     assert len(moce_ir._BF16_COPIES) == 0 and model.output.weight.grad is not None
+
+
+@pytest.mark.parametrize("expert", [0, 3])
+def test_expert_ffts_in_bands_of_window_rows_equal_the_reference_path(expert, monkeypatch):
+    """The experts' window FFTs run a band of window rows at a time (`FFT_BAND_BYTES`); one row per band here, on a
+    size with several rows of windows of every expert (4-32 px) and a padded last row."""
+    monkeypatch.setattr(moce_ir, "FFT_BAND_BYTES", 1)
+    model = random_moce(VARIANTS["tiny"], seed=7)
+    x = make_images(1, 72, 104)
+    routing = model.uniform_routing(1, expert)
+    _assert_same(*_both_paths(model, x, routing=routing))
+    monkeypatch.setattr(moce_ir, "LOW_MEMORY_PIXELS", 1)  # the channel-chunked path bands the same way
+    _assert_same(*_both_paths(model, x, routing=routing))

@@ -305,6 +305,9 @@ class ChannelLayerNorm(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 # Prepacked oneDNN convolutions (CPU inference)
 
+#: the experts' window FFTs run a band of window rows of about this many bytes (float32) at a time (FFTAttention)
+FFT_BAND_BYTES = 1 << 20
+
 #: CPU inference (no autograd, fp32, channels-last activations): convolutions call oneDNN directly with their weights
 #: reordered once into its blocked layout and cached, and the elementwise step that follows a conv (GELU, SiLU, the
 #: FFN gate, the residual add) runs inside it as a post-op instead of as one more pass over memory (what inductor does
@@ -839,13 +842,20 @@ class FFTAttention(nn.Module):
         out = torch.empty(b, c, h + -h % p, w + -w % p, dtype=torch.float32, device=like.device, memory_format=layout)
         out_windows = self._windows(out)
         for lo, hi, q, k in chunks:
-            # contiguous windows: the FFT's shape function under torch.compile rejects the strided window view
-            spectrum = torch.fft.rfft2(self._windows(q).float().contiguous())
-            del q
-            spectrum = _mul(spectrum, torch.fft.rfft2(self._windows(k).float().contiguous()))
-            del k
-            out_windows[:, lo:hi] = torch.fft.irfft2(spectrum, s=(p, p))
-            del spectrum
+            qw, kw = self._windows(q), self._windows(k)
+            del q, k
+            # A band of window rows at a time, so that each band's window copies and FFTs stay in cache: on a whole
+            # 1024² map the strided gathers into and out of the FFTs missed it (32 channels, 32-px windows: 1.32 s
+            # against 0.59 s in bands, the same numbers; 3% of a MoCE-IR-S pass at 1024², 1.6% at 256²).
+            row_bytes = qw.shape[0] * qw.shape[1] * qw.shape[3] * p * p * 4
+            rows = max(1, FFT_BAND_BYTES // row_bytes)
+            for top in range(0, qw.shape[2], rows):
+                band = slice(top, top + rows)
+                # contiguous windows: the FFT's shape function under torch.compile rejects the strided window view
+                spectrum = torch.fft.rfft2(qw[:, :, band].float().contiguous())
+                spectrum = _mul(spectrum, torch.fft.rfft2(kw[:, :, band].float().contiguous()))
+                out_windows[:, lo:hi, band] = torch.fft.irfft2(spectrum, s=(p, p))
+                del spectrum
         return out[:, :, :h, :w]
 
 
