@@ -128,6 +128,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     new_args = [] if args.new_precision == "fp32" else ["--precision", args.new_precision]
+    extra = {"old": [], "new": new_args}  # each tree's restore options beyond the folder and weights
     work = args.keep or Path(tempfile.mkdtemp(prefix="irtool-folder-speed-"))
     work.mkdir(parents=True, exist_ok=True)
     old_tree = work / "baseline"
@@ -152,15 +153,13 @@ def main() -> None:
         warm.mkdir(exist_ok=True)
         shutil.copy(REPO / "examples" / "noise_chelsea.png", warm)
         for name, tree in trees.items():  # warm-up on one small image: file caches, .pyc files
-            run(tree, warm, work / f"out_warm_{name}", weights, new_args if name == "new" else None)
+            run(tree, warm, work / f"out_warm_{name}", weights, extra[name])
         walls: dict[str, list[float]] = {"old": [], "new": []}
         inner: dict[str, list[float]] = {"old": [], "new": []}
         print(f"{'pair':>4} {'tree':4} {'wall s':>7} {'img/s':>6} {'MP/s':>6} {'in-proc MP/s':>12} {'load1':>5}")
         for pair in range(args.pairs):
             for name, tree in trees.items():
-                wall, seconds, count = run(
-                    tree, folder, work / f"out_{name}", weights, new_args if name == "new" else None
-                )
+                wall, seconds, count = run(tree, folder, work / f"out_{name}", weights, extra[name])
                 if count != len(photos):
                     raise SystemExit(f"{name}: restored {count} of {len(photos)}")
                 walls[name].append(wall)

@@ -317,19 +317,27 @@ PACKED_CONVS = True
 _MKLDNN_OPS = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
-def _packable(x: Tensor) -> bool:
-    """True when convolutions on `x` may take the prepacked, fused oneDNN path: CPU fp32 (or bf16, the network's
-    bf16 copy under CPU autocast: `MoCEIR._bf16_copy`) channels-last, no autograd (training and gradient checks keep
-    F.conv2d), no autocast (which would cast the operands)."""
+def _onednn_inference(x: Tensor) -> bool:
+    """CPU inference where the prepacked oneDNN convs are on: no autograd (training and gradient checks keep
+    F.conv2d)."""
     return bool(
         PACKED_CONVS
         and _MKLDNN_OPS
+        and torch.backends.mkldnn.enabled
         and not torch.is_grad_enabled()
         and x.device.type == "cpu"
+    )
+
+
+def _packable(x: Tensor) -> bool:
+    """True when convolutions on `x` may take the prepacked, fused oneDNN path: CPU inference, fp32 (or bf16, the
+    network's bf16 copy under CPU autocast: `MoCEIR._bf16_copy`) channels-last, no autocast (which would cast the
+    operands)."""
+    return bool(
+        _onednn_inference(x)
         and x.dtype in (torch.float32, torch.bfloat16)
         and x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)
-        and torch.backends.mkldnn.enabled
         and not torch.is_autocast_enabled("cpu")
     )
 
@@ -365,12 +373,8 @@ def _cpu_bf16_autocast(x: Tensor) -> bool:
     Autocast itself would cast every conv's operands on every call and leave the prepacked path (slower than fp32:
     benchmarks/README.md); the copy's bf16 weights pack once for oneDNN's bf16 (AMX) kernels."""
     return bool(
-        PACKED_CONVS
-        and _MKLDNN_OPS
-        and not torch.is_grad_enabled()
-        and x.device.type == "cpu"
+        _onednn_inference(x)
         and x.is_floating_point()
-        and torch.backends.mkldnn.enabled
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
     )

@@ -34,6 +34,7 @@ where a device or dtype is made.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
@@ -64,8 +65,15 @@ def cpu_bf16_instructions() -> bool | None:
     """Whether this CPU computes in bf16 natively (Intel AMX, AVX512-BF16), from Linux's /proc/cpuinfo; None where
     that cannot be read (other systems). Without them oneDNN converts, and bf16 measured slower than fp32
     (benchmarks/README.md); with AMX it measured 1.2-1.6x faster."""
+    return _bf16_flags(CPUINFO)
+
+
+@functools.lru_cache(maxsize=4)
+def _bf16_flags(path: str) -> bool | None:
+    """`cpu_bf16_instructions` for the cpuinfo file at `path`, read once: precisions are resolved on every
+    `speed.autocast`, inside benchmark timings."""
     try:
-        with open(CPUINFO, encoding="ascii", errors="replace") as info:
+        with open(path, encoding="ascii", errors="replace") as info:
             for line in info:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())

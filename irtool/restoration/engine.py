@@ -224,8 +224,10 @@ class Restorer:
         from ..devices import speed
 
         before = torch.get_num_threads()
-        total = self.options.threads or before
-        workers, per_worker = speed.cpu_split(total, before, contended=total > 1 and speed.cpu_contended())
+        alone = (self.options.threads or before) == 1  # one thread: nothing to split, no need to sample the run queue
+        workers, per_worker = speed.cpu_split(
+            self.options.threads, before, contended=not alone and speed.cpu_contended()
+        )
         torch.set_num_threads(per_worker)
         self.model_workers = workers
         try:
